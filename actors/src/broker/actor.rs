@@ -1,0 +1,30 @@
+//! The broker actor: [`MachineActor`] around a [`Broker`].
+
+use super::{Broker, Event};
+use crate::driver::{MachineActor, Protocol};
+use crate::socket::{Inbound, Payload};
+use crate::Transmit;
+use std::time::Instant;
+
+pub type BrokerActor = MachineActor<Broker>;
+
+impl Protocol for Broker {
+    type Event = Event;
+    fn handle_inbound(&mut self, inbound: Inbound) {
+        if let Payload::Envelope(kind) = inbound.payload {
+            self.handle(inbound.now, inbound.socket, inbound.src, kind);
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Broker::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Broker::poll_transmit(self)
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        Broker::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Broker::poll_timeout(self)
+    }
+}

@@ -1,0 +1,259 @@
+//! The introducer role: registrations of peers behind NAT, and introductions.
+//!
+//! A peer registers with a signed record about itself. The first Register from an address
+//! only earns a small cookie challenge; the peer must echo the cookie, which proves it
+//! receives at that address — so nobody can register a victim's address and have
+//! introductions, and later punches, aimed at it. Refreshing the registration doubles as
+//! the keepalive of the peer's NAT mapping toward us.
+//!
+//! On an introduction request the broker sends both peers each other's signed record,
+//! the public address it observed for each, and one fresh nonce; the peers then punch.
+
+use crate::identity::{verify_record, VerifiedRecord};
+use crate::{SocketId, Transmit};
+use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
+use libp2p_identity::PeerId;
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+pub mod actor;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A registration lapses after this long without a refresh.
+    pub registration_ttl: Duration,
+    /// Cookies rotate this often; one from the previous period is still accepted.
+    pub cookie_period: Duration,
+    pub max_registrations: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            registration_ttl: Duration::from_secs(60),
+            cookie_period: Duration::from_secs(300),
+            max_registrations: 100_000,
+        }
+    }
+}
+
+/// Counts of what the broker did and refused; refused input is dropped silently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub registered: u64,
+    pub refreshed: u64,
+    pub challenged: u64,
+    pub introduced: u64,
+    pub unknown_target: u64,
+    pub dropped_bad_signature: u64,
+    pub dropped_stale_record: u64,
+    pub dropped_unregistered: u64,
+    pub dropped_full: u64,
+    pub expired: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Registered { peer: PeerId, addr: SocketAddr },
+    Introduced { requester: PeerId, target: PeerId },
+    Expired { peer: PeerId },
+}
+
+#[derive(Debug)]
+struct Registration {
+    addr: SocketAddr,
+    socket: SocketId,
+    record: VerifiedRecord,
+    expires: Instant,
+}
+
+pub struct Broker {
+    config: Config,
+    epoch: Instant,
+    cookie_key: [u8; 32],
+    rng: StdRng,
+    by_peer: HashMap<PeerId, Registration>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    /// Expiry is checked in sweeps (every quarter TTL), not per registration, so that
+    /// `poll_timeout` stays O(1) with many registrations.
+    next_sweep: Option<Instant>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl Broker {
+    pub fn new(config: Config, now: Instant, mut rng: StdRng) -> Self {
+        let mut cookie_key = [0; 32];
+        rng.fill_bytes(&mut cookie_key);
+        Broker {
+            config,
+            epoch: now,
+            cookie_key,
+            rng,
+            by_peer: HashMap::new(),
+            by_addr: HashMap::new(),
+            next_sweep: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    pub fn registrations(&self) -> usize {
+        self.by_peer.len()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Handles a broker-bound message; other kinds are not the broker's and are ignored.
+    pub fn handle(&mut self, now: Instant, socket: SocketId, src: SocketAddr, kind: Kind) {
+        match kind {
+            Kind::Register(register) => self.on_register(now, socket, src, register),
+            Kind::IntroduceRequest(request) => self.on_introduce(src, socket, request),
+            _ => {}
+        }
+    }
+
+    fn cookie(&self, src: SocketAddr, peer: &PeerId, period: u64) -> u64 {
+        let digest = Sha256::new()
+            .chain_update(self.cookie_key)
+            .chain_update(src.to_string())
+            .chain_update(peer.to_bytes())
+            .chain_update(period.to_le_bytes())
+            .finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
+    }
+
+    fn period(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.epoch).as_secs() / self.config.cookie_period.as_secs().max(1)) as u64
+    }
+
+    fn on_register(&mut self, now: Instant, socket: SocketId, src: SocketAddr, register: pb::Register) {
+        let Some(record) = register.record.as_ref().and_then(|r| verify_record(r).ok()) else {
+            self.stats.dropped_bad_signature += 1;
+            return;
+        };
+        let period = self.period(now);
+        let proven = [period, period.wrapping_sub(1)]
+            .iter()
+            .any(|&p| register.cookie != 0 && register.cookie == self.cookie(src, &record.peer_id, p));
+        if !proven {
+            self.stats.challenged += 1;
+            let cookie = self.cookie(src, &record.peer_id, period);
+            self.send(socket, src, Kind::RegisterChallenge(pb::RegisterChallenge { cookie }));
+            return;
+        }
+        let peer = record.peer_id;
+        match self.by_peer.get(&peer) {
+            Some(old) if old.record.record.issued_ms > record.record.issued_ms => {
+                self.stats.dropped_stale_record += 1;
+                return;
+            }
+            None if self.by_peer.len() >= self.config.max_registrations => {
+                self.stats.dropped_full += 1;
+                return;
+            }
+            Some(old) if old.addr == src => self.stats.refreshed += 1,
+            _ => {
+                self.stats.registered += 1;
+                self.events.push_back(Event::Registered { peer, addr: src });
+            }
+        }
+        let expires = now + self.config.registration_ttl;
+        if let Some(old) = self.by_peer.insert(peer, Registration { addr: src, socket, record, expires }) {
+            if old.addr != src {
+                self.by_addr.remove(&old.addr);
+            }
+        }
+        self.by_addr.insert(src, peer);
+        self.next_sweep.get_or_insert(now + self.config.registration_ttl / 4);
+        let ttl_secs = self.config.registration_ttl.as_secs() as u32;
+        self.send(socket, src, Kind::Registered(pb::Registered { observed: Some(src.into()), ttl_secs }));
+    }
+
+    fn on_introduce(&mut self, src: SocketAddr, socket: SocketId, request: pb::IntroduceRequest) {
+        let request_id = request.request_id;
+        let Some(requester) = self.by_addr.get(&src).copied() else {
+            // Unproven address: answer with no more than arrived, and nothing about the target.
+            self.stats.dropped_unregistered += 1;
+            let reason = IntroduceErrorReason::RequesterNotRegistered as i32;
+            let error = pb::IntroduceError { request_id, reason, ..Default::default() };
+            self.send(socket, src, Kind::IntroduceError(error));
+            return;
+        };
+        let target = PeerId::from_bytes(&request.target).ok();
+        let Some((target, target_reg)) = target.and_then(|t| self.by_peer.get(&t).map(|r| (t, r))) else {
+            self.stats.unknown_target += 1;
+            let (reason, message) = match target {
+                Some(t) => (IntroduceErrorReason::TargetNotRegistered, format!("{t} is not registered here")),
+                None => (IntroduceErrorReason::BadRequest, "target is not a valid PeerId".to_owned()),
+            };
+            let error = pb::IntroduceError { request_id, target: request.target, reason: reason as i32, message };
+            self.send(socket, src, Kind::IntroduceError(error));
+            return;
+        };
+        let requester_reg = &self.by_peer[&requester];
+        let nonce: [u8; 16] = self.rng.gen();
+        let to_requester = pb::Introduction {
+            request_id,
+            peer: Some(target_reg.record.signed.clone()),
+            peer_public: Some(target_reg.addr.into()),
+            nonce: nonce.to_vec().into(),
+            initiator: true,
+        };
+        let to_target = pb::Introduction {
+            request_id,
+            peer: Some(requester_reg.record.signed.clone()),
+            peer_public: Some(requester_reg.addr.into()),
+            nonce: nonce.to_vec().into(),
+            initiator: false,
+        };
+        let (target_socket, target_addr) = (target_reg.socket, target_reg.addr);
+        self.send(socket, src, Kind::Introduction(to_requester));
+        self.send(target_socket, target_addr, Kind::Introduction(to_target));
+        self.stats.introduced += 1;
+        self.events.push_back(Event::Introduced { requester, target });
+    }
+
+    fn send(&mut self, socket: SocketId, dst: SocketAddr, kind: Kind) {
+        self.transmits.push_back(Transmit::envelope(socket, dst, kind));
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_sweep.is_none_or(|t| t > now) {
+            return;
+        }
+        let expired: Vec<PeerId> =
+            self.by_peer.iter().filter(|(_, r)| r.expires <= now).map(|(p, _)| *p).collect();
+        for peer in expired {
+            if let Some(reg) = self.by_peer.remove(&peer) {
+                self.by_addr.remove(&reg.addr);
+            }
+            self.stats.expired += 1;
+            self.events.push_back(Event::Expired { peer });
+        }
+        self.next_sweep = (!self.by_peer.is_empty()).then(|| now + self.config.registration_ttl / 4);
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+use super::*;
+use crate::identity::Identity;
+use introducer_proto::frame;
+use rand::SeedableRng;
+
+const INTRODUCER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1)), 3478);
+
+fn broker(now: Instant) -> Broker {
+    Broker::new(Config::default(), now, StdRng::seed_from_u64(1))
+}
+
+fn decode(t: &Transmit) -> Kind {
+    match frame::decode(&t.payload).unwrap() {
+        frame::Decoded::Envelope(e) => e.kind.unwrap(),
+        other => panic!("not an envelope: {other:?}"),
+    }
+}
+
+fn register(id: &Identity, issued_ms: u64, cookie: u64) -> Kind {
+    let record = pb::PeerRecord { issued_ms, ..Default::default() };
+    Kind::Register(pb::Register { record: Some(id.sign_record(record)), cookie })
+}
+
+/// Runs the challenge round trip and returns the Registered reply.
+fn register_fully(b: &mut Broker, now: Instant, id: &Identity, src: SocketAddr) -> pb::Registered {
+    b.handle(now, SocketId::PRIMARY, src, register(id, 1, 0));
+    let Kind::RegisterChallenge(ch) = decode(&b.poll_transmit().unwrap()) else { panic!("expected challenge") };
+    b.handle(now, SocketId::PRIMARY, src, register(id, 1, ch.cookie));
+    let t = b.poll_transmit().unwrap();
+    assert_eq!(t.dst, src);
+    let Kind::Registered(r) = decode(&t) else { panic!("expected registered") };
+    r
+}
+
+#[test]
+fn registration_needs_the_cookie_and_the_challenge_is_smaller_than_the_request() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let alice = Identity::from_seed(1);
+    let src: SocketAddr = "203.0.113.5:4000".parse().unwrap();
+    let request = Transmit::envelope(SocketId::PRIMARY, INTRODUCER, register(&alice, 1, 0));
+    b.handle(now, SocketId::PRIMARY, src, register(&alice, 1, 0));
+    let challenge = b.poll_transmit().unwrap();
+    assert!(challenge.payload.len() < request.payload.len());
+    assert_eq!(b.registrations(), 0);
+
+    // A cookie minted for another address does not register.
+    let Kind::RegisterChallenge(ch) = decode(&challenge) else { panic!() };
+    b.handle(now, SocketId::PRIMARY, "203.0.113.6:4000".parse().unwrap(), register(&alice, 1, ch.cookie));
+    assert!(matches!(decode(&b.poll_transmit().unwrap()), Kind::RegisterChallenge(_)));
+    assert_eq!(b.registrations(), 0);
+
+    let registered = register_fully(&mut b, now, &alice, src);
+    assert_eq!(SocketAddr::try_from(registered.observed.as_ref().unwrap()).unwrap(), src);
+    assert_eq!(b.registrations(), 1);
+    assert_eq!(b.poll_event(), Some(Event::Registered { peer: alice.peer_id(), addr: src }));
+}
+
+#[test]
+fn forged_records_are_dropped_and_counted() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let Kind::Register(mut reg) = register(&Identity::from_seed(1), 1, 0) else { unreachable!() };
+    reg.record.as_mut().unwrap().signature = vec![0; 64].into();
+    b.handle(now, SocketId::PRIMARY, "203.0.113.5:4000".parse().unwrap(), Kind::Register(reg));
+    assert_eq!(b.poll_transmit(), None);
+    assert_eq!(b.stats().dropped_bad_signature, 1);
+}
+
+#[test]
+fn introduction_goes_to_both_with_one_nonce() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
+    register_fully(&mut b, now, &alice, a_addr);
+    register_fully(&mut b, now, &bob, b_addr);
+    let request = pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id: 42 };
+    b.handle(now, SocketId::PRIMARY, a_addr, Kind::IntroduceRequest(request));
+    let (to_a, to_b) = (b.poll_transmit().unwrap(), b.poll_transmit().unwrap());
+    assert_eq!((to_a.dst, to_b.dst), (a_addr, b_addr));
+    let (Kind::Introduction(ia), Kind::Introduction(ib)) = (decode(&to_a), decode(&to_b)) else { panic!() };
+    assert_eq!(ia.nonce, ib.nonce);
+    assert_eq!(ia.nonce.len(), 16);
+    assert!(ia.initiator && !ib.initiator);
+    assert_eq!(SocketAddr::try_from(ia.peer_public.as_ref().unwrap()).unwrap(), b_addr);
+    assert_eq!(SocketAddr::try_from(ib.peer_public.as_ref().unwrap()).unwrap(), a_addr);
+    assert_eq!(verify_record(ia.peer.as_ref().unwrap()).unwrap().peer_id, bob.peer_id());
+    assert_eq!(verify_record(ib.peer.as_ref().unwrap()).unwrap().peer_id, alice.peer_id());
+}
+
+#[test]
+fn unknown_target_gets_a_clear_error_and_strangers_get_less_than_they_sent() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let alice = Identity::from_seed(1);
+    let a_addr: SocketAddr = "203.0.113.5:4000".parse().unwrap();
+    register_fully(&mut b, now, &alice, a_addr);
+    let ghost = Identity::from_seed(9).peer_id();
+    let request = Kind::IntroduceRequest(pb::IntroduceRequest { target: ghost.to_bytes().into(), request_id: 1 });
+    b.handle(now, SocketId::PRIMARY, a_addr, request.clone());
+    let Kind::IntroduceError(e) = decode(&b.poll_transmit().unwrap()) else { panic!() };
+    assert_eq!(e.reason(), IntroduceErrorReason::TargetNotRegistered);
+    assert!(e.message.contains(&ghost.to_string()));
+
+    let stranger: SocketAddr = "203.0.113.77:1".parse().unwrap();
+    let sent = Transmit::envelope(SocketId::PRIMARY, INTRODUCER, request.clone()).payload.len();
+    b.handle(now, SocketId::PRIMARY, stranger, request);
+    let reply = b.poll_transmit().unwrap();
+    assert!(reply.payload.len() <= sent);
+    let Kind::IntroduceError(e) = decode(&reply) else { panic!() };
+    assert_eq!(e.reason(), IntroduceErrorReason::RequesterNotRegistered);
+}
+
+#[test]
+fn registrations_expire_without_refresh_and_stale_records_lose() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let alice = Identity::from_seed(1);
+    let src: SocketAddr = "203.0.113.5:4000".parse().unwrap();
+    let ttl = Config::default().registration_ttl;
+    let reg = register_fully(&mut b, now, &alice, src);
+    assert_eq!(reg.ttl_secs as u64, ttl.as_secs());
+
+    // An older record (replayed) does not replace the current one.
+    b.handle(now, SocketId::PRIMARY, src, register(&alice, 0, 0));
+    let Kind::RegisterChallenge(ch) = decode(&b.poll_transmit().unwrap()) else { panic!() };
+    b.handle(now, SocketId::PRIMARY, src, register(&alice, 0, ch.cookie));
+    assert_eq!(b.stats().dropped_stale_record, 1);
+
+    let mut t = now;
+    while b.registrations() > 0 {
+        t = b.poll_timeout().expect("a sweep is due while registrations exist");
+        b.handle_timeout(t);
+    }
+    assert!(t >= now + ttl && t <= now + ttl + ttl / 2, "expired after {:?}", t - now);
+    assert_eq!(b.stats().expired, 1);
+    assert_eq!(b.poll_timeout(), None);
+}

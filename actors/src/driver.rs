@@ -1,0 +1,110 @@
+//! The one actor that drives every protocol machine: datagrams and timers in, datagrams
+//! and events out. A module's "actor" is this driver around its machine, so actors stay
+//! as thin as the design asks and every decision stays testable without I/O.
+
+use crate::socket::{self, Inbound, SocketActor};
+use crate::Transmit;
+use actix::prelude::*;
+use std::time::Instant;
+
+/// A sans-I/O machine that takes decoded datagrams from the socket actor.
+pub trait Protocol: Unpin + 'static {
+    type Event: Send + 'static;
+    fn handle_inbound(&mut self, inbound: Inbound);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+    fn poll_event(&mut self) -> Option<Self::Event>;
+    fn poll_timeout(&self) -> Option<Instant>;
+}
+
+/// An event a machine produced, delivered to whoever started its actor.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Emitted<E>(pub E);
+
+/// Runs a command on the machine (with the current time) and answers its result.
+pub struct Call<P, R>(Box<dyn FnOnce(&mut P, Instant) -> R + Send>);
+
+impl<P, R> Call<P, R> {
+    pub fn new(f: impl FnOnce(&mut P, Instant) -> R + Send + 'static) -> Self {
+        Call(Box::new(f))
+    }
+}
+
+impl<P: 'static, R: 'static> Message for Call<P, R> {
+    type Result = R;
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Tick;
+
+pub struct MachineActor<P: Protocol> {
+    machine: P,
+    socket: Addr<SocketActor>,
+    events: Recipient<Emitted<P::Event>>,
+    timer: Option<(Instant, SpawnHandle)>,
+}
+
+impl<P: Protocol> MachineActor<P> {
+    /// Starts the actor; its events go to `events`.
+    pub fn start(machine: P, socket: Addr<SocketActor>, events: Recipient<Emitted<P::Event>>) -> Addr<Self> {
+        Actor::create(|ctx: &mut Context<Self>| {
+            ctx.set_mailbox_capacity(socket::MAILBOX);
+            let mut actor = MachineActor { machine, socket, events, timer: None };
+            actor.flush(ctx);
+            actor
+        })
+    }
+
+    /// Sends what the machine queued, forwards its events, and re-arms the one timer.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        while let Some(t) = self.machine.poll_transmit() {
+            self.socket.do_send(socket::Send(t));
+        }
+        while let Some(e) = self.machine.poll_event() {
+            self.events.do_send(Emitted(e));
+        }
+        let deadline = self.machine.poll_timeout();
+        if self.timer.as_ref().map(|(at, _)| *at) == deadline {
+            return;
+        }
+        if let Some((_, handle)) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = deadline {
+            let handle = ctx.notify_later(Tick, at.saturating_duration_since(Instant::now()));
+            self.timer = Some((at, handle));
+        }
+    }
+}
+
+impl<P: Protocol> Actor for MachineActor<P> {
+    type Context = Context<Self>;
+}
+
+impl<P: Protocol> Handler<Inbound> for MachineActor<P> {
+    type Result = ();
+    fn handle(&mut self, inbound: Inbound, ctx: &mut Context<Self>) {
+        self.machine.handle_inbound(inbound);
+        self.flush(ctx);
+    }
+}
+
+impl<P: Protocol> Handler<Tick> for MachineActor<P> {
+    type Result = ();
+    fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        self.timer = None;
+        self.machine.handle_timeout(Instant::now());
+        self.flush(ctx);
+    }
+}
+
+impl<P: Protocol, R: 'static> Handler<Call<P, R>> for MachineActor<P> {
+    type Result = MessageResult<Call<P, R>>;
+    fn handle(&mut self, Call(f): Call<P, R>, ctx: &mut Context<Self>) -> MessageResult<Call<P, R>> {
+        let result = f(&mut self.machine, Instant::now());
+        self.flush(ctx);
+        MessageResult(result)
+    }
+}

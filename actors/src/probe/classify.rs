@@ -1,0 +1,1456 @@
+//! The NAT-classifying client: a [`Machine`] that sends STUN Binding requests and concludes
+//! a [`NatReport`]. The test sequence is described in [`super`].
+
+use super::{canonical, server::full_answer_len, Server};
+use crate::nat::{Allocation, Filtering, Mapping, NatReport};
+use crate::{Machine, SocketId, Transmit};
+use introducer_proto::stun::{self, ChangeRequest, Class, Message, TransactionId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How the probe behaves. [`ProbeConfig::new`] gives the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Tried in order for the first test; later ones also serve as a second IP for the
+    /// mapping test when the first server has no alternate IP.
+    pub servers: Vec<Server>,
+    /// Port-allocation samples, one extra socket each (default 4).
+    pub allocation_samples: u16,
+    /// First retransmission timeout (default 100 ms); doubles after each transmission.
+    pub rto: Duration,
+    /// Transmissions per request before "no answer" is concluded (default 3).
+    pub max_tries: u32,
+    /// Largest |step| reported as sequential allocation (default 16).
+    pub max_step: u16,
+    /// Pad requests so that a full RFC 5780 answer is no larger than the request (default on).
+    pub pad_requests: bool,
+}
+
+impl ProbeConfig {
+    pub fn new(servers: Vec<Server>) -> Self {
+        ProbeConfig {
+            servers,
+            allocation_samples: 4,
+            rto: Duration::from_millis(100),
+            max_tries: 3,
+            max_step: 16,
+            pad_requests: true,
+        }
+    }
+}
+
+/// The local end of the probe's sockets, as bound by the driver.
+///
+/// The driver binds `Probe::sockets_needed(&config)` extra sockets, `SocketId(1)` to
+/// `SocketId(n)`, on the same interface as the primary one (so they go through the same
+/// NAT), to ephemeral ports. Fewer is allowed: with none, filtering runs from the primary
+/// socket before the mapping tests and allocation is inferred from the primary socket's
+/// mappings; with one, there are no allocation samples.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalSockets {
+    /// The primary socket's local address, with a concrete IP if the driver knows one. It
+    /// decides `no_nat` (public endpoint == local endpoint). A socket bound to `0.0.0.0`/`::`
+    /// should be given with the address the OS picks for outgoing traffic (e.g. learned from
+    /// a connected UDP socket); an unspecified IP or `None` never counts as "no NAT".
+    pub primary: Option<SocketAddr>,
+    /// `extra[i]` is the local address of `SocketId(i + 1)`; only its port is used (to tell
+    /// port-preserving allocation).
+    pub extra: Vec<SocketAddr>,
+}
+
+/// Why probing failed altogether. Partial knowledge is a report with `None` fields instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no STUN server configured")]
+    NoServers,
+    #[error("no STUN server answered")]
+    NoServerAnswered,
+}
+
+/// Counters for what arrived and left; unexpected input is counted, never fatal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeStats {
+    /// Requests sent for the first time.
+    pub requests: u64,
+    pub retransmissions: u64,
+    /// Datagrams handed to the probe.
+    pub received: u64,
+    /// Answers that concluded a transaction (success or error).
+    pub answers: u64,
+    /// Error responses among them.
+    pub errors: u64,
+    /// Answers to a transaction already concluded (retransmission echoes, replays).
+    pub duplicates: u64,
+    /// STUN messages matching no transaction on the socket they arrived on, and
+    /// non-responses.
+    pub unmatched: u64,
+    /// Datagrams that are not valid STUN, and success responses without a mapped address.
+    pub garbage: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FilterTest {
+    /// CHANGE-REQUEST ip+port: answered ⇒ endpoint-independent filtering.
+    ChangeBoth,
+    /// CHANGE-REQUEST port: answered ⇒ at most address-dependent filtering.
+    ChangePort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Test I from the primary socket to `servers[index]`.
+    First {
+        server: usize,
+    },
+    /// A mapping test from the primary socket; `order` is the send order.
+    Mapping {
+        order: usize,
+    },
+    Filter(FilterTest),
+    /// Allocation sample `index` (0-based), from `SocketId(FIRST_ALLOC_SOCKET + index)`.
+    Alloc {
+        index: usize,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Txn {
+    id: TransactionId,
+    purpose: Purpose,
+    socket: SocketId,
+    dst: SocketAddr,
+    change: Option<ChangeRequest>,
+    padded: bool,
+    payload: Vec<u8>,
+    /// Transmissions so far.
+    sent: u32,
+    rto: Duration,
+    first_sent: Instant,
+    deadline: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Answer { mapped: SocketAddr, src: SocketAddr, other: Option<SocketAddr> },
+    Error(u16),
+    Timeout,
+}
+
+/// What we learned from the first answering server.
+#[derive(Debug, Clone, Copy)]
+struct First {
+    /// Its index in the configured servers.
+    server: usize,
+    addr: SocketAddr,
+    /// Its alternate (OTHER-ADDRESS), if known and of the same family.
+    alt: Option<SocketAddr>,
+    m1: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TestState {
+    /// Not applicable with this server.
+    NotRun,
+    Pending,
+    /// Answered from the changed address.
+    Answered,
+    /// No answer after every retransmission.
+    Silent,
+    /// Error, or answered from an address that shows the change was not honoured.
+    Refused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FilterPlan {
+    /// No usable alternate address: filtering unknown.
+    Unknown,
+    /// Alternate IP and port: both tests.
+    Full,
+    /// Alternate port only (one-IP server): the change-port test alone.
+    PortOnly,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FilterState {
+    plan: FilterPlan,
+    both: TestState,
+    port: TestState,
+}
+
+impl FilterState {
+    fn plan(first: &First) -> Self {
+        let a = first.addr;
+        let plan = match first.alt {
+            Some(alt) if alt.ip() != a.ip() && alt.port() != a.port() => FilterPlan::Full,
+            Some(alt) if alt.ip() == a.ip() && alt.port() != a.port() => FilterPlan::PortOnly,
+            _ => FilterPlan::Unknown,
+        };
+        let (both, port) = match plan {
+            FilterPlan::Full => (TestState::Pending, TestState::Pending),
+            FilterPlan::PortOnly => (TestState::NotRun, TestState::Pending),
+            FilterPlan::Unknown => (TestState::NotRun, TestState::NotRun),
+        };
+        FilterState { plan, both, port }
+    }
+
+    fn concluded(&self) -> bool {
+        match self.plan {
+            FilterPlan::Unknown => true,
+            FilterPlan::Full => {
+                self.both == TestState::Answered || (self.both != TestState::Pending && self.port != TestState::Pending)
+            }
+            FilterPlan::PortOnly => self.port != TestState::Pending,
+        }
+    }
+
+    fn result(&self) -> Option<Filtering> {
+        use TestState::*;
+        match self.plan {
+            FilterPlan::Unknown => None,
+            FilterPlan::Full => match (self.both, self.port) {
+                (Answered, _) => Some(Filtering::EndpointIndependent),
+                (Silent, Answered) => Some(Filtering::AddressDependent),
+                (Silent, Silent) => Some(Filtering::AddressAndPortDependent),
+                _ => None,
+            },
+            // Answered: endpoint-independent or address-dependent, which one is unknown.
+            FilterPlan::PortOnly => (self.port == Silent).then_some(Filtering::AddressAndPortDependent),
+        }
+    }
+}
+
+/// The socket the filtering tests use when the driver provided it.
+const FILTER_SOCKET: SocketId = SocketId(1);
+/// The first allocation-sample socket.
+const FIRST_ALLOC_SOCKET: u16 = 2;
+
+/// NAT classification by STUN, as a sans-I/O machine. See [`super`] for the test sequence.
+#[derive(Debug)]
+pub struct Probe {
+    config: ProbeConfig,
+    locals: LocalSockets,
+    rng: StdRng,
+    rto: Duration,
+    pad: bool,
+    pending: Vec<Txn>,
+    /// Concluded transactions, to tell duplicates from strangers.
+    concluded: Vec<(TransactionId, SocketId)>,
+    out: VecDeque<Transmit>,
+    stats: ProbeStats,
+    result: Option<Result<NatReport, ProbeError>>,
+
+    first: Option<First>,
+    mapping_started: bool,
+    mappings_sent: usize,
+    /// (send order, destination, mapped endpoint) of answered mapping tests, M1 included.
+    observed: Vec<(usize, SocketAddr, SocketAddr)>,
+    filter: Option<FilterState>,
+    filter_sent: bool,
+    alloc_started: bool,
+    alloc_next: usize,
+    /// (local port, mapped port) of answered allocation samples, in send order.
+    samples: Vec<(u16, u16)>,
+}
+
+impl Probe {
+    /// Extra sockets (`SocketId(1..=n)`) the driver should bind before starting: one for
+    /// filtering, one per allocation sample.
+    pub fn sockets_needed(config: &ProbeConfig) -> u16 {
+        config.allocation_samples.saturating_add(1)
+    }
+
+    /// Starts probing at `now`: the first request is ready in `poll_transmit`. `seed` feeds
+    /// the transaction ids (pass `rand::random()` in production, a constant in tests).
+    pub fn new(config: ProbeConfig, locals: LocalSockets, now: Instant, seed: u64) -> Self {
+        let mut probe = Probe {
+            rto: config.rto.max(Duration::from_millis(1)),
+            pad: config.pad_requests,
+            config,
+            locals,
+            rng: StdRng::seed_from_u64(seed),
+            pending: Vec::new(),
+            concluded: Vec::new(),
+            out: VecDeque::new(),
+            stats: ProbeStats::default(),
+            result: None,
+            first: None,
+            mapping_started: false,
+            mappings_sent: 0,
+            observed: Vec::new(),
+            filter: None,
+            filter_sent: false,
+            alloc_started: false,
+            alloc_next: 0,
+            samples: Vec::new(),
+        };
+        probe.try_server(now, 0);
+        probe
+    }
+
+    /// `None` while probing; then the report, or why there is none.
+    pub fn result(&self) -> Option<Result<NatReport, ProbeError>> {
+        self.result.clone()
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.result.is_some()
+    }
+
+    pub fn stats(&self) -> ProbeStats {
+        self.stats
+    }
+
+    fn extra_sockets(&self) -> usize {
+        self.locals.extra.len()
+    }
+
+    fn filter_socket(&self) -> SocketId {
+        if self.extra_sockets() >= 1 {
+            FILTER_SOCKET
+        } else {
+            SocketId::PRIMARY
+        }
+    }
+
+    fn alloc_total(&self) -> usize {
+        let available = self.extra_sockets().saturating_sub(usize::from(FIRST_ALLOC_SOCKET) - 1);
+        available.min(usize::from(self.config.allocation_samples))
+    }
+
+    fn send(
+        &mut self,
+        now: Instant,
+        purpose: Purpose,
+        socket: SocketId,
+        dst: SocketAddr,
+        change: Option<ChangeRequest>,
+        padded: bool,
+    ) {
+        let id: TransactionId = self.rng.gen();
+        let mut msg = Message { change_request: change, ..Message::binding_request(id) };
+        if padded {
+            let target = full_answer_len(dst.is_ipv6());
+            // PADDING's own header takes 4 bytes; its value stays a multiple of 4.
+            msg.padding = target.saturating_sub(msg.encoded_len() + 4) & !3;
+        }
+        let payload = msg.encode();
+        let rto = self.rto;
+        self.out.push_back(Transmit { socket, dst, payload: payload.clone() });
+        self.stats.requests += 1;
+        self.pending.push(Txn {
+            id,
+            purpose,
+            socket,
+            dst,
+            change,
+            padded: padded && msg.padding > 0,
+            payload,
+            sent: 1,
+            rto,
+            first_sent: now,
+            deadline: later(now, rto),
+        });
+    }
+
+    /// Test I to `servers[index]`, or failure if there is none left.
+    fn try_server(&mut self, now: Instant, index: usize) {
+        match self.config.servers.get(index) {
+            Some(server) => {
+                let dst = server.addr;
+                let pad = self.pad;
+                self.send(now, Purpose::First { server: index }, SocketId::PRIMARY, dst, None, pad);
+            }
+            None => {
+                self.result = Some(Err(if self.config.servers.is_empty() {
+                    ProbeError::NoServers
+                } else {
+                    ProbeError::NoServerAnswered
+                }));
+                self.pending.clear();
+            }
+        }
+    }
+
+    /// Mapping-test destinations beyond A, in send order: one with another IP, one with the
+    /// same IP as another destination but another port.
+    fn mapping_destinations(&self, first: &First) -> Vec<SocketAddr> {
+        let a = first.addr;
+        // Servers before A did not answer Test I: no use asking them again.
+        let other_server = self
+            .config
+            .servers
+            .iter()
+            .skip(first.server + 1)
+            .find(|s| s.addr.ip() != a.ip() && s.addr.is_ipv4() == a.is_ipv4());
+        let mut dsts = Vec::new();
+        match first.alt {
+            Some(alt) if alt.ip() != a.ip() => {
+                dsts.push(SocketAddr::new(alt.ip(), a.port()));
+                if alt.port() != a.port() {
+                    dsts.push(alt);
+                }
+            }
+            Some(alt) => {
+                // Same IP, another port: the port test against A itself.
+                dsts.push(alt);
+                dsts.extend(other_server.map(|s| s.addr));
+            }
+            None => {
+                if let Some(s) = other_server {
+                    dsts.push(s.addr);
+                    if let Some(o) = s.other.filter(|o| o.port() != s.addr.port()) {
+                        // RFC 5780 servers listen on their alternate port at the primary IP.
+                        dsts.push(SocketAddr::new(s.addr.ip(), o.port()));
+                    }
+                }
+            }
+        }
+        dsts
+    }
+
+    /// Starts whatever the results so far allow, and concludes when nothing is left.
+    fn advance(&mut self, now: Instant) {
+        if self.result.is_some() {
+            return;
+        }
+        let Some(first) = self.first else { return };
+        if self.filter.is_none() {
+            self.filter = Some(FilterState::plan(&first));
+        }
+        let filter_on_primary = self.filter_socket() == SocketId::PRIMARY;
+
+        // Mapping tests open holes towards the alternate address on the primary socket, so
+        // they wait for the filtering tests when those share the socket. They go first in
+        // the burst otherwise, so that M1, M2, M3 are consecutive allocations of the NAT.
+        let filter_done = self.filter.is_some_and(|f| f.concluded());
+        if !self.mapping_started && (!filter_on_primary || filter_done) {
+            self.mapping_started = true;
+            for dst in self.mapping_destinations(&first) {
+                self.mappings_sent += 1;
+                let order = self.mappings_sent;
+                let pad = self.pad;
+                self.send(now, Purpose::Mapping { order }, SocketId::PRIMARY, dst, None, pad);
+            }
+        }
+
+        if !self.filter_sent {
+            self.filter_sent = true;
+            self.send_filter_tests(now, &first);
+        }
+
+        if !self.alloc_started {
+            self.alloc_started = true;
+            if self.no_nat(&first) {
+                // Nothing translates: nothing to sample.
+                self.alloc_next = self.alloc_total();
+            }
+        }
+        let sampling = self.pending.iter().any(|t| matches!(t.purpose, Purpose::Alloc { .. }));
+        if !sampling && self.alloc_next < self.alloc_total() {
+            let index = self.alloc_next;
+            self.alloc_next += 1;
+            let socket = SocketId(FIRST_ALLOC_SOCKET.saturating_add(index as u16));
+            let pad = self.pad;
+            self.send(now, Purpose::Alloc { index }, socket, first.addr, None, pad);
+        }
+
+        if self.mapping_started
+            && self.filter.is_some_and(|f| f.concluded())
+            && self.alloc_next >= self.alloc_total()
+            && self.pending.is_empty()
+        {
+            self.finish(&first);
+        }
+    }
+
+    fn send_filter_tests(&mut self, now: Instant, first: &First) {
+        let Some(filter) = self.filter else { return };
+        let socket = self.filter_socket();
+        let pad = self.pad;
+        if filter.both == TestState::Pending {
+            let change = ChangeRequest { change_ip: true, change_port: true };
+            let purpose = Purpose::Filter(FilterTest::ChangeBoth);
+            self.send(now, purpose, socket, first.addr, Some(change), pad);
+        }
+        if filter.port == TestState::Pending {
+            let change = ChangeRequest { change_ip: false, change_port: true };
+            let purpose = Purpose::Filter(FilterTest::ChangePort);
+            self.send(now, purpose, socket, first.addr, Some(change), pad);
+        }
+    }
+
+    fn no_nat(&self, first: &First) -> bool {
+        self.locals.primary.is_some_and(|local| !local.ip().is_unspecified() && canonical(local) == canonical(first.m1))
+    }
+
+    fn on_outcome(&mut self, now: Instant, txn: Txn, outcome: Outcome) {
+        if let (Outcome::Error(420), true) = (outcome, txn.padded) {
+            // The server may not know PADDING (comprehension-required): ask again without,
+            // and stop padding for the rest of the probe.
+            self.pad = false;
+            self.send(now, txn.purpose, txn.socket, txn.dst, txn.change, false);
+            return;
+        }
+        match txn.purpose {
+            Purpose::First { server } => match outcome {
+                Outcome::Answer { mapped, other, .. } => {
+                    if txn.sent == 1 {
+                        let rtt = now.saturating_duration_since(txn.first_sent);
+                        self.rto = self.rto.max(rtt.saturating_mul(2));
+                    }
+                    let configured = self.config.servers.get(server).and_then(|s| s.other);
+                    let alt = other
+                        .or(configured)
+                        .map(canonical)
+                        .filter(|o| o.is_ipv4() == txn.dst.is_ipv4() && *o != txn.dst);
+                    self.observed.push((0, txn.dst, canonical(mapped)));
+                    self.first = Some(First { server, addr: txn.dst, alt, m1: mapped });
+                }
+                Outcome::Error(_) | Outcome::Timeout => self.try_server(now, server + 1),
+            },
+            Purpose::Mapping { order } => {
+                if let Outcome::Answer { mapped, .. } = outcome {
+                    self.observed.push((order, txn.dst, canonical(mapped)));
+                }
+            }
+            Purpose::Filter(test) => self.on_filter(test, outcome),
+            Purpose::Alloc { index } => {
+                if let Outcome::Answer { mapped, .. } = outcome {
+                    let local = self.locals.extra.get(index + 1).map_or(0, SocketAddr::port);
+                    self.samples.push((local, mapped.port()));
+                }
+            }
+        }
+    }
+
+    fn on_filter(&mut self, test: FilterTest, outcome: Outcome) {
+        let Some(first) = self.first else { return };
+        let Some(filter) = self.filter.as_mut() else {
+            return;
+        };
+        let state = match outcome {
+            Outcome::Answer { src, .. } => {
+                let src = canonical(src);
+                let changed_ip = src.ip() != first.addr.ip();
+                let changed_port = src.port() != first.addr.port();
+                let honoured = match test {
+                    FilterTest::ChangeBoth => changed_ip && changed_port,
+                    FilterTest::ChangePort => changed_port && !changed_ip,
+                };
+                if honoured {
+                    TestState::Answered
+                } else {
+                    TestState::Refused
+                }
+            }
+            Outcome::Error(_) => TestState::Refused,
+            Outcome::Timeout => TestState::Silent,
+        };
+        match test {
+            FilterTest::ChangeBoth => filter.both = state,
+            FilterTest::ChangePort => filter.port = state,
+        }
+        if filter.concluded() {
+            // The other test no longer matters (EIF already proven): stop retransmitting it.
+            let stale: Vec<_> = self
+                .pending
+                .iter()
+                .filter(|t| matches!(t.purpose, Purpose::Filter(_)))
+                .map(|t| (t.id, t.socket))
+                .collect();
+            self.pending.retain(|t| !matches!(t.purpose, Purpose::Filter(_)));
+            self.concluded.extend(stale);
+        }
+    }
+
+    fn finish(&mut self, first: &First) {
+        let no_nat = self.no_nat(first);
+        let pairs: Vec<(SocketAddr, SocketAddr)> =
+            self.observed.iter().map(|&(_, dst, mapped)| (dst, mapped)).collect();
+        let mut mapping = classify_mapping(&pairs);
+        if no_nat && mapping.is_none() {
+            mapping = Some(Mapping::EndpointIndependent);
+        }
+        let filtering = self.filter.and_then(|f| f.result());
+        let allocation = if no_nat { Some(Allocation::Preserving) } else { self.infer_allocation(first, mapping) };
+        self.result = Some(Ok(NatReport { public_addr: first.m1, no_nat, mapping, filtering, allocation }));
+    }
+
+    fn infer_allocation(&self, first: &First, mapping: Option<Mapping>) -> Option<Allocation> {
+        let max_step = self.config.max_step;
+        if self.samples.len() >= 2 {
+            return classify_allocation(&self.samples, max_step);
+        }
+        let local = self.locals.primary.map_or(0, |l| l.port());
+        if mapping == Some(Mapping::AddressAndPortDependent) {
+            // Every mapping test made a new mapping: the primary socket's M1, M2, M3 (in send
+            // order) are allocation samples too.
+            let mut seq = self.observed.clone();
+            seq.sort_by_key(|&(order, _, _)| order);
+            let seq: Vec<(u16, u16)> = seq.iter().map(|&(_, _, m)| (local, m.port())).collect();
+            if seq.len() >= 2 {
+                return classify_allocation(&seq, max_step);
+            }
+        }
+        match self.samples.first() {
+            Some(&sample) => classify_allocation(&[sample], max_step),
+            None => classify_allocation(&[(local, first.m1.port())], max_step),
+        }
+    }
+}
+
+impl Machine for Probe {
+    fn handle_datagram(&mut self, now: Instant, socket: SocketId, src: SocketAddr, payload: &[u8]) {
+        self.stats.received += 1;
+        let msg = match Message::decode(payload) {
+            Ok(msg) => msg,
+            Err(_) => {
+                self.stats.garbage += 1;
+                return;
+            }
+        };
+        if msg.method != stun::BINDING || !matches!(msg.class, Class::SuccessResponse | Class::ErrorResponse) {
+            self.stats.unmatched += 1;
+            return;
+        }
+        let key = (msg.transaction_id, socket);
+        let Some(pos) = self.pending.iter().position(|t| (t.id, t.socket) == key) else {
+            if self.concluded.contains(&key) {
+                self.stats.duplicates += 1;
+            } else {
+                self.stats.unmatched += 1;
+            }
+            return;
+        };
+        let outcome = match msg.class {
+            Class::ErrorResponse => Outcome::Error(msg.error_code.as_ref().map_or(0, |&(code, _)| code)),
+            _ => match msg.xor_mapped_address.or(msg.mapped_address) {
+                Some(mapped) => Outcome::Answer { mapped, src, other: msg.other_address },
+                None => {
+                    // Useless answer; keep waiting for a proper one.
+                    self.stats.garbage += 1;
+                    return;
+                }
+            },
+        };
+        self.stats.answers += 1;
+        if matches!(outcome, Outcome::Error(_)) {
+            self.stats.errors += 1;
+        }
+        let txn = self.pending.remove(pos);
+        self.concluded.push(key);
+        self.on_outcome(now, txn, outcome);
+        self.advance(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.result.is_some() {
+            return;
+        }
+        let max_tries = self.config.max_tries.max(1);
+        let mut expired = Vec::new();
+        for txn in &mut self.pending {
+            if txn.deadline > now {
+                continue;
+            }
+            if txn.sent < max_tries {
+                let wait = txn.rto.saturating_mul(1u32 << txn.sent.min(16));
+                txn.sent += 1;
+                txn.deadline = later(now, wait);
+                self.out.push_back(Transmit { socket: txn.socket, dst: txn.dst, payload: txn.payload.clone() });
+                self.stats.retransmissions += 1;
+            } else {
+                expired.push((txn.id, txn.socket));
+            }
+        }
+        for key in expired {
+            // An earlier outcome in this loop may have dropped it (filter tests).
+            let Some(pos) = self.pending.iter().position(|t| (t.id, t.socket) == key) else {
+                continue;
+            };
+            let txn = self.pending.remove(pos);
+            self.concluded.push(key);
+            self.on_outcome(now, txn, Outcome::Timeout);
+            if self.result.is_some() {
+                break;
+            }
+        }
+        self.advance(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.result.is_some() {
+            return None;
+        }
+        self.pending.iter().map(|t| t.deadline).min()
+    }
+}
+
+/// `now + d`, capped instead of panicking on absurd durations.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).or_else(|| now.checked_add(Duration::from_secs(3600))).unwrap_or(now)
+}
+
+/// Mapping behaviour from `(destination, mapped endpoint)` pairs observed from one socket.
+///
+/// Two destinations with different IPs and the same mapping ⇒ endpoint-independent (a
+/// dependent NAT would have needed a new mapping). Two destinations on one IP with different
+/// ports and different mappings ⇒ address-and-port-dependent. Different mappings towards
+/// different IPs *and* the same mapping towards two ports of one IP ⇒ address-dependent.
+/// Otherwise `None` (e.g. one destination only, or only different IPs with different
+/// mappings, which does not tell address- from address-and-port-dependent).
+pub fn classify_mapping(observed: &[(SocketAddr, SocketAddr)]) -> Option<Mapping> {
+    let (mut addr_dep, mut port_dep) = (None::<bool>, None::<bool>);
+    for (i, &(dst_a, map_a)) in observed.iter().enumerate() {
+        for &(dst_b, map_b) in observed.iter().skip(i + 1) {
+            let (dst_a, dst_b) = (canonical(dst_a), canonical(dst_b));
+            if dst_a == dst_b {
+                continue;
+            }
+            let slot = if dst_a.ip() == dst_b.ip() { &mut port_dep } else { &mut addr_dep };
+            *slot = Some(slot.unwrap_or(false) || canonical(map_a) != canonical(map_b));
+        }
+    }
+    match (addr_dep, port_dep) {
+        (_, Some(true)) => Some(Mapping::AddressAndPortDependent),
+        (Some(false), _) => Some(Mapping::EndpointIndependent),
+        (Some(true), Some(false)) => Some(Mapping::AddressDependent),
+        _ => None,
+    }
+}
+
+/// Port-allocation behaviour from `(local port, mapped port)` samples, one per new mapping,
+/// in the order the NAT made them.
+///
+/// - **Preserving** if a strict majority of samples kept their local port (all of them for
+///   one or two samples): one port taken by another host does not hide it.
+/// - Else, with at least two samples, **Sequential { step }** if a strict majority of the
+///   consecutive deltas of mapped ports equal the same non-zero `step` with
+///   `|step| ≤ max_step`: with 4 samples (3 deltas), one foreign allocation in between or a
+///   wrap of the NAT's port range is tolerated (deltas 1,2,1 ⇒ step 1; 2,4,2 ⇒ step 2).
+/// - Else **Random**; one non-preserved sample alone gives `None`.
+pub fn classify_allocation(samples: &[(u16, u16)], max_step: u16) -> Option<Allocation> {
+    if samples.is_empty() {
+        return None;
+    }
+    let preserved = samples.iter().filter(|(local, mapped)| local == mapped).count();
+    if preserved * 2 > samples.len() {
+        return Some(Allocation::Preserving);
+    }
+    if samples.len() < 2 {
+        return None;
+    }
+    let deltas: Vec<i32> = samples.windows(2).map(|w| i32::from(w[1].1) - i32::from(w[0].1)).collect();
+    let best = deltas
+        .iter()
+        .filter(|d| **d != 0 && d.unsigned_abs() <= u32::from(max_step))
+        .map(|&d| (deltas.iter().filter(|&&e| e == d).count(), d))
+        // Most frequent; among equals the smallest |step|, then the positive one.
+        .max_by_key(|&(count, d)| (count, std::cmp::Reverse(d.unsigned_abs()), d > 0));
+    match best {
+        Some((count, step)) if count * 2 > deltas.len() => Some(Allocation::Sequential { step }),
+        _ => Some(Allocation::Random),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    const EIM: Mapping = Mapping::EndpointIndependent;
+    const ADM: Mapping = Mapping::AddressDependent;
+    const APDM: Mapping = Mapping::AddressAndPortDependent;
+    const EIF: Filtering = Filtering::EndpointIndependent;
+    const ADF: Filtering = Filtering::AddressDependent;
+    const APDF: Filtering = Filtering::AddressAndPortDependent;
+    const SEQ1: Allocation = Allocation::Sequential { step: 1 };
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        /// RFC 5780: OTHER-ADDRESS, honours CHANGE-REQUEST.
+        Rfc5780,
+        /// RFC 8489 only: no OTHER-ADDRESS, 420 to CHANGE-REQUEST.
+        Plain,
+        /// Advertises OTHER-ADDRESS but answers every CHANGE-REQUEST from where it was asked.
+        IgnoresChange,
+        /// RFC 5780, but 420 to any request with PADDING.
+        NoPadding,
+        /// Never answers.
+        Dead,
+    }
+
+    /// A STUN server listening on (ip0|ip1) × (port0|port1).
+    #[derive(Debug, Clone, Copy)]
+    struct FakeServer {
+        primary: SocketAddr,
+        alternate: SocketAddr,
+        mode: Mode,
+    }
+
+    impl FakeServer {
+        fn new(primary: &str, alternate: &str, mode: Mode) -> Self {
+            FakeServer { primary: a(primary), alternate: a(alternate), mode }
+        }
+
+        /// (ip index, port index) of an address it listens on.
+        fn position(&self, addr: SocketAddr) -> Option<(usize, usize)> {
+            let ip = [self.primary.ip(), self.alternate.ip()].iter().position(|&i| i == addr.ip())?;
+            let port = [self.primary.port(), self.alternate.port()].iter().position(|&p| p == addr.port())?;
+            Some((ip, port))
+        }
+
+        fn at(&self, ip: usize, port: usize) -> SocketAddr {
+            let ips = [self.primary.ip(), self.alternate.ip()];
+            let ports = [self.primary.port(), self.alternate.port()];
+            SocketAddr::new(ips[ip], ports[port])
+        }
+
+        /// (response source, response bytes) for a request from `src` to `dst`.
+        fn answer(&self, dst: SocketAddr, src: SocketAddr, bytes: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
+            let (ip, port) = self.position(dst)?;
+            let req = Message::decode(bytes).ok()?;
+            assert_eq!(req.class, Class::Request);
+            let tid = req.transaction_id;
+            let err = |code| Some((dst, Message::binding_error(tid, code, "no").encode()));
+            let change = req.change_request.unwrap_or_default();
+            let from = match self.mode {
+                Mode::Dead => return None,
+                Mode::NoPadding if req.padding > 0 => return err(420),
+                Mode::Plain if change.change_ip || change.change_port => return err(420),
+                Mode::Plain | Mode::IgnoresChange => dst,
+                Mode::Rfc5780 | Mode::NoPadding => {
+                    self.at(ip ^ usize::from(change.change_ip), port ^ usize::from(change.change_port))
+                }
+            };
+            let other = (self.mode != Mode::Plain).then(|| self.at(1 - ip, 1 - port));
+            let msg =
+                Message { response_origin: Some(from), other_address: other, ..Message::binding_success(tid, src) };
+            Some((from, msg.encode()))
+        }
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    struct Nat {
+        mapping: Mapping,
+        filtering: Filtering,
+        allocation: Allocation,
+    }
+
+    /// One host (the probe's sockets) behind an optional NAT, servers on the internet, a
+    /// fixed one-way delay, and virtual time.
+    struct World {
+        nat: Option<Nat>,
+        public_ip: IpAddr,
+        host_ip: IpAddr,
+        servers: Vec<FakeServer>,
+        delay: Duration,
+        /// Local port of SocketId(i).
+        locals: Vec<u16>,
+        rng: StdRng,
+        mappings: HashMap<(SocketId, Option<SocketAddr>), u16>,
+        owner: HashMap<u16, SocketId>,
+        permits: HashMap<u16, Vec<SocketAddr>>,
+        next_seq: i32,
+        allocations: usize,
+        /// Before the n-th new mapping, another host behind the NAT takes a port.
+        foreign_before: Vec<usize>,
+        /// Requests (by transmission count) lost before reaching the NAT.
+        lose: Vec<usize>,
+        transmissions: usize,
+        inflight: Vec<(Instant, SocketId, SocketAddr, Vec<u8>)>,
+        sent: Vec<(Instant, Transmit)>,
+    }
+
+    impl World {
+        fn new(nat: Option<Nat>, servers: Vec<FakeServer>) -> Self {
+            World {
+                nat,
+                public_ip: "203.0.113.9".parse().unwrap(),
+                host_ip: if nat.is_some() { "10.0.0.2" } else { "203.0.113.50" }.parse().unwrap(),
+                servers,
+                delay: Duration::from_millis(10),
+                locals: (0..8).map(|i| 40000 + 7 * i).collect(),
+                rng: StdRng::seed_from_u64(7),
+                mappings: HashMap::new(),
+                owner: HashMap::new(),
+                permits: HashMap::new(),
+                next_seq: 20000,
+                allocations: 0,
+                foreign_before: Vec::new(),
+                lose: Vec::new(),
+                transmissions: 0,
+                inflight: Vec::new(),
+                sent: Vec::new(),
+            }
+        }
+
+        fn standard(nat: Option<Nat>) -> Self {
+            World::new(nat, vec![FakeServer::new("198.51.100.1:3478", "198.51.100.2:3479", Mode::Rfc5780)])
+        }
+
+        fn local(&self, socket: SocketId) -> SocketAddr {
+            SocketAddr::new(self.host_ip, self.locals[usize::from(socket.0)])
+        }
+
+        fn locals(&self, extra: usize) -> LocalSockets {
+            LocalSockets {
+                primary: Some(self.local(SocketId::PRIMARY)),
+                extra: (1..=extra).map(|i| self.local(SocketId(i as u16))).collect(),
+            }
+        }
+
+        fn allocate(&mut self, nat: Nat, local: u16) -> u16 {
+            self.allocations += 1;
+            let foreign = self.foreign_before.iter().filter(|&&n| n == self.allocations).count();
+            if let Allocation::Sequential { step } = nat.allocation {
+                self.next_seq += step * foreign as i32;
+            }
+            match nat.allocation {
+                Allocation::Preserving if !self.owner.contains_key(&local) => local,
+                Allocation::Sequential { step } => {
+                    let p = self.next_seq as u16;
+                    self.next_seq += step;
+                    p
+                }
+                _ => loop {
+                    let p = self.rng.gen_range(1024..=65535);
+                    if !self.owner.contains_key(&p) {
+                        break p;
+                    }
+                },
+            }
+        }
+
+        fn outbound(&mut self, now: Instant, t: Transmit) {
+            self.sent.push((now, t.clone()));
+            self.transmissions += 1;
+            if self.lose.contains(&self.transmissions) {
+                return;
+            }
+            let local = self.local(t.socket);
+            let src = match self.nat {
+                None => local,
+                Some(nat) => {
+                    let key = match nat.mapping {
+                        Mapping::EndpointIndependent => None,
+                        Mapping::AddressDependent => Some(SocketAddr::new(t.dst.ip(), 0)),
+                        Mapping::AddressAndPortDependent => Some(t.dst),
+                    };
+                    let ext = match self.mappings.get(&(t.socket, key)) {
+                        Some(&p) => p,
+                        None => {
+                            let p = self.allocate(nat, local.port());
+                            self.mappings.insert((t.socket, key), p);
+                            self.owner.insert(p, t.socket);
+                            p
+                        }
+                    };
+                    self.permits.entry(ext).or_default().push(t.dst);
+                    SocketAddr::new(self.public_ip, ext)
+                }
+            };
+            let Some(server) = self.servers.iter().find(|s| s.position(t.dst).is_some()).copied() else {
+                return;
+            };
+            let Some((from, bytes)) = server.answer(t.dst, src, &t.payload) else {
+                return;
+            };
+            // Back through the NAT.
+            let socket = match self.nat {
+                None => t.socket,
+                Some(nat) => {
+                    let permits = self.permits.get(&src.port()).cloned().unwrap_or_default();
+                    let pass = match nat.filtering {
+                        Filtering::EndpointIndependent => true,
+                        Filtering::AddressDependent => permits.iter().any(|p| p.ip() == from.ip()),
+                        Filtering::AddressAndPortDependent => permits.contains(&from),
+                    };
+                    if !pass {
+                        return;
+                    }
+                    self.owner[&src.port()]
+                }
+            };
+            self.inflight.push((now + 2 * self.delay, socket, from, bytes));
+        }
+
+        /// Runs `probe` to its end on virtual time; returns the result and the elapsed time.
+        fn run(&mut self, probe: &mut Probe, start: Instant) -> (Result<NatReport, ProbeError>, Duration) {
+            let mut now = start;
+            for _ in 0..10_000 {
+                while let Some(t) = probe.poll_transmit() {
+                    self.outbound(now, t);
+                }
+                if let Some(result) = probe.result() {
+                    assert_eq!(probe.poll_timeout(), None);
+                    return (result, now - start);
+                }
+                let next_in = self.inflight.iter().map(|x| x.0).min();
+                let next_to = probe.poll_timeout();
+                now = match (next_in, next_to) {
+                    (Some(x), Some(y)) => x.min(y),
+                    (Some(x), None) | (None, Some(x)) => x,
+                    (None, None) => panic!("probe stalled without a deadline"),
+                };
+                self.inflight.sort_by_key(|x| x.0);
+                while self.inflight.first().is_some_and(|x| x.0 <= now) {
+                    let (_, socket, src, bytes) = self.inflight.remove(0);
+                    probe.handle_datagram(now, socket, src, &bytes);
+                }
+                if probe.poll_timeout().is_some_and(|t| t <= now) {
+                    probe.handle_timeout(now);
+                }
+            }
+            panic!("probe did not finish");
+        }
+    }
+
+    fn probe_in(world: &mut World, extra: usize) -> (Result<NatReport, ProbeError>, Duration, Probe) {
+        let servers = world.servers.iter().map(|s| Server::new(s.primary)).collect();
+        let start = Instant::now();
+        let mut probe = Probe::new(ProbeConfig::new(servers), world.locals(extra), start, 42);
+        let (result, elapsed) = world.run(&mut probe, start);
+        (result, elapsed, probe)
+    }
+
+    fn nat(mapping: Mapping, filtering: Filtering, allocation: Allocation) -> Option<Nat> {
+        Some(Nat { mapping, filtering, allocation })
+    }
+
+    #[test]
+    fn every_mapping_filtering_allocation_combination() {
+        for mapping in [EIM, ADM, APDM] {
+            for filtering in [EIF, ADF, APDF] {
+                for allocation in [Allocation::Preserving, SEQ1, Allocation::Random] {
+                    let case = format!("{mapping:?} {filtering:?} {allocation:?}");
+                    let mut world = World::standard(nat(mapping, filtering, allocation));
+                    let (result, elapsed, probe) = probe_in(&mut world, 5);
+                    let report = result.expect(&case);
+                    assert_eq!(report.mapping, Some(mapping), "{case}");
+                    assert_eq!(report.filtering, Some(filtering), "{case}");
+                    assert_eq!(report.allocation, Some(allocation), "{case}");
+                    assert!(!report.no_nat, "{case}");
+                    assert_eq!(report.public_addr.ip(), world.public_ip, "{case}");
+                    let first_mapping = world.mappings[&(
+                        SocketId::PRIMARY,
+                        match mapping {
+                            EIM => None,
+                            ADM => Some(a("198.51.100.1:0")),
+                            APDM => Some(a("198.51.100.1:3478")),
+                        },
+                    )];
+                    assert_eq!(report.public_addr.port(), first_mapping, "{case}");
+                    // Nothing filtered: RTT-bound (Test I, then 4 samples one after another).
+                    // Something filtered: RTT + 700 ms of retransmissions.
+                    let expected =
+                        if filtering == EIF { Duration::from_millis(100) } else { Duration::from_millis(20 + 700) };
+                    assert_eq!(elapsed, expected, "{case}");
+                    assert_eq!(probe.stats().unmatched + probe.stats().garbage, 0, "{case}");
+                    // Every request is padded to the size of a full RFC 5780 answer.
+                    assert!(world.sent.iter().all(|(_, t)| t.payload.len() == 76), "{case}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn test_sequence_and_sockets() {
+        let mut world = World::standard(nat(EIM, APDF, Allocation::Preserving));
+        let report = probe_in(&mut world, 5).0.unwrap();
+        assert_eq!(report.filtering, Some(APDF));
+        let t0 = world.sent[0].0;
+        let log: Vec<(u64, u16, SocketAddr, Option<ChangeRequest>)> = world
+            .sent
+            .iter()
+            .map(|(at, t)| {
+                let m = Message::decode(&t.payload).unwrap();
+                ((*at - t0).as_millis() as u64, t.socket.0, t.dst, m.change_request)
+            })
+            .collect();
+        let both = Some(ChangeRequest { change_ip: true, change_port: true });
+        let port = Some(ChangeRequest { change_ip: false, change_port: true });
+        let (a0, b0, b1) = (a("198.51.100.1:3478"), a("198.51.100.2:3478"), a("198.51.100.2:3479"));
+        assert_eq!(
+            log,
+            vec![
+                (0, 0, a0, None),
+                (20, 0, b0, None),
+                (20, 0, b1, None),
+                (20, 1, a0, both),
+                (20, 1, a0, port),
+                (20, 2, a0, None),
+                (40, 3, a0, None),
+                (60, 4, a0, None),
+                (80, 5, a0, None),
+                // Retransmissions of the unanswered filtering tests: +100 ms, +300 ms.
+                (120, 1, a0, both),
+                (120, 1, a0, port),
+                (320, 1, a0, both),
+                (320, 1, a0, port),
+            ]
+        );
+        // The filtering socket never sent anywhere but A's primary address.
+        assert!(world.sent.iter().filter(|(_, t)| t.socket == SocketId(1)).all(|(_, t)| t.dst == a0));
+    }
+
+    #[test]
+    fn sequential_allocation_steps_and_foreign_allocations() {
+        for (step, foreign) in [(1, vec![]), (2, vec![]), (-1, vec![]), (1, vec![7]), (2, vec![6]), (3, vec![8])] {
+            let mut world = World::standard(nat(APDM, APDF, Allocation::Sequential { step }));
+            world.foreign_before = foreign.clone();
+            let report = probe_in(&mut world, 5).0.unwrap();
+            assert_eq!(report.allocation, Some(Allocation::Sequential { step }), "{step} {foreign:?}");
+        }
+        // Foreign allocations in most gaps: deltas 3, 1, 2 agree on nothing, so random.
+        // (Deltas 1, 2, 2 would read as step 2: indistinguishable from a step-2 NAT.)
+        let mut world = World::standard(nat(APDM, APDF, SEQ1));
+        world.foreign_before = vec![6, 6, 8];
+        assert_eq!(probe_in(&mut world, 5).0.unwrap().allocation, Some(Allocation::Random));
+    }
+
+    #[test]
+    fn no_nat() {
+        let mut world = World::standard(None);
+        let (result, elapsed, _) = probe_in(&mut world, 5);
+        let report = result.unwrap();
+        assert_eq!(
+            report,
+            NatReport {
+                public_addr: world.local(SocketId::PRIMARY),
+                no_nat: true,
+                mapping: Some(EIM),
+                filtering: Some(EIF),
+                allocation: Some(Allocation::Preserving),
+            }
+        );
+        assert_eq!(report.nat_type(), crate::nat::NatType::Public);
+        // No allocation samples are needed: two round trips.
+        assert_eq!(elapsed, Duration::from_millis(40));
+        assert!(world.sent.iter().all(|(_, t)| t.socket.0 <= 1));
+
+        // The driver does not know its concrete local IP: "no NAT" cannot be claimed.
+        let mut world = World::standard(None);
+        let mut locals = world.locals(5);
+        locals.primary = Some(a("0.0.0.0:40000"));
+        let start = Instant::now();
+        let mut probe = Probe::new(ProbeConfig::new(vec![Server::new(a("198.51.100.1:3478"))]), locals, start, 1);
+        let report = world.run(&mut probe, start).0.unwrap();
+        assert!(!report.no_nat);
+        assert_eq!(report.allocation, Some(Allocation::Preserving));
+    }
+
+    #[test]
+    fn dead_servers_are_skipped_then_reported() {
+        let dead = FakeServer::new("198.51.100.1:3478", "198.51.100.2:3479", Mode::Dead);
+        let live = FakeServer::new("192.0.2.1:3478", "192.0.2.2:3479", Mode::Rfc5780);
+        let mut world = World::new(nat(EIM, ADF, Allocation::Preserving), vec![dead, live]);
+        let (result, elapsed, probe) = probe_in(&mut world, 5);
+        let report = result.unwrap();
+        assert_eq!((report.mapping, report.filtering), (Some(EIM), Some(ADF)));
+        // 700 ms on the dead server, then the live one's own 700 ms filtering wait.
+        assert_eq!(elapsed, Duration::from_millis(700 + 20 + 700));
+        assert_eq!(probe.stats().retransmissions, 2 + 2);
+
+        let mut world = World::new(nat(EIM, ADF, Allocation::Preserving), vec![dead]);
+        let (result, elapsed, probe) = probe_in(&mut world, 5);
+        assert_eq!(result, Err(ProbeError::NoServerAnswered));
+        assert_eq!(elapsed, Duration::from_millis(700));
+        assert_eq!((probe.stats().requests, probe.stats().retransmissions), (1, 2));
+
+        // A dead first server is not reused as the "other IP" of the mapping test: two plain
+        // servers after it still prove endpoint-independence.
+        let plain_a = FakeServer::new("192.0.2.1:3478", "192.0.2.2:3479", Mode::Plain);
+        let plain_b = FakeServer::new("192.0.2.77:3478", "192.0.2.78:3479", Mode::Plain);
+        let mut world = World::new(nat(EIM, APDF, Allocation::Preserving), vec![dead, plain_a, plain_b]);
+        let report = probe_in(&mut world, 5).0.unwrap();
+        assert_eq!((report.mapping, report.filtering), (Some(EIM), None));
+        assert_eq!(world.sent.iter().filter(|(_, t)| t.dst == dead.primary).count(), 3);
+        assert!(world.sent.iter().any(|(_, t)| t.dst == plain_b.primary));
+
+        let start = Instant::now();
+        let probe = Probe::new(ProbeConfig::new(vec![]), LocalSockets::default(), start, 0);
+        assert_eq!(probe.result(), Some(Err(ProbeError::NoServers)));
+        assert_eq!(probe.poll_timeout(), None);
+    }
+
+    #[test]
+    fn plain_stun_servers_leave_filtering_unknown() {
+        // One plain server: only M1; filtering and mapping unknown, allocation still sampled.
+        let plain = FakeServer::new("198.51.100.1:3478", "198.51.100.2:3479", Mode::Plain);
+        let mut world = World::new(nat(APDM, APDF, SEQ1), vec![plain]);
+        let report = probe_in(&mut world, 5).0.unwrap();
+        assert_eq!((report.mapping, report.filtering, report.allocation), (None, None, Some(SEQ1)));
+
+        // Two plain servers on different IPs: EIM is provable, ADM vs APDM is not.
+        let other = FakeServer::new("192.0.2.1:3478", "192.0.2.2:3479", Mode::Plain);
+        for (mapping, expected) in [(EIM, Some(EIM)), (ADM, None), (APDM, None)] {
+            let mut world = World::new(nat(mapping, APDF, Allocation::Random), vec![plain, other]);
+            let report = probe_in(&mut world, 5).0.unwrap();
+            assert_eq!((report.mapping, report.filtering), (expected, None), "{mapping:?}");
+        }
+        // ... unless the second server's alternate port is known: then it is.
+        for mapping in [EIM, ADM, APDM] {
+            let mut world = World::new(nat(mapping, APDF, Allocation::Random), vec![plain, other]);
+            let servers =
+                vec![Server::new(plain.primary), Server { addr: other.primary, other: Some(other.alternate) }];
+            let start = Instant::now();
+            let mut probe = Probe::new(ProbeConfig::new(servers), world.locals(5), start, 3);
+            let report = world.run(&mut probe, start).0.unwrap();
+            assert_eq!(report.mapping, Some(mapping));
+        }
+    }
+
+    #[test]
+    fn one_ip_server_with_two_ports() {
+        // OTHER-ADDRESS known (configured) on the same IP: the port tests still tell APDM and
+        // APDF; EIF vs ADF and EIM vs ADM stay unknown.
+        let server = FakeServer::new("198.51.100.1:3478", "198.51.100.1:3479", Mode::Rfc5780);
+        for (mapping, filtering, want_m, want_f) in [
+            (APDM, APDF, Some(APDM), Some(APDF)),
+            (EIM, APDF, None, Some(APDF)),
+            (ADM, ADF, None, None),
+            (EIM, EIF, None, None),
+        ] {
+            let mut world = World::new(nat(mapping, filtering, Allocation::Random), vec![server]);
+            let report = probe_in(&mut world, 5).0.unwrap();
+            assert_eq!((report.mapping, report.filtering), (want_m, want_f), "{mapping:?} {filtering:?}");
+        }
+    }
+
+    #[test]
+    fn server_ignoring_change_request_is_not_taken_for_open_filtering() {
+        let liar = FakeServer::new("198.51.100.1:3478", "198.51.100.2:3479", Mode::IgnoresChange);
+        let mut world = World::new(nat(EIM, APDF, Allocation::Preserving), vec![liar]);
+        let report = probe_in(&mut world, 5).0.unwrap();
+        assert_eq!(report.filtering, None);
+        assert_eq!(report.mapping, Some(EIM));
+    }
+
+    #[test]
+    fn padding_refused_with_420_is_dropped() {
+        let picky = FakeServer::new("198.51.100.1:3478", "198.51.100.2:3479", Mode::NoPadding);
+        let mut world = World::new(nat(ADM, ADF, SEQ1), vec![picky]);
+        let (result, _, probe) = probe_in(&mut world, 5);
+        let report = result.unwrap();
+        assert_eq!((report.mapping, report.filtering, report.allocation), (Some(ADM), Some(ADF), Some(SEQ1)));
+        assert_eq!(probe.stats().errors, 1);
+        let sizes: Vec<usize> = world.sent.iter().map(|(_, t)| t.payload.len()).collect();
+        assert_eq!(sizes[0], 76);
+        assert!(sizes[1..].iter().all(|&n| n < 76), "{sizes:?}");
+    }
+
+    #[test]
+    fn without_extra_sockets_filtering_goes_first_on_the_primary_socket() {
+        for (mapping, filtering, allocation) in [
+            (EIM, ADF, Allocation::Preserving),
+            (ADM, ADF, SEQ1),
+            (APDM, ADF, Allocation::Sequential { step: 2 }),
+            (APDM, APDF, Allocation::Random),
+            (EIM, EIF, Allocation::Random),
+        ] {
+            let case = format!("{mapping:?} {filtering:?} {allocation:?}");
+            let mut world = World::standard(nat(mapping, filtering, allocation));
+            let report = probe_in(&mut world, 0).0.unwrap();
+            assert_eq!(report.mapping, Some(mapping), "{case}");
+            assert_eq!(report.filtering, Some(filtering), "{case}");
+            // The primary socket's M1, M2, M3 are the only allocation samples: they show
+            // a sequential APDM; one EIM mapping shows preservation; else unknown.
+            let want = match (mapping, allocation) {
+                (APDM, a) => Some(a),
+                (_, Allocation::Preserving) => Some(Allocation::Preserving),
+                _ => None,
+            };
+            assert_eq!(report.allocation, want, "{case}");
+            assert!(world.sent.iter().all(|(_, t)| t.socket == SocketId::PRIMARY));
+            // Nothing went to the alternate IP before the filtering tests concluded.
+            let first_alt = world.sent.iter().position(|(_, t)| t.dst.ip() != a("198.51.100.1:1").ip());
+            let last_change =
+                world.sent.iter().rposition(|(_, t)| Message::decode(&t.payload).unwrap().change_request.is_some());
+            assert!(first_alt > last_change, "{case}");
+        }
+        // With one extra socket: filtering there, no allocation samples.
+        let mut world = World::standard(nat(APDM, APDF, SEQ1));
+        let report = probe_in(&mut world, 1).0.unwrap();
+        assert_eq!((report.mapping, report.filtering), (Some(APDM), Some(APDF)));
+        assert_eq!(report.allocation, Some(SEQ1));
+    }
+
+    #[test]
+    fn lost_requests_are_retransmitted() {
+        let mut world = World::standard(nat(APDM, ADF, SEQ1));
+        // Lose Test I, the first mapping test, and the second allocation sample once each.
+        world.lose = vec![1, 3, 8];
+        let (result, _, probe) = probe_in(&mut world, 5);
+        let report = result.unwrap();
+        assert_eq!((report.mapping, report.filtering, report.allocation), (Some(APDM), Some(ADF), Some(SEQ1)));
+        assert!(probe.stats().retransmissions >= 3);
+    }
+
+    /// A probe driven by hand against one RFC 5780 server, no NAT in between.
+    fn manual() -> (Probe, Instant, Transmit) {
+        let start = Instant::now();
+        let locals = LocalSockets {
+            primary: Some(a("10.0.0.2:40000")),
+            extra: (1..=5).map(|i| SocketAddr::new("10.0.0.2".parse().unwrap(), 40000 + i)).collect(),
+        };
+        let server = Server::new(a("198.51.100.1:3478"));
+        let mut probe = Probe::new(ProbeConfig::new(vec![server]), locals, start, 9);
+        let first = probe.poll_transmit().unwrap();
+        assert_eq!(probe.poll_transmit(), None);
+        (probe, start, first)
+    }
+
+    fn answer(req: &Transmit, mapped: &str) -> Vec<u8> {
+        let tid = Message::decode(&req.payload).unwrap().transaction_id;
+        Message { other_address: Some(a("198.51.100.2:3479")), ..Message::binding_success(tid, a(mapped)) }.encode()
+    }
+
+    #[test]
+    fn retransmission_schedule_is_100_200_400_ms() {
+        let (mut probe, start, first) = manual();
+        let ms = |n| start + Duration::from_millis(n);
+        assert_eq!(first.socket, SocketId::PRIMARY);
+        assert_eq!(probe.poll_timeout(), Some(ms(100)));
+        probe.handle_timeout(ms(50)); // spurious: nothing happens
+        assert_eq!(probe.poll_transmit(), None);
+        probe.handle_timeout(ms(100));
+        assert_eq!(probe.poll_transmit().unwrap().payload, first.payload);
+        assert_eq!(probe.poll_timeout(), Some(ms(300)));
+        probe.handle_timeout(ms(300));
+        assert_eq!(probe.poll_transmit().unwrap().payload, first.payload);
+        assert_eq!(probe.poll_timeout(), Some(ms(700)));
+        probe.handle_timeout(ms(699));
+        assert!(probe.result().is_none());
+        probe.handle_timeout(ms(700));
+        assert_eq!(probe.result(), Some(Err(ProbeError::NoServerAnswered)));
+        assert_eq!(probe.poll_transmit(), None);
+    }
+
+    #[test]
+    fn rto_follows_a_slow_first_answer() {
+        let (mut probe, start, first) = manual();
+        let at = start + Duration::from_millis(90);
+        probe.handle_datagram(at, SocketId::PRIMARY, first.dst, &answer(&first, "203.0.113.9:50000"));
+        // RTT 90 ms ⇒ rto 180 ms for everything after.
+        assert_eq!(probe.poll_timeout(), Some(at + Duration::from_millis(180)));
+    }
+
+    #[test]
+    fn garbage_duplicates_and_strangers_are_ignored_and_counted() {
+        let (mut probe, start, first) = manual();
+        let now = start + Duration::from_millis(5);
+        let src = first.dst;
+        let reply = answer(&first, "203.0.113.9:50000");
+        // Garbage, truncated, and a non-STUN frame.
+        probe.handle_datagram(now, SocketId::PRIMARY, src, b"\x00\x01garbage");
+        probe.handle_datagram(now, SocketId::PRIMARY, src, &reply[..reply.len() - 4]);
+        probe.handle_datagram(now, SocketId::PRIMARY, src, &[0x09, 1, 2, 3]);
+        probe.handle_datagram(now, SocketId::PRIMARY, src, &[]);
+        // The right answer on the wrong socket; an unknown transaction; a request.
+        probe.handle_datagram(now, SocketId(3), src, &reply);
+        let stranger = Message::binding_success([7; 12], a("203.0.113.9:1")).encode();
+        probe.handle_datagram(now, SocketId::PRIMARY, src, &stranger);
+        let request = Message::binding_request([8; 12]).encode();
+        probe.handle_datagram(now, SocketId::PRIMARY, src, &request);
+        // A success without any mapped address.
+        let tid = Message::decode(&first.payload).unwrap().transaction_id;
+        let empty = Message { xor_mapped_address: None, ..Message::binding_success(tid, src) };
+        probe.handle_datagram(now, SocketId::PRIMARY, src, &empty.encode());
+        assert!(probe.poll_transmit().is_none(), "nothing above may advance the probe");
+        assert_eq!(probe.stats().garbage, 5);
+        assert_eq!(probe.stats().unmatched, 3);
+        // The real answer, then its duplicate.
+        probe.handle_datagram(now, SocketId::PRIMARY, src, &reply);
+        probe.handle_datagram(now, SocketId::PRIMARY, src, &reply);
+        let s = probe.stats();
+        assert_eq!((s.received, s.answers, s.duplicates, s.garbage, s.unmatched), (10, 1, 1, 5, 3));
+        // The probe moved on: mapping tests, filtering tests, first allocation sample.
+        let burst: Vec<Transmit> = std::iter::from_fn(|| probe.poll_transmit()).collect();
+        assert_eq!(burst.len(), 5);
+        assert!(probe.result().is_none());
+    }
+
+    #[test]
+    fn hostile_input_never_panics() {
+        let (mut probe, start, first) = manual();
+        let mut rng = StdRng::seed_from_u64(5);
+        let tid = Message::decode(&first.payload).unwrap().transaction_id;
+        let valid = answer(&first, "203.0.113.9:50000");
+        for i in 0..5000u64 {
+            let now = start + Duration::from_millis(i);
+            let mut bytes = if i % 2 == 0 { valid.clone() } else { Message::binding_error(tid, 500, "x").encode() };
+            let flips = rng.gen_range(0..4);
+            for _ in 0..flips {
+                let at = rng.gen_range(0..bytes.len());
+                bytes[at] = rng.gen();
+            }
+            bytes.truncate(rng.gen_range(0..=bytes.len()));
+            let socket = SocketId(rng.gen_range(0..8));
+            probe.handle_datagram(now, socket, a("198.51.100.1:3478"), &bytes);
+            if i % 97 == 0 {
+                probe.handle_timeout(now);
+            }
+            while probe.poll_transmit().is_some() {}
+        }
+        assert!(probe.stats().received == 5000);
+    }
+
+    #[test]
+    fn mapping_rule() {
+        let (a0, a1, b0, b1) = (a("1.1.1.1:1"), a("1.1.1.1:2"), a("2.2.2.2:1"), a("2.2.2.2:2"));
+        let (m, n, o) = (a("9.9.9.9:100"), a("9.9.9.9:101"), a("9.9.9.9:102"));
+        assert_eq!(classify_mapping(&[(a0, m), (b0, m), (b1, m)]), Some(EIM));
+        assert_eq!(classify_mapping(&[(a0, m), (b0, n), (b1, n)]), Some(ADM));
+        assert_eq!(classify_mapping(&[(a0, m), (b0, n), (b1, o)]), Some(APDM));
+        assert_eq!(classify_mapping(&[(a0, m), (b0, m)]), Some(EIM));
+        assert_eq!(classify_mapping(&[(a0, m), (b0, n)]), None);
+        assert_eq!(classify_mapping(&[(a0, m), (a1, n)]), Some(APDM));
+        assert_eq!(classify_mapping(&[(a0, m), (a1, m)]), None);
+        assert_eq!(classify_mapping(&[(a0, m), (a1, m), (b0, n)]), Some(ADM));
+        assert_eq!(classify_mapping(&[(a0, m)]), None);
+        assert_eq!(classify_mapping(&[]), None);
+        // The same IPv4 peer seen through a dual-stack socket is the same destination.
+        assert_eq!(classify_mapping(&[(a0, m), (a("[::ffff:1.1.1.1]:1"), n)]), None);
+    }
+
+    #[test]
+    fn allocation_rule() {
+        let seq = |ports: &[u16]| -> Vec<(u16, u16)> { ports.iter().map(|&p| (40000, p)).collect() };
+        let c = |ports: &[u16]| classify_allocation(&seq(ports), 16);
+        let step = |step| Some(Allocation::Sequential { step });
+        assert_eq!(c(&[20000, 20001, 20002, 20003]), step(1));
+        assert_eq!(c(&[20000, 20002, 20004, 20006]), step(2));
+        assert_eq!(c(&[20003, 20002, 20001, 20000]), step(-1));
+        assert_eq!(c(&[20000, 20001, 20003, 20004]), step(1)); // one foreign allocation
+        assert_eq!(c(&[20000, 20002, 20006, 20008]), step(2));
+        assert_eq!(c(&[29998, 29999, 20000, 20001]), step(1)); // range wrap
+        assert_eq!(c(&[20000, 20016, 20032, 20048]), step(16));
+        assert_eq!(c(&[20000, 20017, 20034, 20051]), Some(Allocation::Random)); // step too big
+        assert_eq!(c(&[20000, 20001, 20003, 20006]), Some(Allocation::Random));
+        assert_eq!(c(&[31337, 1234, 60000, 4242]), Some(Allocation::Random));
+        assert_eq!(c(&[20000, 20000, 20000, 20000]), Some(Allocation::Random));
+        assert_eq!(c(&[20000, 20001]), step(1));
+        assert_eq!(c(&[20000]), None);
+        assert_eq!(c(&[]), None);
+        let preserved = [(40001, 40001), (40002, 40002), (40003, 40003), (40004, 40004)];
+        assert_eq!(classify_allocation(&preserved, 16), Some(Allocation::Preserving));
+        // One port taken by someone else: still preserving.
+        let one_off = [(40001, 40001), (40002, 51234), (40003, 40003), (40004, 40004)];
+        assert_eq!(classify_allocation(&one_off, 16), Some(Allocation::Preserving));
+        assert_eq!(classify_allocation(&[(40001, 40001)], 16), Some(Allocation::Preserving));
+        assert_eq!(classify_allocation(&[(40001, 40001), (40002, 50000)], 16), Some(Allocation::Random));
+    }
+}

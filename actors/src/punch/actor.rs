@@ -1,0 +1,71 @@
+//! The punch actor: one [`Attempt`] per introduction, found by its nonce.
+
+use super::{plan, Attempt, Config, Event, Unpunchable};
+use crate::driver::{MachineActor, Protocol};
+use crate::identity::Identity;
+use crate::nat::NatReport;
+use crate::registration::Introduced;
+use crate::socket::{Inbound, Payload};
+use crate::{SocketId, Transmit};
+use introducer_proto::pb::envelope::Kind;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+pub type PunchActor = MachineActor<Attempts>;
+
+/// Every attempt under way (and lingering after success).
+pub struct Attempts {
+    config: Config,
+    me: Identity,
+    by_nonce: HashMap<Vec<u8>, Attempt>,
+    /// Proofs for no attempt of ours.
+    pub dropped_unknown_nonce: u64,
+}
+
+impl Attempts {
+    pub fn new(config: Config, me: Identity) -> Self {
+        Attempts { config, me, by_nonce: HashMap::new(), dropped_unknown_nonce: 0 }
+    }
+
+    /// Starts punching toward an introduced peer, if this strategies can.
+    pub fn start(&mut self, now: Instant, mine: &NatReport, introduced: Introduced) -> Result<(), Unpunchable> {
+        let peer_nat = introduced.peer.record.nat.as_ref().and_then(|n| NatReport::try_from(n).ok());
+        // A peer that could not probe is taken as easy, at the address the introducer saw.
+        let peer_nat = peer_nat.unwrap_or(NatReport { public_addr: introduced.peer_public, no_nat: false, mapping: None, filtering: None, allocation: None });
+        let private: Vec<SocketAddr> = introduced.peer.record.private_addrs.iter().filter_map(|a| a.try_into().ok()).collect();
+        let plan = plan(mine, &peer_nat, introduced.peer_public, &private)?;
+        let attempt = Attempt::new(self.config.clone(), &self.me, introduced.peer.peer_id, introduced.nonce.clone(), SocketId::PRIMARY, plan, now);
+        self.by_nonce.insert(introduced.nonce, attempt);
+        Ok(())
+    }
+}
+
+impl Protocol for Attempts {
+    type Event = Event;
+    fn handle_inbound(&mut self, inbound: Inbound) {
+        let Payload::Envelope(Kind::Punch(punch)) = inbound.payload else { return };
+        match self.by_nonce.get_mut(&punch.nonce[..]) {
+            Some(attempt) => attempt.handle_punch(inbound.now, inbound.src, &punch),
+            None => self.dropped_unknown_nonce += 1,
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        for attempt in self.by_nonce.values_mut().filter(|a| a.poll_timeout().is_some_and(|t| t <= now)) {
+            attempt.handle_timeout(now);
+        }
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.by_nonce.values_mut().find_map(Attempt::poll_transmit)
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        let event = self.by_nonce.values_mut().find_map(Attempt::poll_event);
+        if event.is_none() {
+            self.by_nonce.retain(|_, a| !a.is_done());
+        }
+        event
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.by_nonce.values().filter_map(Attempt::poll_timeout).min()
+    }
+}

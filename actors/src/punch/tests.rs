@@ -1,0 +1,160 @@
+use super::*;
+use crate::nat::{Allocation, Filtering, Mapping};
+use introducer_proto::frame::{self, Decoded};
+
+fn report(addr: &str, nat: NatType) -> NatReport {
+    let (no_nat, mapping, filtering) = match nat {
+        NatType::Public => (true, Mapping::EndpointIndependent, Filtering::EndpointIndependent),
+        NatType::Easy => (false, Mapping::EndpointIndependent, Filtering::AddressAndPortDependent),
+        NatType::Hard => (false, Mapping::AddressAndPortDependent, Filtering::AddressAndPortDependent),
+    };
+    NatReport {
+        public_addr: addr.parse().unwrap(),
+        no_nat,
+        mapping: Some(mapping),
+        filtering: Some(filtering),
+        allocation: Some(Allocation::Random),
+    }
+}
+
+fn punch_of(t: &Transmit) -> pb::Punch {
+    match frame::decode(&t.payload).unwrap() {
+        Decoded::Envelope(pb::Envelope { kind: Some(Kind::Punch(p)) }) => p,
+        other => panic!("not a punch: {other:?}"),
+    }
+}
+
+#[test]
+fn plan_follows_the_strategy_table() {
+    use NatType::*;
+    let a = "203.0.113.1:1000";
+    let b: SocketAddr = "198.51.100.9:2000".parse().unwrap();
+    let cases = [
+        (Public, Easy, Ok((Strategy::Direct, false))),
+        (Easy, Public, Ok((Strategy::Direct, true))),
+        (Public, Hard, Ok((Strategy::Direct, false))),
+        (Hard, Public, Ok((Strategy::Direct, true))),
+        (Public, Public, Ok((Strategy::Direct, true))),
+        (Easy, Easy, Ok((Strategy::SimultaneousOpen, true))),
+        (Easy, Hard, Err(Unpunchable::HardNat { who: "the peer is" })),
+        (Hard, Easy, Err(Unpunchable::HardNat { who: "this node is" })),
+        (Hard, Hard, Err(Unpunchable::HardNat { who: "this node is" })),
+    ];
+    for (mine, theirs, want) in cases {
+        let got = plan(&report(a, mine), &report(&b.to_string(), theirs), b, &[]).map(|p| {
+            assert_eq!(p.candidates, vec![Candidate { addr: b, path: Path::Direct }]);
+            (p.strategy, p.send_first)
+        });
+        assert_eq!(got, want, "{mine:?} x {theirs:?}");
+    }
+}
+
+#[test]
+fn same_public_ip_tries_private_addresses_first_even_when_hard() {
+    let lan: SocketAddr = "10.0.0.7:4000".parse().unwrap();
+    let peer_public: SocketAddr = "203.0.113.1:5000".parse().unwrap();
+    let p = plan(&report("203.0.113.1:1000", NatType::Hard), &report("203.0.113.1:5000", NatType::Hard), peer_public, &[lan]).unwrap();
+    assert_eq!(p.strategy, Strategy::Local);
+    assert_eq!(p.candidates[0], Candidate { addr: lan, path: Path::Local });
+    assert_eq!(p.candidates[1], Candidate { addr: peer_public, path: Path::Direct });
+}
+
+struct Pair {
+    a: Attempt,
+    b: Attempt,
+    a_addr: SocketAddr,
+    b_addr: SocketAddr,
+}
+
+fn pair(now: Instant, b_sends_first: bool) -> Pair {
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("203.0.113.1:1000".parse().unwrap(), "198.51.100.9:2000".parse().unwrap());
+    let nonce = vec![5u8; 16];
+    let plan_to = |addr, send_first| Plan { strategy: Strategy::Direct, candidates: vec![Candidate { addr, path: Path::Direct }], send_first };
+    Pair {
+        a: Attempt::new(Config::default(), &alice, bob.peer_id(), nonce.clone(), SocketId::PRIMARY, plan_to(b_addr, true), now),
+        b: Attempt::new(Config::default(), &bob, alice.peer_id(), nonce, SocketId::PRIMARY, plan_to(a_addr, b_sends_first), now),
+        a_addr,
+        b_addr,
+    }
+}
+
+/// Delivers every queued datagram (losslessly, instantly) until quiet.
+fn deliver(now: Instant, p: &mut Pair) {
+    loop {
+        let mut moved = false;
+        while let Some(t) = p.a.poll_transmit() {
+            assert_eq!(t.dst, p.b_addr);
+            p.b.handle_punch(now, p.a_addr, &punch_of(&t));
+            moved = true;
+        }
+        while let Some(t) = p.b.poll_transmit() {
+            assert_eq!(t.dst, p.a_addr);
+            p.a.handle_punch(now, p.b_addr, &punch_of(&t));
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[test]
+fn both_sides_connect_only_after_an_acknowledged_proof() {
+    let now = Instant::now();
+    let mut p = pair(now, false);
+    p.a.handle_timeout(now);
+    p.b.handle_timeout(now);
+    // The responder (b) waits; alice's first probe reaches it.
+    let probe = p.a.poll_transmit().unwrap();
+    assert!(p.b.poll_transmit().is_none());
+    p.b.handle_punch(now, p.a_addr, &punch_of(&probe));
+    assert!(p.b.poll_event().is_none(), "b must not count a path before its own proof is acknowledged");
+    deliver(now, &mut p);
+    let Some(Event::Connected { remote, probes, path, .. }) = p.a.poll_event() else { panic!("a not connected") };
+    assert_eq!((remote, probes, path), (p.b_addr, 1, Path::Direct));
+    // b's own probe goes out immediately once it heard from a, and a's ack connects it.
+    let b_t = now + Duration::from_millis(1);
+    p.b.handle_timeout(b_t);
+    deliver(b_t, &mut p);
+    let Some(Event::Connected { remote, .. }) = p.b.poll_event() else { panic!("b not connected") };
+    assert_eq!(remote, p.a_addr);
+}
+
+#[test]
+fn forged_and_replayed_proofs_are_dropped() {
+    let now = Instant::now();
+    let mut p = pair(now, true);
+    let mallory = Identity::from_seed(3);
+    let forged = mallory.punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), true);
+    p.a.handle_punch(now, p.b_addr, &forged);
+    let wrong_nonce = Identity::from_seed(2).punch(&[6u8; 16], &Identity::from_seed(1).peer_id(), true);
+    p.a.handle_punch(now, p.b_addr, &wrong_nonce);
+    assert_eq!(p.a.stats().dropped_bad_proof, 2);
+    assert!(p.a.poll_event().is_none());
+    assert!(p.a.poll_transmit().is_none());
+
+    // A valid proof replayed many times earns at most max_acks answers.
+    let valid = Identity::from_seed(2).punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), false);
+    for _ in 0..Config::default().max_acks + 10 {
+        p.a.handle_punch(now, "192.0.2.1:9".parse().unwrap(), &valid);
+    }
+    assert_eq!(std::iter::from_fn(|| p.a.poll_transmit()).count() as u32, Config::default().max_acks);
+    assert_eq!(p.a.stats().dropped_over_ack_limit, 10);
+}
+
+#[test]
+fn gives_up_at_the_timeout_with_a_bounded_probe_count() {
+    let now = Instant::now();
+    let mut p = pair(now, true);
+    let mut sent = 0;
+    while let Some(t) = p.a.poll_timeout() {
+        p.a.handle_timeout(t);
+        sent += std::iter::from_fn(|| p.a.poll_transmit()).count();
+    }
+    let config = Config::default();
+    assert_eq!(sent as u128, config.timeout.as_millis() / config.interval.as_millis());
+    let Some(Event::Failed { reason, .. }) = p.a.poll_event() else { panic!("no failure event") };
+    assert!(reason.contains("no authenticated answer"), "{reason}");
+    assert!(p.a.is_done());
+}

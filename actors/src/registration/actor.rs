@@ -1,0 +1,68 @@
+//! The registration actor: one [`Registration`] per introducer, keyed by its address.
+
+use super::{Config, Event, Registration};
+use crate::driver::{MachineActor, Protocol};
+use crate::socket::{Inbound, Payload};
+use crate::{SocketId, Transmit};
+use introducer_proto::pb;
+use libp2p_identity::PeerId;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+pub type RegistrationActor = MachineActor<Registrations>;
+
+/// Every introducer this node registers with.
+pub struct Registrations {
+    config: Config,
+    by_introducer: BTreeMap<SocketAddr, Registration>,
+}
+
+impl Registrations {
+    pub fn new(config: Config) -> Self {
+        Registrations { config, by_introducer: BTreeMap::new() }
+    }
+
+    pub fn add(&mut self, now: Instant, introducer: SocketAddr, record: pb::SignedPeerRecord) {
+        let config = self.config.clone();
+        self.by_introducer.entry(introducer).or_insert_with(|| Registration::new(config, introducer, SocketId::PRIMARY, record, now));
+    }
+
+    pub fn set_record(&mut self, record: pb::SignedPeerRecord) {
+        self.by_introducer.values_mut().for_each(|r| r.set_record(record.clone()));
+    }
+
+    /// Asks the first introducer we are registered with; `None` if there is none.
+    pub fn introduce(&mut self, now: Instant, target: PeerId) -> Option<SocketAddr> {
+        let registration = self.by_introducer.values_mut().find(|r| r.observed().is_some())?;
+        registration.introduce(now, target);
+        Some(registration.introducer())
+    }
+
+    pub fn get(&self, introducer: &SocketAddr) -> Option<&Registration> {
+        self.by_introducer.get(introducer)
+    }
+}
+
+impl Protocol for Registrations {
+    type Event = (SocketAddr, Event);
+    fn handle_inbound(&mut self, inbound: Inbound) {
+        if let (Payload::Envelope(kind), Some(r)) = (inbound.payload, self.by_introducer.get_mut(&inbound.src)) {
+            r.handle(inbound.now, inbound.src, kind);
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        for r in self.by_introducer.values_mut().filter(|r| r.poll_timeout().is_some_and(|t| t <= now)) {
+            r.handle_timeout(now);
+        }
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.by_introducer.values_mut().find_map(Registration::poll_transmit)
+    }
+    fn poll_event(&mut self) -> Option<(SocketAddr, Event)> {
+        self.by_introducer.iter_mut().find_map(|(a, r)| r.poll_event().map(|e| (*a, e)))
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.by_introducer.values().filter_map(Registration::poll_timeout).min()
+    }
+}

@@ -1,0 +1,273 @@
+//! The peer's side of the introducer protocol: register (answering the cookie challenge),
+//! refresh often enough to keep the NAT mapping toward the introducer alive, ask for
+//! introductions, and check what comes back before anyone punches on its strength.
+
+use crate::identity::{verify_record, VerifiedRecord};
+use crate::{SocketId, Transmit};
+use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
+use libp2p_identity::PeerId;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+pub mod actor;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Refresh interval once registered; must stay inside the NAT's mapping lifetime.
+    pub keepalive: Duration,
+    /// First retransmission delay; doubles per try.
+    pub retransmit: Duration,
+    /// Tries before the introducer is declared unreachable.
+    pub max_tries: u32,
+    /// How long an introduction request may stay unanswered (across retransmissions).
+    pub introduce_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            keepalive: Duration::from_secs(15),
+            retransmit: Duration::from_millis(250),
+            max_tries: 5,
+            introduce_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A peer the introducer put us in touch with, its claims verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Introduced {
+    pub request_id: u64,
+    pub peer: VerifiedRecord,
+    /// Where the introducer saw the peer.
+    pub peer_public: SocketAddr,
+    pub nonce: Vec<u8>,
+    pub initiator: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// First registration, or the introducer now sees us at a new address (our NAT
+    /// changed the mapping).
+    Registered { observed: SocketAddr },
+    /// No answer after every retransmission.
+    Unreachable,
+    Introduced(Introduced),
+    IntroduceFailed { target: PeerId, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub dropped_foreign: u64,
+    pub dropped_bad_introduction: u64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    target: PeerId,
+    sent: Instant,
+    deadline: Instant,
+}
+
+pub struct Registration {
+    config: Config,
+    introducer: SocketAddr,
+    socket: SocketId,
+    record: pb::SignedPeerRecord,
+    cookie: u64,
+    observed: Option<SocketAddr>,
+    /// Unanswered Register sends in a row.
+    tries: u32,
+    next_send: Option<Instant>,
+    answered: bool,
+    pending: HashMap<u64, Pending>,
+    next_request_id: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl Registration {
+    pub fn new(config: Config, introducer: SocketAddr, socket: SocketId, record: pb::SignedPeerRecord, now: Instant) -> Self {
+        Registration {
+            config,
+            introducer,
+            socket,
+            record,
+            cookie: 0,
+            observed: None,
+            tries: 0,
+            next_send: Some(now),
+            answered: false,
+            pending: HashMap::new(),
+            next_request_id: 1,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn introducer(&self) -> SocketAddr {
+        self.introducer
+    }
+
+    /// Our public address as the introducer sees it, once registered.
+    pub fn observed(&self) -> Option<SocketAddr> {
+        self.observed
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Replaces the record we register (a newer `issued_ms`), sent with the next refresh.
+    pub fn set_record(&mut self, record: pb::SignedPeerRecord) {
+        self.record = record;
+    }
+
+    /// Asks the introducer to introduce us to `target`.
+    pub fn introduce(&mut self, now: Instant, target: PeerId) -> u64 {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        self.pending.insert(request_id, Pending { target, sent: now, deadline: now + self.config.introduce_timeout });
+        self.send_introduce(request_id, target);
+        request_id
+    }
+
+    fn send_introduce(&mut self, request_id: u64, target: PeerId) {
+        let request = pb::IntroduceRequest { target: target.to_bytes().into(), request_id };
+        self.transmits.push_back(Transmit::envelope(self.socket, self.introducer, Kind::IntroduceRequest(request)));
+    }
+
+    fn send_register(&mut self, now: Instant) {
+        let register = pb::Register { record: Some(self.record.clone()), cookie: self.cookie };
+        self.transmits.push_back(Transmit::envelope(self.socket, self.introducer, Kind::Register(register)));
+        self.answered = false;
+        self.tries += 1;
+        self.next_send = Some(now + self.config.retransmit * 2u32.saturating_pow(self.tries - 1));
+    }
+
+    /// Handles a message from `src`; only the introducer's are taken.
+    pub fn handle(&mut self, now: Instant, src: SocketAddr, kind: Kind) {
+        if src != self.introducer {
+            self.stats.dropped_foreign += 1;
+            return;
+        }
+        match kind {
+            Kind::RegisterChallenge(challenge) => {
+                self.cookie = challenge.cookie;
+                self.tries = 0;
+                self.send_register(now);
+            }
+            Kind::Registered(registered) => {
+                let Some(observed) = registered.observed.as_ref().and_then(|a| SocketAddr::try_from(a).ok()) else {
+                    return;
+                };
+                let ttl = Duration::from_secs(registered.ttl_secs.into());
+                self.answered = true;
+                self.tries = 0;
+                self.next_send = Some(now + self.config.keepalive.min(ttl / 2));
+                if self.observed != Some(observed) {
+                    self.observed = Some(observed);
+                    self.events.push_back(Event::Registered { observed });
+                }
+            }
+            Kind::Introduction(intro) => self.on_introduction(intro),
+            Kind::IntroduceError(error) => {
+                let Some(pending) = self.pending.remove(&error.request_id) else { return };
+                let reason = match error.reason() {
+                    IntroduceErrorReason::TargetNotRegistered => {
+                        format!("peer {} is not registered with introducer {}", pending.target, self.introducer)
+                    }
+                    IntroduceErrorReason::RequesterNotRegistered => {
+                        format!("introducer {} does not know us (registration lapsed)", self.introducer)
+                    }
+                    _ if !error.message.is_empty() => error.message,
+                    _ => "introducer refused the request".to_owned(),
+                };
+                self.events.push_back(Event::IntroduceFailed { target: pending.target, reason });
+            }
+            _ => {}
+        }
+    }
+
+    fn on_introduction(&mut self, intro: pb::Introduction) {
+        let peer = intro.peer.as_ref().and_then(|r| verify_record(r).ok());
+        let peer_public = intro.peer_public.as_ref().and_then(|a| SocketAddr::try_from(a).ok());
+        let (Some(peer), Some(peer_public), 16) = (peer, peer_public, intro.nonce.len()) else {
+            self.stats.dropped_bad_introduction += 1;
+            return;
+        };
+        if intro.initiator {
+            // We asked for it: it must answer one of our requests, about the peer we named.
+            match self.pending.get(&intro.request_id) {
+                Some(p) if p.target == peer.peer_id => {
+                    self.pending.remove(&intro.request_id);
+                }
+                _ => {
+                    self.stats.dropped_bad_introduction += 1;
+                    return;
+                }
+            }
+        }
+        self.events.push_back(Event::Introduced(Introduced {
+            request_id: intro.request_id,
+            peer,
+            peer_public,
+            nonce: intro.nonce.to_vec(),
+            initiator: intro.initiator,
+        }));
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_send.is_some_and(|t| t <= now) {
+            if !self.answered && self.tries >= self.config.max_tries {
+                self.next_send = None;
+                self.observed = None;
+                self.cookie = 0;
+                self.events.push_back(Event::Unreachable);
+            } else {
+                if self.answered {
+                    self.tries = 0;
+                }
+                self.send_register(now);
+            }
+        }
+        let expired: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            let target = self.pending.remove(&id).expect("listed above").target;
+            let reason = format!("introducer {} did not answer the introduction request", self.introducer);
+            self.events.push_back(Event::IntroduceFailed { target, reason });
+        }
+        // Retransmit introduction requests unanswered for a retransmission interval.
+        let resend: Vec<(u64, PeerId)> = self
+            .pending
+            .iter_mut()
+            .filter(|(_, p)| now.saturating_duration_since(p.sent) >= self.config.retransmit * 2)
+            .map(|(id, p)| {
+                p.sent = now;
+                (*id, p.target)
+            })
+            .collect();
+        for (id, target) in resend {
+            self.send_introduce(id, target);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let pending = self.pending.values().map(|p| p.deadline.min(p.sent + self.config.retransmit * 2));
+        self.next_send.into_iter().chain(pending).min()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+use super::*;
+use crate::broker::{self, Broker};
+use crate::identity::Identity;
+use introducer_proto::frame::{self, Decoded};
+use rand::{rngs::StdRng, SeedableRng};
+
+const INTRODUCER: &str = "198.51.100.1:3478";
+
+fn kind(t: &Transmit) -> Kind {
+    match frame::decode(&t.payload).unwrap() {
+        Decoded::Envelope(e) => e.kind.unwrap(),
+        other => panic!("not an envelope: {other:?}"),
+    }
+}
+
+/// Carries every pending datagram between the clients and the broker until quiet.
+fn exchange(now: Instant, broker: &mut Broker, clients: &mut [(&mut Registration, SocketAddr)]) {
+    loop {
+        let mut moved = false;
+        for (client, addr) in clients.iter_mut() {
+            while let Some(t) = client.poll_transmit() {
+                broker.handle(now, SocketId::PRIMARY, *addr, kind(&t));
+                moved = true;
+            }
+        }
+        while let Some(t) = broker.poll_transmit() {
+            let (client, _) = clients.iter_mut().find(|(_, a)| *a == t.dst).expect("reply to a known client");
+            client.handle(now, INTRODUCER.parse().unwrap(), kind(&t));
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+fn client(id: &Identity, now: Instant) -> Registration {
+    let record = id.sign_record(pb::PeerRecord { issued_ms: 1, ..Default::default() });
+    Registration::new(Config::default(), INTRODUCER.parse().unwrap(), SocketId::PRIMARY, record, now)
+}
+
+#[test]
+fn registers_through_the_challenge_and_gets_introduced() {
+    let now = Instant::now();
+    let mut broker = Broker::new(broker::Config::default(), now, StdRng::seed_from_u64(3));
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    let (mut a, mut b) = (client(&alice, now), client(&bob, now));
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
+    a.handle_timeout(now);
+    b.handle_timeout(now);
+    exchange(now, &mut broker, &mut [(&mut a, a_addr), (&mut b, b_addr)]);
+    assert_eq!(a.poll_event(), Some(Event::Registered { observed: a_addr }));
+    assert_eq!(b.poll_event(), Some(Event::Registered { observed: b_addr }));
+    assert_eq!(a.poll_timeout(), Some(now + Config::default().keepalive));
+
+    a.introduce(now, bob.peer_id());
+    exchange(now, &mut broker, &mut [(&mut a, a_addr), (&mut b, b_addr)]);
+    let Some(Event::Introduced(ia)) = a.poll_event() else { panic!("alice not introduced") };
+    let Some(Event::Introduced(ib)) = b.poll_event() else { panic!("bob not introduced") };
+    assert_eq!((ia.peer.peer_id, ia.peer_public, ia.initiator), (bob.peer_id(), b_addr, true));
+    assert_eq!((ib.peer.peer_id, ib.peer_public, ib.initiator), (alice.peer_id(), a_addr, false));
+    assert_eq!(ia.nonce, ib.nonce);
+
+    let ghost = Identity::from_seed(7).peer_id();
+    a.introduce(now, ghost);
+    exchange(now, &mut broker, &mut [(&mut a, a_addr), (&mut b, b_addr)]);
+    let Some(Event::IntroduceFailed { target, reason }) = a.poll_event() else { panic!() };
+    assert_eq!(target, ghost);
+    assert!(reason.contains("not registered"), "{reason}");
+}
+
+#[test]
+fn unanswered_registration_gives_up_with_backoff() {
+    let now = Instant::now();
+    let mut a = client(&Identity::from_seed(1), now);
+    let mut sends = vec![];
+    while let Some(t) = a.poll_timeout() {
+        a.handle_timeout(t);
+        while a.poll_transmit().is_some() {
+            sends.push(t - now);
+        }
+    }
+    assert_eq!(sends.len() as u32, Config::default().max_tries);
+    assert!(sends.windows(3).all(|w| w[2] - w[1] == 2 * (w[1] - w[0])), "not doubling: {sends:?}");
+    assert_eq!(a.poll_event(), Some(Event::Unreachable));
+}
+
+#[test]
+fn messages_from_others_than_the_introducer_are_dropped() {
+    let now = Instant::now();
+    let mut a = client(&Identity::from_seed(1), now);
+    let observed = Some(pb::Addr::from("203.0.113.66:1".parse::<SocketAddr>().unwrap()));
+    a.handle(now, "203.0.113.66:1".parse().unwrap(), Kind::Registered(pb::Registered { observed, ttl_secs: 60 }));
+    assert_eq!(a.poll_event(), None);
+    assert_eq!(a.stats().dropped_foreign, 1);
+}
+
+#[test]
+fn an_introduction_nobody_asked_for_about_someone_else_is_dropped() {
+    let now = Instant::now();
+    let mut a = client(&Identity::from_seed(1), now);
+    let intro = pb::Introduction {
+        request_id: 99,
+        peer: Some(Identity::from_seed(2).sign_record(Default::default())),
+        peer_public: Some("203.0.113.9:1".parse::<SocketAddr>().unwrap().into()),
+        nonce: vec![0; 16].into(),
+        initiator: true,
+    };
+    a.handle(now, INTRODUCER.parse().unwrap(), Kind::Introduction(intro));
+    assert_eq!(a.poll_event(), None);
+    assert_eq!(a.stats().dropped_bad_introduction, 1);
+}

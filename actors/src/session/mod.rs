@@ -1,0 +1,256 @@
+//! A connected peer: datagrams in and out over the punched path, round-trip pings, and
+//! keepalives that hold both NATs' mappings open.
+//!
+//! Only datagrams from the path's remote address are taken (the punch proved who is
+//! there); anything else is dropped and counted. End-to-end encryption comes with the
+//! relay work; until then the path address is the only authentication of data.
+
+use crate::punch::{Path, Strategy};
+use crate::{SocketId, Transmit};
+use introducer_proto::pb::{self, envelope::Kind};
+use introducer_proto::MAX_DATAGRAM;
+use libp2p_identity::PeerId;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+pub mod actor;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Send something at least this often; must stay inside the NAT mapping lifetime.
+    pub keepalive: Duration,
+    /// Declare the peer gone after this long without hearing from it.
+    pub idle_timeout: Duration,
+    /// Pings awaiting a pong, at most; older ones are forgotten.
+    pub max_pings_in_flight: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { keepalive: Duration::from_secs(10), idle_timeout: Duration::from_secs(35), max_pings_in_flight: 64 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Pong { seq: u64, rtt: Duration },
+    Data(Vec<u8>),
+    Closed { reason: String },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub dropped_wrong_source: u64,
+    pub dropped_unsolicited_pong: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("datagram of {0} bytes exceeds the {MAX} byte payload limit")]
+    TooLarge(usize),
+    #[error("session is closed")]
+    Closed,
+}
+
+/// Payload bytes that fit one datagram after framing overhead.
+pub const MAX: usize = MAX_DATAGRAM - 16;
+
+pub struct Session {
+    config: Config,
+    peer: PeerId,
+    socket: SocketId,
+    remote: SocketAddr,
+    path: Path,
+    strategy: Strategy,
+    last_rx: Instant,
+    last_tx: Instant,
+    next_seq: u64,
+    pings: HashMap<u64, Instant>,
+    closed: bool,
+    stats: Stats,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+impl Session {
+    pub fn new(config: Config, peer: PeerId, socket: SocketId, remote: SocketAddr, path: Path, strategy: Strategy, now: Instant) -> Self {
+        Session {
+            config,
+            peer,
+            socket,
+            remote,
+            path,
+            strategy,
+            last_rx: now,
+            last_tx: now,
+            next_seq: 0,
+            pings: HashMap::new(),
+            closed: false,
+            stats: Stats::default(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+    pub fn path(&self) -> Path {
+        self.path
+    }
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn send(&mut self, now: Instant, kind: Kind) {
+        self.last_tx = now;
+        self.stats.datagrams_out += 1;
+        self.transmits.push_back(Transmit::envelope(self.socket, self.remote, kind));
+    }
+
+    /// Sends a ping; its pong comes back as [`Event::Pong`] with this sequence number.
+    pub fn ping(&mut self, now: Instant) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.pings.len() >= self.config.max_pings_in_flight {
+            let oldest = *self.pings.keys().min().expect("map is full");
+            self.pings.remove(&oldest);
+        }
+        self.pings.insert(seq, now);
+        self.send(now, Kind::Ping(pb::Ping { seq }));
+        seq
+    }
+
+    pub fn send_data(&mut self, now: Instant, payload: &[u8]) -> Result<(), SendError> {
+        if self.closed {
+            return Err(SendError::Closed);
+        }
+        if payload.len() > MAX {
+            return Err(SendError::TooLarge(payload.len()));
+        }
+        self.send(now, Kind::Data(pb::Data { payload: payload.to_vec().into() }));
+        Ok(())
+    }
+
+    /// Handles session traffic from `src`.
+    pub fn handle(&mut self, now: Instant, src: SocketAddr, kind: Kind) {
+        if src != self.remote || self.closed {
+            self.stats.dropped_wrong_source += 1;
+            return;
+        }
+        self.last_rx = now;
+        self.stats.datagrams_in += 1;
+        match kind {
+            Kind::Ping(ping) => self.send(now, Kind::Pong(pb::Pong { seq: ping.seq })),
+            Kind::Pong(pong) => match self.pings.remove(&pong.seq) {
+                Some(sent) => self.events.push_back(Event::Pong { seq: pong.seq, rtt: now - sent }),
+                None => self.stats.dropped_unsolicited_pong += 1,
+            },
+            Kind::Data(data) => self.events.push_back(Event::Data(data.payload.to_vec())),
+            _ => {}
+        }
+    }
+
+    /// Any authenticated sign of life from the peer (a late punch proof) counts as traffic.
+    pub fn touch(&mut self, now: Instant) {
+        self.last_rx = now;
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        if now >= self.last_rx + self.config.idle_timeout {
+            self.closed = true;
+            let reason = format!("no traffic from {} for {:?}", self.peer, self.config.idle_timeout);
+            self.events.push_back(Event::Closed { reason });
+            return;
+        }
+        if now >= self.last_tx + self.config.keepalive {
+            // The keepalive is a ping whose pong is not reported to anyone.
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.send(now, Kind::Ping(pb::Ping { seq }));
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (!self.closed).then(|| (self.last_tx + self.config.keepalive).min(self.last_rx + self.config.idle_timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use introducer_proto::frame::{self, Decoded};
+
+    fn kind(t: &Transmit) -> Kind {
+        match frame::decode(&t.payload).unwrap() {
+            Decoded::Envelope(e) => e.kind.unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn pair(now: Instant) -> (Session, Session, SocketAddr, SocketAddr) {
+        let (a, b): (SocketAddr, SocketAddr) = ("203.0.113.1:1".parse().unwrap(), "198.51.100.2:2".parse().unwrap());
+        let s = |peer: u64, remote| Session::new(Config::default(), Identity::from_seed(peer).peer_id(), SocketId::PRIMARY, remote, Path::Direct, Strategy::Direct, now);
+        (s(2, b), s(1, a), a, b)
+    }
+
+    #[test]
+    fn ping_pong_and_data_flow_and_strangers_are_dropped() {
+        let now = Instant::now();
+        let (mut a, mut b, a_addr, b_addr) = pair(now);
+        let seq = a.ping(now);
+        let ping = a.poll_transmit().unwrap();
+        b.handle(now, a_addr, kind(&ping));
+        let pong = b.poll_transmit().unwrap();
+        a.handle(now + Duration::from_millis(30), b_addr, kind(&pong));
+        assert_eq!(a.poll_event(), Some(Event::Pong { seq, rtt: Duration::from_millis(30) }));
+
+        a.send_data(now, b"hello").unwrap();
+        b.handle(now, a_addr, kind(&a.poll_transmit().unwrap()));
+        assert_eq!(b.poll_event(), Some(Event::Data(b"hello".to_vec())));
+
+        b.handle(now, "192.0.2.9:9".parse().unwrap(), Kind::Data(pb::Data { payload: b"spoof".to_vec().into() }));
+        assert_eq!(b.poll_event(), None);
+        assert_eq!(b.stats().dropped_wrong_source, 1);
+        assert_eq!(a.send_data(now, &[0; MAX + 1]), Err(SendError::TooLarge(MAX + 1)));
+    }
+
+    #[test]
+    fn keepalives_hold_the_path_and_silence_closes_it() {
+        let now = Instant::now();
+        let (mut a, ..) = pair(now);
+        let config = Config::default();
+        let mut keepalives = 0;
+        while let Some(t) = a.poll_timeout() {
+            a.handle_timeout(t);
+            keepalives += std::iter::from_fn(|| a.poll_transmit()).count();
+        }
+        assert_eq!(keepalives as u32, (config.idle_timeout.as_secs() / config.keepalive.as_secs()) as u32);
+        assert!(matches!(a.poll_event(), Some(Event::Closed { .. })));
+        assert!(a.is_closed());
+    }
+}

@@ -1,0 +1,242 @@
+//! The socket actor: owns the node's UDP sockets and decides nothing. Datagrams are
+//! classified by their first byte and envelope kind and handed to whichever actor
+//! registered for that [`Route`]; outgoing [`Transmit`]s are sent as they come.
+//!
+//! Everything is bounded: mailboxes have a capacity and a full one drops (and counts)
+//! rather than queueing without limit, so a flood costs CPU, not memory.
+
+use crate::{SocketId, Transmit};
+use actix::prelude::*;
+use introducer_proto::frame::{self, Decoded};
+use introducer_proto::pb::envelope::Kind;
+use introducer_proto::MAX_DATAGRAM;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+use tokio::net::UdpSocket;
+
+/// Who gets a kind of datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// STUN Binding requests, answered by every node.
+    StunServer,
+    /// STUN responses, for NAT probing.
+    StunClient,
+    /// Hello / ServerInfo.
+    Bootstrap,
+    /// Register / IntroduceRequest: the introducer role.
+    Broker,
+    /// Answers from introducers to this node as a peer.
+    Registration,
+    Punch,
+    Session,
+}
+
+/// What a datagram is, once the socket actor has looked at it.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Stun(Vec<u8>),
+    Envelope(Kind),
+}
+
+/// A datagram for the actor that registered its route.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Inbound {
+    pub now: Instant,
+    pub socket: SocketId,
+    pub src: SocketAddr,
+    /// Size on the wire, for anti-amplification checks.
+    pub len: usize,
+    pub payload: Payload,
+}
+
+/// Send a datagram.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Send(pub Transmit);
+
+/// Bind another socket (probe sockets, RFC 5780 alternates); answers its local address.
+#[derive(Debug, Message)]
+#[rtype(result = "io::Result<SocketAddr>")]
+pub struct Bind {
+    pub id: SocketId,
+    pub addr: SocketAddr,
+}
+
+/// Start handing a route's datagrams to `to`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetRoute(pub Route, pub Recipient<Inbound>);
+
+#[derive(Debug, Message)]
+#[rtype(result = "Stats")]
+pub struct GetStats;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub received: u64,
+    pub sent: u64,
+    pub dropped_malformed: u64,
+    pub dropped_unrouted: u64,
+    pub dropped_overload: u64,
+    pub send_errors: u64,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Received {
+    socket: SocketId,
+    src: SocketAddr,
+    datagram: Vec<u8>,
+}
+
+pub struct SocketActor {
+    sockets: HashMap<SocketId, Rc<UdpSocket>>,
+    routes: HashMap<Route, Recipient<Inbound>>,
+    stats: Stats,
+}
+
+/// Mailbox size of every actor on the datagram path.
+pub const MAILBOX: usize = 4096;
+
+impl SocketActor {
+    /// Binds the primary socket (and any others given) and starts receiving.
+    pub fn bind(addrs: &[(SocketId, SocketAddr)]) -> io::Result<(Addr<SocketActor>, Vec<SocketAddr>)> {
+        let mut sockets = HashMap::new();
+        let mut locals = Vec::new();
+        for &(id, addr) in addrs {
+            let socket = bind_udp(addr)?;
+            locals.push(socket.local_addr()?);
+            sockets.insert(id, Rc::new(socket));
+        }
+        let actor = SocketActor::create(|ctx| {
+            ctx.set_mailbox_capacity(MAILBOX);
+            for (&id, socket) in &sockets {
+                spawn_receiver(ctx.address(), id, socket.clone());
+            }
+            SocketActor { sockets, routes: HashMap::new(), stats: Stats::default() }
+        });
+        Ok((actor, locals))
+    }
+
+    fn route(&mut self, socket: SocketId, src: SocketAddr, datagram: Vec<u8>) {
+        let len = datagram.len();
+        let (route, payload) = match frame::decode(&datagram) {
+            Ok(Decoded::Stun(_)) if datagram.len() >= 20 => {
+                // STUN class bits: both zero means request (RFC 8489 §5).
+                let is_request = datagram[0] & 0x01 == 0 && datagram[1] & 0x10 == 0;
+                (if is_request { Route::StunServer } else { Route::StunClient }, Payload::Stun(datagram))
+            }
+            Ok(Decoded::Envelope(envelope)) => {
+                let kind = envelope.kind.expect("decode refuses empty envelopes");
+                (route_of(&kind), Payload::Envelope(kind))
+            }
+            Ok(Decoded::Stun(_)) | Err(_) => {
+                self.stats.dropped_malformed += 1;
+                tracing::debug!(%src, len, "dropped malformed datagram");
+                return;
+            }
+        };
+        let Some(to) = self.routes.get(&route) else {
+            self.stats.dropped_unrouted += 1;
+            return;
+        };
+        if to.try_send(Inbound { now: Instant::now(), socket, src, len, payload }).is_err() {
+            self.stats.dropped_overload += 1;
+        }
+    }
+}
+
+/// The route of an introducer message kind.
+pub fn route_of(kind: &Kind) -> Route {
+    match kind {
+        Kind::Hello(_) | Kind::ServerInfo(_) => Route::Bootstrap,
+        Kind::Register(_) | Kind::IntroduceRequest(_) => Route::Broker,
+        Kind::RegisterChallenge(_) | Kind::Registered(_) | Kind::Introduction(_) | Kind::IntroduceError(_) => Route::Registration,
+        Kind::Punch(_) => Route::Punch,
+        Kind::Ping(_) | Kind::Pong(_) | Kind::Data(_) => Route::Session,
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+fn spawn_receiver(actor: Addr<SocketActor>, socket: SocketId, udp: Rc<UdpSocket>) {
+    actix::spawn(async move {
+        // One byte more than we accept, so oversized datagrams are seen as such.
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        loop {
+            match udp.recv_from(&mut buf).await {
+                Ok((n, src)) => {
+                    let received = Received { socket, src, datagram: buf[..n].to_vec() };
+                    match actor.try_send(received) {
+                        Ok(()) | Err(SendError::Full(_)) => {}
+                        Err(SendError::Closed(_)) => return,
+                    }
+                }
+                // ICMP errors surface here on Linux (ECONNREFUSED); they say nothing useful.
+                Err(e) => tracing::trace!(%e, "recv error"),
+            }
+        }
+    });
+}
+
+impl Actor for SocketActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Received> for SocketActor {
+    type Result = ();
+    fn handle(&mut self, msg: Received, _: &mut Context<Self>) {
+        self.stats.received += 1;
+        self.route(msg.socket, msg.src, msg.datagram);
+    }
+}
+
+impl Handler<Send> for SocketActor {
+    type Result = ();
+    fn handle(&mut self, Send(t): Send, _: &mut Context<Self>) {
+        let result = match self.sockets.get(&t.socket) {
+            Some(socket) => socket.try_send_to(&t.payload, t.dst).map(drop),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "no such socket")),
+        };
+        match result {
+            Ok(()) => self.stats.sent += 1,
+            Err(e) => {
+                self.stats.send_errors += 1;
+                tracing::debug!(dst = %t.dst, socket = t.socket.0, %e, "send failed");
+            }
+        }
+    }
+}
+
+impl Handler<Bind> for SocketActor {
+    type Result = io::Result<SocketAddr>;
+    fn handle(&mut self, msg: Bind, ctx: &mut Context<Self>) -> io::Result<SocketAddr> {
+        let socket = Rc::new(bind_udp(msg.addr)?);
+        let local = socket.local_addr()?;
+        spawn_receiver(ctx.address(), msg.id, socket.clone());
+        self.sockets.insert(msg.id, socket);
+        Ok(local)
+    }
+}
+
+impl Handler<SetRoute> for SocketActor {
+    type Result = ();
+    fn handle(&mut self, SetRoute(route, to): SetRoute, _: &mut Context<Self>) {
+        self.routes.insert(route, to);
+    }
+}
+
+impl Handler<GetStats> for SocketActor {
+    type Result = MessageResult<GetStats>;
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> MessageResult<GetStats> {
+        MessageResult(self.stats)
+    }
+}

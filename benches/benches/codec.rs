@@ -1,0 +1,85 @@
+//! Wire codec costs: every datagram a node handles passes through one of these, so they
+//! bound the packet rate of the socket actor.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use introducer_proto::frame::{decode, encode_envelope};
+use introducer_proto::pb::{envelope::Kind, Data, Envelope, Punch};
+use introducer_proto::stun::{Message, TransactionId};
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const ID: TransactionId = [
+    0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
+];
+
+/// The answer a public node with two addresses gives (RFC 5780).
+fn rfc5780_success(mapped: &str) -> Message {
+    Message {
+        response_origin: Some("203.0.113.1:3478".parse().unwrap()),
+        other_address: Some("203.0.113.2:3479".parse().unwrap()),
+        ..Message::binding_success(ID, mapped.parse::<SocketAddr>().unwrap())
+    }
+}
+
+fn stun(c: &mut Criterion) {
+    let mut group = c.benchmark_group("stun");
+    let request = Message::binding_request(ID);
+    group.bench_function("binding_request/encode", |b| {
+        b.iter(|| black_box(&request).encode())
+    });
+    let request_bytes = request.encode();
+    group.bench_function("binding_request/decode", |b| {
+        b.iter(|| Message::decode(black_box(&request_bytes)))
+    });
+    for (name, mapped) in [("v4", "192.0.2.1:32853"), ("v6", "[2001:db8::1]:32853")] {
+        let success = rfc5780_success(mapped);
+        let bytes = success.encode();
+        group.throughput(Throughput::Bytes(bytes.len() as u64));
+        group.bench_function(format!("binding_success_{name}/encode"), |b| {
+            b.iter(|| black_box(&success).encode())
+        });
+        group.bench_function(format!("binding_success_{name}/decode"), |b| {
+            b.iter(|| Message::decode(black_box(&bytes)))
+        });
+    }
+    group.finish();
+}
+
+fn envelope(c: &mut Criterion) {
+    let punch = Envelope {
+        kind: Some(Kind::Punch(Punch {
+            nonce: vec![7; 16].into(),
+            public_key: vec![8; 36].into(),
+            signature: vec![9; 64].into(),
+            ack: false,
+        })),
+    };
+    let data = Envelope {
+        kind: Some(Kind::Data(Data {
+            payload: vec![0xAB; 1000].into(),
+        })),
+    };
+    let mut group = c.benchmark_group("envelope");
+    for (name, env) in [("punch", punch), ("data_1000", data)] {
+        let bytes = encode_envelope(&env);
+        group.throughput(Throughput::Bytes(bytes.len() as u64));
+        group.bench_function(format!("{name}/encode"), |b| {
+            b.iter(|| encode_envelope(black_box(&env)))
+        });
+        group.bench_function(format!("{name}/decode"), |b| {
+            b.iter(|| decode(black_box(&bytes)).is_ok())
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(50)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = stun, envelope
+}
+criterion_main!(benches);

@@ -1,0 +1,323 @@
+//! Joining a mesh: resolve the seed list, make first contact, learn who the seeds are.
+//!
+//! First contact is a padded `Hello` answered by a `ServerInfo` that is never larger than
+//! the Hello (so a spoofed Hello cannot make a node an amplifier). The answer names the
+//! seed's PeerId, every address it listens on (the RFC 5780 alternates among them) and
+//! where it saw us — enough to start NAT probing and register.
+
+use introducer_actors::driver::Protocol;
+use introducer_actors::socket::{Inbound, Payload};
+use introducer_actors::{SocketId, Transmit};
+use introducer_proto::pb::{self, envelope::Kind};
+use libp2p_identity::PeerId;
+use prost::Message;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// Port a node listens on when none is given (STUN's, since every node answers STUN).
+pub const DEFAULT_PORT: u16 = 3478;
+/// Size a Hello is padded to; answers are trimmed to fit it.
+pub const HELLO_SIZE: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("bad bootstrap address {addr:?}: {reason}")]
+    BadAddress { addr: String, reason: String },
+    #[error("no bootstrap node answered ({tried}) after {tries} tries over {waited:?}")]
+    Unreachable { tried: String, tries: u32, waited: Duration },
+}
+
+/// Resolves `host:port` or `host` (default port), by DNS if needed, preferring IPv4.
+pub fn resolve(addr: &str) -> Result<SocketAddr, BootstrapError> {
+    let bad = |reason: String| BootstrapError::BadAddress { addr: addr.to_owned(), reason };
+    let with_port = if addr.parse::<SocketAddr>().is_ok() || addr.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok()) {
+        addr.to_owned()
+    } else {
+        format!("{addr}:{DEFAULT_PORT}")
+    };
+    let addrs: Vec<SocketAddr> = with_port.to_socket_addrs().map_err(|e| bad(e.to_string()))?.collect();
+    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied().ok_or_else(|| bad("resolves to nothing".into()))
+}
+
+/// A seed that answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    pub addr: SocketAddr,
+    pub peer_id: PeerId,
+    pub listen: Vec<SocketAddr>,
+    /// Our address as the seed saw it.
+    pub observed: SocketAddr,
+    pub introducer: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub retransmit: Duration,
+    pub max_tries: u32,
+    /// Once one seed answered, how long to wait for the others.
+    pub linger: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { retransmit: Duration::from_millis(250), max_tries: 4, linger: Duration::from_millis(300) }
+    }
+}
+
+/// The first-contact machine: Hello to every seed until each answers or tries run out.
+pub struct Join {
+    config: Config,
+    seeds: Vec<SocketAddr>,
+    answers: BTreeMap<SocketAddr, Seed>,
+    started: Instant,
+    tries: u32,
+    next_send: Option<Instant>,
+    first_answer: Option<Instant>,
+    transmits: Vec<Transmit>,
+    result: Option<Result<Vec<Seed>, BootstrapError>>,
+    /// Answers that did not decode or came from no seed.
+    pub dropped: u64,
+}
+
+impl Join {
+    pub fn new(config: Config, seeds: Vec<SocketAddr>, now: Instant) -> Self {
+        Join {
+            config,
+            seeds,
+            answers: BTreeMap::new(),
+            started: now,
+            tries: 0,
+            next_send: Some(now),
+            first_answer: None,
+            transmits: Vec::new(),
+            result: None,
+            dropped: 0,
+        }
+    }
+
+    /// The seeds that answered, or why none did; `None` while still trying.
+    pub fn result(&self) -> Option<&Result<Vec<Seed>, BootstrapError>> {
+        self.result.as_ref()
+    }
+
+    pub fn handle(&mut self, now: Instant, src: SocketAddr, info: pb::ServerInfo) {
+        let seed = (|| {
+            Some(Seed {
+                addr: src,
+                peer_id: PeerId::from_bytes(&info.peer_id).ok()?,
+                listen: info.listen.iter().map(SocketAddr::try_from).collect::<Result<_, _>>().ok()?,
+                observed: info.observed.as_ref().map(SocketAddr::try_from)?.ok()?,
+                introducer: info.introducer,
+            })
+        })();
+        match seed {
+            Some(seed) if self.seeds.contains(&src) && self.result.is_none() => {
+                self.answers.insert(src, seed);
+                self.first_answer.get_or_insert(now);
+                if self.answers.len() == self.seeds.len() {
+                    self.finish();
+                }
+            }
+            _ => self.dropped += 1,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.next_send = None;
+        self.result = Some(if self.answers.is_empty() {
+            let tried = self.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
+            Err(BootstrapError::Unreachable { tried, tries: self.tries, waited: self.waited() })
+        } else {
+            // Seed order is the user's order of preference.
+            Ok(self.seeds.iter().filter_map(|s| self.answers.get(s).cloned()).collect())
+        });
+    }
+
+    fn waited(&self) -> Duration {
+        (0..self.tries).map(|i| self.config.retransmit * 2u32.pow(i)).sum()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.result.is_some() {
+            return;
+        }
+        if self.first_answer.is_some_and(|t| now >= t + self.config.linger) {
+            return self.finish();
+        }
+        if self.next_send.is_some_and(|t| now >= t) {
+            if self.tries == self.config.max_tries {
+                return self.finish();
+            }
+            for &seed in self.seeds.iter().filter(|s| !self.answers.contains_key(s)) {
+                self.transmits.push(Transmit::envelope(SocketId::PRIMARY, seed, Kind::Hello(hello())));
+            }
+            self.next_send = Some(now + self.config.retransmit * 2u32.pow(self.tries));
+            self.tries += 1;
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let linger = self.first_answer.map(|t| t + self.config.linger);
+        self.next_send.into_iter().chain(linger).min().filter(|_| self.result.is_none())
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+}
+
+/// A Hello padded to [`HELLO_SIZE`] on the wire.
+fn hello() -> pb::Hello {
+    // Envelope tag + length (3 bytes) + Hello's padding tag + length (3 bytes) + marker.
+    pb::Hello { padding: vec![0; HELLO_SIZE - 7].into() }
+}
+
+/// The answer to a Hello of `request_len` bytes: trimmed so it is never larger than the
+/// request, or nothing if even the bare answer would be.
+pub fn answer_hello(request_len: usize, me: PeerId, listen: &[SocketAddr], introducer: bool, src: SocketAddr) -> Option<pb::ServerInfo> {
+    let mut info = pb::ServerInfo {
+        peer_id: me.to_bytes().into(),
+        listen: listen.iter().map(|&a| a.into()).collect(),
+        observed: Some(src.into()),
+        introducer,
+    };
+    // Marker byte + envelope field tag and length prefix.
+    let framed = |info: &pb::ServerInfo| 1 + 3 + info.encoded_len();
+    while framed(&info) > request_len {
+        info.listen.pop()?;
+    }
+    Some(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use introducer_actors::identity::Identity;
+    use introducer_proto::frame;
+
+    fn seeds() -> Vec<SocketAddr> {
+        vec!["198.51.100.1:3478".parse().unwrap(), "203.0.113.1:3478".parse().unwrap()]
+    }
+
+    #[test]
+    fn resolves_with_default_port_and_rejects_garbage() {
+        assert_eq!(resolve("198.51.100.1").unwrap(), "198.51.100.1:3478".parse().unwrap());
+        assert_eq!(resolve("198.51.100.1:9").unwrap(), "198.51.100.1:9".parse().unwrap());
+        assert_eq!(resolve("[2001:db8::1]:9").unwrap(), "[2001:db8::1]:9".parse().unwrap());
+        assert!(matches!(resolve("not an address:x"), Err(BootstrapError::BadAddress { .. })));
+    }
+
+    #[test]
+    fn hello_is_padded_and_the_answer_never_exceeds_it() {
+        let hello = Transmit::envelope(SocketId::PRIMARY, seeds()[0], Kind::Hello(hello()));
+        assert_eq!(hello.payload.len(), HELLO_SIZE);
+        let me = Identity::from_seed(1).peer_id();
+        let listen: Vec<SocketAddr> = (0..40).map(|i| SocketAddr::from(([198, 51, 100, i], 3478))).collect();
+        let src = "203.0.113.7:4444".parse().unwrap();
+        let info = answer_hello(HELLO_SIZE, me, &listen, true, src).unwrap();
+        let answer = frame::encode_envelope(&pb::Envelope { kind: Some(Kind::ServerInfo(info.clone())) });
+        assert!(answer.len() <= HELLO_SIZE, "{} > {HELLO_SIZE}", answer.len());
+        assert!(!info.listen.is_empty() && info.listen.len() < 40);
+        assert_eq!(answer_hello(20, me, &listen, true, src), None);
+    }
+
+    #[test]
+    fn joins_the_seeds_that_answer_and_reports_the_silent_ones() {
+        let now = Instant::now();
+        let mut join = Join::new(Config::default(), seeds(), now);
+        join.handle_timeout(now);
+        assert_eq!(std::iter::from_fn(|| join.poll_transmit()).count(), 2);
+        let me = Identity::from_seed(1).peer_id();
+        let observed = "203.0.113.50:1000".parse().unwrap();
+        let info = answer_hello(HELLO_SIZE, me, &[seeds()[0]], true, observed).unwrap();
+        join.handle(now, "192.0.2.1:1".parse().unwrap(), info.clone());
+        assert_eq!(join.dropped, 1, "answers from non-seeds are dropped");
+        join.handle(now, seeds()[0], info);
+        while let Some(t) = join.poll_timeout() {
+            join.handle_timeout(t);
+        }
+        let seeds_found = join.result().unwrap().as_ref().unwrap();
+        assert_eq!(seeds_found.len(), 1);
+        assert_eq!((seeds_found[0].peer_id, seeds_found[0].observed), (me, observed));
+
+        let mut silent = Join::new(Config::default(), seeds(), now);
+        while let Some(t) = silent.poll_timeout() {
+            silent.handle_timeout(t);
+        }
+        let Some(Err(BootstrapError::Unreachable { tries, .. })) = silent.result() else { panic!() };
+        assert_eq!(*tries, Config::default().max_tries);
+    }
+}
+
+/// The bootstrap route of a node: answers every Hello, and runs a [`Join`] when asked.
+pub struct FirstContact {
+    me: PeerId,
+    listen: Vec<SocketAddr>,
+    introducer: bool,
+    join: Option<Join>,
+    answers: Vec<Transmit>,
+    reported: bool,
+    /// Hellos not answered because even a trimmed answer would be larger.
+    pub dropped_small_hello: u64,
+}
+
+impl FirstContact {
+    pub fn new(me: PeerId, listen: Vec<SocketAddr>, introducer: bool) -> Self {
+        FirstContact { me, listen, introducer, join: None, answers: Vec::new(), reported: false, dropped_small_hello: 0 }
+    }
+
+    /// Starts first contact with `seeds`; the outcome comes back as an event.
+    pub fn join(&mut self, config: Config, seeds: Vec<SocketAddr>, now: Instant) {
+        self.join = Some(Join::new(config, seeds, now));
+        self.reported = false;
+    }
+
+    /// Whether Hellos report us as an introducer (set once probing shows we are public).
+    pub fn set_introducer(&mut self, introducer: bool) {
+        self.introducer = introducer;
+    }
+}
+
+impl Protocol for FirstContact {
+    type Event = Result<Vec<Seed>, BootstrapError>;
+
+    fn handle_inbound(&mut self, inbound: Inbound) {
+        let Payload::Envelope(kind) = inbound.payload else { return };
+        match kind {
+            Kind::Hello(_) => match answer_hello(inbound.len, self.me, &self.listen, self.introducer, inbound.src) {
+                Some(info) => self.answers.push(Transmit::envelope(inbound.socket, inbound.src, Kind::ServerInfo(info))),
+                None => self.dropped_small_hello += 1,
+            },
+            Kind::ServerInfo(info) => {
+                if let Some(join) = &mut self.join {
+                    join.handle(inbound.now, inbound.src, info);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if let Some(join) = &mut self.join {
+            join.handle_timeout(now);
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.answers.pop().or_else(|| self.join.as_mut()?.poll_transmit())
+    }
+
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        let result = self.join.as_ref()?.result()?.clone();
+        (!std::mem::replace(&mut self.reported, true)).then_some(result)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.join.as_ref()?.poll_timeout()
+    }
+}

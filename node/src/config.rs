@@ -1,0 +1,56 @@
+//! Node configuration: where to listen, whom to ask, and every protocol timing.
+
+use introducer_actors::identity::Identity;
+use introducer_actors::{broker, punch, registration, session};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Whether the node serves as introducer (and, later, relay) for others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    /// Serve once probing shows the node is publicly reachable, or right away when it
+    /// has no bootstrap node (it is then the first node of a new mesh).
+    Auto,
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub identity: Identity,
+    /// Up to two addresses. Two addresses on different IPs (same port) make the node a
+    /// full RFC 5780 STUN server: it also binds the next port on each. Empty: an
+    /// ephemeral port on every interface.
+    pub listen: Vec<SocketAddr>,
+    pub bootstrap: Vec<SocketAddr>,
+    /// Standard STUN servers to probe with instead of the bootstrap nodes.
+    pub stun: Vec<SocketAddr>,
+    /// Register with the bootstrap nodes that introduce, so peers can reach us.
+    pub register: bool,
+    pub serve: Serve,
+    /// How often a `stats` event is emitted (`None`: never).
+    pub stats_interval: Option<Duration>,
+    pub registration: registration::Config,
+    pub broker: broker::Config,
+    pub punch: punch::Config,
+    pub session: session::Config,
+    pub bootstrap_timing: introducer_bootstrap::Config,
+}
+
+impl Config {
+    pub fn new(identity: Identity) -> Self {
+        Config {
+            identity,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            stun: Vec::new(),
+            register: true,
+            serve: Serve::Auto,
+            stats_interval: None,
+            registration: Default::default(),
+            broker: Default::default(),
+            punch: Default::default(),
+            session: Default::default(),
+            bootstrap_timing: Default::default(),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The node's key, kept in the data dir (mode 0600) and created on first use.
+
+use introducer_actors::identity::Identity;
+use libp2p_identity::{ed25519, Keypair};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+const KEY_FILE: &str = "identity.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot create data dir {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("cannot write {0}: {1}")]
+    Write(PathBuf, std::io::Error),
+    #[error("{0} is not an ed25519 libp2p key (protobuf encoding expected)")]
+    BadKey(PathBuf),
+    #[error("{0} is readable by others (mode {1:o}); run: chmod 600 {0}")]
+    Exposed(PathBuf, u32),
+}
+
+/// Loads the identity kept in `data_dir`, creating the dir and a fresh key if needed.
+pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityError> {
+    let path = data_dir.join(KEY_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let mode = fs::metadata(&path).map_err(|e| IdentityError::Read(path.clone(), e))?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(IdentityError::Exposed(path, mode & 0o777));
+            }
+            let keypair = Keypair::from_protobuf_encoding(&bytes).map_err(|_| IdentityError::BadKey(path.clone()))?;
+            let ed = keypair.try_into_ed25519().map_err(|_| IdentityError::BadKey(path))?;
+            Ok(Identity::from_keypair(ed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(data_dir).map_err(|e| IdentityError::DataDir(data_dir.to_owned(), e))?;
+            let ed = ed25519::Keypair::generate();
+            let bytes = Keypair::from(ed.clone()).to_protobuf_encoding().expect("ed25519 keys always encode");
+            // create_new: never clobber a key another process wrote meanwhile.
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| IdentityError::Write(path.clone(), e))?;
+            file.write_all(&bytes).map_err(|e| IdentityError::Write(path.clone(), e))?;
+            Ok(Identity::from_keypair(ed))
+        }
+        Err(e) => Err(IdentityError::Read(path, e)),
+    }
+}
+
+/// `$INTRODUCER_DATA_DIR`, else `$XDG_DATA_HOME/introducer`, else `~/.local/share/introducer`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("INTRODUCER_DATA_DIR") {
+        return dir.into();
+    }
+    let base = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        home.join(".local/share")
+    });
+    base.join("introducer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_created_private_and_reloaded() {
+        let dir = std::env::temp_dir().join(format!("introducer-id-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let first = load_or_create(&dir).unwrap();
+        let mode = fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_or_create(&dir).unwrap().peer_id(), first.peer_id());
+
+        fs::set_permissions(dir.join(KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(load_or_create(&dir), Err(IdentityError::Exposed(..))));
+        fs::write(dir.join(KEY_FILE), b"garbage").unwrap();
+        fs::set_permissions(dir.join(KEY_FILE), fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(load_or_create(&dir), Err(IdentityError::BadKey(_))));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,324 @@
+//! `introducer`: run a node, classify your NAT, reach a peer through NATs.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use introducer_actors::identity::Identity;
+use introducer_bootstrap::{resolve, DEFAULT_PORT};
+use introducer_node::config::Serve;
+use introducer_node::event::nat_json;
+use introducer_node::{identity, telemetry, Config, Node, NodeEvent};
+use libp2p_identity::PeerId;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+use tokio::time::{timeout_at, Instant};
+
+#[derive(Parser)]
+#[command(name = "introducer", version, about = "Peer-to-peer UDP through NATs: probe, introduce, punch")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// A node to join through, HOST[:PORT] (repeatable).
+    #[arg(long, global = true, value_name = "ADDR")]
+    bootstrap: Vec<String>,
+    /// Where the node keeps its identity (default: $XDG_DATA_HOME/introducer).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// One JSON object per line on stdout; logs stay on stderr.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More logging on stderr (RUST_LOG overrides).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join the mesh (or start one); if reachable, serve as introducer for others.
+    Run {
+        /// IP[:PORT] to listen on (default 0.0.0.0:3478). Twice, on two IPs with one
+        /// port: a full RFC 5780 STUN server (the next port is bound too).
+        #[arg(long, value_name = "ADDR")]
+        listen: Vec<String>,
+        /// Never act as introducer, even when reachable.
+        #[arg(long)]
+        no_serve: bool,
+        /// Seconds between `stats` events (0: never).
+        #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+        stats_every: f64,
+    },
+    /// What NAT am I behind? (mapping, filtering, port allocation)
+    Nat {
+        /// Probe with a standard STUN server instead of introducer nodes (repeatable).
+        #[arg(long, value_name = "HOST:PORT")]
+        stun: Vec<String>,
+        #[arg(long, default_value_t = 15.0, value_name = "SECS")]
+        timeout: f64,
+    },
+    /// Reach a peer through NATs; show the path and round-trip times.
+    Ping {
+        peer_id: String,
+        #[arg(long, default_value_t = 3)]
+        count: u32,
+        /// Seconds to wait for the connection, and for each pong.
+        #[arg(long, default_value_t = 15.0, value_name = "SECS")]
+        timeout: f64,
+        /// Seconds between pings.
+        #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+        interval: f64,
+    },
+    /// Talk to a peer: each stdin line goes out as a datagram, what arrives is printed.
+    Connect {
+        peer_id: String,
+        #[arg(long, default_value_t = 15.0, value_name = "SECS")]
+        timeout: f64,
+    },
+    /// Print this node's PeerId (creating its identity if needed).
+    Id,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    telemetry::init(cli.global.verbose);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    let out = Output { json: g.json };
+    let bootstrap = g.bootstrap.iter().map(|a| resolve(a)).collect::<Result<Vec<_>, _>>()?;
+    match cli.command {
+        Command::Id => {
+            let id = identity::load_or_create(&g.data_dir.clone().unwrap_or_else(identity::default_data_dir))?;
+            out.line(serde_json::json!({ "peer_id": id.peer_id().to_string() }), || id.peer_id().to_string());
+            Ok(())
+        }
+        Command::Run { listen, no_serve, stats_every } => {
+            let mut config = Config::new(persistent_identity(g)?);
+            config.listen = if listen.is_empty() {
+                vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))]
+            } else {
+                listen.iter().map(|a| parse_listen(a)).collect::<Result<_>>()?
+            };
+            config.bootstrap = bootstrap;
+            config.serve = if no_serve { Serve::Never } else { Serve::Auto };
+            config.stats_interval = (stats_every > 0.0).then(|| Duration::from_secs_f64(stats_every));
+            let mut node = Node::start(config)?;
+            loop {
+                tokio::select! {
+                    event = node.next_event() => match event {
+                        Some(NodeEvent::Fatal { message }) => bail!(message),
+                        Some(event) => out.event(&event),
+                        None => bail!("node stopped"),
+                    },
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        }
+        Command::Nat { stun, timeout } => {
+            if bootstrap.is_empty() && stun.is_empty() {
+                bail!("nat needs a server to ask: --bootstrap ADDR (an introducer node) or --stun HOST:PORT");
+            }
+            let mut config = Config::new(session_identity(g)?);
+            config.stun = stun.iter().map(|a| resolve(a)).collect::<Result<_, _>>()?;
+            config.bootstrap = bootstrap;
+            config.register = false;
+            config.serve = Serve::Never;
+            let mut node = Node::start(config)?;
+            let deadline = Instant::now() + secs(timeout)?;
+            loop {
+                match next(&mut node, deadline, "NAT probing").await? {
+                    NodeEvent::Ready { nat: Some(report), .. } => {
+                        out.line(nat_json(&report), || human_nat(&nat_json(&report)));
+                        return Ok(());
+                    }
+                    NodeEvent::Ready { nat: None, .. } => bail!("no server to probe with"),
+                    _ => {}
+                }
+            }
+        }
+        Command::Ping { peer_id, count, timeout, interval } => {
+            let peer = parse_peer(&peer_id)?;
+            let mut node = connect(g, bootstrap, peer, secs(timeout)?, &out).await?;
+            let mut pongs = 0;
+            for seq in 0..count {
+                node.ping(peer);
+                let deadline = Instant::now() + secs(timeout)?;
+                let next_ping = Instant::now() + secs(interval)?;
+                loop {
+                    match timeout_at(deadline, node.next_event()).await {
+                        Ok(Some(event @ NodeEvent::Pong { seq: s, .. })) if s == u64::from(seq) => {
+                            out.event(&event);
+                            pongs += 1;
+                            break;
+                        }
+                        Ok(Some(NodeEvent::Disconnected { reason, .. })) => bail!("peer disconnected: {reason}"),
+                        Ok(Some(_)) => {}
+                        Ok(None) => bail!("node stopped"),
+                        Err(_) => {
+                            tracing::warn!(seq, "no pong within {timeout} s");
+                            break;
+                        }
+                    }
+                }
+                if seq + 1 < count {
+                    tokio::time::sleep_until(next_ping).await;
+                }
+            }
+            if pongs == 0 {
+                bail!("connected to {peer} but no pong came back");
+            }
+            Ok(())
+        }
+        Command::Connect { peer_id, timeout } => {
+            let peer = parse_peer(&peer_id)?;
+            let mut node = connect(g, bootstrap, peer, secs(timeout)?, &out).await?;
+            let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            loop {
+                tokio::select! {
+                    line = stdin.next_line() => match line.context("reading stdin")? {
+                        Some(line) => node.send(peer, line.into_bytes()),
+                        None => return Ok(()),
+                    },
+                    event = node.next_event() => match event {
+                        Some(NodeEvent::Data { payload, .. }) if !out.json => println!("{}", String::from_utf8_lossy(&payload)),
+                        Some(NodeEvent::Disconnected { reason, .. }) => bail!("peer disconnected: {reason}"),
+                        Some(event @ NodeEvent::Data { .. }) => out.event(&event),
+                        Some(_) => {}
+                        None => bail!("node stopped"),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// Starts a node, asks for `peer` and waits until a path is proven; prints `connected`.
+async fn connect(g: &Global, bootstrap: Vec<SocketAddr>, peer: PeerId, timeout: Duration, out: &Output) -> Result<Node> {
+    if bootstrap.is_empty() {
+        bail!("reaching a peer needs an introducer: --bootstrap ADDR");
+    }
+    let mut config = Config::new(session_identity(g)?);
+    config.bootstrap = bootstrap;
+    config.serve = Serve::Never;
+    let mut node = Node::start(config)?;
+    node.connect(peer);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match next(&mut node, deadline, "connecting").await? {
+            event @ NodeEvent::Connected { .. } => {
+                out.event(&event);
+                return Ok(node);
+            }
+            NodeEvent::ConnectFailed { reason, .. } => bail!("cannot reach {peer}: {reason}"),
+            _ => {}
+        }
+    }
+}
+
+async fn next(node: &mut Node, deadline: Instant, what: &str) -> Result<NodeEvent> {
+    match timeout_at(deadline, node.next_event()).await {
+        Ok(Some(NodeEvent::Fatal { message })) => bail!(message),
+        Ok(Some(event)) => Ok(event),
+        Ok(None) => bail!("node stopped"),
+        Err(_) => bail!("timed out {what}"),
+    }
+}
+
+/// The identity kept in the data dir: a node's name should outlive the process.
+fn persistent_identity(g: &Global) -> Result<Identity> {
+    Ok(identity::load_or_create(&g.data_dir.clone().unwrap_or_else(identity::default_data_dir))?)
+}
+
+/// One-shot commands use a throwaway identity unless a data dir is named, so they never
+/// collide with a node running from the default one.
+fn session_identity(g: &Global) -> Result<Identity> {
+    match &g.data_dir {
+        Some(dir) => Ok(identity::load_or_create(dir)?),
+        None => Ok(Identity::generate()),
+    }
+}
+
+fn parse_peer(s: &str) -> Result<PeerId> {
+    s.parse().map_err(|e| anyhow!("{s:?} is not a PeerId: {e}"))
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, DEFAULT_PORT)))
+        .map_err(|_| anyhow!("bad --listen address {s:?}: expected IP or IP:PORT"))
+}
+
+fn secs(s: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| anyhow!("{s} is not a valid number of seconds"))
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn line(&self, json: Value, human: impl FnOnce() -> String) {
+        if self.json {
+            println!("{json}");
+        } else {
+            println!("{}", human());
+        }
+    }
+
+    fn event(&self, event: &NodeEvent) {
+        self.line(event.to_json(), || human(&event.to_json()));
+    }
+}
+
+fn human_nat(nat: &Value) -> String {
+    let step = nat["allocation_step"].as_i64().map_or(String::new(), |s| format!(" (step {s})"));
+    format!(
+        "NAT: {}  public {}  mapping {}, filtering {}, allocation {}{step}",
+        nat["nat_type"].as_str().unwrap_or("unknown"),
+        nat["public_addr"].as_str().unwrap_or("?"),
+        nat["mapping"].as_str().unwrap_or("?"),
+        nat["filtering"].as_str().unwrap_or("?"),
+        nat["allocation"].as_str().unwrap_or("?"),
+    )
+}
+
+/// A readable line for an event, from its JSON form (one source for both outputs).
+fn human(v: &Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+    match v["event"].as_str().unwrap_or("") {
+        "ready" => {
+            let nat = if v["nat"]["nat_type"].is_null() { "NAT: not probed".to_owned() } else { human_nat(&v["nat"]) };
+            let listen: Vec<&str> = v["listen"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let role = if v["public"].as_bool() == Some(true) { "public" } else { "behind NAT" };
+            format!("ready: peer {}  listening on {}  ({role})\n{nat}", s("peer_id"), listen.join(", "))
+        }
+        "registered" => format!("registered with {} (seen as {})", s("introducer"), s("observed")),
+        "connected" => format!(
+            "connected to {} via {} path {} (strategy {}, {} ms, {} probes)",
+            s("peer_id"),
+            s("path"),
+            s("remote"),
+            s("strategy"),
+            v["connect_ms"],
+            v["probes"]
+        ),
+        "pong" => format!("pong seq={} rtt={} ms ({})", v["seq"], v["rtt_ms"], s("path")),
+        "data" => format!("{}: {}", s("peer_id"), s("data")),
+        "peer_registered" => format!("peer {} registered from {}", s("peer_id"), s("addr")),
+        "introduced" => format!("introduced {} to {}", s("requester"), s("target")),
+        _ => v.to_string(),
+    }
+}

@@ -1,0 +1,1372 @@
+//! The real-NAT lab: Linux network namespaces, veth pairs, bridges and nftables rules that
+//! make real kernels behave like the NATs described by [`NatBehavior`], so integration tests
+//! can run the real `introducer` binary (or any other program) across real NATs.
+//!
+//! Use it from an integration test with `mod lab;`. Everything needs root, `iproute2`,
+//! `nftables` and `conntrack` (`scripts/install-deps.sh`); the coturn helpers need `coturn`.
+//!
+//! ```text
+//!                      "internet" namespace: bridge br0 (no routing, no filtering)
+//!        ┌──────────────────┬──────────────────┬─────────────────────────┐
+//!    public host A      public host B      NAT router (wan 203.0.113.N)    ...
+//!  198.51.100.1 + .2    198.51.100.3          │ lan bridge 10.K.0.1/24
+//!                                          ┌──┴──────────┐
+//!                                       host 10.K.0.2   host 10.K.0.3 ...
+//! ```
+//!
+//! Every host on the internet side holds its addresses as /32s with a `default dev eth0`
+//! route, so any documentation-range address can be used anywhere: the bridge delivers by
+//! ARP. NAT routers number their LANs 10.1.0.0/24, 10.2.0.0/24, … in creation order.
+//!
+//! Namespaces are named `il<pid>-<seq>-<lab>-<node>`; interface names live inside the
+//! namespaces (`eth0`, `wan`, `lan`, `p3`, `h2`), so the 15-character limit never bites and
+//! nothing is ever created in the machine's own namespace. Dropping the [`Lab`] (also while
+//! a test panics) kills every process inside its namespaces and deletes them; a lab created
+//! later removes namespaces left behind by processes that died without cleaning up.
+
+#![allow(dead_code)]
+
+use introducer_actors::nat::{Allocation, Filtering, Mapping, NatBehavior};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Public node A's first address (the one to bootstrap from).
+pub const A_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// Public node A's second address (RFC 5780 alternate address).
+pub const A_ALT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// Public node B's address.
+pub const B_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
+/// The STUN / introducer port used by the standard topology.
+pub const PORT: u16 = 3478;
+
+/// How long [`Host::run`] lets a command run before killing it.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+const WAN_IF: &str = "wan";
+const LAN_IF: &str = "lan";
+const INET_BRIDGE: &str = "br0";
+const NS_PREFIX: &str = "il";
+
+/// First port handed out by `snat to WAN:20000-29999` and by sequential allocation.
+const PORT_BASE: u32 = 20000;
+/// Ports in a sequential NAT's cycle before it wraps.
+const SEQUENTIAL_CYCLE: u32 = 1000;
+
+static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
+/// `ip netns add/del` mount /run/netns on first use; concurrent first uses can race.
+static NETNS_LOCK: Mutex<()> = Mutex::new(());
+static STALE_CLEANUP: Once = Once::new();
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------
+// Tools and plain command helpers
+// ---------------------------------------------------------------------------------------
+
+/// Finds a system tool in PATH or the sbin directories (CI's PATH may lack /usr/sbin).
+fn find_tool(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn tool(name: &str) -> PathBuf {
+    find_tool(name).unwrap_or_else(|| {
+        panic!("lab: `{name}` not found; install the test dependencies with scripts/install-deps.sh")
+    })
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs a setup command; panics with its output unless it succeeds.
+fn checked(mut cmd: Command, stdin: Option<&str>) -> String {
+    let desc = describe(&cmd);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("lab: cannot start `{desc}`: {e}"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).unwrap_or_else(|e| panic!("lab: writing to `{desc}`: {e}"));
+    }
+    let out = wait_output(child, RUN_TIMEOUT, &desc);
+    if !out.status.success() {
+        let input = stdin.map(|s| format!("\n--- input ---\n{s}")).unwrap_or_default();
+        panic!(
+            "lab: `{desc}` failed ({}):\n{}{}{input}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits for a child whose stdout and stderr are piped, killing it after `timeout`.
+fn wait_output(mut child: Child, timeout: Duration, desc: &str) -> Output {
+    let (tx, rx) = mpsc::channel::<(bool, Vec<u8>)>();
+    for (is_out, pipe) in [
+        (true, child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        (false, child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+    ] {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            let _ = tx.send((is_out, buf));
+        });
+    }
+    let deadline = Instant::now() + timeout;
+    let (mut stdout, mut stderr) = (None, None);
+    while stdout.is_none() || stderr.is_none() {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((true, b)) => stdout = Some(b),
+            Ok((false, b)) => stderr = Some(b),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("lab: `{desc}` still running after {timeout:?}; killed");
+            }
+        }
+    }
+    let status = child.wait().unwrap_or_else(|e| panic!("lab: waiting for `{desc}`: {e}"));
+    Output { status, stdout: stdout.unwrap(), stderr: stderr.unwrap() }
+}
+
+/// `ip -n NS -batch -` with one `ip` command per line.
+fn ip_batch(ns: &str, lines: &[String]) {
+    let mut cmd = Command::new(tool("ip"));
+    cmd.args(["-n", ns, "-batch", "-"]);
+    checked(cmd, Some(&(lines.join("\n") + "\n")));
+}
+
+/// Sets sysctls inside a namespace; `-e` skips keys this kernel lacks (bridge-nf-call-*
+/// exist only where br_netfilter is loaded).
+fn sysctls(ns: &str, settings: &[(&str, String)]) {
+    let mut cmd = Command::new(tool("ip"));
+    cmd.args(["netns", "exec", ns]).arg(tool("sysctl")).args(["-q", "-e", "-w"]);
+    for (k, v) in settings {
+        cmd.arg(format!("{k}={v}"));
+    }
+    checked(cmd, None);
+}
+
+fn netns_path(ns: &str) -> PathBuf {
+    let run = Path::new("/run/netns").join(ns);
+    if run.exists() {
+        run
+    } else {
+        Path::new("/var/run/netns").join(ns)
+    }
+}
+
+/// SIGKILLs every process inside a namespace (the lab's children and anything they forked).
+fn kill_netns_pids(ns: &str) {
+    let Some(ip) = find_tool("ip") else { return };
+    let Ok(out) = Command::new(ip).args(["netns", "pids", ns]).stderr(Stdio::null()).output() else { return };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            if pid > 1 && pid != std::process::id() as i32 {
+                // SAFETY: plain kill(2) on a pid inside one of the lab's namespaces.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn delete_netns(ns: &str) {
+    let Some(ip) = find_tool("ip") else { return };
+    let _g = lock(&NETNS_LOCK);
+    match Command::new(ip).args(["netns", "del", ns]).stderr(Stdio::piped()).output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!("lab: ip netns del {ns}: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => eprintln!("lab: ip netns del {ns}: {e}"),
+    }
+}
+
+/// The pid in a lab name `il<pid>-...`, if it is one.
+fn lab_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(NS_PREFIX)?;
+    let (digits, _) = rest.split_once('-')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn dead(pid: u32) -> bool {
+    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes namespaces and temp dirs of labs whose process is gone (killed test runs).
+fn cleanup_stale() {
+    for dir in ["/run/netns", "/var/run/netns"] {
+        let Ok(entries) = fs::read_dir(dir) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if lab_pid(&name).is_some_and(dead) {
+                kill_netns_pids(&name);
+                delete_netns(&name);
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if lab_pid(&name).is_some_and(dead) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    let s = s.trim_matches('-');
+    s.chars().take(20).collect::<String>().trim_end_matches('-').to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// Lab
+// ---------------------------------------------------------------------------------------
+
+struct Shared {
+    /// Scratch directory for data dirs, pid files and the like; removed with the lab.
+    tmp: PathBuf,
+    seq: AtomicU32,
+}
+
+impl Shared {
+    fn scratch(&self, what: &str) -> PathBuf {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let p = self.tmp.join(format!("{}-{n}", sanitize(what)));
+        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("lab: mkdir {}: {e}", p.display()));
+        p
+    }
+}
+
+/// One topology: an "internet" bridge namespace plus the hosts and NATs attached to it.
+/// Dropping it kills everything running inside and deletes every namespace it created.
+pub struct Lab {
+    prefix: String,
+    inet: String,
+    namespaces: Mutex<Vec<String>>,
+    next_port: AtomicU32,
+    next_nat: AtomicU8,
+    next_wan: AtomicU8,
+    shared: Arc<Shared>,
+}
+
+impl Lab {
+    /// Whether this process can build labs (root, and the tools installed).
+    pub fn check() -> Result<(), String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("the NAT lab needs root (network namespaces, nftables)".into());
+        }
+        for t in ["ip", "nft", "conntrack", "sysctl"] {
+            if find_tool(t).is_none() {
+                return Err(format!("`{t}` not found; run scripts/install-deps.sh"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the internet namespace. `name` only makes namespace names readable; labs are
+    /// unique per process and call anyway.
+    pub fn new(name: &str) -> Lab {
+        if let Err(e) = Lab::check() {
+            panic!("lab: {e}");
+        }
+        STALE_CLEANUP.call_once(cleanup_stale);
+        let prefix = format!(
+            "{NS_PREFIX}{}-{}-{}",
+            std::process::id(),
+            LAB_SEQ.fetch_add(1, Ordering::Relaxed),
+            sanitize(name)
+        );
+        let tmp = std::env::temp_dir().join(&prefix);
+        let lab = Lab {
+            inet: format!("{prefix}-inet"),
+            prefix,
+            namespaces: Mutex::new(Vec::new()),
+            next_port: AtomicU32::new(1),
+            next_nat: AtomicU8::new(1),
+            next_wan: AtomicU8::new(1),
+            shared: Arc::new(Shared { tmp, seq: AtomicU32::new(0) }),
+        };
+        lab.add_netns("inet");
+        // A plain learning bridge. bridge-nf-call-* is 1 in every new namespace (where
+        // br_netfilter is loaded) and would run bridged frames through netfilter.
+        sysctls(
+            &lab.inet,
+            &[
+                ("net.bridge.bridge-nf-call-iptables", "0".into()),
+                ("net.bridge.bridge-nf-call-ip6tables", "0".into()),
+                ("net.bridge.bridge-nf-call-arptables", "0".into()),
+            ],
+        );
+        ip_batch(&lab.inet, &[format!("link add name {INET_BRIDGE} type bridge"), format!("link set dev {INET_BRIDGE} up")]);
+        lab
+    }
+
+    /// The prefix of every namespace name of this lab.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The internet namespace (for debugging, e.g. `ip netns exec … tcpdump`).
+    pub fn internet_netns(&self) -> &str {
+        &self.inet
+    }
+
+    /// Creates `<prefix>-<node>` with loopback up and rp_filter off; registered for cleanup
+    /// before anything else can fail.
+    fn add_netns(&self, node: &str) -> String {
+        let ns = format!("{}-{}", self.prefix, sanitize(node));
+        {
+            let _g = lock(&NETNS_LOCK);
+            let mut list = lock(&self.namespaces);
+            assert!(!list.contains(&ns), "lab: node name {node:?} used twice");
+            let mut cmd = Command::new(tool("ip"));
+            cmd.args(["netns", "add", &ns]);
+            checked(cmd, None);
+            list.push(ns.clone());
+        }
+        // rp_filter: IPv4 devconf is inherited from the host; strict reverse-path filtering
+        // drops asymmetric lab traffic. Set `default` before any interface arrives.
+        sysctls(
+            &ns,
+            &[
+                ("net.ipv4.conf.all.rp_filter", "0".into()),
+                ("net.ipv4.conf.default.rp_filter", "0".into()),
+            ],
+        );
+        ip_batch(&ns, &["link set dev lo up".to_string()]);
+        ns
+    }
+
+    /// A veth from the internet bridge into `ns`, named `ifname` there.
+    fn plug_into_internet(&self, ns: &str, ifname: &str) {
+        let port = format!("p{}", self.next_port.fetch_add(1, Ordering::Relaxed));
+        ip_batch(
+            &self.inet,
+            &[
+                format!("link add name {port} type veth peer name {ifname} netns {ns}"),
+                format!("link set dev {port} master {INET_BRIDGE} up"),
+            ],
+        );
+    }
+
+    /// A host directly on the internet with the given addresses (the first is its primary
+    /// source address). Nothing filters its traffic.
+    pub fn public_host(&self, name: &str, ips: &[Ipv4Addr]) -> Host {
+        assert!(!ips.is_empty(), "lab: public host {name} needs an address");
+        let ns = self.add_netns(name);
+        self.plug_into_internet(&ns, "eth0");
+        let mut cmds: Vec<String> = ips.iter().map(|ip| format!("addr add {ip}/32 dev eth0")).collect();
+        cmds.push("link set dev eth0 up".into());
+        cmds.push("route add default dev eth0".into());
+        ip_batch(&ns, &cmds);
+        Host::new(name, ns, ips.to_vec(), "eth0", &self.shared)
+    }
+
+    /// The next unused WAN address 203.0.113.N (N = 1, 2, …) for [`Lab::nat`].
+    pub fn next_wan_ip(&self) -> Ipv4Addr {
+        let n = self.next_wan.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 255, "lab: out of WAN addresses");
+        Ipv4Addr::new(203, 0, 113, n)
+    }
+
+    /// A NAT router on the internet at `wan_ip` whose nftables rules implement `behavior`
+    /// exactly (see [`nat_ruleset`]), with an empty LAN 10.K.0.0/24 behind it.
+    pub fn nat(&self, name: &str, behavior: NatBehavior, wan_ip: Ipv4Addr) -> Nat {
+        let k = self.next_nat.fetch_add(1, Ordering::Relaxed);
+        assert!(k < 255, "lab: too many NATs");
+        let ns = self.add_netns(name);
+        sysctls(
+            &ns,
+            &[
+                ("net.ipv4.ip_forward", "1".into()),
+                ("net.ipv6.conf.all.forwarding", "1".into()),
+                ("net.bridge.bridge-nf-call-iptables", "0".into()),
+                ("net.bridge.bridge-nf-call-ip6tables", "0".into()),
+                ("net.bridge.bridge-nf-call-arptables", "0".into()),
+            ],
+        );
+        self.plug_into_internet(&ns, WAN_IF);
+        let gateway = Ipv4Addr::new(10, k, 0, 1);
+        ip_batch(
+            &ns,
+            &[
+                format!("addr add {wan_ip}/32 dev {WAN_IF}"),
+                format!("link set dev {WAN_IF} up"),
+                format!("route add default dev {WAN_IF}"),
+                format!("link add name {LAN_IF} type bridge"),
+                format!("addr add {gateway}/24 dev {LAN_IF}"),
+                format!("link set dev {LAN_IF} up"),
+            ],
+        );
+        let nat = Nat {
+            router: Host::new(name, ns, vec![wan_ip], WAN_IF, &self.shared),
+            wan_ip,
+            gateway,
+            behavior: Mutex::new(behavior),
+            next_host: AtomicU8::new(2),
+        };
+        nat.apply(behavior);
+        nat
+    }
+
+    /// A host on `nat`'s LAN (10.K.0.2, .3, …), default route through the NAT.
+    pub fn host_behind(&self, nat: &Nat, name: &str) -> Host {
+        let i = nat.next_host.fetch_add(1, Ordering::Relaxed);
+        assert!(i < 255, "lab: NAT LAN full");
+        let ns = self.add_netns(name);
+        let g = nat.gateway.octets();
+        let ip = Ipv4Addr::new(g[0], g[1], g[2], i);
+        ip_batch(
+            nat.router.netns(),
+            &[format!("link add name h{i} type veth peer name eth0 netns {ns}"), format!("link set dev h{i} master {LAN_IF} up")],
+        );
+        ip_batch(
+            &ns,
+            &[
+                format!("addr add {ip}/24 dev eth0"),
+                "link set dev eth0 up".into(),
+                format!("route add default via {}", nat.gateway),
+            ],
+        );
+        Host::new(name, ns, vec![ip], "eth0", &self.shared)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let namespaces = std::mem::take(&mut *lock(&self.namespaces));
+        for ns in namespaces.iter().rev() {
+            kill_netns_pids(ns);
+        }
+        for ns in namespaces.iter().rev() {
+            delete_netns(ns);
+        }
+        let _ = fs::remove_dir_all(&self.shared.tmp);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// NAT routers
+// ---------------------------------------------------------------------------------------
+
+/// A NAT router namespace. Its LAN is 10.K.0.0/24 with the router at 10.K.0.1.
+pub struct Nat {
+    router: Host,
+    wan_ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    behavior: Mutex<NatBehavior>,
+    next_host: AtomicU8,
+}
+
+impl Nat {
+    pub fn wan_ip(&self) -> Ipv4Addr {
+        self.wan_ip
+    }
+
+    /// The router's LAN address, 10.K.0.1.
+    pub fn lan_gateway(&self) -> Ipv4Addr {
+        self.gateway
+    }
+
+    /// The LAN, "10.K.0.0/24".
+    pub fn lan_subnet(&self) -> String {
+        let g = self.gateway.octets();
+        format!("{}.{}.{}.0/24", g[0], g[1], g[2])
+    }
+
+    pub fn behavior(&self) -> NatBehavior {
+        *lock(&self.behavior)
+    }
+
+    /// The router namespace as a host (to run `conntrack`, `nft`, tcpdump …).
+    pub fn router(&self) -> &Host {
+        &self.router
+    }
+
+    /// Replaces the rules with another behaviour and forgets every existing mapping.
+    pub fn set_behavior(&self, behavior: NatBehavior) {
+        *lock(&self.behavior) = behavior;
+        self.apply(behavior);
+    }
+
+    fn apply(&self, b: NatBehavior) {
+        let rules = format!("flush ruleset\n{}", nat_ruleset(&b, self.wan_ip));
+        let mut cmd = self.router.command(tool("nft"), ["-f", "-"]);
+        cmd.env_remove("NFT_DEBUG");
+        checked(cmd, Some(&rules));
+        // Conntrack's UDP timeouts are the mapping lifetime: `udp_timeout` for flows that
+        // never saw a reply, `udp_timeout_stream` for the others (default 30 s / 120 s).
+        let secs = b.mapping_lifetime.as_secs_f64().ceil().max(1.0) as u64;
+        sysctls(
+            self.router.netns(),
+            &[
+                ("net.netfilter.nf_conntrack_udp_timeout", secs.to_string()),
+                ("net.netfilter.nf_conntrack_udp_timeout_stream", secs.to_string()),
+            ],
+        );
+        self.flush_conntrack();
+    }
+
+    /// Forgets every mapping (`conntrack -F`); the learned filtering maps are flushed too.
+    pub fn flush_conntrack(&self) {
+        checked(self.router.command(tool("conntrack"), ["-F"]), None);
+        let b = self.behavior();
+        let mut cmds = String::new();
+        for (name, _) in learned_maps(&b) {
+            cmds.push_str(&format!("flush {} ip {NFT_TABLE} {name}\n", if name == "seen" { "set" } else { "map" }));
+        }
+        if !cmds.is_empty() {
+            checked(self.router.command(tool("nft"), ["-f", "-"]), Some(&cmds));
+        }
+    }
+
+    /// `conntrack -L` in the router: the live mappings.
+    pub fn conntrack_table(&self) -> String {
+        self.router.run_ok(tool("conntrack"), ["-L"])
+    }
+
+    /// `nft list ruleset` in the router.
+    pub fn ruleset(&self) -> String {
+        self.router.run_ok(tool("nft"), ["list", "ruleset"])
+    }
+}
+
+const NFT_TABLE: &str = "lab_nat";
+
+/// The dynamic maps a behaviour needs: (name, declaration).
+fn learned_maps(b: &NatBehavior) -> Vec<(&'static str, String)> {
+    let t = nft_timeout(b.mapping_lifetime);
+    let decl = |ty: &str| format!("{ty}; flags dynamic, timeout; timeout {t}; size 65535;");
+    let mut maps = Vec::new();
+    if b.filtering != Filtering::AddressAndPortDependent || b.hairpin {
+        // external port → the internal endpoint it maps to
+        maps.push(("ext2int", decl("type inet_service : ipv4_addr . inet_service")));
+    }
+    if b.filtering == Filtering::AddressDependent {
+        // external port . remote address the inside has sent to
+        maps.push(("seen", decl("type inet_service . ipv4_addr")));
+    }
+    if b.mapping == Mapping::EndpointIndependent && matches!(b.allocation, Allocation::Sequential { .. }) {
+        // internal endpoint → its one external port
+        maps.push(("eim", decl("type ipv4_addr . inet_service : inet_service")));
+    }
+    if b.mapping == Mapping::AddressDependent {
+        // internal endpoint . remote address → external port
+        maps.push(("adm", decl("type ipv4_addr . inet_service . ipv4_addr : inet_service")));
+    }
+    maps
+}
+
+fn nft_timeout(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1000))
+}
+
+/// The nftables ruleset (table `ip lab_nat`) that makes a router with WAN interface `wan`
+/// at `wan_ip` and LAN bridge `lan` behave as `b`. UDP gets the configured behaviour;
+/// everything else a plain `masquerade`.
+///
+/// Mapping and allocation (chain `udp_mapping`, used for WAN traffic and for hairpinned
+/// traffic alike; `snat ip to WAN` is what `masquerade` does on a router with one fixed
+/// WAN address, and it also works for the hairpin path whose output interface is the LAN):
+///
+/// | mapping | allocation | rule |
+/// |---|---|---|
+/// | EIM | preserving | `snat ip to WAN` (= `masquerade`; the kernel reuses a source's existing mapping) |
+/// | EIM | random | `snat ip to WAN:20000-29999` |
+/// | EIM | sequential | reuse `@eim[src]`, else `snat ip to WAN : numgen inc mod N map {i : 20000+i*step}` |
+/// | ADM | random / sequential | reuse `@adm[src . dst ip]`, else the APDM rule |
+/// | APDM | random | `snat ip to WAN random` (= `masquerade random`) |
+/// | APDM | sequential | `snat ip to WAN : numgen inc mod N map {…}` |
+///
+/// The port map is written out because nft 1.0.6 loads `numgen … offset` into the port
+/// in host byte order. Preserving allocation with a destination-dependent mapping does not
+/// exist (a preserved port is the same port for every destination) and panics.
+///
+/// Filtering: address-and-port-dependent is conntrack itself. Endpoint-independent and
+/// address-dependent learn `external port → internal endpoint` (and `external port . remote
+/// ip`) after SNAT, and DNAT inbound packets that match in prerouting. The maps time out
+/// with the mapping lifetime.
+///
+/// Hairpin: LAN packets to the WAN address are DNATed through the learned map and SNATed
+/// through `udp_mapping`, so the receiver sees the sender's public mapping.
+///
+/// Input: the router drops everything new that arrives on its WAN interface, as home
+/// routers do. This matters for hole punching, not just hygiene: without it, an inbound
+/// packet that reaches the router before the inside host has sent to that peer is handed
+/// to the router's own INPUT, answered with ICMP, and its conntrack entry (peer → WAN:port)
+/// is *confirmed*; when the inside host then sends to that peer, SNAT finds the tuple taken
+/// and picks a different external port, breaking endpoint-independent mapping exactly
+/// when it matters. A drop in INPUT discards the unconfirmed entry instead.
+pub fn nat_ruleset(b: &NatBehavior, wan_ip: Ipv4Addr) -> String {
+    let wan = wan_ip;
+    let maps = learned_maps(b);
+    let has = |name: &str| maps.iter().any(|(n, _)| *n == name);
+
+    let seq_rule = |step: i32| -> String {
+        assert!(step != 0, "lab: sequential allocation with step 0");
+        let span = 65535 - PORT_BASE;
+        let n = SEQUENTIAL_CYCLE.min(span / step.unsigned_abs()).max(1);
+        let base: i64 = if step > 0 { PORT_BASE as i64 } else { 65535 };
+        let elems: Vec<String> = (0..n).map(|i| format!("{i} : {}", base + i as i64 * step as i64)).collect();
+        format!("meta l4proto udp snat ip to {wan} : numgen inc mod {n} map {{ {} }}", elems.join(", "))
+    };
+    let fresh = |alloc: Allocation| -> String {
+        match alloc {
+            Allocation::Random => format!("snat ip to {wan} random"),
+            Allocation::Sequential { step } => seq_rule(step),
+            Allocation::Preserving => panic!(
+                "lab: {:?} mapping cannot preserve ports (that would be endpoint-independent)",
+                b.mapping
+            ),
+        }
+    };
+    let mapping_rules: Vec<String> = match (b.mapping, b.allocation) {
+        (Mapping::EndpointIndependent, Allocation::Preserving) => vec![format!("snat ip to {wan}")],
+        (Mapping::EndpointIndependent, Allocation::Random) => {
+            vec![format!("snat ip to {wan}:{PORT_BASE}-{}", PORT_BASE + 9999)]
+        }
+        (Mapping::EndpointIndependent, Allocation::Sequential { step }) => vec![
+            format!("meta l4proto udp snat ip to {wan} : ip saddr . udp sport map @eim"),
+            seq_rule(step),
+        ],
+        (Mapping::AddressDependent, alloc) => vec![
+            format!("meta l4proto udp snat ip to {wan} : ip saddr . udp sport . ip daddr map @adm"),
+            fresh(alloc),
+        ],
+        (Mapping::AddressAndPortDependent, alloc) => vec![fresh(alloc)],
+    };
+
+    let mut r = String::new();
+    let mut line = |s: &str| {
+        r.push_str(s);
+        r.push('\n');
+    };
+    line(&format!("table ip {NFT_TABLE} {{"));
+    for (name, decl) in &maps {
+        let kind = if *name == "seen" { "set" } else { "map" };
+        line(&format!("  {kind} {name} {{ {decl} }}"));
+    }
+
+    line("  chain udp_mapping {");
+    for rule in &mapping_rules {
+        line(&format!("    {rule}"));
+    }
+    line("  }");
+
+    line("  chain pre_nat {");
+    line("    type nat hook prerouting priority dstnat; policy accept;");
+    match b.filtering {
+        Filtering::EndpointIndependent => line(&format!(
+            "    iifname \"{WAN_IF}\" udp dport @ext2int dnat ip to udp dport map @ext2int"
+        )),
+        Filtering::AddressDependent => line(&format!(
+            "    iifname \"{WAN_IF}\" udp dport . ip saddr @seen dnat ip to udp dport map @ext2int"
+        )),
+        Filtering::AddressAndPortDependent => {}
+    }
+    if b.hairpin {
+        line(&format!(
+            "    iifname \"{LAN_IF}\" ip daddr {wan} udp dport @ext2int dnat ip to udp dport map @ext2int"
+        ));
+    }
+    line("  }");
+
+    line("  chain post_nat {");
+    line("    type nat hook postrouting priority srcnat; policy accept;");
+    if b.hairpin {
+        line(&format!("    iifname \"{LAN_IF}\" oifname \"{LAN_IF}\" ct status dnat meta l4proto udp jump udp_mapping"));
+    }
+    line(&format!("    oifname \"{WAN_IF}\" meta l4proto udp jump udp_mapping"));
+    line(&format!("    oifname \"{WAN_IF}\" masquerade"));
+    line("  }");
+
+    if !maps.is_empty() {
+        // After SNAT (srcnat + 10), so `udp sport` is the external port.
+        line("  chain post_learn {");
+        line("    type filter hook postrouting priority srcnat + 10; policy accept;");
+        let out = format!("oifname \"{WAN_IF}\" meta l4proto udp");
+        if has("ext2int") {
+            // Flows the inside opened, and flows let in by the filtering rules above.
+            line(&format!(
+                "    {out} ct direction original update @ext2int {{ udp sport : ct original ip saddr . ct original proto-src }}"
+            ));
+            line(&format!(
+                "    {out} ct direction reply update @ext2int {{ udp sport : ct reply ip saddr . ct reply proto-src }}"
+            ));
+        }
+        if has("seen") {
+            line(&format!("    {out} update @seen {{ udp sport . ip daddr }}"));
+        }
+        if has("eim") {
+            line(&format!(
+                "    {out} ct direction original update @eim {{ ct original ip saddr . ct original proto-src : udp sport }}"
+            ));
+        }
+        if has("adm") {
+            line(&format!(
+                "    {out} ct direction original update @adm {{ ct original ip saddr . ct original proto-src . ip daddr : udp sport }}"
+            ));
+        }
+        line("  }");
+    }
+
+    // Unsolicited WAN traffic to the router itself is dropped (see above), and nothing new
+    // is forwarded from the WAN unless the filtering rules DNATed it.
+    line("  chain in_filter {");
+    line("    type filter hook input priority filter; policy accept;");
+    line(&format!("    iifname \"{WAN_IF}\" ct state established,related accept"));
+    line(&format!("    iifname \"{WAN_IF}\" drop"));
+    line("  }");
+    line("  chain fwd_filter {");
+    line("    type filter hook forward priority filter; policy accept;");
+    line(&format!("    iifname \"{WAN_IF}\" ct state established,related accept"));
+    line(&format!("    iifname \"{WAN_IF}\" ct status dnat accept"));
+    line(&format!("    iifname \"{WAN_IF}\" drop"));
+    line("  }");
+    line("}");
+    r
+}
+
+// ---------------------------------------------------------------------------------------
+// Hosts
+// ---------------------------------------------------------------------------------------
+
+/// A handle on one namespace (public host, host behind a NAT, or a NAT router). Cheap to
+/// clone; it does not own the namespace (the [`Lab`] does).
+#[derive(Clone)]
+pub struct Host {
+    name: String,
+    ns: String,
+    ips: Vec<Ipv4Addr>,
+    uplink: &'static str,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Host({} {:?} in {})", self.name, self.ips, self.ns)
+    }
+}
+
+impl Host {
+    fn new(name: &str, ns: String, ips: Vec<Ipv4Addr>, uplink: &'static str, shared: &Arc<Shared>) -> Host {
+        Host { name: name.to_string(), ns, ips, uplink, shared: shared.clone() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn netns(&self) -> &str {
+        &self.ns
+    }
+
+    /// The primary address (a private one behind a NAT; a NAT router's WAN address).
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ips[0]
+    }
+
+    pub fn ips(&self) -> &[Ipv4Addr] {
+        &self.ips
+    }
+
+    /// `ip():port`.
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.ip(), port))
+    }
+
+    /// A command that runs `program args…` in this namespace (`ip netns exec`). System
+    /// tools given by bare name are looked up in the sbin directories too.
+    pub fn command<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let program = program.as_ref();
+        let resolved: OsString = match program.to_str() {
+            Some(p) if !p.contains('/') => find_tool(p).map(|p| p.into_os_string()).unwrap_or_else(|| program.into()),
+            _ => program.into(),
+        };
+        let mut cmd = Command::new(tool("ip"));
+        cmd.args(["netns", "exec"]).arg(&self.ns).arg(resolved).args(args);
+        cmd
+    }
+
+    /// Starts `program args…` here with stdout and stderr piped (stdin null). Killed when
+    /// the returned [`LabChild`] drops.
+    pub fn spawn<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> LabChild
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let label = format!("{}@{}", Path::new(program.as_ref()).file_name().unwrap_or_default().to_string_lossy(), self.name);
+        LabChild::spawn(label, self.command(program, args))
+    }
+
+    /// Starts a command made with [`Host::command`] (for example with `stdin(Stdio::piped())`).
+    pub fn spawn_command(&self, label: &str, cmd: Command) -> LabChild {
+        LabChild::spawn(format!("{label}@{}", self.name), cmd)
+    }
+
+    /// Runs to completion (killed after [`RUN_TIMEOUT`]) and returns its output.
+    pub fn run<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.run_timeout(program, args, RUN_TIMEOUT)
+    }
+
+    pub fn run_timeout<I, S>(&self, program: impl AsRef<OsStr>, args: I, timeout: Duration) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.command(program, args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let desc = format!("{} (in {})", describe(&cmd), self.name);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("lab: cannot start `{desc}`: {e}"));
+        wait_output(child, timeout, &desc)
+    }
+
+    /// Runs to completion and returns stdout; panics unless it exits 0.
+    pub fn run_ok<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        checked(self.command(program, args), None)
+    }
+
+    /// A command running the `introducer` binary here with `args`, plus `--data-dir`
+    /// (a fresh directory of the lab's) and `--json` unless `args` already has them.
+    pub fn introducer_command(&self, args: &[&str]) -> Command {
+        let mut all: Vec<OsString> = args.iter().map(OsString::from).collect();
+        if !args.contains(&"--data-dir") {
+            all.push("--data-dir".into());
+            all.push(self.shared.scratch(&format!("{}-data", self.name)).into_os_string());
+        }
+        if !args.contains(&"--json") {
+            all.push("--json".into());
+        }
+        let mut cmd = self.command(env!("CARGO_BIN_EXE_introducer"), all);
+        cmd.env("RUST_BACKTRACE", "1");
+        cmd
+    }
+
+    /// Starts `introducer args… --data-dir <fresh> --json` here.
+    pub fn introducer(&self, args: &[&str]) -> LabChild {
+        self.spawn_command("introducer", self.introducer_command(args))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it creates live here.
+    pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = netns_path(&self.ns);
+        thread::scope(|s| {
+            let h = s.spawn(move || {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("lab: open {}: {e}", path.display()));
+                // SAFETY: setns on this thread only; the fd is valid for the call.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "lab: setns {}: {}", path.display(), std::io::Error::last_os_error());
+                f()
+            });
+            match h.join() {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        })
+    }
+
+    /// A UDP socket bound to `addr` inside this namespace (use `0.0.0.0:0` for any).
+    pub fn udp_socket(&self, addr: impl Into<SocketAddr>) -> UdpSocket {
+        let addr = addr.into();
+        self.in_netns(move || UdpSocket::bind(addr)).unwrap_or_else(|e| panic!("lab: bind {addr} in {}: {e}", self.name))
+    }
+
+    /// Takes the host's uplink (`eth0`, or a router's `wan`) down or up: a cable pulled.
+    pub fn set_link_up(&self, up: bool) {
+        ip_batch(&self.ns, &[format!("link set dev {} {}", self.uplink, if up { "up" } else { "down" })]);
+        if up && self.uplink == "eth0" && self.ips[0].is_private() {
+            // The default route via the gateway went away with the link.
+            let o = self.ips[0].octets();
+            let _ = self.run("ip", ["route", "replace", "default", "via", &format!("{}.{}.{}.1", o[0], o[1], o[2])]);
+        } else if up {
+            let _ = self.run("ip", ["route", "replace", "default", "dev", self.uplink]);
+        }
+    }
+
+    /// Starts coturn's `turnserver` as a plain RFC 5780 STUN server on this host's first two
+    /// addresses, ports `port` and `port + 1` (the alternate port), and waits until both
+    /// addresses answer Binding requests.
+    pub fn turnserver(&self, port: u16) -> LabChild {
+        assert!(self.ips.len() >= 2, "lab: an RFC 5780 server needs two addresses; {} has {:?}", self.name, self.ips);
+        let dir = self.shared.scratch(&format!("{}-turnserver", self.name));
+        let (ip1, ip2) = (self.ips[0].to_string(), self.ips[1].to_string());
+        let (p, alt) = (port.to_string(), (port + 1).to_string());
+        let pidfile = dir.join("turnserver.pid");
+        let db = dir.join("turndb");
+        let args: Vec<&OsStr> = [
+            // Debian's /etc/turnserver.conf says no-rfc5780; read no config file at all.
+            "-c", "/dev/null", "-L", ip1.as_str(), "-L", ip2.as_str(), "-p", p.as_str(), "--alt-listening-port", alt.as_str(),
+            "--stun-only", "--no-cli", "--no-tcp", "--no-tls", "--no-dtls",
+            "--log-file", "stdout", "--simple-log",
+        ]
+        .iter()
+        .map(OsStr::new)
+        .chain([OsStr::new("--pidfile"), pidfile.as_os_str(), OsStr::new("--db"), db.as_os_str()])
+        .collect();
+        let child = self.spawn("turnserver", args);
+        // Readiness: a bounded retry of Binding requests (turnserver has no ready signal).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for server in [SocketAddr::from((self.ips[0], port)), SocketAddr::from((self.ips[1], port + 1))] {
+            let sock = self.udp_socket(SocketAddr::from(([0, 0, 0, 0], 0)));
+            loop {
+                if stun_binding(&sock, server, Duration::from_millis(100)).is_some() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "lab: turnserver on {} not answering at {server}:\n{}", self.name, child.context());
+            }
+        }
+        child
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A minimal STUN client (RFC 8489 Binding), for tests that want to see a mapping
+// ---------------------------------------------------------------------------------------
+
+/// Sends one Binding request to `server` and waits up to `timeout` for its answer;
+/// returns the XOR-MAPPED-ADDRESS (or MAPPED-ADDRESS). Other datagrams are skipped.
+pub fn stun_binding(sock: &UdpSocket, server: SocketAddr, timeout: Duration) -> Option<SocketAddrV4> {
+    const MAGIC: u32 = 0x2112_A442;
+    let mut txid = [0u8; 12];
+    txid[..8].copy_from_slice(&rand_u64().to_be_bytes());
+    txid[8..].copy_from_slice(&rand_u64().to_be_bytes()[..4]);
+    let mut req = Vec::with_capacity(20);
+    req.extend_from_slice(&0x0001u16.to_be_bytes());
+    req.extend_from_slice(&0u16.to_be_bytes());
+    req.extend_from_slice(&MAGIC.to_be_bytes());
+    req.extend_from_slice(&txid);
+    sock.send_to(&req, server).ok()?;
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        sock.set_read_timeout(Some(left)).ok()?;
+        let (n, _) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(_) => return None,
+        };
+        let m = &buf[..n];
+        if n < 20 || m[0..2] != [0x01, 0x01] || m[8..20] != txid {
+            continue;
+        }
+        let mut i = 20;
+        let mut plain = None;
+        while i + 4 <= n {
+            let ty = u16::from_be_bytes([m[i], m[i + 1]]);
+            let len = u16::from_be_bytes([m[i + 2], m[i + 3]]) as usize;
+            let v = m.get(i + 4..i + 4 + len)?;
+            if (ty == 0x0020 || ty == 0x0001) && len >= 8 && v[1] == 0x01 {
+                let mut port = u16::from_be_bytes([v[2], v[3]]);
+                let mut ip = [v[4], v[5], v[6], v[7]];
+                if ty == 0x0020 {
+                    port ^= (MAGIC >> 16) as u16;
+                    for (b, k) in ip.iter_mut().zip(MAGIC.to_be_bytes()) {
+                        *b ^= k;
+                    }
+                    return Some(SocketAddrV4::new(ip.into(), port));
+                }
+                plain = Some(SocketAddrV4::new(ip.into(), port));
+            }
+            i += 4 + (len + 3) / 4 * 4;
+        }
+        return plain;
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(N.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+// ---------------------------------------------------------------------------------------
+// Children
+// ---------------------------------------------------------------------------------------
+
+/// An error from waiting on a child; its Debug is its multi-line Display, so `unwrap()`
+/// prints the child's recent output readably.
+pub struct LabError(pub String);
+
+impl fmt::Display for LabError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for LabError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LabError {}
+
+const STDERR_TAIL: usize = 200;
+
+/// A process running in a lab namespace. Its stdout is read line by line on a thread (wait
+/// for lines or JSON objects with a deadline); stdout and stderr lines are also echoed to
+/// the test's (captured) stderr with a `[label]` prefix, so a failing test shows them.
+/// Killed (SIGKILL) and reaped on drop.
+pub struct LabChild {
+    label: String,
+    child: Child,
+    lines: Receiver<String>,
+    stdout_eof: bool,
+    stdout_seen: Vec<String>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    stderr_done: Receiver<()>,
+    status: Option<ExitStatus>,
+}
+
+impl LabChild {
+    fn spawn(label: String, mut cmd: Command) -> LabChild {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let desc = describe(&cmd);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("lab: cannot start `{desc}`: {e}"));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let l = label.clone();
+        thread::spawn(move || {
+            for line in read_lines(stdout) {
+                eprintln!("[{l}] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (done_tx, stderr_done) = mpsc::channel();
+        let (stderr, tail, l) = (child.stderr.take().unwrap(), stderr_tail.clone(), label.clone());
+        thread::spawn(move || {
+            for line in read_lines(stderr) {
+                eprintln!("[{l} stderr] {line}");
+                let mut t = lock(&tail);
+                if t.len() == STDERR_TAIL {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+            let _ = done_tx.send(());
+        });
+        LabChild {
+            label,
+            child,
+            lines,
+            stdout_eof: false,
+            stdout_seen: Vec::new(),
+            stderr_tail,
+            stderr_done,
+            status: None,
+        }
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child's stdin, if its command was given `stdin(Stdio::piped())`.
+    pub fn stdin(&mut self) -> Option<&mut ChildStdin> {
+        self.child.stdin.as_mut()
+    }
+
+    /// Closes stdin (EOF for the child).
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    /// Every stdout line read so far.
+    pub fn stdout_lines(&self) -> &[String] {
+        &self.stdout_seen
+    }
+
+    /// Every stdout line read so far that parses as JSON.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout_seen.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// The last lines of stderr.
+    pub fn stderr_tail(&self) -> String {
+        lock(&self.stderr_tail).iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Status, last stdout lines and stderr tail, for failure messages.
+    pub fn context(&self) -> String {
+        let status = match self.status {
+            Some(s) => format!("exited: {s}"),
+            None => "running".to_string(),
+        };
+        let out: Vec<&str> = self.stdout_seen.iter().rev().take(30).rev().map(String::as_str).collect();
+        format!(
+            "[{} pid {}, {status}]\n--- stdout (last {} lines) ---\n{}\n--- stderr (tail) ---\n{}",
+            self.label,
+            self.pid(),
+            out.len(),
+            out.join("\n"),
+            self.stderr_tail()
+        )
+    }
+
+    /// The next stdout line, or `None` after `timeout` or at EOF.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        if self.stdout_eof {
+            return None;
+        }
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => {
+                self.stdout_seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                self.stdout_eof = true;
+                None
+            }
+        }
+    }
+
+    /// Reads stdout until a line satisfies `pred`; errors at the deadline or EOF.
+    pub fn try_wait_line(&mut self, mut pred: impl FnMut(&str) -> bool, timeout: Duration) -> Result<String, LabError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_line(left) {
+                Some(line) if pred(&line) => return Ok(line),
+                Some(_) => continue,
+                None => {
+                    let why = if self.stdout_eof {
+                        self.reap_if_exited();
+                        "stdout closed".to_string()
+                    } else {
+                        format!("nothing matched within {timeout:?}")
+                    };
+                    return Err(LabError(format!("lab: waiting for a line from {}: {why}\n{}", self.label, self.context())));
+                }
+            }
+        }
+    }
+
+    pub fn wait_line(&mut self, pred: impl FnMut(&str) -> bool, timeout: Duration) -> String {
+        self.try_wait_line(pred, timeout).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Reads stdout JSON lines until one satisfies `pred`, e.g.
+    /// `child.wait_json(|v| v["event"] == "ready", Duration::from_secs(10))`.
+    /// A stdout line that is not JSON is an error (with `--json`, stdout carries only JSON).
+    pub fn try_wait_json(&mut self, mut pred: impl FnMut(&Value) -> bool, timeout: Duration) -> Result<Value, LabError> {
+        let mut bad = None;
+        let line = self.try_wait_line(
+            |l| {
+                if l.trim().is_empty() {
+                    return false;
+                }
+                match serde_json::from_str::<Value>(l) {
+                    Ok(v) => pred(&v),
+                    Err(e) => {
+                        bad = Some(format!("{e}: {l}"));
+                        true
+                    }
+                }
+            },
+            timeout,
+        )?;
+        if let Some(b) = bad {
+            return Err(LabError(format!("lab: {} printed a stdout line that is not JSON ({b})\n{}", self.label, self.context())));
+        }
+        Ok(serde_json::from_str(&line).unwrap())
+    }
+
+    pub fn wait_json(&mut self, pred: impl FnMut(&Value) -> bool, timeout: Duration) -> Value {
+        self.try_wait_json(pred, timeout).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Waits for the child to exit (stdout and stderr closed, then reaped), reading the rest
+    /// of its stdout into [`LabChild::stdout_lines`]; kills it and errors after `timeout`.
+    pub fn try_wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, LabError> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let deadline = Instant::now() + timeout;
+        while !self.stdout_eof {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.next_line(left);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let stderr_closed = self.stdout_eof && !matches!(self.stderr_done.recv_timeout(left), Err(RecvTimeoutError::Timeout));
+        if !stderr_closed {
+            self.kill();
+            return Err(LabError(format!("lab: {} still running after {timeout:?}; killed\n{}", self.label, self.context())));
+        }
+        let s = self.child.wait().unwrap_or_else(|e| panic!("lab: waiting for {}: {e}", self.label));
+        self.status = Some(s);
+        Ok(s)
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.try_wait_exit(timeout).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn reap_if_exited(&mut self) {
+        if self.status.is_none() {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.status = Some(s);
+            }
+        }
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM` for a graceful stop).
+    pub fn signal(&self, sig: i32) {
+        if self.status.is_none() {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(self.child.id() as i32, sig) };
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            self.status = Some(self.child.wait().unwrap_or_else(|_| ExitStatus::from_raw(9)));
+        }
+    }
+}
+
+impl Drop for LabChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn read_lines(pipe: impl Read) -> impl Iterator<Item = String> {
+    let mut r = BufReader::new(pipe);
+    std::iter::from_fn(move || {
+        let mut buf = Vec::new();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    buf.pop();
+                }
+                Some(String::from_utf8_lossy(&buf).into_owned())
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The standard topology
+// ---------------------------------------------------------------------------------------
+
+/// The usual test topology: public node host A with two addresses (198.51.100.1 and .2,
+/// for RFC 5780), public host B (198.51.100.3); add NATs with [`Standard::nat`] (WAN
+/// addresses 203.0.113.1, .2, …) and hosts behind them.
+pub struct Standard {
+    pub lab: Lab,
+    pub a: Host,
+    pub b: Host,
+}
+
+impl Standard {
+    pub fn new(name: &str) -> Standard {
+        let lab = Lab::new(name);
+        let a = lab.public_host("a", &[A_IP, A_ALT_IP]);
+        let b = lab.public_host("b", &[B_IP]);
+        Standard { lab, a, b }
+    }
+
+    /// A's primary endpoint, "198.51.100.1:3478", for `--bootstrap` / `--stun`.
+    pub fn bootstrap(&self) -> String {
+        format!("{A_IP}:{PORT}")
+    }
+
+    /// B's endpoint, "198.51.100.3:3478".
+    pub fn b_addr(&self) -> String {
+        format!("{B_IP}:{PORT}")
+    }
+
+    /// The `--listen` arguments for an introducer on A (both addresses, port 3478).
+    pub fn a_listen_args() -> [String; 4] {
+        ["--listen".into(), format!("{A_IP}:{PORT}"), "--listen".into(), format!("{A_ALT_IP}:{PORT}")]
+    }
+
+    /// A NAT with the next free WAN address.
+    pub fn nat(&self, name: &str, behavior: NatBehavior) -> Nat {
+        self.lab.nat(name, behavior, self.lab.next_wan_ip())
+    }
+
+    /// A new NAT named `<name>-nat` with one host `name` behind it.
+    pub fn natted_host(&self, name: &str, behavior: NatBehavior) -> (Nat, Host) {
+        let nat = self.nat(&format!("{name}-nat"), behavior);
+        let host = self.lab.host_behind(&nat, name);
+        (nat, host)
+    }
+
+    pub fn host_behind(&self, nat: &Nat, name: &str) -> Host {
+        self.lab.host_behind(nat, name)
+    }
+}

@@ -1,0 +1,11 @@
+//! Compiles `proto/introducer.proto` with the pure-Rust `protox` compiler, so a fresh
+//! machine needs only cargo (no system `protoc`).
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let schema = "proto/introducer.proto";
+    println!("cargo:rerun-if-changed={schema}");
+    let descriptors = protox::compile([schema], ["proto"])?;
+    prost_build::Config::new()
+        .bytes(["."])
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite needs (the real-NAT lab in
+# node/tests/lab and its coturn cross-checks). Idempotent: it does nothing when
+# every tool is already there, and runs `apt-get update` only when something is
+# missing. Needs root (or sudo) for the install; the lab itself needs root too.
+#
+#   iproute2   ip netns, veth, bridges
+#   nftables   the NAT rules
+#   conntrack  flushing NAT state between cases
+#   coturn     turnserver (an RFC 5780 STUN server) and turnutils_natdiscovery,
+#              the independent referee of the lab's NAT behaviours
+#   procps     sysctl (per-namespace forwarding, rp_filter, conntrack timeouts)
+#   util-linux setsid/kill used by the scripts (present on every Debian, listed for clarity)
+#
+# coturn's Debian package may start a system-wide turnserver on install; the lab
+# starts its own inside network namespaces, so the service is kept from starting
+# (policy-rc.d during the install) and disabled afterwards.
+set -euo pipefail
+
+# command -> package providing it
+declare -A NEED=(
+  [ip]=iproute2
+  [nft]=nftables
+  [conntrack]=conntrack
+  [turnserver]=coturn
+  [turnutils_natdiscovery]=coturn
+  [sysctl]=procps
+  [setsid]=util-linux
+)
+
+have() {
+  command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] || [ -x "/usr/bin/$1" ]
+}
+
+missing=()
+for cmd in "${!NEED[@]}"; do
+  if ! have "$cmd"; then
+    pkg=${NEED[$cmd]}
+    case " ${missing[*]-} " in *" $pkg "*) ;; *) missing+=("$pkg") ;; esac
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install-deps: all test dependencies present"
+  exit 0
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); else
+    echo "install-deps: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+
+# Keep coturn (or anything else) from being started as a service by the install.
+# Docker images usually ship a policy-rc.d that says exit 101; add one only if
+# there is none, and remove only our own.
+POLICY=/usr/sbin/policy-rc.d
+ours_policy=0
+if [ ! -e "$POLICY" ]; then
+  printf '#!/bin/sh\n# temporary, scripts/install-deps.sh\nexit 101\n' | "${SUDO[@]}" tee "$POLICY" >/dev/null
+  "${SUDO[@]}" chmod 755 "$POLICY"
+  ours_policy=1
+fi
+cleanup() { if [ "$ours_policy" = 1 ]; then "${SUDO[@]}" rm -f "$POLICY"; fi; }
+trap cleanup EXIT
+
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+
+# Belt and braces: make sure no system turnserver runs now or starts at boot.
+if [ -e /etc/init.d/coturn ] || [ -e /lib/systemd/system/coturn.service ]; then
+  if command -v update-rc.d >/dev/null 2>&1; then
+    "${SUDO[@]}" update-rc.d coturn disable >/dev/null 2>&1 || true   # also disables the systemd unit
+  fi
+  if command -v systemctl >/dev/null 2>&1; then
+    "${SUDO[@]}" systemctl disable coturn.service >/dev/null 2>&1 || true
+    if [ -d /run/systemd/system ]; then "${SUDO[@]}" systemctl stop coturn.service >/dev/null 2>&1 || true; fi
+  fi
+fi
+
+for cmd in "${!NEED[@]}"; do
+  if ! have "$cmd"; then
+    echo "install-deps: $cmd still missing after install" >&2
+    exit 1
+  fi
+done
+echo "install-deps: done"
