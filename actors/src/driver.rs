@@ -22,8 +22,11 @@ pub trait Protocol: Unpin + 'static {
 #[rtype(result = "()")]
 pub struct Emitted<E>(pub E);
 
+/// A command run on a machine with the current time.
+type Command<P, R> = Box<dyn FnOnce(&mut P, Instant) -> R + Send>;
+
 /// Runs a command on the machine (with the current time) and answers its result.
-pub struct Call<P, R>(Box<dyn FnOnce(&mut P, Instant) -> R + Send>);
+pub struct Call<P, R>(Command<P, R>);
 
 impl<P, R> Call<P, R> {
     pub fn new(f: impl FnOnce(&mut P, Instant) -> R + Send + 'static) -> Self {

@@ -194,66 +194,6 @@ pub fn answer_hello(request_len: usize, me: PeerId, listen: &[SocketAddr], intro
     Some(info)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use introducer_actors::identity::Identity;
-    use introducer_proto::frame;
-
-    fn seeds() -> Vec<SocketAddr> {
-        vec!["198.51.100.1:3478".parse().unwrap(), "203.0.113.1:3478".parse().unwrap()]
-    }
-
-    #[test]
-    fn resolves_with_default_port_and_rejects_garbage() {
-        assert_eq!(resolve("198.51.100.1").unwrap(), "198.51.100.1:3478".parse().unwrap());
-        assert_eq!(resolve("198.51.100.1:9").unwrap(), "198.51.100.1:9".parse().unwrap());
-        assert_eq!(resolve("[2001:db8::1]:9").unwrap(), "[2001:db8::1]:9".parse().unwrap());
-        assert!(matches!(resolve("not an address:x"), Err(BootstrapError::BadAddress { .. })));
-    }
-
-    #[test]
-    fn hello_is_padded_and_the_answer_never_exceeds_it() {
-        let hello = Transmit::envelope(SocketId::PRIMARY, seeds()[0], Kind::Hello(hello()));
-        assert_eq!(hello.payload.len(), HELLO_SIZE);
-        let me = Identity::from_seed(1).peer_id();
-        let listen: Vec<SocketAddr> = (0..40).map(|i| SocketAddr::from(([198, 51, 100, i], 3478))).collect();
-        let src = "203.0.113.7:4444".parse().unwrap();
-        let info = answer_hello(HELLO_SIZE, me, &listen, true, src).unwrap();
-        let answer = frame::encode_envelope(&pb::Envelope { kind: Some(Kind::ServerInfo(info.clone())) });
-        assert!(answer.len() <= HELLO_SIZE, "{} > {HELLO_SIZE}", answer.len());
-        assert!(!info.listen.is_empty() && info.listen.len() < 40);
-        assert_eq!(answer_hello(20, me, &listen, true, src), None);
-    }
-
-    #[test]
-    fn joins_the_seeds_that_answer_and_reports_the_silent_ones() {
-        let now = Instant::now();
-        let mut join = Join::new(Config::default(), seeds(), now);
-        join.handle_timeout(now);
-        assert_eq!(std::iter::from_fn(|| join.poll_transmit()).count(), 2);
-        let me = Identity::from_seed(1).peer_id();
-        let observed = "203.0.113.50:1000".parse().unwrap();
-        let info = answer_hello(HELLO_SIZE, me, &[seeds()[0]], true, observed).unwrap();
-        join.handle(now, "192.0.2.1:1".parse().unwrap(), info.clone());
-        assert_eq!(join.dropped, 1, "answers from non-seeds are dropped");
-        join.handle(now, seeds()[0], info);
-        while let Some(t) = join.poll_timeout() {
-            join.handle_timeout(t);
-        }
-        let seeds_found = join.result().unwrap().as_ref().unwrap();
-        assert_eq!(seeds_found.len(), 1);
-        assert_eq!((seeds_found[0].peer_id, seeds_found[0].observed), (me, observed));
-
-        let mut silent = Join::new(Config::default(), seeds(), now);
-        while let Some(t) = silent.poll_timeout() {
-            silent.handle_timeout(t);
-        }
-        let Some(Err(BootstrapError::Unreachable { tries, .. })) = silent.result() else { panic!() };
-        assert_eq!(*tries, Config::default().max_tries);
-    }
-}
-
 /// The bootstrap route of a node: answers every Hello, and runs a [`Join`] when asked.
 pub struct FirstContact {
     me: PeerId,
@@ -319,5 +259,65 @@ impl Protocol for FirstContact {
 
     fn poll_timeout(&self) -> Option<Instant> {
         self.join.as_ref()?.poll_timeout()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use introducer_actors::identity::Identity;
+    use introducer_proto::frame;
+
+    fn seeds() -> Vec<SocketAddr> {
+        vec!["198.51.100.1:3478".parse().unwrap(), "203.0.113.1:3478".parse().unwrap()]
+    }
+
+    #[test]
+    fn resolves_with_default_port_and_rejects_garbage() {
+        assert_eq!(resolve("198.51.100.1").unwrap(), "198.51.100.1:3478".parse().unwrap());
+        assert_eq!(resolve("198.51.100.1:9").unwrap(), "198.51.100.1:9".parse().unwrap());
+        assert_eq!(resolve("[2001:db8::1]:9").unwrap(), "[2001:db8::1]:9".parse().unwrap());
+        assert!(matches!(resolve("not an address:x"), Err(BootstrapError::BadAddress { .. })));
+    }
+
+    #[test]
+    fn hello_is_padded_and_the_answer_never_exceeds_it() {
+        let hello = Transmit::envelope(SocketId::PRIMARY, seeds()[0], Kind::Hello(hello()));
+        assert_eq!(hello.payload.len(), HELLO_SIZE);
+        let me = Identity::from_seed(1).peer_id();
+        let listen: Vec<SocketAddr> = (0..40).map(|i| SocketAddr::from(([198, 51, 100, i], 3478))).collect();
+        let src = "203.0.113.7:4444".parse().unwrap();
+        let info = answer_hello(HELLO_SIZE, me, &listen, true, src).unwrap();
+        let answer = frame::encode_envelope(&pb::Envelope { kind: Some(Kind::ServerInfo(info.clone())) });
+        assert!(answer.len() <= HELLO_SIZE, "{} > {HELLO_SIZE}", answer.len());
+        assert!(!info.listen.is_empty() && info.listen.len() < 40);
+        assert_eq!(answer_hello(20, me, &listen, true, src), None);
+    }
+
+    #[test]
+    fn joins_the_seeds_that_answer_and_reports_the_silent_ones() {
+        let now = Instant::now();
+        let mut join = Join::new(Config::default(), seeds(), now);
+        join.handle_timeout(now);
+        assert_eq!(std::iter::from_fn(|| join.poll_transmit()).count(), 2);
+        let me = Identity::from_seed(1).peer_id();
+        let observed = "203.0.113.50:1000".parse().unwrap();
+        let info = answer_hello(HELLO_SIZE, me, &[seeds()[0]], true, observed).unwrap();
+        join.handle(now, "192.0.2.1:1".parse().unwrap(), info.clone());
+        assert_eq!(join.dropped, 1, "answers from non-seeds are dropped");
+        join.handle(now, seeds()[0], info);
+        while let Some(t) = join.poll_timeout() {
+            join.handle_timeout(t);
+        }
+        let seeds_found = join.result().unwrap().as_ref().unwrap();
+        assert_eq!(seeds_found.len(), 1);
+        assert_eq!((seeds_found[0].peer_id, seeds_found[0].observed), (me, observed));
+
+        let mut silent = Join::new(Config::default(), seeds(), now);
+        while let Some(t) = silent.poll_timeout() {
+            silent.handle_timeout(t);
+        }
+        let Some(Err(BootstrapError::Unreachable { tries, .. })) = silent.result() else { panic!() };
+        assert_eq!(*tries, Config::default().max_tries);
     }
 }

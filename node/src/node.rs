@@ -398,7 +398,7 @@ impl Handler<Emitted<(SocketAddr, registration::Event)>> for NodeActor {
                 let Some(nat) = self.nat else { return };
                 let peer = introduced.peer.peer_id;
                 let initiator = introduced.initiator;
-                let punch = self.punch.send(Call::new(move |a: &mut Attempts, now| a.start(now, &nat, introduced)));
+                let punch = self.punch.send(Call::new(move |a: &mut Attempts, now| a.start(now, &nat, *introduced)));
                 let events = self.events.clone();
                 actix::spawn(async move {
                     if let Ok(Err(unpunchable)) = punch.await {

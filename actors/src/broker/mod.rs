@@ -136,7 +136,7 @@ impl Broker {
     }
 
     fn period(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.epoch).as_secs() / self.config.cookie_period.as_secs().max(1)) as u64
+        now.saturating_duration_since(self.epoch).as_secs() / self.config.cookie_period.as_secs().max(1)
     }
 
     fn on_register(&mut self, now: Instant, socket: SocketId, src: SocketAddr, register: pb::Register) {

@@ -52,9 +52,7 @@ impl Protocol for NatProbing {
     type Event = Result<NatReport, ProbeError>;
 
     fn handle_inbound(&mut self, inbound: Inbound) {
-        let Payload::Stun(datagram) = inbound.payload else {
-            return;
-        };
+        let Payload::Stun(datagram) = inbound.payload else { return };
         if introducer_proto::stun::is_binding_request(&datagram) {
             match self.responder.as_ref().and_then(|r| r.respond(inbound.socket, inbound.src, &datagram)) {
                 Some(answer) => self.answers.push_back(answer),

@@ -43,7 +43,7 @@
 //! concluded 700 ms after the first transmission. Once Test I is answered on its first
 //! transmission, `rto` becomes `max(config.rto, 2·RTT)`, so a far server is not mistaken for
 //! a filtering NAT. The whole probe therefore takes about `RTT + 7·rto` behind a filtering
-//! NAT, and `(2 + samples)·RTT` when every test is answered.
+//! NAT, and `(1 + samples)·RTT` when every test is answered (Test I, then one sample per RTT).
 //!
 //! # Amplification
 //!

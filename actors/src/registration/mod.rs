@@ -53,7 +53,7 @@ pub enum Event {
     Registered { observed: SocketAddr },
     /// No answer after every retransmission.
     Unreachable,
-    Introduced(Introduced),
+    Introduced(Box<Introduced>),
     IntroduceFailed { target: PeerId, reason: String },
 }
 
@@ -215,13 +215,13 @@ impl Registration {
                 }
             }
         }
-        self.events.push_back(Event::Introduced(Introduced {
+        self.events.push_back(Event::Introduced(Box::new(Introduced {
             request_id: intro.request_id,
             peer,
             peer_public,
             nonce: intro.nonce.to_vec(),
             initiator: intro.initiator,
-        }));
+        })));
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {

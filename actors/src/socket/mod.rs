@@ -124,21 +124,10 @@ impl SocketActor {
 
     fn route(&mut self, socket: SocketId, src: SocketAddr, datagram: Vec<u8>) {
         let len = datagram.len();
-        let (route, payload) = match frame::decode(&datagram) {
-            Ok(Decoded::Stun(_)) if datagram.len() >= 20 => {
-                // STUN class bits: both zero means request (RFC 8489 §5).
-                let is_request = datagram[0] & 0x01 == 0 && datagram[1] & 0x10 == 0;
-                (if is_request { Route::StunServer } else { Route::StunClient }, Payload::Stun(datagram))
-            }
-            Ok(Decoded::Envelope(envelope)) => {
-                let kind = envelope.kind.expect("decode refuses empty envelopes");
-                (route_of(&kind), Payload::Envelope(kind))
-            }
-            Ok(Decoded::Stun(_)) | Err(_) => {
-                self.stats.dropped_malformed += 1;
-                tracing::debug!(%src, len, "dropped malformed datagram");
-                return;
-            }
+        let Some((route, payload)) = classify(datagram) else {
+            self.stats.dropped_malformed += 1;
+            tracing::debug!(%src, len, "dropped malformed datagram");
+            return;
         };
         let Some(to) = self.routes.get(&route) else {
             self.stats.dropped_unrouted += 1;
@@ -146,6 +135,23 @@ impl SocketActor {
         };
         if to.try_send(Inbound { now: Instant::now(), socket, src, len, payload }).is_err() {
             self.stats.dropped_overload += 1;
+        }
+    }
+}
+
+/// Where a datagram goes and what it is; `None` for anything malformed. The simulator
+/// routes with this too, so it delivers exactly what the real socket actor would.
+pub fn classify(datagram: Vec<u8>) -> Option<(Route, Payload)> {
+    match frame::decode(&datagram).ok()? {
+        Decoded::Stun(_) if datagram.len() >= 20 => {
+            // STUN class bits: both zero means request (RFC 8489 §5).
+            let is_request = datagram[0] & 0x01 == 0 && datagram[1] & 0x10 == 0;
+            Some((if is_request { Route::StunServer } else { Route::StunClient }, Payload::Stun(datagram)))
+        }
+        Decoded::Stun(_) => None,
+        Decoded::Envelope(envelope) => {
+            let kind = envelope.kind.expect("decode refuses empty envelopes");
+            Some((route_of(&kind), Payload::Envelope(kind)))
         }
     }
 }

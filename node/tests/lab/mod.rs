@@ -665,7 +665,7 @@ pub fn nat_ruleset(b: &NatBehavior, wan_ip: Ipv4Addr) -> String {
     let mapping_rules: Vec<String> = match (b.mapping, b.allocation) {
         (Mapping::EndpointIndependent, Allocation::Preserving) => vec![format!("snat ip to {wan}")],
         (Mapping::EndpointIndependent, Allocation::Random) => {
-            vec![format!("snat ip to {wan}:{PORT_BASE}-{}", PORT_BASE + 9999)]
+            vec![format!("meta l4proto udp snat ip to {wan}:{PORT_BASE}-{}", PORT_BASE + 9999)]
         }
         (Mapping::EndpointIndependent, Allocation::Sequential { step }) => vec![
             format!("meta l4proto udp snat ip to {wan} : ip saddr . udp sport map @eim"),
@@ -947,16 +947,18 @@ impl Host {
         let (p, alt) = (port.to_string(), (port + 1).to_string());
         let pidfile = dir.join("turnserver.pid");
         let db = dir.join("turndb");
-        let args: Vec<&OsStr> = [
+        let mut args: Vec<OsString> = [
             // Debian's /etc/turnserver.conf says no-rfc5780; read no config file at all.
-            "-c", "/dev/null", "-L", ip1.as_str(), "-L", ip2.as_str(), "-p", p.as_str(), "--alt-listening-port", alt.as_str(),
+            "-c", "/dev/null", "-L", &ip1, "-L", &ip2, "-p", &p, "--alt-listening-port", &alt,
             "--stun-only", "--no-cli", "--no-tcp", "--no-tls", "--no-dtls",
-            "--log-file", "stdout", "--simple-log",
+            "--log-file", "stdout", "--simple-log", "--pidfile",
         ]
         .iter()
-        .map(OsStr::new)
-        .chain([OsStr::new("--pidfile"), pidfile.as_os_str(), OsStr::new("--db"), db.as_os_str()])
+        .map(OsString::from)
         .collect();
+        args.push(pidfile.into_os_string());
+        args.push("--db".into());
+        args.push(db.into_os_string());
         let child = self.spawn("turnserver", args);
         // Readiness: a bounded retry of Binding requests (turnserver has no ready signal).
         let deadline = Instant::now() + Duration::from_secs(10);
