@@ -253,7 +253,6 @@ impl NodeActor {
     }
 
     fn fatal(&self, message: String) {
-        tracing::error!("{message}");
         self.emit(NodeEvent::Fatal { message });
     }
 
@@ -264,7 +263,10 @@ impl NodeActor {
 
     /// Binds the probe's extra sockets, then starts classifying against `servers`.
     fn start_probe(&mut self, servers: Vec<Server>, ctx: &mut Context<Self>) {
-        let config = ProbeConfig::new(servers.clone());
+        let mut config = ProbeConfig::new(servers.clone());
+        // Padding keeps our own nodes' answers no larger than the question, but standard
+        // servers (coturn) answer a PADDING request with a path-MTU-sized datagram.
+        config.pad_requests = self.config.stun.is_empty();
         let extra = Probe::sockets_needed(&config);
         let primary = self.locals[0];
         let ip = if primary.ip().is_unspecified() { route_ip(servers[0].addr) } else { Some(primary.ip()) };
@@ -402,9 +404,10 @@ impl Handler<Emitted<(SocketAddr, registration::Event)>> for NodeActor {
                 let events = self.events.clone();
                 actix::spawn(async move {
                     if let Ok(Err(unpunchable)) = punch.await {
-                        tracing::warn!(%peer, "{unpunchable}");
                         if initiator {
                             let _ = events.send(NodeEvent::ConnectFailed { peer, reason: unpunchable.to_string() });
+                        } else {
+                            tracing::warn!(%peer, "{unpunchable}");
                         }
                     }
                 });

@@ -269,6 +269,22 @@ fn mapping_lifetime_is_enforced() {
     assert_ne!(later, first, "mapping outlived its lifetime\n{}", nat.conntrack_table());
 }
 
+/// `set_link_up(false)` pulls the cable; `set_link_up(true)` restores the host as it was.
+#[test]
+fn link_down_cuts_a_host_off() {
+    let s = Standard::new("link");
+    let (_nat, host) = s.natted_host("h", NatBehavior::PORT_RESTRICTED);
+    let peer = s.b.udp_socket((B_IP, 7000));
+    let inside = host.udp_socket(([0, 0, 0, 0], 0));
+    for cut in [&host, &s.b] {
+        cut.set_link_up(false);
+        let _ = inside.send_to(b"lost", peer.local_addr().unwrap());
+        assert!(recv_from(&peer, Duration::from_millis(300)).is_none(), "{} is still connected", cut.name());
+        cut.set_link_up(true);
+        observed_source(&inside, &peer, b"back");
+    }
+}
+
 fn lab_namespaces(prefix: &str) -> Vec<String> {
     std::fs::read_dir("/run/netns")
         .map(|d| {

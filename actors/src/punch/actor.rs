@@ -47,7 +47,10 @@ impl Protocol for Attempts {
         let Payload::Envelope(Kind::Punch(punch)) = inbound.payload else { return };
         match self.by_nonce.get_mut(&punch.nonce[..]) {
             Some(attempt) => attempt.handle_punch(inbound.now, inbound.src, &punch),
-            None => self.dropped_unknown_nonce += 1,
+            None => {
+                self.dropped_unknown_nonce += 1;
+                tracing::debug!(src = %inbound.src, "dropped punch proof for no attempt");
+            }
         }
     }
     fn handle_timeout(&mut self, now: Instant) {

@@ -93,6 +93,7 @@ pub struct Attempt {
 
 impl Attempt {
     pub fn new(config: Config, me: &Identity, peer: PeerId, nonce: Vec<u8>, socket: SocketId, plan: Plan, now: Instant) -> Self {
+        tracing::debug!(%peer, ?plan, "punching");
         let proof = |ack| encode_envelope(&pb::Envelope { kind: Some(Kind::Punch(me.punch(&nonce, &peer, ack))) });
         let next_send = if plan.send_first { now } else { now + config.responder_delay };
         Attempt {
@@ -137,8 +138,10 @@ impl Attempt {
         }
         if verify_punch(punch, &self.peer, &self.me, &self.nonce).is_err() {
             self.stats.dropped_bad_proof += 1;
+            tracing::debug!(peer = %self.peer, %src, "dropped punch proof that does not verify");
             return;
         }
+        tracing::debug!(peer = %self.peer, %src, ack = punch.ack, state = ?self.state, "punch proof");
         if !punch.ack {
             if self.stats.acks >= self.config.max_acks {
                 self.stats.dropped_over_ack_limit += 1;

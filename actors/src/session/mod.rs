@@ -55,6 +55,9 @@ pub enum SendError {
     Closed,
 }
 
+/// The sequence number of keepalive pings: their pongs are nobody's business.
+const KEEPALIVE_SEQ: u64 = u64::MAX;
+
 /// Payload bytes that fit one datagram after framing overhead.
 pub const MAX: usize = MAX_DATAGRAM - 16;
 
@@ -77,6 +80,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(config: Config, peer: PeerId, socket: SocketId, remote: SocketAddr, path: Path, strategy: Strategy, now: Instant) -> Self {
+        tracing::debug!(%peer, %remote, ?path, "session open");
         Session {
             config,
             peer,
@@ -160,6 +164,7 @@ impl Session {
             Kind::Ping(ping) => self.send(now, Kind::Pong(pb::Pong { seq: ping.seq })),
             Kind::Pong(pong) => match self.pings.remove(&pong.seq) {
                 Some(sent) => self.events.push_back(Event::Pong { seq: pong.seq, rtt: now - sent }),
+                None if pong.seq == KEEPALIVE_SEQ => {}
                 None => self.stats.dropped_unsolicited_pong += 1,
             },
             Kind::Data(data) => self.events.push_back(Event::Data(data.payload.to_vec())),
@@ -183,10 +188,7 @@ impl Session {
             return;
         }
         if now >= self.last_tx + self.config.keepalive {
-            // The keepalive is a ping whose pong is not reported to anyone.
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.send(now, Kind::Ping(pb::Ping { seq }));
+            self.send(now, Kind::Ping(pb::Ping { seq: KEEPALIVE_SEQ }));
         }
     }
 

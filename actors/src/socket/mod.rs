@@ -208,12 +208,24 @@ impl Handler<Received> for SocketActor {
 impl Handler<Send> for SocketActor {
     type Result = ();
     fn handle(&mut self, Send(t): Send, _: &mut Context<Self>) {
-        let result = match self.sockets.get(&t.socket) {
-            Some(socket) => socket.try_send_to(&t.payload, t.dst).map(drop),
-            None => Err(io::Error::new(io::ErrorKind::NotFound, "no such socket")),
+        let Some(socket) = self.sockets.get(&t.socket) else {
+            self.stats.send_errors += 1;
+            tracing::debug!(socket = t.socket.0, "send on an unknown socket");
+            return;
         };
-        match result {
-            Ok(()) => self.stats.sent += 1,
+        self.stats.sent += 1;
+        match socket.try_send_to(&t.payload, t.dst) {
+            Ok(_) => {}
+            // Tokio reports WouldBlock until a fresh socket's first readiness poll, and
+            // when the send buffer is full: wait for the socket instead of dropping.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let socket = socket.clone();
+                actix::spawn(async move {
+                    if let Err(e) = socket.send_to(&t.payload, t.dst).await {
+                        tracing::debug!(dst = %t.dst, %e, "send failed");
+                    }
+                });
+            }
             Err(e) => {
                 self.stats.send_errors += 1;
                 tracing::debug!(dst = %t.dst, socket = t.socket.0, %e, "send failed");

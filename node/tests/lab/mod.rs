@@ -1026,7 +1026,7 @@ pub fn stun_binding(sock: &UdpSocket, server: SocketAddr, timeout: Duration) -> 
                 }
                 plain = Some(SocketAddrV4::new(ip.into(), port));
             }
-            i += 4 + (len + 3) / 4 * 4;
+            i += 4 + len.div_ceil(4) * 4;
         }
         return plain;
     }

@@ -1,0 +1,202 @@
+//! The real `introducer` binary across real Linux NATs (network namespaces + nftables).
+//!
+//! Topology (see `lab`): introducer A on two IPs (a full RFC 5780 STUN server), public
+//! node B on a third IP, NAT routers whose nftables rules implement each `NatBehavior`,
+//! hosts behind them. Every expectation comes from the shared NAT model in `nat.rs`.
+
+mod lab;
+
+use introducer_actors::nat::{NatBehavior, NatType};
+use lab::{Host, LabChild, Standard, A_IP, PORT};
+use serde_json::Value;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Introducer A (two IPs, RFC 5780) and public node B registered with it.
+struct Mesh {
+    std: Standard,
+    _a: LabChild,
+    _b: LabChild,
+}
+
+impl Mesh {
+    fn new(name: &str) -> Mesh {
+        let std = Standard::new(name);
+        let a_args = Standard::a_listen_args();
+        let mut a = std.a.introducer(&["run", &a_args[0], &a_args[1], &a_args[2], &a_args[3]]);
+        a.wait_json(|v| v["event"] == "ready", WAIT);
+        let mut b = std.b.introducer(&["run", "--listen", &std.b_addr(), "--bootstrap", &std.bootstrap()]);
+        let ready = b.wait_json(|v| v["event"] == "ready", WAIT);
+        assert_eq!(ready["public"], true, "B has no NAT and A can test its filtering: {ready}");
+        b.wait_json(|v| v["event"] == "registered", WAIT);
+        Mesh { std, _a: a, _b: b }
+    }
+
+    /// Starts `introducer run` on `host`, waits until it is registered; returns it and its PeerId.
+    fn peer(&self, host: &Host) -> (LabChild, String) {
+        let mut node = host.introducer(&["run", "--bootstrap", &self.std.bootstrap()]);
+        let ready = node.wait_json(|v| v["event"] == "ready", WAIT);
+        node.wait_json(|v| v["event"] == "registered", WAIT);
+        (node, ready["peer_id"].as_str().expect("ready carries peer_id").to_owned())
+    }
+
+    /// Pings `peer` from `host`; returns the `connected` event, asserting pongs came back.
+    fn ping(&self, host: &Host, (peer_node, peer_id): &(LabChild, String)) -> Value {
+        let out = host.run_timeout(
+            env!("CARGO_BIN_EXE_introducer"),
+            ["ping", peer_id, "--bootstrap", &self.std.bootstrap(), "--json", "--count", "2", "--interval", "0.1"],
+            Duration::from_secs(40),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ping failed: {stderr}\n{stdout}\npeer: {}", peer_node.context());
+        let events: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("stdout is JSON lines")).collect();
+        assert_eq!(events[0]["event"], "connected", "{stdout}");
+        let pongs: Vec<&Value> = events.iter().filter(|e| e["event"] == "pong").collect();
+        assert_eq!(pongs.len(), 2, "{stdout}");
+        assert!(pongs.iter().all(|p| p["path"] == events[0]["path"] && p["rtt_ms"].as_f64().unwrap() > 0.0));
+        events[0].clone()
+    }
+}
+
+fn nat_json(host: &Host, args: &[&str]) -> Value {
+    let mut all = vec!["nat", "--json"];
+    all.extend_from_slice(args);
+    let out = host.run_timeout(env!("CARGO_BIN_EXE_introducer"), all, Duration::from_secs(30));
+    assert!(out.status.success(), "nat failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "nat prints one object: {stdout}");
+    serde_json::from_str(stdout.trim()).expect("nat prints JSON")
+}
+
+fn assert_classified(report: &Value, behavior: NatBehavior, nat_ip: Ipv4Addr) {
+    let expected = behavior.expected_report(std::net::SocketAddr::from((nat_ip, 0)));
+    assert_eq!(report["mapping"], expected.mapping.unwrap().as_str(), "{report}");
+    assert_eq!(report["filtering"], expected.filtering.unwrap().as_str(), "{report}");
+    assert_eq!(report["allocation"], expected.allocation.unwrap().as_str(), "{report}");
+    assert_eq!(report["nat_type"], behavior.nat_type().as_str(), "{report}");
+    let public: std::net::SocketAddr = report["public_addr"].as_str().unwrap().parse().unwrap();
+    assert_eq!(public.ip(), nat_ip, "{report}");
+}
+
+/// `introducer nat` behind `behavior`, against introducer nodes and against coturn.
+fn classifies(name: &str, behavior: NatBehavior) {
+    let mesh = Mesh::new(name);
+    // coturn as a standard RFC 5780 server, on two more public IPs.
+    let c = mesh.std.lab.public_host("c", &[Ipv4Addr::new(198, 51, 100, 4), Ipv4Addr::new(198, 51, 100, 5)]);
+    let _coturn = c.turnserver(PORT);
+    let (nat, host) = mesh.std.natted_host("h", behavior);
+    let via_introducer = nat_json(&host, &["--bootstrap", &mesh.std.bootstrap()]);
+    assert_classified(&via_introducer, behavior, nat.wan_ip());
+    nat.flush_conntrack();
+    let via_stun = nat_json(&host, &["--stun", "198.51.100.4:3478"]);
+    assert_classified(&via_stun, behavior, nat.wan_ip());
+}
+
+#[test]
+fn classifies_port_restricted() {
+    classifies("cpr", NatBehavior::PORT_RESTRICTED);
+}
+
+#[test]
+fn classifies_full_cone() {
+    classifies("cfc", NatBehavior::FULL_CONE);
+}
+
+#[test]
+fn classifies_restricted_cone() {
+    classifies("crc", NatBehavior::RESTRICTED_CONE);
+}
+
+#[test]
+fn classifies_eim_random_port() {
+    classifies("cer", NatBehavior::EIM_RANDOM_PORT);
+}
+
+#[test]
+fn classifies_symmetric_random() {
+    classifies("csr", NatBehavior::SYMMETRIC_RANDOM);
+}
+
+#[test]
+fn classifies_symmetric_sequential() {
+    classifies("css", NatBehavior::SYMMETRIC_SEQUENTIAL);
+}
+
+#[test]
+fn public_host_is_public() {
+    let mesh = Mesh::new("pub");
+    let c = mesh.std.lab.public_host("c", &[Ipv4Addr::new(198, 51, 100, 6)]);
+    let report = nat_json(&c, &["--bootstrap", &mesh.std.bootstrap()]);
+    assert_eq!(report["nat_type"], NatType::Public.as_str(), "{report}");
+    assert_eq!(report["public_addr"].as_str().unwrap().split(':').next(), Some("198.51.100.6"));
+}
+
+#[test]
+fn ping_public_to_easy() {
+    let mesh = Mesh::new("pe");
+    let (_, host) = mesh.std.natted_host("p", NatBehavior::PORT_RESTRICTED);
+    let peer = mesh.peer(&host);
+    let c = mesh.std.lab.public_host("c", &[Ipv4Addr::new(198, 51, 100, 7)]);
+    let connected = mesh.ping(&c, &peer);
+    assert_eq!((connected["path"].as_str(), connected["strategy"].as_str()), (Some("direct"), Some("direct")));
+}
+
+#[test]
+fn ping_easy_to_easy_port_restricted_both_sides() {
+    let mesh = Mesh::new("ee");
+    let (nat1, h1) = mesh.std.natted_host("p1", NatBehavior::PORT_RESTRICTED);
+    let (_, h2) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
+    let peer = mesh.peer(&h1);
+    let mut connect_ms = vec![];
+    for _ in 0..5 {
+        let connected = mesh.ping(&h2, &peer);
+        assert_eq!(connected["path"], "direct");
+        assert_eq!(connected["strategy"], "simultaneous-open");
+        let remote: std::net::SocketAddr = connected["remote"].as_str().unwrap().parse().unwrap();
+        assert_eq!(remote.ip(), nat1.wan_ip(), "the peer is reached at its NAT's public address");
+        connect_ms.push(connected["connect_ms"].as_f64().unwrap());
+    }
+    connect_ms.sort_by(f64::total_cmp);
+    println!("easy x easy connect_ms over {} runs: median {} (all {connect_ms:?})", connect_ms.len(), connect_ms[2]);
+}
+
+#[test]
+fn ping_easy_to_full_cone() {
+    let mesh = Mesh::new("efc");
+    let (_, h1) = mesh.std.natted_host("p1", NatBehavior::FULL_CONE);
+    let (_, h2) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
+    let peer = mesh.peer(&h1);
+    let connected = mesh.ping(&h2, &peer);
+    assert_eq!((connected["path"].as_str(), connected["strategy"].as_str()), (Some("direct"), Some("simultaneous-open")));
+}
+
+#[test]
+fn ping_same_nat_without_hairpin_goes_local() {
+    let mesh = Mesh::new("sn");
+    let nat = mesh.std.nat("shared", NatBehavior::PORT_RESTRICTED.with_hairpin(false));
+    let (h1, h2) = (mesh.std.host_behind(&nat, "p1"), mesh.std.host_behind(&nat, "p2"));
+    let peer = mesh.peer(&h1);
+    let connected = mesh.ping(&h2, &peer);
+    assert_eq!((connected["path"].as_str(), connected["strategy"].as_str()), (Some("local"), Some("local")));
+    assert_eq!(connected["remote"].as_str().unwrap(), format!("{}:{PORT}", h1.ip()));
+}
+
+#[test]
+fn hard_nat_is_reported_not_yet_reachable() {
+    let mesh = Mesh::new("hd");
+    let (_, hard) = mesh.std.natted_host("p1", NatBehavior::SYMMETRIC_RANDOM);
+    let (_, easy) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
+    let (_node, peer) = mesh.peer(&hard);
+    let out = easy.run_timeout(
+        env!("CARGO_BIN_EXE_introducer"),
+        ["ping", &peer, "--bootstrap", &format!("{A_IP}:{PORT}"), "--timeout", "10"],
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("hard NAT") && stderr.contains("not available yet"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one-line error: {stderr}");
+}
