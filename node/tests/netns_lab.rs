@@ -11,7 +11,7 @@ mod lab;
 
 use introducer_actors::nat::{Allocation, Filtering, Mapping, NatBehavior};
 use lab::*;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
 /// What `turnutils_natdiscovery` concluded.
@@ -67,7 +67,12 @@ fn parse_natdiscovery(output: &str) -> Discovery {
 
 /// Runs `turnutils_natdiscovery FLAGS 198.51.100.1` on `host`.
 fn natdiscovery(host: &Host, flags: &[&str]) -> Discovery {
-    let server = A_IP.to_string();
+    natdiscovery_against(host, flags, A_IP)
+}
+
+/// Runs `turnutils_natdiscovery FLAGS SERVER` on `host`.
+fn natdiscovery_against(host: &Host, flags: &[&str], server: Ipv4Addr) -> Discovery {
+    let server = server.to_string();
     let args: Vec<&str> = flags.iter().copied().chain([server.as_str()]).collect();
     let out = host.run_timeout("turnutils_natdiscovery", &args, Duration::from_secs(30));
     assert!(out.status.success(), "natdiscovery failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
@@ -105,6 +110,46 @@ fn coturn_agrees(name: &str, behavior: NatBehavior) {
             why()
         ),
     }
+}
+
+/// coturn's own NAT discovery client, pointed once at coturn and once at an introducer
+/// node on two IPs, must classify the same NAT the same way: the node is a faithful
+/// RFC 5780 server.
+fn introducer_serves_stun_like_coturn(name: &str, behavior: NatBehavior) {
+    let s = Standard::new(name);
+    let args = Standard::a_listen_args();
+    let mut node = s.a.introducer(&["run", &args[0], &args[1], &args[2], &args[3]]);
+    node.wait_json(|v| v["event"] == "ready", Duration::from_secs(10));
+    let coturn_ips = [Ipv4Addr::new(198, 51, 100, 4), Ipv4Addr::new(198, 51, 100, 5)];
+    let _coturn = s.lab.public_host("c", &coturn_ips).turnserver(PORT);
+    let (nat, host) = s.natted_host("h", behavior);
+    let against_node = natdiscovery_against(&host, &["-m", "-f"], A_IP);
+    nat.flush_conntrack();
+    let against_coturn = natdiscovery_against(&host, &["-m", "-f"], coturn_ips[0]);
+    let why = || format!("\n--- node ---\n{}\n--- coturn ---\n{}", against_node.output, against_coturn.output);
+    assert_eq!(against_node.mapping, Some(behavior.mapping), "{}", why());
+    assert_eq!(against_node.filtering, Some(behavior.filtering), "{}", why());
+    assert_eq!((against_node.mapping, against_node.filtering), (against_coturn.mapping, against_coturn.filtering), "{}", why());
+}
+
+#[test]
+fn introducer_serves_stun_like_coturn_port_restricted() {
+    introducer_serves_stun_like_coturn("ipr", NatBehavior::PORT_RESTRICTED);
+}
+
+#[test]
+fn introducer_serves_stun_like_coturn_full_cone() {
+    introducer_serves_stun_like_coturn("ifc", NatBehavior::FULL_CONE);
+}
+
+#[test]
+fn introducer_serves_stun_like_coturn_restricted_cone() {
+    introducer_serves_stun_like_coturn("irc", NatBehavior::RESTRICTED_CONE);
+}
+
+#[test]
+fn introducer_serves_stun_like_coturn_symmetric() {
+    introducer_serves_stun_like_coturn("isr", NatBehavior::SYMMETRIC_RANDOM);
 }
 
 #[test]

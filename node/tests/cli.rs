@@ -1,0 +1,145 @@
+//! The `introducer` binary's contract on loopback: identity, one-line errors with a
+//! non-zero exit for misuse, and hostile datagrams dropped, counted and never amplified.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_introducer");
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("introducer-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn introducer(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("run introducer")
+}
+
+/// Asserts a failed run that explains itself in one line mentioning `needle`.
+fn assert_one_line_error(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected failure, got {:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn id_is_created_private_and_stable() {
+    let dir = scratch("id");
+    let dir_s = dir.to_str().unwrap();
+    let first = introducer(&["id", "--data-dir", dir_s, "--json"]);
+    assert!(first.status.success());
+    let v: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let peer_id = v["peer_id"].as_str().unwrap().to_owned();
+    assert!(peer_id.starts_with("12D3KooW"), "ed25519 PeerId: {peer_id}");
+    let mode = std::fs::metadata(dir.join("identity.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = introducer(&["id", "--data-dir", dir_s]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), peer_id);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn misuse_gets_one_line_and_a_non_zero_exit() {
+    let out = introducer(&["ping", "not-a-peer-id", "--bootstrap", "127.0.0.1:9"]);
+    assert_one_line_error(&out, "is not a PeerId");
+    let out = introducer(&["nat", "--bootstrap", "no such host:x"]);
+    assert_one_line_error(&out, "bad bootstrap address");
+    let out = introducer(&["run", "--listen", "300.1.1.1"]);
+    assert_one_line_error(&out, "bad --listen address");
+    let out = introducer(&["nat"]);
+    assert_one_line_error(&out, "--bootstrap");
+    let out = introducer(&["run", "--listen", "127.0.0.1:1", "--listen", "127.0.0.1:2"]);
+    assert_one_line_error(&out, "two --listen addresses");
+}
+
+#[test]
+fn unreachable_bootstrap_is_a_clear_error() {
+    // Nothing listens there: first contact gives up after its retransmissions.
+    let peer = "12D3KooWAmrU6Ag17ojnMVs9s4XrsyZk16Jzj2icikKrNAR3Hzpg";
+    let out = introducer(&["ping", peer, "--bootstrap", "127.0.0.1:9", "--timeout", "30"]);
+    assert_one_line_error(&out, "no bootstrap node answered (127.0.0.1:9)");
+}
+
+/// A node on loopback whose JSON events can be awaited.
+struct Node {
+    child: Child,
+    events: mpsc::Receiver<Value>,
+}
+
+impl Node {
+    fn start(args: &[&str]) -> Node {
+        let mut child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout is JSON only: {line}: {e}"));
+                if tx.send(value).is_err() {
+                    return;
+                }
+            }
+        });
+        Node { child, events }
+    }
+
+    fn wait(&self, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        loop {
+            let v = self.events.recv_timeout(Duration::from_secs(20)).expect("event within 20 s");
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn hostile_datagrams_are_dropped_counted_and_never_amplified() {
+    let dir = scratch("hostile");
+    let node = Node::start(&["run", "--listen", "127.0.0.1:0", "--json", "--stats-every", "0.2", "--data-dir", dir.to_str().unwrap()]);
+    let ready = node.wait(|v| v["event"] == "ready");
+    let addr: std::net::SocketAddr = ready["listen"][0].as_str().unwrap().parse().unwrap();
+    let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+    attacker.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let hello_unpadded = [0x09, 0x0a, 0x00]; // an Envelope with an empty Hello: too small to answer
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![],                          // empty
+        vec![0xff; 40],                  // unknown protocol byte
+        vec![0x0a, 1, 2, 3],             // introducer frame of an unknown version
+        vec![0x09, 0xff, 0xff, 0xff],    // malformed protobuf
+        vec![0x09],                      // envelope with no message
+        vec![0x00, 0x01, 0x00],          // truncated STUN
+        vec![0x09; 1500],                // oversized
+        hello_unpadded.to_vec(),
+    ];
+    for datagram in &garbage {
+        attacker.send_to(datagram, addr).unwrap();
+    }
+    let mut buf = [0u8; 2048];
+    assert!(attacker.recv_from(&mut buf).is_err(), "nothing is answered to garbage or to an unpadded Hello");
+    // Six malformed (the empty one is not even delivered by the kernel as data, so count ≥ 6).
+    let stats = node.wait(|v| v["event"] == "stats" && v["stats"]["dropped_malformed"].as_u64() >= Some(6));
+    assert!(stats["stats"]["received"].as_u64().unwrap() >= 7, "{stats}");
+
+    // And the node still works: a STUN Binding request is answered.
+    let request = [0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+    attacker.send_to(&request, addr).unwrap();
+    let (n, _) = attacker.recv_from(&mut buf).expect("STUN answered");
+    assert_eq!(&buf[0..2], &[0x01, 0x01], "Binding success");
+    assert!(n <= 76, "answer bounded: {n} bytes");
+    std::fs::remove_dir_all(dir).unwrap();
+}
