@@ -500,6 +500,7 @@ impl Handler<Command> for NodeActor {
                                 "registered": b.registered, "refreshed": b.refreshed, "challenged": b.challenged,
                                 "introduced": b.introduced, "unknown_target": b.unknown_target,
                                 "dropped_bad_signature": b.dropped_bad_signature, "dropped_unregistered": b.dropped_unregistered,
+                                "dropped_rate_limited": b.dropped_rate_limited,
                             },
                         });
                         let _ = events.send(NodeEvent::Stats(stats));

@@ -29,6 +29,10 @@ pub struct Config {
     /// Cookies rotate this often; one from the previous period is still accepted.
     pub cookie_period: Duration,
     pub max_registrations: usize,
+    /// Introductions a peer may ask for per second, sustained, and in a burst: each one
+    /// sends its target a datagram and starts a punch toward the requester.
+    pub introductions_per_sec: f64,
+    pub introduction_burst: f64,
 }
 
 impl Default for Config {
@@ -37,6 +41,8 @@ impl Default for Config {
             registration_ttl: Duration::from_secs(60),
             cookie_period: Duration::from_secs(300),
             max_registrations: 100_000,
+            introductions_per_sec: 2.0,
+            introduction_burst: 10.0,
         }
     }
 }
@@ -53,6 +59,7 @@ pub struct Stats {
     pub dropped_stale_record: u64,
     pub dropped_unregistered: u64,
     pub dropped_full: u64,
+    pub dropped_rate_limited: u64,
     pub expired: u64,
 }
 
@@ -69,6 +76,9 @@ struct Registration {
     socket: SocketId,
     record: VerifiedRecord,
     expires: Instant,
+    /// Token bucket for introduction requests.
+    tokens: f64,
+    refilled: Instant,
 }
 
 pub struct Broker {
@@ -120,7 +130,7 @@ impl Broker {
     pub fn handle(&mut self, now: Instant, socket: SocketId, src: SocketAddr, kind: Kind) {
         match kind {
             Kind::Register(register) => self.on_register(now, socket, src, register),
-            Kind::IntroduceRequest(request) => self.on_introduce(src, socket, request),
+            Kind::IntroduceRequest(request) => self.on_introduce(now, src, socket, request),
             _ => {}
         }
     }
@@ -171,7 +181,9 @@ impl Broker {
             }
         }
         let expires = now + self.config.registration_ttl;
-        if let Some(old) = self.by_peer.insert(peer, Registration { addr: src, socket, record, expires }) {
+        let (tokens, refilled) = self.by_peer.get(&peer).map_or((self.config.introduction_burst, now), |r| (r.tokens, r.refilled));
+        let registration = Registration { addr: src, socket, record, expires, tokens, refilled };
+        if let Some(old) = self.by_peer.insert(peer, registration) {
             if old.addr != src {
                 self.by_addr.remove(&old.addr);
             }
@@ -182,7 +194,7 @@ impl Broker {
         self.send(socket, src, Kind::Registered(pb::Registered { observed: Some(src.into()), ttl_secs }));
     }
 
-    fn on_introduce(&mut self, src: SocketAddr, socket: SocketId, request: pb::IntroduceRequest) {
+    fn on_introduce(&mut self, now: Instant, src: SocketAddr, socket: SocketId, request: pb::IntroduceRequest) {
         let request_id = request.request_id;
         let Some(requester) = self.by_addr.get(&src).copied() else {
             // Unproven address: answer with no more than arrived, and nothing about the target.
@@ -192,6 +204,15 @@ impl Broker {
             self.send(socket, src, Kind::IntroduceError(error));
             return;
         };
+        let (rate, burst) = (self.config.introductions_per_sec, self.config.introduction_burst);
+        let reg = self.by_peer.get_mut(&requester).expect("by_addr and by_peer agree");
+        reg.tokens = (reg.tokens + now.saturating_duration_since(reg.refilled).as_secs_f64() * rate).min(burst);
+        reg.refilled = now;
+        if reg.tokens < 1.0 {
+            self.stats.dropped_rate_limited += 1;
+            return;
+        }
+        reg.tokens -= 1.0;
         let target = PeerId::from_bytes(&request.target).ok();
         let Some((target, target_reg)) = target.and_then(|t| self.by_peer.get(&t).map(|r| (t, r))) else {
             self.stats.unknown_target += 1;

@@ -137,3 +137,24 @@ fn registrations_expire_without_refresh_and_stale_records_lose() {
     assert_eq!(b.stats().expired, 1);
     assert_eq!(b.poll_timeout(), None);
 }
+
+#[test]
+fn introduction_requests_are_rate_limited_per_requester() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
+    register_fully(&mut b, now, &alice, a_addr);
+    register_fully(&mut b, now, &bob, b_addr);
+    let request = || Kind::IntroduceRequest(pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id: 1 });
+    let burst = Config::default().introduction_burst as usize;
+    for _ in 0..burst + 5 {
+        b.handle(now, SocketId::PRIMARY, a_addr, request());
+    }
+    let to_bob = std::iter::from_fn(|| b.poll_transmit()).filter(|t| t.dst == b_addr).count();
+    assert_eq!(to_bob, burst, "the target hears of at most a burst of introductions");
+    assert_eq!(b.stats().dropped_rate_limited, 5);
+    // Tokens come back with time.
+    b.handle(now + Duration::from_secs(1), SocketId::PRIMARY, a_addr, request());
+    assert_eq!(std::iter::from_fn(|| b.poll_transmit()).filter(|t| t.dst == b_addr).count(), 1);
+}

@@ -30,6 +30,9 @@ impl Attempts {
 
     /// Starts punching toward an introduced peer, if this strategies can.
     pub fn start(&mut self, now: Instant, mine: &NatReport, introduced: Introduced) -> Result<(), Unpunchable> {
+        if self.by_nonce.len() >= self.config.max_attempts {
+            return Err(Unpunchable::Busy(self.by_nonce.len()));
+        }
         let peer_nat = introduced.peer.record.nat.as_ref().and_then(|n| NatReport::try_from(n).ok());
         // A peer that could not probe is taken as easy, at the address the introducer saw.
         let peer_nat = peer_nat.unwrap_or(NatReport { public_addr: introduced.peer_public, no_nat: false, mapping: None, filtering: None, allocation: None });

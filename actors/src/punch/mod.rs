@@ -37,6 +37,8 @@ pub struct Config {
     pub max_acks: u32,
     /// Addresses learned from proofs arriving from elsewhere than planned (peer-reflexive).
     pub max_candidates: usize,
+    /// Attempts under way at once, at most: each sends up to `timeout / interval` rounds.
+    pub max_attempts: usize,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             linger: Duration::from_secs(10),
             max_acks: 256,
             max_candidates: 8,
+            max_attempts: 64,
         }
     }
 }

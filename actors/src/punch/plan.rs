@@ -71,6 +71,8 @@ pub enum Unpunchable {
          hard-NAT traversal (port prediction, birthday spraying, relay) is not available yet"
     )]
     HardNat { who: &'static str },
+    #[error("too many punch attempts under way ({0}); try again shortly")]
+    Busy(usize),
 }
 
 /// Plans an attempt. `peer_public` is where the introducer saw the peer (trusted over
