@@ -80,6 +80,7 @@
 
 mod link;
 mod nat_box;
+pub mod node;
 mod seeds;
 mod trace;
 

@@ -1,0 +1,731 @@
+//! A whole introducer node as one simulated host: [`SimNode`] composes the protocol
+//! machines the way the real node's coordinator (`node/src/node.rs`) does, and routes each
+//! datagram with [`classify`] exactly as the socket actor would.
+//!
+//! The sequencing is the real node's, step for step:
+//!
+//! - an **introducer** ([`SimNode::introducer`]) is the first node of a mesh: it serves
+//!   (broker route on) from the start and answers STUN on one address, or on 2 IPs × 2 ports
+//!   (RFC 5780) with [`SimNode::alternate_ip`];
+//! - a **peer** ([`SimNode::peer`]) probes its NAT against its introducers → if public (and
+//!   allowed to serve), serves → registers a signed record (private address + NAT report)
+//!   with every introducer → on `Registered`, asks the introductions it was waiting for →
+//!   on `Introduced`, starts a punch attempt → on `Connected`, opens a session (and pings,
+//!   with [`SimNode::pings`]).
+//!
+//! Nothing here decides anything about the protocol: events of one machine become calls
+//! on the next, as the coordinator's handlers do, and are recorded as [`SimEvent`]s (the
+//! node crate's `NodeEvent`s, one for one) for tests to assert on.
+//! The one difference in timing: the real node's actors hand events on through mailboxes,
+//! here they are handled at the same virtual instant.
+//!
+//! ```
+//! use introducer_actors::identity::Identity;
+//! use introducer_actors::nat::NatBehavior;
+//! use introducer_actors::sim::node::SimNode;
+//! use introducer_actors::sim::{Place, Sim};
+//! use introducer_actors::SocketId;
+//! use std::time::Duration;
+//!
+//! let mut sim = Sim::new(1);
+//! let introducer = SimNode::introducer(Identity::from_seed(100))
+//!     .alternate_ip([198, 51, 100, 2].into())
+//!     .spawn(&mut sim, Place::Public([198, 51, 100, 1].into()), 3478);
+//! let introducers = vec![sim.local_addr(introducer, SocketId::PRIMARY)];
+//! let nat = sim.add_nat(NatBehavior::PORT_RESTRICTED, [203, 0, 113, 1].into(), None);
+//! let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+//! let target = bob.peer_id();
+//! let a = SimNode::peer(alice, introducers.clone())
+//!     .pings(2, Duration::from_secs(1))
+//!     .spawn(&mut sim, Place::Behind(nat), 5000);
+//! let b = SimNode::peer(bob, introducers).spawn(&mut sim, Place::Public([192, 0, 2, 7].into()), 5000);
+//!
+//! let node = |s: &Sim, h| s.machine_ref::<SimNode>(h).is_registered();
+//! assert!(sim.run_until_cond(Duration::from_secs(5), |s| node(s, a) && node(s, b)));
+//! let now = sim.now();
+//! sim.machine::<SimNode>(a).connect(now, target);
+//! let pinged = |s: &Sim| s.machine_ref::<SimNode>(a).pongs(&target).len() == 2;
+//! assert!(sim.run_until_cond(Duration::from_secs(5), pinged));
+//! let connected = sim.machine_ref::<SimNode>(a).connected(&target).unwrap();
+//! assert_eq!((connected.path.as_str(), connected.strategy.as_str()), ("direct", "direct"));
+//! ```
+
+use super::{HostId, Place, Sim};
+use crate::broker::{self, Broker};
+use crate::driver::Protocol;
+use crate::identity::Identity;
+use crate::nat::{NatReport, NatType};
+use crate::probe::actor::{probe_socket, NatProbing};
+use crate::probe::{Layout, LocalSockets, Probe, ProbeConfig, ProbeError, Responder, Server};
+use crate::punch::{self, actor::Attempts, Path, Strategy};
+use crate::registration::{self, actor::Registrations};
+use crate::session::{self, actor::Sessions, SendError};
+use crate::socket::{classify, Inbound, Route};
+use crate::{Machine, SocketId, Transmit};
+use introducer_proto::pb;
+use libp2p_identity::PeerId;
+use rand::SeedableRng;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+/// The protocol timings and role switches of a node (the node crate's `Config`, minus
+/// sockets and bootstrap: sim nodes are given their introducers directly).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub registration: registration::Config,
+    pub broker: broker::Config,
+    pub punch: punch::Config,
+    pub session: session::Config,
+    /// Serve as introducer once probing shows the node public (`Serve::Auto`); off is
+    /// `Serve::Never`, as `introducer ping` runs. Introducer nodes always serve.
+    pub serve: bool,
+    /// Register with the introducers once probed.
+    pub register: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            registration: Default::default(),
+            broker: Default::default(),
+            punch: Default::default(),
+            session: Default::default(),
+            serve: true,
+            register: true,
+        }
+    }
+}
+
+/// A successful punch, as the node's `connected` event reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connected {
+    pub peer: PeerId,
+    pub remote: SocketAddr,
+    pub path: Path,
+    pub strategy: Strategy,
+    /// Punch proofs this side had sent when the path was proven.
+    pub probes: u32,
+    /// The CLI's `connect_ms`: from asking for the introduction to the first authenticated
+    /// answer (for the introduced side, from the introduction).
+    pub connect: Duration,
+    /// When it connected.
+    pub at: Instant,
+}
+
+impl Connected {
+    pub fn connect_ms(&self) -> f64 {
+        self.connect.as_secs_f64() * 1000.0
+    }
+}
+
+/// What the node reported, mirroring the node crate's `NodeEvent`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SimEvent {
+    /// Probed (peers), or serving from the start (introducers, `nat: None`).
+    Ready {
+        public: bool,
+        nat: Option<NatReport>,
+    },
+    Registered {
+        introducer: SocketAddr,
+        observed: SocketAddr,
+    },
+    IntroducerUnreachable {
+        introducer: SocketAddr,
+    },
+    Connected(Connected),
+    ConnectFailed {
+        peer: PeerId,
+        reason: String,
+    },
+    Pong {
+        peer: PeerId,
+        seq: u64,
+        rtt: Duration,
+    },
+    Data {
+        peer: PeerId,
+        payload: Vec<u8>,
+    },
+    Disconnected {
+        peer: PeerId,
+        reason: String,
+    },
+    /// Introducer role: a peer registered with us.
+    PeerRegistered {
+        peer: PeerId,
+        addr: SocketAddr,
+    },
+    /// Introducer role: we introduced two peers.
+    Introduced {
+        requester: PeerId,
+        target: PeerId,
+    },
+    Fatal {
+        message: String,
+    },
+}
+
+/// What each part of the node dropped or refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drops {
+    /// Datagrams `classify` refused (the socket actor's `dropped_malformed`).
+    pub malformed: u64,
+    /// Datagrams for a route nobody takes here: Broker while not serving, Bootstrap.
+    pub unrouted: u64,
+    /// STUN requests the responder did not answer.
+    pub stun_unanswered: u64,
+    /// Introducer role (zero while not serving).
+    pub broker: broker::Stats,
+    /// Per introducer we register with.
+    pub registration: Vec<(SocketAddr, registration::Stats)>,
+    pub punch_unknown_nonce: u64,
+    pub session_unknown_source: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Role {
+    Introducer { alternate: Option<Ipv4Addr> },
+    Peer { introducers: Vec<SocketAddr> },
+}
+
+/// A node on the simulator. Build it with [`SimNode::introducer`] or [`SimNode::peer`],
+/// put it on the network with [`SimNode::spawn`], then drive it through
+/// [`Sim::machine`] (commands) and [`Sim::machine_ref`] (what happened).
+pub struct SimNode {
+    identity: Identity,
+    role: Role,
+    config: NodeConfig,
+    seed: u64,
+    /// For the record's `issued_ms`: virtual milliseconds since this node started.
+    epoch: Option<Instant>,
+
+    probing: NatProbing,
+    /// `Some` once serving: the broker route is on.
+    broker: Option<Broker>,
+    registrations: Registrations,
+    attempts: Attempts,
+    sessions: Sessions,
+
+    nat: Option<NatReport>,
+    private: Option<SocketAddr>,
+    registered: BTreeSet<SocketAddr>,
+    /// Connects waiting for a registration.
+    waiting: Vec<PeerId>,
+    /// When each connect asked for its introduction (the start of `connect_ms`).
+    asked: HashMap<PeerId, Instant>,
+    paths: HashMap<PeerId, Path>,
+
+    connect_at: Option<(Instant, PeerId)>,
+    ping_plan: Option<(u32, Duration)>,
+    /// Pings still to send: peer, when, how many left.
+    pinging: Vec<(PeerId, Instant, u32)>,
+
+    out: VecDeque<Transmit>,
+    events: Vec<(Instant, SimEvent)>,
+    malformed: u64,
+    unrouted: u64,
+}
+
+impl SimNode {
+    fn new(identity: Identity, role: Role) -> Self {
+        let config = NodeConfig::default();
+        SimNode {
+            probing: NatProbing::new(None),
+            broker: None,
+            registrations: Registrations::new(config.registration.clone()),
+            attempts: Attempts::new(config.punch.clone(), identity.clone()),
+            sessions: Sessions::new(config.session.clone()),
+            identity,
+            role,
+            config,
+            seed: 0,
+            epoch: None,
+            nat: None,
+            private: None,
+            registered: BTreeSet::new(),
+            waiting: Vec::new(),
+            asked: HashMap::new(),
+            paths: HashMap::new(),
+            connect_at: None,
+            ping_plan: None,
+            pinging: Vec::new(),
+            out: VecDeque::new(),
+            events: Vec::new(),
+            malformed: 0,
+            unrouted: 0,
+        }
+    }
+
+    /// A public node that starts a mesh: it serves from the start and does not probe.
+    pub fn introducer(identity: Identity) -> Self {
+        SimNode::new(identity, Role::Introducer { alternate: None })
+    }
+
+    /// A node that probes against `introducers`, registers with them, and connects when
+    /// told to.
+    pub fn peer(identity: Identity, introducers: Vec<SocketAddr>) -> Self {
+        SimNode::new(identity, Role::Peer { introducers })
+    }
+
+    /// Introducers only: a second IP, for the RFC 5780 layout (2 IPs × ports P, P+1).
+    pub fn alternate_ip(mut self, ip: Ipv4Addr) -> Self {
+        match &mut self.role {
+            Role::Introducer { alternate } => *alternate = Some(ip),
+            Role::Peer { .. } => panic!("only an introducer listens on two IPs"),
+        }
+        self
+    }
+
+    pub fn config(mut self, config: NodeConfig) -> Self {
+        self.registrations = Registrations::new(config.registration.clone());
+        self.attempts = Attempts::new(config.punch.clone(), self.identity.clone());
+        self.sessions = Sessions::new(config.session.clone());
+        self.config = config;
+        self
+    }
+
+    /// Calls [`SimNode::connect`] at `at`.
+    pub fn connect_at(mut self, at: Instant, target: PeerId) -> Self {
+        self.connect_at = Some((at, target));
+        self
+    }
+
+    /// Once connected to a peer it asked for, pings it `count` times, `interval` apart
+    /// (the first right away), as `introducer ping --count --interval` does.
+    pub fn pings(mut self, count: u32, interval: Duration) -> Self {
+        self.ping_plan = Some((count, interval));
+        self
+    }
+
+    /// Adds the node to `sim` at `place`, binds its sockets and starts it; its RNG seed is
+    /// derived from the simulation's. Primary socket on `port`; an introducer with an
+    /// alternate IP also binds (ip0, port+1), (ip1, port), (ip1, port+1), as the real node
+    /// does for two `--listen` addresses; a peer binds the probe's extra sockets at
+    /// ephemeral ports.
+    pub fn spawn(self, sim: &mut Sim, place: Place, port: u16) -> HostId {
+        let role = self.role.clone();
+        let host = sim.add_host(place, self);
+        let seed = sim.derive_seed(host.index() as u32);
+        let primary = sim.bind(host, SocketId::PRIMARY, port);
+        let now = sim.now();
+        match role {
+            Role::Introducer { alternate } => {
+                let layout = match alternate {
+                    None => Layout::single(SocketId::PRIMARY, primary),
+                    Some(ip1) => {
+                        sim.add_ip(host, ip1);
+                        let ip0 = sim.host_ip(host);
+                        let alt = port.checked_add(1).expect("the alternate port is port + 1");
+                        sim.bind_addr(host, SocketId(1), SocketAddrV4::new(ip0, alt));
+                        sim.bind_addr(host, SocketId(2), SocketAddrV4::new(ip1, port));
+                        let far = sim.bind_addr(host, SocketId(3), SocketAddrV4::new(ip1, alt));
+                        let sockets = [SocketId::PRIMARY, SocketId(1), SocketId(2), SocketId(3)];
+                        Layout::rfc5780(primary, far, sockets).expect("two IPs, two ports")
+                    }
+                };
+                sim.machine::<SimNode>(host).start_introducer(now, seed, layout);
+            }
+            Role::Peer { introducers } => {
+                let servers = introducers.iter().map(|&a| Server::new(a)).collect();
+                let extra = Probe::sockets_needed(&ProbeConfig::new(servers));
+                let extra = (1..=extra).map(|i| sim.bind(host, probe_socket(i), 0)).collect();
+                sim.machine::<SimNode>(host).start_peer(now, seed, primary, extra);
+            }
+        }
+        host
+    }
+
+    fn start_introducer(&mut self, now: Instant, seed: u64, layout: Layout) {
+        self.seed = seed;
+        self.epoch = Some(now);
+        self.probing = NatProbing::new(Some(Responder::new(layout)));
+        // The first node of a new mesh: nobody to ask, so it assumes it is reachable.
+        self.serve(now);
+        self.emit(now, SimEvent::Ready { public: true, nat: None });
+        self.pump(now);
+    }
+
+    fn start_peer(&mut self, now: Instant, seed: u64, primary: SocketAddr, extra: Vec<SocketAddr>) {
+        let Role::Peer { introducers } = &self.role else { unreachable!("peers only") };
+        self.seed = seed;
+        self.epoch = Some(now);
+        self.probing = NatProbing::new(Some(Responder::new(Layout::single(SocketId::PRIMARY, primary))));
+        let config = ProbeConfig::new(introducers.iter().map(|&a| Server::new(a)).collect());
+        self.private = Some(primary);
+        let locals = LocalSockets { primary: Some(primary), extra };
+        self.probing.start(now, config, locals, seed);
+        self.pump(now);
+    }
+
+    fn serve(&mut self, now: Instant) {
+        if self.broker.is_none() {
+            let rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+            self.broker = Some(Broker::new(self.config.broker.clone(), now, rng));
+        }
+    }
+
+    // ----- commands -----
+
+    /// Asks an introducer for `target` and punches (`Node::connect`): right away when
+    /// registered, else once the first registration succeeds.
+    pub fn connect(&mut self, now: Instant, target: PeerId) {
+        if self.registered.is_empty() {
+            self.waiting.push(target);
+        } else {
+            self.ask_introduction(now, target);
+        }
+        self.pump(now);
+    }
+
+    /// Pings a connected peer; the answer is a [`SimEvent::Pong`].
+    pub fn ping(&mut self, now: Instant, peer: &PeerId) -> Result<u64, SendError> {
+        let seq = self.sessions.ping(now, peer);
+        self.pump(now);
+        seq
+    }
+
+    /// Sends one datagram to a connected peer.
+    pub fn send(&mut self, now: Instant, peer: &PeerId, payload: &[u8]) -> Result<(), SendError> {
+        let sent = self.sessions.send(now, peer, payload);
+        self.pump(now);
+        sent
+    }
+
+    // ----- what happened -----
+
+    pub fn peer_id(&self) -> PeerId {
+        self.identity.peer_id()
+    }
+
+    /// Everything the node reported, in order, with when.
+    pub fn events(&self) -> &[(Instant, SimEvent)] {
+        &self.events
+    }
+
+    /// The NAT report, once probed.
+    pub fn nat(&self) -> Option<&NatReport> {
+        self.nat.as_ref()
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.broker.is_some()
+    }
+
+    /// Registered with at least one introducer.
+    pub fn is_registered(&self) -> bool {
+        !self.registered.is_empty()
+    }
+
+    /// The introducers we are registered with.
+    pub fn registered(&self) -> &BTreeSet<SocketAddr> {
+        &self.registered
+    }
+
+    /// The first connection to `peer`.
+    pub fn connected(&self, peer: &PeerId) -> Option<&Connected> {
+        self.events.iter().find_map(|(_, e)| match e {
+            SimEvent::Connected(c) if c.peer == *peer => Some(c),
+            _ => None,
+        })
+    }
+
+    /// The first reason a connect to `peer` failed (or why probing failed: `Fatal`).
+    pub fn failure(&self, peer: &PeerId) -> Option<&str> {
+        self.events.iter().find_map(|(_, e)| match e {
+            SimEvent::ConnectFailed { peer: p, reason } if p == peer => Some(reason.as_str()),
+            SimEvent::Fatal { message } => Some(message.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Pongs received from `peer`: (seq, rtt).
+    pub fn pongs(&self, peer: &PeerId) -> Vec<(u64, Duration)> {
+        let pong = |e: &SimEvent| match e {
+            SimEvent::Pong { peer: p, seq, rtt } if p == peer => Some((*seq, *rtt)),
+            _ => None,
+        };
+        self.events.iter().filter_map(|(_, e)| pong(e)).collect()
+    }
+
+    pub fn drops(&self) -> Drops {
+        let introducers = match &self.role {
+            Role::Peer { introducers } => introducers.as_slice(),
+            Role::Introducer { .. } => &[],
+        };
+        Drops {
+            malformed: self.malformed,
+            unrouted: self.unrouted,
+            stun_unanswered: self.probing.unanswered,
+            broker: self.broker.as_ref().map(Broker::stats).unwrap_or_default(),
+            registration: introducers.iter().filter_map(|a| Some((*a, self.registrations.get(a)?.stats()))).collect(),
+            punch_unknown_nonce: self.attempts.dropped_unknown_nonce,
+            session_unknown_source: self.sessions.dropped_unknown_source,
+        }
+    }
+
+    // ----- the coordinator -----
+
+    fn emit(&mut self, now: Instant, event: SimEvent) {
+        self.events.push((now, event));
+    }
+
+    fn ask_introduction(&mut self, now: Instant, peer: PeerId) {
+        self.asked.insert(peer, now);
+        self.registrations.introduce(now, peer);
+    }
+
+    fn signed_record(&self, now: Instant) -> pb::SignedPeerRecord {
+        let since = self.epoch.map_or(Duration::ZERO, |e| now.saturating_duration_since(e));
+        let record = pb::PeerRecord {
+            peer_id: Default::default(),
+            private_addrs: self.private.into_iter().map(Into::into).collect(),
+            nat: self.nat.as_ref().map(Into::into),
+            issued_ms: 1_700_000_000_000 + since.as_millis() as u64,
+        };
+        self.identity.sign_record(record)
+    }
+
+    /// Moves what the machines queued to the wire and hands their events on, until
+    /// nothing is left: one event may make another machine send or report.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            self.collect_transmits();
+            let mut handled = false;
+            while let Some(result) = Protocol::poll_event(&mut self.probing) {
+                self.on_probe(now, result);
+                handled = true;
+            }
+            while let Some(event) = self.broker.as_mut().and_then(Broker::poll_event) {
+                self.on_broker(now, event);
+                handled = true;
+            }
+            while let Some((introducer, event)) = Protocol::poll_event(&mut self.registrations) {
+                self.on_registration(now, introducer, event);
+                handled = true;
+            }
+            while let Some(event) = Protocol::poll_event(&mut self.attempts) {
+                self.on_punch(now, event);
+                handled = true;
+            }
+            while let Some((peer, event)) = Protocol::poll_event(&mut self.sessions) {
+                self.on_session(now, peer, event);
+                handled = true;
+            }
+            if !handled {
+                return;
+            }
+        }
+    }
+
+    fn collect_transmits(&mut self) {
+        while let Some(t) = Protocol::poll_transmit(&mut self.probing) {
+            self.out.push_back(t);
+        }
+        while let Some(t) = self.broker.as_mut().and_then(Broker::poll_transmit) {
+            self.out.push_back(t);
+        }
+        while let Some(t) = Protocol::poll_transmit(&mut self.registrations) {
+            self.out.push_back(t);
+        }
+        while let Some(t) = Protocol::poll_transmit(&mut self.attempts) {
+            self.out.push_back(t);
+        }
+        while let Some(t) = Protocol::poll_transmit(&mut self.sessions) {
+            self.out.push_back(t);
+        }
+    }
+
+    fn on_probe(&mut self, now: Instant, result: Result<NatReport, ProbeError>) {
+        let report = match result {
+            Ok(report) => report,
+            Err(e) => return self.emit(now, SimEvent::Fatal { message: format!("NAT probing failed: {e}") }),
+        };
+        self.nat = Some(report);
+        let public = report.nat_type() == NatType::Public;
+        if public && self.config.serve {
+            self.serve(now);
+        }
+        self.emit(now, SimEvent::Ready { public, nat: Some(report) });
+        if let (true, Role::Peer { introducers }) = (self.config.register, &self.role) {
+            let record = self.signed_record(now);
+            for &introducer in introducers {
+                self.registrations.add(now, introducer, record.clone());
+            }
+        }
+    }
+
+    fn on_broker(&mut self, now: Instant, event: broker::Event) {
+        match event {
+            broker::Event::Registered { peer, addr } => self.emit(now, SimEvent::PeerRegistered { peer, addr }),
+            broker::Event::Introduced { requester, target } => {
+                self.emit(now, SimEvent::Introduced { requester, target })
+            }
+            broker::Event::Expired { peer } => tracing::info!(%peer, "registration expired"),
+        }
+    }
+
+    fn on_registration(&mut self, now: Instant, introducer: SocketAddr, event: registration::Event) {
+        use registration::Event;
+        match event {
+            Event::Registered { observed } => {
+                self.registered.insert(introducer);
+                self.emit(now, SimEvent::Registered { introducer, observed });
+                for peer in std::mem::take(&mut self.waiting) {
+                    self.ask_introduction(now, peer);
+                }
+            }
+            Event::Unreachable => {
+                self.registered.remove(&introducer);
+                self.emit(now, SimEvent::IntroducerUnreachable { introducer });
+                if self.registered.is_empty() {
+                    for peer in std::mem::take(&mut self.waiting) {
+                        let reason = format!("introducer {introducer} did not answer our registration");
+                        self.emit(now, SimEvent::ConnectFailed { peer, reason });
+                    }
+                }
+            }
+            Event::Introduced(introduced) => {
+                let Some(nat) = self.nat else { return };
+                let (peer, initiator) = (introduced.peer.peer_id, introduced.initiator);
+                if let Err(unpunchable) = self.attempts.start(now, &nat, *introduced) {
+                    if initiator {
+                        self.emit(now, SimEvent::ConnectFailed { peer, reason: unpunchable.to_string() });
+                    } else {
+                        tracing::warn!(%peer, "{unpunchable}");
+                    }
+                }
+            }
+            Event::IntroduceFailed { target, reason } => {
+                self.asked.remove(&target);
+                self.emit(now, SimEvent::ConnectFailed { peer: target, reason });
+            }
+        }
+    }
+
+    fn on_punch(&mut self, now: Instant, event: punch::Event) {
+        match event {
+            punch::Event::Connected { peer, remote, path, strategy, probes, elapsed } => {
+                let asked = self.asked.remove(&peer);
+                let connect = asked.map_or(elapsed, |t| now - t);
+                self.paths.insert(peer, path);
+                self.sessions.open(now, peer, remote, path, strategy);
+                self.emit(
+                    now,
+                    SimEvent::Connected(Connected { peer, remote, path, strategy, probes, connect, at: now }),
+                );
+                if let (Some(_), Some((count, _))) = (asked, self.ping_plan) {
+                    if count > 0 {
+                        self.pinging.push((peer, now, count));
+                        self.send_pings(now);
+                    }
+                }
+            }
+            punch::Event::Failed { peer, reason } => {
+                if self.asked.remove(&peer).is_some() {
+                    self.emit(now, SimEvent::ConnectFailed { peer, reason });
+                } else {
+                    tracing::info!(%peer, "{reason}");
+                }
+            }
+        }
+    }
+
+    fn on_session(&mut self, now: Instant, peer: PeerId, event: session::Event) {
+        let event = match event {
+            session::Event::Pong { seq, rtt } => SimEvent::Pong { peer, seq, rtt },
+            session::Event::Data(payload) => SimEvent::Data { peer, payload },
+            session::Event::Closed { reason } => {
+                self.paths.remove(&peer);
+                SimEvent::Disconnected { peer, reason }
+            }
+        };
+        self.emit(now, event);
+    }
+
+    /// The pings that are due, as the CLI's ping loop sends them.
+    fn send_pings(&mut self, now: Instant) {
+        let interval = self.ping_plan.map_or(Duration::ZERO, |(_, i)| i);
+        for (peer, next, left) in &mut self.pinging {
+            if *next <= now {
+                // A closed session is the CLI's "peer disconnected": nothing more to ping.
+                let _ = self.sessions.ping(now, peer);
+                *left -= 1;
+                *next = now + interval;
+            }
+        }
+        self.pinging.retain(|(_, _, left)| *left > 0);
+    }
+}
+
+fn due(deadline: Option<Instant>, now: Instant) -> bool {
+    deadline.is_some_and(|t| t <= now)
+}
+
+impl Machine for SimNode {
+    fn handle_datagram(&mut self, now: Instant, socket: SocketId, src: SocketAddr, payload: &[u8]) {
+        let len = payload.len();
+        let Some((route, payload)) = classify(payload.to_vec()) else {
+            self.malformed += 1;
+            return;
+        };
+        let inbound = Inbound { now, socket, src, len, payload };
+        match route {
+            Route::StunServer | Route::StunClient => self.probing.handle_inbound(inbound),
+            Route::Broker => match &mut self.broker {
+                Some(broker) => broker.handle_inbound(inbound),
+                None => self.unrouted += 1,
+            },
+            Route::Registration => self.registrations.handle_inbound(inbound),
+            Route::Punch => self.attempts.handle_inbound(inbound),
+            Route::Session => self.sessions.handle_inbound(inbound),
+            Route::Bootstrap => self.unrouted += 1,
+        }
+        self.pump(now);
+    }
+
+    /// Like each machine's actor, a machine is called only when its own deadline is due.
+    fn handle_timeout(&mut self, now: Instant) {
+        if due(Protocol::poll_timeout(&self.probing), now) {
+            Protocol::handle_timeout(&mut self.probing, now);
+        }
+        if let Some(broker) = self.broker.as_mut().filter(|b| due(b.poll_timeout(), now)) {
+            broker.handle_timeout(now);
+        }
+        if due(Protocol::poll_timeout(&self.registrations), now) {
+            Protocol::handle_timeout(&mut self.registrations, now);
+        }
+        if due(Protocol::poll_timeout(&self.attempts), now) {
+            Protocol::handle_timeout(&mut self.attempts, now);
+        }
+        if due(Protocol::poll_timeout(&self.sessions), now) {
+            Protocol::handle_timeout(&mut self.sessions, now);
+        }
+        if let Some((_, target)) = self.connect_at.filter(|(at, _)| *at <= now) {
+            self.connect_at = None;
+            self.connect(now, target);
+        }
+        self.send_pings(now);
+        self.pump(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        [
+            Protocol::poll_timeout(&self.probing),
+            self.broker.as_ref().and_then(Broker::poll_timeout),
+            Protocol::poll_timeout(&self.registrations),
+            Protocol::poll_timeout(&self.attempts),
+            Protocol::poll_timeout(&self.sessions),
+            self.connect_at.map(|(at, _)| at),
+            self.pinging.iter().map(|(_, at, _)| *at).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}

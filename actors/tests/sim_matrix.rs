@@ -1,0 +1,541 @@
+//! The NAT-pair matrix, end to end on the simulator: whole nodes ([`SimNode`]) probe, register
+//! with introducers, get introduced, punch and ping — for every pair of NAT presets, many
+//! seeds each — against DESIGN.md's strategy table.
+//!
+//! Topology of every run: an RFC 5780 introducer (2 IPs × 2 ports) and a second, one-address
+//! introducer on the internet; peer A, on the internet or behind its own NAT, asks for peer B,
+//! on the internet or behind its own NAT (or A's). Internet one-way latency 10–25 ms by seed
+//! plus up to 4 ms of jitter; 1 ms inside NATs.
+//!
+//! `cargo test -p introducer-actors --test sim_matrix -- --nocapture` prints the matrix; a
+//! failing seed prints its replay line (`SIM_SEED=n cargo test <test>`). Tests marked
+//! `#[ignore]` state a requirement the machines do not meet yet (the reason says why);
+//! `-- --ignored` runs them.
+
+use introducer_actors::identity::Identity;
+use introducer_actors::nat::{Filtering, NatBehavior, NatReport, NatType};
+use introducer_actors::punch::{Path, Strategy};
+use introducer_actors::sim::node::{Connected, SimEvent, SimNode};
+use introducer_actors::sim::{for_each_seed, HostId, Link, NatId, Place, Sim};
+use introducer_actors::SocketId;
+use libp2p_identity::PeerId;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::time::Duration;
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+
+const INTRO_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const INTRO_ALT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const SECOND_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+const PUBLIC_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 20)];
+const NAT_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 113, 20)];
+const STUN_PORT: u16 = 3478;
+const PEER_PORT: u16 = 5000;
+/// How many times A pings B, a second apart, once connected (`introducer ping --count 3`).
+const PINGS: u32 = 3;
+const SEEDS: Range<u64> = 0..50;
+
+const PR: NatBehavior = NatBehavior::PORT_RESTRICTED;
+const FC: NatBehavior = NatBehavior::FULL_CONE;
+const RC: NatBehavior = NatBehavior::RESTRICTED_CONE;
+const ER: NatBehavior = NatBehavior::EIM_RANDOM_PORT;
+const SR: NatBehavior = NatBehavior::SYMMETRIC_RANDOM;
+const SS: NatBehavior = NatBehavior::SYMMETRIC_SEQUENTIAL;
+const EASY: [NatBehavior; 4] = [PR, FC, RC, ER];
+
+// ----- cells -----
+
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Public,
+    Behind(NatBehavior),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Topology {
+    /// A asks for B; each on the internet or behind a NAT of its own.
+    Apart(Side, Side),
+    /// Both behind one NAT.
+    SameNat(NatBehavior),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// Both sides connect over this path with this strategy, and every ping is answered.
+    Connect { path: Path, strategy: Strategy },
+    /// A is refused up front with the "hard NAT ... not available yet" reason.
+    HardNat,
+}
+
+#[derive(Debug, Clone)]
+struct Cell {
+    name: String,
+    topology: Topology,
+    expect: Expect,
+    /// A machine bug this cell shows: its runs are tallied, not asserted beyond A connecting.
+    known_bug: Option<&'static str>,
+}
+
+const DIRECT: Expect = Expect::Connect { path: Path::Direct, strategy: Strategy::Direct };
+const SIMULTANEOUS: Expect = Expect::Connect { path: Path::Direct, strategy: Strategy::SimultaneousOpen };
+const LOCAL: Expect = Expect::Connect { path: Path::Local, strategy: Strategy::Local };
+
+const HAIRPIN_BUG: &str = "sides may settle on different paths (A local, B hairpin, or the reverse): \
+     each side's session then drops the other's traffic; see same_nat_with_hairpin_both_sides_use_one_path";
+
+fn preset_name(b: NatBehavior) -> String {
+    let presets = [
+        (PR, "port-restricted"),
+        (FC, "full-cone"),
+        (RC, "restricted-cone"),
+        (ER, "eim-random-port"),
+        (SR, "symmetric-random"),
+        (SS, "symmetric-seq"),
+    ];
+    let name =
+        presets.into_iter().find(|(p, _)| NatBehavior { hairpin: false, ..b } == *p).map_or("custom", |(_, n)| n);
+    if b.hairpin {
+        format!("{name}+hairpin")
+    } else {
+        name.to_owned()
+    }
+}
+
+fn side_name(s: Side) -> String {
+    match s {
+        Side::Public => "public".to_owned(),
+        Side::Behind(b) => preset_name(b),
+    }
+}
+
+fn apart(a: Side, b: Side, expect: Expect) -> Cell {
+    Cell {
+        name: format!("{} × {}", side_name(a), side_name(b)),
+        topology: Topology::Apart(a, b),
+        expect,
+        known_bug: None,
+    }
+}
+
+fn same_nat(b: NatBehavior) -> Cell {
+    Cell {
+        name: format!("same NAT: {}", preset_name(b)),
+        topology: Topology::SameNat(b),
+        expect: LOCAL,
+        known_bug: None,
+    }
+}
+
+/// DESIGN.md's strategy table, as far as the strategies built so far go.
+fn cells() -> Vec<Cell> {
+    use Side::{Behind, Public};
+    let mut cells = vec![apart(Public, Public, DIRECT)];
+    for b in EASY.into_iter().chain([SR, SS]) {
+        cells.push(apart(Public, Behind(b), DIRECT));
+    }
+    // The NATed side asking: it sends first (for a hard NAT: "hard side sends first").
+    cells.push(apart(Behind(PR), Public, DIRECT));
+    cells.push(apart(Behind(SR), Public, DIRECT));
+    for (i, a) in EASY.into_iter().enumerate() {
+        for b in EASY.into_iter().skip(i) {
+            cells.push(apart(Behind(a), Behind(b), SIMULTANEOUS));
+        }
+    }
+    cells.push(same_nat(PR));
+    cells.push(same_nat(SR));
+    cells.push(Cell { known_bug: Some(HAIRPIN_BUG), ..same_nat(PR.with_hairpin(true)) });
+    for (a, b) in [(SR, PR), (PR, SR), (SS, FC), (ER, SS), (SR, SS), (SR, SR)] {
+        cells.push(apart(Behind(a), Behind(b), Expect::HardNat));
+    }
+    cells
+}
+
+// ----- one run -----
+
+fn id(n: u64) -> Identity {
+    Identity::from_seed(n)
+}
+
+/// Internet latency 10–25 ms one way by seed, plus up to 4 ms of jitter.
+fn internet(seed: u64, loss: f64) -> Link {
+    Link::with_latency(Duration::from_millis(10 + seed % 16)).jitter(4 * MS).loss(loss)
+}
+
+/// The two introducers and peers A and B, registered with both (or given up trying).
+struct World {
+    sim: Sim,
+    introducers: [HostId; 2],
+    a: HostId,
+    b: HostId,
+    nats: [Option<NatId>; 2],
+    a_id: PeerId,
+    b_id: PeerId,
+    /// Worst-case round trip between A and B across the internet (latency + jitter).
+    rtt: Duration,
+}
+
+impl World {
+    fn new(seed: u64, topology: Topology, internet: Link) -> World {
+        let mut sim = Sim::new(seed);
+        sim.set_internet_link(internet);
+        let intro =
+            SimNode::introducer(id(100)).alternate_ip(INTRO_ALT_IP).spawn(&mut sim, Place::Public(INTRO_IP), STUN_PORT);
+        let second = SimNode::introducer(id(101)).spawn(&mut sim, Place::Public(SECOND_IP), STUN_PORT);
+        let introducers = vec![sim.local_addr(intro, SocketId::PRIMARY), sim.local_addr(second, SocketId::PRIMARY)];
+        let mut nats = [None, None];
+        let places: Vec<Place> = match topology {
+            Topology::Apart(a, b) => [a, b]
+                .into_iter()
+                .enumerate()
+                .map(|(i, side)| match side {
+                    Side::Public => Place::Public(PUBLIC_IPS[i]),
+                    Side::Behind(behavior) => {
+                        let nat = sim.add_nat(behavior, NAT_IPS[i], None);
+                        nats[i] = Some(nat);
+                        Place::Behind(nat)
+                    }
+                })
+                .collect(),
+            Topology::SameNat(behavior) => {
+                let nat = sim.add_nat(behavior, NAT_IPS[0], None);
+                nats = [Some(nat); 2];
+                vec![Place::Behind(nat); 2]
+            }
+        };
+        let a = SimNode::peer(id(1), introducers.clone()).pings(PINGS, SEC).spawn(&mut sim, places[0], PEER_PORT);
+        let b = SimNode::peer(id(2), introducers.clone()).spawn(&mut sim, places[1], PEER_PORT);
+        let registered =
+            |s: &Sim| [a, b].iter().all(|&h| s.machine_ref::<SimNode>(h).registered().len() == introducers.len());
+        sim.run_until_cond(10 * SEC, registered);
+        let lan = |nat: Option<NatId>| if nat.is_some() { MS } else { Duration::ZERO };
+        let rtt = 2 * (internet.latency + internet.jitter + lan(nats[0]) + lan(nats[1]));
+        World { sim, introducers: [intro, second], a, b, nats, a_id: id(1).peer_id(), b_id: id(2).peer_id(), rtt }
+    }
+
+    fn node(&self, h: HostId) -> &SimNode {
+        self.sim.machine_ref::<SimNode>(h)
+    }
+
+    /// A asks for B now; returns A's outcome once connected and pinged, or failed.
+    fn connect(&mut self) -> Result<Connected, String> {
+        let (a, b_id) = (self.a, self.b_id);
+        let now = self.sim.now();
+        self.sim.machine::<SimNode>(a).connect(now, b_id);
+        let settled = |s: &Sim| {
+            let n = s.machine_ref::<SimNode>(a);
+            n.connected(&b_id).is_some() || n.failure(&b_id).is_some()
+        };
+        self.sim.run_until_cond(20 * SEC, settled);
+        let outcome = match (self.node(a).connected(&b_id), self.node(a).failure(&b_id)) {
+            (Some(c), _) => Ok(c.clone()),
+            (None, Some(reason)) => Err(reason.to_owned()),
+            (None, None) => Err("neither connected nor failed within 20 s".to_owned()),
+        };
+        if outcome.is_ok() {
+            let pinged = |s: &Sim| s.machine_ref::<SimNode>(a).pongs(&b_id).len() == PINGS as usize;
+            self.sim.run_until_cond(PINGS * SEC + 5 * SEC, pinged);
+        }
+        outcome
+    }
+
+    fn pongs(&self) -> usize {
+        self.node(self.a).pongs(&self.b_id).len()
+    }
+
+    /// Nobody sent anything malformed or misrouted, no record or introduction was refused.
+    fn check_drops(&self, cell: &str) {
+        for h in self.introducers.into_iter().chain([self.a, self.b]) {
+            let d = self.node(h).drops();
+            assert_eq!((d.malformed, d.unrouted, d.stun_unanswered), (0, 0, 0), "{cell}: {h} {d:?}");
+            assert_eq!((d.broker.dropped_bad_signature, d.broker.dropped_stale_record), (0, 0), "{cell}: {h} {d:?}");
+            assert_eq!((d.broker.dropped_unregistered, d.broker.dropped_rate_limited), (0, 0), "{cell}: {h} {d:?}");
+            for (introducer, r) in &d.registration {
+                assert_eq!((r.dropped_foreign, r.dropped_bad_introduction), (0, 0), "{cell}: {h} from {introducer}");
+            }
+        }
+    }
+
+    /// B's own view of the connection.
+    fn b_connected(&self) -> Option<&Connected> {
+        self.node(self.b).connected(&self.a_id)
+    }
+}
+
+// ----- checks -----
+
+/// What probing must have found for a peer on `side`.
+fn check_report(cell: &str, who: &str, side: Side, alone: bool, report: Option<&NatReport>, nat_ip: Ipv4Addr) {
+    let report = report.unwrap_or_else(|| panic!("{cell}: {who} has no NAT report"));
+    match side {
+        Side::Public => {
+            assert_eq!(report.nat_type(), NatType::Public, "{cell}: {who} {report:?}");
+            assert!(report.no_nat, "{cell}: {who} {report:?}");
+            assert_eq!(report.filtering, Some(Filtering::EndpointIndependent), "{cell}: {who}");
+        }
+        Side::Behind(behavior) => {
+            let expected = behavior.expected_report(report.public_addr);
+            assert_eq!(report.public_addr.ip(), nat_ip, "{cell}: {who}");
+            assert!(!report.no_nat, "{cell}: {who}");
+            assert_eq!(report.nat_type(), behavior.nat_type(), "{cell}: {who} {report:?}");
+            assert_eq!((report.mapping, report.filtering), (expected.mapping, expected.filtering), "{cell}: {who}");
+            // Two hosts probing through one NAT at once (same ports) take ports from each
+            // other, so allocation is only checked for a peer alone behind its NAT.
+            if alone {
+                assert_eq!(report.allocation, expected.allocation, "{cell}: {who}");
+            }
+        }
+    }
+}
+
+/// Punch proofs a side may have sent before its path is proven: one per candidate (the
+/// planned ones, plus one learned from where the peer's proofs come from) per 50 ms round,
+/// for two RTTs — the other side may start up to an RTT later, as the introducer's two
+/// introductions take different paths, and then its proofs need one to answer — plus two
+/// rounds of slack.
+fn probes_bound(planned: u32, rtt: Duration) -> u32 {
+    (planned + 1) * ((2 * rtt).as_millis() as u32 / 50 + 2)
+}
+
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v.get(v.len() / 2).copied()
+}
+
+/// One line of the printed matrix.
+#[derive(Debug, Default)]
+struct Row {
+    name: String,
+    runs: usize,
+    /// Connected as the table says, on both sides, with every ping answered.
+    ok: usize,
+    connect_ms: Vec<f64>,
+    connect_rtts: Vec<f64>,
+    probes: Vec<u32>,
+    pongs: usize,
+    how: String,
+}
+
+fn print_table(title: &str, rows: &[&Row]) {
+    println!("\n{title}");
+    println!(
+        "{:<36} {:>4} {:>6} {:>9} {:>6} {:>6} {:>5}  path / strategy (or why not)",
+        "A asks for B", "runs", "ok %", "connect", "× RTT", "probes", "pongs"
+    );
+    for r in rows {
+        let ms = median(r.connect_ms.clone()).map_or("-".to_owned(), |v| format!("{v:.1} ms"));
+        let rtts = median(r.connect_rtts.clone()).map_or("-".to_owned(), |v| format!("{v:.2}"));
+        let probes = median(r.probes.clone()).map_or("-".to_owned(), |v| v.to_string());
+        let ok = 100.0 * r.ok as f64 / r.runs.max(1) as f64;
+        println!("{:<36} {:>4} {ok:>6.1} {ms:>9} {rtts:>6} {probes:>6} {:>5}  {}", r.name, r.runs, r.pongs, r.how);
+    }
+}
+
+/// Runs `cell` over `seeds`, asserting per seed what must hold in every run (a failing seed
+/// prints its replay line), then the bound on the median connect time.
+fn check_cell(cell: &Cell, seeds: Range<u64>) -> Row {
+    let mut row = Row { name: cell.name.clone(), ..Row::default() };
+    for_each_seed(seeds, |seed| {
+        let mut world = World::new(seed, cell.topology, internet(seed, 0.0));
+        let outcome = world.connect();
+        let name = &cell.name;
+        let (sides, alone) = match cell.topology {
+            Topology::Apart(a, b) => ([a, b], true),
+            Topology::SameNat(n) => ([Side::Behind(n); 2], false),
+        };
+        for (i, (who, host)) in [("A", world.a), ("B", world.b)].into_iter().enumerate() {
+            let nat_ip = if alone { NAT_IPS[i] } else { NAT_IPS[0] };
+            check_report(name, who, sides[i], alone, world.node(host).nat(), nat_ip);
+        }
+        world.check_drops(name);
+        row.runs += 1;
+        let (path, strategy) = match (cell.expect, &outcome) {
+            (Expect::Connect { path, strategy }, Ok(_)) => (path, strategy),
+            (Expect::Connect { .. }, Err(reason)) => panic!("{name}: A did not connect: {reason}"),
+            (Expect::HardNat, Ok(c)) => panic!("{name}: connected, but hard-NAT traversal does not exist yet: {c:?}"),
+            (Expect::HardNat, Err(reason)) => {
+                let clear = reason.contains("hard NAT") && reason.contains("not available yet");
+                assert!(clear, "{name}: A failed, but not for the expected reason: {reason}");
+                let who = reason.split(" behind").next().unwrap_or_default();
+                row.how = format!("refused, as expected: {who} behind a hard NAT");
+                return;
+            }
+        };
+        let a = outcome.expect("matched above");
+        let b = world.b_connected().cloned();
+        let pongs = world.pongs();
+        assert_eq!(a.strategy, strategy, "{name}: A {a:?}");
+        let bound = probes_bound(if path == Path::Local { 2 } else { 1 }, world.rtt);
+        assert!(a.probes <= bound, "{name}: A sent {} probes > {bound} (rtt {:?})", a.probes, world.rtt);
+        row.connect_ms.push(a.connect_ms());
+        row.connect_rtts.push(a.connect.as_secs_f64() / world.rtt.as_secs_f64());
+        row.probes.push(a.probes);
+        row.pongs += pongs;
+        let both = b.as_ref().is_some_and(|b| b.path == path && b.strategy == strategy);
+        if a.path == path && both && pongs == PINGS as usize {
+            row.ok += 1;
+            row.how = format!("{} / {}", path.as_str(), strategy.as_str());
+        } else if cell.known_bug.is_none() {
+            panic!("{name}: A {a:?}\nB {b:?}\n{pongs} of {PINGS} pongs");
+        }
+    });
+    if let Some(bug) = cell.known_bug {
+        row.how = format!("KNOWN BUG: {bug}");
+    }
+    if let Some(rtts) = median(row.connect_rtts.clone()) {
+        // About one RTT for the introduction (ask; the introducer tells both) and one for
+        // the punch: two in all, three with room for whoever starts late.
+        assert!(rtts <= 3.0, "{}: median connect time is {rtts:.2} RTTs", cell.name);
+    }
+    row
+}
+
+/// Runs each cell on a thread of its own, named like the test so that `for_each_seed`'s
+/// replay line names it; prints the rows of the cells that passed, then re-raises the first
+/// failure.
+fn check_cells(title: &str, cells: &[Cell], seeds: Range<u64>) {
+    let test = std::thread::current().name().unwrap_or("sim_matrix").to_owned();
+    let results: Vec<std::thread::Result<Row>> = std::thread::scope(|scope| {
+        let spawn = |cell| {
+            let seeds = seeds.clone();
+            std::thread::Builder::new().name(test.clone()).spawn_scoped(scope, move || check_cell(cell, seeds))
+        };
+        let handles: Vec<_> = cells.iter().map(|cell| spawn(cell).expect("spawn")).collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    });
+    let rows: Vec<&Row> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    print_table(title, &rows);
+    if let Some(Err(payload)) = results.into_iter().find(|r| r.is_err()) {
+        std::panic::resume_unwind(payload);
+    }
+}
+
+// ----- tests -----
+
+#[test]
+fn nat_pair_matrix() {
+    let title = format!(
+        "NAT-pair matrix: {} seeds per cell, internet 10–25 ms one way + ≤4 ms jitter",
+        SEEDS.end - SEEDS.start
+    );
+    check_cells(&title, &cells(), SEEDS);
+}
+
+/// Path choice when both peers sit behind one NAT that hairpins: both a LAN path and a
+/// hairpin path work, and each side takes the first one acknowledged *to it*, so they can
+/// disagree; each session then only accepts traffic from its own remote, and no ping is
+/// ever answered (e.g. seeds 3 and 11: A local, B hairpin / A hairpin, B local).
+#[test]
+#[ignore = "known bug: the two sides may settle on different paths (punch::Attempt::handle_punch picks per side, \
+            session::actor::Sessions accepts one remote address)"]
+fn same_nat_with_hairpin_both_sides_use_one_path() {
+    let cell = same_nat(PR.with_hairpin(true));
+    check_cells("same NAT with hairpinning, strict", &[cell], SEEDS);
+}
+
+/// The peers' easy pairs, with a tenth of all datagrams crossing the internet lost.
+fn lossy_runs(seeds: Range<u64>) -> (Vec<Row>, Vec<String>) {
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for (i, a) in EASY.into_iter().enumerate() {
+        for b in EASY.into_iter().skip(i) {
+            let cell = apart(Side::Behind(a), Side::Behind(b), SIMULTANEOUS);
+            let mut row = Row { name: cell.name.clone(), ..Row::default() };
+            for_each_seed(seeds.clone(), |seed| {
+                let mut world = World::new(seed, cell.topology, internet(seed, 0.10));
+                row.runs += 1;
+                match world.connect() {
+                    Ok(c) => {
+                        assert_eq!((c.path, c.strategy), (Path::Direct, Strategy::SimultaneousOpen), "{}", cell.name);
+                        row.ok += 1;
+                        row.pongs += world.pongs();
+                        row.connect_ms.push(c.connect_ms());
+                        row.connect_rtts.push(c.connect.as_secs_f64() / world.rtt.as_secs_f64());
+                        row.probes.push(c.probes);
+                        row.how = "direct / simultaneous-open".to_owned();
+                    }
+                    Err(reason) => failures.push(format!("{} seed {seed}: {reason}", cell.name)),
+                }
+            });
+            rows.push(row);
+        }
+    }
+    (rows, failures)
+}
+
+/// With 10 % loss on the internet, easy × easy pairs still connect in at least 95 % of
+/// seeds: every step retransmits — except one. The introducer sends the target its
+/// Introduction once (broker::Broker::on_introduce); when that datagram is lost the target
+/// never punches, the requester's retransmitted request is not sent (its own Introduction
+/// arrived), and A gives up after punch::Config::timeout. When it is A's Introduction that
+/// is lost, A's retransmission gets a fresh nonce, and a lost copy of the *second*
+/// Introduction to B leaves B punching with the first nonce: same failure. About 10 % of
+/// runs fail (29 of 300 at the time of writing), all of them that way.
+#[test]
+#[ignore = "known bug: a lost Introduction to the target is never resent (~90 % success at 10 % loss)"]
+fn easy_pairs_connect_through_10_percent_loss() {
+    let (rows, failures) = lossy_runs(0..30);
+    print_table("easy × easy with 10 % loss on the internet", &rows.iter().collect::<Vec<_>>());
+    let test = std::thread::current().name().unwrap_or("easy_pairs_connect_through_10_percent_loss").to_owned();
+    for f in &failures {
+        let seed = f.rsplit_once(" seed ").and_then(|(_, s)| s.split(':').next()).unwrap_or("?");
+        println!("failed: {f}\n  replay: SIM_SEED={seed} cargo test -p introducer-actors --test sim_matrix {test} -- --ignored");
+    }
+    let (ok, runs) = rows.iter().fold((0, 0), |(o, n), r| (o + r.ok, n + r.runs));
+    assert!(ok * 100 >= runs * 95, "{ok} of {runs} lossy runs connected: below 95 %");
+}
+
+/// The NAT mapping of B's primary socket, if live.
+fn primary_mapping(world: &World, host: HostId, nat: NatId) -> Option<SocketAddr> {
+    let primary = world.sim.local_addr(host, SocketId::PRIMARY);
+    let mappings = world.sim.nat_mappings(nat);
+    mappings.into_iter().find(|m| SocketAddr::V4(m.internal) == primary).map(|m| SocketAddr::V4(m.external))
+}
+
+/// B's registration refreshes (every 15 s) hold its NAT mapping (30 s) open: across two idle
+/// minutes the mapping never lapses or moves, so an introduction asked for afterwards reaches
+/// B. Then the session's keepalives (10 s) hold the punched path through two more idle
+/// minutes.
+#[test]
+fn registration_keeps_the_mapping_for_a_late_introduction() {
+    for_each_seed(0..10, |seed| {
+        let mut world = World::new(seed, Topology::Apart(Side::Behind(PR), Side::Behind(PR)), internet(seed, 0.0));
+        let nat_b = world.nats[1].expect("B is behind a NAT");
+        let mapped = primary_mapping(&world, world.b, nat_b).expect("B's primary socket is mapped");
+        for s in 1..=120 {
+            world.sim.run_for(SEC);
+            assert_eq!(primary_mapping(&world, world.b, nat_b), Some(mapped), "at {s} s idle");
+        }
+        let registered = world.node(world.b).events().iter().filter(|(_, e)| matches!(e, SimEvent::Registered { .. }));
+        assert_eq!(registered.count(), 2, "one registration per introducer, never renewed at a new address");
+        assert_eq!(world.sim.nat_counters(nat_b).dropped_no_mapping, 0);
+
+        let connected = world.connect().unwrap_or_else(|reason| panic!("late introduction failed: {reason}"));
+        assert_eq!(connected.strategy, Strategy::SimultaneousOpen);
+        assert_eq!(world.pongs(), PINGS as usize);
+        world.sim.run_for(120 * SEC);
+        let (a, b_id, now) = (world.a, world.b_id, world.sim.now());
+        world.sim.machine::<SimNode>(a).ping(now, &b_id).expect("session still open after two idle minutes");
+        world.sim.run_for(SEC);
+        assert_eq!(world.pongs(), PINGS as usize + 1, "the session's path survived two idle minutes");
+    });
+}
+
+/// A NAT that forgets idle mappings after 10 s, shorter than the registration keepalive
+/// (15 s, `registration::Config::keepalive`, fixed): for a third of every refresh period B
+/// has no mapping, an introduction sent then is dropped by B's NAT and — sent once — never
+/// comes again; A punches into a closed NAT for 10 s. DESIGN.md: "keepalives must stay
+/// inside the lifetime a node actually measures, not a hard-coded guess"; probing does not
+/// measure the lifetime yet (`NatReport` has no field for it).
+#[test]
+#[ignore = "known limitation: registration keepalive is not adapted to a NAT mapping lifetime below 15 s"]
+fn late_introduction_through_a_nat_that_forgets_after_10_s() {
+    for_each_seed(0..10, |seed| {
+        let short = PR.with_mapping_lifetime(Duration::from_secs(10));
+        let mut world = World::new(seed, Topology::Apart(Side::Behind(PR), Side::Behind(short)), internet(seed, 0.0));
+        world.sim.run_for(120 * SEC + seed as u32 * 1500 * MS);
+        let connected = world.connect();
+        assert!(connected.is_ok(), "late introduction failed: {connected:?}");
+    });
+}

@@ -1,0 +1,119 @@
+//! Punch latency.
+//!
+//! - `punch/sim/easy_pair`: one easy × easy punch on the simulator (two port-restricted NATs,
+//!   20 ms one way): criterion measures the *wall-clock* cost of simulating it, from the
+//!   introduction request to A's `Connected` (the network is built, probed and registered
+//!   outside the measurement). The simulated *virtual* time-to-connect is the protocol's
+//!   result, not a cost, so it is printed as a table over many seeds and latencies first.
+//! - `punch/loopback/easy_pair`: the real node over loopback sockets: wall time from
+//!   `Node::connect(peer)` to the `Connected` event in the caller's hands, each iteration a
+//!   complete fresh introduction and punch (see `introducer_benches::Loopback`). The node's
+//!   own `connect_ms` is printed alongside.
+//!
+//! `cargo bench -p introducer-benches --bench punch`; `-- --test` runs each once.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use introducer_benches::{EasyPair, Loopback, LoopbackConnect};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+fn percentile<T: Copy + PartialOrd>(mut v: Vec<T>, p: f64) -> Option<T> {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied()
+}
+
+/// The virtual time-to-connect of easy × easy punches, by internet latency.
+fn print_virtual_times(seeds: u64) {
+    println!("\nsimulated easy × easy punch (port-restricted × port-restricted), {seeds} seeds per latency");
+    println!("{:>12} {:>8} {:>12} {:>12} {:>10} {:>7}", "one way", "ok", "median ms", "p95 ms", "median RTT", "probes");
+    for latency_ms in [5, 20, 50, 150] {
+        let latency = Duration::from_millis(latency_ms);
+        let (mut ms, mut rtts, mut probes, mut ok) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        for seed in 0..seeds {
+            let mut pair = EasyPair::new(seed, latency);
+            if let Some(c) = pair.punch() {
+                ok += 1;
+                ms.push(c.connect_ms());
+                rtts.push(c.connect.as_secs_f64() / pair.rtt.as_secs_f64());
+                probes.push(c.probes);
+            }
+        }
+        let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+        println!(
+            "{:>9} ms {:>4}/{:<3} {:>12} {:>12} {:>10} {:>7}",
+            latency_ms,
+            ok,
+            seeds,
+            f(percentile(ms.clone(), 0.5)),
+            f(percentile(ms, 0.95)),
+            percentile(rtts, 0.5).map_or("-".to_owned(), |v| format!("{v:.2}")),
+            percentile(probes, 0.5).map_or("-".to_owned(), |v| v.to_string()),
+        );
+    }
+}
+
+fn sim(c: &mut Criterion) {
+    print_virtual_times(40);
+    let mut group = c.benchmark_group("punch/sim");
+    let mut seed = 0;
+    group.bench_function("easy_pair", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                seed += 1;
+                let mut pair = EasyPair::new(seed, Duration::from_millis(20));
+                let start = Instant::now();
+                let connected = pair.punch();
+                spent += start.elapsed();
+                assert!(black_box(connected).is_some(), "seed {seed}: easy pair did not connect");
+            }
+            spent
+        })
+    });
+    group.finish();
+}
+
+fn loopback(c: &mut Criterion) {
+    let mut nodes = Loopback::start();
+    let mut seen: Vec<LoopbackConnect> = Vec::new();
+    let mut group = c.benchmark_group("punch/loopback");
+    group.bench_function("easy_pair", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let connected = nodes.connect();
+                spent += connected.wall;
+                seen.push(connected);
+            }
+            nodes.drain_b();
+            spent
+        })
+    });
+    group.finish();
+    let wall: Vec<f64> = seen.iter().map(|c| c.wall.as_secs_f64() * 1000.0).collect();
+    let node: Vec<f64> = seen.iter().map(|c| c.connect_ms).collect();
+    let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+    let how = seen.last().map_or(String::new(), |c| format!("{} / {}, {} probe(s)", c.path, c.strategy, c.probes));
+    println!("\nloopback punches: {} ({how})", seen.len());
+    println!(
+        "  connect() → Connected event, wall: median {} ms, p95 {} ms",
+        f(percentile(wall.clone(), 0.5)),
+        f(percentile(wall, 0.95))
+    );
+    println!(
+        "  node's connect_ms:                  median {} ms, p95 {} ms",
+        f(percentile(node.clone(), 0.5)),
+        f(percentile(node, 0.95))
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    targets = sim, loopback
+}
+criterion_main!(benches);
