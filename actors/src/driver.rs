@@ -76,7 +76,12 @@ impl<P: Protocol> MachineActor<P> {
             ctx.cancel_future(handle);
         }
         if let Some(at) = deadline {
-            let handle = ctx.notify_later(Tick, at.saturating_duration_since(Instant::now()));
+            // A due deadline runs on the next turn of the mailbox: tokio's timer wheel
+            // would round even a zero delay up to its 1 ms tick.
+            let handle = match at.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+                Some(delay) => ctx.notify_later(Tick, delay),
+                None => ctx.spawn(actix::fut::ready(()).map(|(), act: &mut Self, ctx| act.handle(Tick, ctx))),
+            };
             self.timer = Some((at, handle));
         }
     }

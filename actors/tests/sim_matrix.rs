@@ -8,13 +8,11 @@
 //! plus up to 4 ms of jitter; 1 ms inside NATs.
 //!
 //! `cargo test -p introducer-actors --test sim_matrix -- --nocapture` prints the matrix; a
-//! failing seed prints its replay line (`SIM_SEED=n cargo test <test>`). Tests marked
-//! `#[ignore]` state a requirement the machines do not meet yet (the reason says why);
-//! `-- --ignored` runs them.
+//! failing seed prints its replay line (`SIM_SEED=n cargo test <test>`).
 
 use introducer_actors::identity::Identity;
 use introducer_actors::nat::{Filtering, NatBehavior, NatReport, NatType};
-use introducer_actors::punch::{Path, Strategy};
+use introducer_actors::punch::{self, Path, Strategy};
 use introducer_actors::sim::node::{Connected, SimEvent, SimNode};
 use introducer_actors::sim::{for_each_seed, HostId, Link, NatId, Place, Sim};
 use introducer_actors::SocketId;
@@ -74,16 +72,11 @@ struct Cell {
     name: String,
     topology: Topology,
     expect: Expect,
-    /// A machine bug this cell shows: its runs are tallied, not asserted beyond A connecting.
-    known_bug: Option<&'static str>,
 }
 
 const DIRECT: Expect = Expect::Connect { path: Path::Direct, strategy: Strategy::Direct };
 const SIMULTANEOUS: Expect = Expect::Connect { path: Path::Direct, strategy: Strategy::SimultaneousOpen };
 const LOCAL: Expect = Expect::Connect { path: Path::Local, strategy: Strategy::Local };
-
-const HAIRPIN_BUG: &str = "sides may settle on different paths (A local, B hairpin, or the reverse): \
-     each side's session then drops the other's traffic; see same_nat_with_hairpin_both_sides_use_one_path";
 
 fn preset_name(b: NatBehavior) -> String {
     let presets = [
@@ -115,7 +108,6 @@ fn apart(a: Side, b: Side, expect: Expect) -> Cell {
         name: format!("{} × {}", side_name(a), side_name(b)),
         topology: Topology::Apart(a, b),
         expect,
-        known_bug: None,
     }
 }
 
@@ -124,7 +116,6 @@ fn same_nat(b: NatBehavior) -> Cell {
         name: format!("same NAT: {}", preset_name(b)),
         topology: Topology::SameNat(b),
         expect: LOCAL,
-        known_bug: None,
     }
 }
 
@@ -145,7 +136,7 @@ fn cells() -> Vec<Cell> {
     }
     cells.push(same_nat(PR));
     cells.push(same_nat(SR));
-    cells.push(Cell { known_bug: Some(HAIRPIN_BUG), ..same_nat(PR.with_hairpin(true)) });
+    cells.push(same_nat(PR.with_hairpin(true)));
     for (a, b) in [(SR, PR), (PR, SR), (SS, FC), (ER, SS), (SR, SS), (SR, SR)] {
         cells.push(apart(Behind(a), Behind(b), Expect::HardNat));
     }
@@ -261,6 +252,18 @@ impl World {
     fn b_connected(&self) -> Option<&Connected> {
         self.node(self.b).connected(&self.a_id)
     }
+
+    /// Whether B's session now sends over the path A chose: to A's LAN address for a local
+    /// path, else to an address of A's across the internet.
+    fn b_follows_a(&self, a: &Connected) -> bool {
+        let b_remote = self.node(self.b).session_remote(&self.a_id);
+        let a_lan = self.sim.local_addr(self.a, SocketId::PRIMARY);
+        let a_public = self.nats[0].is_none();
+        match a.path {
+            Path::Local => b_remote == Some(a_lan),
+            Path::Direct => b_remote.is_some_and(|r| a_public || r != a_lan),
+        }
+    }
 }
 
 // ----- checks -----
@@ -294,8 +297,14 @@ fn check_report(cell: &str, who: &str, side: Side, alone: bool, report: Option<&
 /// for two RTTs — the other side may start up to an RTT later, as the introducer's two
 /// introductions take different paths, and then its proofs need one to answer — plus two
 /// rounds of slack.
+/// Proofs sent before connecting, at most: every candidate (plus one learned address) per
+/// round, for two round trips and two rounds of slack, plus the LAN grace where the plan
+/// has LAN candidates.
 fn probes_bound(planned: u32, rtt: Duration) -> u32 {
-    (planned + 1) * ((2 * rtt).as_millis() as u32 / 50 + 2)
+    let config = punch::Config::default();
+    let round = config.interval.as_millis() as u32;
+    let grace = if planned > 1 { config.local_grace.as_millis() as u32 / round + 1 } else { 0 };
+    (planned + 1) * ((2 * rtt).as_millis() as u32 / round + 2 + grace)
 }
 
 fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
@@ -372,17 +381,15 @@ fn check_cell(cell: &Cell, seeds: Range<u64>) -> Row {
         row.connect_rtts.push(a.connect.as_secs_f64() / world.rtt.as_secs_f64());
         row.probes.push(a.probes);
         row.pongs += pongs;
-        let both = b.as_ref().is_some_and(|b| b.path == path && b.strategy == strategy);
+        // B reports the path it proved first; once A's traffic arrives, B follows A's choice.
+        let both = b.as_ref().is_some_and(|b| b.strategy == strategy) && world.b_follows_a(&a);
         if a.path == path && both && pongs == PINGS as usize {
             row.ok += 1;
             row.how = format!("{} / {}", path.as_str(), strategy.as_str());
-        } else if cell.known_bug.is_none() {
+        } else {
             panic!("{name}: A {a:?}\nB {b:?}\n{pongs} of {PINGS} pongs");
         }
     });
-    if let Some(bug) = cell.known_bug {
-        row.how = format!("KNOWN BUG: {bug}");
-    }
     if let Some(rtts) = median(row.connect_rtts.clone()) {
         // About one RTT for the introduction (ask; the introducer tells both) and one for
         // the punch: two in all, three with room for whoever starts late.
@@ -423,12 +430,11 @@ fn nat_pair_matrix() {
 }
 
 /// Path choice when both peers sit behind one NAT that hairpins: both a LAN path and a
-/// hairpin path work, and each side takes the first one acknowledged *to it*, so they can
-/// disagree; each session then only accepts traffic from its own remote, and no ping is
-/// ever answered (e.g. seeds 3 and 11: A local, B hairpin / A hairpin, B local).
+/// hairpin path work, and each side first takes the one acknowledged *to it*, so they can
+/// disagree (e.g. seeds 3 and 11). The session of the side that asked for the introduction
+/// controls: the other side accepts any path the peer proved itself over and answers
+/// over the one the controlling side uses, so traffic flows on one path.
 #[test]
-#[ignore = "known bug: the two sides may settle on different paths (punch::Attempt::handle_punch picks per side, \
-            session::actor::Sessions accepts one remote address)"]
 fn same_nat_with_hairpin_both_sides_use_one_path() {
     let cell = same_nat(PR.with_hairpin(true));
     check_cells("same NAT with hairpinning, strict", &[cell], SEEDS);
@@ -465,22 +471,18 @@ fn lossy_runs(seeds: Range<u64>) -> (Vec<Row>, Vec<String>) {
 }
 
 /// With 10 % loss on the internet, easy × easy pairs still connect in at least 95 % of
-/// seeds: every step retransmits — except one. The introducer sends the target its
-/// Introduction once (broker::Broker::on_introduce); when that datagram is lost the target
-/// never punches, the requester's retransmitted request is not sent (its own Introduction
-/// arrived), and A gives up after punch::Config::timeout. When it is A's Introduction that
-/// is lost, A's retransmission gets a fresh nonce, and a lost copy of the *second*
-/// Introduction to B leaves B punching with the first nonce: same failure. About 10 % of
-/// runs fail (29 of 300 at the time of writing), all of them that way.
+/// seeds: every step retransmits. The introduction, too: the requester repeats its request
+/// (same request id) until the punch settles, and the introducer answers a repeat with the
+/// same nonce, so a copy lost on its way to either peer is made good without orphaning the
+/// other side's attempt.
 #[test]
-#[ignore = "known bug: a lost Introduction to the target is never resent (~90 % success at 10 % loss)"]
 fn easy_pairs_connect_through_10_percent_loss() {
     let (rows, failures) = lossy_runs(0..30);
     print_table("easy × easy with 10 % loss on the internet", &rows.iter().collect::<Vec<_>>());
     let test = std::thread::current().name().unwrap_or("easy_pairs_connect_through_10_percent_loss").to_owned();
     for f in &failures {
         let seed = f.rsplit_once(" seed ").and_then(|(_, s)| s.split(':').next()).unwrap_or("?");
-        println!("failed: {f}\n  replay: SIM_SEED={seed} cargo test -p introducer-actors --test sim_matrix {test} -- --ignored");
+        println!("failed: {f}\n  replay: SIM_SEED={seed} cargo test -p introducer-actors --test sim_matrix {test}");
     }
     let (ok, runs) = rows.iter().fold((0, 0), |(o, n), r| (o + r.ok, n + r.runs));
     assert!(ok * 100 >= runs * 95, "{ok} of {runs} lossy runs connected: below 95 %");
@@ -523,13 +525,11 @@ fn registration_keeps_the_mapping_for_a_late_introduction() {
 }
 
 /// A NAT that forgets idle mappings after 10 s, shorter than the registration keepalive
-/// (15 s, `registration::Config::keepalive`, fixed): for a third of every refresh period B
-/// has no mapping, an introduction sent then is dropped by B's NAT and — sent once — never
-/// comes again; A punches into a closed NAT for 10 s. DESIGN.md: "keepalives must stay
-/// inside the lifetime a node actually measures, not a hard-coded guess"; probing does not
-/// measure the lifetime yet (`NatReport` has no field for it).
+/// (15 s, `registration::Config::keepalive`, not yet adapted to the lifetime — probing does
+/// not measure it yet): for a third of every refresh period B has no mapping, and an
+/// introduction sent then dies at B's NAT. The requester's repeated introduction requests
+/// (every 0.5 s for 10 s) outlast the gap, so the introduction still arrives.
 #[test]
-#[ignore = "known limitation: registration keepalive is not adapted to a NAT mapping lifetime below 15 s"]
 fn late_introduction_through_a_nat_that_forgets_after_10_s() {
     for_each_seed(0..10, |seed| {
         let short = PR.with_mapping_lifetime(Duration::from_secs(10));

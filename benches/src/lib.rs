@@ -136,13 +136,13 @@ impl Loopback {
             a.connect(target);
             loop {
                 match tokio::time::timeout(WAIT, a.next_event()).await {
-                    Ok(Some(NodeEvent::Connected { peer, connect_ms, path, strategy, probes, .. }))
+                    Ok(Some(NodeEvent::Connected { peer, connect, path, strategy, probes, .. }))
                         if peer == target =>
                     {
                         let wall = start.elapsed();
                         return LoopbackConnect {
                             wall,
-                            connect_ms,
+                            connect_ms: connect.as_secs_f64() * 1000.0,
                             path: path.as_str(),
                             strategy: strategy.as_str(),
                             probes,

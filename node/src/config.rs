@@ -5,14 +5,7 @@ use introducer_actors::{broker, punch, registration, session};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Whether the node serves as introducer (and, later, relay) for others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Serve {
-    /// Serve once probing shows the node is publicly reachable, or right away when it
-    /// has no bootstrap node (it is then the first node of a new mesh).
-    Auto,
-    Never,
-}
+pub use introducer_actors::coordinator::Serve;
 
 #[derive(Debug, Clone)]
 pub struct Config {

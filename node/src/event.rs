@@ -1,34 +1,11 @@
 //! What a node reports, and its JSON form (the CLI contract's keys, exactly).
 
 use introducer_actors::nat::NatReport;
-use introducer_actors::punch::{Path, Strategy};
-use libp2p_identity::PeerId;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
+use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum NodeEvent {
-    /// Sockets bound, NAT known (when it could be probed).
-    Ready { peer_id: PeerId, listen: Vec<SocketAddr>, public: bool, nat: Option<NatReport> },
-    /// An introducer accepted our registration (again, if our public address changed).
-    Registered { introducer: SocketAddr, observed: SocketAddr },
-    IntroducerUnreachable { introducer: SocketAddr },
-    /// A peer is reachable over `remote`; `connect_ms` runs from the introduction request
-    /// (or, for the introduced side, from the introduction) to its first authenticated packet.
-    Connected { peer: PeerId, remote: SocketAddr, path: Path, strategy: Strategy, connect_ms: f64, probes: u32 },
-    ConnectFailed { peer: PeerId, reason: String },
-    Pong { peer: PeerId, seq: u64, rtt_ms: f64, path: Path },
-    Data { peer: PeerId, payload: Vec<u8> },
-    Disconnected { peer: PeerId, reason: String },
-    /// Introducer role: a peer registered with us.
-    PeerRegistered { peer: PeerId, addr: SocketAddr },
-    /// Introducer role: we introduced two peers.
-    Introduced { requester: PeerId, target: PeerId },
-    /// Counters of what was received, sent and dropped.
-    Stats(Value),
-    /// The node cannot go on (no bootstrap node answered, probing failed).
-    Fatal { message: String },
-}
+/// What a node reports: the coordinator's events, plus the driver's `Stats`.
+pub use introducer_actors::coordinator::Event as NodeEvent;
 
 /// The JSON words of a NAT report, as `introducer nat` and the `ready` event print them.
 pub fn nat_json(report: &NatReport) -> Value {
@@ -45,9 +22,10 @@ pub fn nat_json(report: &NatReport) -> Value {
     })
 }
 
-impl NodeEvent {
-    pub fn to_json(&self) -> Value {
-        match self {
+/// The JSON line of an event (the CLI contract's keys, exactly).
+pub fn to_json(event: &NodeEvent) -> Value {
+    {
+        match event {
             NodeEvent::Ready { peer_id, listen, public, nat } => json!({
                 "event": "ready",
                 "peer_id": peer_id.to_string(),
@@ -61,15 +39,15 @@ impl NodeEvent {
             NodeEvent::IntroducerUnreachable { introducer } => json!({
                 "event": "introducer_unreachable", "introducer": introducer.to_string(),
             }),
-            NodeEvent::Connected { peer, remote, path, strategy, connect_ms, probes } => json!({
+            NodeEvent::Connected { peer, remote, path, strategy, connect, probes } => json!({
                 "event": "connected", "peer_id": peer.to_string(), "path": path.as_str(), "remote": remote.to_string(),
-                "strategy": strategy.as_str(), "connect_ms": round(*connect_ms), "probes": probes,
+                "strategy": strategy.as_str(), "connect_ms": millis(*connect), "probes": probes,
             }),
             NodeEvent::ConnectFailed { peer, reason } => json!({
                 "event": "connect_failed", "peer_id": peer.to_string(), "reason": reason,
             }),
-            NodeEvent::Pong { peer, seq, rtt_ms, path } => json!({
-                "event": "pong", "peer_id": peer.to_string(), "seq": seq, "rtt_ms": round(*rtt_ms), "path": path.as_str(),
+            NodeEvent::Pong { peer, seq, rtt, path } => json!({
+                "event": "pong", "peer_id": peer.to_string(), "seq": seq, "rtt_ms": millis(*rtt), "path": path.as_str(),
             }),
             NodeEvent::Data { peer, payload } => json!({
                 "event": "data", "peer_id": peer.to_string(), "data": String::from_utf8_lossy(payload),
@@ -83,13 +61,16 @@ impl NodeEvent {
             NodeEvent::Introduced { requester, target } => json!({
                 "event": "introduced", "requester": requester.to_string(), "target": target.to_string(),
             }),
-            NodeEvent::Stats(stats) => json!({ "event": "stats", "stats": stats }),
+            NodeEvent::Stats(stats) => {
+                let stats: serde_json::Map<String, Value> = stats.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+                json!({ "event": "stats", "stats": stats })
+            }
             NodeEvent::Fatal { message } => json!({ "event": "error", "message": message }),
         }
     }
 }
 
 /// Milliseconds to three decimals: enough for loopback, readable for people.
-fn round(ms: f64) -> f64 {
-    (ms * 1000.0).round() / 1000.0
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }

@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use introducer_actors::identity::Identity;
 use introducer_bootstrap::{resolve, DEFAULT_PORT};
 use introducer_node::config::Serve;
-use introducer_node::event::nat_json;
+use introducer_node::event::{nat_json, to_json};
 use introducer_node::{identity, telemetry, Config, Node, NodeEvent};
 use libp2p_identity::PeerId;
 use serde_json::Value;
@@ -279,7 +279,8 @@ impl Output {
     }
 
     fn event(&self, event: &NodeEvent) {
-        self.line(event.to_json(), || human(&event.to_json()));
+        let json = to_json(event);
+        self.line(json.clone(), || human(&json));
     }
 }
 

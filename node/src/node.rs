@@ -1,26 +1,24 @@
-//! The `Node` handle and the coordinator actor that sequences a node's life:
-//! first contact → NAT probing → registration (and, if public, the introducer role) →
-//! introductions → punching → sessions. Every protocol decision is made by the machines
-//! in `introducer-actors`; this only passes their events on to the next step.
+//! The `Node` handle and the node actor: it feeds every machine's events to the
+//! [`Coordinator`] (the same one the simulator drives) and carries out its actions by
+//! messaging the other actors. It decides nothing itself.
 
-use crate::config::{Config, Serve};
+use crate::config::Config;
 use crate::event::NodeEvent;
 use actix::prelude::*;
 use introducer_actors::broker::{self, actor::BrokerActor, Broker};
+use introducer_actors::coordinator::{self, Action, Coordinator};
 use introducer_actors::driver::{Call, Emitted, MachineActor};
-use introducer_actors::nat::{NatReport, NatType};
+use introducer_actors::nat::NatReport;
 use introducer_actors::probe::actor::{probe_socket, NatProbing, ProbeActor};
 use introducer_actors::probe::{Layout, LocalSockets, Probe, ProbeConfig, ProbeError, Responder, Server};
-use introducer_actors::punch::{self, actor::Attempts, actor::PunchActor, Path};
+use introducer_actors::punch::{self, actor::Attempts, actor::PunchActor};
 use introducer_actors::registration::{self, actor::RegistrationActor, actor::Registrations};
 use introducer_actors::session::{self, actor::SessionActor, actor::Sessions};
 use introducer_actors::socket::{self, Bind, Route, SetRoute, SocketActor};
 use introducer_actors::SocketId;
 use introducer_bootstrap::{BootstrapError, FirstContact, Seed};
-use introducer_proto::pb;
 use libp2p_identity::PeerId;
 use rand::SeedableRng;
-use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -175,12 +173,8 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn millis(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 struct NodeActor {
-    config: Config,
+    coordinator: Coordinator,
     events: mpsc::UnboundedSender<NodeEvent>,
     socket: Addr<SocketActor>,
     locals: Vec<SocketAddr>,
@@ -190,16 +184,9 @@ struct NodeActor {
     registrations: Addr<RegistrationActor>,
     punch: Addr<PunchActor>,
     sessions: Addr<SessionActor>,
-    seeds: Vec<Seed>,
-    nat: Option<NatReport>,
-    /// Our LAN address, as peers behind the same NAT reach us.
-    private: Option<SocketAddr>,
-    registered: BTreeSet<SocketAddr>,
-    /// Connects waiting for a registration.
-    waiting: Vec<PeerId>,
-    /// When each connect asked for its introduction (the start of `connect_ms`).
-    asked: HashMap<PeerId, Instant>,
-    paths: HashMap<PeerId, Path>,
+    stats_interval: Option<std::time::Duration>,
+    bootstrap: Vec<SocketAddr>,
+    bootstrap_timing: introducer_bootstrap::Config,
 }
 
 impl NodeActor {
@@ -207,14 +194,13 @@ impl NodeActor {
         NodeActor::create(move |ctx| {
             let me = ctx.address();
             let now = Instant::now();
-            let seed: u64 = rand::random();
             let id = config.identity.clone();
             let contact = MachineActor::start(FirstContact::new(id.peer_id(), locals.clone(), false), socket.clone(), me.clone().recipient());
             let probe = MachineActor::start(NatProbing::new(responder(&locals)), socket.clone(), me.clone().recipient());
-            let broker_machine = Broker::new(config.broker.clone(), now, rand::rngs::StdRng::seed_from_u64(seed));
+            let broker_machine = Broker::new(config.broker.clone(), now, rand::rngs::StdRng::seed_from_u64(rand::random()));
             let broker = MachineActor::start(broker_machine, socket.clone(), me.clone().recipient());
             let registrations = MachineActor::start(Registrations::new(config.registration.clone()), socket.clone(), me.clone().recipient());
-            let punch = MachineActor::start(Attempts::new(config.punch.clone(), id), socket.clone(), me.clone().recipient());
+            let punch = MachineActor::start(Attempts::new(config.punch.clone(), id.clone()), socket.clone(), me.clone().recipient());
             let sessions = MachineActor::start(Sessions::new(config.session.clone()), socket.clone(), me.clone().recipient());
             for (route, to) in [
                 (Route::Bootstrap, contact.clone().recipient()),
@@ -226,8 +212,9 @@ impl NodeActor {
             ] {
                 socket.do_send(SetRoute(route, to));
             }
+            let roles = coordinator::Config { register: config.register, serve: config.serve, stun: config.stun.clone() };
             NodeActor {
-                config,
+                coordinator: Coordinator::new(roles, id, locals.clone()),
                 events,
                 socket,
                 locals,
@@ -237,75 +224,121 @@ impl NodeActor {
                 registrations,
                 punch,
                 sessions,
-                seeds: Vec::new(),
-                nat: None,
-                private: None,
-                registered: BTreeSet::new(),
-                waiting: Vec::new(),
-                asked: HashMap::new(),
-                paths: HashMap::new(),
+                stats_interval: config.stats_interval,
+                bootstrap: config.bootstrap,
+                bootstrap_timing: config.bootstrap_timing,
             }
         })
     }
 
-    fn emit(&self, event: NodeEvent) {
-        let _ = self.events.send(event);
+    /// Carries out what the coordinator decided.
+    fn act(&mut self, ctx: &mut Context<Self>) {
+        while let Some(action) = self.coordinator.poll_action() {
+            match action {
+                Action::Join(seeds) => {
+                    let timing = self.bootstrap_timing.clone();
+                    self.contact.do_send(Call::new(move |c: &mut FirstContact, now| c.join(timing, seeds, now)));
+                }
+                Action::Probe { servers, pad_requests } => self.start_probe(servers, pad_requests, ctx),
+                Action::Serve => {
+                    self.socket.do_send(SetRoute(Route::Broker, self.broker.clone().recipient()));
+                    self.contact.do_send(Call::new(|c: &mut FirstContact, _| c.set_introducer(true)));
+                }
+                Action::Register { introducers, record } => {
+                    self.registrations.do_send(Call::new(move |r: &mut Registrations, now| {
+                        for introducer in introducers {
+                            r.add(now, introducer, record.clone());
+                        }
+                    }));
+                }
+                Action::Introduce(peer) => self.registrations.do_send(Call::new(move |r: &mut Registrations, now| {
+                    r.introduce(now, peer);
+                })),
+                Action::Settle(peer) => self.registrations.do_send(Call::new(move |r: &mut Registrations, _| r.settle(&peer))),
+                Action::Punch { nat, introduced } => {
+                    let (peer, initiator) = (introduced.peer.peer_id, introduced.initiator);
+                    let start = self.punch.send(Call::new(move |a: &mut Attempts, now| a.start(now, &nat, *introduced)));
+                    ctx.spawn(start.into_actor(self).map(move |result, act, ctx| {
+                        if let Ok(Err(why)) = result {
+                            act.coordinator.on_punch_refused(peer, initiator, why);
+                            act.act(ctx);
+                        }
+                    }));
+                }
+                Action::OpenSession { peer, remote, proven, controlling, path, strategy } => {
+                    self.sessions.do_send(Call::new(move |s: &mut Sessions, now| {
+                        s.open(now, peer, remote, proven, controlling, path, strategy)
+                    }))
+                }
+                Action::AddPath { peer, addr } => {
+                    self.sessions.do_send(Call::new(move |s: &mut Sessions, now| s.add_path(now, peer, addr)))
+                }
+                Action::Emit(event) => {
+                    let _ = self.events.send(event);
+                }
+            }
+        }
     }
 
-    fn fatal(&self, message: String) {
-        self.emit(NodeEvent::Fatal { message });
-    }
-
-    fn serve(&mut self) {
-        self.socket.do_send(SetRoute(Route::Broker, self.broker.clone().recipient()));
-        self.contact.do_send(Call::new(|c: &mut FirstContact, _| c.set_introducer(true)));
-    }
-
-    /// Binds the probe's extra sockets, then starts classifying against `servers`.
-    fn start_probe(&mut self, servers: Vec<Server>, ctx: &mut Context<Self>) {
+    /// Finds our LAN address, binds the probe's extra sockets, then starts classifying.
+    fn start_probe(&mut self, servers: Vec<Server>, pad_requests: bool, ctx: &mut Context<Self>) {
+        let Some(first) = servers.first() else { return };
         let mut config = ProbeConfig::new(servers.clone());
-        // Padding keeps our own nodes' answers no larger than the question, but standard
-        // servers (coturn) answer a PADDING request with a path-MTU-sized datagram.
-        config.pad_requests = self.config.stun.is_empty();
+        config.pad_requests = pad_requests;
         let extra = Probe::sockets_needed(&config);
         let primary = self.locals[0];
-        let ip = if primary.ip().is_unspecified() { route_ip(servers[0].addr) } else { Some(primary.ip()) };
-        self.private = ip.map(|ip| SocketAddr::new(ip, primary.port()));
+        let ip = if primary.ip().is_unspecified() { route_ip(first.addr) } else { Some(primary.ip()) };
+        let private = ip.map(|ip| SocketAddr::new(ip, primary.port()));
+        self.coordinator.set_private(private);
         let socket = self.socket.clone();
-        let bind_ip = primary.ip();
         let bind = async move {
             let mut bound = Vec::new();
             for i in 1..=extra {
-                match socket.send(Bind { id: probe_socket(i), addr: SocketAddr::new(bind_ip, 0) }).await {
+                match socket.send(Bind { id: probe_socket(i), addr: SocketAddr::new(primary.ip(), 0) }).await {
                     Ok(Ok(addr)) => bound.push(addr),
                     _ => break,
                 }
             }
             bound
         };
-        let locals = LocalSockets { primary: self.private, extra: Vec::new() };
         ctx.spawn(bind.into_actor(self).map(move |extra, act, _| {
-            let locals = LocalSockets { extra, ..locals };
+            let locals = LocalSockets { primary: private, extra };
             let seed = rand::random();
             act.probe.do_send(Call::new(move |p: &mut NatProbing, now| p.start(now, config, locals, seed)));
         }));
     }
 
-    fn signed_record(&self) -> pb::SignedPeerRecord {
-        let record = pb::PeerRecord {
-            peer_id: Default::default(),
-            private_addrs: self.private.into_iter().map(Into::into).collect(),
-            nat: self.nat.as_ref().map(Into::into),
-            issued_ms: unix_ms(),
-        };
-        self.config.identity.sign_record(record)
-    }
-
-    fn ask_introduction(&mut self, peer: PeerId) {
-        self.asked.insert(peer, Instant::now());
-        self.registrations.do_send(Call::new(move |r: &mut Registrations, now| {
-            r.introduce(now, peer);
-        }));
+    fn emit_stats(&mut self, ctx: &mut Context<Self>) {
+        let socket = self.socket.send(socket::GetStats);
+        let broker = self.broker.send(Call::new(|b: &mut Broker, _| b.stats()));
+        let punch = self.punch.send(Call::new(|a: &mut Attempts, _| a.dropped_unknown_nonce));
+        let sessions = self.sessions.send(Call::new(|s: &mut Sessions, _| s.dropped_unknown_source));
+        let events = self.events.clone();
+        ctx.spawn(
+            async move {
+                let (Ok(s), Ok(b), Ok(p), Ok(x)) = (socket.await, broker.await, punch.await, sessions.await) else { return };
+                let stats = vec![
+                    ("received", s.received),
+                    ("sent", s.sent),
+                    ("dropped_malformed", s.dropped_malformed),
+                    ("dropped_unrouted", s.dropped_unrouted),
+                    ("dropped_overload", s.dropped_overload),
+                    ("send_errors", s.send_errors),
+                    ("dropped_punch_unknown_nonce", p),
+                    ("dropped_session_unknown_source", x),
+                    ("broker_registered", b.registered),
+                    ("broker_refreshed", b.refreshed),
+                    ("broker_challenged", b.challenged),
+                    ("broker_introduced", b.introduced),
+                    ("broker_unknown_target", b.unknown_target),
+                    ("broker_dropped_bad_signature", b.dropped_bad_signature),
+                    ("broker_dropped_unregistered", b.dropped_unregistered),
+                    ("broker_dropped_rate_limited", b.dropped_rate_limited),
+                ];
+                let _ = events.send(NodeEvent::Stats(stats));
+            }
+            .into_actor(self),
+        );
     }
 }
 
@@ -313,158 +346,62 @@ impl Actor for NodeActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Some(every) = self.config.stats_interval {
-            ctx.run_interval(every, |act, ctx| act.handle(Command::Stats, ctx));
+        if let Some(every) = self.stats_interval {
+            ctx.run_interval(every, |act, ctx| act.emit_stats(ctx));
         }
-        if !self.config.bootstrap.is_empty() {
-            let (timing, seeds) = (self.config.bootstrap_timing.clone(), self.config.bootstrap.clone());
-            self.contact.do_send(Call::new(move |c: &mut FirstContact, now| c.join(timing, seeds, now)));
-        } else if !self.config.stun.is_empty() {
-            let servers = self.config.stun.iter().map(|&a| Server::new(a)).collect();
-            self.start_probe(servers, ctx);
-        } else {
-            // The first node of a new mesh: nobody to ask, so it assumes it is reachable.
-            if self.config.serve == Serve::Auto {
-                self.serve();
-            }
-            let listen = self.locals.clone();
-            self.emit(NodeEvent::Ready { peer_id: self.config.identity.peer_id(), listen, public: true, nat: None });
-        }
+        self.coordinator.start(self.bootstrap.clone());
+        self.act(ctx);
     }
 }
 
 impl Handler<Emitted<Result<Vec<Seed>, BootstrapError>>> for NodeActor {
     type Result = ();
     fn handle(&mut self, Emitted(joined): Emitted<Result<Vec<Seed>, BootstrapError>>, ctx: &mut Context<Self>) {
-        match joined {
-            Ok(seeds) => {
-                let mut servers: Vec<Server> = seeds.iter().map(|s| Server::new(s.addr)).collect();
-                servers.extend(self.config.stun.iter().map(|&a| Server::new(a)));
-                self.seeds = seeds;
-                self.start_probe(servers, ctx);
-            }
-            Err(e) => self.fatal(e.to_string()),
-        }
+        let joined = joined
+            .map(|seeds| seeds.iter().map(|s| coordinator::Seed { addr: s.addr, introducer: s.introducer }).collect())
+            .map_err(|e| e.to_string());
+        self.coordinator.on_joined(joined);
+        self.act(ctx);
     }
 }
 
 impl Handler<Emitted<Result<NatReport, ProbeError>>> for NodeActor {
     type Result = ();
-    fn handle(&mut self, Emitted(result): Emitted<Result<NatReport, ProbeError>>, _: &mut Context<Self>) {
-        let report = match result {
-            Ok(report) => report,
-            Err(e) => return self.fatal(format!("NAT probing failed: {e}")),
-        };
-        self.nat = Some(report);
-        let public = report.nat_type() == NatType::Public;
-        if public && self.config.serve == Serve::Auto {
-            self.serve();
-        }
-        let listen = self.locals.clone();
-        self.emit(NodeEvent::Ready { peer_id: self.config.identity.peer_id(), listen, public, nat: Some(report) });
-        if self.config.register {
-            let record = self.signed_record();
-            let introducers: Vec<SocketAddr> = self.seeds.iter().filter(|s| s.introducer).map(|s| s.addr).collect();
-            self.registrations.do_send(Call::new(move |r: &mut Registrations, now| {
-                for introducer in introducers {
-                    r.add(now, introducer, record.clone());
-                }
-            }));
-        }
+    fn handle(&mut self, Emitted(result): Emitted<Result<NatReport, ProbeError>>, ctx: &mut Context<Self>) {
+        self.coordinator.on_probe(unix_ms(), result);
+        self.act(ctx);
     }
 }
 
 impl Handler<Emitted<(SocketAddr, registration::Event)>> for NodeActor {
     type Result = ();
-    fn handle(&mut self, Emitted((introducer, event)): Emitted<(SocketAddr, registration::Event)>, _: &mut Context<Self>) {
-        use registration::Event;
-        match event {
-            Event::Registered { observed } => {
-                self.registered.insert(introducer);
-                self.emit(NodeEvent::Registered { introducer, observed });
-                for peer in std::mem::take(&mut self.waiting) {
-                    self.ask_introduction(peer);
-                }
-            }
-            Event::Unreachable => {
-                self.registered.remove(&introducer);
-                self.emit(NodeEvent::IntroducerUnreachable { introducer });
-                if self.registered.is_empty() {
-                    for peer in std::mem::take(&mut self.waiting) {
-                        let reason = format!("introducer {introducer} did not answer our registration");
-                        self.emit(NodeEvent::ConnectFailed { peer, reason });
-                    }
-                }
-            }
-            Event::Introduced(introduced) => {
-                let Some(nat) = self.nat else { return };
-                let peer = introduced.peer.peer_id;
-                let initiator = introduced.initiator;
-                let punch = self.punch.send(Call::new(move |a: &mut Attempts, now| a.start(now, &nat, *introduced)));
-                let events = self.events.clone();
-                actix::spawn(async move {
-                    if let Ok(Err(unpunchable)) = punch.await {
-                        if initiator {
-                            let _ = events.send(NodeEvent::ConnectFailed { peer, reason: unpunchable.to_string() });
-                        } else {
-                            tracing::warn!(%peer, "{unpunchable}");
-                        }
-                    }
-                });
-            }
-            Event::IntroduceFailed { target, reason } => {
-                self.asked.remove(&target);
-                self.emit(NodeEvent::ConnectFailed { peer: target, reason });
-            }
-        }
+    fn handle(&mut self, Emitted((introducer, event)): Emitted<(SocketAddr, registration::Event)>, ctx: &mut Context<Self>) {
+        self.coordinator.on_registration(Instant::now(), introducer, event);
+        self.act(ctx);
     }
 }
 
 impl Handler<Emitted<punch::Event>> for NodeActor {
     type Result = ();
-    fn handle(&mut self, Emitted(event): Emitted<punch::Event>, _: &mut Context<Self>) {
-        match event {
-            punch::Event::Connected { peer, remote, path, strategy, probes, elapsed } => {
-                let connect_ms = self.asked.remove(&peer).map_or(millis(elapsed), |t| millis(t.elapsed()));
-                self.paths.insert(peer, path);
-                self.sessions.do_send(Call::new(move |s: &mut Sessions, now| s.open(now, peer, remote, path, strategy)));
-                self.emit(NodeEvent::Connected { peer, remote, path, strategy, connect_ms, probes });
-            }
-            punch::Event::Failed { peer, reason } => {
-                if self.asked.remove(&peer).is_some() {
-                    self.emit(NodeEvent::ConnectFailed { peer, reason });
-                } else {
-                    tracing::info!(%peer, "{reason}");
-                }
-            }
-        }
+    fn handle(&mut self, Emitted(event): Emitted<punch::Event>, ctx: &mut Context<Self>) {
+        self.coordinator.on_punch(Instant::now(), event);
+        self.act(ctx);
     }
 }
 
 impl Handler<Emitted<(PeerId, session::Event)>> for NodeActor {
     type Result = ();
-    fn handle(&mut self, Emitted((peer, event)): Emitted<(PeerId, session::Event)>, _: &mut Context<Self>) {
-        let path = self.paths.get(&peer).copied().unwrap_or(Path::Direct);
-        let event = match event {
-            session::Event::Pong { seq, rtt } => NodeEvent::Pong { peer, seq, rtt_ms: millis(rtt), path },
-            session::Event::Data(payload) => NodeEvent::Data { peer, payload },
-            session::Event::Closed { reason } => {
-                self.paths.remove(&peer);
-                NodeEvent::Disconnected { peer, reason }
-            }
-        };
-        self.emit(event);
+    fn handle(&mut self, Emitted((peer, event)): Emitted<(PeerId, session::Event)>, ctx: &mut Context<Self>) {
+        self.coordinator.on_session(peer, event);
+        self.act(ctx);
     }
 }
 
 impl Handler<Emitted<broker::Event>> for NodeActor {
     type Result = ();
-    fn handle(&mut self, Emitted(event): Emitted<broker::Event>, _: &mut Context<Self>) {
-        match event {
-            broker::Event::Registered { peer, addr } => self.emit(NodeEvent::PeerRegistered { peer, addr }),
-            broker::Event::Introduced { requester, target } => self.emit(NodeEvent::Introduced { requester, target }),
-            broker::Event::Expired { peer } => tracing::info!(%peer, "registration expired"),
-        }
+    fn handle(&mut self, Emitted(event): Emitted<broker::Event>, ctx: &mut Context<Self>) {
+        self.coordinator.on_broker(event);
+        self.act(ctx);
     }
 }
 
@@ -472,8 +409,10 @@ impl Handler<Command> for NodeActor {
     type Result = ();
     fn handle(&mut self, command: Command, ctx: &mut Context<Self>) {
         match command {
-            Command::Connect(peer) if self.registered.is_empty() => self.waiting.push(peer),
-            Command::Connect(peer) => self.ask_introduction(peer),
+            Command::Connect(peer) => {
+                self.coordinator.connect(Instant::now(), peer);
+                self.act(ctx);
+            }
             Command::Ping(peer) => self.sessions.do_send(Call::new(move |s: &mut Sessions, now| {
                 let _ = s.ping(now, &peer);
             })),
@@ -482,32 +421,7 @@ impl Handler<Command> for NodeActor {
                     tracing::warn!(%peer, "not sent: {e}");
                 }
             })),
-            Command::Stats => {
-                let socket = self.socket.send(socket::GetStats);
-                let broker = self.broker.send(Call::new(|b: &mut Broker, _| b.stats()));
-                let punch = self.punch.send(Call::new(|a: &mut Attempts, _| a.dropped_unknown_nonce));
-                let sessions = self.sessions.send(Call::new(|s: &mut Sessions, _| s.dropped_unknown_source));
-                let events = self.events.clone();
-                ctx.spawn(
-                    async move {
-                        let (Ok(s), Ok(b), Ok(p), Ok(x)) = (socket.await, broker.await, punch.await, sessions.await) else { return };
-                        let stats = serde_json::json!({
-                            "received": s.received, "sent": s.sent,
-                            "dropped_malformed": s.dropped_malformed, "dropped_unrouted": s.dropped_unrouted,
-                            "dropped_overload": s.dropped_overload, "send_errors": s.send_errors,
-                            "dropped_punch_unknown_nonce": p, "dropped_session_unknown_source": x,
-                            "broker": {
-                                "registered": b.registered, "refreshed": b.refreshed, "challenged": b.challenged,
-                                "introduced": b.introduced, "unknown_target": b.unknown_target,
-                                "dropped_bad_signature": b.dropped_bad_signature, "dropped_unregistered": b.dropped_unregistered,
-                                "dropped_rate_limited": b.dropped_rate_limited,
-                            },
-                        });
-                        let _ = events.send(NodeEvent::Stats(stats));
-                    }
-                    .into_actor(self),
-                );
-            }
+            Command::Stats => self.emit_stats(ctx),
         }
     }
 }

@@ -79,7 +79,13 @@ struct Registration {
     /// Token bucket for introduction requests.
     tokens: f64,
     refilled: Instant,
+    /// The last introductions this peer asked for: (request id, target, nonce). A repeat
+    /// gets the same nonce, so the target's copy can be lost without orphaning the punch.
+    recent: VecDeque<(u64, PeerId, [u8; 16])>,
 }
+
+/// Introductions remembered per requester for repeats.
+const RECENT_INTRODUCTIONS: usize = 4;
 
 pub struct Broker {
     config: Config,
@@ -181,8 +187,11 @@ impl Broker {
             }
         }
         let expires = now + self.config.registration_ttl;
-        let (tokens, refilled) = self.by_peer.get(&peer).map_or((self.config.introduction_burst, now), |r| (r.tokens, r.refilled));
-        let registration = Registration { addr: src, socket, record, expires, tokens, refilled };
+        let (tokens, refilled, recent) = match self.by_peer.get_mut(&peer) {
+            Some(r) => (r.tokens, r.refilled, std::mem::take(&mut r.recent)),
+            None => (self.config.introduction_burst, now, VecDeque::new()),
+        };
+        let registration = Registration { addr: src, socket, record, expires, tokens, refilled, recent };
         if let Some(old) = self.by_peer.insert(peer, registration) {
             if old.addr != src {
                 self.by_addr.remove(&old.addr);
@@ -214,7 +223,7 @@ impl Broker {
         }
         reg.tokens -= 1.0;
         let target = PeerId::from_bytes(&request.target).ok();
-        let Some((target, target_reg)) = target.and_then(|t| self.by_peer.get(&t).map(|r| (t, r))) else {
+        let Some(target) = target.filter(|t| self.by_peer.contains_key(t)) else {
             self.stats.unknown_target += 1;
             let (reason, message) = match target {
                 Some(t) => (IntroduceErrorReason::TargetNotRegistered, format!("{t} is not registered here")),
@@ -224,8 +233,21 @@ impl Broker {
             self.send(socket, src, Kind::IntroduceError(error));
             return;
         };
+        let repeat = self.by_peer[&requester].recent.iter().find(|(id, t, _)| *id == request_id && *t == target);
+        let nonce: [u8; 16] = match repeat {
+            Some(&(_, _, nonce)) => nonce,
+            None => {
+                let nonce = self.rng.gen();
+                let recent = &mut self.by_peer.get_mut(&requester).expect("registered").recent;
+                if recent.len() == RECENT_INTRODUCTIONS {
+                    recent.pop_front();
+                }
+                recent.push_back((request_id, target, nonce));
+                nonce
+            }
+        };
+        let target_reg = &self.by_peer[&target];
         let requester_reg = &self.by_peer[&requester];
-        let nonce: [u8; 16] = self.rng.gen();
         let to_requester = pb::Introduction {
             request_id,
             peer: Some(target_reg.record.signed.clone()),

@@ -158,3 +158,23 @@ fn introduction_requests_are_rate_limited_per_requester() {
     b.handle(now + Duration::from_secs(1), SocketId::PRIMARY, a_addr, request());
     assert_eq!(std::iter::from_fn(|| b.poll_transmit()).filter(|t| t.dst == b_addr).count(), 1);
 }
+
+#[test]
+fn a_repeated_request_gets_the_same_nonce_and_a_new_one_a_fresh_nonce() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
+    register_fully(&mut b, now, &alice, a_addr);
+    register_fully(&mut b, now, &bob, b_addr);
+    let mut nonce_to_bob = |request_id| {
+        let request = pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id };
+        b.handle(now, SocketId::PRIMARY, a_addr, Kind::IntroduceRequest(request));
+        let to_bob = std::iter::from_fn(|| b.poll_transmit()).find(|t| t.dst == b_addr).unwrap();
+        let Kind::Introduction(i) = decode(&to_bob) else { panic!() };
+        i.nonce
+    };
+    let first = nonce_to_bob(7);
+    assert_eq!(nonce_to_bob(7), first);
+    assert_ne!(nonce_to_bob(8), first);
+}

@@ -30,6 +30,10 @@ impl Attempts {
 
     /// Starts punching toward an introduced peer, if this strategies can.
     pub fn start(&mut self, now: Instant, mine: &NatReport, introduced: Introduced) -> Result<(), Unpunchable> {
+        // The introducer repeats an introduction until the punch settles: same nonce, same attempt.
+        if self.by_nonce.contains_key(&introduced.nonce) {
+            return Ok(());
+        }
         if self.by_nonce.len() >= self.config.max_attempts {
             return Err(Unpunchable::Busy(self.by_nonce.len()));
         }
@@ -38,7 +42,8 @@ impl Attempts {
         let peer_nat = peer_nat.unwrap_or(NatReport { public_addr: introduced.peer_public, no_nat: false, mapping: None, filtering: None, allocation: None });
         let private: Vec<SocketAddr> = introduced.peer.record.private_addrs.iter().filter_map(|a| a.try_into().ok()).collect();
         let plan = plan(mine, &peer_nat, introduced.peer_public, &private)?;
-        let attempt = Attempt::new(self.config.clone(), &self.me, introduced.peer.peer_id, introduced.nonce.clone(), SocketId::PRIMARY, plan, now);
+        let (peer, nonce) = (introduced.peer.peer_id, introduced.nonce.clone());
+        let attempt = Attempt::new(self.config.clone(), &self.me, peer, nonce, SocketId::PRIMARY, introduced.initiator, plan, now);
         self.by_nonce.insert(introduced.nonce, attempt);
         Ok(())
     }

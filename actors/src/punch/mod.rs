@@ -39,6 +39,9 @@ pub struct Config {
     pub max_candidates: usize,
     /// Attempts under way at once, at most: each sends up to `timeout / interval` rounds.
     pub max_attempts: usize,
+    /// When the public path answers first but LAN candidates exist (peers behind one NAT
+    /// that hairpins), how long to wait for a LAN answer, which is the better path.
+    pub local_grace: Duration,
 }
 
 impl Default for Config {
@@ -51,13 +54,28 @@ impl Default for Config {
             max_acks: 256,
             max_candidates: 8,
             max_attempts: 64,
+            local_grace: Duration::from_millis(50),
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Connected { peer: PeerId, remote: SocketAddr, path: Path, strategy: Strategy, probes: u32, elapsed: Duration },
+    /// Our proof was acknowledged over `remote`. `proven` lists every address the peer
+    /// proved itself over so far; the `initiator` (the side that asked for the
+    /// introduction) controls which path the session uses, the other side follows.
+    Connected {
+        peer: PeerId,
+        remote: SocketAddr,
+        proven: Vec<SocketAddr>,
+        initiator: bool,
+        path: Path,
+        strategy: Strategy,
+        probes: u32,
+        elapsed: Duration,
+    },
+    /// After connecting, the peer proved itself over one more address.
+    PathProven { peer: PeerId, addr: SocketAddr },
     Failed { peer: PeerId, reason: String },
 }
 
@@ -82,12 +100,18 @@ pub struct Attempt {
     me: PeerId,
     nonce: Vec<u8>,
     socket: SocketId,
+    initiator: bool,
     plan: Plan,
+    /// Addresses the peer proved itself over, in order of first proof.
+    proven: Vec<SocketAddr>,
     /// Encoded proofs, signed once: the probe and the acknowledgement.
     probe: Vec<u8>,
     ack: Vec<u8>,
     started: Instant,
     next_send: Instant,
+    /// A public path that answered while LAN candidates were still pending, and until when
+    /// to wait for one of those.
+    grace: Option<(SocketAddr, Instant)>,
     state: State,
     stats: Stats,
     transmits: VecDeque<Transmit>,
@@ -95,8 +119,18 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    pub fn new(config: Config, me: &Identity, peer: PeerId, nonce: Vec<u8>, socket: SocketId, plan: Plan, now: Instant) -> Self {
-        tracing::debug!(%peer, ?plan, "punching");
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        me: &Identity,
+        peer: PeerId,
+        nonce: Vec<u8>,
+        socket: SocketId,
+        initiator: bool,
+        plan: Plan,
+        now: Instant,
+    ) -> Self {
+        tracing::debug!(%peer, ?plan, initiator, "punching");
         let proof = |ack| encode_envelope(&pb::Envelope { kind: Some(Kind::Punch(me.punch(&nonce, &peer, ack))) });
         let next_send = if plan.send_first { now } else { now + config.responder_delay };
         Attempt {
@@ -107,9 +141,12 @@ impl Attempt {
             me: me.peer_id(),
             nonce,
             socket,
+            initiator,
             plan,
+            proven: Vec::new(),
             started: now,
             next_send,
+            grace: None,
             state: State::Punching,
             stats: Stats::default(),
             transmits: VecDeque::new(),
@@ -145,6 +182,12 @@ impl Attempt {
             return;
         }
         tracing::debug!(peer = %self.peer, %src, ack = punch.ack, state = ?self.state, "punch proof");
+        if !self.proven.contains(&src) && self.proven.len() < self.config.max_candidates {
+            self.proven.push(src);
+            if matches!(self.state, State::Connected { .. }) {
+                self.events.push_back(Event::PathProven { peer: self.peer, addr: src });
+            }
+        }
         if !punch.ack {
             if self.stats.acks >= self.config.max_acks {
                 self.stats.dropped_over_ack_limit += 1;
@@ -165,19 +208,36 @@ impl Attempt {
         }
         if self.state == State::Punching {
             let path = self.plan.candidates.iter().find(|c| c.addr == src).map_or(Path::Direct, |c| c.path);
-            self.state = State::Connected { until: now + self.config.linger };
-            self.events.push_back(Event::Connected {
-                peer: self.peer,
-                remote: src,
-                path,
-                strategy: self.plan.strategy,
-                probes: self.stats.probes,
-                elapsed: now - self.started,
-            });
+            let lan_pending = self.plan.candidates.iter().any(|c| c.path == Path::Local);
+            match (path, lan_pending) {
+                (Path::Direct, true) => {
+                    self.grace.get_or_insert((src, now + self.config.local_grace));
+                }
+                _ => self.connect(now, src, path),
+            }
         }
     }
 
+    fn connect(&mut self, now: Instant, remote: SocketAddr, path: Path) {
+        self.state = State::Connected { until: now + self.config.linger };
+        self.events.push_back(Event::Connected {
+            peer: self.peer,
+            remote,
+            proven: self.proven.clone(),
+            initiator: self.initiator,
+            path,
+            strategy: self.plan.strategy,
+            probes: self.stats.probes,
+            elapsed: now - self.started,
+        });
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some((remote, until)) = self.grace.filter(|_| self.state == State::Punching) {
+            if now >= until {
+                return self.connect(now, remote, Path::Direct);
+            }
+        }
         match self.state {
             State::Punching if now >= self.started + self.config.timeout => {
                 self.state = State::Done;
@@ -208,7 +268,10 @@ impl Attempt {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Punching => Some(self.next_send.min(self.started + self.config.timeout)),
+            State::Punching => {
+                let grace = self.grace.map(|(_, until)| until);
+                grace.into_iter().chain([self.next_send, self.started + self.config.timeout]).min()
+            }
             State::Connected { until } => Some(until),
             State::Done => None,
         }

@@ -72,8 +72,8 @@ fn pair(now: Instant, b_sends_first: bool) -> Pair {
     let nonce = vec![5u8; 16];
     let plan_to = |addr, send_first| Plan { strategy: Strategy::Direct, candidates: vec![Candidate { addr, path: Path::Direct }], send_first };
     Pair {
-        a: Attempt::new(Config::default(), &alice, bob.peer_id(), nonce.clone(), SocketId::PRIMARY, plan_to(b_addr, true), now),
-        b: Attempt::new(Config::default(), &bob, alice.peer_id(), nonce, SocketId::PRIMARY, plan_to(a_addr, b_sends_first), now),
+        a: Attempt::new(Config::default(), &alice, bob.peer_id(), nonce.clone(), SocketId::PRIMARY, true, plan_to(b_addr, true), now),
+        b: Attempt::new(Config::default(), &bob, alice.peer_id(), nonce, SocketId::PRIMARY, false, plan_to(a_addr, b_sends_first), now),
         a_addr,
         b_addr,
     }
@@ -111,8 +111,9 @@ fn both_sides_connect_only_after_an_acknowledged_proof() {
     p.b.handle_punch(now, p.a_addr, &punch_of(&probe));
     assert!(p.b.poll_event().is_none(), "b must not count a path before its own proof is acknowledged");
     deliver(now, &mut p);
-    let Some(Event::Connected { remote, probes, path, .. }) = p.a.poll_event() else { panic!("a not connected") };
-    assert_eq!((remote, probes, path), (p.b_addr, 1, Path::Direct));
+    let Some(Event::Connected { remote, probes, path, proven, initiator, .. }) = p.a.poll_event() else { panic!("a not connected") };
+    assert_eq!((remote, probes, path, initiator), (p.b_addr, 1, Path::Direct, true));
+    assert_eq!(proven, vec![p.b_addr]);
     // b's own probe goes out immediately once it heard from a, and a's ack connects it.
     let b_t = now + Duration::from_millis(1);
     p.b.handle_timeout(b_t);
@@ -157,4 +158,20 @@ fn gives_up_at_the_timeout_with_a_bounded_probe_count() {
     let Some(Event::Failed { reason, .. }) = p.a.poll_event() else { panic!("no failure event") };
     assert!(reason.contains("no authenticated answer"), "{reason}");
     assert!(p.a.is_done());
+}
+
+#[test]
+fn a_later_proof_over_another_address_is_reported_after_connecting() {
+    let now = Instant::now();
+    let mut p = pair(now, true);
+    p.a.handle_timeout(now);
+    p.b.handle_timeout(now);
+    deliver(now, &mut p);
+    assert!(matches!(p.a.poll_event(), Some(Event::Connected { .. })));
+    let other: SocketAddr = "10.0.0.9:2000".parse().unwrap();
+    let late = Identity::from_seed(2).punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), false);
+    p.a.handle_punch(now, other, &late);
+    assert_eq!(p.a.poll_event(), Some(Event::PathProven { peer: Identity::from_seed(2).peer_id(), addr: other }));
+    p.a.handle_punch(now, other, &late);
+    assert_eq!(p.a.poll_event(), None, "reported once");
 }

@@ -39,6 +39,11 @@ impl Registrations {
         Some(registration.introducer())
     }
 
+    /// The punch with `peer` is over: no introducer needs to repeat its introduction.
+    pub fn settle(&mut self, peer: &PeerId) {
+        self.by_introducer.values_mut().for_each(|r| r.settle(peer));
+    }
+
     pub fn get(&self, introducer: &SocketAddr) -> Option<&Registration> {
         self.by_introducer.get(introducer)
     }

@@ -22,6 +22,12 @@ pub struct Config {
     pub max_tries: u32,
     /// How long an introduction request may stay unanswered (across retransmissions).
     pub introduce_timeout: Duration,
+    /// Once introduced, the request is repeated this often until the punch settles: the
+    /// introducer answers a repeat with the same nonce, so a copy lost on its way to the
+    /// peer is made good.
+    pub reask: Duration,
+    /// ...for at most this long (the punch's own give-up).
+    pub reask_for: Duration,
 }
 
 impl Default for Config {
@@ -31,6 +37,8 @@ impl Default for Config {
             retransmit: Duration::from_millis(250),
             max_tries: 5,
             introduce_timeout: Duration::from_secs(3),
+            reask: Duration::from_millis(500),
+            reask_for: Duration::from_secs(10),
         }
     }
 }
@@ -68,6 +76,14 @@ struct Pending {
     target: PeerId,
     sent: Instant,
     deadline: Instant,
+    /// The introduction arrived; the request now repeats until settled.
+    introduced: bool,
+}
+
+impl Pending {
+    fn resend_at(&self, config: &Config) -> Instant {
+        self.sent + if self.introduced { config.reask } else { config.retransmit * 2 }
+    }
 }
 
 pub struct Registration {
@@ -134,9 +150,15 @@ impl Registration {
     pub fn introduce(&mut self, now: Instant, target: PeerId) -> u64 {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        self.pending.insert(request_id, Pending { target, sent: now, deadline: now + self.config.introduce_timeout });
+        let deadline = now + self.config.introduce_timeout;
+        self.pending.insert(request_id, Pending { target, sent: now, deadline, introduced: false });
         self.send_introduce(request_id, target);
         request_id
+    }
+
+    /// The punch with `target` is over: stop repeating its introduction request.
+    pub fn settle(&mut self, target: &PeerId) {
+        self.pending.retain(|_, p| p.target != *target);
     }
 
     fn send_introduce(&mut self, request_id: u64, target: PeerId) {
@@ -177,7 +199,7 @@ impl Registration {
                     self.events.push_back(Event::Registered { observed });
                 }
             }
-            Kind::Introduction(intro) => self.on_introduction(intro),
+            Kind::Introduction(intro) => self.on_introduction(now, intro),
             Kind::IntroduceError(error) => {
                 let Some(pending) = self.pending.remove(&error.request_id) else { return };
                 let reason = match error.reason() {
@@ -196,7 +218,7 @@ impl Registration {
         }
     }
 
-    fn on_introduction(&mut self, intro: pb::Introduction) {
+    fn on_introduction(&mut self, now: Instant, intro: pb::Introduction) {
         let peer = intro.peer.as_ref().and_then(|r| verify_record(r).ok());
         let peer_public = intro.peer_public.as_ref().and_then(|a| SocketAddr::try_from(a).ok());
         let (Some(peer), Some(peer_public), 16) = (peer, peer_public, intro.nonce.len()) else {
@@ -205,9 +227,12 @@ impl Registration {
         };
         if intro.initiator {
             // We asked for it: it must answer one of our requests, about the peer we named.
-            match self.pending.get(&intro.request_id) {
+            match self.pending.get_mut(&intro.request_id) {
                 Some(p) if p.target == peer.peer_id => {
-                    self.pending.remove(&intro.request_id);
+                    if !p.introduced {
+                        p.introduced = true;
+                        p.deadline = now + self.config.reask_for;
+                    }
                 }
                 _ => {
                     self.stats.dropped_bad_introduction += 1;
@@ -240,15 +265,18 @@ impl Registration {
         }
         let expired: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
-            let target = self.pending.remove(&id).expect("listed above").target;
-            let reason = format!("introducer {} did not answer the introduction request", self.introducer);
-            self.events.push_back(Event::IntroduceFailed { target, reason });
+            let pending = self.pending.remove(&id).expect("listed above");
+            // Once introduced, the punch reports its own outcome.
+            if !pending.introduced {
+                let reason = format!("introducer {} did not answer the introduction request", self.introducer);
+                self.events.push_back(Event::IntroduceFailed { target: pending.target, reason });
+            }
         }
-        // Retransmit introduction requests unanswered for a retransmission interval.
+        let config = &self.config;
         let resend: Vec<(u64, PeerId)> = self
             .pending
             .iter_mut()
-            .filter(|(_, p)| now.saturating_duration_since(p.sent) >= self.config.retransmit * 2)
+            .filter(|(_, p)| p.resend_at(config) <= now)
             .map(|(id, p)| {
                 p.sent = now;
                 (*id, p.target)
@@ -264,7 +292,7 @@ impl Registration {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let pending = self.pending.values().map(|p| p.deadline.min(p.sent + self.config.retransmit * 2));
+        let pending = self.pending.values().map(|p| p.deadline.min(p.resend_at(&self.config)));
         self.next_send.into_iter().chain(pending).min()
     }
 }

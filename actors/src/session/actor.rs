@@ -1,4 +1,5 @@
-//! The session actor: one [`Session`] per connected peer, found by its path address.
+//! The session actor: one [`Session`] per connected peer, found by any address the peer
+//! proved itself over.
 
 use super::{Config, Event, SendError, Session};
 use crate::driver::{MachineActor, Protocol};
@@ -10,6 +11,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+pub type SessionActor = MachineActor<Sessions>;
+
 /// Datagrams held for a session about to open, at most, and for how long.
 ///
 /// The peer may send its first datagram the moment it has our punch acknowledgement,
@@ -18,12 +21,11 @@ use std::time::{Duration, Instant};
 const EARLY_MAX: usize = 16;
 const EARLY_TTL: Duration = Duration::from_secs(2);
 
-pub type SessionActor = MachineActor<Sessions>;
-
 pub struct Sessions {
     config: Config,
-    by_remote: HashMap<SocketAddr, Session>,
-    by_peer: HashMap<PeerId, SocketAddr>,
+    by_peer: HashMap<PeerId, Session>,
+    /// Every proven address → whose session it carries.
+    routes: HashMap<SocketAddr, PeerId>,
     early: VecDeque<Inbound>,
     /// Session traffic from addresses with no session (after the early window).
     pub dropped_unknown_source: u64,
@@ -33,43 +35,50 @@ impl Sessions {
     pub fn new(config: Config) -> Self {
         Sessions {
             config,
-            by_remote: HashMap::new(),
             by_peer: HashMap::new(),
+            routes: HashMap::new(),
             early: VecDeque::new(),
             dropped_unknown_source: 0,
         }
     }
 
-    /// Opens (or replaces) the session with `peer` over the path a punch proved.
-    pub fn open(&mut self, now: Instant, peer: PeerId, remote: SocketAddr, path: Path, strategy: Strategy) {
-        if let Some(old) = self.by_peer.insert(peer, remote) {
-            self.by_remote.remove(&old);
+    /// Opens (or replaces) the session with `peer` over the paths a punch proved.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        remote: SocketAddr,
+        proven: Vec<SocketAddr>,
+        controlling: bool,
+        path: Path,
+        strategy: Strategy,
+    ) {
+        self.routes.retain(|_, p| *p != peer);
+        let session =
+            Session::new(self.config.clone(), peer, SocketId::PRIMARY, remote, proven, controlling, path, strategy, now);
+        for &addr in session.proven() {
+            self.routes.insert(addr, peer);
         }
-        let mut session = Session::new(self.config.clone(), peer, SocketId::PRIMARY, remote, path, strategy, now);
-        for early in std::mem::take(&mut self.early) {
-            match early.payload {
-                Payload::Envelope(kind) if early.src == remote => session.handle(now, early.src, kind),
-                _ => self.early.push_back(early),
-            }
-        }
-        self.by_remote.insert(remote, session);
+        self.by_peer.insert(peer, session);
+        self.replay_early(now);
     }
 
-    fn hold_early(&mut self, inbound: Inbound) {
-        while self.early.front().is_some_and(|e| inbound.now.saturating_duration_since(e.now) > EARLY_TTL) {
-            self.early.pop_front();
-            self.dropped_unknown_source += 1;
+    /// Takes `peer`'s traffic from one more proven address.
+    pub fn add_path(&mut self, now: Instant, peer: PeerId, addr: SocketAddr) {
+        if let Some(session) = self.by_peer.get_mut(&peer) {
+            session.add_path(addr);
+            self.routes.insert(addr, peer);
+            self.replay_early(now);
         }
-        if self.early.len() >= EARLY_MAX {
-            self.dropped_unknown_source += 1;
-            tracing::debug!(src = %inbound.src, "dropped session traffic from no session's address");
-            return;
-        }
-        self.early.push_back(inbound);
+    }
+
+    pub fn get(&self, peer: &PeerId) -> Option<&Session> {
+        self.by_peer.get(peer)
     }
 
     pub fn get_mut(&mut self, peer: &PeerId) -> Option<&mut Session> {
-        self.by_remote.get_mut(self.by_peer.get(peer)?)
+        self.by_peer.get_mut(peer)
     }
 
     pub fn ping(&mut self, now: Instant, peer: &PeerId) -> Result<u64, SendError> {
@@ -79,40 +88,66 @@ impl Sessions {
     pub fn send(&mut self, now: Instant, peer: &PeerId, payload: &[u8]) -> Result<(), SendError> {
         self.get_mut(peer).ok_or(SendError::Closed)?.send_data(now, payload)
     }
+
+    fn replay_early(&mut self, now: Instant) {
+        for early in std::mem::take(&mut self.early) {
+            match (self.routes.get(&early.src).and_then(|p| self.by_peer.get_mut(p)), early.payload) {
+                (Some(session), Payload::Envelope(kind)) => session.handle(now, early.src, kind),
+                (_, payload) => self.early.push_back(Inbound { payload, ..early }),
+            }
+        }
+    }
+
+    fn expire_early(&mut self, now: Instant) {
+        while self.early.front().is_some_and(|e| now.saturating_duration_since(e.now) >= EARLY_TTL) {
+            let dropped = self.early.pop_front().expect("front exists");
+            self.dropped_unknown_source += 1;
+            tracing::debug!(src = %dropped.src, "dropped session traffic from no session's address");
+        }
+    }
+
+    fn hold_early(&mut self, inbound: Inbound) {
+        self.expire_early(inbound.now);
+        if self.early.len() >= EARLY_MAX {
+            self.dropped_unknown_source += 1;
+            tracing::debug!(src = %inbound.src, "dropped session traffic from no session's address");
+            return;
+        }
+        self.early.push_back(inbound);
+    }
 }
 
 impl Protocol for Sessions {
     type Event = (PeerId, Event);
     fn handle_inbound(&mut self, inbound: Inbound) {
-        match (self.by_remote.get_mut(&inbound.src), inbound.payload) {
+        let session = self.routes.get(&inbound.src).and_then(|p| self.by_peer.get_mut(p));
+        match (session, inbound.payload) {
             (Some(session), Payload::Envelope(kind)) => session.handle(inbound.now, inbound.src, kind),
             (None, payload @ Payload::Envelope(_)) => self.hold_early(Inbound { payload, ..inbound }),
             (_, Payload::Stun(_)) => {}
         }
     }
     fn handle_timeout(&mut self, now: Instant) {
-        for session in self.by_remote.values_mut().filter(|s| s.poll_timeout().is_some_and(|t| t <= now)) {
+        self.expire_early(now);
+        for session in self.by_peer.values_mut().filter(|s| s.poll_timeout().is_some_and(|t| t <= now)) {
             session.handle_timeout(now);
         }
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.by_remote.values_mut().find_map(Session::poll_transmit)
+        self.by_peer.values_mut().find_map(Session::poll_transmit)
     }
     fn poll_event(&mut self) -> Option<(PeerId, Event)> {
-        let event = self.by_remote.values_mut().find_map(|s| s.poll_event().map(|e| (s.peer(), e)));
+        let event = self.by_peer.values_mut().find_map(|s| s.poll_event().map(|e| (s.peer(), e)));
         if event.is_none() {
-            let by_peer = &mut self.by_peer;
-            self.by_remote.retain(|remote, s| {
-                if s.is_closed() && by_peer.get(&s.peer()) == Some(remote) {
-                    by_peer.remove(&s.peer());
-                }
-                !s.is_closed()
-            });
+            self.by_peer.retain(|_, s| !s.is_closed());
+            let by_peer = &self.by_peer;
+            self.routes.retain(|_, p| by_peer.contains_key(p));
         }
         event
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        self.by_remote.values().filter_map(Session::poll_timeout).min()
+        let early = self.early.front().map(|e| e.now + EARLY_TTL);
+        self.by_peer.values().filter_map(Session::poll_timeout).chain(early).min()
     }
 }
 
@@ -133,7 +168,8 @@ mod tests {
         let mut sessions = Sessions::new(Config::default());
         sessions.handle_inbound(ping_from(peer, now));
         assert!(sessions.poll_transmit().is_none());
-        sessions.open(now, Identity::from_seed(1).peer_id(), peer, Path::Direct, Strategy::SimultaneousOpen);
+        let id = Identity::from_seed(1).peer_id();
+        sessions.open(now, id, peer, vec![peer], false, Path::Direct, Strategy::SimultaneousOpen);
         let pong = sessions.poll_transmit().expect("the held ping is answered");
         assert_eq!(pong.dst, peer);
         assert_eq!(sessions.dropped_unknown_source, 0);
@@ -147,8 +183,10 @@ mod tests {
             sessions.handle_inbound(ping_from(SocketAddr::from(([192, 0, 2, 1], i)), now));
         }
         assert_eq!(sessions.dropped_unknown_source, 4);
-        sessions.handle_inbound(ping_from("192.0.2.9:1".parse().unwrap(), now + EARLY_TTL * 2));
+        // They age out on their own timer, not only when more arrive.
+        assert_eq!(sessions.poll_timeout(), Some(now + EARLY_TTL));
+        sessions.handle_timeout(now + EARLY_TTL);
         assert_eq!(sessions.dropped_unknown_source, 4 + EARLY_MAX as u64);
-        assert_eq!(sessions.early.len(), 1);
+        assert_eq!(sessions.poll_timeout(), None);
     }
 }

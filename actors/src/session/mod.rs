@@ -1,9 +1,12 @@
 //! A connected peer: datagrams in and out over the punched path, round-trip pings, and
 //! keepalives that hold both NATs' mappings open.
 //!
-//! Only datagrams from the path's remote address are taken (the punch proved who is
-//! there); anything else is dropped and counted. End-to-end encryption comes with the
-//! relay work; until then the path address is the only authentication of data.
+//! Only datagrams from addresses the peer proved itself over are taken; anything else is
+//! dropped and counted. When several paths were proven (a LAN and a hairpin path, say),
+//! the side that asked for the introduction controls which one carries the session: the
+//! other side answers over whichever proven path the controlling side last used. End-to-end
+//! encryption comes with the relay work; until then the proven path is the only
+//! authentication of data.
 
 use crate::punch::{Path, Strategy};
 use crate::{SocketId, Transmit};
@@ -66,6 +69,9 @@ pub struct Session {
     peer: PeerId,
     socket: SocketId,
     remote: SocketAddr,
+    /// Addresses the peer proved itself over (the remote among them).
+    proven: Vec<SocketAddr>,
+    controlling: bool,
     path: Path,
     strategy: Strategy,
     last_rx: Instant,
@@ -79,13 +85,29 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(config: Config, peer: PeerId, socket: SocketId, remote: SocketAddr, path: Path, strategy: Strategy, now: Instant) -> Self {
-        tracing::debug!(%peer, %remote, ?path, "session open");
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        peer: PeerId,
+        socket: SocketId,
+        remote: SocketAddr,
+        mut proven: Vec<SocketAddr>,
+        controlling: bool,
+        path: Path,
+        strategy: Strategy,
+        now: Instant,
+    ) -> Self {
+        tracing::debug!(%peer, %remote, ?proven, controlling, ?path, "session open");
+        if !proven.contains(&remote) {
+            proven.push(remote);
+        }
         Session {
             config,
             peer,
             socket,
             remote,
+            proven,
+            controlling,
             path,
             strategy,
             last_rx: now,
@@ -104,6 +126,16 @@ impl Session {
     }
     pub fn remote(&self) -> SocketAddr {
         self.remote
+    }
+    /// Every address the peer proved itself over.
+    pub fn proven(&self) -> &[SocketAddr] {
+        &self.proven
+    }
+    /// Takes traffic from one more address the peer proved itself over.
+    pub fn add_path(&mut self, addr: SocketAddr) {
+        if !self.proven.contains(&addr) {
+            self.proven.push(addr);
+        }
     }
     pub fn path(&self) -> Path {
         self.path
@@ -154,9 +186,13 @@ impl Session {
 
     /// Handles session traffic from `src`.
     pub fn handle(&mut self, now: Instant, src: SocketAddr, kind: Kind) {
-        if src != self.remote || self.closed {
+        if !self.proven.contains(&src) || self.closed {
             self.stats.dropped_wrong_source += 1;
             return;
+        }
+        if !self.controlling && src != self.remote {
+            tracing::debug!(peer = %self.peer, from = %self.remote, to = %src, "following the controlling side's path");
+            self.remote = src;
         }
         self.last_rx = now;
         self.stats.datagrams_in += 1;
@@ -216,7 +252,10 @@ mod tests {
 
     fn pair(now: Instant) -> (Session, Session, SocketAddr, SocketAddr) {
         let (a, b): (SocketAddr, SocketAddr) = ("203.0.113.1:1".parse().unwrap(), "198.51.100.2:2".parse().unwrap());
-        let s = |peer: u64, remote| Session::new(Config::default(), Identity::from_seed(peer).peer_id(), SocketId::PRIMARY, remote, Path::Direct, Strategy::Direct, now);
+        let s = |peer: u64, remote| {
+            let peer = Identity::from_seed(peer).peer_id();
+            Session::new(Config::default(), peer, SocketId::PRIMARY, remote, vec![], true, Path::Direct, Strategy::Direct, now)
+        };
         (s(2, b), s(1, a), a, b)
     }
 
@@ -239,6 +278,28 @@ mod tests {
         assert_eq!(b.poll_event(), None);
         assert_eq!(b.stats().dropped_wrong_source, 1);
         assert_eq!(a.send_data(now, &[0; MAX + 1]), Err(SendError::TooLarge(MAX + 1)));
+    }
+
+    #[test]
+    fn the_controlled_side_follows_the_controlling_sides_path() {
+        let now = Instant::now();
+        let (lan, hairpin): (SocketAddr, SocketAddr) = ("10.0.0.3:5000".parse().unwrap(), "203.0.113.10:5001".parse().unwrap());
+        let peer = Identity::from_seed(1).peer_id();
+        let mut controlled = Session::new(Config::default(), peer, SocketId::PRIMARY, hairpin, vec![lan, hairpin], false, Path::Direct, Strategy::Local, now);
+        controlled.handle(now, lan, Kind::Ping(pb::Ping { seq: 0 }));
+        assert_eq!(controlled.poll_transmit().unwrap().dst, lan, "answered over the controlling side's path");
+        assert_eq!(controlled.remote(), lan);
+
+        let mut controlling = Session::new(Config::default(), peer, SocketId::PRIMARY, lan, vec![lan, hairpin], true, Path::Local, Strategy::Local, now);
+        controlling.handle(now, hairpin, Kind::Ping(pb::Ping { seq: 0 }));
+        assert_eq!(controlling.poll_transmit().unwrap().dst, lan, "the controlling side keeps its choice");
+
+        let stranger: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        controlled.handle(now, stranger, Kind::Ping(pb::Ping { seq: 1 }));
+        assert_eq!(controlled.stats().dropped_wrong_source, 1);
+        controlled.add_path(stranger);
+        controlled.handle(now, stranger, Kind::Ping(pb::Ping { seq: 1 }));
+        assert_eq!(controlled.poll_transmit().unwrap().dst, stranger);
     }
 
     #[test]

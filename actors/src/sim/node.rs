@@ -1,8 +1,8 @@
-//! A whole introducer node as one simulated host: [`SimNode`] composes the protocol
-//! machines the way the real node's coordinator (`node/src/node.rs`) does, and routes each
-//! datagram with [`classify`] exactly as the socket actor would.
+//! A whole introducer node as one simulated host: [`SimNode`] drives the node's own
+//! [`Coordinator`] — the same sequencing the real node runs — over the protocol machines it
+//! owns, and routes each datagram with [`classify`] exactly as the socket actor would.
 //!
-//! The sequencing is the real node's, step for step:
+//! The sequencing, step for step:
 //!
 //! - an **introducer** ([`SimNode::introducer`]) is the first node of a mesh: it serves
 //!   (broker route on) from the start and answers STUN on one address, or on 2 IPs × 2 ports
@@ -13,11 +13,10 @@
 //!   on `Introduced`, starts a punch attempt → on `Connected`, opens a session (and pings,
 //!   with [`SimNode::pings`]).
 //!
-//! Nothing here decides anything about the protocol: events of one machine become calls
-//! on the next, as the coordinator's handlers do, and are recorded as [`SimEvent`]s (the
-//! node crate's `NodeEvent`s, one for one) for tests to assert on.
-//! The one difference in timing: the real node's actors hand events on through mailboxes,
-//! here they are handled at the same virtual instant.
+//! Nothing here decides anything: machine events go to the coordinator, its actions go to
+//! the machines, and its events are recorded as [`SimEvent`]s (the node's `NodeEvent`s)
+//! for tests to assert on. The one difference in timing: the real node's actors hand
+//! events on through mailboxes, here they are handled at the same virtual instant.
 //!
 //! ```
 //! use introducer_actors::identity::Identity;
@@ -52,22 +51,25 @@
 
 use super::{HostId, Place, Sim};
 use crate::broker::{self, Broker};
+use crate::coordinator::{self, Action, Coordinator, Event, Serve};
 use crate::driver::Protocol;
 use crate::identity::Identity;
-use crate::nat::{NatReport, NatType};
+use crate::nat::NatReport;
 use crate::probe::actor::{probe_socket, NatProbing};
-use crate::probe::{Layout, LocalSockets, Probe, ProbeConfig, ProbeError, Responder, Server};
+use crate::probe::{Layout, LocalSockets, Probe, ProbeConfig, Responder, Server};
 use crate::punch::{self, actor::Attempts, Path, Strategy};
 use crate::registration::{self, actor::Registrations};
 use crate::session::{self, actor::Sessions, SendError};
 use crate::socket::{classify, Inbound, Route};
 use crate::{Machine, SocketId, Transmit};
-use introducer_proto::pb;
 use libp2p_identity::PeerId;
 use rand::SeedableRng;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
+
+/// What the node reported: the coordinator's events, as the real node emits them.
+pub type SimEvent = Event;
 
 /// The protocol timings and role switches of a node (the node crate's `Config`, minus
 /// sockets and bootstrap: sim nodes are given their introducers directly).
@@ -119,54 +121,6 @@ impl Connected {
     }
 }
 
-/// What the node reported, mirroring the node crate's `NodeEvent`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SimEvent {
-    /// Probed (peers), or serving from the start (introducers, `nat: None`).
-    Ready {
-        public: bool,
-        nat: Option<NatReport>,
-    },
-    Registered {
-        introducer: SocketAddr,
-        observed: SocketAddr,
-    },
-    IntroducerUnreachable {
-        introducer: SocketAddr,
-    },
-    Connected(Connected),
-    ConnectFailed {
-        peer: PeerId,
-        reason: String,
-    },
-    Pong {
-        peer: PeerId,
-        seq: u64,
-        rtt: Duration,
-    },
-    Data {
-        peer: PeerId,
-        payload: Vec<u8>,
-    },
-    Disconnected {
-        peer: PeerId,
-        reason: String,
-    },
-    /// Introducer role: a peer registered with us.
-    PeerRegistered {
-        peer: PeerId,
-        addr: SocketAddr,
-    },
-    /// Introducer role: we introduced two peers.
-    Introduced {
-        requester: PeerId,
-        target: PeerId,
-    },
-    Fatal {
-        message: String,
-    },
-}
-
 /// What each part of the node dropped or refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Drops {
@@ -200,6 +154,7 @@ pub struct SimNode {
     seed: u64,
     /// For the record's `issued_ms`: virtual milliseconds since this node started.
     epoch: Option<Instant>,
+    coordinator: Coordinator,
 
     probing: NatProbing,
     /// `Some` once serving: the broker route is on.
@@ -208,20 +163,19 @@ pub struct SimNode {
     attempts: Attempts,
     sessions: Sessions,
 
-    nat: Option<NatReport>,
-    private: Option<SocketAddr>,
     registered: BTreeSet<SocketAddr>,
-    /// Connects waiting for a registration.
-    waiting: Vec<PeerId>,
-    /// When each connect asked for its introduction (the start of `connect_ms`).
-    asked: HashMap<PeerId, Instant>,
-    paths: HashMap<PeerId, Path>,
-
+    connections: Vec<Connected>,
     connect_at: Option<(Instant, PeerId)>,
     ping_plan: Option<(u32, Duration)>,
+    /// Peers this node asked for (the ones `pings` applies to).
+    asked: Vec<PeerId>,
     /// Pings still to send: peer, when, how many left.
     pinging: Vec<(PeerId, Instant, u32)>,
 
+    /// The probe's extra sockets, bound at spawn.
+    probe_extra: Vec<SocketAddr>,
+    /// The primary socket's address (what probing compares the mapped address with).
+    private: Option<SocketAddr>,
     out: VecDeque<Transmit>,
     events: Vec<(Instant, SimEvent)>,
     malformed: u64,
@@ -232,6 +186,7 @@ impl SimNode {
     fn new(identity: Identity, role: Role) -> Self {
         let config = NodeConfig::default();
         SimNode {
+            coordinator: Self::coordinator(&config, &identity),
             probing: NatProbing::new(None),
             broker: None,
             registrations: Registrations::new(config.registration.clone()),
@@ -242,20 +197,25 @@ impl SimNode {
             config,
             seed: 0,
             epoch: None,
-            nat: None,
-            private: None,
             registered: BTreeSet::new(),
-            waiting: Vec::new(),
-            asked: HashMap::new(),
-            paths: HashMap::new(),
+            connections: Vec::new(),
             connect_at: None,
             ping_plan: None,
+            asked: Vec::new(),
             pinging: Vec::new(),
+            probe_extra: Vec::new(),
+            private: None,
             out: VecDeque::new(),
             events: Vec::new(),
             malformed: 0,
             unrouted: 0,
         }
+    }
+
+    fn coordinator(config: &NodeConfig, identity: &Identity) -> Coordinator {
+        let serve = if config.serve { Serve::Auto } else { Serve::Never };
+        let config = coordinator::Config { register: config.register, serve, stun: Vec::new() };
+        Coordinator::new(config, identity.clone(), Vec::new())
     }
 
     /// A public node that starts a mesh: it serves from the start and does not probe.
@@ -279,6 +239,7 @@ impl SimNode {
     }
 
     pub fn config(mut self, config: NodeConfig) -> Self {
+        self.coordinator = Self::coordinator(&config, &self.identity);
         self.registrations = Registrations::new(config.registration.clone());
         self.attempts = Attempts::new(config.punch.clone(), self.identity.clone());
         self.sessions = Sessions::new(config.session.clone());
@@ -325,45 +286,38 @@ impl SimNode {
                         Layout::rfc5780(primary, far, sockets).expect("two IPs, two ports")
                     }
                 };
-                sim.machine::<SimNode>(host).start_introducer(now, seed, layout);
+                let node = sim.machine::<SimNode>(host);
+                node.probing = NatProbing::new(Some(Responder::new(layout)));
+                node.start(now, seed, Vec::new());
             }
             Role::Peer { introducers } => {
                 let servers = introducers.iter().map(|&a| Server::new(a)).collect();
                 let extra = Probe::sockets_needed(&ProbeConfig::new(servers));
                 let extra = (1..=extra).map(|i| sim.bind(host, probe_socket(i), 0)).collect();
-                sim.machine::<SimNode>(host).start_peer(now, seed, primary, extra);
+                let node = sim.machine::<SimNode>(host);
+                node.probing = NatProbing::new(Some(Responder::new(Layout::single(SocketId::PRIMARY, primary))));
+                node.coordinator.set_private(Some(primary));
+                node.private = Some(primary);
+                node.start(now, seed, extra);
             }
         }
         host
     }
 
-    fn start_introducer(&mut self, now: Instant, seed: u64, layout: Layout) {
+    /// Starts the coordinator. Sim peers skip first contact: their introducers are
+    /// known, so the join is reported at once and probing uses the bound `extra` sockets.
+    fn start(&mut self, now: Instant, seed: u64, extra: Vec<SocketAddr>) {
         self.seed = seed;
         self.epoch = Some(now);
-        self.probing = NatProbing::new(Some(Responder::new(layout)));
-        // The first node of a new mesh: nobody to ask, so it assumes it is reachable.
-        self.serve(now);
-        self.emit(now, SimEvent::Ready { public: true, nat: None });
-        self.pump(now);
-    }
-
-    fn start_peer(&mut self, now: Instant, seed: u64, primary: SocketAddr, extra: Vec<SocketAddr>) {
-        let Role::Peer { introducers } = &self.role else { unreachable!("peers only") };
-        self.seed = seed;
-        self.epoch = Some(now);
-        self.probing = NatProbing::new(Some(Responder::new(Layout::single(SocketId::PRIMARY, primary))));
-        let config = ProbeConfig::new(introducers.iter().map(|&a| Server::new(a)).collect());
-        self.private = Some(primary);
-        let locals = LocalSockets { primary: Some(primary), extra };
-        self.probing.start(now, config, locals, seed);
-        self.pump(now);
-    }
-
-    fn serve(&mut self, now: Instant) {
-        if self.broker.is_none() {
-            let rng = rand::rngs::StdRng::seed_from_u64(self.seed);
-            self.broker = Some(Broker::new(self.config.broker.clone(), now, rng));
+        match &self.role {
+            Role::Introducer { .. } => self.coordinator.start(Vec::new()),
+            Role::Peer { introducers } => {
+                let seeds = introducers.iter().map(|&addr| coordinator::Seed { addr, introducer: true }).collect();
+                self.coordinator.on_joined(Ok(seeds));
+                self.probe_extra = extra;
+            }
         }
+        self.pump(now);
     }
 
     // ----- commands -----
@@ -371,11 +325,8 @@ impl SimNode {
     /// Asks an introducer for `target` and punches (`Node::connect`): right away when
     /// registered, else once the first registration succeeds.
     pub fn connect(&mut self, now: Instant, target: PeerId) {
-        if self.registered.is_empty() {
-            self.waiting.push(target);
-        } else {
-            self.ask_introduction(now, target);
-        }
+        self.asked.push(target);
+        self.coordinator.connect(now, target);
         self.pump(now);
     }
 
@@ -406,7 +357,7 @@ impl SimNode {
 
     /// The NAT report, once probed.
     pub fn nat(&self) -> Option<&NatReport> {
-        self.nat.as_ref()
+        self.coordinator.nat()
     }
 
     pub fn is_serving(&self) -> bool {
@@ -423,12 +374,14 @@ impl SimNode {
         &self.registered
     }
 
+    /// Where the open session with `peer` sends now (it follows the controlling side).
+    pub fn session_remote(&self, peer: &PeerId) -> Option<SocketAddr> {
+        self.sessions.get(peer).map(|s| s.remote())
+    }
+
     /// The first connection to `peer`.
     pub fn connected(&self, peer: &PeerId) -> Option<&Connected> {
-        self.events.iter().find_map(|(_, e)| match e {
-            SimEvent::Connected(c) if c.peer == *peer => Some(c),
-            _ => None,
-        })
+        self.connections.iter().find(|c| c.peer == *peer)
     }
 
     /// The first reason a connect to `peer` failed (or why probing failed: `Fatal`).
@@ -443,7 +396,7 @@ impl SimNode {
     /// Pongs received from `peer`: (seq, rtt).
     pub fn pongs(&self, peer: &PeerId) -> Vec<(u64, Duration)> {
         let pong = |e: &SimEvent| match e {
-            SimEvent::Pong { peer: p, seq, rtt } if p == peer => Some((*seq, *rtt)),
+            SimEvent::Pong { peer: p, seq, rtt, .. } if p == peer => Some((*seq, *rtt)),
             _ => None,
         };
         self.events.iter().filter_map(|(_, e)| pong(e)).collect()
@@ -465,57 +418,87 @@ impl SimNode {
         }
     }
 
-    // ----- the coordinator -----
+    // ----- driving the coordinator -----
 
-    fn emit(&mut self, now: Instant, event: SimEvent) {
-        self.events.push((now, event));
-    }
-
-    fn ask_introduction(&mut self, now: Instant, peer: PeerId) {
-        self.asked.insert(peer, now);
-        self.registrations.introduce(now, peer);
-    }
-
-    fn signed_record(&self, now: Instant) -> pb::SignedPeerRecord {
+    /// Unix milliseconds for the record's `issued_ms`, on virtual time.
+    fn unix_ms(&self, now: Instant) -> u64 {
         let since = self.epoch.map_or(Duration::ZERO, |e| now.saturating_duration_since(e));
-        let record = pb::PeerRecord {
-            peer_id: Default::default(),
-            private_addrs: self.private.into_iter().map(Into::into).collect(),
-            nat: self.nat.as_ref().map(Into::into),
-            issued_ms: 1_700_000_000_000 + since.as_millis() as u64,
-        };
-        self.identity.sign_record(record)
+        1_700_000_000_000 + since.as_millis() as u64
     }
 
-    /// Moves what the machines queued to the wire and hands their events on, until
-    /// nothing is left: one event may make another machine send or report.
+    /// Moves what the machines queued to the wire, hands their events to the coordinator
+    /// and carries out its actions, until nothing is left.
     fn pump(&mut self, now: Instant) {
         loop {
             self.collect_transmits();
             let mut handled = false;
             while let Some(result) = Protocol::poll_event(&mut self.probing) {
-                self.on_probe(now, result);
+                let unix_ms = self.unix_ms(now);
+                self.coordinator.on_probe(unix_ms, result);
                 handled = true;
             }
             while let Some(event) = self.broker.as_mut().and_then(Broker::poll_event) {
-                self.on_broker(now, event);
+                self.coordinator.on_broker(event);
                 handled = true;
             }
             while let Some((introducer, event)) = Protocol::poll_event(&mut self.registrations) {
-                self.on_registration(now, introducer, event);
+                self.coordinator.on_registration(now, introducer, event);
                 handled = true;
             }
             while let Some(event) = Protocol::poll_event(&mut self.attempts) {
-                self.on_punch(now, event);
+                self.coordinator.on_punch(now, event);
                 handled = true;
             }
             while let Some((peer, event)) = Protocol::poll_event(&mut self.sessions) {
-                self.on_session(now, peer, event);
+                self.coordinator.on_session(peer, event);
+                handled = true;
+            }
+            while let Some(action) = self.coordinator.poll_action() {
+                self.apply(now, action);
                 handled = true;
             }
             if !handled {
                 return;
             }
+        }
+    }
+
+    fn apply(&mut self, now: Instant, action: Action) {
+        match action {
+            // Sim peers are given their introducers: `start` reports the join itself.
+            Action::Join(_) => {}
+            Action::Probe { servers, pad_requests } => {
+                let mut config = ProbeConfig::new(servers);
+                config.pad_requests = pad_requests;
+                let locals = LocalSockets { primary: self.private, extra: std::mem::take(&mut self.probe_extra) };
+                self.probing.start(now, config, locals, self.seed);
+            }
+            Action::Serve => {
+                if self.broker.is_none() {
+                    let rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+                    self.broker = Some(Broker::new(self.config.broker.clone(), now, rng));
+                }
+            }
+            Action::Register { introducers, record } => {
+                for introducer in introducers {
+                    self.registrations.add(now, introducer, record.clone());
+                }
+            }
+            Action::Introduce(peer) => {
+                self.registrations.introduce(now, peer);
+            }
+            Action::Settle(peer) => self.registrations.settle(&peer),
+            Action::Punch { nat, introduced } => {
+                let (peer, initiator) = (introduced.peer.peer_id, introduced.initiator);
+                if let Err(why) = self.attempts.start(now, &nat, *introduced) {
+                    self.coordinator.on_punch_refused(peer, initiator, why);
+                }
+            }
+            Action::OpenSession { peer, remote, proven, controlling, path, strategy } => {
+                self.sessions.open(now, peer, remote, proven, controlling, path, strategy)
+            }
+            Action::AddPath { peer, addr } => self.sessions.add_path(now, peer, addr),
+            Action::Emit(event) => self.record(now, event),
         }
     }
 
@@ -537,111 +520,26 @@ impl SimNode {
         }
     }
 
-    fn on_probe(&mut self, now: Instant, result: Result<NatReport, ProbeError>) {
-        let report = match result {
-            Ok(report) => report,
-            Err(e) => return self.emit(now, SimEvent::Fatal { message: format!("NAT probing failed: {e}") }),
-        };
-        self.nat = Some(report);
-        let public = report.nat_type() == NatType::Public;
-        if public && self.config.serve {
-            self.serve(now);
-        }
-        self.emit(now, SimEvent::Ready { public, nat: Some(report) });
-        if let (true, Role::Peer { introducers }) = (self.config.register, &self.role) {
-            let record = self.signed_record(now);
-            for &introducer in introducers {
-                self.registrations.add(now, introducer, record.clone());
+    fn record(&mut self, now: Instant, event: SimEvent) {
+        match &event {
+            Event::Registered { introducer, .. } => {
+                self.registered.insert(*introducer);
             }
-        }
-    }
-
-    fn on_broker(&mut self, now: Instant, event: broker::Event) {
-        match event {
-            broker::Event::Registered { peer, addr } => self.emit(now, SimEvent::PeerRegistered { peer, addr }),
-            broker::Event::Introduced { requester, target } => {
-                self.emit(now, SimEvent::Introduced { requester, target })
+            Event::IntroducerUnreachable { introducer } => {
+                self.registered.remove(introducer);
             }
-            broker::Event::Expired { peer } => tracing::info!(%peer, "registration expired"),
-        }
-    }
-
-    fn on_registration(&mut self, now: Instant, introducer: SocketAddr, event: registration::Event) {
-        use registration::Event;
-        match event {
-            Event::Registered { observed } => {
-                self.registered.insert(introducer);
-                self.emit(now, SimEvent::Registered { introducer, observed });
-                for peer in std::mem::take(&mut self.waiting) {
-                    self.ask_introduction(now, peer);
-                }
-            }
-            Event::Unreachable => {
-                self.registered.remove(&introducer);
-                self.emit(now, SimEvent::IntroducerUnreachable { introducer });
-                if self.registered.is_empty() {
-                    for peer in std::mem::take(&mut self.waiting) {
-                        let reason = format!("introducer {introducer} did not answer our registration");
-                        self.emit(now, SimEvent::ConnectFailed { peer, reason });
-                    }
-                }
-            }
-            Event::Introduced(introduced) => {
-                let Some(nat) = self.nat else { return };
-                let (peer, initiator) = (introduced.peer.peer_id, introduced.initiator);
-                if let Err(unpunchable) = self.attempts.start(now, &nat, *introduced) {
-                    if initiator {
-                        self.emit(now, SimEvent::ConnectFailed { peer, reason: unpunchable.to_string() });
-                    } else {
-                        tracing::warn!(%peer, "{unpunchable}");
-                    }
-                }
-            }
-            Event::IntroduceFailed { target, reason } => {
-                self.asked.remove(&target);
-                self.emit(now, SimEvent::ConnectFailed { peer: target, reason });
-            }
-        }
-    }
-
-    fn on_punch(&mut self, now: Instant, event: punch::Event) {
-        match event {
-            punch::Event::Connected { peer, remote, path, strategy, probes, elapsed } => {
-                let asked = self.asked.remove(&peer);
-                let connect = asked.map_or(elapsed, |t| now - t);
-                self.paths.insert(peer, path);
-                self.sessions.open(now, peer, remote, path, strategy);
-                self.emit(
-                    now,
-                    SimEvent::Connected(Connected { peer, remote, path, strategy, probes, connect, at: now }),
-                );
-                if let (Some(_), Some((count, _))) = (asked, self.ping_plan) {
+            &Event::Connected { peer, remote, path, strategy, connect, probes } => {
+                self.connections.push(Connected { peer, remote, path, strategy, probes, connect, at: now });
+                if let (true, Some((count, _))) = (self.asked.contains(&peer), self.ping_plan) {
                     if count > 0 {
                         self.pinging.push((peer, now, count));
                         self.send_pings(now);
                     }
                 }
             }
-            punch::Event::Failed { peer, reason } => {
-                if self.asked.remove(&peer).is_some() {
-                    self.emit(now, SimEvent::ConnectFailed { peer, reason });
-                } else {
-                    tracing::info!(%peer, "{reason}");
-                }
-            }
+            _ => {}
         }
-    }
-
-    fn on_session(&mut self, now: Instant, peer: PeerId, event: session::Event) {
-        let event = match event {
-            session::Event::Pong { seq, rtt } => SimEvent::Pong { peer, seq, rtt },
-            session::Event::Data(payload) => SimEvent::Data { peer, payload },
-            session::Event::Closed { reason } => {
-                self.paths.remove(&peer);
-                SimEvent::Disconnected { peer, reason }
-            }
-        };
-        self.emit(now, event);
+        self.events.push((now, event));
     }
 
     /// The pings that are due, as the CLI's ping loop sends them.

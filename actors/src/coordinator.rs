@@ -1,0 +1,308 @@
+//! The sequencing of a node's life, as a pure machine: first contact → NAT probing →
+//! serving (if public) and registering → introductions → punching → sessions.
+//!
+//! Each protocol machine reports what happened; the coordinator decides what follows and
+//! says so as [`Action`]s, which its driver carries out — the actix node by messaging the
+//! actors, the simulator by calling the machines it owns. One copy of these decisions
+//! serves both, so what the simulator proves is what the binary does.
+
+use crate::identity::Identity;
+use crate::nat::{NatReport, NatType};
+use crate::probe::{ProbeError, Server};
+use crate::punch::{self, Path, Strategy, Unpunchable};
+use crate::registration::{self, Introduced};
+use crate::{broker, session};
+use introducer_proto::pb;
+use libp2p_identity::PeerId;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Whether the node serves as introducer (and, later, relay) for others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    /// Once probing shows the node publicly reachable, or right away when it has nobody
+    /// to ask (the first node of a new mesh).
+    Auto,
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Register with the introducers once probed, so peers can reach us.
+    pub register: bool,
+    pub serve: Serve,
+    /// Standard STUN servers to probe with (besides, or instead of, the seeds).
+    pub stun: Vec<SocketAddr>,
+}
+
+/// What the node reports to its user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// NAT known (when it could be probed); `public` nodes serve as introducers.
+    Ready { peer_id: PeerId, listen: Vec<SocketAddr>, public: bool, nat: Option<NatReport> },
+    /// An introducer accepted our registration (again, if our public address changed).
+    Registered { introducer: SocketAddr, observed: SocketAddr },
+    IntroducerUnreachable { introducer: SocketAddr },
+    /// A peer is reachable over `remote`. `connect` runs from asking for the introduction
+    /// (for the introduced side, from the introduction) to the first authenticated answer.
+    Connected { peer: PeerId, remote: SocketAddr, path: Path, strategy: Strategy, connect: Duration, probes: u32 },
+    ConnectFailed { peer: PeerId, reason: String },
+    Pong { peer: PeerId, seq: u64, rtt: Duration, path: Path },
+    Data { peer: PeerId, payload: Vec<u8> },
+    Disconnected { peer: PeerId, reason: String },
+    /// Introducer role: a peer registered with us.
+    PeerRegistered { peer: PeerId, addr: SocketAddr },
+    /// Introducer role: we introduced two peers.
+    Introduced { requester: PeerId, target: PeerId },
+    /// Named counters of what was received, sent and dropped (the driver's).
+    Stats(Vec<(&'static str, u64)>),
+    /// The node cannot go on (no bootstrap node answered, probing failed).
+    Fatal { message: String },
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// First contact with these seeds; report with [`Coordinator::on_joined`].
+    Join(Vec<SocketAddr>),
+    /// Classify our NAT; report with [`Coordinator::on_probe`]. The driver knows our
+    /// local address and tells it with [`Coordinator::set_private`].
+    Probe { servers: Vec<Server>, pad_requests: bool },
+    /// Take the introducer role (route registrations and introduction requests to the broker).
+    Serve,
+    Register { introducers: Vec<SocketAddr>, record: pb::SignedPeerRecord },
+    Introduce(PeerId),
+    /// The punch with this peer is over: stop re-asking its introduction.
+    Settle(PeerId),
+    /// Start punching; report a refusal with [`Coordinator::on_punch_refused`].
+    Punch { nat: NatReport, introduced: Box<Introduced> },
+    OpenSession { peer: PeerId, remote: SocketAddr, proven: Vec<SocketAddr>, controlling: bool, path: Path, strategy: Strategy },
+    /// A further address the peer proved itself over: take its session traffic too.
+    AddPath { peer: PeerId, addr: SocketAddr },
+    Emit(Event),
+}
+
+/// A seed that answered first contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seed {
+    pub addr: SocketAddr,
+    pub introducer: bool,
+}
+
+pub struct Coordinator {
+    config: Config,
+    identity: Identity,
+    listen: Vec<SocketAddr>,
+    seeds: Vec<Seed>,
+    nat: Option<NatReport>,
+    /// Our LAN address, as peers behind the same NAT reach us.
+    private: Option<SocketAddr>,
+    registered: BTreeSet<SocketAddr>,
+    /// Connects waiting for a registration.
+    waiting: Vec<PeerId>,
+    /// When each connect asked for its introduction (the start of `connect`).
+    asked: HashMap<PeerId, Instant>,
+    paths: HashMap<PeerId, Path>,
+    actions: VecDeque<Action>,
+}
+
+impl Coordinator {
+    pub fn new(config: Config, identity: Identity, listen: Vec<SocketAddr>) -> Self {
+        Coordinator {
+            config,
+            identity,
+            listen,
+            seeds: Vec::new(),
+            nat: None,
+            private: None,
+            registered: BTreeSet::new(),
+            waiting: Vec::new(),
+            asked: HashMap::new(),
+            paths: HashMap::new(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn nat(&self) -> Option<&NatReport> {
+        self.nat.as_ref()
+    }
+
+    pub fn is_registered(&self) -> bool {
+        !self.registered.is_empty()
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.actions.push_back(Action::Emit(event));
+    }
+
+    fn ready(&mut self, public: bool) {
+        let (peer_id, listen, nat) = (self.identity.peer_id(), self.listen.clone(), self.nat);
+        self.emit(Event::Ready { peer_id, listen, public, nat });
+    }
+
+    /// Starts the node: joins the seeds, or probes against STUN servers, or — with
+    /// nobody to ask — becomes the first node of a new mesh.
+    pub fn start(&mut self, seeds: Vec<SocketAddr>) {
+        if !seeds.is_empty() {
+            self.actions.push_back(Action::Join(seeds));
+        } else if !self.config.stun.is_empty() {
+            self.on_joined(Ok(Vec::new()));
+        } else {
+            if self.config.serve == Serve::Auto {
+                self.actions.push_back(Action::Serve);
+            }
+            self.ready(true);
+        }
+    }
+
+    /// First contact is over.
+    pub fn on_joined(&mut self, joined: Result<Vec<Seed>, String>) {
+        match joined {
+            Ok(seeds) => {
+                let servers = seeds.iter().map(|s| s.addr).chain(self.config.stun.iter().copied()).map(Server::new);
+                // Padding keeps our nodes' answers no larger than the question, but
+                // standard servers (coturn) answer it with a path-MTU-sized datagram.
+                let pad_requests = self.config.stun.is_empty();
+                self.actions.push_back(Action::Probe { servers: servers.collect(), pad_requests });
+                self.seeds = seeds;
+            }
+            Err(message) => self.emit(Event::Fatal { message }),
+        }
+    }
+
+    /// Our LAN endpoint, as the driver determined it before probing.
+    pub fn set_private(&mut self, private: Option<SocketAddr>) {
+        self.private = private;
+    }
+
+    pub fn on_probe(&mut self, now_unix_ms: u64, result: Result<NatReport, ProbeError>) {
+        let report = match result {
+            Ok(report) => report,
+            Err(e) => return self.emit(Event::Fatal { message: format!("NAT probing failed: {e}") }),
+        };
+        self.nat = Some(report);
+        let public = report.nat_type() == NatType::Public;
+        if public && self.config.serve == Serve::Auto {
+            self.actions.push_back(Action::Serve);
+        }
+        self.ready(public);
+        let introducers: Vec<SocketAddr> = self.seeds.iter().filter(|s| s.introducer).map(|s| s.addr).collect();
+        if self.config.register && !introducers.is_empty() {
+            let record = self.signed_record(now_unix_ms);
+            self.actions.push_back(Action::Register { introducers, record });
+        }
+    }
+
+    fn signed_record(&self, now_unix_ms: u64) -> pb::SignedPeerRecord {
+        let record = pb::PeerRecord {
+            peer_id: Default::default(),
+            private_addrs: self.private.into_iter().map(Into::into).collect(),
+            nat: self.nat.as_ref().map(Into::into),
+            issued_ms: now_unix_ms,
+        };
+        self.identity.sign_record(record)
+    }
+
+    /// The user wants to reach `peer`.
+    pub fn connect(&mut self, now: Instant, peer: PeerId) {
+        if self.registered.is_empty() {
+            self.waiting.push(peer);
+        } else {
+            self.ask_introduction(now, peer);
+        }
+    }
+
+    fn ask_introduction(&mut self, now: Instant, peer: PeerId) {
+        self.asked.insert(peer, now);
+        self.actions.push_back(Action::Introduce(peer));
+    }
+
+    fn fail(&mut self, peer: PeerId, reason: String) {
+        self.asked.remove(&peer);
+        self.actions.push_back(Action::Settle(peer));
+        self.emit(Event::ConnectFailed { peer, reason });
+    }
+
+    pub fn on_broker(&mut self, event: broker::Event) {
+        match event {
+            broker::Event::Registered { peer, addr } => self.emit(Event::PeerRegistered { peer, addr }),
+            broker::Event::Introduced { requester, target } => self.emit(Event::Introduced { requester, target }),
+            broker::Event::Expired { peer } => tracing::info!(%peer, "registration expired"),
+        }
+    }
+
+    pub fn on_registration(&mut self, now: Instant, introducer: SocketAddr, event: registration::Event) {
+        use registration::Event as R;
+        match event {
+            R::Registered { observed } => {
+                self.registered.insert(introducer);
+                self.emit(Event::Registered { introducer, observed });
+                for peer in std::mem::take(&mut self.waiting) {
+                    self.ask_introduction(now, peer);
+                }
+            }
+            R::Unreachable => {
+                self.registered.remove(&introducer);
+                self.emit(Event::IntroducerUnreachable { introducer });
+                if self.registered.is_empty() {
+                    for peer in std::mem::take(&mut self.waiting) {
+                        self.fail(peer, format!("introducer {introducer} did not answer our registration"));
+                    }
+                }
+            }
+            R::Introduced(introduced) => {
+                if let Some(nat) = self.nat {
+                    self.actions.push_back(Action::Punch { nat, introduced });
+                }
+            }
+            R::IntroduceFailed { target, reason } => self.fail(target, reason),
+        }
+    }
+
+    /// The punch machine refused an introduction (hard NAT, too busy).
+    pub fn on_punch_refused(&mut self, peer: PeerId, initiator: bool, why: Unpunchable) {
+        if initiator {
+            self.fail(peer, why.to_string());
+        } else {
+            tracing::warn!(%peer, "{why}");
+        }
+    }
+
+    pub fn on_punch(&mut self, now: Instant, event: punch::Event) {
+        match event {
+            punch::Event::Connected { peer, remote, proven, initiator, path, strategy, probes, elapsed } => {
+                let connect = self.asked.remove(&peer).map_or(elapsed, |t| now.saturating_duration_since(t));
+                self.paths.insert(peer, path);
+                self.actions.push_back(Action::Settle(peer));
+                self.actions.push_back(Action::OpenSession { peer, remote, proven, controlling: initiator, path, strategy });
+                self.emit(Event::Connected { peer, remote, path, strategy, connect, probes });
+            }
+            punch::Event::PathProven { peer, addr } => self.actions.push_back(Action::AddPath { peer, addr }),
+            punch::Event::Failed { peer, reason } => {
+                if self.asked.contains_key(&peer) {
+                    self.fail(peer, reason);
+                } else {
+                    tracing::info!(%peer, "{reason}");
+                }
+            }
+        }
+    }
+
+    pub fn on_session(&mut self, peer: PeerId, event: session::Event) {
+        let path = self.paths.get(&peer).copied().unwrap_or(Path::Direct);
+        let event = match event {
+            session::Event::Pong { seq, rtt } => Event::Pong { peer, seq, rtt, path },
+            session::Event::Data(payload) => Event::Data { peer, payload },
+            session::Event::Closed { reason } => {
+                self.paths.remove(&peer);
+                Event::Disconnected { peer, reason }
+            }
+        };
+        self.emit(event);
+    }
+}
