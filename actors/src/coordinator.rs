@@ -40,25 +40,64 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// NAT known (when it could be probed); `public` nodes serve as introducers.
-    Ready { peer_id: PeerId, listen: Vec<SocketAddr>, public: bool, nat: Option<NatReport> },
+    Ready {
+        peer_id: PeerId,
+        listen: Vec<SocketAddr>,
+        public: bool,
+        nat: Option<NatReport>,
+    },
     /// An introducer accepted our registration (again, if our public address changed).
-    Registered { introducer: SocketAddr, observed: SocketAddr },
-    IntroducerUnreachable { introducer: SocketAddr },
+    Registered {
+        introducer: SocketAddr,
+        observed: SocketAddr,
+    },
+    IntroducerUnreachable {
+        introducer: SocketAddr,
+    },
     /// A peer is reachable over `remote`. `connect` runs from asking for the introduction
     /// (for the introduced side, from the introduction) to the first authenticated answer.
-    Connected { peer: PeerId, remote: SocketAddr, path: Path, strategy: Strategy, connect: Duration, probes: u32 },
-    ConnectFailed { peer: PeerId, reason: String },
-    Pong { peer: PeerId, seq: u64, rtt: Duration, path: Path },
-    Data { peer: PeerId, payload: Vec<u8> },
-    Disconnected { peer: PeerId, reason: String },
+    Connected {
+        peer: PeerId,
+        remote: SocketAddr,
+        path: Path,
+        strategy: Strategy,
+        connect: Duration,
+        probes: u32,
+    },
+    ConnectFailed {
+        peer: PeerId,
+        reason: String,
+    },
+    Pong {
+        peer: PeerId,
+        seq: u64,
+        rtt: Duration,
+        path: Path,
+    },
+    Data {
+        peer: PeerId,
+        payload: Vec<u8>,
+    },
+    Disconnected {
+        peer: PeerId,
+        reason: String,
+    },
     /// Introducer role: a peer registered with us.
-    PeerRegistered { peer: PeerId, addr: SocketAddr },
+    PeerRegistered {
+        peer: PeerId,
+        addr: SocketAddr,
+    },
     /// Introducer role: we introduced two peers.
-    Introduced { requester: PeerId, target: PeerId },
+    Introduced {
+        requester: PeerId,
+        target: PeerId,
+    },
     /// Named counters of what was received, sent and dropped (the driver's).
     Stats(Vec<(&'static str, u64)>),
     /// The node cannot go on (no bootstrap node answered, probing failed).
-    Fatal { message: String },
+    Fatal {
+        message: String,
+    },
 }
 
 /// What the driver must do next.
@@ -68,18 +107,37 @@ pub enum Action {
     Join(Vec<SocketAddr>),
     /// Classify our NAT; report with [`Coordinator::on_probe`]. The driver knows our
     /// local address and tells it with [`Coordinator::set_private`].
-    Probe { servers: Vec<Server>, pad_requests: bool },
+    Probe {
+        servers: Vec<Server>,
+        pad_requests: bool,
+    },
     /// Take the introducer role (route registrations and introduction requests to the broker).
     Serve,
-    Register { introducers: Vec<SocketAddr>, record: pb::SignedPeerRecord },
+    Register {
+        introducers: Vec<SocketAddr>,
+        record: pb::SignedPeerRecord,
+    },
     Introduce(PeerId),
     /// The punch with this peer is over: stop re-asking its introduction.
     Settle(PeerId),
     /// Start punching; report a refusal with [`Coordinator::on_punch_refused`].
-    Punch { nat: NatReport, introduced: Box<Introduced> },
-    OpenSession { peer: PeerId, remote: SocketAddr, proven: Vec<SocketAddr>, controlling: bool, path: Path, strategy: Strategy },
+    Punch {
+        nat: NatReport,
+        introduced: Box<Introduced>,
+    },
+    OpenSession {
+        peer: PeerId,
+        remote: SocketAddr,
+        proven: Vec<SocketAddr>,
+        controlling: bool,
+        path: Path,
+        strategy: Strategy,
+    },
     /// A further address the peer proved itself over: take its session traffic too.
-    AddPath { peer: PeerId, addr: SocketAddr },
+    AddPath {
+        peer: PeerId,
+        addr: SocketAddr,
+    },
     Emit(Event),
 }
 
@@ -279,7 +337,14 @@ impl Coordinator {
                 let connect = self.asked.remove(&peer).map_or(elapsed, |t| now.saturating_duration_since(t));
                 self.paths.insert(peer, path);
                 self.actions.push_back(Action::Settle(peer));
-                self.actions.push_back(Action::OpenSession { peer, remote, proven, controlling: initiator, path, strategy });
+                self.actions.push_back(Action::OpenSession {
+                    peer,
+                    remote,
+                    proven,
+                    controlling: initiator,
+                    path,
+                    strategy,
+                });
                 self.emit(Event::Connected { peer, remote, path, strategy, connect, probes });
             }
             punch::Event::PathProven { peer, addr } => self.actions.push_back(Action::AddPath { peer, addr }),

@@ -270,7 +270,12 @@ mod tests {
         assert_eq!(r.nat_type(), NatType::Hard);
         let public = NatReport { no_nat: true, filtering: Some(Filtering::EndpointIndependent), ..r };
         assert_eq!(public.nat_type(), NatType::Public);
-        let firewalled = NatReport { no_nat: true, mapping: Some(Mapping::EndpointIndependent), filtering: Some(Filtering::AddressAndPortDependent), ..r };
+        let firewalled = NatReport {
+            no_nat: true,
+            mapping: Some(Mapping::EndpointIndependent),
+            filtering: Some(Filtering::AddressAndPortDependent),
+            ..r
+        };
         assert_eq!(firewalled.nat_type(), NatType::Easy);
     }
 }

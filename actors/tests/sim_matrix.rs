@@ -104,19 +104,11 @@ fn side_name(s: Side) -> String {
 }
 
 fn apart(a: Side, b: Side, expect: Expect) -> Cell {
-    Cell {
-        name: format!("{} × {}", side_name(a), side_name(b)),
-        topology: Topology::Apart(a, b),
-        expect,
-    }
+    Cell { name: format!("{} × {}", side_name(a), side_name(b)), topology: Topology::Apart(a, b), expect }
 }
 
 fn same_nat(b: NatBehavior) -> Cell {
-    Cell {
-        name: format!("same NAT: {}", preset_name(b)),
-        topology: Topology::SameNat(b),
-        expect: LOCAL,
-    }
+    Cell { name: format!("same NAT: {}", preset_name(b)), topology: Topology::SameNat(b), expect: LOCAL }
 }
 
 /// DESIGN.md's strategy table, as far as the strategies built so far go.

@@ -35,29 +35,15 @@ struct Peer {
 
 impl Peer {
     fn echo() -> Peer {
-        Peer {
-            echo: true,
-            ..Peer::default()
-        }
+        Peer { echo: true, ..Peer::default() }
     }
 
     fn send(&mut self, socket: SocketId, dst: SocketAddr, payload: &[u8]) {
-        self.out.push_back(Transmit {
-            socket,
-            dst,
-            payload: payload.to_vec(),
-        });
+        self.out.push_back(Transmit { socket, dst, payload: payload.to_vec() });
     }
 
     fn repeat(&mut self, now: Instant, period: Duration, socket: SocketId, dst: SocketAddr) {
-        self.every = Some((
-            period,
-            Transmit {
-                socket,
-                dst,
-                payload: b"keepalive".to_vec(),
-            },
-        ));
+        self.every = Some((period, Transmit { socket, dst, payload: b"keepalive".to_vec() }));
         self.next = Some(now + period);
     }
 
@@ -74,21 +60,13 @@ impl Peer {
 
     /// Datagrams other than echo replies.
     fn plain(&self) -> Vec<&Got> {
-        self.got
-            .iter()
-            .filter(|g| !g.payload.starts_with(SEEN.as_bytes()))
-            .collect()
+        self.got.iter().filter(|g| !g.payload.starts_with(SEEN.as_bytes())).collect()
     }
 }
 
 impl Machine for Peer {
     fn handle_datagram(&mut self, now: Instant, socket: SocketId, src: SocketAddr, payload: &[u8]) {
-        self.got.push(Got {
-            at: now,
-            socket,
-            src,
-            payload: payload.to_vec(),
-        });
+        self.got.push(Got { at: now, socket, src, payload: payload.to_vec() });
         if self.echo && !payload.starts_with(SEEN.as_bytes()) {
             self.send(socket, src, format!("{SEEN}{src}").as_bytes());
         }
@@ -137,27 +115,14 @@ impl World {
         let server = sim.add_host(Place::Public(ip("198.51.100.1")), Peer::echo());
         sim.add_ip(server, ip("198.51.100.2"));
         let mut s = [addr("0.0.0.0:0"); 4];
-        for (i, a) in [
-            "198.51.100.1:3478",
-            "198.51.100.1:3479",
-            "198.51.100.2:3478",
-            "198.51.100.2:3479",
-        ]
-        .into_iter()
-        .enumerate()
+        for (i, a) in
+            ["198.51.100.1:3478", "198.51.100.1:3479", "198.51.100.2:3478", "198.51.100.2:3479"].into_iter().enumerate()
         {
-            let SocketAddr::V4(a) = addr(a) else {
-                unreachable!()
-            };
+            let SocketAddr::V4(a) = addr(a) else { unreachable!() };
             s[i] = sim.bind_addr(server, S_IDS[i], a);
         }
         let nat = sim.add_nat(behavior, ip("203.0.113.1"), None);
-        World {
-            sim,
-            nat,
-            server,
-            s,
-        }
+        World { sim, nat, server, s }
     }
 
     fn client(&mut self, port: u16) -> HostId {
@@ -170,13 +135,9 @@ impl World {
     /// echo server saw.
     fn mapped(&mut self, client: HostId, dst: SocketAddr) -> SocketAddr {
         let before = self.sim.machine_ref::<Peer>(client).seen().len();
-        self.sim
-            .machine::<Peer>(client)
-            .send(SocketId::PRIMARY, dst, b"probe");
+        self.sim.machine::<Peer>(client).send(SocketId::PRIMARY, dst, b"probe");
         assert!(
-            self.sim
-                .run_until_cond(SEC, |sim| sim.machine_ref::<Peer>(client).seen().len()
-                    > before),
+            self.sim.run_until_cond(SEC, |sim| sim.machine_ref::<Peer>(client).seen().len() > before),
             "no answer from {dst}:\n{}",
             self.sim.trace_dump()
         );
@@ -189,19 +150,14 @@ impl World {
     /// `client` got it.
     fn unsolicited(&mut self, i: usize, dst: SocketAddr, client: HostId) -> bool {
         let before = self.sim.machine_ref::<Peer>(client).plain().len();
-        self.sim
-            .machine::<Peer>(self.server)
-            .send(S_IDS[i], dst, b"hello");
+        self.sim.machine::<Peer>(self.server).send(S_IDS[i], dst, b"hello");
         self.sim.run_for(SEC);
         let plain = self.sim.machine_ref::<Peer>(client).plain();
         match plain.len() - before {
             0 => false,
             1 => {
                 let got = plain.last().unwrap();
-                assert_eq!(
-                    got.src, self.s[i],
-                    "the source is the server's, untranslated"
-                );
+                assert_eq!(got.src, self.s[i], "the source is the server's, untranslated");
                 assert_eq!(got.socket, SocketId::PRIMARY);
                 true
             }
@@ -211,10 +167,7 @@ impl World {
 }
 
 fn with_mapping(m: Mapping) -> NatBehavior {
-    NatBehavior {
-        mapping: m,
-        ..NatBehavior::FULL_CONE
-    }
+    NatBehavior { mapping: m, ..NatBehavior::FULL_CONE }
 }
 
 #[test]
@@ -228,13 +181,8 @@ fn mapping_endpoint_independent_keeps_one_public_port_for_every_destination() {
 
 #[test]
 fn mapping_address_dependent_changes_with_the_ip_only() {
-    let mut w = World::new(
-        1,
-        NatBehavior {
-            allocation: Allocation::Random,
-            ..with_mapping(Mapping::AddressDependent)
-        },
-    );
+    let mut w =
+        World::new(1, NatBehavior { allocation: Allocation::Random, ..with_mapping(Mapping::AddressDependent) });
     let c = w.client(5000);
     let seen: Vec<_> = (0..4).map(|i| w.mapped(c, w.s[i])).collect();
     assert_eq!(seen[0], seen[1], "same IP, other port: same mapping");
@@ -267,35 +215,20 @@ fn preserving_keeps_the_internal_port_and_falls_back_to_the_next_free_one() {
     let b = w.client(5000);
     let c = w.client(40000);
     assert_eq!(w.mapped(a, w.s[0]), addr("203.0.113.1:5000"));
-    assert_eq!(
-        w.mapped(b, w.s[0]),
-        addr("203.0.113.1:5001"),
-        "5000 is taken by a"
-    );
+    assert_eq!(w.mapped(b, w.s[0]), addr("203.0.113.1:5001"), "5000 is taken by a");
     assert_eq!(w.mapped(c, w.s[0]), addr("203.0.113.1:40000"));
 }
 
 #[test]
 fn sequential_allocation_steps_through_ports_shared_by_all_hosts_behind_the_nat() {
     for step in [1, 3, -2] {
-        let b = NatBehavior {
-            allocation: Allocation::Sequential { step },
-            ..NatBehavior::SYMMETRIC_SEQUENTIAL
-        };
+        let b = NatBehavior { allocation: Allocation::Sequential { step }, ..NatBehavior::SYMMETRIC_SEQUENTIAL };
         let mut w = World::new(5, b);
         let a = w.client(5000);
         let c = w.client(6000);
         let p0 = w.mapped(a, w.s[0]).port();
-        assert!(
-            (20000..30000).contains(&p0),
-            "starts in 20000..30000, got {p0}"
-        );
-        let ports = [
-            p0,
-            w.mapped(c, w.s[0]).port(),
-            w.mapped(a, w.s[1]).port(),
-            w.mapped(c, w.s[2]).port(),
-        ];
+        assert!((20000..30000).contains(&p0), "starts in 20000..30000, got {p0}");
+        let ports = [p0, w.mapped(c, w.s[0]).port(), w.mapped(a, w.s[1]).port(), w.mapped(c, w.s[2]).port()];
         let expected: Vec<u16> = (0..4).map(|i| (p0 as i32 + i * step) as u16).collect();
         assert_eq!(ports.to_vec(), expected, "step {step}");
     }
@@ -315,9 +248,7 @@ fn random_allocation_is_deterministic_per_seed_and_differs_across_seeds() {
     let ports = |seed| {
         let mut w = World::new(seed, NatBehavior::SYMMETRIC_RANDOM);
         let a = w.client(5000);
-        (0..4)
-            .map(|i| w.mapped(a, w.s[i]).port())
-            .collect::<Vec<u16>>()
+        (0..4).map(|i| w.mapped(a, w.s[i]).port()).collect::<Vec<u16>>()
     };
     let runs: Vec<Vec<u16>> = (0..10).map(ports).collect();
     for (seed, run) in runs.iter().enumerate() {
@@ -325,11 +256,7 @@ fn random_allocation_is_deterministic_per_seed_and_differs_across_seeds() {
         assert!(!run.contains(&5000), "not preserving: {run:?}");
     }
     let firsts: std::collections::BTreeSet<u16> = runs.iter().map(|r| r[0]).collect();
-    assert_eq!(
-        firsts.len(),
-        10,
-        "ten seeds, ten different first ports: {firsts:?}"
-    );
+    assert_eq!(firsts.len(), 10, "ten seeds, ten different first ports: {firsts:?}");
 }
 
 #[test]
@@ -340,29 +267,16 @@ fn filtering_admits_exactly_what_rfc_4787_says() {
     let cases = [
         (Filtering::EndpointIndependent, [true, true, true, true]),
         (Filtering::AddressDependent, [true, true, false, false]),
-        (
-            Filtering::AddressAndPortDependent,
-            [true, false, false, false],
-        ),
+        (Filtering::AddressAndPortDependent, [true, false, false, false]),
     ];
     for (filtering, admitted) in cases {
-        let mut w = World::new(
-            3,
-            NatBehavior {
-                filtering,
-                ..NatBehavior::FULL_CONE
-            },
-        );
+        let mut w = World::new(3, NatBehavior { filtering, ..NatBehavior::FULL_CONE });
         let c = w.client(5000);
         let public = w.mapped(c, w.s[0]);
         let got: Vec<bool> = (0..4).map(|i| w.unsolicited(i, public, c)).collect();
         assert_eq!(got, admitted, "{filtering:?}");
         let refused = admitted.iter().filter(|a| !**a).count() as u64;
-        assert_eq!(
-            w.sim.nat_counters(w.nat).dropped_filtered,
-            refused,
-            "{filtering:?}"
-        );
+        assert_eq!(w.sim.nat_counters(w.nat).dropped_filtered, refused, "{filtering:?}");
         assert_eq!(w.sim.counters().dropped_filtered, refused);
         // To a port with no mapping at all: dropped whatever the filtering.
         assert!(!w.unsolicited(0, addr("203.0.113.1:5999"), c));
@@ -377,14 +291,9 @@ fn address_dependent_filtering_admits_a_new_port_once_the_ip_was_sent_to() {
     let c = w.client(5000);
     let public = w.mapped(c, w.s[0]);
     assert!(!w.unsolicited(2, public, c), "198.51.100.2 never sent to");
-    w.sim
-        .machine::<Peer>(c)
-        .send(SocketId::PRIMARY, w.s[3], b"poke"); // ip2, another port
+    w.sim.machine::<Peer>(c).send(SocketId::PRIMARY, w.s[3], b"poke"); // ip2, another port
     w.sim.run_for(SEC);
-    assert!(
-        w.unsolicited(2, public, c),
-        "ip2 is now admitted on any port"
-    );
+    assert!(w.unsolicited(2, public, c), "ip2 is now admitted on any port");
 }
 
 #[test]
@@ -395,28 +304,16 @@ fn hairpinning_on_delivers_with_the_senders_public_address_and_off_drops() {
         let b = w.client(6000);
         let a_pub = w.mapped(a, w.s[0]);
         let b_pub = w.mapped(b, w.s[0]);
-        w.sim
-            .machine::<Peer>(a)
-            .send(SocketId::PRIMARY, b_pub, b"hi b");
+        w.sim.machine::<Peer>(a).send(SocketId::PRIMARY, b_pub, b"hi b");
         w.sim.run_for(SEC);
-        let got: Vec<SocketAddr> = w
-            .sim
-            .machine_ref::<Peer>(b)
-            .plain()
-            .iter()
-            .map(|g| g.src)
-            .collect();
+        let got: Vec<SocketAddr> = w.sim.machine_ref::<Peer>(b).plain().iter().map(|g| g.src).collect();
         let nc = w.sim.nat_counters(w.nat);
         if hairpin {
             // Delivered although b never sent to a: hairpinned traffic is not filtered.
             assert_eq!(got, [a_pub], "b sees a's public endpoint");
             assert_eq!((nc.hairpinned, nc.dropped_hairpin), (1, 0));
             let at = w.sim.machine_ref::<Peer>(b).plain()[0].at;
-            assert_eq!(
-                at - w.sim.instant(Duration::ZERO),
-                w.sim.elapsed() - SEC + 2 * MS,
-                "two LAN hops"
-            );
+            assert_eq!(at - w.sim.instant(Duration::ZERO), w.sim.elapsed() - SEC + 2 * MS, "two LAN hops");
         } else {
             assert!(got.is_empty());
             assert_eq!((nc.hairpinned, nc.dropped_hairpin), (0, 1));
@@ -432,22 +329,10 @@ fn hosts_behind_one_nat_reach_each_other_directly_on_the_lan() {
     let b = w.client(6000);
     let b_lan = w.sim.local_addr(b, SocketId::PRIMARY);
     let a_lan = w.sim.local_addr(a, SocketId::PRIMARY);
-    w.sim
-        .machine::<Peer>(a)
-        .send(SocketId::PRIMARY, b_lan, b"lan");
+    w.sim.machine::<Peer>(a).send(SocketId::PRIMARY, b_lan, b"lan");
     w.sim.run_for(SEC);
-    let got = w
-        .sim
-        .machine_ref::<Peer>(b)
-        .plain()
-        .iter()
-        .map(|g| (g.src, g.at))
-        .collect::<Vec<_>>();
-    assert_eq!(
-        got,
-        [(a_lan, w.sim.instant(MS))],
-        "untranslated, one LAN hop"
-    );
+    let got = w.sim.machine_ref::<Peer>(b).plain().iter().map(|g| (g.src, g.at)).collect::<Vec<_>>();
+    assert_eq!(got, [(a_lan, w.sim.instant(MS))], "untranslated, one LAN hop");
     assert_eq!(w.sim.nat_counters(w.nat).outbound, 0);
 }
 
@@ -459,43 +344,20 @@ fn a_mapping_expires_after_its_lifetime_unless_traffic_refreshes_it() {
     let c = w.client(5000);
     let public = w.mapped(c, w.s[0]);
     w.sim.run_for(Duration::from_secs(29));
-    assert!(
-        w.unsolicited(1, public, c),
-        "alive at 29 s (and refreshed by that inbound)"
-    );
+    assert!(w.unsolicited(1, public, c), "alive at 29 s (and refreshed by that inbound)");
     w.sim.run_for(Duration::from_secs(31));
-    assert!(
-        !w.unsolicited(1, public, c),
-        "gone 31 s after the last traffic"
-    );
+    assert!(!w.unsolicited(1, public, c), "gone 31 s after the last traffic");
     let nc = w.sim.nat_counters(w.nat);
-    assert_eq!(
-        (
-            nc.dropped_no_mapping,
-            nc.mappings_expired,
-            nc.mappings_created
-        ),
-        (1, 1, 1)
-    );
-    assert_eq!(
-        w.mapped(c, w.s[0]),
-        public,
-        "preserving: the same port again"
-    );
-    assert_eq!(
-        w.sim.nat_counters(w.nat).mappings_created,
-        2,
-        "but a new mapping"
-    );
+    assert_eq!((nc.dropped_no_mapping, nc.mappings_expired, nc.mappings_created), (1, 1, 1));
+    assert_eq!(w.mapped(c, w.s[0]), public, "preserving: the same port again");
+    assert_eq!(w.sim.nat_counters(w.nat).mappings_created, 2, "but a new mapping");
 
     // Outbound keepalives keep it.
     let mut w = World::new(2, NatBehavior::FULL_CONE.with_mapping_lifetime(life));
     let c = w.client(5000);
     let public = w.mapped(c, w.s[0]);
     let now = w.sim.now();
-    w.sim
-        .machine::<Peer>(c)
-        .repeat(now, Duration::from_secs(20), SocketId::PRIMARY, w.s[0]);
+    w.sim.machine::<Peer>(c).repeat(now, Duration::from_secs(20), SocketId::PRIMARY, w.s[0]);
     w.sim.run_for(Duration::from_secs(95));
     w.sim.set_inbound_refresh(w.nat, false);
     assert!(w.unsolicited(1, public, c));
@@ -512,21 +374,14 @@ fn a_mapping_expires_after_its_lifetime_unless_traffic_refreshes_it() {
             w.sim.run_for(Duration::from_secs(19));
             got.push(w.unsolicited(1, public, c));
         }
-        let expected = if inbound_refresh {
-            [true, true, true]
-        } else {
-            [true, false, false]
-        };
+        let expected = if inbound_refresh { [true, true, true] } else { [true, false, false] };
         assert_eq!(got, expected, "inbound refresh {inbound_refresh}");
     }
 }
 
 #[test]
 fn a_random_nat_allocates_a_fresh_port_after_expiry() {
-    let mut w = World::new(
-        4,
-        NatBehavior::SYMMETRIC_RANDOM.with_mapping_lifetime(Duration::from_secs(10)),
-    );
+    let mut w = World::new(4, NatBehavior::SYMMETRIC_RANDOM.with_mapping_lifetime(Duration::from_secs(10)));
     let c = w.client(5000);
     let first = w.mapped(c, w.s[0]);
     assert_eq!(w.mapped(c, w.s[0]), first, "still alive");
@@ -534,26 +389,19 @@ fn a_random_nat_allocates_a_fresh_port_after_expiry() {
     let second = w.mapped(c, w.s[0]);
     assert_ne!(second, first);
     assert_eq!(w.sim.nat_mappings(w.nat).len(), 1);
-    assert_eq!(
-        w.sim.nat_mappings(w.nat)[0].external,
-        SocketAddrV4::new(ip("203.0.113.1"), second.port())
-    );
+    assert_eq!(w.sim.nat_mappings(w.nat)[0].external, SocketAddrV4::new(ip("203.0.113.1"), second.port()));
 }
 
 #[test]
 fn loss_drops_about_the_configured_share() {
     let mut w = World::new(11, NatBehavior::FULL_CONE);
     w.sim.set_internet_link(Link::INTERNET_DEFAULT.loss(0.2));
-    let sink = w
-        .sim
-        .add_host(Place::Public(ip("198.51.100.9")), Peer::default());
+    let sink = w.sim.add_host(Place::Public(ip("198.51.100.9")), Peer::default());
     let dst = w.sim.bind(sink, SocketId::PRIMARY, 9);
     let c = w.client(5000);
     let n = 5000;
     for i in 0..n {
-        w.sim
-            .machine::<Peer>(c)
-            .send(SocketId::PRIMARY, dst, &(i as u32).to_be_bytes());
+        w.sim.machine::<Peer>(c).send(SocketId::PRIMARY, dst, &(i as u32).to_be_bytes());
     }
     w.sim.run_for(SEC);
     let got = w.sim.machine_ref::<Peer>(sink).got.len() as f64 / n as f64;
@@ -578,48 +426,25 @@ fn latency_and_jitter_are_as_configured() {
     let c = w.client(5000);
     w.mapped(c, w.s[0]);
     let got = &w.sim.machine_ref::<Peer>(c).got;
-    assert_eq!(
-        got[0].at,
-        w.sim.instant(22 * MS),
-        "1 ms LAN + 10 ms internet, each way"
-    );
+    assert_eq!(got[0].at, w.sim.instant(22 * MS), "1 ms LAN + 10 ms internet, each way");
 
     let mut w = World::new(12, NatBehavior::FULL_CONE);
-    w.sim
-        .set_internet_link(Link::INTERNET_DEFAULT.jitter(5 * MS));
-    let sink = w
-        .sim
-        .add_host(Place::Public(ip("198.51.100.9")), Peer::default());
+    w.sim.set_internet_link(Link::INTERNET_DEFAULT.jitter(5 * MS));
+    let sink = w.sim.add_host(Place::Public(ip("198.51.100.9")), Peer::default());
     let dst = w.sim.bind(sink, SocketId::PRIMARY, 9);
     let c = w.client(5000);
     for i in 0..500u16 {
-        w.sim
-            .machine::<Peer>(c)
-            .send(SocketId::PRIMARY, dst, &i.to_be_bytes());
+        w.sim.machine::<Peer>(c).send(SocketId::PRIMARY, dst, &i.to_be_bytes());
     }
     w.sim.run_for(SEC);
     let base = w.sim.instant(Duration::ZERO);
-    let delays: Vec<Duration> = w
-        .sim
-        .machine_ref::<Peer>(sink)
-        .got
-        .iter()
-        .map(|g| g.at - base)
-        .collect();
+    let delays: Vec<Duration> = w.sim.machine_ref::<Peer>(sink).got.iter().map(|g| g.at - base).collect();
     assert_eq!(delays.len(), 500);
     assert!(delays.iter().all(|d| (11 * MS..=16 * MS).contains(d)));
     let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
-    assert!(
-        *max - *min > 4 * MS,
-        "jitter spreads them: {min:?}..{max:?}"
-    );
-    let order: Vec<u16> = w
-        .sim
-        .machine_ref::<Peer>(sink)
-        .got
-        .iter()
-        .map(|g| u16::from_be_bytes([g.payload[0], g.payload[1]]))
-        .collect();
+    assert!(*max - *min > 4 * MS, "jitter spreads them: {min:?}..{max:?}");
+    let order: Vec<u16> =
+        w.sim.machine_ref::<Peer>(sink).got.iter().map(|g| u16::from_be_bytes([g.payload[0], g.payload[1]])).collect();
     assert!(order.windows(2).any(|w| w[1] < w[0]), "and reorders some");
 
     // A slow host link adds on both ways.
@@ -627,10 +452,7 @@ fn latency_and_jitter_are_as_configured() {
     let c = w.client(5000);
     w.sim.set_host_link(c, Link::with_latency(50 * MS));
     w.mapped(c, w.s[0]);
-    assert_eq!(
-        w.sim.machine_ref::<Peer>(c).got[0].at,
-        w.sim.instant(122 * MS)
-    );
+    assert_eq!(w.sim.machine_ref::<Peer>(c).got[0].at, w.sim.instant(122 * MS));
 }
 
 /// A busy little network: two clients behind hard NATs ping a server and each other, with
@@ -638,26 +460,17 @@ fn latency_and_jitter_are_as_configured() {
 fn busy_run(seed: u64) -> Sim {
     let mut w = World::new(seed, NatBehavior::SYMMETRIC_RANDOM);
     w.sim.enable_trace();
-    w.sim
-        .set_internet_link(Link::INTERNET_DEFAULT.jitter(3 * MS).loss(0.1));
-    let nat2 = w
-        .sim
-        .add_nat(NatBehavior::EIM_RANDOM_PORT, ip("203.0.113.2"), None);
+    w.sim.set_internet_link(Link::INTERNET_DEFAULT.jitter(3 * MS).loss(0.1));
+    let nat2 = w.sim.add_nat(NatBehavior::EIM_RANDOM_PORT, ip("203.0.113.2"), None);
     let a = w.client(5000);
     let b = w.sim.add_host(Place::Behind(nat2), Peer::default());
     w.sim.bind(b, SocketId::PRIMARY, 5000);
     let now = w.sim.now();
-    w.sim
-        .machine::<Peer>(a)
-        .repeat(now, 100 * MS, SocketId::PRIMARY, w.s[0]);
-    w.sim
-        .machine::<Peer>(b)
-        .repeat(now, 70 * MS, SocketId::PRIMARY, w.s[3]);
+    w.sim.machine::<Peer>(a).repeat(now, 100 * MS, SocketId::PRIMARY, w.s[0]);
+    w.sim.machine::<Peer>(b).repeat(now, 70 * MS, SocketId::PRIMARY, w.s[3]);
     for i in 0..20u16 {
         let to_b = SocketAddr::from((ip("203.0.113.2"), 1024 + i * 3000));
-        w.sim
-            .machine::<Peer>(a)
-            .send(SocketId::PRIMARY, to_b, b"spray");
+        w.sim.machine::<Peer>(a).send(SocketId::PRIMARY, to_b, b"spray");
     }
     w.sim.run_for(Duration::from_secs(3));
     for h in [a, b] {
@@ -676,15 +489,8 @@ fn the_same_seed_gives_the_same_run_byte_for_byte() {
     assert_eq!(one.trace_dump(), two.trace_dump());
     assert_eq!(one.counters(), two.counters());
     let c = one.counters();
-    assert!(
-        c.dropped_loss > 0 && c.dropped_no_mapping + c.dropped_filtered > 0,
-        "{c:?}"
-    );
-    assert_eq!(
-        c.sent,
-        c.delivered + c.dropped(),
-        "every datagram accounted for: {c:?}"
-    );
+    assert!(c.dropped_loss > 0 && c.dropped_no_mapping + c.dropped_filtered > 0, "{c:?}");
+    assert_eq!(c.sent, c.delivered + c.dropped(), "every datagram accounted for: {c:?}");
 
     let other = busy_run(78);
     assert_ne!(one.trace(), other.trace());
@@ -693,26 +499,16 @@ fn the_same_seed_gives_the_same_run_byte_for_byte() {
 #[test]
 fn nested_nat_home_router_behind_cgnat() {
     let mut w = World::new(6, NatBehavior::FULL_CONE);
-    let cgnat = w
-        .sim
-        .add_nat(NatBehavior::SYMMETRIC_SEQUENTIAL, ip("203.0.113.50"), None);
-    let home = w
-        .sim
-        .add_nat(NatBehavior::PORT_RESTRICTED, ip("100.64.0.2"), Some(cgnat));
-    let c = w
-        .sim
-        .add_host(Place::BehindAt(home, ip("192.168.1.10")), Peer::default());
+    let cgnat = w.sim.add_nat(NatBehavior::SYMMETRIC_SEQUENTIAL, ip("203.0.113.50"), None);
+    let home = w.sim.add_nat(NatBehavior::PORT_RESTRICTED, ip("100.64.0.2"), Some(cgnat));
+    let c = w.sim.add_host(Place::BehindAt(home, ip("192.168.1.10")), Peer::default());
     w.sim.bind(c, SocketId::PRIMARY, 5000);
 
     let seen = w.mapped(c, w.s[0]);
     assert_eq!(seen.ip(), ip("203.0.113.50"));
     assert!((20000..30000).contains(&seen.port()));
     let reply_at = w.sim.machine_ref::<Peer>(c).got[0].at;
-    assert_eq!(
-        reply_at,
-        w.sim.instant(24 * MS),
-        "two LAN hops + internet, each way"
-    );
+    assert_eq!(reply_at, w.sim.instant(24 * MS), "two LAN hops + internet, each way");
     let home_maps = w.sim.nat_mappings(home);
     assert_eq!(home_maps.len(), 1);
     assert_eq!(home_maps[0].internal, "192.168.1.10:5000".parse().unwrap());
@@ -735,9 +531,7 @@ fn nested_nat_home_router_behind_cgnat() {
     // hairpinning is off in the preset, so it's dropped at the CGNAT.
     let other = w.sim.add_host(Place::Behind(cgnat), Peer::default());
     w.sim.bind(other, SocketId::PRIMARY, 7000);
-    w.sim
-        .machine::<Peer>(other)
-        .send(SocketId::PRIMARY, seen, b"neighbour");
+    w.sim.machine::<Peer>(other).send(SocketId::PRIMARY, seen, b"neighbour");
     w.sim.run_for(SEC);
     assert_eq!(w.sim.nat_counters(cgnat).dropped_hairpin, 1);
 }
@@ -747,15 +541,8 @@ fn unroutable_and_closed_destinations_are_dropped_and_counted() {
     let mut w = World::new(1, NatBehavior::FULL_CONE);
     w.sim.enable_trace();
     let c = w.client(5000);
-    for dst in [
-        "10.99.0.1:1",
-        "192.0.2.1:1",
-        "[2001:db8::1]:1",
-        "198.51.100.1:9999",
-    ] {
-        w.sim
-            .machine::<Peer>(c)
-            .send(SocketId::PRIMARY, addr(dst), b"?");
+    for dst in ["10.99.0.1:1", "192.0.2.1:1", "[2001:db8::1]:1", "198.51.100.1:9999"] {
+        w.sim.machine::<Peer>(c).send(SocketId::PRIMARY, addr(dst), b"?");
     }
     w.sim.run_for(SEC);
     let c = w.sim.counters();
@@ -763,11 +550,7 @@ fn unroutable_and_closed_destinations_are_dropped_and_counted() {
     let fates: Vec<Fate> = w.sim.trace().iter().map(|e| e.fate).collect();
     assert_eq!(fates[0], Fate::NoRoute, "IPv6 is refused at once");
     assert_eq!(fates[3], Fate::NoSocket(w.server));
-    assert!(
-        w.sim.trace_dump().contains("port closed on h0"),
-        "{}",
-        w.sim.trace_dump()
-    );
+    assert!(w.sim.trace_dump().contains("port closed on h0"), "{}", w.sim.trace_dump());
 }
 
 #[test]
@@ -802,10 +585,7 @@ fn simultaneous_open_across_the_preset_matrix_matches_rfc_4787() {
         NatBehavior::EIM_RANDOM_PORT,
         NatBehavior::SYMMETRIC_SEQUENTIAL,
         NatBehavior::SYMMETRIC_RANDOM,
-        NatBehavior {
-            mapping: Mapping::AddressDependent,
-            ..NatBehavior::RESTRICTED_CONE
-        },
+        NatBehavior { mapping: Mapping::AddressDependent, ..NatBehavior::RESTRICTED_CONE },
     ];
     let started = std::time::Instant::now();
     let mut runs = 0;
@@ -813,28 +593,19 @@ fn simultaneous_open_across_the_preset_matrix_matches_rfc_4787() {
         for (i, &na) in presets.iter().enumerate() {
             for (j, &nb) in presets.iter().enumerate() {
                 let mut w = World::new(seed, na);
-                w.sim
-                    .set_internet_link(Link::INTERNET_DEFAULT.jitter(5 * MS));
+                w.sim.set_internet_link(Link::INTERNET_DEFAULT.jitter(5 * MS));
                 let nat_b = w.sim.add_nat(nb, ip("203.0.113.2"), None);
                 let a = w.client(4000 + i as u16);
                 let b = w.sim.add_host(Place::Behind(nat_b), Peer::default());
                 w.sim.bind(b, SocketId::PRIMARY, 4000 + j as u16);
                 let a_pub = w.mapped(a, w.s[0]);
                 let b_pub = w.mapped(b, w.s[0]);
-                w.sim
-                    .machine::<Peer>(a)
-                    .send(SocketId::PRIMARY, b_pub, b"from a");
-                w.sim
-                    .machine::<Peer>(b)
-                    .send(SocketId::PRIMARY, a_pub, b"from b");
+                w.sim.machine::<Peer>(a).send(SocketId::PRIMARY, b_pub, b"from a");
+                w.sim.machine::<Peer>(b).send(SocketId::PRIMARY, a_pub, b"from b");
                 w.sim.run_for(SEC);
                 let a_heard = !w.sim.machine_ref::<Peer>(a).plain().is_empty();
                 let b_heard = !w.sim.machine_ref::<Peer>(b).plain().is_empty();
-                assert_eq!(
-                    (a_heard, b_heard),
-                    (hears(na, nb), hears(nb, na)),
-                    "a behind {na:?}, b behind {nb:?}"
-                );
+                assert_eq!((a_heard, b_heard), (hears(na, nb), hears(nb, na)), "a behind {na:?}, b behind {nb:?}");
                 runs += 1;
             }
         }

@@ -9,9 +9,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-const ID: TransactionId = [
-    0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
-];
+const ID: TransactionId = [0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae];
 
 /// The answer a public node with two addresses gives (RFC 5780).
 fn rfc5780_success(mapped: &str) -> Message {
@@ -25,20 +23,14 @@ fn rfc5780_success(mapped: &str) -> Message {
 fn stun(c: &mut Criterion) {
     let mut group = c.benchmark_group("stun");
     let request = Message::binding_request(ID);
-    group.bench_function("binding_request/encode", |b| {
-        b.iter(|| black_box(&request).encode())
-    });
+    group.bench_function("binding_request/encode", |b| b.iter(|| black_box(&request).encode()));
     let request_bytes = request.encode();
-    group.bench_function("binding_request/decode", |b| {
-        b.iter(|| Message::decode(black_box(&request_bytes)))
-    });
+    group.bench_function("binding_request/decode", |b| b.iter(|| Message::decode(black_box(&request_bytes))));
     for (name, mapped) in [("v4", "192.0.2.1:32853"), ("v6", "[2001:db8::1]:32853")] {
         let success = rfc5780_success(mapped);
         let bytes = success.encode();
         group.throughput(Throughput::Bytes(bytes.len() as u64));
-        group.bench_function(format!("binding_success_{name}/encode"), |b| {
-            b.iter(|| black_box(&success).encode())
-        });
+        group.bench_function(format!("binding_success_{name}/encode"), |b| b.iter(|| black_box(&success).encode()));
         group.bench_function(format!("binding_success_{name}/decode"), |b| {
             b.iter(|| Message::decode(black_box(&bytes)))
         });
@@ -55,21 +47,13 @@ fn envelope(c: &mut Criterion) {
             ack: false,
         })),
     };
-    let data = Envelope {
-        kind: Some(Kind::Data(Data {
-            payload: vec![0xAB; 1000].into(),
-        })),
-    };
+    let data = Envelope { kind: Some(Kind::Data(Data { payload: vec![0xAB; 1000].into() })) };
     let mut group = c.benchmark_group("envelope");
     for (name, env) in [("punch", punch), ("data_1000", data)] {
         let bytes = encode_envelope(&env);
         group.throughput(Throughput::Bytes(bytes.len() as u64));
-        group.bench_function(format!("{name}/encode"), |b| {
-            b.iter(|| encode_envelope(black_box(&env)))
-        });
-        group.bench_function(format!("{name}/decode"), |b| {
-            b.iter(|| decode(black_box(&bytes)).is_ok())
-        });
+        group.bench_function(format!("{name}/encode"), |b| b.iter(|| encode_envelope(black_box(&env))));
+        group.bench_function(format!("{name}/decode"), |b| b.iter(|| decode(black_box(&bytes)).is_ok()));
     }
     group.finish();
 }

@@ -136,9 +136,7 @@ impl Loopback {
             a.connect(target);
             loop {
                 match tokio::time::timeout(WAIT, a.next_event()).await {
-                    Ok(Some(NodeEvent::Connected { peer, connect, path, strategy, probes, .. }))
-                        if peer == target =>
-                    {
+                    Ok(Some(NodeEvent::Connected { peer, connect, path, strategy, probes, .. })) if peer == target => {
                         let wall = start.elapsed();
                         return LoopbackConnect {
                             wall,

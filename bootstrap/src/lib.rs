@@ -31,7 +31,9 @@ pub enum BootstrapError {
 /// Resolves `host:port` or `host` (default port), by DNS if needed, preferring IPv4.
 pub fn resolve(addr: &str) -> Result<SocketAddr, BootstrapError> {
     let bad = |reason: String| BootstrapError::BadAddress { addr: addr.to_owned(), reason };
-    let with_port = if addr.parse::<SocketAddr>().is_ok() || addr.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok()) {
+    let with_port = if addr.parse::<SocketAddr>().is_ok()
+        || addr.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
+    {
         addr.to_owned()
     } else {
         format!("{addr}:{DEFAULT_PORT}")
@@ -179,7 +181,13 @@ fn hello() -> pb::Hello {
 
 /// The answer to a Hello of `request_len` bytes: trimmed so it is never larger than the
 /// request, or nothing if even the bare answer would be.
-pub fn answer_hello(request_len: usize, me: PeerId, listen: &[SocketAddr], introducer: bool, src: SocketAddr) -> Option<pb::ServerInfo> {
+pub fn answer_hello(
+    request_len: usize,
+    me: PeerId,
+    listen: &[SocketAddr],
+    introducer: bool,
+    src: SocketAddr,
+) -> Option<pb::ServerInfo> {
     let mut info = pb::ServerInfo {
         peer_id: me.to_bytes().into(),
         listen: listen.iter().map(|&a| a.into()).collect(),
@@ -208,7 +216,15 @@ pub struct FirstContact {
 
 impl FirstContact {
     pub fn new(me: PeerId, listen: Vec<SocketAddr>, introducer: bool) -> Self {
-        FirstContact { me, listen, introducer, join: None, answers: Vec::new(), reported: false, dropped_small_hello: 0 }
+        FirstContact {
+            me,
+            listen,
+            introducer,
+            join: None,
+            answers: Vec::new(),
+            reported: false,
+            dropped_small_hello: 0,
+        }
     }
 
     /// Starts first contact with `seeds`; the outcome comes back as an event.
@@ -230,7 +246,9 @@ impl Protocol for FirstContact {
         let Payload::Envelope(kind) = inbound.payload else { return };
         match kind {
             Kind::Hello(_) => match answer_hello(inbound.len, self.me, &self.listen, self.introducer, inbound.src) {
-                Some(info) => self.answers.push(Transmit::envelope(inbound.socket, inbound.src, Kind::ServerInfo(info))),
+                Some(info) => {
+                    self.answers.push(Transmit::envelope(inbound.socket, inbound.src, Kind::ServerInfo(info)))
+                }
                 None => self.dropped_small_hello += 1,
             },
             Kind::ServerInfo(info) => {

@@ -62,7 +62,8 @@ pub fn to_json(event: &NodeEvent) -> Value {
                 "event": "introduced", "requester": requester.to_string(), "target": target.to_string(),
             }),
             NodeEvent::Stats(stats) => {
-                let stats: serde_json::Map<String, Value> = stats.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+                let stats: serde_json::Map<String, Value> =
+                    stats.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
                 json!({ "event": "stats", "stats": stats })
             }
             NodeEvent::Fatal { message } => json!({ "event": "error", "message": message }),

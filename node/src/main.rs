@@ -206,7 +206,13 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// Starts a node, asks for `peer` and waits until a path is proven; prints `connected`.
-async fn connect(g: &Global, bootstrap: Vec<SocketAddr>, peer: PeerId, timeout: Duration, out: &Output) -> Result<Node> {
+async fn connect(
+    g: &Global,
+    bootstrap: Vec<SocketAddr>,
+    peer: PeerId,
+    timeout: Duration,
+    out: &Output,
+) -> Result<Node> {
     if bootstrap.is_empty() {
         bail!("reaching a peer needs an introducer: --bootstrap ADDR");
     }

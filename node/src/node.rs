@@ -136,7 +136,12 @@ fn socket_plan(listen: &[SocketAddr]) -> Result<Vec<(SocketId, SocketAddr)>, Nod
         [] => Ok(vec![(SocketId::PRIMARY, "0.0.0.0:0".parse().expect("literal"))]),
         [one] => Ok(vec![(SocketId::PRIMARY, *one)]),
         [a, b] => {
-            if a.ip() == b.ip() || a.port() != b.port() || a.port() == 0 || a.port() == u16::MAX || a.is_ipv4() != b.is_ipv4() {
+            if a.ip() == b.ip()
+                || a.port() != b.port()
+                || a.port() == 0
+                || a.port() == u16::MAX
+                || a.is_ipv4() != b.is_ipv4()
+            {
                 return Err(NodeError::Listen(
                     "two --listen addresses must be two IPs of one family with the same fixed port (the next port is the RFC 5780 alternate)".into(),
                 ));
@@ -190,18 +195,38 @@ struct NodeActor {
 }
 
 impl NodeActor {
-    fn launch(config: Config, socket: Addr<SocketActor>, locals: Vec<SocketAddr>, events: mpsc::UnboundedSender<NodeEvent>) -> Addr<Self> {
+    fn launch(
+        config: Config,
+        socket: Addr<SocketActor>,
+        locals: Vec<SocketAddr>,
+        events: mpsc::UnboundedSender<NodeEvent>,
+    ) -> Addr<Self> {
         NodeActor::create(move |ctx| {
             let me = ctx.address();
             let now = Instant::now();
             let id = config.identity.clone();
-            let contact = MachineActor::start(FirstContact::new(id.peer_id(), locals.clone(), false), socket.clone(), me.clone().recipient());
-            let probe = MachineActor::start(NatProbing::new(responder(&locals)), socket.clone(), me.clone().recipient());
-            let broker_machine = Broker::new(config.broker.clone(), now, rand::rngs::StdRng::seed_from_u64(rand::random()));
+            let contact = MachineActor::start(
+                FirstContact::new(id.peer_id(), locals.clone(), false),
+                socket.clone(),
+                me.clone().recipient(),
+            );
+            let probe =
+                MachineActor::start(NatProbing::new(responder(&locals)), socket.clone(), me.clone().recipient());
+            let broker_machine =
+                Broker::new(config.broker.clone(), now, rand::rngs::StdRng::seed_from_u64(rand::random()));
             let broker = MachineActor::start(broker_machine, socket.clone(), me.clone().recipient());
-            let registrations = MachineActor::start(Registrations::new(config.registration.clone()), socket.clone(), me.clone().recipient());
-            let punch = MachineActor::start(Attempts::new(config.punch.clone(), id.clone()), socket.clone(), me.clone().recipient());
-            let sessions = MachineActor::start(Sessions::new(config.session.clone()), socket.clone(), me.clone().recipient());
+            let registrations = MachineActor::start(
+                Registrations::new(config.registration.clone()),
+                socket.clone(),
+                me.clone().recipient(),
+            );
+            let punch = MachineActor::start(
+                Attempts::new(config.punch.clone(), id.clone()),
+                socket.clone(),
+                me.clone().recipient(),
+            );
+            let sessions =
+                MachineActor::start(Sessions::new(config.session.clone()), socket.clone(), me.clone().recipient());
             for (route, to) in [
                 (Route::Bootstrap, contact.clone().recipient()),
                 (Route::StunServer, probe.clone().recipient()),
@@ -212,7 +237,8 @@ impl NodeActor {
             ] {
                 socket.do_send(SetRoute(route, to));
             }
-            let roles = coordinator::Config { register: config.register, serve: config.serve, stun: config.stun.clone() };
+            let roles =
+                coordinator::Config { register: config.register, serve: config.serve, stun: config.stun.clone() };
             NodeActor {
                 coordinator: Coordinator::new(roles, id, locals.clone()),
                 events,
@@ -254,10 +280,13 @@ impl NodeActor {
                 Action::Introduce(peer) => self.registrations.do_send(Call::new(move |r: &mut Registrations, now| {
                     r.introduce(now, peer);
                 })),
-                Action::Settle(peer) => self.registrations.do_send(Call::new(move |r: &mut Registrations, _| r.settle(&peer))),
+                Action::Settle(peer) => {
+                    self.registrations.do_send(Call::new(move |r: &mut Registrations, _| r.settle(&peer)))
+                }
                 Action::Punch { nat, introduced } => {
                     let (peer, initiator) = (introduced.peer.peer_id, introduced.initiator);
-                    let start = self.punch.send(Call::new(move |a: &mut Attempts, now| a.start(now, &nat, *introduced)));
+                    let start =
+                        self.punch.send(Call::new(move |a: &mut Attempts, now| a.start(now, &nat, *introduced)));
                     ctx.spawn(start.into_actor(self).map(move |result, act, ctx| {
                         if let Ok(Err(why)) = result {
                             act.coordinator.on_punch_refused(peer, initiator, why);
@@ -316,7 +345,9 @@ impl NodeActor {
         let events = self.events.clone();
         ctx.spawn(
             async move {
-                let (Ok(s), Ok(b), Ok(p), Ok(x)) = (socket.await, broker.await, punch.await, sessions.await) else { return };
+                let (Ok(s), Ok(b), Ok(p), Ok(x)) = (socket.await, broker.await, punch.await, sessions.await) else {
+                    return;
+                };
                 let stats = vec![
                     ("received", s.received),
                     ("sent", s.sent),
@@ -375,7 +406,11 @@ impl Handler<Emitted<Result<NatReport, ProbeError>>> for NodeActor {
 
 impl Handler<Emitted<(SocketAddr, registration::Event)>> for NodeActor {
     type Result = ();
-    fn handle(&mut self, Emitted((introducer, event)): Emitted<(SocketAddr, registration::Event)>, ctx: &mut Context<Self>) {
+    fn handle(
+        &mut self,
+        Emitted((introducer, event)): Emitted<(SocketAddr, registration::Event)>,
+        ctx: &mut Context<Self>,
+    ) {
         self.coordinator.on_registration(Instant::now(), introducer, event);
         self.act(ctx);
     }

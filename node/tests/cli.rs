@@ -110,20 +110,29 @@ impl Drop for Node {
 #[test]
 fn hostile_datagrams_are_dropped_counted_and_never_amplified() {
     let dir = scratch("hostile");
-    let node = Node::start(&["run", "--listen", "127.0.0.1:0", "--json", "--stats-every", "0.2", "--data-dir", dir.to_str().unwrap()]);
+    let node = Node::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+        "--stats-every",
+        "0.2",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
     let ready = node.wait(|v| v["event"] == "ready");
     let addr: std::net::SocketAddr = ready["listen"][0].as_str().unwrap().parse().unwrap();
     let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
     attacker.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let hello_unpadded = [0x09, 0x0a, 0x00]; // an Envelope with an empty Hello: too small to answer
     let garbage: Vec<Vec<u8>> = vec![
-        vec![],                          // empty
-        vec![0xff; 40],                  // unknown protocol byte
-        vec![0x0a, 1, 2, 3],             // introducer frame of an unknown version
-        vec![0x09, 0xff, 0xff, 0xff],    // malformed protobuf
-        vec![0x09],                      // envelope with no message
-        vec![0x00, 0x01, 0x00],          // truncated STUN
-        vec![0x09; 1500],                // oversized
+        vec![],                       // empty
+        vec![0xff; 40],               // unknown protocol byte
+        vec![0x0a, 1, 2, 3],          // introducer frame of an unknown version
+        vec![0x09, 0xff, 0xff, 0xff], // malformed protobuf
+        vec![0x09],                   // envelope with no message
+        vec![0x00, 0x01, 0x00],       // truncated STUN
+        vec![0x09; 1500],             // oversized
         hello_unpadded.to_vec(),
     ];
     for datagram in &garbage {

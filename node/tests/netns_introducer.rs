@@ -52,7 +52,8 @@ impl Mesh {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "ping failed: {stderr}\n{stdout}\npeer: {}", peer_node.context());
-        let events: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("stdout is JSON lines")).collect();
+        let events: Vec<Value> =
+            stdout.lines().map(|l| serde_json::from_str(l).expect("stdout is JSON lines")).collect();
         assert_eq!(events[0]["event"], "connected", "{stdout}");
         let pongs: Vec<&Value> = events.iter().filter(|e| e["event"] == "pong").collect();
         assert_eq!(pongs.len(), 2, "{stdout}");
@@ -170,7 +171,10 @@ fn ping_easy_to_full_cone() {
     let (_, h2) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
     let peer = mesh.peer(&h1);
     let connected = mesh.ping(&h2, &peer);
-    assert_eq!((connected["path"].as_str(), connected["strategy"].as_str()), (Some("direct"), Some("simultaneous-open")));
+    assert_eq!(
+        (connected["path"].as_str(), connected["strategy"].as_str()),
+        (Some("direct"), Some("simultaneous-open"))
+    );
 }
 
 #[test]

@@ -30,7 +30,9 @@ fn parse_addr(line: &str) -> Option<SocketAddrV4> {
 }
 
 fn parse_natdiscovery(output: &str) -> Discovery {
-    let mapping = if output.contains("NAT with Endpoint Independent Mapping!") || output.contains("No NAT! (Endpoint Independent Mapping)") {
+    let mapping = if output.contains("NAT with Endpoint Independent Mapping!")
+        || output.contains("No NAT! (Endpoint Independent Mapping)")
+    {
         Some(Mapping::EndpointIndependent)
     } else if output.contains("NAT with Address Dependent Mapping!") {
         Some(Mapping::AddressDependent)
@@ -48,9 +50,8 @@ fn parse_natdiscovery(output: &str) -> Discovery {
     } else {
         None
     };
-    let hairpin = output
-        .contains("-= Hairpinning Behavior Discovery =-")
-        .then(|| output.contains("successful hairpinning"));
+    let hairpin =
+        output.contains("-= Hairpinning Behavior Discovery =-").then(|| output.contains("successful hairpinning"));
     let mut responses = Vec::new();
     let mut reflexive = None;
     for line in output.lines() {
@@ -86,7 +87,8 @@ fn coturn_agrees(name: &str, behavior: NatBehavior) {
     let _stun = s.a.turnserver(PORT);
     let (nat, host) = s.natted_host("h", behavior);
     let d = natdiscovery(&host, &["-m", "-f"]);
-    let why = || format!("\n{}\n--- rules ---\n{}\n--- conntrack ---\n{}", d.output, nat.ruleset(), nat.conntrack_table());
+    let why =
+        || format!("\n{}\n--- rules ---\n{}\n--- conntrack ---\n{}", d.output, nat.ruleset(), nat.conntrack_table());
     eprintln!(
         "{name}: coturn says mapping {:?}, filtering {:?}, (reflexive, local) {:?}",
         d.mapping, d.filtering, d.responses
@@ -129,7 +131,12 @@ fn introducer_serves_stun_like_coturn(name: &str, behavior: NatBehavior) {
     let why = || format!("\n--- node ---\n{}\n--- coturn ---\n{}", against_node.output, against_coturn.output);
     assert_eq!(against_node.mapping, Some(behavior.mapping), "{}", why());
     assert_eq!(against_node.filtering, Some(behavior.filtering), "{}", why());
-    assert_eq!((against_node.mapping, against_node.filtering), (against_coturn.mapping, against_coturn.filtering), "{}", why());
+    assert_eq!(
+        (against_node.mapping, against_node.filtering),
+        (against_coturn.mapping, against_coturn.filtering),
+        "{}",
+        why()
+    );
 }
 
 #[test]
@@ -192,7 +199,10 @@ fn other_mappings_are_what_coturn_sees() {
         ("adm-random", NatBehavior { mapping: Mapping::AddressDependent, ..NatBehavior::SYMMETRIC_RANDOM }),
         ("adm-seq", NatBehavior { mapping: Mapping::AddressDependent, ..NatBehavior::SYMMETRIC_SEQUENTIAL }),
         ("eim-seq", NatBehavior { mapping: Mapping::EndpointIndependent, ..NatBehavior::SYMMETRIC_SEQUENTIAL }),
-        ("apdm-seq-step2", NatBehavior { allocation: Allocation::Sequential { step: 2 }, ..NatBehavior::SYMMETRIC_SEQUENTIAL }),
+        (
+            "apdm-seq-step2",
+            NatBehavior { allocation: Allocation::Sequential { step: 2 }, ..NatBehavior::SYMMETRIC_SEQUENTIAL },
+        ),
     ];
     for (name, behavior) in cases {
         let (nat, host) = s.natted_host(name, behavior);

@@ -59,9 +59,7 @@ pub fn classify(datagram: &[u8]) -> Result<Frame<'_>, FrameError> {
 pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + envelope.encoded_len());
     out.push(FRAME_BYTE);
-    envelope
-        .encode(&mut out)
-        .expect("a Vec grows as needed, so encoding cannot run out of space");
+    envelope.encode(&mut out).expect("a Vec grows as needed, so encoding cannot run out of space");
     out
 }
 

@@ -197,10 +197,7 @@ fn parse_header(datagram: &[u8]) -> Result<Header, StunError> {
     }
     let mut transaction_id = [0; 12];
     transaction_id.copy_from_slice(&head[8..]);
-    Ok(Header {
-        message_type,
-        transaction_id,
-    })
+    Ok(Header { message_type, transaction_id })
 }
 
 /// One attribute as found on the wire.
@@ -220,10 +217,7 @@ struct Attributes<'a> {
 
 impl<'a> Attributes<'a> {
     fn new(datagram: &'a [u8]) -> Self {
-        Attributes {
-            datagram,
-            pos: HEADER_LEN,
-        }
+        Attributes { datagram, pos: HEADER_LEN }
     }
 }
 
@@ -231,10 +225,7 @@ impl<'a> Iterator for Attributes<'a> {
     type Item = Result<RawAttr<'a>, StunError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let rest = self
-            .datagram
-            .get(self.pos..)
-            .filter(|rest| !rest.is_empty())?;
+        let rest = self.datagram.get(self.pos..).filter(|rest| !rest.is_empty())?;
         let offset = self.pos;
         let parsed = match rest {
             [t0, t1, l0, l1, tail @ ..] => {
@@ -242,11 +233,7 @@ impl<'a> Iterator for Attributes<'a> {
                 match tail.get(..len) {
                     Some(value) if padded(len) <= tail.len() => {
                         self.pos = offset + 4 + padded(len);
-                        Ok(RawAttr {
-                            kind: u16::from_be_bytes([*t0, *t1]),
-                            offset,
-                            value,
-                        })
+                        Ok(RawAttr { kind: u16::from_be_bytes([*t0, *t1]), offset, value })
                     }
                     _ => Err(StunError::Truncated),
                 }
@@ -291,22 +278,14 @@ struct Mask {
 }
 
 impl Mask {
-    const NONE: Mask = Mask {
-        port: 0,
-        v4: 0,
-        v6: 0,
-    };
+    const NONE: Mask = Mask { port: 0, v4: 0, v6: 0 };
 
     fn xor(id: &TransactionId) -> Mask {
         let mut pad = [0u8; 16];
         let (cookie, rest) = pad.split_at_mut(4);
         cookie.copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
         rest.copy_from_slice(id);
-        Mask {
-            port: (MAGIC_COOKIE >> 16) as u16,
-            v4: MAGIC_COOKIE,
-            v6: u128::from_be_bytes(pad),
-        }
+        Mask { port: (MAGIC_COOKIE >> 16) as u16, v4: MAGIC_COOKIE, v6: u128::from_be_bytes(pad) }
     }
 }
 
@@ -317,18 +296,11 @@ fn parse_address(value: &[u8], mask: Mask) -> Option<SocketAddr> {
         return None;
     };
     let ip = match (*family, ip.len()) {
-        (0x01, 4) => IpAddr::V4(Ipv4Addr::from(
-            u32::from_be_bytes(ip.try_into().ok()?) ^ mask.v4,
-        )),
-        (0x02, 16) => IpAddr::V6(Ipv6Addr::from(
-            u128::from_be_bytes(ip.try_into().ok()?) ^ mask.v6,
-        )),
+        (0x01, 4) => IpAddr::V4(Ipv4Addr::from(u32::from_be_bytes(ip.try_into().ok()?) ^ mask.v4)),
+        (0x02, 16) => IpAddr::V6(Ipv6Addr::from(u128::from_be_bytes(ip.try_into().ok()?) ^ mask.v6)),
         _ => return None,
     };
-    Some(SocketAddr::new(
-        ip,
-        u16::from_be_bytes([*p0, *p1]) ^ mask.port,
-    ))
+    Some(SocketAddr::new(ip, u16::from_be_bytes([*p0, *p1]) ^ mask.port))
 }
 
 fn address_value_len(addr: &SocketAddr) -> usize {
@@ -378,11 +350,7 @@ fn text(value: &[u8]) -> String {
 }
 
 /// Stores the first occurrence only: RFC 8489 says later duplicates may be ignored.
-fn first<T>(
-    slot: &mut Option<T>,
-    kind: u16,
-    parse: impl FnOnce() -> Option<T>,
-) -> Result<(), StunError> {
+fn first<T>(slot: &mut Option<T>, kind: u16, parse: impl FnOnce() -> Option<T>) -> Result<(), StunError> {
     if slot.is_none() {
         *slot = Some(parse().ok_or(StunError::MalformedAttribute(kind))?);
     }
@@ -412,10 +380,7 @@ impl Message {
     /// A plain Binding request. FINGERPRINT is on so the request is recognisable as STUN
     /// on a port shared with other protocols.
     pub fn binding_request(transaction_id: TransactionId) -> Self {
-        Message {
-            fingerprint: true,
-            ..Message::new(Class::Request, BINDING, transaction_id)
-        }
+        Message { fingerprint: true, ..Message::new(Class::Request, BINDING, transaction_id) }
     }
 
     /// The answer to a Binding request: where the request appeared to come from.
@@ -444,19 +409,11 @@ impl Message {
         use attr::*;
         let header = parse_header(datagram)?;
         let id = header.transaction_id;
-        let mut msg = Message::new(
-            Class::from_type(header.message_type),
-            method_of(header.message_type),
-            id,
-        );
+        let mut msg = Message::new(Class::from_type(header.message_type), method_of(header.message_type), id);
         let (mut source_address, mut changed_address) = (None, None);
         let (mut padding, mut integrity_seen) = (None, false);
         for raw in Attributes::new(datagram) {
-            let RawAttr {
-                kind,
-                offset,
-                value,
-            } = raw?;
+            let RawAttr { kind, offset, value } = raw?;
             if msg.fingerprint {
                 return Err(StunError::FingerprintNotLast);
             }
@@ -474,29 +431,18 @@ impl Message {
                 continue;
             }
             match kind {
-                XOR_MAPPED_ADDRESS => first(&mut msg.xor_mapped_address, kind, || {
-                    parse_address(value, Mask::xor(&id))
-                })?,
-                MAPPED_ADDRESS => first(&mut msg.mapped_address, kind, || {
-                    parse_address(value, Mask::NONE)
-                })?,
-                RESPONSE_ORIGIN => first(&mut msg.response_origin, kind, || {
-                    parse_address(value, Mask::NONE)
-                })?,
-                OTHER_ADDRESS => first(&mut msg.other_address, kind, || {
-                    parse_address(value, Mask::NONE)
-                })?,
-                SOURCE_ADDRESS => first(&mut source_address, kind, || {
-                    parse_address(value, Mask::NONE)
-                })?,
-                CHANGED_ADDRESS => first(&mut changed_address, kind, || {
-                    parse_address(value, Mask::NONE)
-                })?,
+                XOR_MAPPED_ADDRESS => {
+                    first(&mut msg.xor_mapped_address, kind, || parse_address(value, Mask::xor(&id)))?
+                }
+                MAPPED_ADDRESS => first(&mut msg.mapped_address, kind, || parse_address(value, Mask::NONE))?,
+                RESPONSE_ORIGIN => first(&mut msg.response_origin, kind, || parse_address(value, Mask::NONE))?,
+                OTHER_ADDRESS => first(&mut msg.other_address, kind, || parse_address(value, Mask::NONE))?,
+                SOURCE_ADDRESS => first(&mut source_address, kind, || parse_address(value, Mask::NONE))?,
+                CHANGED_ADDRESS => first(&mut changed_address, kind, || parse_address(value, Mask::NONE))?,
                 CHANGE_REQUEST => first(&mut msg.change_request, kind, || match value {
-                    [_, _, _, flags] => Some(ChangeRequest {
-                        change_ip: flags & 0x04 != 0,
-                        change_port: flags & 0x02 != 0,
-                    }),
+                    [_, _, _, flags] => {
+                        Some(ChangeRequest { change_ip: flags & 0x04 != 0, change_port: flags & 0x02 != 0 })
+                    }
                     _ => None,
                 })?,
                 // RFC 5780 gives it 2 bytes of padding; accept senders that leave it off.
@@ -507,10 +453,9 @@ impl Message {
                 PADDING => first(&mut padding, kind, || Some(value.len()))?,
                 SOFTWARE => first(&mut msg.software, kind, || Some(text(value)))?,
                 ERROR_CODE => first(&mut msg.error_code, kind, || match value {
-                    [_, _, class, number, reason @ ..] if *number < 100 => Some((
-                        u16::from(class & 0x07) * 100 + u16::from(*number),
-                        text(reason),
-                    )),
+                    [_, _, class, number, reason @ ..] if *number < 100 => {
+                        Some((u16::from(class & 0x07) * 100 + u16::from(*number), text(reason)))
+                    }
                     _ => None,
                 })?,
                 MESSAGE_INTEGRITY | MESSAGE_INTEGRITY_SHA256 => integrity_seen = true,
@@ -530,28 +475,13 @@ impl Message {
 
     /// Exact length of [`Message::encode`]'s output, computed without encoding.
     pub fn encoded_len(&self) -> usize {
-        let addresses = [
-            &self.xor_mapped_address,
-            &self.mapped_address,
-            &self.response_origin,
-            &self.other_address,
-        ];
+        let addresses = [&self.xor_mapped_address, &self.mapped_address, &self.response_origin, &self.other_address];
         let mut len = HEADER_LEN;
-        len += addresses
-            .iter()
-            .flat_map(|a| a.as_ref())
-            .map(|a| 4 + address_value_len(a))
-            .sum::<usize>();
+        len += addresses.iter().flat_map(|a| a.as_ref()).map(|a| 4 + address_value_len(a)).sum::<usize>();
         len += self.change_request.map_or(0, |_| 8);
         len += self.response_port.map_or(0, |_| 8);
-        len += self
-            .error_code
-            .as_ref()
-            .map_or(0, |(_, reason)| 4 + padded(4 + clip_text(reason).len()));
-        len += self
-            .software
-            .as_ref()
-            .map_or(0, |s| 4 + padded(clip_text(s).len()));
+        len += self.error_code.as_ref().map_or(0, |(_, reason)| 4 + padded(4 + clip_text(reason).len()));
+        len += self.software.as_ref().map_or(0, |s| 4 + padded(clip_text(s).len()));
         len += match self.padding_len() {
             0 => 0,
             n => 4 + padded(n),
@@ -645,11 +575,7 @@ pub fn verify_message_integrity(datagram: &[u8], key: &[u8]) -> Result<bool, Stu
     use hmac::{Hmac, Mac};
     parse_header(datagram)?;
     for raw in Attributes::new(datagram) {
-        let RawAttr {
-            kind,
-            offset,
-            value,
-        } = raw?;
+        let RawAttr { kind, offset, value } = raw?;
         if kind != attr::MESSAGE_INTEGRITY {
             continue;
         }
@@ -663,8 +589,7 @@ pub fn verify_message_integrity(datagram: &[u8], key: &[u8]) -> Result<bool, Stu
             return Err(StunError::Truncated);
         };
         // HMAC takes keys of any length, so this cannot fail.
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(key)
-            .map_err(|_| StunError::MalformedAttribute(kind))?;
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(key).map_err(|_| StunError::MalformedAttribute(kind))?;
         mac.update(message_type);
         mac.update(&length);
         mac.update(rest);
@@ -684,12 +609,7 @@ mod tests {
         assert_eq!(message_type(Class::ErrorResponse, BINDING), 0x0111);
         assert_eq!(message_type(Class::Indication, BINDING), 0x0011);
         for method in [0u16, 1, 0x0F, 0x10, 0x7F, 0x80, 0xFFF] {
-            for class in [
-                Class::Request,
-                Class::Indication,
-                Class::SuccessResponse,
-                Class::ErrorResponse,
-            ] {
+            for class in [Class::Request, Class::Indication, Class::SuccessResponse, Class::ErrorResponse] {
                 let t = message_type(class, method);
                 assert_eq!((Class::from_type(t), method_of(t)), (class, method));
                 assert_eq!(t & 0xC000, 0);

@@ -52,20 +52,13 @@ fn attr_type() -> impl Strategy<Value = u16> {
 
 fn socket_addr() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![
-        (any::<[u8; 4]>(), any::<u16>())
-            .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port)),
-        (any::<[u8; 16]>(), any::<u16>())
-            .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port)),
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port)),
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port)),
     ]
 }
 
 fn class() -> impl Strategy<Value = Class> {
-    prop::sample::select(vec![
-        Class::Request,
-        Class::Indication,
-        Class::SuccessResponse,
-        Class::ErrorResponse,
-    ])
+    prop::sample::select(vec![Class::Request, Class::Indication, Class::SuccessResponse, Class::ErrorResponse])
 }
 
 /// Any message [`Message::encode`] can produce without clipping.
@@ -86,20 +79,13 @@ fn message() -> impl Strategy<Value = Message> {
         any::<bool>(),
     );
     (head, addrs, rest).prop_map(
-        |(
-            (class, method, id),
-            (xor, mapped, origin, other),
-            (change, port, padding, software, error, fp),
-        )| Message {
+        |((class, method, id), (xor, mapped, origin, other), (change, port, padding, software, error, fp))| Message {
             class,
             method,
             transaction_id: id,
             xor_mapped_address: xor,
             mapped_address: mapped,
-            change_request: change.map(|(change_ip, change_port)| ChangeRequest {
-                change_ip,
-                change_port,
-            }),
+            change_request: change.map(|(change_ip, change_port)| ChangeRequest { change_ip, change_port }),
             response_origin: origin,
             other_address: other,
             response_port: port,

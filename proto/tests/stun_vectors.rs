@@ -1,15 +1,13 @@
 //! STUN codec against the RFC 5769 test vectors, plus round trips of everything we encode.
 
 use introducer_proto::stun::{
-    self, attr, is_binding_request, transaction_id, verify_message_integrity, ChangeRequest, Class,
-    Message, StunError, TransactionId, BINDING, HEADER_LEN, MAGIC_COOKIE,
+    self, attr, is_binding_request, transaction_id, verify_message_integrity, ChangeRequest, Class, Message, StunError,
+    TransactionId, BINDING, HEADER_LEN, MAGIC_COOKIE,
 };
 use std::net::SocketAddr;
 
 fn hex(text: &str) -> Vec<u8> {
-    text.split_whitespace()
-        .map(|byte| u8::from_str_radix(byte, 16).expect("hex byte"))
-        .collect()
+    text.split_whitespace().map(|byte| u8::from_str_radix(byte, 16).expect("hex byte")).collect()
 }
 
 /// RFC 5769 §2.1 Sample Request (SOFTWARE, PRIORITY, ICE-CONTROLLED, USERNAME,
@@ -39,17 +37,11 @@ const SAMPLE_IPV6_RESPONSE: &str = "
     00 08 00 14  a3 82 95 4e  4b e6 7b f1  17 84 c9 7c  82 92 c2 75  bf e3 ed 41
     80 28 00 04  c8 fb 0b 4c";
 
-const SAMPLE_ID: TransactionId = [
-    0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
-];
+const SAMPLE_ID: TransactionId = [0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae];
 const PASSWORD: &[u8] = b"VOkJxbRl1RmTxUk/WvJxBt";
 
 fn all_vectors() -> [Vec<u8>; 3] {
-    [
-        hex(SAMPLE_REQUEST),
-        hex(SAMPLE_IPV4_RESPONSE),
-        hex(SAMPLE_IPV6_RESPONSE),
-    ]
+    [hex(SAMPLE_REQUEST), hex(SAMPLE_IPV4_RESPONSE), hex(SAMPLE_IPV6_RESPONSE)]
 }
 
 #[test]
@@ -81,10 +73,7 @@ fn rfc5769_ipv4_response() {
     assert_eq!(msg.method, BINDING);
     assert_eq!(msg.transaction_id, SAMPLE_ID);
     assert_eq!(msg.software.as_deref(), Some("test vector"));
-    assert_eq!(
-        msg.xor_mapped_address,
-        Some("192.0.2.1:32853".parse().unwrap())
-    );
+    assert_eq!(msg.xor_mapped_address, Some("192.0.2.1:32853".parse().unwrap()));
     assert!(msg.fingerprint);
     assert!(!is_binding_request(&bytes));
 }
@@ -96,14 +85,7 @@ fn rfc5769_ipv6_response() {
     assert_eq!(msg.class, Class::SuccessResponse);
     assert_eq!(msg.transaction_id, SAMPLE_ID);
     assert_eq!(msg.software.as_deref(), Some("test vector"));
-    assert_eq!(
-        msg.xor_mapped_address,
-        Some(
-            "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
-                .parse()
-                .unwrap()
-        )
-    );
+    assert_eq!(msg.xor_mapped_address, Some("[2001:db8:1234:5678:11:2233:4455:6677]:32853".parse().unwrap()));
     assert!(msg.fingerprint);
 }
 
@@ -111,10 +93,7 @@ fn rfc5769_ipv6_response() {
 fn rfc5769_message_integrity_verifies() {
     for bytes in all_vectors() {
         assert_eq!(verify_message_integrity(&bytes, PASSWORD), Ok(true));
-        assert_eq!(
-            verify_message_integrity(&bytes, b"VOkJxbRl1RmTxUk/WvJxBT"),
-            Ok(false)
-        );
+        assert_eq!(verify_message_integrity(&bytes, b"VOkJxbRl1RmTxUk/WvJxBT"), Ok(false));
     }
 }
 
@@ -131,10 +110,7 @@ fn flipped_bit_fails_fingerprint() {
             let mut bad = bytes.clone();
             bad[i / 8] ^= 1 << (i % 8);
             let decoded = Message::decode(&bad);
-            assert!(
-                !matches!(decoded, Ok(ref m) if m.fingerprint),
-                "bit {i}: {decoded:?}"
-            );
+            assert!(!matches!(decoded, Ok(ref m) if m.fingerprint), "bit {i}: {decoded:?}");
         }
     }
 }
@@ -142,23 +118,10 @@ fn flipped_bit_fails_fingerprint() {
 #[test]
 fn xor_mapped_address_encoding_matches_rfc5769() {
     let v4 = Message::binding_success(SAMPLE_ID, "192.0.2.1:32853".parse().unwrap());
-    let v4 = Message {
-        fingerprint: false,
-        ..v4
-    }
-    .encode();
-    assert_eq!(
-        &v4[HEADER_LEN..],
-        &hex("00 20 00 08 00 01 a1 47 e1 12 a6 43")[..]
-    );
-    let addr = "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
-        .parse()
-        .unwrap();
-    let v6 = Message {
-        fingerprint: false,
-        ..Message::binding_success(SAMPLE_ID, addr)
-    }
-    .encode();
+    let v4 = Message { fingerprint: false, ..v4 }.encode();
+    assert_eq!(&v4[HEADER_LEN..], &hex("00 20 00 08 00 01 a1 47 e1 12 a6 43")[..]);
+    let addr = "[2001:db8:1234:5678:11:2233:4455:6677]:32853".parse().unwrap();
+    let v6 = Message { fingerprint: false, ..Message::binding_success(SAMPLE_ID, addr) }.encode();
     let expected = hex("00 20 00 14 00 02 a1 47 01 13 a9 fa a5 d3 f1 79 bc 25 f4 b5 be d2 b9 d9");
     assert_eq!(&v6[HEADER_LEN..], &expected[..]);
 }
@@ -225,22 +188,13 @@ fn attribute_overrunning_the_message_is_truncated() {
 #[test]
 fn unknown_comprehension_required_attribute_rejects() {
     let bytes = raw(0x0001, &[(0x7777, b"x")]);
-    assert_eq!(
-        Message::decode(&bytes),
-        Err(StunError::UnknownComprehensionRequired(0x7777))
-    );
+    assert_eq!(Message::decode(&bytes), Err(StunError::UnknownComprehensionRequired(0x7777)));
     // RFC 8489 discards responses with them too.
     let bytes = raw(0x0101, &[(0x0030, b"")]);
-    assert_eq!(
-        Message::decode(&bytes),
-        Err(StunError::UnknownComprehensionRequired(0x0030))
-    );
+    assert_eq!(Message::decode(&bytes), Err(StunError::UnknownComprehensionRequired(0x0030)));
     // Comprehension-optional ones are skipped.
     let bytes = raw(0x0001, &[(0xC057, b"whatever"), (attr::SOFTWARE, b"ok")]);
-    assert_eq!(
-        Message::decode(&bytes).unwrap().software.as_deref(),
-        Some("ok")
-    );
+    assert_eq!(Message::decode(&bytes).unwrap().software.as_deref(), Some("ok"));
 }
 
 #[test]
@@ -286,10 +240,7 @@ fn fingerprint_must_be_last() {
     bytes.extend_from_slice(&[0x80, 0x22, 0, 0]);
     let len = (bytes.len() - HEADER_LEN) as u16;
     bytes[2..4].copy_from_slice(&len.to_be_bytes());
-    assert!(matches!(
-        Message::decode(&bytes),
-        Err(StunError::FingerprintNotLast | StunError::BadFingerprint)
-    ));
+    assert!(matches!(Message::decode(&bytes), Err(StunError::FingerprintNotLast | StunError::BadFingerprint)));
     // Recompute the CRC over the new length so only the position is wrong.
     let mut bytes = raw(0x0001, &[]);
     bytes = with_fingerprint(bytes);
@@ -314,11 +265,7 @@ fn malformed_attributes_are_typed() {
     ];
     for (kind, value) in cases {
         let bytes = raw(0x0001, &[(kind, value)]);
-        assert_eq!(
-            Message::decode(&bytes),
-            Err(StunError::MalformedAttribute(kind)),
-            "{kind:#x}"
-        );
+        assert_eq!(Message::decode(&bytes), Err(StunError::MalformedAttribute(kind)), "{kind:#x}");
     }
 }
 
@@ -333,14 +280,8 @@ fn legacy_rfc3489_addresses_fill_the_rfc5780_fields() {
         ],
     );
     let msg = Message::decode(&bytes).unwrap();
-    assert_eq!(
-        msg.mapped_address,
-        Some("198.51.100.7:3478".parse().unwrap())
-    );
-    assert_eq!(
-        msg.response_origin,
-        Some("203.0.113.1:3478".parse().unwrap())
-    );
+    assert_eq!(msg.mapped_address, Some("198.51.100.7:3478".parse().unwrap()));
+    assert_eq!(msg.response_origin, Some("203.0.113.1:3478".parse().unwrap()));
     assert_eq!(msg.other_address, Some("203.0.113.2:3479".parse().unwrap()));
     assert!(!msg.fingerprint);
 
@@ -358,57 +299,33 @@ fn legacy_rfc3489_addresses_fill_the_rfc5780_fields() {
 
 #[test]
 fn first_of_duplicate_attributes_wins() {
-    let bytes = raw(
-        0x0101,
-        &[(attr::SOFTWARE, b"one"), (attr::SOFTWARE, b"two")],
-    );
-    assert_eq!(
-        Message::decode(&bytes).unwrap().software.as_deref(),
-        Some("one")
-    );
+    let bytes = raw(0x0101, &[(attr::SOFTWARE, b"one"), (attr::SOFTWARE, b"two")]);
+    assert_eq!(Message::decode(&bytes).unwrap().software.as_deref(), Some("one"));
 }
 
 #[test]
 fn invalid_utf8_text_is_kept_lossily() {
     let bytes = raw(0x0101, &[(attr::SOFTWARE, &[b'a', 0xff, b'b'])]);
-    assert_eq!(
-        Message::decode(&bytes).unwrap().software.as_deref(),
-        Some("a\u{fffd}b")
-    );
+    assert_eq!(Message::decode(&bytes).unwrap().software.as_deref(), Some("a\u{fffd}b"));
 }
 
 #[test]
 fn message_integrity_missing_or_malformed() {
     let plain = Message::binding_request(SAMPLE_ID).encode();
-    assert_eq!(
-        verify_message_integrity(&plain, PASSWORD),
-        Err(StunError::MissingAttribute(attr::MESSAGE_INTEGRITY))
-    );
+    assert_eq!(verify_message_integrity(&plain, PASSWORD), Err(StunError::MissingAttribute(attr::MESSAGE_INTEGRITY)));
     let short = raw(0x0001, &[(attr::MESSAGE_INTEGRITY, &[0; 16])]);
-    assert_eq!(
-        verify_message_integrity(&short, PASSWORD),
-        Err(StunError::MalformedAttribute(attr::MESSAGE_INTEGRITY))
-    );
-    assert_eq!(
-        verify_message_integrity(&plain[..10], PASSWORD),
-        Err(StunError::Truncated)
-    );
+    assert_eq!(verify_message_integrity(&short, PASSWORD), Err(StunError::MalformedAttribute(attr::MESSAGE_INTEGRITY)));
+    assert_eq!(verify_message_integrity(&plain[..10], PASSWORD), Err(StunError::Truncated));
 }
 
 #[test]
 fn binding_request_encodes_exactly() {
     let bytes = Message::binding_request(SAMPLE_ID).encode();
     assert_eq!(bytes.len(), 28);
-    assert_eq!(
-        &bytes[..HEADER_LEN],
-        &hex("00 01 00 08 21 12 a4 42 b7 e7 a7 01 bc 34 d6 86 fa 87 df ae")[..]
-    );
+    assert_eq!(&bytes[..HEADER_LEN], &hex("00 01 00 08 21 12 a4 42 b7 e7 a7 01 bc 34 d6 86 fa 87 df ae")[..]);
     assert_eq!(&bytes[HEADER_LEN..HEADER_LEN + 4], &[0x80, 0x28, 0, 4]);
     assert!(is_binding_request(&bytes));
-    assert_eq!(
-        Message::decode(&bytes).unwrap(),
-        Message::binding_request(SAMPLE_ID)
-    );
+    assert_eq!(Message::decode(&bytes).unwrap(), Message::binding_request(SAMPLE_ID));
 }
 
 fn round_trip(msg: &Message) {
@@ -421,13 +338,7 @@ fn round_trip(msg: &Message) {
 #[test]
 fn every_attribute_round_trips_ipv4_and_ipv6() {
     let addrs: [[SocketAddr; 4]; 2] = [
-        [
-            "192.0.2.1:32853",
-            "198.51.100.7:1",
-            "203.0.113.1:3478",
-            "203.0.113.2:3479",
-        ]
-        .map(|s| s.parse().unwrap()),
+        ["192.0.2.1:32853", "198.51.100.7:1", "203.0.113.1:3478", "203.0.113.2:3479"].map(|s| s.parse().unwrap()),
         [
             "[2001:db8:1234:5678:11:2233:4455:6677]:32853",
             "[::1]:65535",
@@ -439,22 +350,10 @@ fn every_attribute_round_trips_ipv4_and_ipv6() {
     for [xor, mapped, origin, other] in addrs {
         let base = Message::binding_success(SAMPLE_ID, xor);
         round_trip(&base);
-        round_trip(&Message {
-            fingerprint: false,
-            ..base.clone()
-        });
-        round_trip(&Message {
-            mapped_address: Some(mapped),
-            ..base.clone()
-        });
-        round_trip(&Message {
-            response_origin: Some(origin),
-            ..base.clone()
-        });
-        round_trip(&Message {
-            other_address: Some(other),
-            ..base.clone()
-        });
+        round_trip(&Message { fingerprint: false, ..base.clone() });
+        round_trip(&Message { mapped_address: Some(mapped), ..base.clone() });
+        round_trip(&Message { response_origin: Some(origin), ..base.clone() });
+        round_trip(&Message { other_address: Some(other), ..base.clone() });
         let full = Message {
             mapped_address: Some(mapped),
             response_origin: Some(origin),
@@ -466,36 +365,16 @@ fn every_attribute_round_trips_ipv4_and_ipv6() {
     }
     let request = Message::binding_request(SAMPLE_ID);
     for (change_ip, change_port) in [(false, false), (true, false), (false, true), (true, true)] {
-        round_trip(&Message {
-            change_request: Some(ChangeRequest {
-                change_ip,
-                change_port,
-            }),
-            ..request.clone()
-        });
+        round_trip(&Message { change_request: Some(ChangeRequest { change_ip, change_port }), ..request.clone() });
     }
-    round_trip(&Message {
-        response_port: Some(40000),
-        ..request.clone()
-    });
+    round_trip(&Message { response_port: Some(40000), ..request.clone() });
     for padding in [1, 2, 3, 4, 5, 548, 1400] {
-        round_trip(&Message {
-            padding,
-            ..request.clone()
-        });
+        round_trip(&Message { padding, ..request.clone() });
     }
     for software in ["", "a", "ab", "abc", "abcd", "ünïcødé 🚀"] {
-        round_trip(&Message {
-            software: Some(software.into()),
-            ..request.clone()
-        });
+        round_trip(&Message { software: Some(software.into()), ..request.clone() });
     }
-    for (code, reason) in [
-        (300, "Try Alternate"),
-        (400, "Bad Request"),
-        (420, ""),
-        (699, "x"),
-    ] {
+    for (code, reason) in [(300, "Try Alternate"), (400, "Bad Request"), (420, ""), (699, "x")] {
         round_trip(&Message::binding_error(SAMPLE_ID, code, reason));
     }
     round_trip(&Message::new(Class::Indication, BINDING, SAMPLE_ID));

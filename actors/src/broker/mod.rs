@@ -277,8 +277,7 @@ impl Broker {
         if self.next_sweep.is_none_or(|t| t > now) {
             return;
         }
-        let expired: Vec<PeerId> =
-            self.by_peer.iter().filter(|(_, r)| r.expires <= now).map(|(p, _)| *p).collect();
+        let expired: Vec<PeerId> = self.by_peer.iter().filter(|(_, r)| r.expires <= now).map(|(p, _)| *p).collect();
         for peer in expired {
             if let Some(reg) = self.by_peer.remove(&peer) {
                 self.by_addr.remove(&reg.addr);

@@ -72,7 +72,8 @@ fn introduction_goes_to_both_with_one_nonce() {
     let now = Instant::now();
     let mut b = broker(now);
     let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
-    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+        ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
     register_fully(&mut b, now, &alice, a_addr);
     register_fully(&mut b, now, &bob, b_addr);
     let request = pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id: 42 };
@@ -143,10 +144,12 @@ fn introduction_requests_are_rate_limited_per_requester() {
     let now = Instant::now();
     let mut b = broker(now);
     let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
-    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+        ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
     register_fully(&mut b, now, &alice, a_addr);
     register_fully(&mut b, now, &bob, b_addr);
-    let request = || Kind::IntroduceRequest(pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id: 1 });
+    let request =
+        || Kind::IntroduceRequest(pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id: 1 });
     let burst = Config::default().introduction_burst as usize;
     for _ in 0..burst + 5 {
         b.handle(now, SocketId::PRIMARY, a_addr, request());
@@ -164,7 +167,8 @@ fn a_repeated_request_gets_the_same_nonce_and_a_new_one_a_fresh_nonce() {
     let now = Instant::now();
     let mut b = broker(now);
     let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
-    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+        ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
     register_fully(&mut b, now, &alice, a_addr);
     register_fully(&mut b, now, &bob, b_addr);
     let mut nonce_to_bob = |request_id| {

@@ -39,11 +39,27 @@ impl Attempts {
         }
         let peer_nat = introduced.peer.record.nat.as_ref().and_then(|n| NatReport::try_from(n).ok());
         // A peer that could not probe is taken as easy, at the address the introducer saw.
-        let peer_nat = peer_nat.unwrap_or(NatReport { public_addr: introduced.peer_public, no_nat: false, mapping: None, filtering: None, allocation: None });
-        let private: Vec<SocketAddr> = introduced.peer.record.private_addrs.iter().filter_map(|a| a.try_into().ok()).collect();
+        let peer_nat = peer_nat.unwrap_or(NatReport {
+            public_addr: introduced.peer_public,
+            no_nat: false,
+            mapping: None,
+            filtering: None,
+            allocation: None,
+        });
+        let private: Vec<SocketAddr> =
+            introduced.peer.record.private_addrs.iter().filter_map(|a| a.try_into().ok()).collect();
         let plan = plan(mine, &peer_nat, introduced.peer_public, &private)?;
         let (peer, nonce) = (introduced.peer.peer_id, introduced.nonce.clone());
-        let attempt = Attempt::new(self.config.clone(), &self.me, peer, nonce, SocketId::PRIMARY, introduced.initiator, plan, now);
+        let attempt = Attempt::new(
+            self.config.clone(),
+            &self.me,
+            peer,
+            nonce,
+            SocketId::PRIMARY,
+            introduced.initiator,
+            plan,
+            now,
+        );
         self.by_nonce.insert(introduced.nonce, attempt);
         Ok(())
     }

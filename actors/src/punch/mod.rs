@@ -75,8 +75,14 @@ pub enum Event {
         elapsed: Duration,
     },
     /// After connecting, the peer proved itself over one more address.
-    PathProven { peer: PeerId, addr: SocketAddr },
-    Failed { peer: PeerId, reason: String },
+    PathProven {
+        peer: PeerId,
+        addr: SocketAddr,
+    },
+    Failed {
+        peer: PeerId,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -197,7 +203,9 @@ impl Attempt {
             }
             // The peer reached us from here: aim there too (its NAT may have picked a
             // port nobody observed).
-            if !self.plan.candidates.iter().any(|c| c.addr == src) && self.plan.candidates.len() < self.config.max_candidates {
+            if !self.plan.candidates.iter().any(|c| c.addr == src)
+                && self.plan.candidates.len() < self.config.max_candidates
+            {
                 self.plan.candidates.push(Candidate { addr: src, path: Path::Direct });
             }
             // A responder need not wait any longer: the peer's NAT is open toward us.
@@ -252,7 +260,11 @@ impl Attempt {
             }
             State::Punching if now >= self.next_send => {
                 for candidate in &self.plan.candidates {
-                    self.transmits.push_back(Transmit { socket: self.socket, dst: candidate.addr, payload: self.probe.clone() });
+                    self.transmits.push_back(Transmit {
+                        socket: self.socket,
+                        dst: candidate.addr,
+                        payload: self.probe.clone(),
+                    });
                 }
                 self.stats.probes += self.plan.candidates.len() as u32;
                 self.next_send = now + self.config.interval;

@@ -77,7 +77,12 @@ pub enum Unpunchable {
 
 /// Plans an attempt. `peer_public` is where the introducer saw the peer (trusted over
 /// the peer's own report); `peer_private` are the peer's signed LAN addresses.
-pub fn plan(me: &NatReport, peer: &NatReport, peer_public: SocketAddr, peer_private: &[SocketAddr]) -> Result<Plan, Unpunchable> {
+pub fn plan(
+    me: &NatReport,
+    peer: &NatReport,
+    peer_public: SocketAddr,
+    peer_private: &[SocketAddr],
+) -> Result<Plan, Unpunchable> {
     let public = Candidate { addr: peer_public, path: Path::Direct };
     if me.public_addr.ip() == peer_public.ip() && !(is_public(me) && is_public(peer)) {
         let mut candidates: Vec<Candidate> = peer_private

@@ -53,7 +53,13 @@ fn plan_follows_the_strategy_table() {
 fn same_public_ip_tries_private_addresses_first_even_when_hard() {
     let lan: SocketAddr = "10.0.0.7:4000".parse().unwrap();
     let peer_public: SocketAddr = "203.0.113.1:5000".parse().unwrap();
-    let p = plan(&report("203.0.113.1:1000", NatType::Hard), &report("203.0.113.1:5000", NatType::Hard), peer_public, &[lan]).unwrap();
+    let p = plan(
+        &report("203.0.113.1:1000", NatType::Hard),
+        &report("203.0.113.1:5000", NatType::Hard),
+        peer_public,
+        &[lan],
+    )
+    .unwrap();
     assert_eq!(p.strategy, Strategy::Local);
     assert_eq!(p.candidates[0], Candidate { addr: lan, path: Path::Local });
     assert_eq!(p.candidates[1], Candidate { addr: peer_public, path: Path::Direct });
@@ -68,12 +74,35 @@ struct Pair {
 
 fn pair(now: Instant, b_sends_first: bool) -> Pair {
     let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
-    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("203.0.113.1:1000".parse().unwrap(), "198.51.100.9:2000".parse().unwrap());
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+        ("203.0.113.1:1000".parse().unwrap(), "198.51.100.9:2000".parse().unwrap());
     let nonce = vec![5u8; 16];
-    let plan_to = |addr, send_first| Plan { strategy: Strategy::Direct, candidates: vec![Candidate { addr, path: Path::Direct }], send_first };
+    let plan_to = |addr, send_first| Plan {
+        strategy: Strategy::Direct,
+        candidates: vec![Candidate { addr, path: Path::Direct }],
+        send_first,
+    };
     Pair {
-        a: Attempt::new(Config::default(), &alice, bob.peer_id(), nonce.clone(), SocketId::PRIMARY, true, plan_to(b_addr, true), now),
-        b: Attempt::new(Config::default(), &bob, alice.peer_id(), nonce, SocketId::PRIMARY, false, plan_to(a_addr, b_sends_first), now),
+        a: Attempt::new(
+            Config::default(),
+            &alice,
+            bob.peer_id(),
+            nonce.clone(),
+            SocketId::PRIMARY,
+            true,
+            plan_to(b_addr, true),
+            now,
+        ),
+        b: Attempt::new(
+            Config::default(),
+            &bob,
+            alice.peer_id(),
+            nonce,
+            SocketId::PRIMARY,
+            false,
+            plan_to(a_addr, b_sends_first),
+            now,
+        ),
         a_addr,
         b_addr,
     }
@@ -111,7 +140,9 @@ fn both_sides_connect_only_after_an_acknowledged_proof() {
     p.b.handle_punch(now, p.a_addr, &punch_of(&probe));
     assert!(p.b.poll_event().is_none(), "b must not count a path before its own proof is acknowledged");
     deliver(now, &mut p);
-    let Some(Event::Connected { remote, probes, path, proven, initiator, .. }) = p.a.poll_event() else { panic!("a not connected") };
+    let Some(Event::Connected { remote, probes, path, proven, initiator, .. }) = p.a.poll_event() else {
+        panic!("a not connected")
+    };
     assert_eq!((remote, probes, path, initiator), (p.b_addr, 1, Path::Direct, true));
     assert_eq!(proven, vec![p.b_addr]);
     // b's own probe goes out immediately once it heard from a, and a's ack connects it.

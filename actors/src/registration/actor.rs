@@ -25,7 +25,9 @@ impl Registrations {
 
     pub fn add(&mut self, now: Instant, introducer: SocketAddr, record: pb::SignedPeerRecord) {
         let config = self.config.clone();
-        self.by_introducer.entry(introducer).or_insert_with(|| Registration::new(config, introducer, SocketId::PRIMARY, record, now));
+        self.by_introducer
+            .entry(introducer)
+            .or_insert_with(|| Registration::new(config, introducer, SocketId::PRIMARY, record, now));
     }
 
     pub fn set_record(&mut self, record: pb::SignedPeerRecord) {

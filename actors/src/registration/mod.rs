@@ -58,11 +58,16 @@ pub struct Introduced {
 pub enum Event {
     /// First registration, or the introducer now sees us at a new address (our NAT
     /// changed the mapping).
-    Registered { observed: SocketAddr },
+    Registered {
+        observed: SocketAddr,
+    },
     /// No answer after every retransmission.
     Unreachable,
     Introduced(Box<Introduced>),
-    IntroduceFailed { target: PeerId, reason: String },
+    IntroduceFailed {
+        target: PeerId,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -105,7 +110,13 @@ pub struct Registration {
 }
 
 impl Registration {
-    pub fn new(config: Config, introducer: SocketAddr, socket: SocketId, record: pb::SignedPeerRecord, now: Instant) -> Self {
+    pub fn new(
+        config: Config,
+        introducer: SocketAddr,
+        socket: SocketId,
+        record: pb::SignedPeerRecord,
+        now: Instant,
+    ) -> Self {
         Registration {
             config,
             introducer,

@@ -45,7 +45,8 @@ fn registers_through_the_challenge_and_gets_introduced() {
     let mut broker = Broker::new(broker::Config::default(), now, StdRng::seed_from_u64(3));
     let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
     let (mut a, mut b) = (client(&alice, now), client(&bob, now));
-    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+        ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
     a.handle_timeout(now);
     b.handle_timeout(now);
     exchange(now, &mut broker, &mut [(&mut a, a_addr), (&mut b, b_addr)]);

@@ -55,8 +55,17 @@ impl Sessions {
         strategy: Strategy,
     ) {
         self.routes.retain(|_, p| *p != peer);
-        let session =
-            Session::new(self.config.clone(), peer, SocketId::PRIMARY, remote, proven, controlling, path, strategy, now);
+        let session = Session::new(
+            self.config.clone(),
+            peer,
+            SocketId::PRIMARY,
+            remote,
+            proven,
+            controlling,
+            path,
+            strategy,
+            now,
+        );
         for &addr in session.proven() {
             self.routes.insert(addr, peer);
         }
@@ -158,7 +167,13 @@ mod tests {
     use introducer_proto::pb::{self, envelope::Kind};
 
     fn ping_from(src: SocketAddr, now: Instant) -> Inbound {
-        Inbound { now, socket: SocketId::PRIMARY, src, len: 4, payload: Payload::Envelope(Kind::Ping(pb::Ping { seq: 0 })) }
+        Inbound {
+            now,
+            socket: SocketId::PRIMARY,
+            src,
+            len: 4,
+            payload: Payload::Envelope(Kind::Ping(pb::Ping { seq: 0 })),
+        }
     }
 
     #[test]

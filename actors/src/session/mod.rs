@@ -254,7 +254,17 @@ mod tests {
         let (a, b): (SocketAddr, SocketAddr) = ("203.0.113.1:1".parse().unwrap(), "198.51.100.2:2".parse().unwrap());
         let s = |peer: u64, remote| {
             let peer = Identity::from_seed(peer).peer_id();
-            Session::new(Config::default(), peer, SocketId::PRIMARY, remote, vec![], true, Path::Direct, Strategy::Direct, now)
+            Session::new(
+                Config::default(),
+                peer,
+                SocketId::PRIMARY,
+                remote,
+                vec![],
+                true,
+                Path::Direct,
+                Strategy::Direct,
+                now,
+            )
         };
         (s(2, b), s(1, a), a, b)
     }
@@ -283,14 +293,35 @@ mod tests {
     #[test]
     fn the_controlled_side_follows_the_controlling_sides_path() {
         let now = Instant::now();
-        let (lan, hairpin): (SocketAddr, SocketAddr) = ("10.0.0.3:5000".parse().unwrap(), "203.0.113.10:5001".parse().unwrap());
+        let (lan, hairpin): (SocketAddr, SocketAddr) =
+            ("10.0.0.3:5000".parse().unwrap(), "203.0.113.10:5001".parse().unwrap());
         let peer = Identity::from_seed(1).peer_id();
-        let mut controlled = Session::new(Config::default(), peer, SocketId::PRIMARY, hairpin, vec![lan, hairpin], false, Path::Direct, Strategy::Local, now);
+        let mut controlled = Session::new(
+            Config::default(),
+            peer,
+            SocketId::PRIMARY,
+            hairpin,
+            vec![lan, hairpin],
+            false,
+            Path::Direct,
+            Strategy::Local,
+            now,
+        );
         controlled.handle(now, lan, Kind::Ping(pb::Ping { seq: 0 }));
         assert_eq!(controlled.poll_transmit().unwrap().dst, lan, "answered over the controlling side's path");
         assert_eq!(controlled.remote(), lan);
 
-        let mut controlling = Session::new(Config::default(), peer, SocketId::PRIMARY, lan, vec![lan, hairpin], true, Path::Local, Strategy::Local, now);
+        let mut controlling = Session::new(
+            Config::default(),
+            peer,
+            SocketId::PRIMARY,
+            lan,
+            vec![lan, hairpin],
+            true,
+            Path::Local,
+            Strategy::Local,
+            now,
+        );
         controlling.handle(now, hairpin, Kind::Ping(pb::Ping { seq: 0 }));
         assert_eq!(controlling.poll_transmit().unwrap().dst, lan, "the controlling side keeps its choice");
 

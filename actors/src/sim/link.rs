@@ -36,11 +36,7 @@ impl Link {
 
     /// A link with this fixed one-way latency, no jitter and no loss.
     pub const fn with_latency(latency: Duration) -> Link {
-        Link {
-            latency,
-            jitter: Duration::ZERO,
-            loss: 0.0,
-        }
+        Link { latency, jitter: Duration::ZERO, loss: 0.0 }
     }
 
     pub const fn jitter(mut self, jitter: Duration) -> Link {
@@ -49,10 +45,7 @@ impl Link {
     }
 
     pub fn loss(mut self, loss: f64) -> Link {
-        assert!(
-            (0.0..=1.0).contains(&loss),
-            "loss must be a probability, got {loss}"
-        );
+        assert!((0.0..=1.0).contains(&loss), "loss must be a probability, got {loss}");
         self.loss = loss;
         self
     }

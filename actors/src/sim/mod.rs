@@ -369,12 +369,7 @@ impl Sim {
 
     /// Adds a NAT box with `public_ip` on the internet, or, with `behind`, inside another
     /// NAT (its public address is then an address in that NAT's inside network).
-    pub fn add_nat(
-        &mut self,
-        behavior: NatBehavior,
-        public_ip: Ipv4Addr,
-        behind: Option<NatId>,
-    ) -> NatId {
+    pub fn add_nat(&mut self, behavior: NatBehavior, public_ip: Ipv4Addr, behind: Option<NatId>) -> NatId {
         let id = NatId(self.nats.len());
         let outside = match behind {
             None => Realm::Internet,
@@ -401,11 +396,7 @@ impl Sim {
     }
 
     /// [`Sim::add_host`] for a machine that needs its IP address to be built.
-    pub fn add_host_with<M: Machine + 'static>(
-        &mut self,
-        place: Place,
-        make: impl FnOnce(Ipv4Addr) -> M,
-    ) -> HostId {
+    pub fn add_host_with<M: Machine + 'static>(&mut self, place: Place, make: impl FnOnce(Ipv4Addr) -> M) -> HostId {
         let (realm, ip) = self.resolve(place);
         self.insert_host(realm, ip, Box::new(make(ip)))
     }
@@ -428,12 +419,7 @@ impl Sim {
                 loop {
                     let k = self.nats[nat.0].next_private;
                     self.nats[nat.0].next_private += 1;
-                    let ip = Ipv4Addr::new(
-                        10,
-                        (nat.0 % 256) as u8,
-                        (k / 253 % 256) as u8,
-                        (2 + k % 253) as u8,
-                    );
+                    let ip = Ipv4Addr::new(10, (nat.0 % 256) as u8, (k / 253 % 256) as u8, (2 + k % 253) as u8);
                     if !self.addrs.contains_key(&(realm, ip)) {
                         break (realm, ip);
                     }
@@ -484,19 +470,9 @@ impl Sim {
     }
 
     /// Binds `socket` of `host` to `addr`, which must be one of the host's addresses.
-    pub fn bind_addr(
-        &mut self,
-        host: HostId,
-        socket: SocketId,
-        mut addr: SocketAddrV4,
-    ) -> SocketAddr {
+    pub fn bind_addr(&mut self, host: HostId, socket: SocketId, mut addr: SocketAddrV4) -> SocketAddr {
         let h = self.host_mut(host);
-        assert!(
-            h.ips.contains(addr.ip()),
-            "{host} has no address {} (it has {:?})",
-            addr.ip(),
-            h.ips
-        );
+        assert!(h.ips.contains(addr.ip()), "{host} has no address {} (it has {:?})", addr.ip(), h.ips);
         if addr.port() == 0 {
             let start = h.next_ephemeral;
             loop {
@@ -506,10 +482,7 @@ impl Sim {
                     addr = candidate;
                     break;
                 }
-                assert!(
-                    h.next_ephemeral != start,
-                    "{host} has no ephemeral port left"
-                );
+                assert!(h.next_ephemeral != start, "{host} has no ephemeral port left");
             }
         }
         if let Some(other) = h.by_addr.get(&addr) {
@@ -616,11 +589,7 @@ impl Sim {
         let m = &self.host(host).machine;
         match m.as_ref().as_any().downcast_ref::<T>() {
             Some(m) => m,
-            None => panic!(
-                "{host} runs a {}, not a {}",
-                m.type_name(),
-                std::any::type_name::<T>()
-            ),
+            None => panic!("{host} runs a {}, not a {}", m.type_name(), std::any::type_name::<T>()),
         }
     }
 
@@ -761,11 +730,7 @@ impl Sim {
 
     fn schedule(&mut self, at: Duration, event: Event) {
         self.seq += 1;
-        self.queue.push(Scheduled {
-            at,
-            seq: self.seq,
-            event,
-        });
+        self.queue.push(Scheduled { at, seq: self.seq, event });
     }
 
     fn dispatch(&mut self, event: Event) {
@@ -808,10 +773,7 @@ impl Sim {
         while let Some(t) = h.machine.poll_transmit() {
             out.push(t);
         }
-        let wanted = h
-            .machine
-            .poll_timeout()
-            .map(|t| t.saturating_duration_since(self.base).max(self.now));
+        let wanted = h.machine.poll_timeout().map(|t| t.saturating_duration_since(self.base).max(self.now));
         if wanted != h.timer {
             h.timer = wanted;
             h.timer_gen += 1;
@@ -911,16 +873,8 @@ impl Sim {
         };
         h.stats.received += 1;
         let now = self.base + self.now;
-        h.machine
-            .handle_datagram(now, socket, SocketAddr::V4(packet.src), &packet.payload);
-        self.finish(
-            &packet,
-            Fate::Delivered {
-                host,
-                socket,
-                src: packet.src,
-            },
-        );
+        h.machine.handle_datagram(now, socket, SocketAddr::V4(packet.src), &packet.payload);
+        self.finish(&packet, Fate::Delivered { host, socket, src: packet.src });
         self.after_call(host);
     }
 
@@ -952,10 +906,7 @@ impl Sim {
 
     fn translate_in(&mut self, nat: NatId, mut packet: Packet, filter: bool) {
         let now = self.now;
-        match self.nats[nat.0]
-            .state
-            .inbound(now, packet.dst.port(), packet.src, filter)
-        {
+        match self.nats[nat.0].state.inbound(now, packet.dst.port(), packet.src, filter) {
             Ok(internal) => {
                 packet.dst = internal;
                 self.forward(Realm::Inside(nat), packet, None);
@@ -996,21 +947,15 @@ impl Sim {
     }
 
     fn host(&self, host: HostId) -> &Host {
-        self.hosts
-            .get(host.0)
-            .unwrap_or_else(|| panic!("no host {host} in this simulation"))
+        self.hosts.get(host.0).unwrap_or_else(|| panic!("no host {host} in this simulation"))
     }
 
     fn host_mut(&mut self, host: HostId) -> &mut Host {
-        self.hosts
-            .get_mut(host.0)
-            .unwrap_or_else(|| panic!("no host {host} in this simulation"))
+        self.hosts.get_mut(host.0).unwrap_or_else(|| panic!("no host {host} in this simulation"))
     }
 
     fn nat(&self, nat: NatId) -> &Nat {
-        self.nats
-            .get(nat.0)
-            .unwrap_or_else(|| panic!("no NAT {nat} in this simulation"))
+        self.nats.get(nat.0).unwrap_or_else(|| panic!("no NAT {nat} in this simulation"))
     }
 
     fn nat_check(&self, nat: NatId) {
@@ -1068,11 +1013,7 @@ mod tests {
     }
 
     fn send(sim: &mut Sim, h: HostId, dst: SocketAddr, payload: &[u8]) {
-        sim.machine::<Probe>(h).out.push_back(Transmit {
-            socket: SocketId::PRIMARY,
-            dst,
-            payload: payload.to_vec(),
-        });
+        sim.machine::<Probe>(h).out.push_back(Transmit { socket: SocketId::PRIMARY, dst, payload: payload.to_vec() });
     }
 
     #[test]
@@ -1086,18 +1027,9 @@ mod tests {
             send(&mut sim, a, dst, &[i]);
         }
         sim.run_for(Duration::from_millis(10));
-        let got: Vec<u8> = sim
-            .machine_ref::<Probe>(b)
-            .got
-            .iter()
-            .map(|g| g.2[0])
-            .collect();
+        let got: Vec<u8> = sim.machine_ref::<Probe>(b).got.iter().map(|g| g.2[0]).collect();
         assert_eq!(got, (0..50).collect::<Vec<u8>>());
-        assert!(sim
-            .machine_ref::<Probe>(b)
-            .got
-            .iter()
-            .all(|g| g.0 == sim.instant(Duration::from_millis(10))));
+        assert!(sim.machine_ref::<Probe>(b).got.iter().all(|g| g.0 == sim.instant(Duration::from_millis(10))));
     }
 
     #[test]
@@ -1138,11 +1070,7 @@ mod tests {
         let got = |s: &Sim| !s.machine_ref::<Probe>(b).got.is_empty();
         assert!(sim.run_until_cond(Duration::from_secs(1), got));
         assert_eq!(sim.elapsed(), Duration::from_millis(10));
-        assert!(!sim.run_until_cond(Duration::from_secs(1), |s| s
-            .machine_ref::<Probe>(b)
-            .got
-            .len()
-            == 2));
+        assert!(!sim.run_until_cond(Duration::from_secs(1), |s| s.machine_ref::<Probe>(b).got.len() == 2));
         assert_eq!(sim.elapsed(), Duration::from_millis(1010));
     }
 
@@ -1157,13 +1085,7 @@ mod tests {
         });
         assert_eq!(sim.host_ip(a), Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(sim.host_ip(b), Ipv4Addr::new(10, 0, 0, 3));
-        assert_eq!(
-            sim.bind(a, SocketId(0), 0),
-            "10.0.0.2:49152".parse::<SocketAddr>().unwrap()
-        );
-        assert_eq!(
-            sim.bind(a, SocketId(1), 0),
-            "10.0.0.2:49153".parse::<SocketAddr>().unwrap()
-        );
+        assert_eq!(sim.bind(a, SocketId(0), 0), "10.0.0.2:49152".parse::<SocketAddr>().unwrap());
+        assert_eq!(sim.bind(a, SocketId(1), 0), "10.0.0.2:49153".parse::<SocketAddr>().unwrap());
     }
 }

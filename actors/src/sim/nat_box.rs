@@ -76,10 +76,7 @@ fn wrap(p: i64) -> u16 {
 impl NatBox {
     pub fn new(behavior: NatBehavior, public_ip: Ipv4Addr, seed: u64) -> NatBox {
         if let Allocation::Sequential { step } = behavior.allocation {
-            assert!(
-                (step as i64).rem_euclid(PORT_COUNT) != 0,
-                "a sequential NAT needs a step that moves (got {step})"
-            );
+            assert!((step as i64).rem_euclid(PORT_COUNT) != 0, "a sequential NAT needs a step that moves (got {step})");
         }
         let mut rng = StdRng::seed_from_u64(seed);
         let next_seq = rng.gen_range(SEQ_START);
@@ -107,12 +104,7 @@ impl NatBox {
     /// An outbound datagram from `internal` to `remote` at `now`: finds or creates the
     /// mapping, refreshes it and its permission for `remote`, and returns the external
     /// port. `None` when every port is taken.
-    pub fn outbound(
-        &mut self,
-        now: Duration,
-        internal: SocketAddrV4,
-        remote: SocketAddrV4,
-    ) -> Option<u16> {
+    pub fn outbound(&mut self, now: Duration, internal: SocketAddrV4, remote: SocketAddrV4) -> Option<u16> {
         let key = self.key(internal, remote);
         let port = match self.by_key.get(&key).copied() {
             Some(port) if self.by_port[&port].expires > now => port,
@@ -122,24 +114,13 @@ impl NatBox {
                 }
                 let port = self.allocate(now, internal.port())?;
                 self.by_key.insert(key, port);
-                self.by_port.insert(
-                    port,
-                    Entry {
-                        key,
-                        expires: now,
-                        perms: HashMap::new(),
-                        ip_perms: HashMap::new(),
-                    },
-                );
+                self.by_port.insert(port, Entry { key, expires: now, perms: HashMap::new(), ip_perms: HashMap::new() });
                 self.counters.mappings_created += 1;
                 port
             }
         };
         let until = now + self.behavior.mapping_lifetime;
-        let entry = self
-            .by_port
-            .get_mut(&port)
-            .expect("mapping just found or made");
+        let entry = self.by_port.get_mut(&port).expect("mapping just found or made");
         entry.expires = until;
         entry.perms.insert(remote, until);
         entry.ip_perms.insert(*remote.ip(), until);
@@ -202,11 +183,7 @@ impl NatBox {
             .by_port
             .iter()
             .filter(|(_, e)| e.expires > now)
-            .map(|(&external_port, e)| MappingView {
-                internal: e.key.internal,
-                external_port,
-                expires: e.expires,
-            })
+            .map(|(&external_port, e)| MappingView { internal: e.key.internal, external_port, expires: e.expires })
             .collect();
         v.sort_by_key(|m| m.external_port);
         v
@@ -264,9 +241,7 @@ impl NatBox {
                 self.rng.gen_range(PORT_MIN..=u16::MAX) as i64
             }
         };
-        (0..PORT_COUNT)
-            .map(|i| wrap(scan_from + i))
-            .find(|&p| self.free(now, p))
+        (0..PORT_COUNT).map(|i| wrap(scan_from + i)).find(|&p| self.free(now, p))
     }
 }
 
@@ -288,31 +263,15 @@ mod tests {
         let mut n = nat(NatBehavior::SYMMETRIC_SEQUENTIAL);
         n.next_seq = 65534;
         let ports: Vec<u16> = (0..3)
-            .map(|i| {
-                n.outbound(
-                    S,
-                    ep("10.0.0.2:5000"),
-                    SocketAddrV4::new([1, 1, 1, 1].into(), 80 + i),
-                )
-                .unwrap()
-            })
+            .map(|i| n.outbound(S, ep("10.0.0.2:5000"), SocketAddrV4::new([1, 1, 1, 1].into(), 80 + i)).unwrap())
             .collect();
         assert_eq!(ports, [65534, 65535, 1024]);
 
-        let mut n = nat(NatBehavior {
-            allocation: Allocation::Sequential { step: -2 },
-            ..NatBehavior::SYMMETRIC_SEQUENTIAL
-        });
+        let mut n =
+            nat(NatBehavior { allocation: Allocation::Sequential { step: -2 }, ..NatBehavior::SYMMETRIC_SEQUENTIAL });
         n.next_seq = 1026;
         let ports: Vec<u16> = (0..3)
-            .map(|i| {
-                n.outbound(
-                    S,
-                    ep("10.0.0.2:5000"),
-                    SocketAddrV4::new([1, 1, 1, 1].into(), 80 + i),
-                )
-                .unwrap()
-            })
+            .map(|i| n.outbound(S, ep("10.0.0.2:5000"), SocketAddrV4::new([1, 1, 1, 1].into(), 80 + i)).unwrap())
             .collect();
         assert_eq!(ports, [1026, 1024, 65534]);
     }
@@ -332,24 +291,12 @@ mod tests {
     #[test]
     fn preserving_falls_back_to_the_next_free_port_and_reclaims_expired_ones() {
         let mut n = nat(NatBehavior::PORT_RESTRICTED);
-        assert_eq!(
-            n.outbound(S, ep("10.0.0.2:5000"), ep("1.1.1.1:1")),
-            Some(5000)
-        );
-        assert_eq!(
-            n.outbound(S, ep("10.0.0.3:5000"), ep("1.1.1.1:1")),
-            Some(5001)
-        );
-        assert_eq!(
-            n.outbound(S, ep("10.0.0.4:5001"), ep("1.1.1.1:1")),
-            Some(5002)
-        );
+        assert_eq!(n.outbound(S, ep("10.0.0.2:5000"), ep("1.1.1.1:1")), Some(5000));
+        assert_eq!(n.outbound(S, ep("10.0.0.3:5000"), ep("1.1.1.1:1")), Some(5001));
+        assert_eq!(n.outbound(S, ep("10.0.0.4:5001"), ep("1.1.1.1:1")), Some(5002));
         // After the lifetime, 10.0.0.4 gets its own port back.
         let later = S + n.behavior.mapping_lifetime;
-        assert_eq!(
-            n.outbound(later, ep("10.0.0.4:5001"), ep("1.1.1.1:1")),
-            Some(5001)
-        );
+        assert_eq!(n.outbound(later, ep("10.0.0.4:5001"), ep("1.1.1.1:1")), Some(5001));
         assert_eq!(n.counters.mappings_created, 4);
         assert_eq!(n.counters.mappings_expired, 2);
     }
@@ -378,34 +325,19 @@ mod tests {
         for t in [20, 40] {
             n.outbound(Duration::from_secs(t), me, ep("1.1.1.1:3478"));
         }
-        assert_eq!(
-            n.inbound(Duration::from_secs(45), port, ep("1.1.1.1:3478"), true),
-            Ok(me)
-        );
-        assert_eq!(
-            n.inbound(Duration::from_secs(45), port, ep("2.2.2.2:4000"), true),
-            Err(Refused::Filtered)
-        );
+        assert_eq!(n.inbound(Duration::from_secs(45), port, ep("1.1.1.1:3478"), true), Ok(me));
+        assert_eq!(n.inbound(Duration::from_secs(45), port, ep("2.2.2.2:4000"), true), Err(Refused::Filtered));
     }
 
     #[test]
     fn a_mapping_idle_for_exactly_its_lifetime_is_gone() {
         let mut n = nat(NatBehavior::FULL_CONE);
-        let port = n
-            .outbound(Duration::ZERO, ep("10.0.0.2:5000"), ep("1.1.1.1:1"))
-            .unwrap();
+        let port = n.outbound(Duration::ZERO, ep("10.0.0.2:5000"), ep("1.1.1.1:1")).unwrap();
         let life = n.behavior.mapping_lifetime;
         let just_before = life - Duration::from_nanos(1);
         assert!(n.inbound(just_before, port, ep("9.9.9.9:9"), true).is_ok());
         // That inbound refreshed it.
-        assert!(n
-            .inbound(
-                just_before + life - Duration::from_nanos(1),
-                port,
-                ep("9.9.9.9:9"),
-                true
-            )
-            .is_ok());
+        assert!(n.inbound(just_before + life - Duration::from_nanos(1), port, ep("9.9.9.9:9"), true).is_ok());
         n.inbound_refresh = false;
         let t = just_before + life - Duration::from_nanos(1);
         assert!(n.inbound(t + life, port, ep("9.9.9.9:9"), true) == Err(Refused::NoMapping));

@@ -17,24 +17,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 /// which is what libtest names the thread running a test.
 pub fn for_each_seed(seeds: Range<u64>, mut f: impl FnMut(u64)) {
     let only = match std::env::var("SIM_SEED") {
-        Ok(s) => Some(
-            s.trim()
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("SIM_SEED must be a u64, got {s:?}")),
-        ),
+        Ok(s) => Some(s.trim().parse::<u64>().unwrap_or_else(|_| panic!("SIM_SEED must be a u64, got {s:?}"))),
         Err(_) => None,
     };
-    let test = std::thread::current()
-        .name()
-        .filter(|n| *n != "main")
-        .unwrap_or("<test name>")
-        .to_owned();
+    let test = std::thread::current().name().filter(|n| *n != "main").unwrap_or("<test name>").to_owned();
     let run = |seed: u64, f: &mut dyn FnMut(u64)| {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(seed))) {
-            panic!(
-                "seed {seed} failed: {}\nreplay: SIM_SEED={seed} cargo test {test}",
-                panic_message(&*payload)
-            );
+            panic!("seed {seed} failed: {}\nreplay: SIM_SEED={seed} cargo test {test}", panic_message(&*payload));
         }
     };
     match only {

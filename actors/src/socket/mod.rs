@@ -161,7 +161,9 @@ pub fn route_of(kind: &Kind) -> Route {
     match kind {
         Kind::Hello(_) | Kind::ServerInfo(_) => Route::Bootstrap,
         Kind::Register(_) | Kind::IntroduceRequest(_) => Route::Broker,
-        Kind::RegisterChallenge(_) | Kind::Registered(_) | Kind::Introduction(_) | Kind::IntroduceError(_) => Route::Registration,
+        Kind::RegisterChallenge(_) | Kind::Registered(_) | Kind::Introduction(_) | Kind::IntroduceError(_) => {
+            Route::Registration
+        }
         Kind::Punch(_) => Route::Punch,
         Kind::Ping(_) | Kind::Pong(_) | Kind::Data(_) => Route::Session,
     }

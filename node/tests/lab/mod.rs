@@ -251,10 +251,8 @@ fn cleanup_stale() {
 }
 
 fn sanitize(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .collect();
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     let s = s.trim_matches('-');
     s.chars().take(20).collect::<String>().trim_end_matches('-').to_string()
 }
@@ -312,12 +310,8 @@ impl Lab {
             panic!("lab: {e}");
         }
         STALE_CLEANUP.call_once(cleanup_stale);
-        let prefix = format!(
-            "{NS_PREFIX}{}-{}-{}",
-            std::process::id(),
-            LAB_SEQ.fetch_add(1, Ordering::Relaxed),
-            sanitize(name)
-        );
+        let prefix =
+            format!("{NS_PREFIX}{}-{}-{}", std::process::id(), LAB_SEQ.fetch_add(1, Ordering::Relaxed), sanitize(name));
         let tmp = std::env::temp_dir().join(&prefix);
         let lab = Lab {
             inet: format!("{prefix}-inet"),
@@ -339,7 +333,10 @@ impl Lab {
                 ("net.bridge.bridge-nf-call-arptables", "0".into()),
             ],
         );
-        ip_batch(&lab.inet, &[format!("link add name {INET_BRIDGE} type bridge"), format!("link set dev {INET_BRIDGE} up")]);
+        ip_batch(
+            &lab.inet,
+            &[format!("link add name {INET_BRIDGE} type bridge"), format!("link set dev {INET_BRIDGE} up")],
+        );
         lab
     }
 
@@ -368,13 +365,7 @@ impl Lab {
         }
         // rp_filter: IPv4 devconf is inherited from the host; strict reverse-path filtering
         // drops asymmetric lab traffic. Set `default` before any interface arrives.
-        sysctls(
-            &ns,
-            &[
-                ("net.ipv4.conf.all.rp_filter", "0".into()),
-                ("net.ipv4.conf.default.rp_filter", "0".into()),
-            ],
-        );
+        sysctls(&ns, &[("net.ipv4.conf.all.rp_filter", "0".into()), ("net.ipv4.conf.default.rp_filter", "0".into())]);
         ip_batch(&ns, &["link set dev lo up".to_string()]);
         ns
     }
@@ -460,7 +451,10 @@ impl Lab {
         let ip = Ipv4Addr::new(g[0], g[1], g[2], i);
         ip_batch(
             nat.router.netns(),
-            &[format!("link add name h{i} type veth peer name eth0 netns {ns}"), format!("link set dev h{i} master {LAN_IF} up")],
+            &[
+                format!("link add name h{i} type veth peer name eth0 netns {ns}"),
+                format!("link set dev h{i} master {LAN_IF} up"),
+            ],
         );
         ip_batch(
             &ns,
@@ -656,10 +650,9 @@ pub fn nat_ruleset(b: &NatBehavior, wan_ip: Ipv4Addr) -> String {
         match alloc {
             Allocation::Random => format!("snat ip to {wan} random"),
             Allocation::Sequential { step } => seq_rule(step),
-            Allocation::Preserving => panic!(
-                "lab: {:?} mapping cannot preserve ports (that would be endpoint-independent)",
-                b.mapping
-            ),
+            Allocation::Preserving => {
+                panic!("lab: {:?} mapping cannot preserve ports (that would be endpoint-independent)", b.mapping)
+            }
         }
     };
     let mapping_rules: Vec<String> = match (b.mapping, b.allocation) {
@@ -667,14 +660,12 @@ pub fn nat_ruleset(b: &NatBehavior, wan_ip: Ipv4Addr) -> String {
         (Mapping::EndpointIndependent, Allocation::Random) => {
             vec![format!("meta l4proto udp snat ip to {wan}:{PORT_BASE}-{}", PORT_BASE + 9999)]
         }
-        (Mapping::EndpointIndependent, Allocation::Sequential { step }) => vec![
-            format!("meta l4proto udp snat ip to {wan} : ip saddr . udp sport map @eim"),
-            seq_rule(step),
-        ],
-        (Mapping::AddressDependent, alloc) => vec![
-            format!("meta l4proto udp snat ip to {wan} : ip saddr . udp sport . ip daddr map @adm"),
-            fresh(alloc),
-        ],
+        (Mapping::EndpointIndependent, Allocation::Sequential { step }) => {
+            vec![format!("meta l4proto udp snat ip to {wan} : ip saddr . udp sport map @eim"), seq_rule(step)]
+        }
+        (Mapping::AddressDependent, alloc) => {
+            vec![format!("meta l4proto udp snat ip to {wan} : ip saddr . udp sport . ip daddr map @adm"), fresh(alloc)]
+        }
         (Mapping::AddressAndPortDependent, alloc) => vec![fresh(alloc)],
     };
 
@@ -698,25 +689,25 @@ pub fn nat_ruleset(b: &NatBehavior, wan_ip: Ipv4Addr) -> String {
     line("  chain pre_nat {");
     line("    type nat hook prerouting priority dstnat; policy accept;");
     match b.filtering {
-        Filtering::EndpointIndependent => line(&format!(
-            "    iifname \"{WAN_IF}\" udp dport @ext2int dnat ip to udp dport map @ext2int"
-        )),
-        Filtering::AddressDependent => line(&format!(
-            "    iifname \"{WAN_IF}\" udp dport . ip saddr @seen dnat ip to udp dport map @ext2int"
-        )),
+        Filtering::EndpointIndependent => {
+            line(&format!("    iifname \"{WAN_IF}\" udp dport @ext2int dnat ip to udp dport map @ext2int"))
+        }
+        Filtering::AddressDependent => {
+            line(&format!("    iifname \"{WAN_IF}\" udp dport . ip saddr @seen dnat ip to udp dport map @ext2int"))
+        }
         Filtering::AddressAndPortDependent => {}
     }
     if b.hairpin {
-        line(&format!(
-            "    iifname \"{LAN_IF}\" ip daddr {wan} udp dport @ext2int dnat ip to udp dport map @ext2int"
-        ));
+        line(&format!("    iifname \"{LAN_IF}\" ip daddr {wan} udp dport @ext2int dnat ip to udp dport map @ext2int"));
     }
     line("  }");
 
     line("  chain post_nat {");
     line("    type nat hook postrouting priority srcnat; policy accept;");
     if b.hairpin {
-        line(&format!("    iifname \"{LAN_IF}\" oifname \"{LAN_IF}\" ct status dnat meta l4proto udp jump udp_mapping"));
+        line(&format!(
+            "    iifname \"{LAN_IF}\" oifname \"{LAN_IF}\" ct status dnat meta l4proto udp jump udp_mapping"
+        ));
     }
     line(&format!("    oifname \"{WAN_IF}\" meta l4proto udp jump udp_mapping"));
     line(&format!("    oifname \"{WAN_IF}\" masquerade"));
@@ -841,7 +832,8 @@ impl Host {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let label = format!("{}@{}", Path::new(program.as_ref()).file_name().unwrap_or_default().to_string_lossy(), self.name);
+        let label =
+            format!("{}@{}", Path::new(program.as_ref()).file_name().unwrap_or_default().to_string_lossy(), self.name);
         LabChild::spawn(label, self.command(program, args))
     }
 
@@ -922,7 +914,8 @@ impl Host {
     /// A UDP socket bound to `addr` inside this namespace (use `0.0.0.0:0` for any).
     pub fn udp_socket(&self, addr: impl Into<SocketAddr>) -> UdpSocket {
         let addr = addr.into();
-        self.in_netns(move || UdpSocket::bind(addr)).unwrap_or_else(|e| panic!("lab: bind {addr} in {}: {e}", self.name))
+        self.in_netns(move || UdpSocket::bind(addr))
+            .unwrap_or_else(|e| panic!("lab: bind {addr} in {}: {e}", self.name))
     }
 
     /// Takes the host's uplink (`eth0`, or a router's `wan`) down or up: a cable pulled.
@@ -949,9 +942,25 @@ impl Host {
         let db = dir.join("turndb");
         let mut args: Vec<OsString> = [
             // Debian's /etc/turnserver.conf says no-rfc5780; read no config file at all.
-            "-c", "/dev/null", "-L", &ip1, "-L", &ip2, "-p", &p, "--alt-listening-port", &alt,
-            "--stun-only", "--no-cli", "--no-tcp", "--no-tls", "--no-dtls",
-            "--log-file", "stdout", "--simple-log", "--pidfile",
+            "-c",
+            "/dev/null",
+            "-L",
+            &ip1,
+            "-L",
+            &ip2,
+            "-p",
+            &p,
+            "--alt-listening-port",
+            &alt,
+            "--stun-only",
+            "--no-cli",
+            "--no-tcp",
+            "--no-tls",
+            "--no-dtls",
+            "--log-file",
+            "stdout",
+            "--simple-log",
+            "--pidfile",
         ]
         .iter()
         .map(OsString::from)
@@ -968,7 +977,12 @@ impl Host {
                 if stun_binding(&sock, server, Duration::from_millis(100)).is_some() {
                     break;
                 }
-                assert!(Instant::now() < deadline, "lab: turnserver on {} not answering at {server}:\n{}", self.name, child.context());
+                assert!(
+                    Instant::now() < deadline,
+                    "lab: turnserver on {} not answering at {server}:\n{}",
+                    self.name,
+                    child.context()
+                );
             }
         }
         child
@@ -1204,7 +1218,11 @@ impl LabChild {
                     } else {
                         format!("nothing matched within {timeout:?}")
                     };
-                    return Err(LabError(format!("lab: waiting for a line from {}: {why}\n{}", self.label, self.context())));
+                    return Err(LabError(format!(
+                        "lab: waiting for a line from {}: {why}\n{}",
+                        self.label,
+                        self.context()
+                    )));
                 }
             }
         }
@@ -1217,7 +1235,11 @@ impl LabChild {
     /// Reads stdout JSON lines until one satisfies `pred`, e.g.
     /// `child.wait_json(|v| v["event"] == "ready", Duration::from_secs(10))`.
     /// A stdout line that is not JSON is an error (with `--json`, stdout carries only JSON).
-    pub fn try_wait_json(&mut self, mut pred: impl FnMut(&Value) -> bool, timeout: Duration) -> Result<Value, LabError> {
+    pub fn try_wait_json(
+        &mut self,
+        mut pred: impl FnMut(&Value) -> bool,
+        timeout: Duration,
+    ) -> Result<Value, LabError> {
         let mut bad = None;
         let line = self.try_wait_line(
             |l| {
@@ -1235,7 +1257,11 @@ impl LabChild {
             timeout,
         )?;
         if let Some(b) = bad {
-            return Err(LabError(format!("lab: {} printed a stdout line that is not JSON ({b})\n{}", self.label, self.context())));
+            return Err(LabError(format!(
+                "lab: {} printed a stdout line that is not JSON ({b})\n{}",
+                self.label,
+                self.context()
+            )));
         }
         Ok(serde_json::from_str(&line).unwrap())
     }
@@ -1259,10 +1285,15 @@ impl LabChild {
             self.next_line(left);
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let stderr_closed = self.stdout_eof && !matches!(self.stderr_done.recv_timeout(left), Err(RecvTimeoutError::Timeout));
+        let stderr_closed =
+            self.stdout_eof && !matches!(self.stderr_done.recv_timeout(left), Err(RecvTimeoutError::Timeout));
         if !stderr_closed {
             self.kill();
-            return Err(LabError(format!("lab: {} still running after {timeout:?}; killed\n{}", self.label, self.context())));
+            return Err(LabError(format!(
+                "lab: {} still running after {timeout:?}; killed\n{}",
+                self.label,
+                self.context()
+            )));
         }
         let s = self.child.wait().unwrap_or_else(|e| panic!("lab: waiting for {}: {e}", self.label));
         self.status = Some(s);
