@@ -6,12 +6,13 @@
 //! actors, the simulator by calling the machines it owns. One copy of these decisions
 //! serves both, so what the simulator proves is what the binary does.
 
+use crate::broker;
 use crate::identity::Identity;
 use crate::nat::{NatReport, NatType};
 use crate::probe::{ProbeError, Server};
 use crate::punch::{self, Path, Strategy, Unpunchable};
 use crate::registration::{self, Introduced};
-use crate::{broker, session};
+use crate::session::{self, ProvenPath};
 use introducer_proto::pb;
 use libp2p_identity::PeerId;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -125,14 +126,7 @@ pub enum Action {
         nat: NatReport,
         introduced: Box<Introduced>,
     },
-    OpenSession {
-        peer: PeerId,
-        remote: SocketAddr,
-        proven: Vec<SocketAddr>,
-        controlling: bool,
-        path: Path,
-        strategy: Strategy,
-    },
+    OpenSession(ProvenPath),
     /// A further address the peer proved itself over: take its session traffic too.
     AddPath {
         peer: PeerId,
@@ -337,14 +331,8 @@ impl Coordinator {
                 let connect = self.asked.remove(&peer).map_or(elapsed, |t| now.saturating_duration_since(t));
                 self.paths.insert(peer, path);
                 self.actions.push_back(Action::Settle(peer));
-                self.actions.push_back(Action::OpenSession {
-                    peer,
-                    remote,
-                    proven,
-                    controlling: initiator,
-                    path,
-                    strategy,
-                });
+                let opened = ProvenPath { peer, remote, proven, controlling: initiator, path, strategy };
+                self.actions.push_back(Action::OpenSession(opened));
                 self.emit(Event::Connected { peer, remote, path, strategy, connect, probes });
             }
             punch::Event::PathProven { peer, addr } => self.actions.push_back(Action::AddPath { peer, addr }),

@@ -294,10 +294,8 @@ impl NodeActor {
                         }
                     }));
                 }
-                Action::OpenSession { peer, remote, proven, controlling, path, strategy } => {
-                    self.sessions.do_send(Call::new(move |s: &mut Sessions, now| {
-                        s.open(now, peer, remote, proven, controlling, path, strategy)
-                    }))
+                Action::OpenSession(opened) => {
+                    self.sessions.do_send(Call::new(move |s: &mut Sessions, now| s.open(now, opened)))
                 }
                 Action::AddPath { peer, addr } => {
                     self.sessions.do_send(Call::new(move |s: &mut Sessions, now| s.add_path(now, peer, addr)))

@@ -32,6 +32,16 @@ fn register_fully(b: &mut Broker, now: Instant, id: &Identity, src: SocketAddr) 
     r
 }
 
+/// Alice and Bob, registered from their addresses.
+fn alice_and_bob_registered(b: &mut Broker, now: Instant) -> (Identity, Identity, SocketAddr, SocketAddr) {
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+        ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
+    register_fully(b, now, &alice, a_addr);
+    register_fully(b, now, &bob, b_addr);
+    (alice, bob, a_addr, b_addr)
+}
+
 #[test]
 fn registration_needs_the_cookie_and_the_challenge_is_smaller_than_the_request() {
     let now = Instant::now();
@@ -71,11 +81,7 @@ fn forged_records_are_dropped_and_counted() {
 fn introduction_goes_to_both_with_one_nonce() {
     let now = Instant::now();
     let mut b = broker(now);
-    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
-    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
-        ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
-    register_fully(&mut b, now, &alice, a_addr);
-    register_fully(&mut b, now, &bob, b_addr);
+    let (alice, bob, a_addr, b_addr) = alice_and_bob_registered(&mut b, now);
     let request = pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id: 42 };
     b.handle(now, SocketId::PRIMARY, a_addr, Kind::IntroduceRequest(request));
     let (to_a, to_b) = (b.poll_transmit().unwrap(), b.poll_transmit().unwrap());
@@ -143,11 +149,7 @@ fn registrations_expire_without_refresh_and_stale_records_lose() {
 fn introduction_requests_are_rate_limited_per_requester() {
     let now = Instant::now();
     let mut b = broker(now);
-    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
-    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
-        ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
-    register_fully(&mut b, now, &alice, a_addr);
-    register_fully(&mut b, now, &bob, b_addr);
+    let (_, bob, a_addr, b_addr) = alice_and_bob_registered(&mut b, now);
     let request =
         || Kind::IntroduceRequest(pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id: 1 });
     let burst = Config::default().introduction_burst as usize;
@@ -166,11 +168,7 @@ fn introduction_requests_are_rate_limited_per_requester() {
 fn a_repeated_request_gets_the_same_nonce_and_a_new_one_a_fresh_nonce() {
     let now = Instant::now();
     let mut b = broker(now);
-    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
-    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
-        ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
-    register_fully(&mut b, now, &alice, a_addr);
-    register_fully(&mut b, now, &bob, b_addr);
+    let (_, bob, a_addr, b_addr) = alice_and_bob_registered(&mut b, now);
     let mut nonce_to_bob = |request_id| {
         let request = pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id };
         b.handle(now, SocketId::PRIMARY, a_addr, Kind::IntroduceRequest(request));

@@ -1,9 +1,8 @@
 //! The session actor: one [`Session`] per connected peer, found by any address the peer
 //! proved itself over.
 
-use super::{Config, Event, SendError, Session};
+use super::{Config, Event, ProvenPath, SendError, Session};
 use crate::driver::{MachineActor, Protocol};
-use crate::punch::{Path, Strategy};
 use crate::socket::{Inbound, Payload};
 use crate::{SocketId, Transmit};
 use libp2p_identity::PeerId;
@@ -42,30 +41,11 @@ impl Sessions {
         }
     }
 
-    /// Opens (or replaces) the session with `peer` over the paths a punch proved.
-    #[allow(clippy::too_many_arguments)]
-    pub fn open(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        remote: SocketAddr,
-        proven: Vec<SocketAddr>,
-        controlling: bool,
-        path: Path,
-        strategy: Strategy,
-    ) {
+    /// Opens (or replaces) the session with a peer over the paths a punch proved.
+    pub fn open(&mut self, now: Instant, opened: ProvenPath) {
+        let peer = opened.peer;
         self.routes.retain(|_, p| *p != peer);
-        let session = Session::new(
-            self.config.clone(),
-            peer,
-            SocketId::PRIMARY,
-            remote,
-            proven,
-            controlling,
-            path,
-            strategy,
-            now,
-        );
+        let session = Session::new(self.config.clone(), SocketId::PRIMARY, opened, now);
         for &addr in session.proven() {
             self.routes.insert(addr, peer);
         }
@@ -164,6 +144,7 @@ impl Protocol for Sessions {
 mod tests {
     use super::*;
     use crate::identity::Identity;
+    use crate::punch::{Path, Strategy};
     use introducer_proto::pb::{self, envelope::Kind};
 
     fn ping_from(src: SocketAddr, now: Instant) -> Inbound {
@@ -184,7 +165,15 @@ mod tests {
         sessions.handle_inbound(ping_from(peer, now));
         assert!(sessions.poll_transmit().is_none());
         let id = Identity::from_seed(1).peer_id();
-        sessions.open(now, id, peer, vec![peer], false, Path::Direct, Strategy::SimultaneousOpen);
+        let opened = ProvenPath {
+            peer: id,
+            remote: peer,
+            proven: vec![peer],
+            controlling: false,
+            path: Path::Direct,
+            strategy: Strategy::SimultaneousOpen,
+        };
+        sessions.open(now, opened);
         let pong = sessions.poll_transmit().expect("the held ping is answered");
         assert_eq!(pong.dst, peer);
         assert_eq!(sessions.dropped_unknown_source, 0);

@@ -58,6 +58,20 @@ pub enum SendError {
     Closed,
 }
 
+/// What a punch proved, and what a session opens over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvenPath {
+    pub peer: PeerId,
+    /// Where to send.
+    pub remote: SocketAddr,
+    /// Every address the peer proved itself over (traffic is taken from any of them).
+    pub proven: Vec<SocketAddr>,
+    /// The side that asked for the introduction picks the path; the other follows it.
+    pub controlling: bool,
+    pub path: Path,
+    pub strategy: Strategy,
+}
+
 /// The sequence number of keepalive pings: their pongs are nobody's business.
 const KEEPALIVE_SEQ: u64 = u64::MAX;
 
@@ -85,18 +99,8 @@ pub struct Session {
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Config,
-        peer: PeerId,
-        socket: SocketId,
-        remote: SocketAddr,
-        mut proven: Vec<SocketAddr>,
-        controlling: bool,
-        path: Path,
-        strategy: Strategy,
-        now: Instant,
-    ) -> Self {
+    pub fn new(config: Config, socket: SocketId, opened: ProvenPath, now: Instant) -> Self {
+        let ProvenPath { peer, remote, mut proven, controlling, path, strategy } = opened;
         tracing::debug!(%peer, %remote, ?proven, controlling, ?path, "session open");
         if !proven.contains(&remote) {
             proven.push(remote);
@@ -254,17 +258,15 @@ mod tests {
         let (a, b): (SocketAddr, SocketAddr) = ("203.0.113.1:1".parse().unwrap(), "198.51.100.2:2".parse().unwrap());
         let s = |peer: u64, remote| {
             let peer = Identity::from_seed(peer).peer_id();
-            Session::new(
-                Config::default(),
+            let opened = ProvenPath {
                 peer,
-                SocketId::PRIMARY,
                 remote,
-                vec![],
-                true,
-                Path::Direct,
-                Strategy::Direct,
-                now,
-            )
+                proven: vec![],
+                controlling: true,
+                path: Path::Direct,
+                strategy: Strategy::Direct,
+            };
+            Session::new(Config::default(), SocketId::PRIMARY, opened, now)
         };
         (s(2, b), s(1, a), a, b)
     }
@@ -296,32 +298,17 @@ mod tests {
         let (lan, hairpin): (SocketAddr, SocketAddr) =
             ("10.0.0.3:5000".parse().unwrap(), "203.0.113.10:5001".parse().unwrap());
         let peer = Identity::from_seed(1).peer_id();
-        let mut controlled = Session::new(
-            Config::default(),
-            peer,
-            SocketId::PRIMARY,
-            hairpin,
-            vec![lan, hairpin],
-            false,
-            Path::Direct,
-            Strategy::Local,
-            now,
-        );
+        let side = |remote, controlling, path| {
+            let opened =
+                ProvenPath { peer, remote, proven: vec![lan, hairpin], controlling, path, strategy: Strategy::Local };
+            Session::new(Config::default(), SocketId::PRIMARY, opened, now)
+        };
+        let mut controlled = side(hairpin, false, Path::Direct);
         controlled.handle(now, lan, Kind::Ping(pb::Ping { seq: 0 }));
         assert_eq!(controlled.poll_transmit().unwrap().dst, lan, "answered over the controlling side's path");
         assert_eq!(controlled.remote(), lan);
 
-        let mut controlling = Session::new(
-            Config::default(),
-            peer,
-            SocketId::PRIMARY,
-            lan,
-            vec![lan, hairpin],
-            true,
-            Path::Local,
-            Strategy::Local,
-            now,
-        );
+        let mut controlling = side(lan, true, Path::Local);
         controlling.handle(now, hairpin, Kind::Ping(pb::Ping { seq: 0 }));
         assert_eq!(controlling.poll_transmit().unwrap().dst, lan, "the controlling side keeps its choice");
 

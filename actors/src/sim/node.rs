@@ -494,9 +494,7 @@ impl SimNode {
                     self.coordinator.on_punch_refused(peer, initiator, why);
                 }
             }
-            Action::OpenSession { peer, remote, proven, controlling, path, strategy } => {
-                self.sessions.open(now, peer, remote, proven, controlling, path, strategy)
-            }
+            Action::OpenSession(opened) => self.sessions.open(now, opened),
             Action::AddPath { peer, addr } => self.sessions.add_path(now, peer, addr),
             Action::Emit(event) => self.record(now, event),
         }
