@@ -54,6 +54,10 @@ enum Command {
         /// Seconds between `stats` events (0: never).
         #[arg(long, default_value_t = 60.0, value_name = "SECS")]
         stats_every: f64,
+        /// Seconds between keepalives to introducers and peers; must stay below the NAT's
+        /// mapping lifetime (default 15 s to introducers, 10 s to peers).
+        #[arg(long, value_name = "SECS")]
+        keepalive: Option<f64>,
     },
     /// What NAT am I behind? (mapping, filtering, port allocation)
     Nat {
@@ -105,7 +109,7 @@ async fn run(cli: Cli) -> Result<()> {
             out.line(serde_json::json!({ "peer_id": id.peer_id().to_string() }), || id.peer_id().to_string());
             Ok(())
         }
-        Command::Run { listen, no_serve, stats_every } => {
+        Command::Run { listen, no_serve, stats_every, keepalive } => {
             let mut config = Config::new(persistent_identity(g)?);
             config.listen = if listen.is_empty() {
                 vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))]
@@ -115,6 +119,13 @@ async fn run(cli: Cli) -> Result<()> {
             config.bootstrap = bootstrap;
             config.serve = if no_serve { Serve::Never } else { Serve::Auto };
             config.stats_interval = (stats_every > 0.0).then(|| Duration::from_secs_f64(stats_every));
+            if let Some(keepalive) = keepalive.map(secs).transpose()? {
+                if keepalive.is_zero() {
+                    bail!("--keepalive must be more than 0 seconds");
+                }
+                config.registration.keepalive = keepalive;
+                config.session.keepalive = keepalive;
+            }
             let mut node = Node::start(config)?;
             loop {
                 tokio::select! {

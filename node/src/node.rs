@@ -42,7 +42,12 @@ enum Command {
     Stats,
 }
 
-/// A running node. Dropping it stops the node.
+/// Waits until every datagram already handed to the node has been sent.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+/// A running node. Dropping it stops the node (after sending what it was given).
 pub struct Node {
     peer_id: PeerId,
     listen: Vec<SocketAddr>,
@@ -76,6 +81,8 @@ impl Node {
                     while let Some(Some(command)) = command_rx.recv().await {
                         node.do_send(command);
                     }
+                    // What the user sent before stopping still goes out.
+                    let _ = node.send(Flush).await;
                     System::current().stop();
                 })
             })
@@ -435,6 +442,19 @@ impl Handler<Emitted<broker::Event>> for NodeActor {
     fn handle(&mut self, Emitted(event): Emitted<broker::Event>, ctx: &mut Context<Self>) {
         self.coordinator.on_broker(event);
         self.act(ctx);
+    }
+}
+
+impl Handler<Flush> for NodeActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> ResponseFuture<()> {
+        // Mailboxes are FIFO: once the sessions answered a no-op, their sends are queued
+        // at the socket actor, and once it answered, they are on the wire.
+        let (sessions, socket) = (self.sessions.clone(), self.socket.clone());
+        Box::pin(async move {
+            let _ = sessions.send(Call::new(|_: &mut Sessions, _| ())).await;
+            let _ = socket.send(socket::GetStats).await;
+        })
     }
 }
 

@@ -152,3 +152,43 @@ fn hostile_datagrams_are_dropped_counted_and_never_amplified() {
     assert!(n <= 76, "answer bounded: {n} bytes");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn connect_sends_stdin_lines_as_datagrams() {
+    let dir = scratch("connect");
+    let data = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let seed = Node::start(&["run", "--listen", "127.0.0.1:0", "--json", "--data-dir", &data("seed")]);
+    let seed_addr = seed.wait(|v| v["event"] == "ready")["listen"][0].as_str().unwrap().to_owned();
+    let peer = Node::start(&[
+        "run",
+        "--listen",
+        "127.0.0.2:0",
+        "--bootstrap",
+        &seed_addr,
+        "--json",
+        "--data-dir",
+        &data("peer"),
+    ]);
+    let peer_id = peer.wait(|v| v["event"] == "ready")["peer_id"].as_str().unwrap().to_owned();
+    peer.wait(|v| v["event"] == "registered");
+
+    let mut connect = Command::new(BIN)
+        .args(["connect", &peer_id, "--bootstrap", &seed_addr, "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(connect.stdout.take().unwrap()).lines();
+    let connected: Value = serde_json::from_str(&stdout.next().unwrap().unwrap()).unwrap();
+    assert_eq!(connected["event"], "connected", "{connected}");
+    {
+        use std::io::Write;
+        let mut stdin = connect.stdin.take().unwrap();
+        stdin.write_all(b"hello\nworld\n").unwrap();
+    } // EOF: connect exits once its lines are sent
+    let lines: Vec<Value> = (0..2).map(|_| peer.wait(|v| v["event"] == "data")).collect();
+    assert_eq!((lines[0]["data"].as_str(), lines[1]["data"].as_str()), (Some("hello"), Some("world")));
+    assert!(connect.wait().unwrap().success());
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -36,7 +36,14 @@ impl Mesh {
 
     /// Starts `introducer run` on `host`, waits until it is registered; returns it and its PeerId.
     fn peer(&self, host: &Host) -> (LabChild, String) {
-        let mut node = host.introducer(&["run", "--bootstrap", &self.std.bootstrap()]);
+        self.peer_with(host, &[])
+    }
+
+    fn peer_with(&self, host: &Host, args: &[&str]) -> (LabChild, String) {
+        let bootstrap = self.std.bootstrap();
+        let mut all = vec!["run", "--bootstrap", &bootstrap];
+        all.extend_from_slice(args);
+        let mut node = host.introducer(&all);
         let ready = node.wait_json(|v| v["event"] == "ready", WAIT);
         node.wait_json(|v| v["event"] == "registered", WAIT);
         (node, ready["peer_id"].as_str().expect("ready carries peer_id").to_owned())
@@ -203,4 +210,22 @@ fn hard_nat_is_reported_not_yet_reachable() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("hard NAT") && stderr.contains("not available yet"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one-line error: {stderr}");
+}
+
+/// A NAT that forgets idle mappings after 3 s: with keepalives inside that lifetime the
+/// registered peer stays reachable long after it, and a late ping gets through.
+#[test]
+fn keepalives_hold_a_short_lived_nat_mapping() {
+    let mesh = Mesh::new("ka");
+    let lifetime = Duration::from_secs(3);
+    let (nat, h1) = mesh.std.natted_host("p1", NatBehavior::PORT_RESTRICTED.with_mapping_lifetime(lifetime));
+    let (_, h2) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
+    let peer = mesh.peer_with(&h1, &["--keepalive", "1"]);
+    // Outlive the mapping lifetime several times over: only keepalives keep the peer's
+    // mapping toward the introducer, and so the peer, reachable.
+    std::thread::sleep(lifetime * 3);
+    let table = nat.conntrack_table();
+    assert!(table.contains("198.51.100.1"), "the mapping toward the introducer is alive:\n{table}");
+    let connected = mesh.ping(&h2, &peer);
+    assert_eq!(connected["path"], "direct");
 }
