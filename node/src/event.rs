@@ -24,50 +24,48 @@ pub fn nat_json(report: &NatReport) -> Value {
 
 /// The JSON line of an event (the CLI contract's keys, exactly).
 pub fn to_json(event: &NodeEvent) -> Value {
-    {
-        match event {
-            NodeEvent::Ready { peer_id, listen, public, nat } => json!({
-                "event": "ready",
-                "peer_id": peer_id.to_string(),
-                "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                "public": public,
-                "nat": nat.as_ref().map_or(json!({}), nat_json),
-            }),
-            NodeEvent::Registered { introducer, observed } => json!({
-                "event": "registered", "introducer": introducer.to_string(), "observed": observed.to_string(),
-            }),
-            NodeEvent::IntroducerUnreachable { introducer } => json!({
-                "event": "introducer_unreachable", "introducer": introducer.to_string(),
-            }),
-            NodeEvent::Connected { peer, remote, path, strategy, connect, probes } => json!({
-                "event": "connected", "peer_id": peer.to_string(), "path": path.as_str(), "remote": remote.to_string(),
-                "strategy": strategy.as_str(), "connect_ms": millis(*connect), "probes": probes,
-            }),
-            NodeEvent::ConnectFailed { peer, reason } => json!({
-                "event": "connect_failed", "peer_id": peer.to_string(), "reason": reason,
-            }),
-            NodeEvent::Pong { peer, seq, rtt, path } => json!({
-                "event": "pong", "peer_id": peer.to_string(), "seq": seq, "rtt_ms": millis(*rtt), "path": path.as_str(),
-            }),
-            NodeEvent::Data { peer, payload } => json!({
-                "event": "data", "peer_id": peer.to_string(), "data": String::from_utf8_lossy(payload),
-            }),
-            NodeEvent::Disconnected { peer, reason } => json!({
-                "event": "disconnected", "peer_id": peer.to_string(), "reason": reason,
-            }),
-            NodeEvent::PeerRegistered { peer, addr } => json!({
-                "event": "peer_registered", "peer_id": peer.to_string(), "addr": addr.to_string(),
-            }),
-            NodeEvent::Introduced { requester, target } => json!({
-                "event": "introduced", "requester": requester.to_string(), "target": target.to_string(),
-            }),
-            NodeEvent::Stats(stats) => {
-                let stats: serde_json::Map<String, Value> =
-                    stats.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
-                json!({ "event": "stats", "stats": stats })
-            }
-            NodeEvent::Fatal { message } => json!({ "event": "error", "message": message }),
+    match event {
+        NodeEvent::Ready { peer_id, listen, public, nat } => json!({
+            "event": "ready",
+            "peer_id": peer_id.to_string(),
+            "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "public": public,
+            "nat": nat.as_ref().map_or(json!({}), nat_json),
+        }),
+        NodeEvent::Registered { introducer, observed } => json!({
+            "event": "registered", "introducer": introducer.to_string(), "observed": observed.to_string(),
+        }),
+        NodeEvent::IntroducerUnreachable { introducer } => json!({
+            "event": "introducer_unreachable", "introducer": introducer.to_string(),
+        }),
+        NodeEvent::Connected { peer, remote, path, strategy, connect, probes } => json!({
+            "event": "connected", "peer_id": peer.to_string(), "path": path.as_str(), "remote": remote.to_string(),
+            "strategy": strategy.as_str(), "connect_ms": millis(*connect), "probes": probes,
+        }),
+        NodeEvent::ConnectFailed { peer, reason } => json!({
+            "event": "connect_failed", "peer_id": peer.to_string(), "reason": reason,
+        }),
+        NodeEvent::Pong { peer, seq, rtt, path } => json!({
+            "event": "pong", "peer_id": peer.to_string(), "seq": seq, "rtt_ms": millis(*rtt), "path": path.as_str(),
+        }),
+        NodeEvent::Data { peer, payload } => json!({
+            "event": "data", "peer_id": peer.to_string(), "data": String::from_utf8_lossy(payload),
+        }),
+        NodeEvent::Disconnected { peer, reason } => json!({
+            "event": "disconnected", "peer_id": peer.to_string(), "reason": reason,
+        }),
+        NodeEvent::PeerRegistered { peer, addr } => json!({
+            "event": "peer_registered", "peer_id": peer.to_string(), "addr": addr.to_string(),
+        }),
+        NodeEvent::Introduced { requester, target } => json!({
+            "event": "introduced", "requester": requester.to_string(), "target": target.to_string(),
+        }),
+        NodeEvent::Stats(stats) => {
+            let stats: serde_json::Map<String, Value> =
+                stats.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+            json!({ "event": "stats", "stats": stats })
         }
+        NodeEvent::Fatal { message } => json!({ "event": "error", "message": message }),
     }
 }
 

@@ -192,3 +192,14 @@ fn connect_sends_stdin_lines_as_datagrams() {
     assert!(connect.wait().unwrap().success());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn an_unknown_peer_gets_the_introducers_clear_error() {
+    let dir = scratch("unknown");
+    let seed = Node::start(&["run", "--listen", "127.0.0.1:0", "--json", "--data-dir", dir.to_str().unwrap()]);
+    let seed_addr = seed.wait(|v| v["event"] == "ready")["listen"][0].as_str().unwrap().to_owned();
+    let nobody = "12D3KooWAmrU6Ag17ojnMVs9s4XrsyZk16Jzj2icikKrNAR3Hzpg";
+    let out = introducer(&["ping", nobody, "--bootstrap", &seed_addr, "--timeout", "20"]);
+    assert_one_line_error(&out, &format!("peer {nobody} is not registered with introducer {seed_addr}"));
+    std::fs::remove_dir_all(dir).unwrap();
+}

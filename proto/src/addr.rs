@@ -22,10 +22,12 @@ impl TryFrom<&Addr> for SocketAddr {
     type Error = BadAddr;
     fn try_from(addr: &Addr) -> Result<Self, BadAddr> {
         let port = u16::try_from(addr.port).map_err(|_| BadAddr)?;
-        let ip = match addr.ip.len() {
-            4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&addr.ip[..]).unwrap())),
-            16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&addr.ip[..]).unwrap())),
-            _ => return Err(BadAddr),
+        let ip = if let Ok(v4) = <[u8; 4]>::try_from(&addr.ip[..]) {
+            IpAddr::V4(Ipv4Addr::from(v4))
+        } else if let Ok(v6) = <[u8; 16]>::try_from(&addr.ip[..]) {
+            IpAddr::V6(Ipv6Addr::from(v6))
+        } else {
+            return Err(BadAddr);
         };
         Ok(SocketAddr::new(ip, port))
     }
