@@ -347,10 +347,13 @@ impl NodeActor {
         let broker = self.broker.send(Call::new(|b: &mut Broker, _| b.stats()));
         let punch = self.punch.send(Call::new(|a: &mut Attempts, _| a.dropped_unknown_nonce));
         let sessions = self.sessions.send(Call::new(|s: &mut Sessions, _| s.dropped_unknown_source));
+        let stun = self.probe.send(Call::new(|p: &mut NatProbing, _| (p.unanswered, p.rate_limited)));
         let events = self.events.clone();
         ctx.spawn(
             async move {
-                let (Ok(s), Ok(b), Ok(p), Ok(x)) = (socket.await, broker.await, punch.await, sessions.await) else {
+                let (Ok(s), Ok(b), Ok(p), Ok(x), Ok((stun_unanswered, stun_rate_limited))) =
+                    (socket.await, broker.await, punch.await, sessions.await, stun.await)
+                else {
                     return;
                 };
                 let stats = vec![
@@ -362,6 +365,8 @@ impl NodeActor {
                     ("send_errors", s.send_errors),
                     ("dropped_punch_unknown_nonce", p),
                     ("dropped_session_unknown_source", x),
+                    ("stun_unanswered", stun_unanswered),
+                    ("stun_rate_limited", stun_rate_limited),
                     ("broker_registered", b.registered),
                     ("broker_refreshed", b.refreshed),
                     ("broker_challenged", b.challenged),

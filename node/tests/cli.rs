@@ -203,3 +203,32 @@ fn an_unknown_peer_gets_the_introducers_clear_error() {
     assert_one_line_error(&out, &format!("peer {nobody} is not registered with introducer {seed_addr}"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_stun_flood_from_one_address_gets_a_bounded_burst_of_answers() {
+    let dir = scratch("flood");
+    let node = Node::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+        "--stats-every",
+        "0.2",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let addr: std::net::SocketAddr =
+        node.wait(|v| v["event"] == "ready")["listen"][0].as_str().unwrap().parse().unwrap();
+    let flooder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    flooder.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let request = [0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9];
+    for _ in 0..200 {
+        flooder.send_to(&request, addr).unwrap();
+    }
+    let mut buf = [0u8; 2048];
+    let answers = std::iter::from_fn(|| flooder.recv_from(&mut buf).ok()).count();
+    assert!((40..=50).contains(&answers), "a burst of about 40 answers, not 200: {answers}");
+    let stats = node.wait(|v| v["event"] == "stats" && v["stats"]["stun_rate_limited"].as_u64() >= Some(150));
+    assert!(stats["stats"]["stun_rate_limited"].as_u64().unwrap() <= 160, "{stats}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -7,7 +7,7 @@
 mod lab;
 
 use introducer_actors::nat::{NatBehavior, NatType};
-use lab::{Host, LabChild, Standard, A_IP, PORT};
+use lab::{Host, Lab, LabChild, Standard, A_IP, B_IP, PORT};
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -228,4 +228,20 @@ fn keepalives_hold_a_short_lived_nat_mapping() {
     assert!(table.contains("198.51.100.1"), "the mapping toward the introducer is alive:\n{table}");
     let connected = mesh.ping(&h2, &peer);
     assert_eq!(connected["path"], "direct");
+}
+
+/// `introducer run` with no flags is the first node of a new mesh on the default port,
+/// and `--bootstrap HOST` (no port) finds it there.
+#[test]
+fn run_without_flags_starts_a_mesh_on_the_default_port() {
+    let lab = Lab::new("dflt");
+    let (a, b) = (lab.public_host("a", &[A_IP]), lab.public_host("b", &[B_IP]));
+    let mut seed = a.introducer(&["run"]);
+    let ready = seed.wait_json(|v| v["event"] == "ready", WAIT);
+    assert_eq!(ready["listen"], serde_json::json!([format!("0.0.0.0:{PORT}")]), "{ready}");
+    assert_eq!(ready["public"], true);
+    let mut peer = b.introducer(&["run", "--bootstrap", &A_IP.to_string()]);
+    let registered = peer.wait_json(|v| v["event"] == "registered", WAIT);
+    assert_eq!(registered["introducer"], format!("{A_IP}:{PORT}"));
+    seed.wait_json(|v| v["event"] == "peer_registered", WAIT);
 }

@@ -3,14 +3,20 @@
 //!
 //! The probe numbers its extra sockets 1..=n; here they live at [`PROBE_SOCKETS`]+i so
 //! they never collide with the RFC 5780 alternate sockets of the server side.
+//!
+//! A STUN answer is larger than the smallest request (76 bytes for 20; standard clients
+//! such as coturn's send bare 20-byte requests, so answers cannot be capped at the
+//! request's size without breaking them). To keep a node from being a useful reflector
+//! for spoofed requests, answers are rate-limited per source IP.
 
 use super::{LocalSockets, Probe, ProbeConfig, ProbeError, Responder};
 use crate::driver::{MachineActor, Protocol};
 use crate::nat::NatReport;
 use crate::socket::{Inbound, Payload};
 use crate::{Machine, SocketId, Transmit};
-use std::collections::VecDeque;
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 pub type ProbeActor = MachineActor<NatProbing>;
 
@@ -26,18 +32,62 @@ pub fn probe_socket(i: u16) -> SocketId {
     }
 }
 
+/// STUN answers per second to one IP, sustained, and in a burst (a full probe, with its
+/// retransmissions, needs a dozen).
+const ANSWERS_PER_SEC: f64 = 20.0;
+const ANSWER_BURST: f64 = 40.0;
+/// Source IPs tracked at once; when full, idle ones are forgotten first.
+const TRACKED_SOURCES: usize = 4096;
+
+/// A token bucket per source IP.
+#[derive(Debug, Default)]
+struct AnswerBudget {
+    by_ip: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl AnswerBudget {
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.by_ip.len() >= TRACKED_SOURCES && !self.by_ip.contains_key(&ip) {
+            let idle = Duration::from_secs_f64(ANSWER_BURST / ANSWERS_PER_SEC);
+            self.by_ip.retain(|_, (_, seen)| now.saturating_duration_since(*seen) < idle);
+            if self.by_ip.len() >= TRACKED_SOURCES {
+                return false;
+            }
+        }
+        let (tokens, seen) = self.by_ip.entry(ip).or_insert((ANSWER_BURST, now));
+        *tokens = (*tokens + now.saturating_duration_since(*seen).as_secs_f64() * ANSWERS_PER_SEC).min(ANSWER_BURST);
+        *seen = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
+
 pub struct NatProbing {
     responder: Option<Responder>,
+    budget: AnswerBudget,
     probe: Option<Probe>,
     answers: VecDeque<Transmit>,
     reported: bool,
     /// STUN requests this node did not answer (malformed, or nothing to answer with).
     pub unanswered: u64,
+    /// STUN requests not answered because their source IP was over its budget.
+    pub rate_limited: u64,
 }
 
 impl NatProbing {
     pub fn new(responder: Option<Responder>) -> Self {
-        NatProbing { responder, probe: None, answers: VecDeque::new(), reported: false, unanswered: 0 }
+        NatProbing {
+            responder,
+            budget: AnswerBudget::default(),
+            probe: None,
+            answers: VecDeque::new(),
+            reported: false,
+            unanswered: 0,
+            rate_limited: 0,
+        }
     }
 
     /// Starts classifying; the driver has bound `Probe::sockets_needed` extra sockets
@@ -54,6 +104,10 @@ impl Protocol for NatProbing {
     fn handle_inbound(&mut self, inbound: Inbound) {
         let Payload::Stun(datagram) = inbound.payload else { return };
         if introducer_proto::stun::is_binding_request(&datagram) {
+            if !self.budget.allow(inbound.src.ip(), inbound.now) {
+                self.rate_limited += 1;
+                return;
+            }
             match self.responder.as_ref().and_then(|r| r.respond(inbound.socket, inbound.src, &datagram)) {
                 Some(answer) => self.answers.push_back(answer),
                 None => self.unanswered += 1,
@@ -92,5 +146,35 @@ impl Protocol for NatProbing {
 
     fn poll_timeout(&self) -> Option<Instant> {
         self.probe.as_ref()?.poll_timeout()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use introducer_proto::stun::Message;
+
+    #[test]
+    fn stun_answers_are_rate_limited_per_source_ip() {
+        let local = "198.51.100.1:3478".parse().unwrap();
+        let mut probing = NatProbing::new(Some(Responder::new(super::super::Layout::single(SocketId::PRIMARY, local))));
+        let request = Message::binding_request([7; 12]).encode();
+        let now = Instant::now();
+        let ask = |p: &mut NatProbing, src: &str, now| {
+            let inbound = Inbound {
+                now,
+                socket: SocketId::PRIMARY,
+                src: src.parse().unwrap(),
+                len: request.len(),
+                payload: Payload::Stun(request.clone()),
+            };
+            p.handle_inbound(inbound);
+            std::iter::from_fn(|| Protocol::poll_transmit(p)).count()
+        };
+        let answered: usize = (0..100).map(|_| ask(&mut probing, "203.0.113.9:1000", now)).sum();
+        assert_eq!(answered, ANSWER_BURST as usize, "a flood from one IP gets one burst");
+        assert_eq!(probing.rate_limited, 100 - ANSWER_BURST as u64);
+        assert_eq!(ask(&mut probing, "203.0.113.10:1000", now), 1, "other sources are not affected");
+        assert_eq!(ask(&mut probing, "203.0.113.9:1000", now + Duration::from_secs(1)), 1, "the budget refills");
     }
 }
