@@ -69,8 +69,8 @@ fi
 cleanup() { if [ "$ours_policy" = 1 ]; then "${SUDO[@]}" rm -f "$POLICY"; fi; }
 trap cleanup EXIT
 
-"${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+"${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq
+"${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" </dev/null
 
 # Belt and braces: make sure no system turnserver runs now or starts at boot.
 if [ -e /etc/init.d/coturn ] || [ -e /lib/systemd/system/coturn.service ]; then
