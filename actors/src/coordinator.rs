@@ -32,6 +32,8 @@ pub enum Serve {
 pub struct Config {
     /// Register with the introducers once probed, so peers can reach us.
     pub register: bool,
+    /// Birthday sockets to bind when probing finds a hard NAT.
+    pub pool_size: u16,
     pub serve: Serve,
     /// Standard STUN servers to probe with (besides, or instead of, the seeds).
     pub stun: Vec<SocketAddr>,
@@ -114,6 +116,9 @@ pub enum Action {
     },
     /// Take the introducer role (route registrations and introduction requests to the broker).
     Serve,
+    /// Bind this many sockets for birthday punching and hand them to the punch machine
+    /// (we are behind a hard NAT); report with [`Coordinator::on_pool_ready`].
+    BindPool(u16),
     Register {
         introducers: Vec<SocketAddr>,
         record: pb::SignedPeerRecord,
@@ -156,6 +161,9 @@ pub struct Coordinator {
     /// When each connect asked for its introduction (the start of `connect`).
     asked: HashMap<PeerId, Instant>,
     paths: HashMap<PeerId, Path>,
+    /// A registration held back until the birthday pool is bound: nobody may be
+    /// introduced to us before we can punch back.
+    held_registration: Option<Action>,
     actions: VecDeque<Action>,
 }
 
@@ -172,6 +180,7 @@ impl Coordinator {
             waiting: Vec::new(),
             asked: HashMap::new(),
             paths: HashMap::new(),
+            held_registration: None,
             actions: VecDeque::new(),
         }
     }
@@ -242,12 +251,25 @@ impl Coordinator {
         if public && self.config.serve == Serve::Auto {
             self.actions.push_back(Action::Serve);
         }
+        let hard = report.nat_type() == NatType::Hard;
+        if hard {
+            self.actions.push_back(Action::BindPool(self.config.pool_size));
+        }
         self.ready(public);
         let introducers: Vec<SocketAddr> = self.seeds.iter().filter(|s| s.introducer).map(|s| s.addr).collect();
         if self.config.register && !introducers.is_empty() {
             let record = self.signed_record(now_unix_ms);
-            self.actions.push_back(Action::Register { introducers, record });
+            let register = Action::Register { introducers, record };
+            match hard {
+                true => self.held_registration = Some(register),
+                false => self.actions.push_back(register),
+            }
         }
+    }
+
+    /// The birthday pool is bound: what waited for it may go.
+    pub fn on_pool_ready(&mut self) {
+        self.actions.extend(self.held_registration.take());
     }
 
     fn signed_record(&self, now_unix_ms: u64) -> pb::SignedPeerRecord {
@@ -327,11 +349,11 @@ impl Coordinator {
 
     pub fn on_punch(&mut self, now: Instant, event: punch::Event) {
         match event {
-            punch::Event::Connected { peer, remote, proven, initiator, path, strategy, probes, elapsed } => {
+            punch::Event::Connected { peer, socket, remote, proven, initiator, path, strategy, probes, elapsed } => {
                 let connect = self.asked.remove(&peer).map_or(elapsed, |t| now.saturating_duration_since(t));
                 self.paths.insert(peer, path);
                 self.actions.push_back(Action::Settle(peer));
-                let opened = ProvenPath { peer, remote, proven, controlling: initiator, path, strategy };
+                let opened = ProvenPath { peer, socket, remote, proven, controlling: initiator, path, strategy };
                 self.actions.push_back(Action::OpenSession(opened));
                 self.emit(Event::Connected { peer, remote, path, strategy, connect, probes });
             }

@@ -11,7 +11,7 @@ use introducer_actors::driver::{Call, Emitted, MachineActor};
 use introducer_actors::nat::NatReport;
 use introducer_actors::probe::actor::{probe_socket, NatProbing, ProbeActor};
 use introducer_actors::probe::{Layout, LocalSockets, Probe, ProbeConfig, ProbeError, Responder, Server};
-use introducer_actors::punch::{self, actor::Attempts, actor::PunchActor};
+use introducer_actors::punch::{self, actor::pool_socket, actor::Attempts, actor::PunchActor};
 use introducer_actors::registration::{self, actor::RegistrationActor, actor::Registrations};
 use introducer_actors::session::{self, actor::SessionActor, actor::Sessions};
 use introducer_actors::socket::{self, Bind, Route, SetRoute, SocketActor};
@@ -244,8 +244,12 @@ impl NodeActor {
             ] {
                 socket.do_send(SetRoute(route, to));
             }
-            let roles =
-                coordinator::Config { register: config.register, serve: config.serve, stun: config.stun.clone() };
+            let roles = coordinator::Config {
+                register: config.register,
+                serve: config.serve,
+                stun: config.stun.clone(),
+                pool_size: config.punch.pool_size,
+            };
             NodeActor {
                 coordinator: Coordinator::new(roles, id, locals.clone()),
                 events,
@@ -277,6 +281,7 @@ impl NodeActor {
                     self.socket.do_send(SetRoute(Route::Broker, self.broker.clone().recipient()));
                     self.contact.do_send(Call::new(|c: &mut FirstContact, _| c.set_introducer(true)));
                 }
+                Action::BindPool(size) => self.bind_pool(size, ctx),
                 Action::Register { introducers, record } => {
                     self.registrations.do_send(Call::new(move |r: &mut Registrations, now| {
                         for introducer in introducers {
@@ -339,6 +344,30 @@ impl NodeActor {
             let locals = LocalSockets { primary: private, extra };
             let seed = rand::random();
             act.probe.do_send(Call::new(move |p: &mut NatProbing, now| p.start(now, config, locals, seed)));
+        }));
+    }
+
+    /// Binds the birthday pool next to the primary socket, then hands it to the punch actor.
+    fn bind_pool(&mut self, size: u16, ctx: &mut Context<Self>) {
+        let (socket, ip) = (self.socket.clone(), self.locals[0].ip());
+        let bind = async move {
+            let mut pool = Vec::new();
+            for i in 0..size {
+                match socket.send(Bind { id: pool_socket(i), addr: SocketAddr::new(ip, 0) }).await {
+                    Ok(Ok(_)) => pool.push(pool_socket(i)),
+                    Ok(Err(e)) => {
+                        tracing::warn!("birthday pool stops at {i} sockets: {e}");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            pool
+        };
+        ctx.spawn(bind.into_actor(self).map(|pool, act, ctx| {
+            act.punch.do_send(Call::new(move |a: &mut Attempts, _| a.set_pool(pool)));
+            act.coordinator.on_pool_ready();
+            act.act(ctx);
         }));
     }
 

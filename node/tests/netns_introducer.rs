@@ -195,13 +195,36 @@ fn ping_same_nat_without_hairpin_goes_local() {
     assert_eq!(connected["remote"].as_str().unwrap(), format!("{}:{PORT}", h1.ip()));
 }
 
+/// Easy × hard (random ports): the hard side opens its pool of 256 mappings, the easy side
+/// sprays random ports of its IP; the birthday paradox finds one. Both directions.
 #[test]
-fn hard_nat_is_reported_not_yet_reachable() {
-    let mesh = Mesh::new("hd");
-    let (_, hard) = mesh.std.natted_host("p1", NatBehavior::SYMMETRIC_RANDOM);
+fn birthday_punch_reaches_a_hard_nat() {
+    let mesh = Mesh::new("bd");
+    let (hard_nat, hard) = mesh.std.natted_host("p1", NatBehavior::SYMMETRIC_RANDOM);
     let (_, easy) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
-    let (_node, peer) = mesh.peer(&hard);
-    let out = easy.run_timeout(
+    let hard_peer = mesh.peer(&hard);
+    let mut sprays = vec![];
+    for _ in 0..3 {
+        let connected = mesh.ping(&easy, &hard_peer);
+        assert_eq!((connected["path"].as_str(), connected["strategy"].as_str()), (Some("direct"), Some("birthday")));
+        let remote: std::net::SocketAddr = connected["remote"].as_str().unwrap().parse().unwrap();
+        assert_eq!(remote.ip(), hard_nat.wan_ip());
+        sprays.push((connected["connect_ms"].as_f64().unwrap(), connected["probes"].as_u64().unwrap()));
+    }
+    println!("easy asks hard, birthday (connect_ms, probes): {sprays:?}");
+    // The hard side asking works as well.
+    let easy_peer = mesh.peer(&easy);
+    let connected = mesh.ping(&hard, &easy_peer);
+    assert_eq!(connected["strategy"], "birthday");
+}
+
+#[test]
+fn two_hard_nats_are_reported_not_yet_reachable() {
+    let mesh = Mesh::new("hd");
+    let (_, hard1) = mesh.std.natted_host("p1", NatBehavior::SYMMETRIC_RANDOM);
+    let (_, hard2) = mesh.std.natted_host("p2", NatBehavior::SYMMETRIC_RANDOM);
+    let (_node, peer) = mesh.peer(&hard1);
+    let out = hard2.run_timeout(
         env!("CARGO_BIN_EXE_introducer"),
         ["ping", &peer, "--bootstrap", &format!("{A_IP}:{PORT}"), "--timeout", "10"],
         Duration::from_secs(30),

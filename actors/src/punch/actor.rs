@@ -1,6 +1,6 @@
 //! The punch actor: one [`Attempt`] per introduction, found by its nonce.
 
-use super::{plan, Attempt, Config, Event, Unpunchable};
+use super::{plan, Attempt, Birthday, Config, Event, Unpunchable};
 use crate::driver::{MachineActor, Protocol};
 use crate::identity::Identity;
 use crate::nat::NatReport;
@@ -14,10 +14,18 @@ use std::time::Instant;
 
 pub type PunchActor = MachineActor<Attempts>;
 
+/// Where the birthday pool's sockets live in the node's socket numbering (clear of the
+/// primary, the RFC 5780 alternates and the probe's sockets).
+pub fn pool_socket(i: u16) -> SocketId {
+    SocketId(1000 + i)
+}
+
 /// Every attempt under way (and lingering after success).
 pub struct Attempts {
     config: Config,
     me: Identity,
+    /// Birthday sockets, bound once this node knows it is behind a hard NAT.
+    pool: Vec<SocketId>,
     by_nonce: HashMap<Vec<u8>, Attempt>,
     /// Proofs for no attempt of ours.
     pub dropped_unknown_nonce: u64,
@@ -25,7 +33,12 @@ pub struct Attempts {
 
 impl Attempts {
     pub fn new(config: Config, me: Identity) -> Self {
-        Attempts { config, me, by_nonce: HashMap::new(), dropped_unknown_nonce: 0 }
+        Attempts { config, me, pool: Vec::new(), by_nonce: HashMap::new(), dropped_unknown_nonce: 0 }
+    }
+
+    /// The sockets the driver bound for birthday punching (kept for every later attempt).
+    pub fn set_pool(&mut self, pool: Vec<SocketId>) {
+        self.pool = pool;
     }
 
     /// Starts punching toward an introduced peer, if this strategies can.
@@ -49,17 +62,12 @@ impl Attempts {
         let private: Vec<SocketAddr> =
             introduced.peer.record.private_addrs.iter().filter_map(|a| a.try_into().ok()).collect();
         let plan = plan(mine, &peer_nat, introduced.peer_public, &private)?;
+        if matches!(plan.birthday, Some(Birthday::Pool { .. })) && self.pool.is_empty() {
+            return Err(Unpunchable::NoPool);
+        }
         let (peer, nonce) = (introduced.peer.peer_id, introduced.nonce.clone());
-        let attempt = Attempt::new(
-            self.config.clone(),
-            &self.me,
-            peer,
-            nonce,
-            SocketId::PRIMARY,
-            introduced.initiator,
-            plan,
-            now,
-        );
+        let attempt =
+            Attempt::new(self.config.clone(), &self.me, peer, nonce, introduced.initiator, plan, &self.pool, now);
         self.by_nonce.insert(introduced.nonce, attempt);
         Ok(())
     }
@@ -70,7 +78,7 @@ impl Protocol for Attempts {
     fn handle_inbound(&mut self, inbound: Inbound) {
         let Payload::Envelope(Kind::Punch(punch)) = inbound.payload else { return };
         match self.by_nonce.get_mut(&punch.nonce[..]) {
-            Some(attempt) => attempt.handle_punch(inbound.now, inbound.src, &punch),
+            Some(attempt) => attempt.handle_punch(inbound.now, inbound.socket, inbound.src, &punch),
             None => {
                 self.dropped_unknown_nonce += 1;
                 tracing::debug!(src = %inbound.src, "dropped punch proof for no attempt");

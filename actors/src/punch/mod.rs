@@ -7,6 +7,15 @@
 //! when an *acknowledging* proof arrives over it, i.e. when both sides have shown their
 //! PeerId over that very path. After connecting the attempt lingers to acknowledge the
 //! peer's late proofs (it may not have our acknowledgement yet), then ends.
+//!
+//! Against a hard (destination-dependent) NAT nobody knows the port to aim at, so the
+//! birthday paradox does the aiming: the hard side sends from a pool of sockets (each a
+//! fresh mapping on its NAT) toward the easy side, and the easy side sprays proofs at
+//! random ports of the hard side's IP. With 256 mappings open out of ~64k ports, k random
+//! probes hit with probability 1 − (1 − 256/64512)^k: 174 → 50 %, 1024 → 98 %,
+//! 2048 → 99.97 %. The first hit is answered from the pool socket it landed on, and that
+//! socket carries the session. Spraying goes only at the IP an authenticated introduction
+//! named, and is capped in rate and total.
 
 use crate::identity::{verify_punch, Identity};
 use crate::nat::{NatReport, NatType};
@@ -14,14 +23,16 @@ use crate::{SocketId, Transmit};
 use introducer_proto::frame::encode_envelope;
 use introducer_proto::pb::{self, envelope::Kind};
 use libp2p_identity::PeerId;
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub mod actor;
 pub mod plan;
 
-pub use plan::{plan, Candidate, Path, Plan, Strategy, Unpunchable};
+pub use plan::{plan, Birthday, Candidate, Path, Plan, Strategy, Unpunchable};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -42,6 +53,13 @@ pub struct Config {
     /// When the public path answers first but LAN candidates exist (peers behind one NAT
     /// that hairpins), how long to wait for a LAN answer, which is the better path.
     pub local_grace: Duration,
+    /// Sockets a node behind a hard NAT keeps for birthday punching (bound once, reused).
+    pub pool_size: u16,
+    /// How often the hard side re-sends from every pool socket, keeping its mappings open.
+    pub pool_refresh: Duration,
+    /// Random ports the easy side tries per round, and in all.
+    pub spray_per_round: u32,
+    pub spray_max: u32,
 }
 
 impl Default for Config {
@@ -55,6 +73,11 @@ impl Default for Config {
             max_candidates: 8,
             max_attempts: 64,
             local_grace: Duration::from_millis(50),
+            pool_size: 256,
+            pool_refresh: Duration::from_secs(2),
+            // 500 probes/s: 2048 probes (99.97 % against 256 mappings) in about 4 s.
+            spray_per_round: 25,
+            spray_max: 2048,
         }
     }
 }
@@ -66,6 +89,8 @@ pub enum Event {
     /// introduction) controls which path the session uses, the other side follows.
     Connected {
         peer: PeerId,
+        /// Our socket the path runs from (a pool socket after a birthday punch).
+        socket: SocketId,
         remote: SocketAddr,
         proven: Vec<SocketAddr>,
         initiator: bool,
@@ -91,7 +116,30 @@ pub struct Stats {
     pub acks: u32,
     pub dropped_bad_proof: u32,
     pub dropped_over_ack_limit: u32,
+    /// Of the probes, those sprayed at guessed ports.
+    pub sprayed: u32,
 }
+
+/// A probe target: from which of our sockets, to where, and what kind of path it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    socket: SocketId,
+    addr: SocketAddr,
+    path: Path,
+}
+
+/// The easy side's guesses at the hard side's ports.
+struct Spray {
+    ip: IpAddr,
+    rng: StdRng,
+    tried: HashSet<u16>,
+    /// Its own pace: the spray rate holds whatever else makes the attempt send.
+    next: Instant,
+}
+
+/// Addresses a peer may prove itself over, kept at most (a hard peer's pool sends from
+/// hundreds of ports; a full-cone side sees them all).
+const MAX_PROVEN: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -105,9 +153,15 @@ pub struct Attempt {
     peer: PeerId,
     me: PeerId,
     nonce: Vec<u8>,
-    socket: SocketId,
     initiator: bool,
-    plan: Plan,
+    strategy: Strategy,
+    /// Probed every round.
+    targets: Vec<Target>,
+    /// The hard side's pool, each socket sending to `pool_target` every `pool_refresh`.
+    pool: Vec<SocketId>,
+    pool_target: Option<SocketAddr>,
+    next_pool_send: Instant,
+    spray: Option<Spray>,
     /// Addresses the peer proved itself over, in order of first proof.
     proven: Vec<SocketAddr>,
     /// Encoded proofs, signed once: the probe and the acknowledgement.
@@ -117,7 +171,7 @@ pub struct Attempt {
     next_send: Instant,
     /// A public path that answered while LAN candidates were still pending, and until when
     /// to wait for one of those.
-    grace: Option<(SocketAddr, Instant)>,
+    grace: Option<(Target, Instant)>,
     state: State,
     stats: Stats,
     transmits: VecDeque<Transmit>,
@@ -125,30 +179,46 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// `pool` is this node's birthday socket pool (used when the plan says we are the hard
+    /// side); the plan's candidates are probed from the primary socket.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         me: &Identity,
         peer: PeerId,
         nonce: Vec<u8>,
-        socket: SocketId,
         initiator: bool,
         plan: Plan,
+        pool: &[SocketId],
         now: Instant,
     ) -> Self {
         tracing::debug!(%peer, ?plan, initiator, "punching");
         let proof = |ack| encode_envelope(&pb::Envelope { kind: Some(Kind::Punch(me.punch(&nonce, &peer, ack))) });
         let next_send = if plan.send_first { now } else { now + config.responder_delay };
+        let targets = plan.candidates.iter().map(|c| Target { socket: SocketId::PRIMARY, addr: c.addr, path: c.path });
+        let (pool, pool_target, spray) = match plan.birthday {
+            Some(Birthday::Pool { target }) => (pool.to_vec(), Some(target), None),
+            Some(Birthday::Spray { ip }) => {
+                // Seeded by the nonce: deterministic on the simulator, unpredictable to others.
+                let seed = nonce.iter().fold(0u64, |acc, b| acc.rotate_left(8) ^ u64::from(*b));
+                let spray = Spray { ip, rng: StdRng::seed_from_u64(seed), tried: HashSet::new(), next: now };
+                (Vec::new(), None, Some(spray))
+            }
+            None => (Vec::new(), None, None),
+        };
         Attempt {
             probe: proof(false),
             ack: proof(true),
-            config,
             peer,
             me: me.peer_id(),
             nonce,
-            socket,
             initiator,
-            plan,
+            strategy: plan.strategy,
+            targets: targets.collect(),
+            pool,
+            pool_target,
+            next_pool_send: now,
+            spray,
             proven: Vec::new(),
             started: now,
             next_send,
@@ -157,6 +227,7 @@ impl Attempt {
             stats: Stats::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            config,
         }
     }
 
@@ -177,8 +248,9 @@ impl Attempt {
         self.events.pop_front()
     }
 
-    /// A punch proof arrived from `src`. Proofs that do not verify are dropped and counted.
-    pub fn handle_punch(&mut self, now: Instant, src: SocketAddr, punch: &pb::Punch) {
+    /// A punch proof arrived on `socket` from `src`. Proofs that do not verify are dropped
+    /// and counted.
+    pub fn handle_punch(&mut self, now: Instant, socket: SocketId, src: SocketAddr, punch: &pb::Punch) {
         if self.state == State::Done {
             return;
         }
@@ -188,7 +260,7 @@ impl Attempt {
             return;
         }
         tracing::debug!(peer = %self.peer, %src, ack = punch.ack, state = ?self.state, "punch proof");
-        if !self.proven.contains(&src) && self.proven.len() < self.config.max_candidates {
+        if !self.proven.contains(&src) && self.proven.len() < MAX_PROVEN {
             self.proven.push(src);
             if matches!(self.state, State::Connected { .. }) {
                 self.events.push_back(Event::PathProven { peer: self.peer, addr: src });
@@ -199,14 +271,18 @@ impl Attempt {
                 self.stats.dropped_over_ack_limit += 1;
             } else {
                 self.stats.acks += 1;
-                self.transmits.push_back(Transmit { socket: self.socket, dst: src, payload: self.ack.clone() });
+                self.transmits.push_back(Transmit { socket, dst: src, payload: self.ack.clone() });
             }
-            // The peer reached us from here: aim there too (its NAT may have picked a
-            // port nobody observed).
-            if !self.plan.candidates.iter().any(|c| c.addr == src)
-                && self.plan.candidates.len() < self.config.max_candidates
-            {
-                self.plan.candidates.push(Candidate { addr: src, path: Path::Direct });
+            // The peer reached us here: aim there too, from the socket it reached (its NAT
+            // may have picked a port nobody observed, or a sprayed guess hit our pool).
+            let known = self.targets.iter().any(|t| t.addr == src && t.socket == socket);
+            if !known && self.targets.len() < self.config.max_candidates {
+                self.targets.push(Target { socket, addr: src, path: self.path_to(src) });
+                // A proof from an unplanned address of the hard side is a hit: its port is known.
+                if self.spray.as_ref().is_some_and(|s| s.ip == src.ip()) {
+                    tracing::debug!(peer = %self.peer, %src, sprayed = self.stats.sprayed, "birthday hit");
+                    self.spray = None;
+                }
             }
             // A responder need not wait any longer: the peer's NAT is open toward us.
             if self.state == State::Punching && self.next_send > now {
@@ -215,63 +291,102 @@ impl Attempt {
             return;
         }
         if self.state == State::Punching {
-            let path = self.plan.candidates.iter().find(|c| c.addr == src).map_or(Path::Direct, |c| c.path);
-            let lan_pending = self.plan.candidates.iter().any(|c| c.path == Path::Local);
-            match (path, lan_pending) {
+            let target = Target { socket, addr: src, path: self.path_to(src) };
+            let lan_pending = self.targets.iter().any(|t| t.path == Path::Local);
+            match (target.path, lan_pending) {
                 (Path::Direct, true) => {
-                    self.grace.get_or_insert((src, now + self.config.local_grace));
+                    self.grace.get_or_insert((target, now + self.config.local_grace));
                 }
-                _ => self.connect(now, src, path),
+                _ => self.connect(now, target),
             }
         }
     }
 
-    fn connect(&mut self, now: Instant, remote: SocketAddr, path: Path) {
+    fn path_to(&self, addr: SocketAddr) -> Path {
+        self.targets.iter().find(|t| t.addr == addr).map_or(Path::Direct, |t| t.path)
+    }
+
+    fn connect(&mut self, now: Instant, Target { socket, addr: remote, path }: Target) {
         self.state = State::Connected { until: now + self.config.linger };
         self.events.push_back(Event::Connected {
             peer: self.peer,
+            socket,
             remote,
             proven: self.proven.clone(),
             initiator: self.initiator,
             path,
-            strategy: self.plan.strategy,
+            strategy: self.strategy,
             probes: self.stats.probes,
             elapsed: now - self.started,
         });
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some((remote, until)) = self.grace.filter(|_| self.state == State::Punching) {
+        if let Some((target, until)) = self.grace.filter(|_| self.state == State::Punching) {
             if now >= until {
-                return self.connect(now, remote, Path::Direct);
+                return self.connect(now, target);
             }
         }
         match self.state {
             State::Punching if now >= self.started + self.config.timeout => {
                 self.state = State::Done;
                 let reason = format!(
-                    "no authenticated answer from {} over {} candidate address(es) within {:?} ({} probes)",
+                    "no authenticated answer from {} ({}) within {:?} ({} probes, {} of them sprayed)",
                     self.peer,
-                    self.plan.candidates.len(),
+                    self.strategy.as_str(),
                     self.config.timeout,
-                    self.stats.probes
+                    self.stats.probes,
+                    self.stats.sprayed
                 );
                 self.events.push_back(Event::Failed { peer: self.peer, reason });
             }
-            State::Punching if now >= self.next_send => {
-                for candidate in &self.plan.candidates {
-                    self.transmits.push_back(Transmit {
-                        socket: self.socket,
-                        dst: candidate.addr,
-                        payload: self.probe.clone(),
-                    });
+            State::Punching => {
+                if now >= self.next_send {
+                    self.send_round();
+                    self.next_send = now + self.config.interval;
                 }
-                self.stats.probes += self.plan.candidates.len() as u32;
-                self.next_send = now + self.config.interval;
+                if self.spray.as_ref().is_some_and(|s| now >= s.next) {
+                    self.send_spray(now);
+                }
+                if let Some(target) = self.pool_target.filter(|_| now >= self.next_pool_send) {
+                    for &socket in &self.pool {
+                        self.transmits.push_back(Transmit { socket, dst: target, payload: self.probe.clone() });
+                    }
+                    self.stats.probes += self.pool.len() as u32;
+                    self.next_pool_send = now + self.config.pool_refresh;
+                }
             }
             State::Connected { until } if now >= until => self.state = State::Done,
             _ => {}
         }
+    }
+
+    /// One round: a proof to every target.
+    fn send_round(&mut self) {
+        for target in &self.targets {
+            self.transmits.push_back(Transmit { socket: target.socket, dst: target.addr, payload: self.probe.clone() });
+        }
+        self.stats.probes += self.targets.len() as u32;
+    }
+
+    /// The next batch of guesses at the hard side's ports, never the same port twice.
+    fn send_spray(&mut self, now: Instant) {
+        let Some(spray) = &mut self.spray else { return };
+        spray.next = now + self.config.interval;
+        let untried = u32::from(u16::MAX - 1023) - spray.tried.len() as u32;
+        let batch = self.config.spray_per_round.min(self.config.spray_max - self.stats.sprayed).min(untried);
+        for _ in 0..batch {
+            let port = loop {
+                let port = spray.rng.gen_range(1024..=u16::MAX);
+                if spray.tried.insert(port) {
+                    break port;
+                }
+            };
+            let dst = SocketAddr::new(spray.ip, port);
+            self.transmits.push_back(Transmit { socket: SocketId::PRIMARY, dst, payload: self.probe.clone() });
+        }
+        self.stats.sprayed += batch;
+        self.stats.probes += batch;
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -282,7 +397,10 @@ impl Attempt {
         match self.state {
             State::Punching => {
                 let grace = self.grace.map(|(_, until)| until);
-                grace.into_iter().chain([self.next_send, self.started + self.config.timeout]).min()
+                let pool = self.pool_target.map(|_| self.next_pool_send);
+                let spray = self.spray.as_ref().filter(|_| self.stats.sprayed < self.config.spray_max).map(|s| s.next);
+                let others = [self.next_send, self.started + self.config.timeout];
+                grace.into_iter().chain(pool).chain(spray).chain(others).min()
             }
             State::Connected { until } => Some(until),
             State::Done => None,

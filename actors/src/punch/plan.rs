@@ -1,14 +1,15 @@
 //! Which addresses to try and who sends first, from both sides' NAT reports.
 //!
 //! Mapping decides what can be punched, filtering who must send first (DESIGN.md's
-//! strategy table). This issue's strategies cover every pair where one side is public or
-//! both map endpoint-independently, plus peers behind the same public IP; a hard
-//! (destination-dependent) mapping facing anything but a public node is reported as
-//! not reachable yet rather than tried in vain.
+//! strategy table): a public side is simply reached; two endpoint-independent mappings
+//! open each other by simultaneous open; a hard (destination-dependent) mapping facing an
+//! easy one is found by the birthday paradox; peers behind the same public IP try their
+//! private addresses. Two hard mappings cannot be punched this way and are reported as not
+//! reachable yet (the relay will carry them) rather than tried in vain.
 
 use super::is_public;
 use crate::nat::{NatReport, NatType};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// How the winning path runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +37,8 @@ pub enum Strategy {
     SimultaneousOpen,
     /// Same public IP: try the private addresses (hairpinning may be off).
     Local,
+    /// One hard side: it opens a pool of mappings, the easy side sprays random ports.
+    Birthday,
 }
 
 impl Strategy {
@@ -44,6 +47,7 @@ impl Strategy {
             Strategy::Direct => "direct",
             Strategy::SimultaneousOpen => "simultaneous-open",
             Strategy::Local => "local",
+            Strategy::Birthday => "birthday",
         }
     }
 }
@@ -54,6 +58,15 @@ pub struct Candidate {
     pub path: Path,
 }
 
+/// This side's part in a birthday punch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Birthday {
+    /// We are the hard side: every pool socket sends to the easy side's public address.
+    Pool { target: SocketAddr },
+    /// We are the easy side: spray random ports of the hard side's public IP.
+    Spray { ip: IpAddr },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub strategy: Strategy,
@@ -62,17 +75,24 @@ pub struct Plan {
     /// closed NAT (and on Linux can make the NAT re-map the peer), so it waits for the
     /// peer's first proof.
     pub send_first: bool,
+    pub birthday: Option<Birthday>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unpunchable {
     #[error(
-        "{who} behind a hard NAT (mapping: address-and-port-dependent or address-dependent) and the other side is not public; \
-         hard-NAT traversal (port prediction, birthday spraying, relay) is not available yet"
+        "both sides are behind hard NATs (destination-dependent mapping); \
+         relaying for such pairs is not available yet"
     )]
-    HardNat { who: &'static str },
+    BothHard,
+    #[error("this node is behind a hard NAT but its birthday socket pool is not ready")]
+    NoPool,
     #[error("too many punch attempts under way ({0}); try again shortly")]
     Busy(usize),
+}
+
+fn admits_anyone(report: &NatReport) -> bool {
+    report.filtering == Some(crate::nat::Filtering::EndpointIndependent)
 }
 
 /// Plans an attempt. `peer_public` is where the introducer saw the peer (trusted over
@@ -91,15 +111,21 @@ pub fn plan(
             .map(|&addr| Candidate { addr, path: Path::Local })
             .collect();
         candidates.push(public);
-        return Ok(Plan { strategy: Strategy::Local, candidates, send_first: true });
+        return Ok(Plan { strategy: Strategy::Local, candidates, send_first: true, birthday: None });
     }
-    let (mine, theirs) = (me.nat_type(), peer.nat_type());
-    let (strategy, send_first) = match (mine, theirs) {
-        (_, NatType::Public) => (Strategy::Direct, true),
-        (NatType::Public, _) => (Strategy::Direct, false),
-        (NatType::Easy, NatType::Easy) => (Strategy::SimultaneousOpen, true),
-        (NatType::Hard, _) => return Err(Unpunchable::HardNat { who: "this node is" }),
-        (_, NatType::Hard) => return Err(Unpunchable::HardNat { who: "the peer is" }),
-    };
-    Ok(Plan { strategy, candidates: vec![public], send_first })
+    let plan = |strategy, send_first, birthday| Plan { strategy, candidates: vec![public], send_first, birthday };
+    Ok(match (me.nat_type(), peer.nat_type()) {
+        (_, NatType::Public) => plan(Strategy::Direct, true, None),
+        (NatType::Public, _) => plan(Strategy::Direct, false, None),
+        (NatType::Easy, NatType::Easy) => plan(Strategy::SimultaneousOpen, true, None),
+        // An easy side that filters nothing takes the hard side's proof from whatever port:
+        // the hard side just sends, as to a public node.
+        (NatType::Hard, NatType::Easy) if admits_anyone(peer) => plan(Strategy::Direct, true, None),
+        (NatType::Easy, NatType::Hard) if admits_anyone(me) => plan(Strategy::Direct, false, None),
+        (NatType::Hard, NatType::Easy) => plan(Strategy::Birthday, true, Some(Birthday::Pool { target: peer_public })),
+        (NatType::Easy, NatType::Hard) => {
+            plan(Strategy::Birthday, true, Some(Birthday::Spray { ip: peer_public.ip() }))
+        }
+        (NatType::Hard, NatType::Hard) => return Err(Unpunchable::BothHard),
+    })
 }

@@ -36,9 +36,9 @@ fn plan_follows_the_strategy_table() {
         (Hard, Public, Ok((Strategy::Direct, true))),
         (Public, Public, Ok((Strategy::Direct, true))),
         (Easy, Easy, Ok((Strategy::SimultaneousOpen, true))),
-        (Easy, Hard, Err(Unpunchable::HardNat { who: "the peer is" })),
-        (Hard, Easy, Err(Unpunchable::HardNat { who: "this node is" })),
-        (Hard, Hard, Err(Unpunchable::HardNat { who: "this node is" })),
+        (Easy, Hard, Ok((Strategy::Birthday, true))),
+        (Hard, Easy, Ok((Strategy::Birthday, true))),
+        (Hard, Hard, Err(Unpunchable::BothHard)),
     ];
     for (mine, theirs, want) in cases {
         let got = plan(&report(a, mine), &report(&b.to_string(), theirs), b, &[]).map(|p| {
@@ -81,26 +81,18 @@ fn pair(now: Instant, b_sends_first: bool) -> Pair {
         strategy: Strategy::Direct,
         candidates: vec![Candidate { addr, path: Path::Direct }],
         send_first,
+        birthday: None,
     };
     Pair {
-        a: Attempt::new(
-            Config::default(),
-            &alice,
-            bob.peer_id(),
-            nonce.clone(),
-            SocketId::PRIMARY,
-            true,
-            plan_to(b_addr, true),
-            now,
-        ),
+        a: Attempt::new(Config::default(), &alice, bob.peer_id(), nonce.clone(), true, plan_to(b_addr, true), &[], now),
         b: Attempt::new(
             Config::default(),
             &bob,
             alice.peer_id(),
             nonce,
-            SocketId::PRIMARY,
             false,
             plan_to(a_addr, b_sends_first),
+            &[],
             now,
         ),
         a_addr,
@@ -114,12 +106,12 @@ fn deliver(now: Instant, p: &mut Pair) {
         let mut moved = false;
         while let Some(t) = p.a.poll_transmit() {
             assert_eq!(t.dst, p.b_addr);
-            p.b.handle_punch(now, p.a_addr, &punch_of(&t));
+            p.b.handle_punch(now, SocketId::PRIMARY, p.a_addr, &punch_of(&t));
             moved = true;
         }
         while let Some(t) = p.b.poll_transmit() {
             assert_eq!(t.dst, p.a_addr);
-            p.a.handle_punch(now, p.b_addr, &punch_of(&t));
+            p.a.handle_punch(now, SocketId::PRIMARY, p.b_addr, &punch_of(&t));
             moved = true;
         }
         if !moved {
@@ -137,7 +129,7 @@ fn both_sides_connect_only_after_an_acknowledged_proof() {
     // The responder (b) waits; alice's first probe reaches it.
     let probe = p.a.poll_transmit().unwrap();
     assert!(p.b.poll_transmit().is_none());
-    p.b.handle_punch(now, p.a_addr, &punch_of(&probe));
+    p.b.handle_punch(now, SocketId::PRIMARY, p.a_addr, &punch_of(&probe));
     assert!(p.b.poll_event().is_none(), "b must not count a path before its own proof is acknowledged");
     deliver(now, &mut p);
     let Some(Event::Connected { remote, probes, path, proven, initiator, .. }) = p.a.poll_event() else {
@@ -159,9 +151,9 @@ fn forged_and_replayed_proofs_are_dropped() {
     let mut p = pair(now, true);
     let mallory = Identity::from_seed(3);
     let forged = mallory.punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), true);
-    p.a.handle_punch(now, p.b_addr, &forged);
+    p.a.handle_punch(now, SocketId::PRIMARY, p.b_addr, &forged);
     let wrong_nonce = Identity::from_seed(2).punch(&[6u8; 16], &Identity::from_seed(1).peer_id(), true);
-    p.a.handle_punch(now, p.b_addr, &wrong_nonce);
+    p.a.handle_punch(now, SocketId::PRIMARY, p.b_addr, &wrong_nonce);
     assert_eq!(p.a.stats().dropped_bad_proof, 2);
     assert!(p.a.poll_event().is_none());
     assert!(p.a.poll_transmit().is_none());
@@ -169,7 +161,7 @@ fn forged_and_replayed_proofs_are_dropped() {
     // A valid proof replayed many times earns at most max_acks answers.
     let valid = Identity::from_seed(2).punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), false);
     for _ in 0..Config::default().max_acks + 10 {
-        p.a.handle_punch(now, "192.0.2.1:9".parse().unwrap(), &valid);
+        p.a.handle_punch(now, SocketId::PRIMARY, "192.0.2.1:9".parse().unwrap(), &valid);
     }
     assert_eq!(std::iter::from_fn(|| p.a.poll_transmit()).count() as u32, Config::default().max_acks);
     assert_eq!(p.a.stats().dropped_over_ack_limit, 10);
@@ -201,8 +193,8 @@ fn a_later_proof_over_another_address_is_reported_after_connecting() {
     assert!(matches!(p.a.poll_event(), Some(Event::Connected { .. })));
     let other: SocketAddr = "10.0.0.9:2000".parse().unwrap();
     let late = Identity::from_seed(2).punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), false);
-    p.a.handle_punch(now, other, &late);
+    p.a.handle_punch(now, SocketId::PRIMARY, other, &late);
     assert_eq!(p.a.poll_event(), Some(Event::PathProven { peer: Identity::from_seed(2).peer_id(), addr: other }));
-    p.a.handle_punch(now, other, &late);
+    p.a.handle_punch(now, SocketId::PRIMARY, other, &late);
     assert_eq!(p.a.poll_event(), None, "reported once");
 }

@@ -70,6 +70,9 @@ pub enum Event {
     },
 }
 
+/// Settled request ids remembered.
+const SETTLED_KEPT: usize = 16;
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub dropped_foreign: u64,
@@ -103,6 +106,8 @@ pub struct Registration {
     next_send: Option<Instant>,
     answered: bool,
     pending: HashMap<u64, Pending>,
+    /// Requests settled lately: repeats of their introduction may still be on the way.
+    settled: VecDeque<u64>,
     next_request_id: u64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -128,6 +133,7 @@ impl Registration {
             next_send: Some(now),
             answered: false,
             pending: HashMap::new(),
+            settled: VecDeque::new(),
             next_request_id: 1,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -169,7 +175,16 @@ impl Registration {
 
     /// The punch with `target` is over: stop repeating its introduction request.
     pub fn settle(&mut self, target: &PeerId) {
-        self.pending.retain(|_, p| p.target != *target);
+        let settled = &mut self.settled;
+        self.pending.retain(|id, p| {
+            if p.target == *target {
+                if settled.len() == SETTLED_KEPT {
+                    settled.pop_front();
+                }
+                settled.push_back(*id);
+            }
+            p.target != *target
+        });
     }
 
     fn send_introduce(&mut self, request_id: u64, target: PeerId) {
@@ -245,6 +260,7 @@ impl Registration {
                         p.deadline = now + self.config.reask_for;
                     }
                 }
+                None if self.settled.contains(&intro.request_id) => return,
                 _ => {
                     self.stats.dropped_bad_introduction += 1;
                     return;

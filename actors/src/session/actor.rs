@@ -4,7 +4,7 @@
 use super::{Config, Event, ProvenPath, SendError, Session};
 use crate::driver::{MachineActor, Protocol};
 use crate::socket::{Inbound, Payload};
-use crate::{SocketId, Transmit};
+use crate::Transmit;
 use libp2p_identity::PeerId;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -45,7 +45,7 @@ impl Sessions {
     pub fn open(&mut self, now: Instant, opened: ProvenPath) {
         let peer = opened.peer;
         self.routes.retain(|_, p| *p != peer);
-        let session = Session::new(self.config.clone(), SocketId::PRIMARY, opened, now);
+        let session = Session::new(self.config.clone(), opened, now);
         for &addr in session.proven() {
             self.routes.insert(addr, peer);
         }
@@ -145,6 +145,7 @@ mod tests {
     use super::*;
     use crate::identity::Identity;
     use crate::punch::{Path, Strategy};
+    use crate::SocketId;
     use introducer_proto::pb::{self, envelope::Kind};
 
     fn ping_from(src: SocketAddr, now: Instant) -> Inbound {
@@ -167,6 +168,7 @@ mod tests {
         let id = Identity::from_seed(1).peer_id();
         let opened = ProvenPath {
             peer: id,
+            socket: SocketId::PRIMARY,
             remote: peer,
             proven: vec![peer],
             controlling: false,

@@ -62,6 +62,8 @@ pub enum SendError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProvenPath {
     pub peer: PeerId,
+    /// Our socket the path runs from.
+    pub socket: SocketId,
     /// Where to send.
     pub remote: SocketAddr,
     /// Every address the peer proved itself over (traffic is taken from any of them).
@@ -99,8 +101,8 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(config: Config, socket: SocketId, opened: ProvenPath, now: Instant) -> Self {
-        let ProvenPath { peer, remote, mut proven, controlling, path, strategy } = opened;
+    pub fn new(config: Config, opened: ProvenPath, now: Instant) -> Self {
+        let ProvenPath { peer, socket, remote, mut proven, controlling, path, strategy } = opened;
         tracing::debug!(%peer, %remote, ?proven, controlling, ?path, "session open");
         if !proven.contains(&remote) {
             proven.push(remote);
@@ -260,13 +262,14 @@ mod tests {
             let peer = Identity::from_seed(peer).peer_id();
             let opened = ProvenPath {
                 peer,
+                socket: SocketId::PRIMARY,
                 remote,
                 proven: vec![],
                 controlling: true,
                 path: Path::Direct,
                 strategy: Strategy::Direct,
             };
-            Session::new(Config::default(), SocketId::PRIMARY, opened, now)
+            Session::new(Config::default(), opened, now)
         };
         (s(2, b), s(1, a), a, b)
     }
@@ -299,9 +302,16 @@ mod tests {
             ("10.0.0.3:5000".parse().unwrap(), "203.0.113.10:5001".parse().unwrap());
         let peer = Identity::from_seed(1).peer_id();
         let side = |remote, controlling, path| {
-            let opened =
-                ProvenPath { peer, remote, proven: vec![lan, hairpin], controlling, path, strategy: Strategy::Local };
-            Session::new(Config::default(), SocketId::PRIMARY, opened, now)
+            let opened = ProvenPath {
+                peer,
+                socket: SocketId::PRIMARY,
+                remote,
+                proven: vec![lan, hairpin],
+                controlling,
+                path,
+                strategy: Strategy::Local,
+            };
+            Session::new(Config::default(), opened, now)
         };
         let mut controlled = side(hairpin, false, Path::Direct);
         controlled.handle(now, lan, Kind::Ping(pb::Ping { seq: 0 }));

@@ -57,7 +57,7 @@ use crate::identity::Identity;
 use crate::nat::NatReport;
 use crate::probe::actor::{probe_socket, NatProbing};
 use crate::probe::{Layout, LocalSockets, Probe, ProbeConfig, Responder, Server};
-use crate::punch::{self, actor::Attempts, Path, Strategy};
+use crate::punch::{self, actor::pool_socket, actor::Attempts, Path, Strategy};
 use crate::registration::{self, actor::Registrations};
 use crate::session::{self, actor::Sessions, SendError};
 use crate::socket::{classify, Inbound, Route};
@@ -176,6 +176,8 @@ pub struct SimNode {
     probe_extra: Vec<SocketAddr>,
     /// The primary socket's address (what probing compares the mapped address with).
     private: Option<SocketAddr>,
+    /// Birthday sockets, bound at spawn.
+    pool: Vec<SocketId>,
     out: VecDeque<Transmit>,
     events: Vec<(Instant, SimEvent)>,
     malformed: u64,
@@ -205,6 +207,7 @@ impl SimNode {
             pinging: Vec::new(),
             probe_extra: Vec::new(),
             private: None,
+            pool: Vec::new(),
             out: VecDeque::new(),
             events: Vec::new(),
             malformed: 0,
@@ -214,7 +217,12 @@ impl SimNode {
 
     fn coordinator(config: &NodeConfig, identity: &Identity) -> Coordinator {
         let serve = if config.serve { Serve::Auto } else { Serve::Never };
-        let config = coordinator::Config { register: config.register, serve, stun: Vec::new() };
+        let config = coordinator::Config {
+            register: config.register,
+            serve,
+            stun: Vec::new(),
+            pool_size: config.punch.pool_size,
+        };
         Coordinator::new(config, identity.clone(), Vec::new())
     }
 
@@ -294,7 +302,15 @@ impl SimNode {
                 let servers = introducers.iter().map(|&a| Server::new(a)).collect();
                 let extra = Probe::sockets_needed(&ProbeConfig::new(servers));
                 let extra = (1..=extra).map(|i| sim.bind(host, probe_socket(i), 0)).collect();
+                // The simulator cannot bind later, from inside the node: the birthday pool is
+                // bound up front and handed over when the coordinator asks for it.
+                let pool_size = sim.machine::<SimNode>(host).config.punch.pool_size;
+                let pool = (0..pool_size).map(|i| pool_socket(i)).collect::<Vec<_>>();
+                for &socket in &pool {
+                    sim.bind(host, socket, 0);
+                }
                 let node = sim.machine::<SimNode>(host);
+                node.pool = pool;
                 node.probing = NatProbing::new(Some(Responder::new(Layout::single(SocketId::PRIMARY, primary))));
                 node.coordinator.set_private(Some(primary));
                 node.private = Some(primary);
@@ -478,6 +494,11 @@ impl SimNode {
                     let rng = rand::rngs::StdRng::seed_from_u64(self.seed);
                     self.broker = Some(Broker::new(self.config.broker.clone(), now, rng));
                 }
+            }
+            Action::BindPool(size) => {
+                let pool = self.pool.iter().copied().take(size.into()).collect();
+                self.attempts.set_pool(pool);
+                self.coordinator.on_pool_ready();
             }
             Action::Register { introducers, record } => {
                 for introducer in introducers {
