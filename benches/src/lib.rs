@@ -1,7 +1,7 @@
 //! Shared set-up for the benchmarks.
 //!
-//! - [`EasyPair`]: an easy × easy pair on the simulator — an RFC 5780 introducer and two
-//!   [`SimNode`] peers behind port-restricted NATs, probed and registered — ready to punch.
+//! - [`SimPair`]: two peers on the simulator — an RFC 5780 introducer and two [`SimNode`]
+//!   peers behind NATs of given kinds, probed and registered — ready to punch.
 //! - [`Loopback`]: the real node ([`introducer_node::Node`]) over loopback sockets — an
 //!   introducer and two peers registered with it, ready to connect.
 
@@ -15,9 +15,9 @@ use introducer_node::{Config, Node, NodeEvent};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// Two peers behind port-restricted NATs (the typical home router), each registered with
-/// an RFC 5780 introducer, on a simulated internet with `latency` one way.
-pub struct EasyPair {
+/// Two peers behind NATs, each registered with an RFC 5780 introducer, on a simulated
+/// internet with `latency` one way.
+pub struct SimPair {
     pub sim: Sim,
     pub a: HostId,
     pub b: HostId,
@@ -25,24 +25,29 @@ pub struct EasyPair {
     pub rtt: Duration,
 }
 
-impl EasyPair {
+impl SimPair {
+    /// Peers behind port-restricted NATs (the typical home router).
+    pub fn easy(seed: u64, latency: Duration) -> SimPair {
+        SimPair::new(seed, latency, NatBehavior::PORT_RESTRICTED, NatBehavior::PORT_RESTRICTED)
+    }
+
     /// Builds the network and runs it until both peers are probed and registered.
-    pub fn new(seed: u64, latency: Duration) -> EasyPair {
+    pub fn new(seed: u64, latency: Duration, a_nat: NatBehavior, b_nat: NatBehavior) -> SimPair {
         let mut sim = Sim::new(seed);
         sim.set_internet_link(Link::with_latency(latency));
         let introducer = SimNode::introducer(Identity::from_seed(100))
             .alternate_ip(Ipv4Addr::new(198, 51, 100, 2))
             .spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 1)), 3478);
         let introducers = vec![sim.local_addr(introducer, SocketId::PRIMARY)];
-        let mut peer = |n: u64, nat_ip: Ipv4Addr| {
-            let nat = sim.add_nat(NatBehavior::PORT_RESTRICTED, nat_ip, None);
+        let mut peer = |n: u64, behavior: NatBehavior, nat_ip: Ipv4Addr| {
+            let nat = sim.add_nat(behavior, nat_ip, None);
             SimNode::peer(Identity::from_seed(n), introducers.clone()).spawn(&mut sim, Place::Behind(nat), 5000)
         };
-        let (a, b) = (peer(1, Ipv4Addr::new(203, 0, 113, 10)), peer(2, Ipv4Addr::new(203, 0, 113, 20)));
+        let (a, b) = (peer(1, a_nat, Ipv4Addr::new(203, 0, 113, 10)), peer(2, b_nat, Ipv4Addr::new(203, 0, 113, 20)));
         let registered = |s: &Sim| [a, b].iter().all(|&h| s.machine_ref::<SimNode>(h).is_registered());
         assert!(sim.run_until_cond(Duration::from_secs(10), registered), "peers did not register (seed {seed})");
         let rtt = 2 * (latency + 2 * Link::LAN_DEFAULT.latency);
-        EasyPair { sim, a, b, rtt }
+        SimPair { sim, a, b, rtt }
     }
 
     /// A asks for B; runs the simulation until A reports the connection (virtual time is
