@@ -78,6 +78,7 @@ const DIRECT: Expect = Expect::Connect { path: Path::Direct, strategy: Strategy:
 const SIMULTANEOUS: Expect = Expect::Connect { path: Path::Direct, strategy: Strategy::SimultaneousOpen };
 const LOCAL: Expect = Expect::Connect { path: Path::Local, strategy: Strategy::Local };
 const BIRTHDAY: Expect = Expect::Connect { path: Path::Direct, strategy: Strategy::Birthday };
+const PREDICT: Expect = Expect::Connect { path: Path::Direct, strategy: Strategy::Predict };
 
 fn preset_name(b: NatBehavior) -> String {
     let presets = [
@@ -132,8 +133,12 @@ fn cells() -> Vec<Cell> {
     cells.push(same_nat(PR.with_hairpin(true)));
     // One hard side: the birthday paradox finds a port; either side may ask. Facing a
     // full cone, the hard side just sends.
-    for (a, b) in [(SR, PR), (PR, SR), (ER, SS), (SR, RC), (SS, ER)] {
+    for (a, b) in [(SR, PR), (PR, SR), (SR, RC)] {
         cells.push(apart(Behind(a), Behind(b), BIRTHDAY));
+    }
+    // A sequential hard side: its pool is predicted instead of guessed.
+    for (a, b) in [(ER, SS), (SS, ER), (PR, SS), (SS, RC)] {
+        cells.push(apart(Behind(a), Behind(b), PREDICT));
     }
     cells.push(apart(Behind(SS), Behind(FC), DIRECT));
     cells.push(apart(Behind(FC), Behind(SR), DIRECT));
@@ -385,7 +390,7 @@ fn check_cell(cell: &Cell, seeds: Range<u64>) -> Row {
         let pongs = world.pongs();
         assert_eq!(a.strategy, strategy, "{name}: A {a:?}");
         let bound = match strategy {
-            Strategy::Birthday => birthday_probes_bound(a.connect),
+            Strategy::Birthday | Strategy::Predict => birthday_probes_bound(a.connect),
             _ => probes_bound(if path == Path::Local { 2 } else { 1 }, world.rtt),
         };
         assert!(a.probes <= bound, "{name}: A sent {} probes > {bound} (rtt {:?})", a.probes, world.rtt);
@@ -403,6 +408,11 @@ fn check_cell(cell: &Cell, seeds: Range<u64>) -> Row {
         }
     });
     match cell.expect {
+        Expect::Connect { strategy: Strategy::Predict, .. } => {
+            // The first guesses land in the pool: about as fast as a simultaneous open.
+            let rtts = median(row.connect_rtts.clone()).expect("connected runs");
+            assert!(rtts <= 4.0, "{}: median predicted connect time is {rtts:.2} RTTs", cell.name);
+        }
         Expect::Connect { strategy: Strategy::Birthday, .. } => {
             // A hit takes ~174 probes at the median: 7 spray rounds of 50 ms, plus the RTTs.
             let ms = median(row.connect_ms.clone()).expect("connected runs");

@@ -218,6 +218,21 @@ fn birthday_punch_reaches_a_hard_nat() {
     assert_eq!(connected["strategy"], "birthday");
 }
 
+/// Easy × sequential hard: the hard NAT hands out ports in order, so its pool sits just past
+/// the port the introducer saw; the easy side's first guesses land in it.
+#[test]
+fn sequential_ports_are_predicted() {
+    let mesh = Mesh::new("pr");
+    let (_, hard) = mesh.std.natted_host("p1", NatBehavior::SYMMETRIC_SEQUENTIAL);
+    let (_, easy) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
+    let hard_peer = mesh.peer(&hard);
+    let connected = mesh.ping(&easy, &hard_peer);
+    assert_eq!((connected["path"].as_str(), connected["strategy"].as_str()), (Some("direct"), Some("predict")));
+    let probes = connected["probes"].as_u64().unwrap();
+    assert!(probes <= 60, "predicted, not sprayed at random: {probes} probes");
+    println!("easy asks sequential hard: {connected}");
+}
+
 #[test]
 fn two_hard_nats_are_reported_not_yet_reachable() {
     let mesh = Mesh::new("hd");

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 pub mod actor;
 pub mod plan;
 
-pub use plan::{plan, Birthday, Candidate, Path, Plan, Strategy, Unpunchable};
+pub use plan::{plan, Birthday, Candidate, Path, Plan, Prediction, Strategy, Unpunchable};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -128,11 +128,21 @@ struct Target {
     path: Path,
 }
 
+/// Predicted guesses before falling back to random ones: with a stride of half the pool,
+/// 32 guesses cover 4096 allocations by anyone behind the hard NAT since it registered.
+const PREDICTED_GUESSES: u32 = 32;
+
 /// The easy side's guesses at the hard side's ports.
 struct Spray {
     ip: IpAddr,
     rng: StdRng,
     tried: HashSet<u16>,
+    predict: Option<Prediction>,
+    /// Predicted guesses made so far.
+    predicted: u32,
+    /// Stride between predicted guesses, in allocations: half the hard side's pool, so
+    /// its block of consecutive ports cannot fall between two guesses.
+    stride: i64,
     /// Its own pace: the spray rate holds whatever else makes the attempt send.
     next: Instant,
 }
@@ -198,10 +208,12 @@ impl Attempt {
         let targets = plan.candidates.iter().map(|c| Target { socket: SocketId::PRIMARY, addr: c.addr, path: c.path });
         let (pool, pool_target, spray) = match plan.birthday {
             Some(Birthday::Pool { target }) => (pool.to_vec(), Some(target), None),
-            Some(Birthday::Spray { ip }) => {
+            Some(Birthday::Spray { ip, predict }) => {
                 // Seeded by the nonce: deterministic on the simulator, unpredictable to others.
                 let seed = nonce.iter().fold(0u64, |acc, b| acc.rotate_left(8) ^ u64::from(*b));
-                let spray = Spray { ip, rng: StdRng::seed_from_u64(seed), tried: HashSet::new(), next: now };
+                let stride = (i64::from(config.pool_size) / 2).max(1);
+                let rng = StdRng::seed_from_u64(seed);
+                let spray = Spray { ip, rng, tried: HashSet::new(), predict, predicted: 0, stride, next: now };
                 (Vec::new(), None, Some(spray))
             }
             None => (Vec::new(), None, None),
@@ -376,12 +388,7 @@ impl Attempt {
         let untried = u32::from(u16::MAX - 1023) - spray.tried.len() as u32;
         let batch = self.config.spray_per_round.min(self.config.spray_max - self.stats.sprayed).min(untried);
         for _ in 0..batch {
-            let port = loop {
-                let port = spray.rng.gen_range(1024..=u16::MAX);
-                if spray.tried.insert(port) {
-                    break port;
-                }
-            };
+            let port = spray.next_port();
             let dst = SocketAddr::new(spray.ip, port);
             self.transmits.push_back(Transmit { socket: SocketId::PRIMARY, dst, payload: self.probe.clone() });
         }
@@ -404,6 +411,28 @@ impl Attempt {
             }
             State::Connected { until } => Some(until),
             State::Done => None,
+        }
+    }
+}
+
+impl Spray {
+    /// The next untried port: predicted ones first, then random ones.
+    fn next_port(&mut self) -> u16 {
+        while let Some(Prediction { last, step }) = self.predict.filter(|_| self.predicted < PREDICTED_GUESSES) {
+            let k = 1 + self.stride * i64::from(self.predicted);
+            self.predicted += 1;
+            // Ports wrap within 1024..=65535, as allocators do.
+            let port = 1024 + (i64::from(last) - 1024 + i64::from(step) * k).rem_euclid(65536 - 1024);
+            let port = u16::try_from(port).expect("in 1024..=65535 by construction");
+            if self.tried.insert(port) {
+                return port;
+            }
+        }
+        loop {
+            let port = self.rng.gen_range(1024..=u16::MAX);
+            if self.tried.insert(port) {
+                return port;
+            }
         }
     }
 }

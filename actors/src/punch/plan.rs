@@ -39,6 +39,9 @@ pub enum Strategy {
     Local,
     /// One hard side: it opens a pool of mappings, the easy side sprays random ports.
     Birthday,
+    /// The hard side allocates ports in sequence: its pool lands just past the port the
+    /// introducer saw, and the easy side aims there before spraying at random.
+    Predict,
 }
 
 impl Strategy {
@@ -48,6 +51,7 @@ impl Strategy {
             Strategy::SimultaneousOpen => "simultaneous-open",
             Strategy::Local => "local",
             Strategy::Birthday => "birthday",
+            Strategy::Predict => "predict",
         }
     }
 }
@@ -63,8 +67,16 @@ pub struct Candidate {
 pub enum Birthday {
     /// We are the hard side: every pool socket sends to the easy side's public address.
     Pool { target: SocketAddr },
-    /// We are the easy side: spray random ports of the hard side's public IP.
-    Spray { ip: IpAddr },
+    /// We are the easy side: spray ports of the hard side's public IP — first where a
+    /// sequential allocator must have put its pool, then at random.
+    Spray { ip: IpAddr, predict: Option<Prediction> },
+}
+
+/// Where a sequential allocator hands out its next ports: after `last`, `step` apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prediction {
+    pub last: u16,
+    pub step: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +101,13 @@ pub enum Unpunchable {
     NoPool,
     #[error("too many punch attempts under way ({0}); try again shortly")]
     Busy(usize),
+}
+
+fn sequential(report: &NatReport) -> Option<i32> {
+    match report.allocation {
+        Some(crate::nat::Allocation::Sequential { step }) if step != 0 => Some(step),
+        _ => None,
+    }
 }
 
 fn admits_anyone(report: &NatReport) -> bool {
@@ -122,9 +141,14 @@ pub fn plan(
         // the hard side just sends, as to a public node.
         (NatType::Hard, NatType::Easy) if admits_anyone(peer) => plan(Strategy::Direct, true, None),
         (NatType::Easy, NatType::Hard) if admits_anyone(me) => plan(Strategy::Direct, false, None),
-        (NatType::Hard, NatType::Easy) => plan(Strategy::Birthday, true, Some(Birthday::Pool { target: peer_public })),
+        (NatType::Hard, NatType::Easy) => {
+            let strategy = if sequential(me).is_some() { Strategy::Predict } else { Strategy::Birthday };
+            plan(strategy, true, Some(Birthday::Pool { target: peer_public }))
+        }
         (NatType::Easy, NatType::Hard) => {
-            plan(Strategy::Birthday, true, Some(Birthday::Spray { ip: peer_public.ip() }))
+            let predict = sequential(peer).map(|step| Prediction { last: peer_public.port(), step });
+            let strategy = if predict.is_some() { Strategy::Predict } else { Strategy::Birthday };
+            plan(strategy, true, Some(Birthday::Spray { ip: peer_public.ip(), predict }))
         }
         (NatType::Hard, NatType::Hard) => return Err(Unpunchable::BothHard),
     })

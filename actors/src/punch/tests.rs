@@ -198,3 +198,45 @@ fn a_later_proof_over_another_address_is_reported_after_connecting() {
     p.a.handle_punch(now, SocketId::PRIMARY, other, &late);
     assert_eq!(p.a.poll_event(), None, "reported once");
 }
+
+#[test]
+fn a_sequential_hard_side_is_predicted_from_where_the_introducer_saw_it() {
+    let peer_public: SocketAddr = "198.51.100.9:20007".parse().unwrap();
+    let mut hard = report("198.51.100.9:20007", NatType::Hard);
+    hard.allocation = Some(Allocation::Sequential { step: 1 });
+    let p = plan(&report("203.0.113.1:1000", NatType::Easy), &hard, peer_public, &[]).unwrap();
+    assert_eq!(p.strategy, Strategy::Predict);
+    let ip = peer_public.ip();
+    assert_eq!(p.birthday, Some(Birthday::Spray { ip, predict: Some(Prediction { last: 20007, step: 1 }) }));
+    // And the first guesses stride through the ports after it, half a pool apart.
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    let now = Instant::now();
+    let mut a = Attempt::new(Config::default(), &alice, bob.peer_id(), vec![5u8; 16], true, p, &[], now);
+    a.handle_timeout(now);
+    let guesses: Vec<u16> = std::iter::from_fn(|| a.poll_transmit()).map(|t| t.dst.port()).skip(1).take(3).collect();
+    assert_eq!(guesses, vec![20008, 20008 + 128, 20008 + 256]);
+}
+
+#[test]
+fn spraying_keeps_its_pace_and_cap_whatever_arrives() {
+    let peer_public: SocketAddr = "198.51.100.9:40000".parse().unwrap();
+    let p = plan(
+        &report("203.0.113.1:1000", NatType::Easy),
+        &report("198.51.100.9:40000", NatType::Hard),
+        peer_public,
+        &[],
+    );
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    let now = Instant::now();
+    let mut a = Attempt::new(Config::default(), &alice, bob.peer_id(), vec![5u8; 16], true, p.unwrap(), &[], now);
+    let config = Config::default();
+    let mut sent = 0;
+    while let Some(t) = a.poll_timeout() {
+        a.handle_timeout(t);
+        let round = std::iter::from_fn(|| a.poll_transmit()).count() as u32;
+        assert!(round <= config.spray_per_round + 1, "a round sent {round}");
+        sent += round;
+    }
+    assert_eq!(a.stats().sprayed, config.spray_max);
+    assert!(sent <= config.spray_max + (config.timeout.as_millis() / config.interval.as_millis()) as u32 + 1);
+}

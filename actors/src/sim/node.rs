@@ -305,7 +305,7 @@ impl SimNode {
                 // The simulator cannot bind later, from inside the node: the birthday pool is
                 // bound up front and handed over when the coordinator asks for it.
                 let pool_size = sim.machine::<SimNode>(host).config.punch.pool_size;
-                let pool = (0..pool_size).map(|i| pool_socket(i)).collect::<Vec<_>>();
+                let pool = (0..pool_size).map(pool_socket).collect::<Vec<_>>();
                 for &socket in &pool {
                     sim.bind(host, socket, 0);
                 }
