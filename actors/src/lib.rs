@@ -14,6 +14,7 @@ pub mod nat;
 pub mod probe;
 pub mod punch;
 pub mod registration;
+pub mod relay;
 pub mod session;
 pub mod sim;
 pub mod socket;

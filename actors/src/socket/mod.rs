@@ -166,6 +166,17 @@ pub fn route_of(kind: &Kind) -> Route {
         }
         Kind::Punch(_) => Route::Punch,
         Kind::Ping(_) | Kind::Pong(_) | Kind::Data(_) => Route::Session,
+        Kind::RelayRequest(_)
+        | Kind::RelayChallenge(_)
+        | Kind::RelayAccepted(_)
+        | Kind::RelayRefused(_)
+        | Kind::RelaySend(_)
+        | Kind::RelayDeliver(_)
+        | Kind::RelayClose(_)
+        // Relay frames have no actor in the node yet: they go to the bootstrap route, whose
+        // actor ignores them (the simulator counts them unrouted). A `Route::Relay` comes
+        // with the wiring ([`crate::relay::to_relay`] tells server- from client-bound).
+        | Kind::RelayClosed(_) => Route::Bootstrap,
     }
 }
 

@@ -1,0 +1,101 @@
+//! The relay actors: [`MachineActor`] around a [`Relay`] (server side) or a
+//! [`RelayClient`] (one circuit, client side). Both are also [`Machine`]s over raw
+//! datagrams, for the simulator.
+
+use super::client::{self, RelayClient};
+use super::server::{self, Relay};
+use crate::driver::{MachineActor, Protocol};
+use crate::socket::{Inbound, Payload};
+use crate::{Machine, SocketId, Transmit};
+use introducer_proto::frame::{self, Decoded};
+use introducer_proto::pb::envelope::Kind;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+pub type RelayActor = MachineActor<Relay>;
+pub type RelayClientActor = MachineActor<RelayClient>;
+
+/// The envelope kind of a datagram, if it is an introducer frame.
+fn envelope(payload: &[u8]) -> Option<Kind> {
+    match frame::decode(payload).ok()? {
+        Decoded::Envelope(envelope) => envelope.kind,
+        Decoded::Stun(_) => None,
+    }
+}
+
+impl Protocol for Relay {
+    type Event = server::Event;
+    fn handle_inbound(&mut self, inbound: Inbound) {
+        if let Payload::Envelope(kind) = inbound.payload {
+            self.handle(inbound.now, inbound.socket, inbound.src, kind);
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Relay::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Relay::poll_transmit(self)
+    }
+    fn poll_event(&mut self) -> Option<server::Event> {
+        Relay::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Relay::poll_timeout(self)
+    }
+}
+
+impl Machine for Relay {
+    fn handle_datagram(&mut self, now: Instant, socket: SocketId, src: SocketAddr, payload: &[u8]) {
+        match envelope(payload) {
+            Some(kind) => self.handle(now, socket, src, kind),
+            None => self.count_malformed(),
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Relay::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Relay::poll_transmit(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Relay::poll_timeout(self)
+    }
+}
+
+impl Protocol for RelayClient {
+    type Event = client::Event;
+    fn handle_inbound(&mut self, inbound: Inbound) {
+        if let Payload::Envelope(kind) = inbound.payload {
+            self.handle(inbound.now, inbound.src, kind);
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        RelayClient::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        RelayClient::poll_transmit(self)
+    }
+    fn poll_event(&mut self) -> Option<client::Event> {
+        RelayClient::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        RelayClient::poll_timeout(self)
+    }
+}
+
+impl Machine for RelayClient {
+    fn handle_datagram(&mut self, now: Instant, _socket: SocketId, src: SocketAddr, payload: &[u8]) {
+        if let Some(kind) = envelope(payload) {
+            self.handle(now, src, kind);
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        RelayClient::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        RelayClient::poll_transmit(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        RelayClient::poll_timeout(self)
+    }
+}

@@ -1,0 +1,553 @@
+//! The relay role: circuits between pairs of peers, forwarding with limits.
+//!
+//! A circuit is named by an introduction nonce and its two peers. It is *pending* while
+//! one peer has asked for it and *ready* once both have, each from an address it proved
+//! with a cookie and with a request signed by its key. Only ready circuits forward, and
+//! only from a side's proven address to the other side's: the relay never sends to an
+//! address that did not ask, and answers an unproven address only with a challenge
+//! smaller than what arrived.
+
+use super::{reason_text, requester_key, verify_request, MAX_NONCE, MIN_NONCE};
+use crate::{SocketId, Transmit};
+use introducer_proto::pb::{self, envelope::Kind, RelayRefusedReason};
+use introducer_proto::MAX_DATAGRAM;
+use libp2p_identity::PeerId;
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Limits of a relay. Rates apply to each direction of each circuit separately, so a
+/// flood from one side does not eat the other side's budget.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Circuits carried at once, pending ones included.
+    pub max_circuits: usize,
+    /// Circuits waiting for their second side, at most (they cost memory and prove less).
+    pub max_pending: usize,
+    /// Circuits one peer may be a side of.
+    pub max_circuits_per_peer: usize,
+    /// Forwarded payload bytes per second per direction, sustained, and the burst.
+    pub bytes_per_sec: f64,
+    pub bytes_burst: f64,
+    /// Forwarded datagrams per second per direction, sustained, and the burst.
+    pub packets_per_sec: f64,
+    pub packets_burst: f64,
+    /// Forwarded payload bytes per second over all circuits together, and the burst: what
+    /// the relay's operator gives away in total.
+    pub total_bytes_per_sec: f64,
+    pub total_bytes_burst: f64,
+    /// A ready circuit closes when either side has sent nothing (data or request) this long.
+    pub idle_timeout: Duration,
+    /// A pending circuit closes when its second side has not asked within this long.
+    pub pending_timeout: Duration,
+    /// Cookies rotate this often; one from the previous period is still accepted.
+    pub cookie_period: Duration,
+    /// At most one rate-limit refusal per direction of a circuit this often.
+    pub refusal_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            max_circuits: 256,
+            max_pending: 64,
+            max_circuits_per_peer: 8,
+            bytes_per_sec: 256.0 * 1024.0,
+            bytes_burst: 64.0 * 1024.0,
+            packets_per_sec: 500.0,
+            packets_burst: 100.0,
+            total_bytes_per_sec: 4.0 * 1024.0 * 1024.0,
+            total_bytes_burst: 256.0 * 1024.0,
+            idle_timeout: Duration::from_secs(60),
+            pending_timeout: Duration::from_secs(30),
+            cookie_period: Duration::from_secs(300),
+            refusal_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counts of what the relay did, refused and dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub challenged: u64,
+    /// Circuits created by a first side (pending).
+    pub circuits_opened: u64,
+    /// Circuits whose second side joined.
+    pub circuits_ready: u64,
+    pub circuits_closed: u64,
+    pub circuits_expired: u64,
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub refused_full: u64,
+    pub refused_pending: u64,
+    pub refused_peer_limit: u64,
+    pub refused_bad_request: u64,
+    /// Rate-limit refusals actually sent (paced by `refusal_interval`).
+    pub refusals_rate_limited: u64,
+    /// Data over a direction's limits.
+    pub dropped_rate_limited: u64,
+    /// Data over the relay-wide byte budget.
+    pub dropped_relay_busy: u64,
+    pub dropped_malformed: u64,
+    pub dropped_bad_signature: u64,
+    pub dropped_unknown_circuit: u64,
+    /// Data or close from an address that is no side of the circuit (a third party, a
+    /// spoofed source).
+    pub dropped_wrong_source: u64,
+    /// Data over a circuit whose second side has not asked yet.
+    pub dropped_not_ready: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A side closed it.
+    ByPeer(PeerId),
+    /// A side of a ready circuit went silent for `idle_timeout`.
+    Idle,
+    /// The second side never asked within `pending_timeout`.
+    PendingTimeout,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Ready { circuit: u64, peers: [PeerId; 2] },
+    Closed { circuit: u64, peers: [PeerId; 2], reason: CloseReason },
+    Refused { peer: PeerId, reason: RelayRefusedReason },
+}
+
+/// A token bucket; time is passed in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    pub(crate) fn full(burst: f64, now: Instant) -> Self {
+        Bucket { tokens: burst, at: now }
+    }
+
+    fn refill(&mut self, now: Instant, rate: f64, burst: f64) {
+        self.tokens = (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(burst);
+        self.at = self.at.max(now);
+    }
+}
+
+#[derive(Debug)]
+struct Side {
+    addr: SocketAddr,
+    socket: SocketId,
+    last_seen: Instant,
+    packets: Bucket,
+    bytes: Bucket,
+    last_refusal: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Circuit {
+    nonce: Box<[u8]>,
+    /// peers[0] asked first.
+    peers: [PeerId; 2],
+    sides: [Option<Side>; 2],
+    created: Instant,
+}
+
+impl Circuit {
+    fn ready(&self) -> bool {
+        self.sides.iter().all(Option::is_some)
+    }
+
+    fn side_at(&self, src: SocketAddr) -> Option<usize> {
+        (0..2).find(|&i| self.sides[i].as_ref().is_some_and(|s| s.addr == src))
+    }
+}
+
+type CircuitKey = (Box<[u8]>, PeerId, PeerId);
+
+fn circuit_key(nonce: &[u8], a: PeerId, b: PeerId) -> CircuitKey {
+    let (lo, hi) = if a.to_bytes() <= b.to_bytes() { (a, b) } else { (b, a) };
+    (nonce.into(), lo, hi)
+}
+
+pub struct Relay {
+    config: RelayConfig,
+    epoch: Instant,
+    cookie_key: [u8; 32],
+    rng: StdRng,
+    circuits: HashMap<u64, Circuit>,
+    by_key: HashMap<CircuitKey, u64>,
+    per_peer: HashMap<PeerId, usize>,
+    pending: usize,
+    total: Bucket,
+    next_sweep: Option<Instant>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl Relay {
+    pub fn new(mut config: RelayConfig, now: Instant, mut rng: StdRng) -> Self {
+        // A byte budget below one datagram would forward nothing at all.
+        config.bytes_burst = config.bytes_burst.max(MAX_DATAGRAM as f64);
+        config.packets_burst = config.packets_burst.max(1.0);
+        config.total_bytes_burst = config.total_bytes_burst.max(MAX_DATAGRAM as f64);
+        let total = Bucket::full(config.total_bytes_burst, now);
+        let mut cookie_key = [0; 32];
+        rng.fill_bytes(&mut cookie_key);
+        Relay {
+            config,
+            epoch: now,
+            cookie_key,
+            rng,
+            circuits: HashMap::new(),
+            by_key: HashMap::new(),
+            per_peer: HashMap::new(),
+            pending: 0,
+            total,
+            next_sweep: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Circuits carried, pending ones included.
+    pub fn circuits(&self) -> usize {
+        self.circuits.len()
+    }
+
+    /// Circuits waiting for their second side.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    /// A datagram that was no introducer frame reached the relay (simulator path; the
+    /// socket actor drops and counts these itself).
+    pub fn count_malformed(&mut self) {
+        self.stats.dropped_malformed += 1;
+    }
+
+    /// Handles a relay-bound message; other kinds are not the relay's and are ignored.
+    pub fn handle(&mut self, now: Instant, socket: SocketId, src: SocketAddr, kind: Kind) {
+        match kind {
+            Kind::RelayRequest(request) => self.on_request(now, socket, src, request),
+            Kind::RelaySend(data) => self.on_data(now, src, data),
+            Kind::RelayClose(close) => self.on_close(src, close.circuit),
+            _ => {}
+        }
+    }
+
+    fn cookie(&self, src: SocketAddr, peer: &PeerId, period: u64) -> u64 {
+        let digest = Sha256::new()
+            .chain_update(b"relay")
+            .chain_update(self.cookie_key)
+            .chain_update(src.to_string())
+            .chain_update(peer.to_bytes())
+            .chain_update(period.to_le_bytes())
+            .finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
+    }
+
+    fn period(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs() / self.config.cookie_period.as_secs().max(1)
+    }
+
+    fn on_request(&mut self, now: Instant, socket: SocketId, src: SocketAddr, request: pb::RelayRequest) {
+        let (Some(key), Ok(target)) = (requester_key(&request), PeerId::from_bytes(&request.target)) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        if !(MIN_NONCE..=MAX_NONCE).contains(&request.nonce.len()) {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
+        let peer = key.to_peer_id();
+        // The cookie is checked before the signature: an unproven address costs a hash,
+        // not a signature verification, and earns only a challenge smaller than its request.
+        let period = self.period(now);
+        let proven = request.cookie != 0
+            && [period, period.wrapping_sub(1)].iter().any(|&p| request.cookie == self.cookie(src, &peer, p));
+        if !proven {
+            self.stats.challenged += 1;
+            let cookie = self.cookie(src, &peer, period);
+            let challenge = pb::RelayChallenge { cookie, nonce: request.nonce };
+            self.send(socket, src, Kind::RelayChallenge(challenge));
+            return;
+        }
+        if !verify_request(&key, &request) {
+            self.stats.dropped_bad_signature += 1;
+            return;
+        }
+        let nonce = request.nonce;
+        if target == peer {
+            self.stats.refused_bad_request += 1;
+            self.refuse(socket, src, peer, &nonce, 0, RelayRefusedReason::BadRequest);
+            return;
+        }
+        match self.by_key.get(&circuit_key(&nonce, peer, target)).copied() {
+            Some(id) => self.join(now, socket, src, peer, id),
+            None => self.create(now, socket, src, peer, target, &nonce),
+        }
+    }
+
+    fn new_side(&self, now: Instant, socket: SocketId, src: SocketAddr) -> Side {
+        Side {
+            addr: src,
+            socket,
+            last_seen: now,
+            packets: Bucket::full(self.config.packets_burst, now),
+            bytes: Bucket::full(self.config.bytes_burst, now),
+            last_refusal: None,
+        }
+    }
+
+    fn peer_circuits(&self, peer: &PeerId) -> usize {
+        self.per_peer.get(peer).copied().unwrap_or(0)
+    }
+
+    fn create(&mut self, now: Instant, socket: SocketId, src: SocketAddr, peer: PeerId, target: PeerId, nonce: &[u8]) {
+        // The peer's own limit first: it is the reason the peer can act on.
+        let reason = if self.peer_circuits(&peer) >= self.config.max_circuits_per_peer {
+            self.stats.refused_peer_limit += 1;
+            Some(RelayRefusedReason::PeerLimit)
+        } else if self.circuits.len() >= self.config.max_circuits {
+            self.stats.refused_full += 1;
+            Some(RelayRefusedReason::RelayFull)
+        } else if self.pending >= self.config.max_pending {
+            self.stats.refused_pending += 1;
+            Some(RelayRefusedReason::TooManyPending)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.refuse(socket, src, peer, nonce, 0, reason);
+            return;
+        }
+        let id = loop {
+            let id: u64 = self.rng.gen();
+            if id != 0 && !self.circuits.contains_key(&id) {
+                break id;
+            }
+        };
+        let side = self.new_side(now, socket, src);
+        let circuit = Circuit { nonce: nonce.into(), peers: [peer, target], sides: [Some(side), None], created: now };
+        self.circuits.insert(id, circuit);
+        self.by_key.insert(circuit_key(nonce, peer, target), id);
+        *self.per_peer.entry(peer).or_default() += 1;
+        self.pending += 1;
+        self.stats.circuits_opened += 1;
+        self.next_sweep.get_or_insert(now + self.sweep_every());
+        self.accepted(id, socket, src);
+    }
+
+    fn join(&mut self, now: Instant, socket: SocketId, src: SocketAddr, peer: PeerId, id: u64) {
+        let limit = self.config.max_circuits_per_peer;
+        let count = self.peer_circuits(&peer);
+        let fresh = self.new_side(now, socket, src);
+        let circuit = self.circuits.get_mut(&id).expect("by_key and circuits agree");
+        let i = if circuit.peers[0] == peer { 0 } else { 1 };
+        let was_ready = circuit.ready();
+        match &mut circuit.sides[i] {
+            // A refresh (the keepalive), possibly from a new address after a NAT rebinding:
+            // the request is signed over a cookie bound to that address.
+            Some(side) => {
+                side.addr = src;
+                side.socket = socket;
+                side.last_seen = now;
+            }
+            None if count >= limit => {
+                let nonce = circuit.nonce.clone();
+                self.stats.refused_peer_limit += 1;
+                self.refuse(socket, src, peer, &nonce, 0, RelayRefusedReason::PeerLimit);
+                return;
+            }
+            slot @ None => {
+                *slot = Some(fresh);
+                *self.per_peer.entry(peer).or_default() += 1;
+            }
+        }
+        let circuit = &self.circuits[&id];
+        if circuit.ready() && !was_ready {
+            self.pending -= 1;
+            self.stats.circuits_ready += 1;
+            self.events.push_back(Event::Ready { circuit: id, peers: circuit.peers });
+            let sides: Vec<_> = circuit.sides.iter().flatten().map(|s| (s.socket, s.addr)).collect();
+            for (socket, addr) in sides {
+                self.accepted(id, socket, addr);
+            }
+        } else {
+            self.accepted(id, socket, src);
+        }
+    }
+
+    fn accepted(&mut self, id: u64, socket: SocketId, dst: SocketAddr) {
+        let circuit = &self.circuits[&id];
+        let accepted = pb::RelayAccepted {
+            nonce: circuit.nonce.to_vec().into(),
+            circuit: id,
+            ready: circuit.ready(),
+            idle_secs: self.config.idle_timeout.as_secs() as u32,
+        };
+        self.send(socket, dst, Kind::RelayAccepted(accepted));
+    }
+
+    /// Sent only to addresses that proved themselves with a cookie.
+    fn refuse(
+        &mut self,
+        socket: SocketId,
+        dst: SocketAddr,
+        peer: PeerId,
+        nonce: &[u8],
+        circuit: u64,
+        reason: RelayRefusedReason,
+    ) {
+        tracing::debug!(%peer, %dst, circuit, ?reason, "relay refused");
+        self.events.push_back(Event::Refused { peer, reason });
+        let refused = pb::RelayRefused {
+            nonce: nonce.to_vec().into(),
+            circuit,
+            reason: reason as i32,
+            message: reason_text(reason).to_owned(),
+        };
+        self.send(socket, dst, Kind::RelayRefused(refused));
+    }
+
+    fn on_data(&mut self, now: Instant, src: SocketAddr, data: pb::RelayData) {
+        let Some(circuit) = self.circuits.get_mut(&data.circuit) else {
+            self.stats.dropped_unknown_circuit += 1;
+            return;
+        };
+        let Some(i) = circuit.side_at(src) else {
+            self.stats.dropped_wrong_source += 1;
+            return;
+        };
+        let Some(to) = circuit.sides[1 - i].as_ref().map(|s| (s.socket, s.addr)) else {
+            self.stats.dropped_not_ready += 1;
+            return;
+        };
+        let config = &self.config;
+        let side = circuit.sides[i].as_mut().expect("side_at found it");
+        side.last_seen = now;
+        side.packets.refill(now, config.packets_per_sec, config.packets_burst);
+        side.bytes.refill(now, config.bytes_per_sec, config.bytes_burst);
+        self.total.refill(now, config.total_bytes_per_sec, config.total_bytes_burst);
+        let len = data.payload.len() as f64;
+        let over_direction = side.packets.tokens < 1.0 || side.bytes.tokens < len;
+        if over_direction || self.total.tokens < len {
+            if over_direction {
+                self.stats.dropped_rate_limited += 1;
+            } else {
+                self.stats.dropped_relay_busy += 1;
+            }
+            if side.last_refusal.is_none_or(|t| now >= t + config.refusal_interval) {
+                side.last_refusal = Some(now);
+                let (socket, nonce, peer) = (side.socket, circuit.nonce.clone(), circuit.peers[i]);
+                self.stats.refusals_rate_limited += 1;
+                self.refuse(socket, src, peer, &nonce, data.circuit, RelayRefusedReason::RateLimited);
+            }
+            return;
+        }
+        side.packets.tokens -= 1.0;
+        side.bytes.tokens -= len;
+        self.total.tokens -= len;
+        self.stats.forwarded_packets += 1;
+        self.stats.forwarded_bytes += data.payload.len() as u64;
+        self.send(to.0, to.1, Kind::RelayDeliver(data));
+    }
+
+    fn on_close(&mut self, src: SocketAddr, id: u64) {
+        let Some(circuit) = self.circuits.get(&id) else {
+            self.stats.dropped_unknown_circuit += 1;
+            return;
+        };
+        let Some(i) = circuit.side_at(src) else {
+            self.stats.dropped_wrong_source += 1;
+            return;
+        };
+        let by = circuit.peers[i];
+        self.stats.circuits_closed += 1;
+        let circuit = self.remove(id, CloseReason::ByPeer(by));
+        if let Some(other) = &circuit.sides[1 - i] {
+            self.send(other.socket, other.addr, Kind::RelayClosed(pb::RelayClose { circuit: id }));
+        }
+    }
+
+    fn remove(&mut self, id: u64, reason: CloseReason) -> Circuit {
+        let circuit = self.circuits.remove(&id).expect("removing a known circuit");
+        self.by_key.remove(&circuit_key(&circuit.nonce, circuit.peers[0], circuit.peers[1]));
+        if !circuit.ready() {
+            self.pending -= 1;
+        }
+        for (peer, side) in circuit.peers.iter().zip(&circuit.sides) {
+            if side.is_some() {
+                if let Some(n) = self.per_peer.get_mut(peer) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_peer.remove(peer);
+                    }
+                }
+            }
+        }
+        tracing::debug!(circuit = id, ?reason, "relay circuit closed");
+        self.events.push_back(Event::Closed { circuit: id, peers: circuit.peers, reason });
+        circuit
+    }
+
+    fn sweep_every(&self) -> Duration {
+        (self.config.idle_timeout.min(self.config.pending_timeout) / 4).max(Duration::from_millis(100))
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_sweep.is_none_or(|t| t > now) {
+            return;
+        }
+        let (idle, pending) = (self.config.idle_timeout, self.config.pending_timeout);
+        let expired: Vec<(u64, CloseReason)> = self
+            .circuits
+            .iter()
+            .filter_map(|(&id, c)| {
+                if !c.ready() {
+                    (c.created + pending <= now).then_some((id, CloseReason::PendingTimeout))
+                } else {
+                    c.sides.iter().flatten().any(|s| s.last_seen + idle <= now).then_some((id, CloseReason::Idle))
+                }
+            })
+            .collect();
+        for (id, reason) in expired {
+            self.stats.circuits_expired += 1;
+            let circuit = self.remove(id, reason);
+            // Tell whoever may still be there; these addresses asked for the circuit.
+            for side in circuit.sides.iter().flatten() {
+                self.send(side.socket, side.addr, Kind::RelayClosed(pb::RelayClose { circuit: id }));
+            }
+        }
+        self.next_sweep = (!self.circuits.is_empty()).then(|| now + self.sweep_every());
+    }
+
+    fn send(&mut self, socket: SocketId, dst: SocketAddr, kind: Kind) {
+        self.transmits.push_back(Transmit::envelope(socket, dst, kind));
+    }
+}
