@@ -95,6 +95,10 @@ pub enum Event {
         requester: PeerId,
         target: PeerId,
     },
+    /// Relay role: we carry a circuit between two peers.
+    Relaying {
+        peers: [PeerId; 2],
+    },
     /// Named counters of what was received, sent and dropped (the driver's).
     Stats(Vec<(&'static str, u64)>),
     /// The node cannot go on (no bootstrap node answered, probing failed).
@@ -132,6 +136,13 @@ pub enum Action {
         introduced: Box<Introduced>,
     },
     OpenSession(ProvenPath),
+    /// No direct path: ask `relay` for the circuit of the introduction `nonce`.
+    Relay {
+        peer: PeerId,
+        relay: SocketAddr,
+        nonce: Vec<u8>,
+        controlling: bool,
+    },
     /// A further address the peer proved itself over: take its session traffic too.
     AddPath {
         peer: PeerId,
@@ -164,6 +175,9 @@ pub struct Coordinator {
     /// A registration held back until the birthday pool is bound: nobody may be
     /// introduced to us before we can punch back.
     held_registration: Option<Action>,
+    /// Introductions whose punch is under way: by whom, with which nonce, and whether we
+    /// asked — what a fallback to the introducer's relay needs.
+    introductions: HashMap<PeerId, (SocketAddr, Vec<u8>, bool)>,
     actions: VecDeque<Action>,
 }
 
@@ -181,6 +195,7 @@ impl Coordinator {
             asked: HashMap::new(),
             paths: HashMap::new(),
             held_registration: None,
+            introductions: HashMap::new(),
             actions: VecDeque::new(),
         }
     }
@@ -331,6 +346,8 @@ impl Coordinator {
             }
             R::Introduced(introduced) => {
                 if let Some(nat) = self.nat {
+                    let info = (introducer, introduced.nonce.clone(), introduced.initiator);
+                    self.introductions.insert(introduced.peer.peer_id, info);
                     self.actions.push_back(Action::Punch { nat, introduced });
                 }
             }
@@ -338,8 +355,11 @@ impl Coordinator {
         }
     }
 
-    /// The punch machine refused an introduction (hard NAT, too busy).
+    /// The punch machine refused an introduction (two hard NATs, too busy).
     pub fn on_punch_refused(&mut self, peer: PeerId, initiator: bool, why: Unpunchable) {
+        if why == Unpunchable::BothHard && self.relay(peer) {
+            return;
+        }
         if initiator {
             self.fail(peer, why.to_string());
         } else {
@@ -347,9 +367,26 @@ impl Coordinator {
         }
     }
 
+    /// Falls back to the introducer's relay for `peer`, if an introduction names one.
+    fn relay(&mut self, peer: PeerId) -> bool {
+        let Some((relay, nonce, controlling)) = self.introductions.remove(&peer) else { return false };
+        tracing::info!(%peer, %relay, "no direct path: relaying");
+        self.actions.push_back(Action::Relay { peer, relay, nonce, controlling });
+        true
+    }
+
+    /// Relay role: what our relay did.
+    pub fn on_relay(&mut self, event: crate::relay::server::Event) {
+        match event {
+            crate::relay::server::Event::Ready { peers, .. } => self.emit(Event::Relaying { peers }),
+            other => tracing::debug!(?other, "relay"),
+        }
+    }
+
     pub fn on_punch(&mut self, now: Instant, event: punch::Event) {
         match event {
             punch::Event::Connected { peer, socket, remote, proven, initiator, path, strategy, probes, elapsed } => {
+                self.introductions.remove(&peer);
                 let connect = self.asked.remove(&peer).map_or(elapsed, |t| now.saturating_duration_since(t));
                 self.paths.insert(peer, path);
                 self.actions.push_back(Action::Settle(peer));
@@ -359,6 +396,10 @@ impl Coordinator {
             }
             punch::Event::PathProven { peer, addr } => self.actions.push_back(Action::AddPath { peer, addr }),
             punch::Event::Failed { peer, reason } => {
+                tracing::info!(%peer, "punch failed: {reason}");
+                if self.relay(peer) {
+                    return;
+                }
                 if self.asked.contains_key(&peer) {
                     self.fail(peer, reason);
                 } else {
@@ -368,9 +409,23 @@ impl Coordinator {
         }
     }
 
-    pub fn on_session(&mut self, peer: PeerId, event: session::Event) {
+    pub fn on_session(&mut self, now: Instant, peer: PeerId, event: session::Event) {
         let path = self.paths.get(&peer).copied().unwrap_or(Path::Direct);
         let event = match event {
+            session::Event::Relayed { relay } => {
+                let connect = self.asked.remove(&peer).map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                self.paths.insert(peer, Path::Relayed);
+                self.actions.push_back(Action::Settle(peer));
+                let (path, strategy) = (Path::Relayed, Strategy::Relay);
+                Event::Connected { peer, remote: relay, path, strategy, connect, probes: 0 }
+            }
+            session::Event::RelayFailed { reason } => {
+                if self.asked.contains_key(&peer) {
+                    return self.fail(peer, format!("no direct path, and the relay failed: {reason}"));
+                }
+                tracing::info!(%peer, "relay failed: {reason}");
+                return;
+            }
             session::Event::Pong { seq, rtt } => Event::Pong { peer, seq, rtt, path },
             session::Event::Data(payload) => Event::Data { peer, payload },
             session::Event::Closed { reason } => {

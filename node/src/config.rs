@@ -1,6 +1,7 @@
 //! Node configuration: where to listen, whom to ask, and every protocol timing.
 
 use introducer_actors::identity::Identity;
+use introducer_actors::relay::server::RelayConfig;
 use introducer_actors::{broker, punch, registration, session};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub struct Config {
     pub broker: broker::Config,
     pub punch: punch::Config,
     pub session: session::Config,
+    /// Limits of the relay this node runs when it serves.
+    pub relay: RelayConfig,
     pub bootstrap_timing: introducer_bootstrap::Config,
 }
 
@@ -43,6 +46,7 @@ impl Config {
             broker: Default::default(),
             punch: Default::default(),
             session: Default::default(),
+            relay: Default::default(),
             bootstrap_timing: Default::default(),
         }
     }

@@ -60,6 +60,9 @@ pub fn to_json(event: &NodeEvent) -> Value {
         NodeEvent::Introduced { requester, target } => json!({
             "event": "introduced", "requester": requester.to_string(), "target": target.to_string(),
         }),
+        NodeEvent::Relaying { peers } => json!({
+            "event": "relaying", "peers": [peers[0].to_string(), peers[1].to_string()],
+        }),
         NodeEvent::Stats(stats) => {
             let stats: serde_json::Map<String, Value> =
                 stats.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();

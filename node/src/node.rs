@@ -13,6 +13,7 @@ use introducer_actors::probe::actor::{probe_socket, NatProbing, ProbeActor};
 use introducer_actors::probe::{Layout, LocalSockets, Probe, ProbeConfig, ProbeError, Responder, Server};
 use introducer_actors::punch::{self, actor::pool_socket, actor::Attempts, actor::PunchActor};
 use introducer_actors::registration::{self, actor::RegistrationActor, actor::Registrations};
+use introducer_actors::relay::{self, actor::RelayActor, server::Relay};
 use introducer_actors::session::{self, actor::SessionActor, actor::Sessions};
 use introducer_actors::socket::{self, Bind, Route, SetRoute, SocketActor};
 use introducer_actors::SocketId;
@@ -196,6 +197,7 @@ struct NodeActor {
     registrations: Addr<RegistrationActor>,
     punch: Addr<PunchActor>,
     sessions: Addr<SessionActor>,
+    relay: Addr<RelayActor>,
     stats_interval: Option<std::time::Duration>,
     bootstrap: Vec<SocketAddr>,
     bootstrap_timing: introducer_bootstrap::Config,
@@ -232,8 +234,14 @@ impl NodeActor {
                 socket.clone(),
                 me.clone().recipient(),
             );
-            let sessions =
-                MachineActor::start(Sessions::new(config.session.clone()), socket.clone(), me.clone().recipient());
+            let sessions = MachineActor::start(
+                Sessions::new(config.session.clone(), id.clone()),
+                socket.clone(),
+                me.clone().recipient(),
+            );
+            let relay_machine =
+                Relay::new(config.relay.clone(), now, rand::rngs::StdRng::seed_from_u64(rand::random()));
+            let relay = MachineActor::start(relay_machine, socket.clone(), me.clone().recipient());
             for (route, to) in [
                 (Route::Bootstrap, contact.clone().recipient()),
                 (Route::StunServer, probe.clone().recipient()),
@@ -261,6 +269,7 @@ impl NodeActor {
                 registrations,
                 punch,
                 sessions,
+                relay,
                 stats_interval: config.stats_interval,
                 bootstrap: config.bootstrap,
                 bootstrap_timing: config.bootstrap_timing,
@@ -279,6 +288,7 @@ impl NodeActor {
                 Action::Probe { servers, pad_requests } => self.start_probe(servers, pad_requests, ctx),
                 Action::Serve => {
                     self.socket.do_send(SetRoute(Route::Broker, self.broker.clone().recipient()));
+                    self.socket.do_send(SetRoute(Route::Relay, self.relay.clone().recipient()));
                     self.contact.do_send(Call::new(|c: &mut FirstContact, _| c.set_introducer(true)));
                 }
                 Action::BindPool(size) => self.bind_pool(size, ctx),
@@ -308,6 +318,11 @@ impl NodeActor {
                 }
                 Action::OpenSession(opened) => {
                     self.sessions.do_send(Call::new(move |s: &mut Sessions, now| s.open(now, opened)))
+                }
+                Action::Relay { peer, relay, nonce, controlling } => {
+                    self.sessions.do_send(Call::new(move |s: &mut Sessions, now| {
+                        s.open_relayed(now, peer, relay, &nonce, controlling)
+                    }))
                 }
                 Action::AddPath { peer, addr } => {
                     self.sessions.do_send(Call::new(move |s: &mut Sessions, now| s.add_path(now, peer, addr)))
@@ -466,7 +481,15 @@ impl Handler<Emitted<punch::Event>> for NodeActor {
 impl Handler<Emitted<(PeerId, session::Event)>> for NodeActor {
     type Result = ();
     fn handle(&mut self, Emitted((peer, event)): Emitted<(PeerId, session::Event)>, ctx: &mut Context<Self>) {
-        self.coordinator.on_session(peer, event);
+        self.coordinator.on_session(Instant::now(), peer, event);
+        self.act(ctx);
+    }
+}
+
+impl Handler<Emitted<relay::server::Event>> for NodeActor {
+    type Result = ();
+    fn handle(&mut self, Emitted(event): Emitted<relay::server::Event>, ctx: &mut Context<Self>) {
+        self.coordinator.on_relay(event);
         self.act(ctx);
     }
 }

@@ -18,6 +18,8 @@ pub enum Path {
     Direct,
     /// Over the peers' shared private network.
     Local,
+    /// Through a public node's relay.
+    Relayed,
 }
 
 impl Path {
@@ -25,6 +27,7 @@ impl Path {
         match self {
             Path::Direct => "direct",
             Path::Local => "local",
+            Path::Relayed => "relayed",
         }
     }
 }
@@ -42,6 +45,8 @@ pub enum Strategy {
     /// The hard side allocates ports in sequence: its pool lands just past the port the
     /// introducer saw, and the easy side aims there before spraying at random.
     Predict,
+    /// No direct path: through the introducer's relay.
+    Relay,
 }
 
 impl Strategy {
@@ -52,6 +57,7 @@ impl Strategy {
             Strategy::Local => "local",
             Strategy::Birthday => "birthday",
             Strategy::Predict => "predict",
+            Strategy::Relay => "relay",
         }
     }
 }

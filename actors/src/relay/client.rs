@@ -261,6 +261,7 @@ impl RelayClient {
             }
             Kind::RelayAccepted(accepted) if accepted.nonce[..] == self.nonce[..] && accepted.circuit != 0 => {
                 self.last_rx = now;
+                let same_circuit = self.circuit == Some(accepted.circuit);
                 self.circuit = Some(accepted.circuit);
                 if accepted.idle_secs > 0 {
                     // Three keepalives per idle period of the relay, so one lost costs nothing.
@@ -269,6 +270,9 @@ impl RelayClient {
                 }
                 match (self.state, accepted.ready) {
                     (State::Ready, true) => {}
+                    // A late answer to a request sent before the other peer asked (reordered
+                    // on the way): stale news about the very circuit that is ready now.
+                    (State::Ready, false) if same_circuit => {}
                     (_, true) => {
                         self.state = State::Ready;
                         self.tries = 0;

@@ -730,3 +730,21 @@ fn a_side_that_moves_is_followed_after_its_next_signed_keepalive() {
     assert_eq!(net.data(0), vec![b"followed".to_vec()]);
     assert!(net.sent.iter().rev().take(2).all(|t| t.dst != addr(ALICE)));
 }
+
+#[test]
+fn a_stale_not_ready_answer_does_not_unready_a_ready_circuit() {
+    use introducer_proto::pb::RelayAccepted;
+    let now = Instant::now();
+    let relay: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    let nonce = vec![3u8; 16];
+    let mut client =
+        RelayClient::new(client::ClientConfig::default(), alice, SocketId::PRIMARY, relay, bob.peer_id(), &nonce, now);
+    let accepted =
+        |ready| Kind::RelayAccepted(RelayAccepted { nonce: nonce.clone().into(), circuit: 7, ready, idle_secs: 60 });
+    client.handle(now, relay, accepted(true));
+    assert!(client.is_ready());
+    client.handle(now, relay, accepted(false));
+    assert!(client.is_ready(), "a reordered answer about the same circuit changes nothing");
+    assert!(client.send(now, b"still flowing").is_ok());
+}

@@ -1,10 +1,15 @@
 //! The session actor: one [`Session`] per connected peer, found by any address the peer
-//! proved itself over.
+//! proved itself over — or, for a relayed session, the [`RelayClient`] of its circuit,
+//! which wraps what the session sends and unwraps what the relay delivers.
 
 use super::{Config, Event, ProvenPath, SendError, Session};
 use crate::driver::{MachineActor, Protocol};
+use crate::identity::Identity;
+use crate::punch::{Path, Strategy};
+use crate::relay::client::{self, RelayClient};
 use crate::socket::{Inbound, Payload};
 use crate::Transmit;
+use introducer_proto::frame::{self, Decoded};
 use libp2p_identity::PeerId;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,21 +27,31 @@ const EARLY_TTL: Duration = Duration::from_secs(2);
 
 pub struct Sessions {
     config: Config,
+    identity: Identity,
+    relay_config: client::ClientConfig,
     by_peer: HashMap<PeerId, Session>,
+    /// Circuits of relayed sessions (the session itself exists once the circuit is ready).
+    relayed: HashMap<PeerId, (RelayClient, bool)>,
     /// Every proven address → whose session it carries.
     routes: HashMap<SocketAddr, PeerId>,
     early: VecDeque<Inbound>,
+    /// Circuit news for the coordinator (relayed, refused).
+    relay_events: VecDeque<(PeerId, Event)>,
     /// Session traffic from addresses with no session (after the early window).
     pub dropped_unknown_source: u64,
 }
 
 impl Sessions {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, identity: Identity) -> Self {
         Sessions {
             config,
+            identity,
+            relay_config: client::ClientConfig::default(),
             by_peer: HashMap::new(),
+            relayed: HashMap::new(),
             routes: HashMap::new(),
             early: VecDeque::new(),
+            relay_events: VecDeque::new(),
             dropped_unknown_source: 0,
         }
     }
@@ -51,6 +66,67 @@ impl Sessions {
         }
         self.by_peer.insert(peer, session);
         self.replay_early(now);
+    }
+
+    /// Asks `relay` for the circuit of the introduction `nonce`; the session opens when the
+    /// relay says both sides asked. The side that asked for the introduction controls.
+    pub fn open_relayed(&mut self, now: Instant, peer: PeerId, relay: SocketAddr, nonce: &[u8], controlling: bool) {
+        let config = self.relay_config.clone();
+        let client = RelayClient::new(config, self.identity.clone(), crate::SocketId::PRIMARY, relay, peer, nonce, now);
+        self.relayed.insert(peer, (client, controlling));
+    }
+
+    /// Moves relayed sessions' datagrams into their circuits and the circuits' news into
+    /// the sessions.
+    fn pump_relayed(&mut self, now: Instant) {
+        for (peer, (client, controlling)) in &mut self.relayed {
+            while let Some(event) = client.poll_event() {
+                match event {
+                    client::Event::Ready { .. } => {
+                        let relay = client.relay();
+                        let opened = ProvenPath {
+                            peer: *peer,
+                            socket: crate::SocketId::PRIMARY,
+                            remote: relay,
+                            proven: vec![relay],
+                            controlling: *controlling,
+                            path: Path::Relayed,
+                            strategy: Strategy::Relay,
+                        };
+                        self.by_peer.insert(*peer, Session::new(self.config.clone(), opened, now));
+                        self.relay_events.push_back((*peer, Event::Relayed { relay }));
+                    }
+                    client::Event::Data(datagram) => match (self.by_peer.get_mut(peer), frame::decode(&datagram)) {
+                        (Some(session), Ok(Decoded::Envelope(envelope))) => {
+                            if let Some(kind) = envelope.kind {
+                                session.handle(now, client.relay(), kind);
+                            }
+                        }
+                        _ => self.dropped_unknown_source += 1,
+                    },
+                    client::Event::Refused { message, .. } => {
+                        self.relay_events.push_back((*peer, Event::RelayFailed { reason: message }));
+                    }
+                    client::Event::Throttled => tracing::debug!(%peer, "relay throttled our data"),
+                    client::Event::Closed { reason } => match self.by_peer.get_mut(peer) {
+                        Some(session) => session.close(format!("relay circuit closed: {reason}")),
+                        None => self.relay_events.push_back((*peer, Event::RelayFailed { reason })),
+                    },
+                }
+            }
+            if let Some(session) = self.by_peer.get_mut(peer) {
+                while let Some(t) = session.poll_transmit() {
+                    if let Err(e) = client.send(now, &t.payload) {
+                        tracing::debug!(%peer, "relayed datagram not sent: {e}");
+                    }
+                }
+            }
+        }
+        let by_peer = &self.by_peer;
+        self.relayed.retain(|peer, (client, _)| {
+            let over = matches!(client.state(), client::State::Refused | client::State::Closed);
+            !over || by_peer.get(peer).is_some_and(|s| !s.is_closed())
+        });
     }
 
     /// Takes `peer`'s traffic from one more proven address.
@@ -71,11 +147,15 @@ impl Sessions {
     }
 
     pub fn ping(&mut self, now: Instant, peer: &PeerId) -> Result<u64, SendError> {
-        Ok(self.get_mut(peer).ok_or(SendError::Closed)?.ping(now))
+        let seq = self.get_mut(peer).ok_or(SendError::Closed)?.ping(now);
+        self.pump_relayed(now);
+        Ok(seq)
     }
 
     pub fn send(&mut self, now: Instant, peer: &PeerId, payload: &[u8]) -> Result<(), SendError> {
-        self.get_mut(peer).ok_or(SendError::Closed)?.send_data(now, payload)
+        self.get_mut(peer).ok_or(SendError::Closed)?.send_data(now, payload)?;
+        self.pump_relayed(now);
+        Ok(())
     }
 
     fn replay_early(&mut self, now: Instant) {
@@ -109,23 +189,45 @@ impl Sessions {
 impl Protocol for Sessions {
     type Event = (PeerId, Event);
     fn handle_inbound(&mut self, inbound: Inbound) {
+        let now = inbound.now;
+        if let Payload::Envelope(kind) = &inbound.payload {
+            if crate::relay::to_relay(kind) == Some(false) {
+                // From a relay: every circuit through it looks (each checks nonce or circuit).
+                for (client, _) in self.relayed.values_mut().filter(|(c, _)| c.relay() == inbound.src) {
+                    client.handle(now, inbound.src, kind.clone());
+                }
+                return self.pump_relayed(now);
+            }
+        }
         let session = self.routes.get(&inbound.src).and_then(|p| self.by_peer.get_mut(p));
         match (session, inbound.payload) {
             (Some(session), Payload::Envelope(kind)) => session.handle(inbound.now, inbound.src, kind),
             (None, payload @ Payload::Envelope(_)) => self.hold_early(Inbound { payload, ..inbound }),
             (_, Payload::Stun(_)) => {}
         }
+        self.pump_relayed(now);
     }
     fn handle_timeout(&mut self, now: Instant) {
         self.expire_early(now);
         for session in self.by_peer.values_mut().filter(|s| s.poll_timeout().is_some_and(|t| t <= now)) {
             session.handle_timeout(now);
         }
+        for (client, _) in self.relayed.values_mut().filter(|(c, _)| c.poll_timeout().is_some_and(|t| t <= now)) {
+            client.handle_timeout(now);
+        }
+        self.pump_relayed(now);
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.by_peer.values_mut().find_map(Session::poll_transmit)
+        // Relayed sessions' own datagrams were moved into their circuits by `pump_relayed`.
+        let relayed = &self.relayed;
+        let direct =
+            self.by_peer.iter_mut().filter(|(p, _)| !relayed.contains_key(p)).find_map(|(_, s)| s.poll_transmit());
+        direct.or_else(|| self.relayed.values_mut().find_map(|(c, _)| c.poll_transmit()))
     }
     fn poll_event(&mut self) -> Option<(PeerId, Event)> {
+        if let Some(event) = self.relay_events.pop_front() {
+            return Some(event);
+        }
         let event = self.by_peer.values_mut().find_map(|s| s.poll_event().map(|e| (s.peer(), e)));
         if event.is_none() {
             self.by_peer.retain(|_, s| !s.is_closed());
@@ -136,7 +238,8 @@ impl Protocol for Sessions {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         let early = self.early.front().map(|e| e.now + EARLY_TTL);
-        self.by_peer.values().filter_map(Session::poll_timeout).chain(early).min()
+        let circuits = self.relayed.values().filter_map(|(c, _)| c.poll_timeout());
+        self.by_peer.values().filter_map(Session::poll_timeout).chain(early).chain(circuits).min()
     }
 }
 
@@ -162,7 +265,7 @@ mod tests {
     fn a_ping_that_beats_the_session_open_is_answered_when_it_opens() {
         let now = Instant::now();
         let peer: SocketAddr = "203.0.113.2:5000".parse().unwrap();
-        let mut sessions = Sessions::new(Config::default());
+        let mut sessions = Sessions::new(Config::default(), Identity::from_seed(9));
         sessions.handle_inbound(ping_from(peer, now));
         assert!(sessions.poll_transmit().is_none());
         let id = Identity::from_seed(1).peer_id();
@@ -184,7 +287,7 @@ mod tests {
     #[test]
     fn early_datagrams_are_bounded_in_count_and_age() {
         let now = Instant::now();
-        let mut sessions = Sessions::new(Config::default());
+        let mut sessions = Sessions::new(Config::default(), Identity::from_seed(9));
         for i in 0..EARLY_MAX as u16 + 4 {
             sessions.handle_inbound(ping_from(SocketAddr::from(([192, 0, 2, 1], i)), now));
         }

@@ -37,9 +37,22 @@ impl Default for Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Pong { seq: u64, rtt: Duration },
+    Pong {
+        seq: u64,
+        rtt: Duration,
+    },
     Data(Vec<u8>),
-    Closed { reason: String },
+    Closed {
+        reason: String,
+    },
+    /// A relayed session is up: the relay carries the circuit.
+    Relayed {
+        relay: SocketAddr,
+    },
+    /// The relay refused or dropped the circuit before it carried anything.
+    RelayFailed {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,7 +65,7 @@ pub struct Stats {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    #[error("datagram of {0} bytes exceeds the {MAX} byte payload limit")]
+    #[error("datagram of {0} bytes exceeds the payload limit ({MAX} bytes, less through a relay)")]
     TooLarge(usize),
     #[error("session is closed")]
     Closed,
@@ -95,6 +108,8 @@ pub struct Session {
     next_seq: u64,
     pings: HashMap<u64, Instant>,
     closed: bool,
+    /// Largest payload `send_data` takes (less through a relay, which wraps it).
+    max_payload: usize,
     stats: Stats,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -121,6 +136,7 @@ impl Session {
             next_seq: 0,
             pings: HashMap::new(),
             closed: false,
+            max_payload: if path == Path::Relayed { MAX - crate::relay::client::OVERHEAD } else { MAX },
             stats: Stats::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -156,6 +172,14 @@ impl Session {
         self.closed
     }
 
+    /// Ends the session (its relay circuit closed, say), reporting why.
+    pub fn close(&mut self, reason: String) {
+        if !self.closed {
+            self.closed = true;
+            self.events.push_back(Event::Closed { reason });
+        }
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -183,7 +207,7 @@ impl Session {
         if self.closed {
             return Err(SendError::Closed);
         }
-        if payload.len() > MAX {
+        if payload.len() > self.max_payload {
             return Err(SendError::TooLarge(payload.len()));
         }
         self.send(now, Kind::Data(pb::Data { payload: payload.to_vec().into() }));

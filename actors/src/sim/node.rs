@@ -59,6 +59,7 @@ use crate::probe::actor::{probe_socket, NatProbing};
 use crate::probe::{Layout, LocalSockets, Probe, ProbeConfig, Responder, Server};
 use crate::punch::{self, actor::pool_socket, actor::Attempts, Path, Strategy};
 use crate::registration::{self, actor::Registrations};
+use crate::relay::server::{Relay, RelayConfig};
 use crate::session::{self, actor::Sessions, SendError};
 use crate::socket::{classify, Inbound, Route};
 use crate::{Machine, SocketId, Transmit};
@@ -136,6 +137,8 @@ pub struct Drops {
     pub registration: Vec<(SocketAddr, registration::Stats)>,
     pub punch_unknown_nonce: u64,
     pub session_unknown_source: u64,
+    /// Relay role (zero while not serving).
+    pub relay: crate::relay::server::Stats,
 }
 
 #[derive(Debug, Clone)]
@@ -157,8 +160,9 @@ pub struct SimNode {
     coordinator: Coordinator,
 
     probing: NatProbing,
-    /// `Some` once serving: the broker route is on.
+    /// `Some` once serving: the broker and relay routes are on.
     broker: Option<Broker>,
+    relay: Option<Relay>,
     registrations: Registrations,
     attempts: Attempts,
     sessions: Sessions,
@@ -191,9 +195,10 @@ impl SimNode {
             coordinator: Self::coordinator(&config, &identity),
             probing: NatProbing::new(None),
             broker: None,
+            relay: None,
             registrations: Registrations::new(config.registration.clone()),
             attempts: Attempts::new(config.punch.clone(), identity.clone()),
-            sessions: Sessions::new(config.session.clone()),
+            sessions: Sessions::new(config.session.clone(), identity.clone()),
             identity,
             role,
             config,
@@ -250,7 +255,7 @@ impl SimNode {
         self.coordinator = Self::coordinator(&config, &self.identity);
         self.registrations = Registrations::new(config.registration.clone());
         self.attempts = Attempts::new(config.punch.clone(), self.identity.clone());
-        self.sessions = Sessions::new(config.session.clone());
+        self.sessions = Sessions::new(config.session.clone(), self.identity.clone());
         self.config = config;
         self
     }
@@ -431,6 +436,7 @@ impl SimNode {
             registration: introducers.iter().filter_map(|a| Some((*a, self.registrations.get(a)?.stats()))).collect(),
             punch_unknown_nonce: self.attempts.dropped_unknown_nonce,
             session_unknown_source: self.sessions.dropped_unknown_source,
+            relay: self.relay.as_ref().map(Relay::stats).unwrap_or_default(),
         }
     }
 
@@ -466,7 +472,11 @@ impl SimNode {
                 handled = true;
             }
             while let Some((peer, event)) = Protocol::poll_event(&mut self.sessions) {
-                self.coordinator.on_session(peer, event);
+                self.coordinator.on_session(now, peer, event);
+                handled = true;
+            }
+            while let Some(event) = self.relay.as_mut().and_then(Relay::poll_event) {
+                self.coordinator.on_relay(event);
                 handled = true;
             }
             while let Some(action) = self.coordinator.poll_action() {
@@ -493,7 +503,12 @@ impl SimNode {
                 if self.broker.is_none() {
                     let rng = rand::rngs::StdRng::seed_from_u64(self.seed);
                     self.broker = Some(Broker::new(self.config.broker.clone(), now, rng));
+                    let rng = rand::rngs::StdRng::seed_from_u64(self.seed.rotate_left(1));
+                    self.relay = Some(Relay::new(RelayConfig::default(), now, rng));
                 }
+            }
+            Action::Relay { peer, relay, nonce, controlling } => {
+                self.sessions.open_relayed(now, peer, relay, &nonce, controlling)
             }
             Action::BindPool(size) => {
                 let pool = self.pool.iter().copied().take(size.into()).collect();
@@ -535,6 +550,9 @@ impl SimNode {
             self.out.push_back(t);
         }
         while let Some(t) = Protocol::poll_transmit(&mut self.sessions) {
+            self.out.push_back(t);
+        }
+        while let Some(t) = self.relay.as_mut().and_then(Relay::poll_transmit) {
             self.out.push_back(t);
         }
     }
@@ -597,6 +615,10 @@ impl Machine for SimNode {
             Route::Registration => self.registrations.handle_inbound(inbound),
             Route::Punch => self.attempts.handle_inbound(inbound),
             Route::Session => self.sessions.handle_inbound(inbound),
+            Route::Relay => match &mut self.relay {
+                Some(relay) => relay.handle_inbound(inbound),
+                None => self.unrouted += 1,
+            },
             Route::Bootstrap => self.unrouted += 1,
         }
         self.pump(now);
@@ -609,6 +631,9 @@ impl Machine for SimNode {
         }
         if let Some(broker) = self.broker.as_mut().filter(|b| due(b.poll_timeout(), now)) {
             broker.handle_timeout(now);
+        }
+        if let Some(relay) = self.relay.as_mut().filter(|r| due(r.poll_timeout(), now)) {
+            relay.handle_timeout(now);
         }
         if due(Protocol::poll_timeout(&self.registrations), now) {
             Protocol::handle_timeout(&mut self.registrations, now);
@@ -635,6 +660,7 @@ impl Machine for SimNode {
         [
             Protocol::poll_timeout(&self.probing),
             self.broker.as_ref().and_then(Broker::poll_timeout),
+            self.relay.as_ref().and_then(Relay::poll_timeout),
             Protocol::poll_timeout(&self.registrations),
             Protocol::poll_timeout(&self.attempts),
             Protocol::poll_timeout(&self.sessions),

@@ -32,6 +32,8 @@ pub enum Route {
     Registration,
     Punch,
     Session,
+    /// Circuit requests and data for this node as a relay.
+    Relay,
 }
 
 /// What a datagram is, once the socket actor has looked at it.
@@ -166,17 +168,10 @@ pub fn route_of(kind: &Kind) -> Route {
         }
         Kind::Punch(_) => Route::Punch,
         Kind::Ping(_) | Kind::Pong(_) | Kind::Data(_) => Route::Session,
-        Kind::RelayRequest(_)
-        | Kind::RelayChallenge(_)
-        | Kind::RelayAccepted(_)
-        | Kind::RelayRefused(_)
-        | Kind::RelaySend(_)
-        | Kind::RelayDeliver(_)
-        | Kind::RelayClose(_)
-        // Relay frames have no actor in the node yet: they go to the bootstrap route, whose
-        // actor ignores them (the simulator counts them unrouted). A `Route::Relay` comes
-        // with the wiring ([`crate::relay::to_relay`] tells server- from client-bound).
-        | Kind::RelayClosed(_) => Route::Bootstrap,
+        // Relay frames toward a relay go to its server side; answers and deliveries to the
+        // client side, which lives with the sessions it carries.
+        relayed if crate::relay::to_relay(relayed) == Some(true) => Route::Relay,
+        _ => Route::Session,
     }
 }
 
