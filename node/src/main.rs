@@ -40,6 +40,36 @@ struct Global {
     verbose: bool,
 }
 
+/// What a public node gives away as a relay (on by default while it serves).
+#[derive(Args)]
+struct RelayLimits {
+    /// Circuits carried at once (0: do not relay).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    relay_circuits: usize,
+    /// Circuits one peer may be a side of.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    relay_circuits_per_peer: usize,
+    /// Bytes per second each direction of a circuit may carry.
+    #[arg(long, default_value_t = 256 * 1024, value_name = "BYTES")]
+    relay_circuit_rate: u64,
+    /// Datagrams per second each direction of a circuit may carry.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    relay_circuit_packets: u64,
+    /// Bytes per second all circuits together may carry.
+    #[arg(long, default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
+    relay_total_rate: u64,
+}
+
+impl RelayLimits {
+    fn apply(&self, relay: &mut introducer_actors::relay::server::RelayConfig) {
+        relay.max_circuits = self.relay_circuits;
+        relay.max_circuits_per_peer = self.relay_circuits_per_peer;
+        relay.bytes_per_sec = self.relay_circuit_rate as f64;
+        relay.packets_per_sec = self.relay_circuit_packets as f64;
+        relay.total_bytes_per_sec = self.relay_total_rate as f64;
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Join the mesh (or start one); if reachable, serve as introducer for others.
@@ -58,6 +88,8 @@ enum Command {
         /// mapping lifetime (default 15 s to introducers, 10 s to peers).
         #[arg(long, value_name = "SECS")]
         keepalive: Option<f64>,
+        #[command(flatten)]
+        relay: RelayLimits,
     },
     /// What NAT am I behind? (mapping, filtering, port allocation)
     Nat {
@@ -109,7 +141,7 @@ async fn run(cli: Cli) -> Result<()> {
             out.line(serde_json::json!({ "peer_id": id.peer_id().to_string() }), || id.peer_id().to_string());
             Ok(())
         }
-        Command::Run { listen, no_serve, stats_every, keepalive } => {
+        Command::Run { listen, no_serve, stats_every, keepalive, relay } => {
             let mut config = Config::new(persistent_identity(g)?);
             config.listen = if listen.is_empty() {
                 vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))]
@@ -118,6 +150,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             config.bootstrap = bootstrap;
             config.serve = if no_serve { Serve::Never } else { Serve::Auto };
+            relay.apply(&mut config.relay);
             config.stats_interval = (stats_every > 0.0).then(|| Duration::from_secs_f64(stats_every));
             if let Some(keepalive) = keepalive.map(secs).transpose()? {
                 if keepalive.is_zero() {

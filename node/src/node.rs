@@ -392,11 +392,12 @@ impl NodeActor {
         let punch = self.punch.send(Call::new(|a: &mut Attempts, _| a.dropped_unknown_nonce));
         let sessions = self.sessions.send(Call::new(|s: &mut Sessions, _| s.dropped_unknown_source));
         let stun = self.probe.send(Call::new(|p: &mut NatProbing, _| (p.unanswered, p.rate_limited)));
+        let relay = self.relay.send(Call::new(|r: &mut Relay, _| r.stats()));
         let events = self.events.clone();
         ctx.spawn(
             async move {
-                let (Ok(s), Ok(b), Ok(p), Ok(x), Ok((stun_unanswered, stun_rate_limited))) =
-                    (socket.await, broker.await, punch.await, sessions.await, stun.await)
+                let (Ok(s), Ok(b), Ok(p), Ok(x), Ok((stun_unanswered, stun_rate_limited)), Ok(r)) =
+                    (socket.await, broker.await, punch.await, sessions.await, stun.await, relay.await)
                 else {
                     return;
                 };
@@ -419,6 +420,15 @@ impl NodeActor {
                     ("broker_dropped_bad_signature", b.dropped_bad_signature),
                     ("broker_dropped_unregistered", b.dropped_unregistered),
                     ("broker_dropped_rate_limited", b.dropped_rate_limited),
+                    ("relay_circuits_ready", r.circuits_ready),
+                    ("relay_forwarded_packets", r.forwarded_packets),
+                    ("relay_forwarded_bytes", r.forwarded_bytes),
+                    ("relay_dropped_rate_limited", r.dropped_rate_limited),
+                    ("relay_dropped_bad_signature", r.dropped_bad_signature),
+                    (
+                        "relay_refused",
+                        r.refused_full + r.refused_pending + r.refused_peer_limit + r.refused_bad_request,
+                    ),
                 ];
                 let _ = events.send(NodeEvent::Stats(stats));
             }
