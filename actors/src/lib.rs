@@ -7,6 +7,7 @@
 //! [`sim`], which is what lets the NAT matrix run in milliseconds, deterministically.
 
 pub mod broker;
+pub mod cookie;
 pub mod coordinator;
 pub mod driver;
 pub mod identity;

@@ -9,13 +9,13 @@
 //! On an introduction request the broker sends both peers each other's signed record,
 //! the public address it observed for each, and one fresh nonce; the peers then punch.
 
+use crate::cookie::Cookies;
 use crate::identity::{verify_record, VerifiedRecord};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore};
-use sha2::{Digest, Sha256};
+use rand::Rng;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -89,8 +89,7 @@ const RECENT_INTRODUCTIONS: usize = 4;
 
 pub struct Broker {
     config: Config,
-    epoch: Instant,
-    cookie_key: [u8; 32],
+    cookies: Cookies,
     rng: StdRng,
     by_peer: HashMap<PeerId, Registration>,
     by_addr: HashMap<SocketAddr, PeerId>,
@@ -104,12 +103,9 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(config: Config, now: Instant, mut rng: StdRng) -> Self {
-        let mut cookie_key = [0; 32];
-        rng.fill_bytes(&mut cookie_key);
         Broker {
+            cookies: Cookies::new(b"introducer/register", &mut rng, now, config.cookie_period),
             config,
-            epoch: now,
-            cookie_key,
             rng,
             by_peer: HashMap::new(),
             by_addr: HashMap::new(),
@@ -141,32 +137,14 @@ impl Broker {
         }
     }
 
-    fn cookie(&self, src: SocketAddr, peer: &PeerId, period: u64) -> u64 {
-        let digest = Sha256::new()
-            .chain_update(self.cookie_key)
-            .chain_update(src.to_string())
-            .chain_update(peer.to_bytes())
-            .chain_update(period.to_le_bytes())
-            .finalize();
-        u64::from_le_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
-    }
-
-    fn period(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_secs() / self.config.cookie_period.as_secs().max(1)
-    }
-
     fn on_register(&mut self, now: Instant, socket: SocketId, src: SocketAddr, register: pb::Register) {
         let Some(record) = register.record.as_ref().and_then(|r| verify_record(r).ok()) else {
             self.stats.dropped_bad_signature += 1;
             return;
         };
-        let period = self.period(now);
-        let proven = [period, period.wrapping_sub(1)]
-            .iter()
-            .any(|&p| register.cookie != 0 && register.cookie == self.cookie(src, &record.peer_id, p));
-        if !proven {
+        if !self.cookies.check(now, src, &record.peer_id, register.cookie) {
             self.stats.challenged += 1;
-            let cookie = self.cookie(src, &record.peer_id, period);
+            let cookie = self.cookies.mint(now, src, &record.peer_id);
             self.send(socket, src, Kind::RegisterChallenge(pb::RegisterChallenge { cookie }));
             return;
         }

@@ -8,13 +8,13 @@
 //! smaller than what arrived.
 
 use super::{reason_text, requester_key, verify_request, MAX_NONCE, MIN_NONCE};
+use crate::cookie::Cookies;
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, RelayRefusedReason};
 use introducer_proto::MAX_DATAGRAM;
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore};
-use sha2::{Digest, Sha256};
+use rand::Rng;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -174,8 +174,7 @@ fn circuit_key(nonce: &[u8], a: PeerId, b: PeerId) -> CircuitKey {
 
 pub struct Relay {
     config: RelayConfig,
-    epoch: Instant,
-    cookie_key: [u8; 32],
+    cookies: Cookies,
     rng: StdRng,
     circuits: HashMap<u64, Circuit>,
     by_key: HashMap<CircuitKey, u64>,
@@ -195,12 +194,9 @@ impl Relay {
         config.packets_burst = config.packets_burst.max(1.0);
         config.total_bytes_burst = config.total_bytes_burst.max(MAX_DATAGRAM as f64);
         let total = Bucket::full(config.total_bytes_burst, now);
-        let mut cookie_key = [0; 32];
-        rng.fill_bytes(&mut cookie_key);
         Relay {
+            cookies: Cookies::new(b"introducer/relay", &mut rng, now, config.cookie_period),
             config,
-            epoch: now,
-            cookie_key,
             rng,
             circuits: HashMap::new(),
             by_key: HashMap::new(),
@@ -260,21 +256,6 @@ impl Relay {
         }
     }
 
-    fn cookie(&self, src: SocketAddr, peer: &PeerId, period: u64) -> u64 {
-        let digest = Sha256::new()
-            .chain_update(b"relay")
-            .chain_update(self.cookie_key)
-            .chain_update(src.to_string())
-            .chain_update(peer.to_bytes())
-            .chain_update(period.to_le_bytes())
-            .finalize();
-        u64::from_le_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
-    }
-
-    fn period(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_secs() / self.config.cookie_period.as_secs().max(1)
-    }
-
     fn on_request(&mut self, now: Instant, socket: SocketId, src: SocketAddr, request: pb::RelayRequest) {
         let (Some(key), Ok(target)) = (requester_key(&request), PeerId::from_bytes(&request.target)) else {
             self.stats.dropped_malformed += 1;
@@ -287,12 +268,9 @@ impl Relay {
         let peer = key.to_peer_id();
         // The cookie is checked before the signature: an unproven address costs a hash,
         // not a signature verification, and earns only a challenge smaller than its request.
-        let period = self.period(now);
-        let proven = request.cookie != 0
-            && [period, period.wrapping_sub(1)].iter().any(|&p| request.cookie == self.cookie(src, &peer, p));
-        if !proven {
+        if !self.cookies.check(now, src, &peer, request.cookie) {
             self.stats.challenged += 1;
-            let cookie = self.cookie(src, &peer, period);
+            let cookie = self.cookies.mint(now, src, &peer);
             let challenge = pb::RelayChallenge { cookie, nonce: request.nonce };
             self.send(socket, src, Kind::RelayChallenge(challenge));
             return;
