@@ -24,14 +24,8 @@ struct Mesh {
 impl Mesh {
     fn new(name: &str) -> Mesh {
         let std = Standard::new(name);
-        let a_args = Standard::a_listen_args();
-        let mut a = std.a.introducer(&["run", &a_args[0], &a_args[1], &a_args[2], &a_args[3]]);
-        a.wait_json(|v| v["event"] == "ready", WAIT);
-        let mut b = std.b.introducer(&["run", "--listen", &std.b_addr(), "--bootstrap", &std.bootstrap()]);
-        let ready = b.wait_json(|v| v["event"] == "ready", WAIT);
-        assert_eq!(ready["public"], true, "B has no NAT and A can test its filtering: {ready}");
-        b.wait_json(|v| v["event"] == "registered", WAIT);
-        Mesh { std, _a: a, _b: b }
+        let (_a, _b) = std.start_introducers();
+        Mesh { std, _a, _b }
     }
 
     /// Starts `introducer run` on `host`, waits until it is registered; returns it and its PeerId.

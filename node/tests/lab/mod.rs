@@ -1387,6 +1387,20 @@ impl Standard {
         ["--listen".into(), format!("{A_IP}:{PORT}"), "--listen".into(), format!("{A_ALT_IP}:{PORT}")]
     }
 
+    /// Starts `introducer run` on A (both IPs: a full RFC 5780 server, the first node of the
+    /// mesh) and on B (joining through A); returns once B is registered with A.
+    pub fn start_introducers(&self) -> (LabChild, LabChild) {
+        let wait = Duration::from_secs(20);
+        let a_args = Self::a_listen_args();
+        let mut a = self.a.introducer(&["run", &a_args[0], &a_args[1], &a_args[2], &a_args[3]]);
+        a.wait_json(|v| v["event"] == "ready", wait);
+        let mut b = self.b.introducer(&["run", "--listen", &self.b_addr(), "--bootstrap", &self.bootstrap()]);
+        let ready = b.wait_json(|v| v["event"] == "ready", wait);
+        assert_eq!(ready["public"], true, "B has no NAT and A can test its filtering: {ready}");
+        b.wait_json(|v| v["event"] == "registered", wait);
+        (a, b)
+    }
+
     /// A NAT with the next free WAN address.
     pub fn nat(&self, name: &str, behavior: NatBehavior) -> Nat {
         self.lab.nat(name, behavior, self.lab.next_wan_ip())
