@@ -34,6 +34,9 @@ pub struct Config {
     pub register: bool,
     /// Birthday sockets to bind when probing finds a hard NAT.
     pub pool_size: u16,
+    /// Never punch: every connection goes through the introducer's relay (benchmarks, or a
+    /// peer that would rather not learn, or be learned by, the other's address).
+    pub relay_only: bool,
     pub serve: Serve,
     /// Standard STUN servers to probe with (besides, or instead of, the seeds).
     pub stun: Vec<SocketAddr>,
@@ -347,8 +350,13 @@ impl Coordinator {
             R::Introduced(introduced) => {
                 if let Some(nat) = self.nat {
                     let info = (introducer, introduced.nonce.clone(), introduced.initiator);
-                    self.introductions.insert(introduced.peer.peer_id, info);
-                    self.actions.push_back(Action::Punch { nat, introduced });
+                    let peer = introduced.peer.peer_id;
+                    self.introductions.insert(peer, info);
+                    if self.config.relay_only {
+                        self.relay(peer);
+                    } else {
+                        self.actions.push_back(Action::Punch { nat, introduced });
+                    }
                 }
             }
             R::IntroduceFailed { target, reason } => self.fail(target, reason),
@@ -434,5 +442,76 @@ impl Coordinator {
             }
         };
         self.emit(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::verify_record;
+    use crate::nat::NatBehavior;
+
+    fn introduced(me: &Identity, peer: &Identity, nat: &NatReport) -> registration::Event {
+        let record = peer.sign_record(pb::PeerRecord { nat: Some(nat.into()), ..Default::default() });
+        registration::Event::Introduced(Box::new(Introduced {
+            request_id: 1,
+            peer: verify_record(&record).unwrap(),
+            peer_public: nat.public_addr,
+            nonce: vec![9; 16],
+            initiator: me.peer_id() < peer.peer_id(),
+        }))
+    }
+
+    fn probed(relay_only: bool, nat: NatReport) -> Coordinator {
+        let config = Config { register: true, serve: Serve::Auto, stun: vec![], pool_size: 4, relay_only };
+        let mut c = Coordinator::new(config, Identity::from_seed(1), vec![]);
+        c.on_joined(Ok(vec![Seed { addr: "198.51.100.1:3478".parse().unwrap(), introducer: true }]));
+        c.on_probe(0, Ok(nat));
+        std::iter::from_fn(|| c.poll_action()).for_each(drop);
+        c
+    }
+
+    #[test]
+    fn an_introduction_is_punched_or_relayed_as_configured() {
+        let now = Instant::now();
+        let easy = NatBehavior::PORT_RESTRICTED.expected_report("203.0.113.1:3478".parse().unwrap());
+        let introducer: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+        let (me, peer) = (Identity::from_seed(1), Identity::from_seed(2));
+
+        let mut punching = probed(false, easy);
+        punching.on_registration(now, introducer, introduced(&me, &peer, &easy));
+        assert!(matches!(punching.poll_action(), Some(Action::Punch { .. })));
+
+        let mut relaying = probed(true, easy);
+        relaying.on_registration(now, introducer, introduced(&me, &peer, &easy));
+        match relaying.poll_action() {
+            Some(Action::Relay { peer: p, relay, nonce, .. }) => {
+                assert_eq!((p, relay, nonce), (peer.peer_id(), introducer, vec![9; 16]));
+            }
+            other => panic!("expected a relay, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn two_hard_sides_fall_back_to_the_introducers_relay_and_a_hard_node_registers_after_its_pool() {
+        let now = Instant::now();
+        let hard = NatBehavior::SYMMETRIC_RANDOM.expected_report("203.0.113.1:3478".parse().unwrap());
+        let config = Config { register: true, serve: Serve::Auto, stun: vec![], pool_size: 4, relay_only: false };
+        let mut c = Coordinator::new(config, Identity::from_seed(1), vec![]);
+        let introducer: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+        c.on_joined(Ok(vec![Seed { addr: introducer, introducer: true }]));
+        std::iter::from_fn(|| c.poll_action()).for_each(drop);
+        c.on_probe(0, Ok(hard));
+        let actions: Vec<Action> = std::iter::from_fn(|| c.poll_action()).collect();
+        assert!(actions.iter().any(|a| matches!(a, Action::BindPool(4))));
+        assert!(!actions.iter().any(|a| matches!(a, Action::Register { .. })), "no registration before the pool");
+        c.on_pool_ready();
+        assert!(matches!(c.poll_action(), Some(Action::Register { .. })));
+
+        let peer = Identity::from_seed(2);
+        c.on_registration(now, introducer, introduced(&Identity::from_seed(1), &peer, &hard));
+        assert!(matches!(c.poll_action(), Some(Action::Punch { .. })));
+        c.on_punch_refused(peer.peer_id(), true, Unpunchable::BothHard);
+        assert!(matches!(c.poll_action(), Some(Action::Relay { relay, .. }) if relay == introducer));
     }
 }

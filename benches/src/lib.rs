@@ -99,12 +99,26 @@ const WAIT: Duration = Duration::from_secs(15);
 impl Loopback {
     /// Starts the three nodes and waits until both peers are registered.
     pub fn start() -> Loopback {
+        Loopback::start_with(false)
+    }
+
+    /// With `relay_only`, the peers never punch: every connection goes through the
+    /// introducer's relay, whose limits are lifted so that it is measured, not its budget.
+    pub fn start_with(relay_only: bool) -> Loopback {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio runtime");
         let listen = vec![SocketAddr::from((LOCALHOST, 0))];
         let mut config = Config::new(Identity::from_seed(100));
         config.listen = listen.clone();
         config.broker.introductions_per_sec = 1e9;
         config.broker.introduction_burst = 1e9;
+        for rate in
+            [&mut config.relay.bytes_per_sec, &mut config.relay.bytes_burst, &mut config.relay.total_bytes_per_sec]
+        {
+            *rate = 1e12;
+        }
+        config.relay.total_bytes_burst = 1e12;
+        config.relay.packets_per_sec = 1e9;
+        config.relay.packets_burst = 1e9;
         let introducer = Node::start(config).expect("introducer node");
         let bootstrap = introducer.listen()[0];
         let peer = |n: u64| {
@@ -114,6 +128,7 @@ impl Loopback {
             config.serve = Serve::Never;
             config.punch.linger = Duration::from_millis(100);
             config.punch.max_attempts = 1024;
+            config.relay_only = relay_only;
             Node::start(config).expect("peer node")
         };
         let (mut a, mut b) = (peer(1), peer(2));
@@ -165,5 +180,43 @@ impl Loopback {
         let b = &mut self.b;
         self.rt
             .block_on(async { while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, b.next_event()).await {} });
+    }
+}
+
+/// What one [`Loopback::blast`] moved.
+#[derive(Debug, Clone, Copy)]
+pub struct Blast {
+    pub sent: u32,
+    pub received: u32,
+    pub elapsed: Duration,
+}
+
+impl Loopback {
+    /// `a` sends `count` datagrams of `size` bytes to `b` over the open session, `window` at
+    /// a time ahead of what `b` has received (so loopback buffers are not simply overrun);
+    /// returns how many arrived and how long it took.
+    pub fn blast(&mut self, count: u32, size: usize, window: u32) -> Blast {
+        let target = self.b.peer_id();
+        let (a, b) = (&self.a, &mut self.b);
+        let payload = vec![0x5a; size];
+        self.rt.block_on(async {
+            let start = Instant::now();
+            let (mut sent, mut received) = (0, 0);
+            while received < count {
+                while sent < count && sent < received + window {
+                    a.send(target, payload.clone());
+                    sent += 1;
+                }
+                match tokio::time::timeout(Duration::from_millis(200), b.next_event()).await {
+                    Ok(Some(NodeEvent::Data { .. })) => received += 1,
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("node stopped"),
+                    // Lost on the way: let the window move on.
+                    Err(_) if sent == count => break,
+                    Err(_) => received = sent,
+                }
+            }
+            Blast { sent, received, elapsed: start.elapsed() }
+        })
     }
 }

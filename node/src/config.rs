@@ -21,6 +21,8 @@ pub struct Config {
     /// Register with the bootstrap nodes that introduce, so peers can reach us.
     pub register: bool,
     pub serve: Serve,
+    /// Never punch: reach every peer through the introducer's relay.
+    pub relay_only: bool,
     /// How often a `stats` event is emitted (`None`: never).
     pub stats_interval: Option<Duration>,
     pub registration: registration::Config,
@@ -41,6 +43,7 @@ impl Config {
             stun: Vec::new(),
             register: true,
             serve: Serve::Auto,
+            relay_only: false,
             stats_interval: None,
             registration: Default::default(),
             broker: Default::default(),

@@ -257,6 +257,7 @@ impl NodeActor {
                 serve: config.serve,
                 stun: config.stun.clone(),
                 pool_size: config.punch.pool_size,
+                relay_only: config.relay_only,
             };
             NodeActor {
                 coordinator: Coordinator::new(roles, id, locals.clone()),

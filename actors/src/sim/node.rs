@@ -227,6 +227,7 @@ impl SimNode {
             serve,
             stun: Vec::new(),
             pool_size: config.punch.pool_size,
+            relay_only: false,
         };
         Coordinator::new(config, identity.clone(), Vec::new())
     }
