@@ -316,6 +316,7 @@ impl Coordinator {
 
     fn fail(&mut self, peer: PeerId, reason: String) {
         self.asked.remove(&peer);
+        self.introductions.remove(&peer);
         self.actions.push_back(Action::Settle(peer));
         self.emit(Event::ConnectFailed { peer, reason });
     }
@@ -379,6 +380,8 @@ impl Coordinator {
     fn relay(&mut self, peer: PeerId) -> bool {
         let Some((relay, nonce, controlling)) = self.introductions.remove(&peer) else { return false };
         tracing::info!(%peer, %relay, "no direct path: relaying");
+        // The introduction did its work: no more repeats of it.
+        self.actions.push_back(Action::Settle(peer));
         self.actions.push_back(Action::Relay { peer, relay, nonce, controlling });
         true
     }
@@ -484,6 +487,7 @@ mod tests {
 
         let mut relaying = probed(true, easy);
         relaying.on_registration(now, introducer, introduced(&me, &peer, &easy));
+        assert_eq!(relaying.poll_action(), Some(Action::Settle(peer.peer_id())));
         match relaying.poll_action() {
             Some(Action::Relay { peer: p, relay, nonce, .. }) => {
                 assert_eq!((p, relay, nonce), (peer.peer_id(), introducer, vec![9; 16]));
@@ -512,6 +516,7 @@ mod tests {
         c.on_registration(now, introducer, introduced(&Identity::from_seed(1), &peer, &hard));
         assert!(matches!(c.poll_action(), Some(Action::Punch { .. })));
         c.on_punch_refused(peer.peer_id(), true, Unpunchable::BothHard);
+        assert_eq!(c.poll_action(), Some(Action::Settle(peer.peer_id())), "no more repeats of the introduction");
         assert!(matches!(c.poll_action(), Some(Action::Relay { relay, .. }) if relay == introducer));
     }
 }

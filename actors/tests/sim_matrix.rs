@@ -377,6 +377,14 @@ fn check_cell(cell: &Cell, seeds: Range<u64>) -> Row {
         row.runs += 1;
         let Expect { path, strategy } = cell.expect;
         let a = outcome.unwrap_or_else(|reason| panic!("{name}: A did not connect: {reason}"));
+        for (side, peer) in [(world.a, world.b_id), (world.b, world.a_id)] {
+            let connects = world
+                .node(side)
+                .events()
+                .iter()
+                .filter(|(_, e)| matches!(e, SimEvent::Connected { peer: p, .. } if *p == peer));
+            assert_eq!(connects.count(), 1, "{name}: one connection per side, no churn");
+        }
         let b = world.b_connected().cloned();
         let pongs = world.pongs();
         assert_eq!(a.strategy, strategy, "{name}: A {a:?}");

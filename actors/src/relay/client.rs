@@ -177,6 +177,11 @@ impl RelayClient {
         self.relay
     }
 
+    /// The introduction nonce that names the circuit.
+    pub fn nonce(&self) -> &[u8] {
+        &self.nonce
+    }
+
     pub fn peer(&self) -> PeerId {
         self.peer
     }

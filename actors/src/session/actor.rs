@@ -71,6 +71,10 @@ impl Sessions {
     /// Asks `relay` for the circuit of the introduction `nonce`; the session opens when the
     /// relay says both sides asked. The side that asked for the introduction controls.
     pub fn open_relayed(&mut self, now: Instant, peer: PeerId, relay: SocketAddr, nonce: &[u8], controlling: bool) {
+        // A repeated introduction asks again for the circuit we already hold or wait for.
+        if self.relayed.get(&peer).is_some_and(|(c, _)| c.relay() == relay && c.nonce() == nonce) {
+            return;
+        }
         let config = self.relay_config.clone();
         let client = RelayClient::new(config, self.identity.clone(), crate::SocketId::PRIMARY, relay, peer, nonce, now);
         self.relayed.insert(peer, (client, controlling));
@@ -282,6 +286,20 @@ mod tests {
         let pong = sessions.poll_transmit().expect("the held ping is answered");
         assert_eq!(pong.dst, peer);
         assert_eq!(sessions.dropped_unknown_source, 0);
+    }
+
+    #[test]
+    fn a_repeated_relay_request_keeps_the_circuit_it_has() {
+        let now = Instant::now();
+        let relay: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+        let peer = Identity::from_seed(2).peer_id();
+        let mut sessions = Sessions::new(Config::default(), Identity::from_seed(9));
+        sessions.open_relayed(now, peer, relay, &[7; 16], true);
+        assert_eq!(std::iter::from_fn(|| sessions.poll_transmit()).count(), 1, "one circuit request");
+        sessions.open_relayed(now, peer, relay, &[7; 16], true);
+        assert_eq!(sessions.poll_transmit(), None, "the same circuit is not asked for again");
+        sessions.open_relayed(now, peer, relay, &[8; 16], true);
+        assert_eq!(std::iter::from_fn(|| sessions.poll_transmit()).count(), 1, "a new introduction, a new circuit");
     }
 
     #[test]
