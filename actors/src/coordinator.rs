@@ -37,6 +37,9 @@ pub struct Config {
     /// Never punch: every connection goes through the introducer's relay (benchmarks, or a
     /// peer that would rather not learn, or be learned by, the other's address).
     pub relay_only: bool,
+    /// A punch that has not connected after this long also asks for a relay circuit,
+    /// and keeps punching: a later direct path takes the session over.
+    pub relay_after: Duration,
     pub serve: Serve,
     /// Standard STUN servers to probe with (besides, or instead of, the seeds).
     pub stun: Vec<SocketAddr>,
@@ -101,6 +104,13 @@ pub enum Event {
     /// Relay role: we carry a circuit between two peers.
     Relaying {
         peers: [PeerId; 2],
+    },
+    /// A relayed peer became reachable directly: the session moved to the direct path.
+    Upgraded {
+        peer: PeerId,
+        remote: SocketAddr,
+        path: Path,
+        strategy: Strategy,
     },
     /// Named counters of what was received, sent and dropped (the driver's).
     Stats(Vec<(&'static str, u64)>),
@@ -181,6 +191,8 @@ pub struct Coordinator {
     /// Introductions whose punch is under way: by whom, with which nonce, and whether we
     /// asked — what a fallback to the introducer's relay needs.
     introductions: HashMap<PeerId, (SocketAddr, Vec<u8>, bool)>,
+    /// When each punch under way falls back to the relay too.
+    relay_deadlines: HashMap<PeerId, Instant>,
     actions: VecDeque<Action>,
 }
 
@@ -199,6 +211,7 @@ impl Coordinator {
             paths: HashMap::new(),
             held_registration: None,
             introductions: HashMap::new(),
+            relay_deadlines: HashMap::new(),
             actions: VecDeque::new(),
         }
     }
@@ -356,6 +369,7 @@ impl Coordinator {
                     if self.config.relay_only {
                         self.relay(peer);
                     } else {
+                        self.relay_deadlines.entry(peer).or_insert(now + self.config.relay_after);
                         self.actions.push_back(Action::Punch { nat, introduced });
                     }
                 }
@@ -373,6 +387,22 @@ impl Coordinator {
             self.fail(peer, why.to_string());
         } else {
             tracing::warn!(%peer, "{why}");
+        }
+    }
+
+    /// When [`Coordinator::handle_timeout`] wants to be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.relay_deadlines.values().min().copied()
+    }
+
+    /// Punches that have taken too long get a relay circuit as well.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self.relay_deadlines.iter().filter(|(_, t)| **t <= now).map(|(p, _)| *p).collect();
+        for peer in due {
+            self.relay_deadlines.remove(&peer);
+            if !self.paths.contains_key(&peer) {
+                self.relay(peer);
+            }
         }
     }
 
@@ -398,17 +428,24 @@ impl Coordinator {
         match event {
             punch::Event::Connected { peer, socket, remote, proven, initiator, path, strategy, probes, elapsed } => {
                 self.introductions.remove(&peer);
-                let connect = self.asked.remove(&peer).map_or(elapsed, |t| now.saturating_duration_since(t));
-                self.paths.insert(peer, path);
+                self.relay_deadlines.remove(&peer);
+                let relayed = self.paths.insert(peer, path) == Some(Path::Relayed);
                 self.actions.push_back(Action::Settle(peer));
                 let opened = ProvenPath { peer, socket, remote, proven, controlling: initiator, path, strategy };
                 self.actions.push_back(Action::OpenSession(opened));
-                self.emit(Event::Connected { peer, remote, path, strategy, connect, probes });
+                if relayed {
+                    self.emit(Event::Upgraded { peer, remote, path, strategy });
+                } else {
+                    let connect = self.asked.remove(&peer).map_or(elapsed, |t| now.saturating_duration_since(t));
+                    self.emit(Event::Connected { peer, remote, path, strategy, connect, probes });
+                }
             }
             punch::Event::PathProven { peer, addr } => self.actions.push_back(Action::AddPath { peer, addr }),
             punch::Event::Failed { peer, reason } => {
                 tracing::info!(%peer, "punch failed: {reason}");
-                if self.relay(peer) {
+                self.relay_deadlines.remove(&peer);
+                // Already relayed (the fallback came first), or relaying now: nothing failed.
+                if self.paths.contains_key(&peer) || self.relay(peer) {
                     return;
                 }
                 if self.asked.contains_key(&peer) {
@@ -423,6 +460,10 @@ impl Coordinator {
     pub fn on_session(&mut self, now: Instant, peer: PeerId, event: session::Event) {
         let path = self.paths.get(&peer).copied().unwrap_or(Path::Direct);
         let event = match event {
+            session::Event::Relayed { .. } if self.paths.get(&peer).is_some_and(|p| *p != Path::Relayed) => {
+                // The punch won the race: the direct session already replaced this one.
+                return;
+            }
             session::Event::Relayed { relay } => {
                 let connect = self.asked.remove(&peer).map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
                 self.paths.insert(peer, Path::Relayed);
@@ -466,7 +507,14 @@ mod tests {
     }
 
     fn probed(relay_only: bool, nat: NatReport) -> Coordinator {
-        let config = Config { register: true, serve: Serve::Auto, stun: vec![], pool_size: 4, relay_only };
+        let config = Config {
+            register: true,
+            serve: Serve::Auto,
+            stun: vec![],
+            pool_size: 4,
+            relay_only,
+            relay_after: Duration::from_secs(5),
+        };
         let mut c = Coordinator::new(config, Identity::from_seed(1), vec![]);
         c.on_joined(Ok(vec![Seed { addr: "198.51.100.1:3478".parse().unwrap(), introducer: true }]));
         c.on_probe(0, Ok(nat));
@@ -500,7 +548,14 @@ mod tests {
     fn two_hard_sides_fall_back_to_the_introducers_relay_and_a_hard_node_registers_after_its_pool() {
         let now = Instant::now();
         let hard = NatBehavior::SYMMETRIC_RANDOM.expected_report("203.0.113.1:3478".parse().unwrap());
-        let config = Config { register: true, serve: Serve::Auto, stun: vec![], pool_size: 4, relay_only: false };
+        let config = Config {
+            register: true,
+            serve: Serve::Auto,
+            stun: vec![],
+            pool_size: 4,
+            relay_only: false,
+            relay_after: Duration::from_secs(5),
+        };
         let mut c = Coordinator::new(config, Identity::from_seed(1), vec![]);
         let introducer: SocketAddr = "198.51.100.1:3478".parse().unwrap();
         c.on_joined(Ok(vec![Seed { addr: introducer, introducer: true }]));

@@ -13,7 +13,7 @@
 use introducer_actors::identity::Identity;
 use introducer_actors::nat::{Filtering, NatBehavior, NatReport, NatType};
 use introducer_actors::punch::{self, Path, Strategy};
-use introducer_actors::sim::node::{Connected, SimEvent, SimNode};
+use introducer_actors::sim::node::{Connected, NodeConfig, SimEvent, SimNode};
 use introducer_actors::sim::{for_each_seed, HostId, Link, NatId, Place, Sim};
 use introducer_actors::SocketId;
 use libp2p_identity::PeerId;
@@ -175,6 +175,11 @@ struct World {
 
 impl World {
     fn new(seed: u64, topology: Topology, internet: Link) -> World {
+        World::with_config(seed, topology, internet, NodeConfig::default())
+    }
+
+    /// Peers A and B run with `config`.
+    fn with_config(seed: u64, topology: Topology, internet: Link, config: NodeConfig) -> World {
         let mut sim = Sim::new(seed);
         sim.set_internet_link(internet);
         let intro =
@@ -201,8 +206,9 @@ impl World {
                 vec![Place::Behind(nat); 2]
             }
         };
-        let a = SimNode::peer(id(1), introducers.clone()).pings(PINGS, SEC).spawn(&mut sim, places[0], PEER_PORT);
-        let b = SimNode::peer(id(2), introducers.clone()).spawn(&mut sim, places[1], PEER_PORT);
+        let peer = |n| SimNode::peer(id(n), introducers.clone()).config(config.clone());
+        let a = peer(1).pings(PINGS, SEC).spawn(&mut sim, places[0], PEER_PORT);
+        let b = peer(2).spawn(&mut sim, places[1], PEER_PORT);
         let registered =
             |s: &Sim| [a, b].iter().all(|&h| s.machine_ref::<SimNode>(h).registered().len() == introducers.len());
         sim.run_until_cond(10 * SEC, registered);
@@ -576,4 +582,41 @@ fn late_introduction_through_a_nat_that_forgets_after_10_s() {
         let connected = world.connect();
         assert!(connected.is_ok(), "late introduction failed: {connected:?}");
     });
+}
+
+/// A punch slower than the relay bound (birthday, with the relay asked for after 100 ms):
+/// the relay carries the session first, the punch keeps going, and when it succeeds the
+/// session moves to the direct path — every ping answered across the switch.
+#[test]
+fn a_relayed_session_upgrades_to_direct_when_the_punch_succeeds() {
+    let config = NodeConfig { relay_after: 100 * MS, ..NodeConfig::default() };
+    let mut upgraded = 0;
+    for_each_seed(0..20, |seed| {
+        let mut world = World::with_config(
+            seed,
+            Topology::Apart(Side::Behind(PR), Side::Behind(SR)),
+            internet(seed, 0.0),
+            config.clone(),
+        );
+        let connected = world.connect().unwrap_or_else(|reason| panic!("did not connect: {reason}"));
+        // Pings run for 3 s: long enough for the birthday punch to land in most seeds.
+        assert_eq!(world.pongs(), PINGS as usize, "no ping lost across the switch: {connected:?}");
+        let a = world.node(world.a);
+        let upgrade = a.events().iter().find_map(|(_, e)| match e {
+            SimEvent::Upgraded { path, strategy, .. } => Some((*path, *strategy)),
+            _ => None,
+        });
+        match (connected.path, upgrade) {
+            (Path::Relayed, Some(up)) => {
+                assert_eq!(up, (Path::Direct, Strategy::Birthday));
+                assert_eq!(world.node(world.a).session_remote(&world.b_id).map(|r| r.ip()), Some(NAT_IPS[1].into()));
+                upgraded += 1;
+            }
+            (Path::Relayed, None) => {} // the punch is still going
+            (Path::Direct, None) => assert_eq!(connected.strategy, Strategy::Birthday),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+    assert!(upgraded >= 5, "only {upgraded} of 20 runs went relayed → direct");
+    println!("relayed then upgraded to direct in {upgraded} of 20 runs");
 }

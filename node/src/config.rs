@@ -23,6 +23,9 @@ pub struct Config {
     pub serve: Serve,
     /// Never punch: reach every peer through the introducer's relay.
     pub relay_only: bool,
+    /// A punch not connected after this long also gets a relay circuit (and a later direct
+    /// path takes the session over).
+    pub relay_after: Duration,
     /// How often a `stats` event is emitted (`None`: never).
     pub stats_interval: Option<Duration>,
     pub registration: registration::Config,
@@ -44,6 +47,7 @@ impl Config {
             register: true,
             serve: Serve::Auto,
             relay_only: false,
+            relay_after: Duration::from_secs(5),
             stats_interval: None,
             registration: Default::default(),
             broker: Default::default(),

@@ -60,6 +60,10 @@ pub fn to_json(event: &NodeEvent) -> Value {
         NodeEvent::Introduced { requester, target } => json!({
             "event": "introduced", "requester": requester.to_string(), "target": target.to_string(),
         }),
+        NodeEvent::Upgraded { peer, remote, path, strategy } => json!({
+            "event": "upgraded", "peer_id": peer.to_string(), "path": path.as_str(), "remote": remote.to_string(),
+            "strategy": strategy.as_str(),
+        }),
         NodeEvent::Relaying { peers } => json!({
             "event": "relaying", "peers": [peers[0].to_string(), peers[1].to_string()],
         }),

@@ -201,6 +201,8 @@ struct NodeActor {
     stats_interval: Option<std::time::Duration>,
     bootstrap: Vec<SocketAddr>,
     bootstrap_timing: introducer_bootstrap::Config,
+    /// The coordinator's own deadline, armed.
+    timer: Option<(Instant, SpawnHandle)>,
 }
 
 impl NodeActor {
@@ -258,6 +260,7 @@ impl NodeActor {
                 stun: config.stun.clone(),
                 pool_size: config.punch.pool_size,
                 relay_only: config.relay_only,
+                relay_after: config.relay_after,
             };
             NodeActor {
                 coordinator: Coordinator::new(roles, id, locals.clone()),
@@ -274,12 +277,31 @@ impl NodeActor {
                 stats_interval: config.stats_interval,
                 bootstrap: config.bootstrap,
                 bootstrap_timing: config.bootstrap_timing,
+                timer: None,
             }
         })
     }
 
-    /// Carries out what the coordinator decided.
+    /// Carries out what the coordinator decided, and re-arms its timer.
     fn act(&mut self, ctx: &mut Context<Self>) {
+        self.carry_out(ctx);
+        let deadline = self.coordinator.poll_timeout();
+        if self.timer.as_ref().map(|(at, _)| *at) != deadline {
+            if let Some((_, handle)) = self.timer.take() {
+                ctx.cancel_future(handle);
+            }
+            if let Some(at) = deadline {
+                let handle = ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
+                    act.timer = None;
+                    act.coordinator.handle_timeout(Instant::now());
+                    act.act(ctx);
+                });
+                self.timer = Some((at, handle));
+            }
+        }
+    }
+
+    fn carry_out(&mut self, ctx: &mut Context<Self>) {
         while let Some(action) = self.coordinator.poll_action() {
             match action {
                 Action::Join(seeds) => {

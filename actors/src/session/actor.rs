@@ -25,6 +25,10 @@ pub type SessionActor = MachineActor<Sessions>;
 const EARLY_MAX: usize = 16;
 const EARLY_TTL: Duration = Duration::from_secs(2);
 
+/// After an upgrade to a direct path, how long the relay circuit still delivers: what was
+/// already on its way through the relay is not lost.
+const UPGRADE_GRACE: Duration = Duration::from_secs(2);
+
 pub struct Sessions {
     config: Config,
     identity: Identity,
@@ -32,6 +36,10 @@ pub struct Sessions {
     by_peer: HashMap<PeerId, Session>,
     /// Circuits of relayed sessions (the session itself exists once the circuit is ready).
     relayed: HashMap<PeerId, (RelayClient, bool)>,
+    /// Circuits of sessions that moved to a direct path, and when to close them.
+    retiring: HashMap<PeerId, Instant>,
+    /// Circuit datagrams (closes) of circuits already dropped.
+    outgoing: VecDeque<Transmit>,
     /// Every proven address → whose session it carries.
     routes: HashMap<SocketAddr, PeerId>,
     early: VecDeque<Inbound>,
@@ -49,6 +57,8 @@ impl Sessions {
             relay_config: client::ClientConfig::default(),
             by_peer: HashMap::new(),
             relayed: HashMap::new(),
+            retiring: HashMap::new(),
+            outgoing: VecDeque::new(),
             routes: HashMap::new(),
             early: VecDeque::new(),
             relay_events: VecDeque::new(),
@@ -60,8 +70,26 @@ impl Sessions {
     pub fn open(&mut self, now: Instant, opened: ProvenPath) {
         let peer = opened.peer;
         self.routes.retain(|_, p| *p != peer);
-        let session = Session::new(self.config.clone(), opened, now);
-        for &addr in session.proven() {
+        match self.relayed.get_mut(&peer) {
+            // An upgrade: the relay still delivers for a while.
+            Some((client, _)) if client.is_ready() => {
+                self.retiring.insert(peer, now + UPGRADE_GRACE);
+            }
+            // The punch won before the circuit was ready: no need for it.
+            Some((client, _)) => client.close(now),
+            None => {}
+        }
+        let session = match self.by_peer.remove(&peer) {
+            // The session moves, with everything in flight.
+            Some(mut session) if !session.is_closed() => {
+                session.move_to(opened);
+                session
+            }
+            _ => Session::new(self.config.clone(), opened, now),
+        };
+        // Relays carry many circuits: their address routes by circuit, not to one session.
+        let relays: Vec<SocketAddr> = self.relayed.values().map(|(c, _)| c.relay()).collect();
+        for &addr in session.proven().iter().filter(|a| !relays.contains(a)) {
             self.routes.insert(addr, peer);
         }
         self.by_peer.insert(peer, session);
@@ -83,7 +111,15 @@ impl Sessions {
     /// Moves relayed sessions' datagrams into their circuits and the circuits' news into
     /// the sessions.
     fn pump_relayed(&mut self, now: Instant) {
+        let retired: Vec<PeerId> = self.retiring.iter().filter(|(_, t)| **t <= now).map(|(p, _)| *p).collect();
+        for peer in retired {
+            self.retiring.remove(&peer);
+            if let Some((client, _)) = self.relayed.get_mut(&peer) {
+                client.close(now);
+            }
+        }
         for (peer, (client, controlling)) in &mut self.relayed {
+            let relayed_session = |s: &Session| s.path() == Path::Relayed;
             while let Some(event) = client.poll_event() {
                 match event {
                     client::Event::Ready { .. } => {
@@ -113,12 +149,15 @@ impl Sessions {
                     }
                     client::Event::Throttled => tracing::debug!(%peer, "relay throttled our data"),
                     client::Event::Closed { reason } => match self.by_peer.get_mut(peer) {
-                        Some(session) => session.close(format!("relay circuit closed: {reason}")),
+                        Some(session) if relayed_session(session) => {
+                            session.close(format!("relay circuit closed: {reason}"))
+                        }
+                        Some(_) => {} // retired after an upgrade
                         None => self.relay_events.push_back((*peer, Event::RelayFailed { reason })),
                     },
                 }
             }
-            if let Some(session) = self.by_peer.get_mut(peer) {
+            if let Some(session) = self.by_peer.get_mut(peer).filter(|s| relayed_session(s)) {
                 while let Some(t) = session.poll_transmit() {
                     if let Err(e) = client.send(now, &t.payload) {
                         tracing::debug!(%peer, "relayed datagram not sent: {e}");
@@ -126,10 +165,13 @@ impl Sessions {
                 }
             }
         }
-        let by_peer = &self.by_peer;
-        self.relayed.retain(|peer, (client, _)| {
+        let outgoing = &mut self.outgoing;
+        self.relayed.retain(|_, (client, _)| {
             let over = matches!(client.state(), client::State::Refused | client::State::Closed);
-            !over || by_peer.get(peer).is_some_and(|s| !s.is_closed())
+            if over {
+                outgoing.extend(std::iter::from_fn(|| client.poll_transmit()));
+            }
+            !over
         });
     }
 
@@ -243,7 +285,8 @@ impl Protocol for Sessions {
     fn poll_timeout(&self) -> Option<Instant> {
         let early = self.early.front().map(|e| e.now + EARLY_TTL);
         let circuits = self.relayed.values().filter_map(|(c, _)| c.poll_timeout());
-        self.by_peer.values().filter_map(Session::poll_timeout).chain(early).chain(circuits).min()
+        let retiring = self.retiring.values().copied();
+        self.by_peer.values().filter_map(Session::poll_timeout).chain(early).chain(circuits).chain(retiring).min()
     }
 }
 

@@ -90,6 +90,15 @@ pub struct ProvenPath {
 /// The sequence number of keepalive pings: their pongs are nobody's business.
 const KEEPALIVE_SEQ: u64 = u64::MAX;
 
+/// Largest payload over a path: a relay wraps it, which costs room.
+fn max_payload(path: Path) -> usize {
+    if path == Path::Relayed {
+        MAX - crate::relay::client::OVERHEAD
+    } else {
+        MAX
+    }
+}
+
 /// Payload bytes that fit one datagram after framing overhead.
 pub const MAX: usize = MAX_DATAGRAM - 16;
 
@@ -136,7 +145,7 @@ impl Session {
             next_seq: 0,
             pings: HashMap::new(),
             closed: false,
-            max_payload: if path == Path::Relayed { MAX - crate::relay::client::OVERHEAD } else { MAX },
+            max_payload: max_payload(path),
             stats: Stats::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -153,6 +162,23 @@ impl Session {
     pub fn proven(&self) -> &[SocketAddr] {
         &self.proven
     }
+    /// Moves the session onto a newly proven path (a relayed session upgraded to direct),
+    /// keeping everything in flight: sequence numbers, pings awaiting pongs, counters. The
+    /// old path stays accepted, so what is still on its way along it arrives.
+    pub fn move_to(&mut self, opened: ProvenPath) {
+        let ProvenPath { socket, remote, proven, controlling, path, strategy, .. } = opened;
+        tracing::debug!(peer = %self.peer, from = %self.remote, to = %remote, ?path, "session moves");
+        for addr in proven.into_iter().chain([remote]) {
+            self.add_path(addr);
+        }
+        self.socket = socket;
+        self.remote = remote;
+        self.controlling = controlling;
+        self.path = path;
+        self.strategy = strategy;
+        self.max_payload = max_payload(path);
+    }
+
     /// Takes traffic from one more address the peer proved itself over.
     pub fn add_path(&mut self, addr: SocketAddr) {
         if !self.proven.contains(&addr) {

@@ -85,6 +85,8 @@ pub struct NodeConfig {
     pub serve: bool,
     /// Register with the introducers once probed.
     pub register: bool,
+    /// A punch not connected after this long also gets a relay circuit.
+    pub relay_after: Duration,
 }
 
 impl Default for NodeConfig {
@@ -96,6 +98,7 @@ impl Default for NodeConfig {
             session: Default::default(),
             serve: true,
             register: true,
+            relay_after: Duration::from_secs(5),
         }
     }
 }
@@ -228,6 +231,7 @@ impl SimNode {
             stun: Vec::new(),
             pool_size: config.punch.pool_size,
             relay_only: false,
+            relay_after: config.relay_after,
         };
         Coordinator::new(config, identity.clone(), Vec::new())
     }
@@ -645,6 +649,9 @@ impl Machine for SimNode {
         if due(Protocol::poll_timeout(&self.sessions), now) {
             Protocol::handle_timeout(&mut self.sessions, now);
         }
+        if due(self.coordinator.poll_timeout(), now) {
+            self.coordinator.handle_timeout(now);
+        }
         if let Some((_, target)) = self.connect_at.filter(|(at, _)| *at <= now) {
             self.connect_at = None;
             self.connect(now, target);
@@ -665,6 +672,7 @@ impl Machine for SimNode {
             Protocol::poll_timeout(&self.registrations),
             Protocol::poll_timeout(&self.attempts),
             Protocol::poll_timeout(&self.sessions),
+            self.coordinator.poll_timeout(),
             self.connect_at.map(|(at, _)| at),
             self.pinging.iter().map(|(_, at, _)| *at).min(),
         ]
