@@ -90,6 +90,15 @@ impl Node {
         Node { child, events }
     }
 
+    /// A node on loopback that reports its counters every 0.2 s, and its address.
+    fn counting(dir: &std::path::Path) -> (Node, std::net::SocketAddr) {
+        let args = ["run", "--listen", "127.0.0.1:0", "--json", "--stats-every", "0.2", "--data-dir"];
+        let node = Node::start(&[&args[..], &[dir.to_str().unwrap()]].concat());
+        let ready = node.wait(|v| v["event"] == "ready");
+        let addr = ready["listen"][0].as_str().unwrap().parse().unwrap();
+        (node, addr)
+    }
+
     fn wait(&self, mut pred: impl FnMut(&Value) -> bool) -> Value {
         loop {
             let v = self.events.recv_timeout(Duration::from_secs(20)).expect("event within 20 s");
@@ -110,18 +119,7 @@ impl Drop for Node {
 #[test]
 fn hostile_datagrams_are_dropped_counted_and_never_amplified() {
     let dir = scratch("hostile");
-    let node = Node::start(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--json",
-        "--stats-every",
-        "0.2",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ]);
-    let ready = node.wait(|v| v["event"] == "ready");
-    let addr: std::net::SocketAddr = ready["listen"][0].as_str().unwrap().parse().unwrap();
+    let (node, addr) = Node::counting(&dir);
     let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
     attacker.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let hello_unpadded = [0x09, 0x0a, 0x00]; // an Envelope with an empty Hello: too small to answer
@@ -207,18 +205,7 @@ fn an_unknown_peer_gets_the_introducers_clear_error() {
 #[test]
 fn a_stun_flood_from_one_address_gets_a_bounded_burst_of_answers() {
     let dir = scratch("flood");
-    let node = Node::start(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--json",
-        "--stats-every",
-        "0.2",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ]);
-    let addr: std::net::SocketAddr =
-        node.wait(|v| v["event"] == "ready")["listen"][0].as_str().unwrap().parse().unwrap();
+    let (node, addr) = Node::counting(&dir);
     let flooder = UdpSocket::bind("127.0.0.1:0").unwrap();
     flooder.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let request = [0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9];
