@@ -378,9 +378,11 @@ impl Coordinator {
         }
     }
 
-    /// The punch machine refused an introduction (two hard NATs, too busy).
+    /// The punch machine refused an introduction (two hard NATs, too busy): the relay
+    /// carries it instead, if there is one.
     pub fn on_punch_refused(&mut self, peer: PeerId, initiator: bool, why: Unpunchable) {
-        if why == Unpunchable::BothHard && self.relay(peer) {
+        tracing::info!(%peer, "not punching: {why}");
+        if self.relay(peer) {
             return;
         }
         if initiator {

@@ -62,8 +62,15 @@ impl Attempts {
         let private: Vec<SocketAddr> =
             introduced.peer.record.private_addrs.iter().filter_map(|a| a.try_into().ok()).collect();
         let plan = plan(mine, &peer_nat, introduced.peer_public, &private)?;
-        if matches!(plan.birthday, Some(Birthday::Pool { .. })) && self.pool.is_empty() {
-            return Err(Unpunchable::NoPool);
+        match plan.birthday {
+            Some(Birthday::Pool { .. }) if self.pool.is_empty() => return Err(Unpunchable::NoPool),
+            Some(Birthday::Spray { .. }) => {
+                let spraying = self.by_nonce.values().filter(|a| a.is_spraying()).count();
+                if spraying >= self.config.max_spraying {
+                    return Err(Unpunchable::Busy(spraying));
+                }
+            }
+            _ => {}
         }
         let (peer, nonce) = (introduced.peer.peer_id, introduced.nonce.clone());
         let attempt =

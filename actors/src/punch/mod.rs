@@ -60,6 +60,8 @@ pub struct Config {
     /// Random ports the easy side tries per round, and in all.
     pub spray_per_round: u32,
     pub spray_max: u32,
+    /// Attempts spraying at once, at most: 4 × 500 probes/s is all a node ever sprays.
+    pub max_spraying: usize,
 }
 
 impl Default for Config {
@@ -78,6 +80,7 @@ impl Default for Config {
             // 500 probes/s: 2048 probes (99.97 % against 256 mappings) in about 4 s.
             spray_per_round: 25,
             spray_max: 2048,
+            max_spraying: 4,
         }
     }
 }
@@ -249,6 +252,11 @@ impl Attempt {
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Whether the attempt is still spraying guesses.
+    pub fn is_spraying(&self) -> bool {
+        self.state == State::Punching && self.spray.is_some() && self.stats.sprayed < self.config.spray_max
     }
 
     /// True once the attempt has nothing more to do and can be dropped.

@@ -240,3 +240,32 @@ fn spraying_keeps_its_pace_and_cap_whatever_arrives() {
     assert_eq!(a.stats().sprayed, config.spray_max);
     assert!(sent <= config.spray_max + (config.timeout.as_millis() / config.interval.as_millis()) as u32 + 1);
 }
+
+#[test]
+fn only_a_few_attempts_spray_at_once() {
+    use crate::registration::Introduced;
+    let now = Instant::now();
+    let me = Identity::from_seed(1);
+    let mine = report("203.0.113.1:1000", NatType::Easy);
+    let mut attempts = actor::Attempts::new(Config::default(), me.clone());
+    let hard = |n: u64| {
+        let peer = Identity::from_seed(100 + n);
+        let public: SocketAddr = format!("198.51.100.{n}:40000").parse().unwrap();
+        let record = peer.sign_record(pb::PeerRecord {
+            nat: Some((&report(&public.to_string(), NatType::Hard)).into()),
+            ..Default::default()
+        });
+        Introduced {
+            request_id: n,
+            peer: crate::identity::verify_record(&record).unwrap(),
+            peer_public: public,
+            nonce: vec![n as u8; 16],
+            initiator: true,
+        }
+    };
+    let max = Config::default().max_spraying as u64;
+    for n in 1..=max {
+        assert_eq!(attempts.start(now, &mine, hard(n)), Ok(()));
+    }
+    assert_eq!(attempts.start(now, &mine, hard(max + 1)), Err(Unpunchable::Busy(max as usize)));
+}
