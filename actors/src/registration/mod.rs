@@ -279,10 +279,15 @@ impl Registration {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next_send.is_some_and(|t| t <= now) {
             if !self.answered && self.tries >= self.config.max_tries {
-                self.next_send = None;
-                self.observed = None;
+                // Reported once, then retried slowly for as long as the node runs: an
+                // introducer that was down for a while is registered with again.
+                if self.observed.take().is_some() || self.tries == self.config.max_tries {
+                    self.events.push_back(Event::Unreachable);
+                }
                 self.cookie = 0;
-                self.events.push_back(Event::Unreachable);
+                self.tries = self.config.max_tries + 1;
+                self.send_register(now);
+                self.next_send = Some(now + self.config.keepalive);
             } else {
                 if self.answered {
                     self.tries = 0;

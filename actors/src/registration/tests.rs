@@ -71,19 +71,43 @@ fn registers_through_the_challenge_and_gets_introduced() {
 }
 
 #[test]
-fn unanswered_registration_gives_up_with_backoff() {
+fn unanswered_registration_backs_off_reports_once_and_keeps_trying_slowly() {
     let now = Instant::now();
+    let config = Config::default();
     let mut a = client(&Identity::from_seed(1), now);
     let mut sends = vec![];
-    while let Some(t) = a.poll_timeout() {
+    while let Some(t) = a.poll_timeout().filter(|t| *t < now + 120 * config.keepalive / 15) {
         a.handle_timeout(t);
         while a.poll_transmit().is_some() {
             sends.push(t - now);
         }
     }
-    assert_eq!(sends.len() as u32, Config::default().max_tries);
-    assert!(sends.windows(3).all(|w| w[2] - w[1] == 2 * (w[1] - w[0])), "not doubling: {sends:?}");
+    let fast = config.max_tries as usize;
+    assert!(sends[..fast].windows(3).all(|w| w[2] - w[1] == 2 * (w[1] - w[0])), "not doubling: {sends:?}");
+    assert!(sends[fast..].windows(2).all(|w| w[1] - w[0] == config.keepalive), "then every keepalive: {sends:?}");
+    assert!(sends.len() > fast + 3, "keeps trying: {sends:?}");
     assert_eq!(a.poll_event(), Some(Event::Unreachable));
+    assert_eq!(a.poll_event(), None, "reported once");
+}
+
+#[test]
+fn an_introducer_back_after_an_outage_is_registered_with_again() {
+    let now = Instant::now();
+    let mut broker = Broker::new(broker::Config::default(), now, StdRng::seed_from_u64(3));
+    let alice = Identity::from_seed(1);
+    let mut a = client(&alice, now);
+    let a_addr: SocketAddr = "203.0.113.5:4000".parse().unwrap();
+    // The introducer is down: every try is lost, until the client reports it unreachable.
+    while a.poll_event().is_none() {
+        let t = a.poll_timeout().unwrap();
+        a.handle_timeout(t);
+        while a.poll_transmit().is_some() {}
+    }
+    // Back up: the next slow retry registers again.
+    let t = a.poll_timeout().unwrap();
+    a.handle_timeout(t);
+    exchange(t, &mut broker, &mut [(&mut a, a_addr)]);
+    assert_eq!(a.poll_event(), Some(Event::Registered { observed: a_addr }));
 }
 
 #[test]

@@ -265,10 +265,10 @@ impl Protocol for Sessions {
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
         // Relayed sessions' own datagrams were moved into their circuits by `pump_relayed`.
-        let relayed = &self.relayed;
-        let direct =
-            self.by_peer.iter_mut().filter(|(p, _)| !relayed.contains_key(p)).find_map(|(_, s)| s.poll_transmit());
-        direct.or_else(|| self.relayed.values_mut().find_map(|(c, _)| c.poll_transmit()))
+        let direct = self.by_peer.values_mut().filter(|s| s.path() != Path::Relayed).find_map(Session::poll_transmit);
+        direct
+            .or_else(|| self.outgoing.pop_front())
+            .or_else(|| self.relayed.values_mut().find_map(|(c, _)| c.poll_transmit()))
     }
     fn poll_event(&mut self) -> Option<(PeerId, Event)> {
         if let Some(event) = self.relay_events.pop_front() {
