@@ -60,6 +60,8 @@ pub struct Stats {
     pub dropped_unregistered: u64,
     pub dropped_full: u64,
     pub dropped_rate_limited: u64,
+    /// Registrations displaced by another identity from the same address.
+    pub replaced: u64,
     pub expired: u64,
 }
 
@@ -164,6 +166,11 @@ impl Broker {
                 self.events.push_back(Event::Registered { peer, addr: src });
             }
         }
+        // One registration per address: a host cannot fill the table by minting identities.
+        if let Some(other) = self.by_addr.get(&src).copied().filter(|p| *p != peer) {
+            self.by_peer.remove(&other);
+            self.stats.replaced += 1;
+        }
         let expires = now + self.config.registration_ttl;
         let (tokens, refilled, recent) = match self.by_peer.get_mut(&peer) {
             Some(r) => (r.tokens, r.refilled, std::mem::take(&mut r.recent)),
@@ -184,11 +191,8 @@ impl Broker {
     fn on_introduce(&mut self, now: Instant, src: SocketAddr, socket: SocketId, request: pb::IntroduceRequest) {
         let request_id = request.request_id;
         let Some(requester) = self.by_addr.get(&src).copied() else {
-            // Unproven address: answer with no more than arrived, and nothing about the target.
+            // Unproven address: even a short error would be more than a bare request.
             self.stats.dropped_unregistered += 1;
-            let reason = IntroduceErrorReason::RequesterNotRegistered as i32;
-            let error = pb::IntroduceError { request_id, reason, ..Default::default() };
-            self.send(socket, src, Kind::IntroduceError(error));
             return;
         };
         let (rate, burst) = (self.config.introductions_per_sec, self.config.introduction_burst);

@@ -109,6 +109,21 @@ pub enum Unpunchable {
     Busy(usize),
 }
 
+/// Private addresses tried per peer, at most.
+const MAX_PRIVATE: usize = 4;
+
+/// Addresses that cannot be someone else's on the internet: RFC 1918, shared (CGNAT),
+/// link-local, unique-local IPv6.
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
 fn sequential(report: &NatReport) -> Option<i32> {
     match report.allocation {
         Some(crate::nat::Allocation::Sequential { step }) if step != 0 => Some(step),
@@ -130,9 +145,11 @@ pub fn plan(
 ) -> Result<Plan, Unpunchable> {
     let public = Candidate { addr: peer_public, path: Path::Direct };
     if me.public_addr.ip() == peer_public.ip() && !(is_public(me) && is_public(peer)) {
+        // Only private addresses, and few: a record could list anyone's address here.
         let mut candidates: Vec<Candidate> = peer_private
             .iter()
-            .filter(|a| a.is_ipv4() == peer_public.is_ipv4())
+            .filter(|a| a.is_ipv4() == peer_public.is_ipv4() && is_private(a.ip()))
+            .take(MAX_PRIVATE)
             .map(|&addr| Candidate { addr, path: Path::Local })
             .collect();
         candidates.push(public);

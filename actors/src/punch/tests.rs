@@ -269,3 +269,24 @@ fn only_a_few_attempts_spray_at_once() {
     }
     assert_eq!(attempts.start(now, &mine, hard(max + 1)), Err(Unpunchable::Busy(max as usize)));
 }
+
+#[test]
+fn only_a_few_private_addresses_are_tried_and_only_private_ones() {
+    let peer_public: SocketAddr = "203.0.113.1:5000".parse().unwrap();
+    let claimed: Vec<SocketAddr> = [
+        "198.51.100.66:80",
+        "10.0.0.7:4000",
+        "100.64.1.2:4000",
+        "192.168.1.2:4000",
+        "172.16.0.3:4000",
+        "10.0.0.8:4000",
+        "10.0.0.9:4000",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
+    let me = report("203.0.113.1:1000", NatType::Easy);
+    let p = plan(&me, &report("203.0.113.1:5000", NatType::Easy), peer_public, &claimed).unwrap();
+    let local: Vec<SocketAddr> = p.candidates.iter().filter(|c| c.path == Path::Local).map(|c| c.addr).collect();
+    assert_eq!(local, claimed[1..5].to_vec(), "a public victim is never a LAN candidate; at most four");
+}
