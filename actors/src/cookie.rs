@@ -5,7 +5,9 @@
 //! that echoes it is acted on, so nobody can make a node send registrations, relayed data
 //! or introductions to an address that did not ask (QUIC's Retry token, in short).
 
+use introducer_proto::pb;
 use libp2p_identity::PeerId;
+use prost::Message;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -52,6 +54,17 @@ impl Cookies {
         let period = self.period(now);
         cookie != 0 && [period, period.wrapping_sub(1)].iter().any(|&p| cookie == self.at(p, src, peer))
     }
+}
+
+/// The MAC an introducer puts on an introduction for a peer that registered with `cookie`.
+pub fn introduction_mac(cookie: u64, introduction: &pb::Introduction) -> u64 {
+    let unsigned = pb::Introduction { mac: 0, ..introduction.clone() };
+    let digest = Sha256::new()
+        .chain_update(b"introducer/introduction")
+        .chain_update(cookie.to_le_bytes())
+        .chain_update(unsigned.encode_to_vec())
+        .finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! On an introduction request the broker sends both peers each other's signed record,
 //! the public address it observed for each, and one fresh nonce; the peers then punch.
 
-use crate::cookie::Cookies;
+use crate::cookie::{introduction_mac, Cookies};
 use crate::identity::{verify_record, VerifiedRecord};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
@@ -78,6 +78,8 @@ struct Registration {
     socket: SocketId,
     record: VerifiedRecord,
     expires: Instant,
+    /// The cookie it proved its address with: the key of the introductions it receives.
+    cookie: u64,
     /// Token bucket for introduction requests.
     tokens: f64,
     refilled: Instant,
@@ -176,7 +178,8 @@ impl Broker {
             Some(r) => (r.tokens, r.refilled, std::mem::take(&mut r.recent)),
             None => (self.config.introduction_burst, now, VecDeque::new()),
         };
-        let registration = Registration { addr: src, socket, record, expires, tokens, refilled, recent };
+        let cookie = register.cookie;
+        let registration = Registration { addr: src, socket, record, cookie, expires, tokens, refilled, recent };
         if let Some(old) = self.by_peer.insert(peer, registration) {
             if old.addr != src {
                 self.by_addr.remove(&old.addr);
@@ -230,20 +233,24 @@ impl Broker {
         };
         let target_reg = &self.by_peer[&target];
         let requester_reg = &self.by_peer[&requester];
-        let to_requester = pb::Introduction {
+        let mut to_requester = pb::Introduction {
             request_id,
             peer: Some(target_reg.record.signed.clone()),
             peer_public: Some(target_reg.addr.into()),
             nonce: nonce.to_vec().into(),
             initiator: true,
+            mac: 0,
         };
-        let to_target = pb::Introduction {
+        let mut to_target = pb::Introduction {
             request_id,
             peer: Some(requester_reg.record.signed.clone()),
             peer_public: Some(requester_reg.addr.into()),
             nonce: nonce.to_vec().into(),
             initiator: false,
+            mac: 0,
         };
+        to_requester.mac = introduction_mac(requester_reg.cookie, &to_requester);
+        to_target.mac = introduction_mac(target_reg.cookie, &to_target);
         let (target_socket, target_addr) = (target_reg.socket, target_reg.addr);
         self.send(socket, src, Kind::Introduction(to_requester));
         self.send(target_socket, target_addr, Kind::Introduction(to_target));

@@ -2,6 +2,7 @@
 //! refresh often enough to keep the NAT mapping toward the introducer alive, ask for
 //! introductions, and check what comes back before anyone punches on its strength.
 
+use crate::cookie::introduction_mac;
 use crate::identity::{verify_record, VerifiedRecord};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
@@ -245,6 +246,12 @@ impl Registration {
     }
 
     fn on_introduction(&mut self, now: Instant, intro: pb::Introduction) {
+        // Only the introducer that challenged us knows our cookie: a spoofed introduction
+        // cannot aim our punches anywhere.
+        if self.cookie == 0 || intro.mac != introduction_mac(self.cookie, &intro) {
+            self.stats.dropped_bad_introduction += 1;
+            return;
+        }
         let peer = intro.peer.as_ref().and_then(|r| verify_record(r).ok());
         let peer_public = intro.peer_public.as_ref().and_then(|a| SocketAddr::try_from(a).ok());
         let (Some(peer), Some(peer_public), 16) = (peer, peer_public, intro.nonce.len()) else {

@@ -130,8 +130,34 @@ fn an_introduction_nobody_asked_for_about_someone_else_is_dropped() {
         peer_public: Some("203.0.113.9:1".parse::<SocketAddr>().unwrap().into()),
         nonce: vec![0; 16].into(),
         initiator: true,
+        mac: 0,
     };
     a.handle(now, INTRODUCER.parse().unwrap(), Kind::Introduction(intro));
     assert_eq!(a.poll_event(), None);
+    assert_eq!(a.stats().dropped_bad_introduction, 1);
+}
+
+#[test]
+fn a_spoofed_introduction_without_our_cookies_mac_is_dropped() {
+    let now = Instant::now();
+    let mut broker = Broker::new(broker::Config::default(), now, StdRng::seed_from_u64(3));
+    let alice = Identity::from_seed(1);
+    let mut a = client(&alice, now);
+    let a_addr: SocketAddr = "203.0.113.5:4000".parse().unwrap();
+    a.handle_timeout(now);
+    exchange(now, &mut broker, &mut [(&mut a, a_addr)]);
+    assert!(matches!(a.poll_event(), Some(Event::Registered { .. })));
+    // From the introducer's address, well formed, signed by a real peer, aimed at a victim.
+    let mallory = Identity::from_seed(66);
+    let forged = pb::Introduction {
+        request_id: 1,
+        peer: Some(mallory.sign_record(Default::default())),
+        peer_public: Some("192.0.2.99:80".parse::<SocketAddr>().unwrap().into()),
+        nonce: vec![1; 16].into(),
+        initiator: false,
+        mac: 0x1234,
+    };
+    a.handle(now, INTRODUCER.parse().unwrap(), Kind::Introduction(forged));
+    assert_eq!(a.poll_event(), None, "no punch toward the victim");
     assert_eq!(a.stats().dropped_bad_introduction, 1);
 }
