@@ -85,7 +85,7 @@ impl Identity {
             nonce: nonce.to_vec().into(),
             public_key: self.public_key.clone().into(),
             signature: signature.into(),
-            ack,
+            ack: Some(ack),
         }
     }
 }

@@ -44,7 +44,7 @@ fn envelope(c: &mut Criterion) {
             nonce: vec![7; 16].into(),
             public_key: vec![8; 36].into(),
             signature: vec![9; 64].into(),
-            ack: false,
+            ack: Some(false),
         })),
     };
     let data = Envelope { kind: Some(Kind::Data(Data { payload: vec![0xAB; 1000].into() })) };

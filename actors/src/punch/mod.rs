@@ -279,14 +279,14 @@ impl Attempt {
             tracing::debug!(peer = %self.peer, %src, "dropped punch proof that does not verify");
             return;
         }
-        tracing::debug!(peer = %self.peer, %src, ack = punch.ack, state = ?self.state, "punch proof");
+        tracing::debug!(peer = %self.peer, %src, ack = ?punch.ack, state = ?self.state, "punch proof");
         if !self.proven.contains(&src) && self.proven.len() < MAX_PROVEN {
             self.proven.push(src);
             if matches!(self.state, State::Connected { .. }) {
                 self.events.push_back(Event::PathProven { peer: self.peer, addr: src });
             }
         }
-        if !punch.ack {
+        if punch.ack != Some(true) {
             if self.stats.acks >= self.config.max_acks {
                 self.stats.dropped_over_ack_limit += 1;
             } else {

@@ -290,3 +290,15 @@ fn only_a_few_private_addresses_are_tried_and_only_private_ones() {
     let local: Vec<SocketAddr> = p.candidates.iter().filter(|c| c.path == Path::Local).map(|c| c.addr).collect();
     assert_eq!(local, claimed[1..5].to_vec(), "a public victim is never a LAN candidate; at most four");
 }
+
+#[test]
+fn an_acknowledgement_is_exactly_as_large_as_the_proof_it_answers() {
+    let now = Instant::now();
+    let mut p = pair(now, true);
+    p.a.handle_timeout(now);
+    let probe = p.a.poll_transmit().unwrap();
+    p.b.handle_punch(now, SocketId::PRIMARY, p.a_addr, &punch_of(&probe));
+    let ack = p.b.poll_transmit().unwrap();
+    assert_eq!(punch_of(&ack).ack, Some(true));
+    assert_eq!(ack.payload.len(), probe.payload.len(), "no amplification toward an unproven source");
+}
