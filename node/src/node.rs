@@ -43,6 +43,9 @@ enum Command {
     Stats,
 }
 
+/// Events waiting for the user, at most (a burst of received datagrams fits).
+const EVENT_QUEUE: usize = 4096;
+
 /// Waits until every datagram already handed to the node has been sent.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -53,7 +56,7 @@ pub struct Node {
     peer_id: PeerId,
     listen: Vec<SocketAddr>,
     commands: mpsc::UnboundedSender<Option<Command>>,
-    events: mpsc::UnboundedReceiver<NodeEvent>,
+    events: mpsc::Receiver<NodeEvent>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -61,7 +64,7 @@ impl Node {
     /// Binds the sockets and starts the node's actors on a thread of their own.
     pub fn start(config: Config) -> Result<Node, NodeError> {
         let sockets = socket_plan(&config.listen)?;
-        let (event_tx, events) = mpsc::unbounded_channel();
+        let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (commands, mut command_rx) = mpsc::unbounded_channel::<Option<Command>>();
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let peer_id = config.identity.peer_id();
@@ -188,7 +191,7 @@ fn unix_ms() -> u64 {
 
 struct NodeActor {
     coordinator: Coordinator,
-    events: mpsc::UnboundedSender<NodeEvent>,
+    events: mpsc::Sender<NodeEvent>,
     socket: Addr<SocketActor>,
     locals: Vec<SocketAddr>,
     contact: Addr<MachineActor<FirstContact>>,
@@ -203,6 +206,8 @@ struct NodeActor {
     bootstrap_timing: introducer_bootstrap::Config,
     /// The coordinator's own deadline, armed.
     timer: Option<(Instant, SpawnHandle)>,
+    /// Events the user did not take in time.
+    dropped_events: u64,
 }
 
 impl NodeActor {
@@ -210,7 +215,7 @@ impl NodeActor {
         config: Config,
         socket: Addr<SocketActor>,
         locals: Vec<SocketAddr>,
-        events: mpsc::UnboundedSender<NodeEvent>,
+        events: mpsc::Sender<NodeEvent>,
     ) -> Addr<Self> {
         NodeActor::create(move |ctx| {
             let me = ctx.address();
@@ -278,6 +283,7 @@ impl NodeActor {
                 bootstrap: config.bootstrap,
                 bootstrap_timing: config.bootstrap_timing,
                 timer: None,
+                dropped_events: 0,
             }
         })
     }
@@ -350,10 +356,17 @@ impl NodeActor {
                 Action::AddPath { peer, addr } => {
                     self.sessions.do_send(Call::new(move |s: &mut Sessions, now| s.add_path(now, peer, addr)))
                 }
-                Action::Emit(event) => {
-                    let _ = self.events.send(event);
-                }
+                Action::Emit(event) => self.emit(event),
             }
+        }
+    }
+
+    /// Hands an event to the user; a user who does not keep up loses events (counted), the
+    /// node does not queue them without bound.
+    fn emit(&mut self, event: NodeEvent) {
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
+            self.dropped_events += 1;
+            tracing::warn!(dropped = self.dropped_events, "event queue full: {event:?} dropped");
         }
     }
 
@@ -417,6 +430,7 @@ impl NodeActor {
         let stun = self.probe.send(Call::new(|p: &mut NatProbing, _| (p.unanswered, p.rate_limited)));
         let relay = self.relay.send(Call::new(|r: &mut Relay, _| r.stats()));
         let events = self.events.clone();
+        let dropped_events = self.dropped_events;
         ctx.spawn(
             async move {
                 let (Ok(s), Ok(b), Ok(p), Ok(x), Ok((stun_unanswered, stun_rate_limited)), Ok(r)) =
@@ -435,6 +449,7 @@ impl NodeActor {
                     ("dropped_session_unknown_source", x),
                     ("stun_unanswered", stun_unanswered),
                     ("stun_rate_limited", stun_rate_limited),
+                    ("dropped_events", dropped_events),
                     ("broker_registered", b.registered),
                     ("broker_refreshed", b.refreshed),
                     ("broker_challenged", b.challenged),
@@ -453,7 +468,7 @@ impl NodeActor {
                         r.refused_full + r.refused_pending + r.refused_peer_limit + r.refused_bad_request,
                     ),
                 ];
-                let _ = events.send(NodeEvent::Stats(stats));
+                let _ = events.try_send(NodeEvent::Stats(stats));
             }
             .into_actor(self),
         );
