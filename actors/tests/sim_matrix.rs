@@ -434,8 +434,13 @@ fn check_cell(cell: &Cell, seeds: Range<u64>) -> Row {
         _ => {
             if let Some(rtts) = median(row.connect_rtts.clone()) {
                 // About one RTT for the introduction (ask; the introducer tells both) and one
-                // for the punch: two in all, three with room for whoever starts late.
-                assert!(rtts <= 3.0, "{}: median connect time is {rtts:.2} RTTs", cell.name);
+                // for the punch: two in all, three with room for whoever starts late. A hard
+                // peer reaches us from a port nobody observed; proving that path (its proof
+                // must echo our token from there) costs one round trip more.
+                let hard_peer =
+                    matches!(cell.topology, Topology::Apart(_, Side::Behind(b)) if b.nat_type() == NatType::Hard);
+                let bound = if hard_peer { 4.0 } else { 3.0 };
+                assert!(rtts <= bound, "{}: median connect time is {rtts:.2} RTTs", cell.name);
             }
         }
     }

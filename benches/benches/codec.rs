@@ -45,6 +45,8 @@ fn envelope(c: &mut Criterion) {
             public_key: vec![8; 36].into(),
             signature: vec![9; 64].into(),
             ack: Some(false),
+            token: Some(0x0123_4567_89ab_cdef),
+            echo: Some(0xfedc_ba98_7654_3210),
         })),
     };
     let data = Envelope { kind: Some(Kind::Data(Data { payload: vec![0xAB; 1000].into() })) };

@@ -237,7 +237,7 @@ impl NodeActor {
                 me.clone().recipient(),
             );
             let punch = MachineActor::start(
-                Attempts::new(config.punch.clone(), id.clone()),
+                Attempts::new(config.punch.clone(), id.clone(), rand::random()),
                 socket.clone(),
                 me.clone().recipient(),
             );

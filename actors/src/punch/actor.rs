@@ -26,14 +26,17 @@ pub struct Attempts {
     me: Identity,
     /// Birthday sockets, bound once this node knows it is behind a hard NAT.
     pool: Vec<SocketId>,
+    /// Keys every attempt's path tokens.
+    secret: u64,
     by_nonce: HashMap<Vec<u8>, Attempt>,
     /// Proofs for no attempt of ours.
     pub dropped_unknown_nonce: u64,
 }
 
 impl Attempts {
-    pub fn new(config: Config, me: Identity) -> Self {
-        Attempts { config, me, pool: Vec::new(), by_nonce: HashMap::new(), dropped_unknown_nonce: 0 }
+    /// `secret` keys the path tokens: random per node (a seed on the simulator).
+    pub fn new(config: Config, me: Identity, secret: u64) -> Self {
+        Attempts { config, me, pool: Vec::new(), secret, by_nonce: HashMap::new(), dropped_unknown_nonce: 0 }
     }
 
     /// The sockets the driver bound for birthday punching (kept for every later attempt).
@@ -73,8 +76,17 @@ impl Attempts {
             _ => {}
         }
         let (peer, nonce) = (introduced.peer.peer_id, introduced.nonce.clone());
-        let attempt =
-            Attempt::new(self.config.clone(), &self.me, peer, nonce, introduced.initiator, plan, &self.pool, now);
+        let attempt = Attempt::new(
+            self.config.clone(),
+            &self.me,
+            peer,
+            nonce,
+            introduced.initiator,
+            plan,
+            &self.pool,
+            self.secret,
+            now,
+        );
         self.by_nonce.insert(introduced.nonce, attempt);
         Ok(())
     }

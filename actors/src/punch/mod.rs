@@ -25,7 +25,8 @@ use introducer_proto::pb::{self, envelope::Kind};
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{HashSet, VecDeque};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -177,9 +178,12 @@ pub struct Attempt {
     spray: Option<Spray>,
     /// Addresses the peer proved itself over, in order of first proof.
     proven: Vec<SocketAddr>,
-    /// Encoded proofs, signed once: the probe and the acknowledgement.
-    probe: Vec<u8>,
-    ack: Vec<u8>,
+    /// Our proof, signed once; each datagram adds its path tokens.
+    proof: pb::Punch,
+    /// Keys the path tokens: local, so a peer cannot forge an echo.
+    secret: [u8; 32],
+    /// The token last received from each address (what we echo back there).
+    echoes: HashMap<SocketAddr, u64>,
     started: Instant,
     next_send: Instant,
     /// A public path that answered while LAN candidates were still pending, and until when
@@ -193,7 +197,8 @@ pub struct Attempt {
 
 impl Attempt {
     /// `pool` is this node's birthday socket pool (used when the plan says we are the hard
-    /// side); the plan's candidates are probed from the primary socket.
+    /// side); the plan's candidates are probed from the primary socket. `secret` keys the
+    /// path tokens (random per node; the attempt mixes in its nonce).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
@@ -203,10 +208,11 @@ impl Attempt {
         initiator: bool,
         plan: Plan,
         pool: &[SocketId],
+        secret: u64,
         now: Instant,
     ) -> Self {
         tracing::debug!(%peer, ?plan, initiator, "punching");
-        let proof = |ack| encode_envelope(&pb::Envelope { kind: Some(Kind::Punch(me.punch(&nonce, &peer, ack))) });
+        let secret = Sha256::new().chain_update(secret.to_le_bytes()).chain_update(&nonce).finalize().into();
         let next_send = if plan.send_first { now } else { now + config.responder_delay };
         let targets = plan.candidates.iter().map(|c| Target { socket: SocketId::PRIMARY, addr: c.addr, path: c.path });
         let (pool, pool_target, spray) = match plan.birthday {
@@ -222,8 +228,9 @@ impl Attempt {
             None => (Vec::new(), None, None),
         };
         Attempt {
-            probe: proof(false),
-            ack: proof(true),
+            proof: me.punch(&nonce, &peer, false),
+            secret,
+            echoes: HashMap::new(),
             peer,
             me: me.peer_id(),
             nonce,
@@ -279,38 +286,48 @@ impl Attempt {
             tracing::debug!(peer = %self.peer, %src, "dropped punch proof that does not verify");
             return;
         }
-        tracing::debug!(peer = %self.peer, %src, ack = ?punch.ack, state = ?self.state, "punch proof");
-        if !self.proven.contains(&src) && self.proven.len() < MAX_PROVEN {
+        // Does it echo our token for this very address, i.e. does the peer receive here?
+        let verified = punch.echo == Some(self.token(src));
+        tracing::debug!(peer = %self.peer, %src, ack = ?punch.ack, verified, state = ?self.state, "punch proof");
+        if self.echoes.len() < MAX_PROVEN || self.echoes.contains_key(&src) {
+            self.echoes.insert(src, punch.token.unwrap_or_default());
+        }
+        if verified && !self.proven.contains(&src) && self.proven.len() < MAX_PROVEN {
             self.proven.push(src);
             if matches!(self.state, State::Connected { .. }) {
                 self.events.push_back(Event::PathProven { peer: self.peer, addr: src });
             }
         }
         if punch.ack != Some(true) {
+            // Answered 1:1 whatever the address: same size, and capped per attempt.
             if self.stats.acks >= self.config.max_acks {
                 self.stats.dropped_over_ack_limit += 1;
             } else {
                 self.stats.acks += 1;
-                self.transmits.push_back(Transmit { socket, dst: src, payload: self.ack.clone() });
+                let payload = self.frame(src, true);
+                self.transmits.push_back(Transmit { socket, dst: src, payload });
             }
-            // The peer reached us here: aim there too, from the socket it reached (its NAT
-            // may have picked a port nobody observed, or a sprayed guess hit our pool).
+            // Probed from now on, from the socket it reached: an address the introduction
+            // named (the peer may answer from a pool socket), or one the peer proved.
+            let planned = self.targets.iter().any(|t| t.addr == src) || self.pool_target == Some(src);
             let known = self.targets.iter().any(|t| t.addr == src && t.socket == socket);
-            if !known && self.targets.len() < self.config.max_candidates {
+            if (planned || verified) && !known && self.targets.len() < self.config.max_candidates {
                 self.targets.push(Target { socket, addr: src, path: self.path_to(src) });
-                // A proof from an unplanned address of the hard side is a hit: its port is known.
-                if self.spray.as_ref().is_some_and(|s| s.ip == src.ip()) {
-                    tracing::debug!(peer = %self.peer, %src, sprayed = self.stats.sprayed, "birthday hit");
-                    self.spray = None;
-                }
             }
             // A responder need not wait any longer: the peer's NAT is open toward us.
             if self.state == State::Punching && self.next_send > now {
                 self.next_send = now;
             }
-            return;
         }
-        if self.state == State::Punching {
+        // A proof from an address of the hard side that echoes our guess there: a hit.
+        if verified && self.spray.as_ref().is_some_and(|s| s.ip == src.ip()) {
+            tracing::debug!(peer = %self.peer, %src, sprayed = self.stats.sprayed, "birthday hit");
+            self.spray = None;
+            if !self.targets.iter().any(|t| t.addr == src) && self.targets.len() < self.config.max_candidates {
+                self.targets.push(Target { socket, addr: src, path: Path::Direct });
+            }
+        }
+        if punch.ack == Some(true) && verified && self.state == State::Punching {
             let target = Target { socket, addr: src, path: self.path_to(src) };
             let lan_pending = self.targets.iter().any(|t| t.path == Path::Local);
             match (target.path, lan_pending) {
@@ -320,6 +337,23 @@ impl Attempt {
                 _ => self.connect(now, target),
             }
         }
+    }
+
+    /// Our token for `addr`: a keyed hash only we can compute.
+    fn token(&self, addr: SocketAddr) -> u64 {
+        let digest = Sha256::new().chain_update(self.secret).chain_update(addr.to_string()).finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
+    }
+
+    /// Our proof as a datagram for `dst`: its token and our echo of `dst`'s.
+    fn frame(&self, dst: SocketAddr, ack: bool) -> Vec<u8> {
+        let punch = pb::Punch {
+            ack: Some(ack),
+            token: Some(self.token(dst)),
+            echo: Some(self.echoes.get(&dst).copied().unwrap_or_default()),
+            ..self.proof.clone()
+        };
+        encode_envelope(&pb::Envelope { kind: Some(Kind::Punch(punch)) })
     }
 
     fn path_to(&self, addr: SocketAddr) -> Path {
@@ -339,6 +373,11 @@ impl Attempt {
             probes: self.stats.probes,
             elapsed: now - self.started,
         });
+        // One more proof back over the winning path: it echoes the peer's token there, so a
+        // peer that only knew this address from our proofs can trust it too.
+        let payload = self.frame(remote, false);
+        self.transmits.push_back(Transmit { socket, dst: remote, payload });
+        self.stats.probes += 1;
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -369,8 +408,9 @@ impl Attempt {
                     self.send_spray(now);
                 }
                 if let Some(target) = self.pool_target.filter(|_| now >= self.next_pool_send) {
+                    let payload = self.frame(target, false);
                     for &socket in &self.pool {
-                        self.transmits.push_back(Transmit { socket, dst: target, payload: self.probe.clone() });
+                        self.transmits.push_back(Transmit { socket, dst: target, payload: payload.clone() });
                     }
                     self.stats.probes += self.pool.len() as u32;
                     self.next_pool_send = now + self.config.pool_refresh;
@@ -384,7 +424,8 @@ impl Attempt {
     /// One round: a proof to every target.
     fn send_round(&mut self) {
         for target in &self.targets {
-            self.transmits.push_back(Transmit { socket: target.socket, dst: target.addr, payload: self.probe.clone() });
+            let payload = self.frame(target.addr, false);
+            self.transmits.push_back(Transmit { socket: target.socket, dst: target.addr, payload });
         }
         self.stats.probes += self.targets.len() as u32;
     }
@@ -395,10 +436,10 @@ impl Attempt {
         spray.next = now + self.config.interval;
         let untried = u32::from(u16::MAX - 1023) - spray.tried.len() as u32;
         let batch = self.config.spray_per_round.min(self.config.spray_max - self.stats.sprayed).min(untried);
-        for _ in 0..batch {
-            let port = spray.next_port();
-            let dst = SocketAddr::new(spray.ip, port);
-            self.transmits.push_back(Transmit { socket: SocketId::PRIMARY, dst, payload: self.probe.clone() });
+        let guesses: Vec<SocketAddr> = (0..batch).map(|_| SocketAddr::new(spray.ip, spray.next_port())).collect();
+        for dst in guesses {
+            let payload = self.frame(dst, false);
+            self.transmits.push_back(Transmit { socket: SocketId::PRIMARY, dst, payload });
         }
         self.stats.sprayed += batch;
         self.stats.probes += batch;

@@ -84,7 +84,17 @@ fn pair(now: Instant, b_sends_first: bool) -> Pair {
         birthday: None,
     };
     Pair {
-        a: Attempt::new(Config::default(), &alice, bob.peer_id(), nonce.clone(), true, plan_to(b_addr, true), &[], now),
+        a: Attempt::new(
+            Config::default(),
+            &alice,
+            bob.peer_id(),
+            nonce.clone(),
+            true,
+            plan_to(b_addr, true),
+            &[],
+            1,
+            now,
+        ),
         b: Attempt::new(
             Config::default(),
             &bob,
@@ -93,6 +103,7 @@ fn pair(now: Instant, b_sends_first: bool) -> Pair {
             false,
             plan_to(a_addr, b_sends_first),
             &[],
+            1,
             now,
         ),
         a_addr,
@@ -184,7 +195,7 @@ fn gives_up_at_the_timeout_with_a_bounded_probe_count() {
 }
 
 #[test]
-fn a_later_proof_over_another_address_is_reported_after_connecting() {
+fn a_later_path_counts_only_once_the_peer_echoes_our_token_from_it() {
     let now = Instant::now();
     let mut p = pair(now, true);
     p.a.handle_timeout(now);
@@ -192,10 +203,17 @@ fn a_later_proof_over_another_address_is_reported_after_connecting() {
     deliver(now, &mut p);
     assert!(matches!(p.a.poll_event(), Some(Event::Connected { .. })));
     let other: SocketAddr = "10.0.0.9:2000".parse().unwrap();
+    // A valid proof from another address — the peer's, or one replayed by anybody.
     let late = Identity::from_seed(2).punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), false);
     p.a.handle_punch(now, SocketId::PRIMARY, other, &late);
+    assert_eq!(p.a.poll_event(), None, "an unproven address is not a path");
+    let answer = punch_of(&p.a.poll_transmit().expect("answered 1:1"));
+    assert!(p.a.poll_transmit().is_none(), "and nothing else is sent there");
+    // Whoever receives at that address can echo our token from it: that proves the path.
+    let echoing = pb::Punch { echo: answer.token, ..late };
+    p.a.handle_punch(now, SocketId::PRIMARY, other, &echoing);
     assert_eq!(p.a.poll_event(), Some(Event::PathProven { peer: Identity::from_seed(2).peer_id(), addr: other }));
-    p.a.handle_punch(now, SocketId::PRIMARY, other, &late);
+    p.a.handle_punch(now, SocketId::PRIMARY, other, &echoing);
     assert_eq!(p.a.poll_event(), None, "reported once");
 }
 
@@ -211,7 +229,7 @@ fn a_sequential_hard_side_is_predicted_from_where_the_introducer_saw_it() {
     // And the first guesses stride through the ports after it, half a pool apart.
     let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
     let now = Instant::now();
-    let mut a = Attempt::new(Config::default(), &alice, bob.peer_id(), vec![5u8; 16], true, p, &[], now);
+    let mut a = Attempt::new(Config::default(), &alice, bob.peer_id(), vec![5u8; 16], true, p, &[], 1, now);
     a.handle_timeout(now);
     let guesses: Vec<u16> = std::iter::from_fn(|| a.poll_transmit()).map(|t| t.dst.port()).skip(1).take(3).collect();
     assert_eq!(guesses, vec![20008, 20008 + 128, 20008 + 256]);
@@ -228,7 +246,7 @@ fn spraying_keeps_its_pace_and_cap_whatever_arrives() {
     );
     let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
     let now = Instant::now();
-    let mut a = Attempt::new(Config::default(), &alice, bob.peer_id(), vec![5u8; 16], true, p.unwrap(), &[], now);
+    let mut a = Attempt::new(Config::default(), &alice, bob.peer_id(), vec![5u8; 16], true, p.unwrap(), &[], 1, now);
     let config = Config::default();
     let mut sent = 0;
     while let Some(t) = a.poll_timeout() {
@@ -247,7 +265,7 @@ fn only_a_few_attempts_spray_at_once() {
     let now = Instant::now();
     let me = Identity::from_seed(1);
     let mine = report("203.0.113.1:1000", NatType::Easy);
-    let mut attempts = actor::Attempts::new(Config::default(), me.clone());
+    let mut attempts = actor::Attempts::new(Config::default(), me.clone(), 7);
     let hard = |n: u64| {
         let peer = Identity::from_seed(100 + n);
         let public: SocketAddr = format!("198.51.100.{n}:40000").parse().unwrap();

@@ -200,7 +200,7 @@ impl SimNode {
             broker: None,
             relay: None,
             registrations: Registrations::new(config.registration.clone()),
-            attempts: Attempts::new(config.punch.clone(), identity.clone()),
+            attempts: Attempts::new(config.punch.clone(), identity.clone(), sim_secret(&identity)),
             sessions: Sessions::new(config.session.clone(), identity.clone()),
             identity,
             role,
@@ -259,7 +259,7 @@ impl SimNode {
     pub fn config(mut self, config: NodeConfig) -> Self {
         self.coordinator = Self::coordinator(&config, &self.identity);
         self.registrations = Registrations::new(config.registration.clone());
-        self.attempts = Attempts::new(config.punch.clone(), self.identity.clone());
+        self.attempts = Attempts::new(config.punch.clone(), self.identity.clone(), sim_secret(&self.identity));
         self.sessions = Sessions::new(config.session.clone(), self.identity.clone());
         self.config = config;
         self
@@ -597,6 +597,15 @@ impl SimNode {
         }
         self.pinging.retain(|(_, _, left)| *left > 0);
     }
+}
+
+/// A deterministic stand-in for the node's random token secret (runs must replay).
+fn sim_secret(identity: &Identity) -> u64 {
+    identity
+        .peer_id()
+        .to_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
 }
 
 fn due(deadline: Option<Instant>, now: Instant) -> bool {
