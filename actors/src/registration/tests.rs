@@ -34,6 +34,12 @@ fn exchange(now: Instant, broker: &mut Broker, clients: &mut [(&mut Registration
     }
 }
 
+/// An introducer and Alice's (not yet registered) client, at her address.
+fn alice_and_her_introducer(now: Instant) -> (Broker, Registration, SocketAddr) {
+    let broker = Broker::new(broker::Config::default(), now, StdRng::seed_from_u64(3));
+    (broker, client(&Identity::from_seed(1), now), "203.0.113.5:4000".parse().unwrap())
+}
+
 fn client(id: &Identity, now: Instant) -> Registration {
     let record = id.sign_record(pb::PeerRecord { issued_ms: 1, ..Default::default() });
     Registration::new(Config::default(), INTRODUCER.parse().unwrap(), SocketId::PRIMARY, record, now)
@@ -93,10 +99,7 @@ fn unanswered_registration_backs_off_reports_once_and_keeps_trying_slowly() {
 #[test]
 fn an_introducer_back_after_an_outage_is_registered_with_again() {
     let now = Instant::now();
-    let mut broker = Broker::new(broker::Config::default(), now, StdRng::seed_from_u64(3));
-    let alice = Identity::from_seed(1);
-    let mut a = client(&alice, now);
-    let a_addr: SocketAddr = "203.0.113.5:4000".parse().unwrap();
+    let (mut broker, mut a, a_addr) = alice_and_her_introducer(now);
     // The introducer is down: every try is lost, until the client reports it unreachable.
     while a.poll_event().is_none() {
         let t = a.poll_timeout().unwrap();
@@ -140,10 +143,7 @@ fn an_introduction_nobody_asked_for_about_someone_else_is_dropped() {
 #[test]
 fn a_spoofed_introduction_without_our_cookies_mac_is_dropped() {
     let now = Instant::now();
-    let mut broker = Broker::new(broker::Config::default(), now, StdRng::seed_from_u64(3));
-    let alice = Identity::from_seed(1);
-    let mut a = client(&alice, now);
-    let a_addr: SocketAddr = "203.0.113.5:4000".parse().unwrap();
+    let (mut broker, mut a, a_addr) = alice_and_her_introducer(now);
     a.handle_timeout(now);
     exchange(now, &mut broker, &mut [(&mut a, a_addr)]);
     assert!(matches!(a.poll_event(), Some(Event::Registered { .. })));
