@@ -505,6 +505,8 @@ mod tests {
             peer_public: nat.public_addr,
             nonce: vec![9; 16],
             initiator: me.peer_id() < peer.peer_id(),
+            fresh: false,
+            introducer: "192.0.2.1:3478".parse().unwrap(),
         }))
     }
 

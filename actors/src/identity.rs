@@ -11,6 +11,7 @@ use prost::Message;
 
 const RECORD_DOMAIN: &[u8] = b"introducer/peer-record/v1";
 const PUNCH_DOMAIN: &[u8] = b"introducer/punch/v1";
+const NEW_MAPPING_DOMAIN: &[u8] = b"introducer/new-mapping/v1";
 
 /// A node's keypair with its derived names, computed once.
 #[derive(Clone)]
@@ -90,6 +91,27 @@ impl Identity {
             echo: None,
         }
     }
+}
+
+impl Identity {
+    /// Shows the introducer a fresh mapping for the introduction `nonce`.
+    pub fn new_mapping(&self, nonce: &[u8]) -> pb::NewMapping {
+        let signature = self.keypair.sign(&[NEW_MAPPING_DOMAIN, nonce].concat());
+        pb::NewMapping {
+            nonce: nonce.to_vec().into(),
+            public_key: self.public_key.clone().into(),
+            signature: signature.into(),
+        }
+    }
+}
+
+/// Checks a [`pb::NewMapping`]'s signature; returns the signer.
+pub fn verify_new_mapping(m: &pb::NewMapping) -> Result<PeerId, SignatureError> {
+    let key = decode_key(&m.public_key)?;
+    if !key.verify(&[NEW_MAPPING_DOMAIN, &m.nonce[..]].concat(), &m.signature) {
+        return Err(SignatureError::BadSignature);
+    }
+    Ok(key.to_peer_id())
 }
 
 fn punch_message(nonce: &[u8], to: &PeerId) -> Vec<u8> {

@@ -6,8 +6,9 @@ use introducer_proto::pb;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// How a NAT picks the external endpoint for an outgoing flow (RFC 4787 §4.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How a NAT picks the external endpoint for an outgoing flow (RFC 4787 §4.1), from the
+/// least restrictive to the most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mapping {
     /// One external endpoint per internal endpoint, whatever the destination.
     EndpointIndependent,
@@ -17,8 +18,9 @@ pub enum Mapping {
     AddressAndPortDependent,
 }
 
-/// Which inbound packets a NAT lets through to a mapping (RFC 4787 §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which inbound packets a NAT lets through to a mapping (RFC 4787 §5), from the least
+/// restrictive to the most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Filtering {
     /// Anyone may send to the mapping ("full cone").
     EndpointIndependent,
@@ -225,6 +227,23 @@ impl NatBehavior {
         self
     }
 
+    /// This NAT behind `outer` (a home router behind a carrier-grade NAT), as the internet
+    /// sees the pair: each property is the more restrictive layer's, the outer layer picks
+    /// the public port unless it preserves the inner one's, and a mapping lives as long as
+    /// the shorter-lived layer keeps it. Hairpinning through both needs both.
+    pub fn behind(self, outer: NatBehavior) -> NatBehavior {
+        NatBehavior {
+            mapping: self.mapping.max(outer.mapping),
+            filtering: self.filtering.max(outer.filtering),
+            allocation: match outer.allocation {
+                Allocation::Preserving => self.allocation,
+                chosen => chosen,
+            },
+            hairpin: self.hairpin && outer.hairpin,
+            mapping_lifetime: self.mapping_lifetime.min(outer.mapping_lifetime),
+        }
+    }
+
     pub fn nat_type(&self) -> NatType {
         match self.mapping {
             Mapping::EndpointIndependent => NatType::Easy,
@@ -260,6 +279,17 @@ mod tests {
             allocation: Some(Allocation::Sequential { step: 2 }),
         };
         assert_eq!(NatReport::try_from(&pb::NatReport::from(&report)), Ok(report));
+    }
+
+    #[test]
+    fn two_nats_in_a_row_look_like_their_most_restrictive_layer() {
+        let home = NatBehavior::FULL_CONE.with_mapping_lifetime(Duration::from_secs(20));
+        let pair = home.behind(NatBehavior::SYMMETRIC_SEQUENTIAL);
+        assert_eq!(pair, NatBehavior::SYMMETRIC_SEQUENTIAL.with_mapping_lifetime(Duration::from_secs(20)));
+        // A preserving outer layer passes the inner layer's ports through.
+        assert_eq!(NatBehavior::SYMMETRIC_RANDOM.behind(NatBehavior::FULL_CONE), NatBehavior::SYMMETRIC_RANDOM);
+        let cgnat = NatBehavior::EIM_RANDOM_PORT;
+        assert_eq!(NatBehavior::RESTRICTED_CONE.behind(cgnat), NatBehavior::EIM_RANDOM_PORT);
     }
 
     #[test]

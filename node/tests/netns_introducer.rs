@@ -227,7 +227,34 @@ fn sequential_ports_are_predicted() {
     println!("easy asks sequential hard: {connected}");
 }
 
-/// Two hard NATs cannot be punched: the introducer relays, and says so.
+/// Opens `flows` new mappings on the NAT in front of `host`: one datagram to each of as
+/// many ports of public node B, as a busy LAN does.
+fn take_ports(host: &Host, flows: u16) {
+    let socket = host.udp_socket((Ipv4Addr::UNSPECIFIED, 0));
+    for port in 0..flows {
+        socket.send_to(b"x", (B_IP, 10_000 + port)).expect("send");
+    }
+}
+
+/// Two sequential NATs whose counters moved since their peers registered (others behind
+/// them took 600 and 200 ports): each side shows the introducer a new mapping, and from
+/// there both walk each other's next ports and meet directly.
+#[test]
+fn two_sequential_nats_predict_each_other() {
+    let mesh = Mesh::new("ss");
+    let (target_nat, target) = mesh.std.natted_host("p1", NatBehavior::SYMMETRIC_SEQUENTIAL);
+    let (pinger_nat, pinger) = mesh.std.natted_host("p2", NatBehavior::SYMMETRIC_SEQUENTIAL);
+    let target_peer = mesh.peer(&target);
+    take_ports(&mesh.std.lab.host_behind(&target_nat, "busy1"), 600);
+    take_ports(&mesh.std.lab.host_behind(&pinger_nat, "busy2"), 200);
+    let connected = mesh.ping(&pinger, &target_peer);
+    assert_eq!((connected["path"].as_str(), connected["strategy"].as_str()), (Some("direct"), Some("predict")));
+    let probes = connected["probes"].as_u64().unwrap();
+    assert!(probes <= 200, "the walk started near the counters: {probes} probes");
+    println!("sequential x sequential: {connected}");
+}
+
+/// Two hard NATs that are not both sequential cannot be punched: the introducer relays.
 #[test]
 fn two_hard_nats_connect_through_the_relay() {
     let mesh = Mesh::new("hd");

@@ -8,9 +8,12 @@
 //!
 //! On an introduction request the broker sends both peers each other's signed record,
 //! the public address it observed for each, and one fresh nonce; the peers then punch.
+//! A peer behind a sequential NAT may then show a new mapping ([`pb::NewMapping`]): the
+//! other peer gets the introduction again with that address, so it predicts from where
+//! the NAT's port counter stands now.
 
 use crate::cookie::{introduction_mac, Cookies};
-use crate::identity::{verify_record, VerifiedRecord};
+use crate::identity::{verify_new_mapping, verify_record, VerifiedRecord};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
@@ -62,6 +65,10 @@ pub struct Stats {
     pub dropped_rate_limited: u64,
     /// Registrations displaced by another identity from the same address.
     pub replaced: u64,
+    /// New mappings passed on, and those dropped (unknown introduction, bad signature,
+    /// another IP than registered, over the per-introduction budget).
+    pub new_mappings: u64,
+    pub dropped_new_mapping: u64,
     pub expired: u64,
 }
 
@@ -83,13 +90,28 @@ struct Registration {
     /// Token bucket for introduction requests.
     tokens: f64,
     refilled: Instant,
-    /// The last introductions this peer asked for: (request id, target, nonce). A repeat
-    /// gets the same nonce, so the target's copy can be lost without orphaning the punch.
-    recent: VecDeque<(u64, PeerId, [u8; 16])>,
+    /// The last introductions this peer asked for. A repeat gets the same nonce, so the
+    /// target's copy can be lost without orphaning the punch.
+    recent: VecDeque<Recent>,
+}
+
+/// An introduction, remembered for repeats and new mappings.
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    request_id: u64,
+    target: PeerId,
+    nonce: [u8; 16],
+    /// New mappings shown for it, by the requester and by the target: introduced in place
+    /// of the registered addresses from then on.
+    moved: [Option<SocketAddr>; 2],
+    /// New mappings it may still pass on.
+    moves_left: u8,
 }
 
 /// Introductions remembered per requester for repeats.
 const RECENT_INTRODUCTIONS: usize = 4;
+/// New mappings passed on per introduction, at most: each sends a peer one datagram.
+const MOVES_PER_INTRODUCTION: u8 = 4;
 
 pub struct Broker {
     config: Config,
@@ -97,6 +119,8 @@ pub struct Broker {
     rng: StdRng,
     by_peer: HashMap<PeerId, Registration>,
     by_addr: HashMap<SocketAddr, PeerId>,
+    /// The requester of each remembered introduction, by nonce.
+    by_nonce: HashMap<[u8; 16], PeerId>,
     /// Expiry is checked in sweeps (every quarter TTL), not per registration, so that
     /// `poll_timeout` stays O(1) with many registrations.
     next_sweep: Option<Instant>,
@@ -113,6 +137,7 @@ impl Broker {
             rng,
             by_peer: HashMap::new(),
             by_addr: HashMap::new(),
+            by_nonce: HashMap::new(),
             next_sweep: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -137,6 +162,7 @@ impl Broker {
         match kind {
             Kind::Register(register) => self.on_register(now, socket, src, register),
             Kind::IntroduceRequest(request) => self.on_introduce(now, src, socket, request),
+            Kind::NewMapping(m) => self.on_new_mapping(src, &m),
             _ => {}
         }
     }
@@ -218,44 +244,80 @@ impl Broker {
             self.send(socket, src, Kind::IntroduceError(error));
             return;
         };
-        let repeat = self.by_peer[&requester].recent.iter().find(|(id, t, _)| *id == request_id && *t == target);
-        let nonce: [u8; 16] = match repeat {
-            Some(&(_, _, nonce)) => nonce,
+        let repeat = self.by_peer[&requester].recent.iter().find(|r| r.request_id == request_id && r.target == target);
+        let recent = match repeat {
+            Some(&recent) => recent,
             None => {
                 let nonce = self.rng.gen();
-                let recent = &mut self.by_peer.get_mut(&requester).expect("registered").recent;
-                if recent.len() == RECENT_INTRODUCTIONS {
-                    recent.pop_front();
+                let recent = Recent { request_id, target, nonce, moved: [None; 2], moves_left: MOVES_PER_INTRODUCTION };
+                let list = &mut self.by_peer.get_mut(&requester).expect("registered").recent;
+                if list.len() == RECENT_INTRODUCTIONS {
+                    if let Some(old) = list.pop_front() {
+                        self.by_nonce.remove(&old.nonce);
+                    }
                 }
-                recent.push_back((request_id, target, nonce));
-                nonce
+                list.push_back(recent);
+                self.by_nonce.insert(nonce, requester);
+                recent
             }
         };
-        let target_reg = &self.by_peer[&target];
-        let requester_reg = &self.by_peer[&requester];
-        let mut to_requester = pb::Introduction {
-            request_id,
-            peer: Some(target_reg.record.signed.clone()),
-            peer_public: Some(target_reg.addr.into()),
-            nonce: nonce.to_vec().into(),
-            initiator: true,
-            mac: 0,
-        };
-        let mut to_target = pb::Introduction {
-            request_id,
-            peer: Some(requester_reg.record.signed.clone()),
-            peer_public: Some(requester_reg.addr.into()),
-            nonce: nonce.to_vec().into(),
-            initiator: false,
-            mac: 0,
-        };
-        to_requester.mac = introduction_mac(requester_reg.cookie, &to_requester);
-        to_target.mac = introduction_mac(target_reg.cookie, &to_target);
-        let (target_socket, target_addr) = (target_reg.socket, target_reg.addr);
-        self.send(socket, src, Kind::Introduction(to_requester));
-        self.send(target_socket, target_addr, Kind::Introduction(to_target));
+        self.introduce(requester, &recent, true);
+        self.introduce(requester, &recent, false);
         self.stats.introduced += 1;
         self.events.push_back(Event::Introduced { requester, target });
+    }
+
+    /// Sends one side of an introduction: to the requester (`initiator`) or to the target,
+    /// naming the other side at its newest mapping.
+    fn introduce(&mut self, requester: PeerId, recent: &Recent, initiator: bool) {
+        let (to, about, moved) = match initiator {
+            true => (requester, recent.target, recent.moved[1]),
+            false => (recent.target, requester, recent.moved[0]),
+        };
+        let (to, about) = (&self.by_peer[&to], &self.by_peer[&about]);
+        let mut introduction = pb::Introduction {
+            request_id: recent.request_id,
+            peer: Some(about.record.signed.clone()),
+            peer_public: Some(moved.unwrap_or(about.addr).into()),
+            nonce: recent.nonce.to_vec().into(),
+            initiator,
+            mac: 0,
+            fresh: moved.is_some(),
+        };
+        introduction.mac = introduction_mac(to.cookie, &introduction);
+        let (socket, addr) = (to.socket, to.addr);
+        self.send(socket, addr, Kind::Introduction(introduction));
+    }
+
+    /// A peer showed a new mapping for an introduction: the other side hears of it. Only
+    /// from the IP the peer registered from (it moves a peer within its own NAT's ports,
+    /// nowhere else), and a few times per introduction.
+    fn on_new_mapping(&mut self, src: SocketAddr, m: &pb::NewMapping) {
+        let nonce: Option<[u8; 16]> = m.nonce[..].try_into().ok();
+        let requester = nonce.and_then(|n| self.by_nonce.get(&n).copied());
+        let signer = verify_new_mapping(m).ok();
+        let (Some(nonce), Some(requester), Some(signer)) = (nonce, requester, signer) else {
+            self.stats.dropped_new_mapping += 1;
+            return;
+        };
+        let signer_ip = self.by_peer.get(&signer).map(|r| r.addr.ip());
+        let recent = self.by_peer.get(&requester).and_then(|r| r.recent.iter().find(|r| r.nonce == nonce)).copied();
+        let Some(mut recent) = recent else {
+            self.stats.dropped_new_mapping += 1;
+            return;
+        };
+        let side = usize::from(signer != requester);
+        let ok = (signer == requester || signer == recent.target) && signer_ip == Some(src.ip());
+        if !ok || recent.moves_left == 0 || !self.by_peer.contains_key(&recent.target) {
+            self.stats.dropped_new_mapping += 1;
+            return;
+        }
+        recent.moves_left -= 1;
+        recent.moved[side] = Some(src);
+        let list = &mut self.by_peer.get_mut(&requester).expect("checked above").recent;
+        list.iter_mut().filter(|r| r.nonce == nonce).for_each(|r| *r = recent);
+        self.introduce(requester, &recent, side == 1);
+        self.stats.new_mappings += 1;
     }
 
     fn send(&mut self, socket: SocketId, dst: SocketAddr, kind: Kind) {
@@ -274,6 +336,8 @@ impl Broker {
             self.stats.expired += 1;
             self.events.push_back(Event::Expired { peer });
         }
+        let by_peer = &self.by_peer;
+        self.by_nonce.retain(|_, requester| by_peer.contains_key(requester));
         self.next_sweep = (!self.by_peer.is_empty()).then(|| now + self.config.registration_ttl / 4);
     }
 

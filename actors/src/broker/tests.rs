@@ -189,3 +189,54 @@ fn a_repeated_request_gets_the_same_nonce_and_a_new_one_a_fresh_nonce() {
     assert_eq!(nonce_to_bob(7), first);
     assert_ne!(nonce_to_bob(8), first);
 }
+
+#[test]
+fn a_new_mapping_is_passed_on_to_the_other_side_only_from_the_registered_ip_and_a_few_times() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let (alice, bob, a_addr, b_addr) = alice_and_bob_registered(&mut b, now);
+    let ask =
+        |id| Kind::IntroduceRequest(pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id: id });
+    b.handle(now, SocketId::PRIMARY, a_addr, ask(7));
+    let Kind::Introduction(first) = decode(&b.poll_transmit().unwrap()) else { panic!() };
+    b.poll_transmit().unwrap();
+    let moved: SocketAddr = "203.0.113.9:5017".parse().unwrap();
+    let shown = Kind::NewMapping(bob.new_mapping(&first.nonce));
+
+    // From another IP, forged, or for no introduction: nothing.
+    b.handle(now, SocketId::PRIMARY, "203.0.113.10:5017".parse().unwrap(), shown.clone());
+    let Kind::NewMapping(mut forged) = shown.clone() else { unreachable!() };
+    forged.signature = vec![0; 64].into();
+    b.handle(now, SocketId::PRIMARY, moved, Kind::NewMapping(forged));
+    b.handle(now, SocketId::PRIMARY, moved, Kind::NewMapping(bob.new_mapping(&[9; 16])));
+    assert_eq!(b.poll_transmit(), None);
+    assert_eq!(b.stats().dropped_new_mapping, 3);
+
+    // Bob's new mapping reaches Alice, in an introduction like the first, marked fresh.
+    b.handle(now, SocketId::PRIMARY, moved, shown.clone());
+    let t = b.poll_transmit().unwrap();
+    assert_eq!(t.dst, a_addr);
+    let Kind::Introduction(update) = decode(&t) else { panic!() };
+    assert_eq!(SocketAddr::try_from(update.peer_public.as_ref().unwrap()).unwrap(), moved);
+    assert!(update.fresh && update.initiator);
+    assert_eq!((update.nonce.clone(), update.request_id), (first.nonce.clone(), first.request_id));
+    assert_eq!(update.mac, crate::cookie::introduction_mac(b.by_peer[&alice.peer_id()].cookie, &update));
+    assert_eq!(b.poll_transmit(), None, "nothing back to Bob's new mapping");
+    // Repeats of the request name Bob at his new mapping from now on; Alice is unmoved.
+    b.handle(now, SocketId::PRIMARY, a_addr, ask(7));
+    let Kind::Introduction(repeat) = decode(&b.poll_transmit().unwrap()) else { panic!() };
+    assert_eq!(repeat.peer_public, update.peer_public);
+    let Kind::Introduction(to_bob) = decode(&b.poll_transmit().unwrap()) else { panic!() };
+    assert!(!to_bob.fresh);
+    assert_eq!(SocketAddr::try_from(to_bob.peer_public.as_ref().unwrap()).unwrap(), a_addr);
+
+    // A few per introduction, then no more.
+    for _ in 1..MOVES_PER_INTRODUCTION {
+        b.handle(now, SocketId::PRIMARY, moved, shown.clone());
+        assert!(b.poll_transmit().is_some());
+    }
+    b.handle(now, SocketId::PRIMARY, moved, shown);
+    assert_eq!(b.poll_transmit(), None);
+    assert_eq!((b.stats().new_mappings, b.stats().dropped_new_mapping), (4, 4));
+    let _ = b_addr;
+}

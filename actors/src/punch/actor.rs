@@ -29,6 +29,8 @@ pub struct Attempts {
     /// Keys every attempt's path tokens.
     secret: u64,
     by_nonce: HashMap<Vec<u8>, Attempt>,
+    /// The pool socket the next new mapping is shown from.
+    next_new_mapping: usize,
     /// Proofs for no attempt of ours.
     pub dropped_unknown_nonce: u64,
 }
@@ -36,7 +38,15 @@ pub struct Attempts {
 impl Attempts {
     /// `secret` keys the path tokens: random per node (a seed on the simulator).
     pub fn new(config: Config, me: Identity, secret: u64) -> Self {
-        Attempts { config, me, pool: Vec::new(), secret, by_nonce: HashMap::new(), dropped_unknown_nonce: 0 }
+        Attempts {
+            config,
+            me,
+            pool: Vec::new(),
+            secret,
+            by_nonce: HashMap::new(),
+            next_new_mapping: 0,
+            dropped_unknown_nonce: 0,
+        }
     }
 
     /// The sockets the driver bound for birthday punching (kept for every later attempt).
@@ -46,8 +56,12 @@ impl Attempts {
 
     /// Starts punching toward an introduced peer, if this strategies can.
     pub fn start(&mut self, now: Instant, mine: &NatReport, introduced: Introduced) -> Result<(), Unpunchable> {
-        // The introducer repeats an introduction until the punch settles: same nonce, same attempt.
-        if self.by_nonce.contains_key(&introduced.nonce) {
+        // The introducer repeats an introduction until the punch settles: same nonce, same
+        // attempt; a repeat may carry a new mapping the peer showed.
+        if let Some(attempt) = self.by_nonce.get_mut(&introduced.nonce) {
+            if introduced.fresh {
+                attempt.peer_moved(now, introduced.peer_public);
+            }
             return Ok(());
         }
         if self.by_nonce.len() >= self.config.max_attempts {
@@ -76,7 +90,7 @@ impl Attempts {
             _ => {}
         }
         let (peer, nonce) = (introduced.peer.peer_id, introduced.nonce.clone());
-        let attempt = Attempt::new(
+        let mut attempt = Attempt::new(
             self.config.clone(),
             &self.me,
             peer,
@@ -87,6 +101,17 @@ impl Attempts {
             self.secret,
             now,
         );
+        if attempt.walks_both() {
+            // From a pool socket not used for this lately: the pool is far larger than the
+            // attempts a NAT mapping outlives.
+            if let Some(&socket) = self.pool.get(self.next_new_mapping % self.pool.len().max(1)) {
+                self.next_new_mapping += 1;
+                attempt.show_new_mapping(&self.me, socket, introduced.introducer);
+            }
+            if introduced.fresh {
+                attempt.peer_moved(now, introduced.peer_public);
+            }
+        }
         self.by_nonce.insert(introduced.nonce, attempt);
         Ok(())
     }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 pub mod actor;
 pub mod plan;
 
-pub use plan::{plan, Birthday, Candidate, Path, Plan, Prediction, Strategy, Unpunchable};
+pub use plan::{plan, Birthday, Candidate, Path, Plan, Prediction, Strategy, Unpunchable, Walk};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -132,9 +132,19 @@ struct Target {
     path: Path,
 }
 
-/// Predicted guesses before falling back to random ones: with a stride of half the pool,
-/// 32 guesses cover 4096 allocations by anyone behind the hard NAT since it registered.
+/// Predicted guesses at a pool before falling back to random ones: with a stride of half
+/// the pool, 32 guesses cover 4096 allocations by anyone behind the hard NAT since it
+/// registered.
 const PREDICTED_GUESSES: u32 = 32;
+
+/// The first pass of a [`Walk::Both`]: the two sides meet within it when fewer than 64
+/// ports were taken on both NATs together since the introducer saw them (each pass
+/// doubles; five passes fit in `spray_max`).
+const FIRST_PASS: u32 = 64;
+
+/// How long a [`Walk::Both`] waits for the peer's new mapping before walking from where
+/// the peer registered (its NAT's counter may have moved far since).
+const NEW_MAPPING_WAIT: Duration = Duration::from_secs(1);
 
 /// The easy side's guesses at the hard side's ports.
 struct Spray {
@@ -142,11 +152,14 @@ struct Spray {
     rng: StdRng,
     tried: HashSet<u16>,
     predict: Option<Prediction>,
-    /// Predicted guesses made so far.
+    /// Predicted guesses made so far (in this pass, for [`Walk::Both`]).
     predicted: u32,
     /// Stride between predicted guesses, in allocations: half the hard side's pool, so
-    /// its block of consecutive ports cannot fall between two guesses.
+    /// its block of consecutive ports cannot fall between two guesses; 1 or 2 when both
+    /// sides walk.
     stride: i64,
+    /// The current pass's length ([`Walk::Both`]).
+    pass: u32,
     /// Its own pace: the spray rate holds whatever else makes the attempt send.
     next: Instant,
 }
@@ -186,6 +199,8 @@ pub struct Attempt {
     echoes: HashMap<SocketAddr, u64>,
     started: Instant,
     next_send: Instant,
+    /// Rounds of proofs sent to the targets so far.
+    rounds: u32,
     /// A public path that answered while LAN candidates were still pending, and until when
     /// to wait for one of those.
     grace: Option<(Target, Instant)>,
@@ -220,9 +235,17 @@ impl Attempt {
             Some(Birthday::Spray { ip, predict }) => {
                 // Seeded by the nonce: deterministic on the simulator, unpredictable to others.
                 let seed = nonce.iter().fold(0u64, |acc, b| acc.rotate_left(8) ^ u64::from(*b));
-                let stride = (i64::from(config.pool_size) / 2).max(1);
+                let stride = match predict.map(|p| p.walk) {
+                    Some(Walk::Both) => 2 - i64::from(initiator),
+                    _ => (i64::from(config.pool_size) / 2).max(1),
+                };
                 let rng = StdRng::seed_from_u64(seed);
-                let spray = Spray { ip, rng, tried: HashSet::new(), predict, predicted: 0, stride, next: now };
+                let (tried, pass) = (HashSet::new(), FIRST_PASS);
+                let next = match predict.map(|p| p.walk) {
+                    Some(Walk::Both) => now + NEW_MAPPING_WAIT,
+                    _ => now,
+                };
+                let spray = Spray { ip, rng, tried, predict, predicted: 0, stride, pass, next };
                 (Vec::new(), None, Some(spray))
             }
             None => (Vec::new(), None, None),
@@ -244,6 +267,7 @@ impl Attempt {
             proven: Vec::new(),
             started: now,
             next_send,
+            rounds: 0,
             grace: None,
             state: State::Punching,
             stats: Stats::default(),
@@ -259,6 +283,33 @@ impl Attempt {
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Whether both sides walk each other's sequential ports: then each side shows the
+    /// introducer a new mapping ([`Attempt::show_new_mapping`]).
+    pub fn walks_both(&self) -> bool {
+        self.spray.as_ref().and_then(|s| s.predict).is_some_and(|p| p.walk == Walk::Both)
+    }
+
+    /// Shows the introducer a new mapping from `socket`, which must not have talked to it
+    /// lately: our NAT maps it anew, at the port its counter has reached, and the
+    /// introducer passes that on to the peer.
+    pub fn show_new_mapping(&mut self, me: &Identity, socket: SocketId, introducer: SocketAddr) {
+        let payload = encode_envelope(&pb::Envelope { kind: Some(Kind::NewMapping(me.new_mapping(&self.nonce))) });
+        self.transmits.push_back(Transmit { socket, dst: introducer, payload });
+    }
+
+    /// The introducer passed on a new mapping of the peer's: a walk of both sides starts
+    /// over from there, at once.
+    pub fn peer_moved(&mut self, now: Instant, addr: SocketAddr) {
+        let Some(spray) = self.spray.as_mut().filter(|s| s.ip == addr.ip()) else { return };
+        let Some(p) = spray.predict.as_mut().filter(|p| p.walk == Walk::Both) else { return };
+        if p.last != addr.port() {
+            tracing::debug!(peer = %self.peer, from = p.last, to = addr.port(), "peer showed a new mapping");
+            p.last = addr.port();
+            (spray.predicted, spray.pass) = (0, FIRST_PASS);
+        }
+        spray.next = spray.next.min(now);
     }
 
     /// Whether the attempt is still spraying guesses.
@@ -311,11 +362,12 @@ impl Attempt {
             // named (the peer may answer from a pool socket), or one the peer proved.
             let planned = self.targets.iter().any(|t| t.addr == src) || self.pool_target == Some(src);
             let known = self.targets.iter().any(|t| t.addr == src && t.socket == socket);
-            if (planned || verified) && !known && self.targets.len() < self.config.max_candidates {
-                self.targets.push(Target { socket, addr: src, path: self.path_to(src) });
+            if (planned || verified) && !known {
+                self.add_target(Target { socket, addr: src, path: self.path_to(src) });
             }
-            // A responder need not wait any longer: the peer's NAT is open toward us.
-            if self.state == State::Punching && self.next_send > now {
+            // A responder need not wait any longer: the peer's NAT is open toward us. Only
+            // the first round moves up: later proofs must not set the pace.
+            if self.state == State::Punching && self.rounds == 0 && self.next_send > now {
                 self.next_send = now;
             }
         }
@@ -323,8 +375,8 @@ impl Attempt {
         if verified && self.spray.as_ref().is_some_and(|s| s.ip == src.ip()) {
             tracing::debug!(peer = %self.peer, %src, sprayed = self.stats.sprayed, "birthday hit");
             self.spray = None;
-            if !self.targets.iter().any(|t| t.addr == src) && self.targets.len() < self.config.max_candidates {
-                self.targets.push(Target { socket, addr: src, path: Path::Direct });
+            if !self.targets.iter().any(|t| t.addr == src) {
+                self.add_target(Target { socket, addr: src, path: Path::Direct });
             }
         }
         if punch.ack == Some(true) && verified && self.state == State::Punching {
@@ -336,6 +388,20 @@ impl Attempt {
                 }
                 _ => self.connect(now, target),
             }
+        }
+    }
+
+    /// Probes `target` from now on, starting at once: it answered, so the round's pace
+    /// need not delay the proof that lets the peer connect. At most `max_candidates`.
+    fn add_target(&mut self, target: Target) {
+        if self.targets.len() >= self.config.max_candidates {
+            return;
+        }
+        self.targets.push(target);
+        if self.state == State::Punching {
+            let payload = self.frame(target.addr, false);
+            self.transmits.push_back(Transmit { socket: target.socket, dst: target.addr, payload });
+            self.stats.probes += 1;
         }
     }
 
@@ -423,6 +489,7 @@ impl Attempt {
 
     /// One round: a proof to every target.
     fn send_round(&mut self) {
+        self.rounds += 1;
         for target in &self.targets {
             let payload = self.frame(target.addr, false);
             self.transmits.push_back(Transmit { socket: target.socket, dst: target.addr, payload });
@@ -465,14 +532,21 @@ impl Attempt {
 }
 
 impl Spray {
-    /// The next untried port: predicted ones first, then random ones.
+    /// The next port to try: predicted ones first, then untried random ones. A walk of
+    /// both sides never turns random: its passes repeat instead.
     fn next_port(&mut self) -> u16 {
-        while let Some(Prediction { last, step }) = self.predict.filter(|_| self.predicted < PREDICTED_GUESSES) {
+        if let Some(p) = self.predict.filter(|p| p.walk == Walk::Both) {
+            if self.predicted == self.pass {
+                self.predicted = 0;
+                self.pass *= 2;
+            }
+            self.predicted += 1;
+            return p.port(self.stride * i64::from(self.predicted));
+        }
+        while let Some(p) = self.predict.filter(|_| self.predicted < PREDICTED_GUESSES) {
             let k = 1 + self.stride * i64::from(self.predicted);
             self.predicted += 1;
-            // Ports wrap within 1024..=65535, as allocators do.
-            let port = 1024 + (i64::from(last) - 1024 + i64::from(step) * k).rem_euclid(65536 - 1024);
-            let port = u16::try_from(port).expect("in 1024..=65535 by construction");
+            let port = p.port(k);
             if self.tried.insert(port) {
                 return port;
             }

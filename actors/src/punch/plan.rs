@@ -4,8 +4,9 @@
 //! strategy table): a public side is simply reached; two endpoint-independent mappings
 //! open each other by simultaneous open; a hard (destination-dependent) mapping facing an
 //! easy one is found by the birthday paradox; peers behind the same public IP try their
-//! private addresses. Two hard mappings cannot be punched this way and are reported as not
-//! reachable yet (the relay will carry them) rather than tried in vain.
+//! private addresses. Two hard mappings are punched only when both allocate in sequence
+//! (each predicts the other, see [`Walk::Both`]); any other hard pair is refused at once, so
+//! the relay carries it rather than a punch tried in vain.
 
 use super::is_public;
 use crate::nat::{NatReport, NatType};
@@ -43,7 +44,8 @@ pub enum Strategy {
     /// One hard side: it opens a pool of mappings, the easy side sprays random ports.
     Birthday,
     /// The hard side allocates ports in sequence: its pool lands just past the port the
-    /// introducer saw, and the easy side aims there before spraying at random.
+    /// introducer saw, and the easy side aims there before spraying at random. Two
+    /// sequential sides both aim at each other's next ports.
     Predict,
     /// No direct path: through the introducer's relay.
     Relay,
@@ -83,6 +85,33 @@ pub enum Birthday {
 pub struct Prediction {
     pub last: u16,
     pub step: i32,
+    pub walk: Walk,
+}
+
+impl Prediction {
+    /// The port `k` allocations after `last`, wrapping within 1024..=65535 as allocators do.
+    pub fn port(&self, k: i64) -> u16 {
+        let port = 1024 + (i64::from(self.last) - 1024 + i64::from(self.step) * k).rem_euclid(65536 - 1024);
+        u16::try_from(port).expect("in 1024..=65535 by construction")
+    }
+}
+
+/// How the guesses walk the peer's next ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// The peer opens a block of consecutive mappings (its pool): a guess every half
+    /// block finds it, whoever else took ports since; random guesses follow.
+    Pool,
+    /// Both sides allocate in sequence, so each guess also opens a mapping of our own.
+    /// The initiator guesses every next port of the peer, the other side every second
+    /// one. Say the initiator's *i*-th guess leaves from its allocation *i + a* and the
+    /// other's *j*-th from *j + b* (*a*, *b*: ports taken since the introducer saw each).
+    /// The two guesses meet when *i = j + b* and *2j = i + a*, i.e. at *j = a + b*:
+    /// whatever *a* and *b* are, and even when others' allocations move them on the way,
+    /// *a + b − j* falls one step per guess and so passes zero exactly. Guesses go in
+    /// passes of doubling length, each resending the last one's: the meeting pair is
+    /// retried (same mappings, nothing new allocated) in case a datagram was lost.
+    Both,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,8 +128,8 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unpunchable {
     #[error(
-        "both sides are behind hard NATs (destination-dependent mapping); \
-         relaying for such pairs is not available yet"
+        "both sides are behind hard NATs (destination-dependent mapping) and not both sequential: \
+         only a relay connects them"
     )]
     BothHard,
     #[error("this node is behind a hard NAT but its birthday socket pool is not ready")]
@@ -169,10 +198,16 @@ pub fn plan(
             plan(strategy, true, Some(Birthday::Pool { target: peer_public }))
         }
         (NatType::Easy, NatType::Hard) => {
-            let predict = sequential(peer).map(|step| Prediction { last: peer_public.port(), step });
+            let predict = sequential(peer).map(|step| Prediction { last: peer_public.port(), step, walk: Walk::Pool });
             let strategy = if predict.is_some() { Strategy::Predict } else { Strategy::Birthday };
             plan(strategy, true, Some(Birthday::Spray { ip: peer_public.ip(), predict }))
         }
-        (NatType::Hard, NatType::Hard) => return Err(Unpunchable::BothHard),
+        (NatType::Hard, NatType::Hard) => match (sequential(me), sequential(peer)) {
+            (Some(_), Some(step)) => {
+                let predict = Some(Prediction { last: peer_public.port(), step, walk: Walk::Both });
+                plan(Strategy::Predict, true, Some(Birthday::Spray { ip: peer_public.ip(), predict }))
+            }
+            _ => return Err(Unpunchable::BothHard),
+        },
     })
 }

@@ -38,6 +38,7 @@ fn plan_follows_the_strategy_table() {
         (Easy, Easy, Ok((Strategy::SimultaneousOpen, true))),
         (Easy, Hard, Ok((Strategy::Birthday, true))),
         (Hard, Easy, Ok((Strategy::Birthday, true))),
+        // Random allocation (as `report` says): only a relay; both sequential is below.
         (Hard, Hard, Err(Unpunchable::BothHard)),
     ];
     for (mine, theirs, want) in cases {
@@ -225,7 +226,10 @@ fn a_sequential_hard_side_is_predicted_from_where_the_introducer_saw_it() {
     let p = plan(&report("203.0.113.1:1000", NatType::Easy), &hard, peer_public, &[]).unwrap();
     assert_eq!(p.strategy, Strategy::Predict);
     let ip = peer_public.ip();
-    assert_eq!(p.birthday, Some(Birthday::Spray { ip, predict: Some(Prediction { last: 20007, step: 1 }) }));
+    assert_eq!(
+        p.birthday,
+        Some(Birthday::Spray { ip, predict: Some(Prediction { last: 20007, step: 1, walk: Walk::Pool }) })
+    );
     // And the first guesses stride through the ports after it, half a pool apart.
     let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
     let now = Instant::now();
@@ -233,6 +237,54 @@ fn a_sequential_hard_side_is_predicted_from_where_the_introducer_saw_it() {
     a.handle_timeout(now);
     let guesses: Vec<u16> = std::iter::from_fn(|| a.poll_transmit()).map(|t| t.dst.port()).skip(1).take(3).collect();
     assert_eq!(guesses, vec![20008, 20008 + 128, 20008 + 256]);
+}
+
+#[test]
+fn two_sequential_sides_walk_each_others_next_ports_one_and_two_apart_in_doubling_passes() {
+    let (a_public, b_public): (SocketAddr, SocketAddr) =
+        ("203.0.113.1:30000".parse().unwrap(), "198.51.100.9:20007".parse().unwrap());
+    let sequential = |addr: SocketAddr, step| NatReport {
+        allocation: Some(Allocation::Sequential { step }),
+        ..report(&addr.to_string(), NatType::Hard)
+    };
+    let (a_nat, b_nat) = (sequential(a_public, 1), sequential(b_public, -2));
+    let p = plan(&a_nat, &b_nat, b_public, &[]).unwrap();
+    assert_eq!(p.strategy, Strategy::Predict);
+    let predict = Some(Prediction { last: 20007, step: -2, walk: Walk::Both });
+    assert_eq!(p.birthday, Some(Birthday::Spray { ip: b_public.ip(), predict }));
+    let random = NatReport { allocation: Some(Allocation::Random), ..b_nat };
+    assert_eq!(plan(&a_nat, &random, b_public, &[]), Err(Unpunchable::BothHard));
+
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    // Guesses only, not the proofs to where the introducer saw the peer. The walk waits for
+    // the peer's new mapping (`moved`), or a second.
+    let guesses = |plan: Plan, initiator: bool, moved: Option<SocketAddr>, rounds: u32| -> Vec<u16> {
+        let seen = plan.candidates[0].addr;
+        let config = Config { spray_per_round: 32, ..Config::default() };
+        let start = Instant::now();
+        let mut a = Attempt::new(config.clone(), &alice, bob.peer_id(), vec![5u8; 16], initiator, plan, &[], 1, start);
+        assert!(a.walks_both());
+        if let Some(moved) = moved {
+            a.peer_moved(start, moved);
+        }
+        let mut ports = Vec::new();
+        for round in 0..rounds {
+            a.handle_timeout(start + config.interval * round);
+            let sent = std::iter::from_fn(|| a.poll_transmit());
+            ports.extend(sent.filter(|t| t.dst != seen).map(|t| t.dst.port()));
+        }
+        ports
+    };
+    assert_eq!(guesses(p.clone(), true, None, 19), Vec::<u16>::new(), "waits for the new mapping");
+    // The initiator: every next port of B's (step −2) from its new mapping, 64 of them,
+    // then again 128.
+    let walked = guesses(p, true, Some("198.51.100.9:20001".parse().unwrap()), 6);
+    let every: Vec<u16> = (1..=64).chain(1..=128).map(|k| (20001 - 2 * k) as u16).collect();
+    assert_eq!(walked, every);
+    // The other side: every second port of A's (step 1).
+    let p = plan(&b_nat, &a_nat, a_public, &[]).unwrap();
+    let walked = guesses(p, false, Some(a_public), 2);
+    assert_eq!(walked, (1..=64).map(|k| 30000 + 2 * k).collect::<Vec<u16>>());
 }
 
 #[test]
@@ -279,6 +331,8 @@ fn only_a_few_attempts_spray_at_once() {
             peer_public: public,
             nonce: vec![n as u8; 16],
             initiator: true,
+            fresh: false,
+            introducer: "192.0.2.1:3478".parse().unwrap(),
         }
     };
     let max = Config::default().max_spraying as u64;

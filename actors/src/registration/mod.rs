@@ -49,8 +49,12 @@ impl Default for Config {
 pub struct Introduced {
     pub request_id: u64,
     pub peer: VerifiedRecord,
-    /// Where the introducer saw the peer.
+    /// Where the introducer saw the peer: where it registered from, or a new mapping it
+    /// showed for this introduction (`fresh`).
     pub peer_public: SocketAddr,
+    pub fresh: bool,
+    /// The introducer that introduced us.
+    pub introducer: SocketAddr,
     pub nonce: Vec<u8>,
     pub initiator: bool,
 }
@@ -280,6 +284,8 @@ impl Registration {
             peer_public,
             nonce: intro.nonce.to_vec(),
             initiator: intro.initiator,
+            fresh: intro.fresh,
+            introducer: self.introducer,
         })));
     }
 

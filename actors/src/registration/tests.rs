@@ -134,6 +134,7 @@ fn an_introduction_nobody_asked_for_about_someone_else_is_dropped() {
         nonce: vec![0; 16].into(),
         initiator: true,
         mac: 0,
+        fresh: false,
     };
     a.handle(now, INTRODUCER.parse().unwrap(), Kind::Introduction(intro));
     assert_eq!(a.poll_event(), None);
@@ -156,6 +157,7 @@ fn a_spoofed_introduction_without_our_cookies_mac_is_dropped() {
         nonce: vec![1; 16].into(),
         initiator: false,
         mac: 0x1234,
+        fresh: false,
     };
     a.handle(now, INTRODUCER.parse().unwrap(), Kind::Introduction(forged));
     assert_eq!(a.poll_event(), None, "no punch toward the victim");

@@ -162,7 +162,7 @@ pub fn classify(datagram: Vec<u8>) -> Option<(Route, Payload)> {
 pub fn route_of(kind: &Kind) -> Route {
     match kind {
         Kind::Hello(_) | Kind::ServerInfo(_) => Route::Bootstrap,
-        Kind::Register(_) | Kind::IntroduceRequest(_) => Route::Broker,
+        Kind::Register(_) | Kind::IntroduceRequest(_) | Kind::NewMapping(_) => Route::Broker,
         Kind::RegisterChallenge(_) | Kind::Registered(_) | Kind::Introduction(_) | Kind::IntroduceError(_) => {
             Route::Registration
         }
