@@ -15,7 +15,7 @@ use crate::registration::{self, Introduced};
 use crate::session::{self, ProvenPath};
 use introducer_proto::pb;
 use libp2p_identity::PeerId;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -193,6 +193,10 @@ pub struct Coordinator {
     introductions: HashMap<PeerId, (SocketAddr, Vec<u8>, bool)>,
     /// When each punch under way falls back to the relay too.
     relay_deadlines: HashMap<PeerId, Instant>,
+    /// Peers whose relay circuit is being set up: the introduction keeps being repeated
+    /// (the other side's copy may have been lost, and it must ask for the circuit too),
+    /// and the repeats are ignored here.
+    relaying: HashSet<PeerId>,
     actions: VecDeque<Action>,
 }
 
@@ -212,6 +216,7 @@ impl Coordinator {
             held_registration: None,
             introductions: HashMap::new(),
             relay_deadlines: HashMap::new(),
+            relaying: HashSet::new(),
             actions: VecDeque::new(),
         }
     }
@@ -361,6 +366,7 @@ impl Coordinator {
                     }
                 }
             }
+            R::Introduced(introduced) if self.relaying.contains(&introduced.peer.peer_id) => {}
             R::Introduced(introduced) => {
                 if let Some(nat) = self.nat {
                     let info = (introducer, introduced.nonce.clone(), introduced.initiator);
@@ -412,8 +418,8 @@ impl Coordinator {
     fn relay(&mut self, peer: PeerId) -> bool {
         let Some((relay, nonce, controlling)) = self.introductions.remove(&peer) else { return false };
         tracing::info!(%peer, %relay, "no direct path: relaying");
-        // The introduction did its work: no more repeats of it.
-        self.actions.push_back(Action::Settle(peer));
+        // The introduction is settled once the circuit is ready (both sides asked for it).
+        self.relaying.insert(peer);
         self.actions.push_back(Action::Relay { peer, relay, nonce, controlling });
         true
     }
@@ -468,12 +474,15 @@ impl Coordinator {
             }
             session::Event::Relayed { relay } => {
                 let connect = self.asked.remove(&peer).map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                self.relaying.remove(&peer);
                 self.paths.insert(peer, Path::Relayed);
                 self.actions.push_back(Action::Settle(peer));
                 let (path, strategy) = (Path::Relayed, Strategy::Relay);
                 Event::Connected { peer, remote: relay, path, strategy, connect, probes: 0 }
             }
             session::Event::RelayFailed { reason } => {
+                self.relaying.remove(&peer);
+                self.actions.push_back(Action::Settle(peer));
                 if self.asked.contains_key(&peer) {
                     return self.fail(peer, format!("no direct path, and the relay failed: {reason}"));
                 }
@@ -539,7 +548,6 @@ mod tests {
 
         let mut relaying = probed(true, easy);
         relaying.on_registration(now, introducer, introduced(&me, &peer, &easy));
-        assert_eq!(relaying.poll_action(), Some(Action::Settle(peer.peer_id())));
         match relaying.poll_action() {
             Some(Action::Relay { peer: p, relay, nonce, .. }) => {
                 assert_eq!((p, relay, nonce), (peer.peer_id(), introducer, vec![9; 16]));
@@ -575,7 +583,12 @@ mod tests {
         c.on_registration(now, introducer, introduced(&Identity::from_seed(1), &peer, &hard));
         assert!(matches!(c.poll_action(), Some(Action::Punch { .. })));
         c.on_punch_refused(peer.peer_id(), true, Unpunchable::BothHard);
-        assert_eq!(c.poll_action(), Some(Action::Settle(peer.peer_id())), "no more repeats of the introduction");
         assert!(matches!(c.poll_action(), Some(Action::Relay { relay, .. }) if relay == introducer));
+        // Repeats of the introduction (for the other side's sake) change nothing here; the
+        // ready circuit settles it.
+        c.on_registration(now, introducer, introduced(&Identity::from_seed(1), &peer, &hard));
+        assert_eq!(c.poll_action(), None);
+        c.on_session(now, peer.peer_id(), session::Event::Relayed { relay: introducer });
+        assert_eq!(c.poll_action(), Some(Action::Settle(peer.peer_id())), "no more repeats of the introduction");
     }
 }
