@@ -9,7 +9,7 @@
 use crate::broker;
 use crate::identity::Identity;
 use crate::nat::{NatReport, NatType};
-use crate::probe::{ProbeError, Server};
+use crate::probe::{LifetimeReport, ProbeError, Server};
 use crate::punch::{self, Path, Strategy, Unpunchable};
 use crate::registration::{self, Introduced};
 use crate::session::{self, ProvenPath};
@@ -43,7 +43,13 @@ pub struct Config {
     pub serve: Serve,
     /// Standard STUN servers to probe with (besides, or instead of, the seeds).
     pub stun: Vec<SocketAddr>,
+    /// Keep mappings alive within the lifetime probing measures (false when the user set
+    /// the keepalive).
+    pub adapt_keepalive: bool,
 }
+
+/// The registration keepalive unless the NAT is found to forget sooner.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// What the node reports to its user.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +111,13 @@ pub enum Event {
     Relaying {
         peers: [PeerId; 2],
     },
+    /// Our NAT kept idle mappings `at_least` long, not `below`; `keepalive` is what
+    /// registrations and sessions now use (`None`: left as configured).
+    MappingLifetime {
+        at_least: Option<Duration>,
+        below: Option<Duration>,
+        keepalive: Option<Duration>,
+    },
     /// A relayed peer became reachable directly: the session moved to the direct path.
     Upgraded {
         peer: PeerId,
@@ -161,6 +174,8 @@ pub enum Action {
         peer: PeerId,
         addr: SocketAddr,
     },
+    /// Registrations and sessions refresh their mappings this often (at most).
+    Keepalive(Duration),
     Emit(Event),
 }
 
@@ -301,6 +316,16 @@ impl Coordinator {
                 false => self.actions.push_back(register),
             }
         }
+    }
+
+    /// Probing timed our NAT's idle mappings: keep ours alive within that.
+    pub fn on_lifetime(&mut self, report: LifetimeReport) {
+        let keepalive = self.config.adapt_keepalive.then(|| report.keepalive(DEFAULT_KEEPALIVE));
+        if let Some(keepalive) = keepalive.filter(|_| report.below.is_some()) {
+            self.actions.push_back(Action::Keepalive(keepalive));
+        }
+        let LifetimeReport { at_least, below } = report;
+        self.emit(Event::MappingLifetime { at_least, below, keepalive });
     }
 
     /// The birthday pool is bound: what waited for it may go.
@@ -527,6 +552,7 @@ mod tests {
             pool_size: 4,
             relay_only,
             relay_after: Duration::from_secs(5),
+            adapt_keepalive: true,
         };
         let mut c = Coordinator::new(config, Identity::from_seed(1), vec![]);
         c.on_joined(Ok(vec![Seed { addr: "198.51.100.1:3478".parse().unwrap(), introducer: true }]));
@@ -567,6 +593,7 @@ mod tests {
             pool_size: 4,
             relay_only: false,
             relay_after: Duration::from_secs(5),
+            adapt_keepalive: true,
         };
         let mut c = Coordinator::new(config, Identity::from_seed(1), vec![]);
         let introducer: SocketAddr = "198.51.100.1:3478".parse().unwrap();

@@ -26,6 +26,9 @@ pub struct Config {
     /// A punch not connected after this long also gets a relay circuit (and a later direct
     /// path takes the session over).
     pub relay_after: Duration,
+    /// Keep mappings alive within the lifetime NAT probing measures; off when the user
+    /// sets the keepalive.
+    pub adapt_keepalive: bool,
     /// How often a `stats` event is emitted (`None`: never).
     pub stats_interval: Option<Duration>,
     pub registration: registration::Config,
@@ -48,6 +51,7 @@ impl Config {
             serve: Serve::Auto,
             relay_only: false,
             relay_after: Duration::from_secs(5),
+            adapt_keepalive: true,
             stats_interval: None,
             registration: Default::default(),
             broker: Default::default(),

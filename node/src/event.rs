@@ -67,6 +67,12 @@ pub fn to_json(event: &NodeEvent) -> Value {
         NodeEvent::Relaying { peers } => json!({
             "event": "relaying", "peers": [peers[0].to_string(), peers[1].to_string()],
         }),
+        NodeEvent::MappingLifetime { at_least, below, keepalive } => json!({
+            "event": "mapping_lifetime",
+            "at_least_s": at_least.map(|d| d.as_secs_f64()),
+            "below_s": below.map(|d| d.as_secs_f64()),
+            "keepalive_s": keepalive.map(|d| d.as_secs_f64()),
+        }),
         NodeEvent::Stats(stats) => {
             let stats: serde_json::Map<String, Value> =
                 stats.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();

@@ -158,6 +158,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 config.registration.keepalive = keepalive;
                 config.session.keepalive = keepalive;
+                config.adapt_keepalive = false;
             }
             let mut node = Node::start(config)?;
             loop {

@@ -8,9 +8,8 @@ use actix::prelude::*;
 use introducer_actors::broker::{self, actor::BrokerActor, Broker};
 use introducer_actors::coordinator::{self, Action, Coordinator};
 use introducer_actors::driver::{Call, Emitted, MachineActor};
-use introducer_actors::nat::NatReport;
-use introducer_actors::probe::actor::{probe_socket, NatProbing, ProbeActor};
-use introducer_actors::probe::{Layout, LocalSockets, Probe, ProbeConfig, ProbeError, Responder, Server};
+use introducer_actors::probe::actor::{probe_socket, NatProbing, ProbeActor, ProbeEvent};
+use introducer_actors::probe::{Layout, LocalSockets, Probe, ProbeConfig, Responder, Server};
 use introducer_actors::punch::{self, actor::pool_socket, actor::Attempts, actor::PunchActor};
 use introducer_actors::registration::{self, actor::RegistrationActor, actor::Registrations};
 use introducer_actors::relay::{self, actor::RelayActor, server::Relay};
@@ -266,6 +265,7 @@ impl NodeActor {
                 pool_size: config.punch.pool_size,
                 relay_only: config.relay_only,
                 relay_after: config.relay_after,
+                adapt_keepalive: config.adapt_keepalive,
             };
             NodeActor {
                 coordinator: Coordinator::new(roles, id, locals.clone()),
@@ -355,6 +355,11 @@ impl NodeActor {
                 }
                 Action::AddPath { peer, addr } => {
                     self.sessions.do_send(Call::new(move |s: &mut Sessions, now| s.add_path(now, peer, addr)))
+                }
+                Action::Keepalive(keepalive) => {
+                    self.registrations
+                        .do_send(Call::new(move |r: &mut Registrations, now| r.set_keepalive(now, keepalive)));
+                    self.sessions.do_send(Call::new(move |s: &mut Sessions, _| s.set_keepalive(keepalive)));
                 }
                 Action::Emit(event) => self.emit(event),
             }
@@ -498,10 +503,13 @@ impl Handler<Emitted<Result<Vec<Seed>, BootstrapError>>> for NodeActor {
     }
 }
 
-impl Handler<Emitted<Result<NatReport, ProbeError>>> for NodeActor {
+impl Handler<Emitted<ProbeEvent>> for NodeActor {
     type Result = ();
-    fn handle(&mut self, Emitted(result): Emitted<Result<NatReport, ProbeError>>, ctx: &mut Context<Self>) {
-        self.coordinator.on_probe(unix_ms(), result);
+    fn handle(&mut self, Emitted(event): Emitted<ProbeEvent>, ctx: &mut Context<Self>) {
+        match event {
+            ProbeEvent::Classified(result) => self.coordinator.on_probe(unix_ms(), result),
+            ProbeEvent::Lifetime(report) => self.coordinator.on_lifetime(report),
+        }
         self.act(ctx);
     }
 }

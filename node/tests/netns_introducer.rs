@@ -285,6 +285,26 @@ fn keepalives_hold_a_short_lived_nat_mapping() {
     assert_eq!(connected["path"], "direct");
 }
 
+/// The same 3 s NAT without `--keepalive`: the node times its NAT's idle mappings (RFC 5780
+/// lifetime discovery against the introducer), says what it found, refreshes within it,
+/// and stays reachable.
+#[test]
+fn keepalive_adapts_to_the_mapping_lifetime_it_measures() {
+    let mesh = Mesh::new("kl");
+    let lifetime = Duration::from_secs(3);
+    let (nat, h1) = mesh.std.natted_host("p1", NatBehavior::PORT_RESTRICTED.with_mapping_lifetime(lifetime));
+    let (_, h2) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
+    let mut peer = mesh.peer(&h1);
+    let found = peer.0.wait_json(|v| v["event"] == "mapping_lifetime", Duration::from_secs(30));
+    assert_eq!((found["at_least_s"].as_f64(), found["below_s"].as_f64()), (Some(2.0), Some(4.0)), "{found}");
+    assert_eq!(found["keepalive_s"].as_f64(), Some(1.5), "{found}");
+    std::thread::sleep(lifetime * 3);
+    let table = nat.conntrack_table();
+    assert!(table.contains("198.51.100.1"), "the mapping toward the introducer is alive:\n{table}");
+    let connected = mesh.ping(&h2, &peer);
+    assert_eq!(connected["path"], "direct");
+}
+
 /// `introducer run` with no flags is the first node of a new mesh on the default port,
 /// and `--bootstrap HOST` (no port) finds it there.
 #[test]

@@ -1,5 +1,6 @@
 //! The NAT-probing actor: answers every STUN Binding request (the server side each node
-//! runs) and, when asked, classifies this node's own NAT with a [`Probe`].
+//! runs) and, when asked, classifies this node's own NAT with a [`Probe`]; behind a NAT it
+//! then measures how long the NAT keeps idle mappings ([`Lifetime`]), in the background.
 //!
 //! The probe numbers its extra sockets 1..=n; here they live at [`PROBE_SOCKETS`]+i so
 //! they never collide with the RFC 5780 alternate sockets of the server side.
@@ -9,13 +10,14 @@
 //! request's size without breaking them). To keep a node from being a useful reflector
 //! for spoofed requests, answers are rate-limited per source IP.
 
-use super::{LocalSockets, Probe, ProbeConfig, ProbeError, Responder};
+use super::lifetime::{ASKER, KEEPER};
+use super::{Lifetime, LifetimeReport, LocalSockets, Probe, ProbeConfig, ProbeError, Responder};
 use crate::driver::{MachineActor, Protocol};
 use crate::nat::NatReport;
 use crate::socket::{Inbound, Payload};
 use crate::{Machine, SocketId, Transmit};
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub type ProbeActor = MachineActor<NatProbing>;
@@ -65,12 +67,26 @@ impl AnswerBudget {
     }
 }
 
+/// What probing found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeEvent {
+    Classified(Result<NatReport, ProbeError>),
+    /// Later, behind a NAT: how long it keeps idle mappings.
+    Lifetime(LifetimeReport),
+}
+
 pub struct NatProbing {
     responder: Option<Responder>,
     budget: AnswerBudget,
     probe: Option<Probe>,
+    /// Where the lifetime is measured, once classified (the first server; it needs two
+    /// extra sockets).
+    lifetime_server: Option<SocketAddr>,
+    lifetime: Option<Lifetime>,
+    seed: u64,
     answers: VecDeque<Transmit>,
     reported: bool,
+    lifetime_reported: bool,
     /// STUN requests this node did not answer (malformed, or nothing to answer with).
     pub unanswered: u64,
     /// STUN requests not answered because their source IP was over its budget.
@@ -83,8 +99,12 @@ impl NatProbing {
             responder,
             budget: AnswerBudget::default(),
             probe: None,
+            lifetime_server: None,
+            lifetime: None,
+            seed: 0,
             answers: VecDeque::new(),
             reported: false,
+            lifetime_reported: false,
             unanswered: 0,
             rate_limited: 0,
         }
@@ -93,13 +113,27 @@ impl NatProbing {
     /// Starts classifying; the driver has bound `Probe::sockets_needed` extra sockets
     /// at [`probe_socket`]`(1..)`.
     pub fn start(&mut self, now: Instant, config: ProbeConfig, locals: LocalSockets, seed: u64) {
+        let sockets = usize::from(ASKER.0.max(KEEPER.0));
+        self.lifetime_server = config.servers.first().map(|s| s.addr).filter(|_| locals.extra.len() >= sockets);
         self.probe = Some(Probe::new(config, locals, now, seed));
-        self.reported = false;
+        (self.seed, self.reported, self.lifetime, self.lifetime_reported) = (seed, false, None, false);
+    }
+}
+
+impl NatProbing {
+    /// Once the probe has its result, and only behind a NAT, starts timing its mappings.
+    fn check_classified(&mut self, now: Instant) {
+        let Some(server) = self.lifetime_server else { return };
+        let Some(result) = self.probe.as_ref().and_then(Probe::result) else { return };
+        self.lifetime_server = None;
+        if result.is_ok_and(|report| !report.no_nat) {
+            self.lifetime = Some(Lifetime::new(server, now, self.seed));
+        }
     }
 }
 
 impl Protocol for NatProbing {
-    type Event = Result<NatReport, ProbeError>;
+    type Event = ProbeEvent;
 
     fn handle_inbound(&mut self, inbound: Inbound) {
         let Payload::Stun(datagram) = inbound.payload else { return };
@@ -119,33 +153,47 @@ impl Protocol for NatProbing {
             SocketId(n) if n > PROBE_SOCKETS => SocketId(n - PROBE_SOCKETS),
             _ => return,
         };
-        if let Some(probe) = &mut self.probe {
-            probe.handle_datagram(inbound.now, socket, inbound.src, &datagram);
+        match (&mut self.lifetime, &mut self.probe) {
+            (Some(lifetime), _) => lifetime.handle_datagram(inbound.now, socket, inbound.src, &datagram),
+            (None, Some(probe)) => probe.handle_datagram(inbound.now, socket, inbound.src, &datagram),
+            (None, None) => {}
         }
+        self.check_classified(inbound.now);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         if let Some(probe) = &mut self.probe {
             probe.handle_timeout(now);
         }
+        if let Some(lifetime) = &mut self.lifetime {
+            lifetime.handle_timeout(now);
+        }
+        self.check_classified(now);
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
         if let Some(answer) = self.answers.pop_front() {
             return Some(answer);
         }
-        let mut t = self.probe.as_mut()?.poll_transmit()?;
+        let probe = self.probe.as_mut().and_then(Probe::poll_transmit);
+        let mut t = probe.or_else(|| self.lifetime.as_mut()?.poll_transmit())?;
         t.socket = probe_socket(t.socket.0);
         Some(t)
     }
 
     fn poll_event(&mut self) -> Option<Self::Event> {
-        let result = self.probe.as_ref()?.result()?;
-        (!std::mem::replace(&mut self.reported, true)).then_some(result)
+        if let Some(result) = self.probe.as_ref().and_then(Probe::result).filter(|_| !self.reported) {
+            self.reported = true;
+            return Some(ProbeEvent::Classified(result));
+        }
+        let report = self.lifetime.as_ref()?.result().filter(|_| !self.lifetime_reported)?;
+        self.lifetime_reported = true;
+        Some(ProbeEvent::Lifetime(report))
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.probe.as_ref()?.poll_timeout()
+        let probe = self.probe.as_ref().and_then(Probe::poll_timeout);
+        probe.into_iter().chain(self.lifetime.as_ref().and_then(Lifetime::poll_timeout)).min()
     }
 }
 

@@ -54,9 +54,11 @@
 
 pub mod actor;
 pub mod classify;
+pub mod lifetime;
 pub mod server;
 
 pub use classify::{classify_allocation, classify_mapping, LocalSockets, Probe, ProbeConfig, ProbeError, ProbeStats};
+pub use lifetime::{Lifetime, LifetimeReport};
 pub use server::{Layout, LayoutError, Responder};
 
 use std::net::SocketAddr;

@@ -8,7 +8,7 @@ use introducer_proto::pb;
 use libp2p_identity::PeerId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub type RegistrationActor = MachineActor<Registrations>;
 
@@ -28,6 +28,12 @@ impl Registrations {
         self.by_introducer
             .entry(introducer)
             .or_insert_with(|| Registration::new(config, introducer, SocketId::PRIMARY, record, now));
+    }
+
+    /// Every registration, current and future, refreshes this often.
+    pub fn set_keepalive(&mut self, now: Instant, keepalive: Duration) {
+        self.config.keepalive = keepalive;
+        self.by_introducer.values_mut().for_each(|r| r.set_keepalive(now, keepalive));
     }
 
     pub fn set_record(&mut self, record: pb::SignedPeerRecord) {

@@ -249,6 +249,14 @@ impl Registration {
         }
     }
 
+    /// Refreshes this often from now on (the NAT forgets sooner than thought).
+    pub fn set_keepalive(&mut self, now: Instant, keepalive: Duration) {
+        self.config.keepalive = keepalive;
+        if self.answered {
+            self.next_send = self.next_send.map(|t| t.min(now + keepalive));
+        }
+    }
+
     fn on_introduction(&mut self, now: Instant, intro: pb::Introduction) {
         // Only the introducer that challenged us knows our cookie: a spoofed introduction
         // cannot aim our punches anywhere.

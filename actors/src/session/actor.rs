@@ -50,6 +50,15 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// Sessions, current and future, and future relay circuits keep their mappings with
+    /// a keepalive this often, at most.
+    pub fn set_keepalive(&mut self, keepalive: Duration) {
+        self.config.keepalive = self.config.keepalive.min(keepalive);
+        self.relay_config.keepalive = self.relay_config.keepalive.min(keepalive);
+        let keepalive = self.config.keepalive;
+        self.by_peer.values_mut().for_each(|s| s.set_keepalive(keepalive));
+    }
+
     pub fn new(config: Config, identity: Identity) -> Self {
         Sessions {
             config,

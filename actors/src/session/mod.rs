@@ -125,6 +125,10 @@ pub struct Session {
 }
 
 impl Session {
+    pub fn set_keepalive(&mut self, keepalive: Duration) {
+        self.config.keepalive = keepalive;
+    }
+
     pub fn new(config: Config, opened: ProvenPath, now: Instant) -> Self {
         let ProvenPath { peer, socket, remote, mut proven, controlling, path, strategy } = opened;
         tracing::debug!(%peer, %remote, ?proven, controlling, ?path, "session open");

@@ -55,7 +55,7 @@ use crate::coordinator::{self, Action, Coordinator, Event, Serve};
 use crate::driver::Protocol;
 use crate::identity::Identity;
 use crate::nat::NatReport;
-use crate::probe::actor::{probe_socket, NatProbing};
+use crate::probe::actor::{probe_socket, NatProbing, ProbeEvent};
 use crate::probe::{Layout, LocalSockets, Probe, ProbeConfig, Responder, Server};
 use crate::punch::{self, actor::pool_socket, actor::Attempts, Path, Strategy};
 use crate::registration::{self, actor::Registrations};
@@ -87,6 +87,8 @@ pub struct NodeConfig {
     pub register: bool,
     /// A punch not connected after this long also gets a relay circuit.
     pub relay_after: Duration,
+    /// Keep mappings alive within the lifetime probing measures.
+    pub adapt_keepalive: bool,
 }
 
 impl Default for NodeConfig {
@@ -99,6 +101,7 @@ impl Default for NodeConfig {
             serve: true,
             register: true,
             relay_after: Duration::from_secs(5),
+            adapt_keepalive: true,
         }
     }
 }
@@ -232,6 +235,7 @@ impl SimNode {
             pool_size: config.punch.pool_size,
             relay_only: false,
             relay_after: config.relay_after,
+            adapt_keepalive: config.adapt_keepalive,
         };
         Coordinator::new(config, identity.clone(), Vec::new())
     }
@@ -459,9 +463,14 @@ impl SimNode {
         loop {
             self.collect_transmits();
             let mut handled = false;
-            while let Some(result) = Protocol::poll_event(&mut self.probing) {
-                let unix_ms = self.unix_ms(now);
-                self.coordinator.on_probe(unix_ms, result);
+            while let Some(event) = Protocol::poll_event(&mut self.probing) {
+                match event {
+                    ProbeEvent::Classified(result) => {
+                        let unix_ms = self.unix_ms(now);
+                        self.coordinator.on_probe(unix_ms, result);
+                    }
+                    ProbeEvent::Lifetime(report) => self.coordinator.on_lifetime(report),
+                }
                 handled = true;
             }
             while let Some(event) = self.broker.as_mut().and_then(Broker::poll_event) {
@@ -537,6 +546,10 @@ impl SimNode {
             }
             Action::OpenSession(opened) => self.sessions.open(now, opened),
             Action::AddPath { peer, addr } => self.sessions.add_path(now, peer, addr),
+            Action::Keepalive(keepalive) => {
+                self.registrations.set_keepalive(now, keepalive);
+                self.sessions.set_keepalive(keepalive);
+            }
             Action::Emit(event) => self.record(now, event),
         }
     }
