@@ -3,14 +3,15 @@
 //! One lab: introducer A on two IPs (a full RFC 5780 STUN server), public node B registered
 //! with it, and for every NAT kind a "column" NAT with a target host running `introducer run`
 //! and a separate "row" NAT of the same kind with a pinger host (so row X × column X are two
-//! NATs of one kind, not one NAT). Every row host pings every column peer in turn; each cell
-//! records the `connected` event (path, strategy, connect_ms, probes) or the one-line error,
-//! the grid is printed (`-- --nocapture` shows it) and then every cell is checked against
-//! [`expected`].
+//! NATs of one kind, not one NAT; a double-NAT kind gets its own CGNAT and home NAT on each
+//! side). Every row host pings every column peer in turn, `MATRIX_RUNS` times (default 1);
+//! each run records the `connected` event (path, strategy, connect_ms, probes) or the
+//! one-line error. The grid is printed (`-- --nocapture` shows it) and every run of every
+//! cell must be what [`expected`] says.
 
 mod lab;
 
-use introducer_actors::nat::NatBehavior;
+use introducer_actors::nat::{Allocation, Filtering, NatBehavior, NatType};
 use lab::{Host, LabChild, Standard};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -19,53 +20,45 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The NAT kinds of the matrix, in grid order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// A host directly on the internet.
-    Public,
-    PortRestricted,
-    FullCone,
-    RestrictedCone,
-    EimRandomPort,
-    SymmetricRandom,
-    SymmetricSequential,
+/// What stands between a matrix host and the internet.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    /// Grid label (also part of namespace names, so short and plain).
+    label: &'static str,
+    /// The NATs in the way, innermost first; none for a public host.
+    layers: &'static [NatBehavior],
 }
 
-use Kind::*;
-
-const KINDS: [Kind; 7] =
-    [Public, PortRestricted, FullCone, RestrictedCone, EimRandomPort, SymmetricRandom, SymmetricSequential];
+/// The kinds of the matrix, in grid order.
+const KINDS: [Kind; 9] = [
+    Kind { label: "public", layers: &[] },
+    Kind { label: "port-restr", layers: &[NatBehavior::PORT_RESTRICTED] },
+    Kind { label: "full-cone", layers: &[NatBehavior::FULL_CONE] },
+    Kind { label: "restr-cone", layers: &[NatBehavior::RESTRICTED_CONE] },
+    Kind { label: "eim-random", layers: &[NatBehavior::EIM_RANDOM_PORT] },
+    Kind { label: "sym-random", layers: &[NatBehavior::SYMMETRIC_RANDOM] },
+    Kind { label: "sym-seq", layers: &[NatBehavior::SYMMETRIC_SEQUENTIAL] },
+    // A home router behind a carrier-grade NAT: easy through an easy CGNAT, hard through a
+    // hard one.
+    Kind { label: "dbl-easy", layers: &[NatBehavior::PORT_RESTRICTED, NatBehavior::EIM_RANDOM_PORT] },
+    Kind { label: "dbl-hard", layers: &[NatBehavior::PORT_RESTRICTED, NatBehavior::SYMMETRIC_RANDOM] },
+];
 
 impl Kind {
+    /// The NAT the internet sees, layers composed as [`NatBehavior::behind`] says; `None`
+    /// for a public host.
     fn behavior(self) -> Option<NatBehavior> {
-        Some(match self {
-            Public => return None,
-            PortRestricted => NatBehavior::PORT_RESTRICTED,
-            FullCone => NatBehavior::FULL_CONE,
-            RestrictedCone => NatBehavior::RESTRICTED_CONE,
-            EimRandomPort => NatBehavior::EIM_RANDOM_PORT,
-            SymmetricRandom => NatBehavior::SYMMETRIC_RANDOM,
-            SymmetricSequential => NatBehavior::SYMMETRIC_SEQUENTIAL,
-        })
+        self.layers.iter().copied().reduce(NatBehavior::behind)
     }
 
-    /// Grid label (also part of namespace names, so short and plain).
-    fn label(self) -> &'static str {
-        match self {
-            Public => "public",
-            PortRestricted => "port-restr",
-            FullCone => "full-cone",
-            RestrictedCone => "restr-cone",
-            EimRandomPort => "eim-random",
-            SymmetricRandom => "sym-random",
-            SymmetricSequential => "sym-seq",
+    /// A new host of this kind named `name`, behind NATs of its own; a public one at `public_ip`.
+    fn host(self, std: &Standard, name: &str, public_ip: Ipv4Addr) -> Host {
+        match *self.layers {
+            [] => std.lab.public_host(name, &[public_ip]),
+            [nat] => std.natted_host(name, nat).1,
+            [home, cgnat] => std.double_natted_host(name, home, cgnat).2,
+            _ => unimplemented!("{} NAT layers", self.layers.len()),
         }
-    }
-
-    /// Address-and-port-dependent mapping.
-    fn hard(self) -> bool {
-        matches!(self, SymmetricRandom | SymmetricSequential)
     }
 }
 
@@ -80,28 +73,37 @@ enum Expect {
 }
 
 /// The matrix as the node does it today; row pings column (the relation is symmetric).
+/// Decided from what the internet sees of each side, so a double NAT is expected to behave
+/// like the single NAT it composes to.
 fn expected(row: Kind, col: Kind) -> Expect {
     let direct = |strategy| Expect::Connects { path: "direct", strategy };
-    let (hard, other) = match (row.hard(), col.hard()) {
-        _ if row == Public || col == Public => return direct("direct"),
-        // Two hard NATs go through the introducer's relay. Before relaying was wired (HEAD
-        // 288b8c2) this line was `(true, true) => return Expect::NotYet,`.
-        (true, true) => return Expect::Connects { path: "relayed", strategy: "relay" },
-        (true, false) => (row, col),
-        (false, true) => (col, row),
-        (false, false) => return direct("simultaneous-open"),
+    let (Some(r), Some(c)) = (row.behavior(), col.behavior()) else { return direct("direct") };
+    let sequential = |b: &NatBehavior| matches!(b.allocation, Allocation::Sequential { .. });
+    let (hard, other) = match (r.nat_type(), c.nat_type()) {
+        (NatType::Hard, NatType::Hard) => {
+            // Two sequential NATs predict each other; any other two hard NATs go through
+            // the introducer's relay.
+            return if sequential(&r) && sequential(&c) {
+                direct("predict")
+            } else {
+                Expect::Connects { path: "relayed", strategy: "relay" }
+            };
+        }
+        (NatType::Hard, _) => (r, c),
+        (_, NatType::Hard) => (c, r),
+        _ => return direct("simultaneous-open"),
     };
-    match (hard, other) {
+    match hard.allocation {
         // A full cone admits anyone: the hard side just sends.
-        (_, FullCone) => direct("direct"),
-        (SymmetricRandom, _) => direct("birthday"),
-        (SymmetricSequential, _) => direct("predict"),
-        _ => unreachable!("{hard:?} is not hard"),
+        _ if other.filtering == Filtering::EndpointIndependent => direct("direct"),
+        Allocation::Random => direct("birthday"),
+        Allocation::Sequential { .. } => direct("predict"),
+        Allocation::Preserving => unreachable!("a destination-dependent mapping cannot preserve ports: {hard:?}"),
     }
 }
 
 /// One `introducer ping` from a row host to a column peer.
-struct Cell {
+struct Run {
     /// The `connected` event, if any.
     connected: Option<Value>,
     pongs: Vec<Value>,
@@ -111,8 +113,8 @@ struct Cell {
     elapsed: Duration,
 }
 
-impl Cell {
-    /// Whether the cell is what `expect` says; `Err` says why not.
+impl Run {
+    /// Whether the run is what `expect` says; `Err` says why not.
     fn check(&self, expect: Expect) -> Result<(), String> {
         match expect {
             Expect::Connects { path, strategy } => {
@@ -147,34 +149,74 @@ impl Cell {
         }
     }
 
-    /// The cell in the grid, two lines: `direct/birthday` over `312ms 180p`; `not-yet`; or
-    /// `FAIL` over the start of the error.
-    fn lines(&self) -> [String; 2] {
+    /// What happened, short: `direct/birthday`, `not-yet` or `FAIL`.
+    fn outcome(&self) -> String {
         match &self.connected {
             Some(c) => {
                 let strategy = match c["strategy"].as_str().unwrap_or("?") {
                     "simultaneous-open" => "sim-open",
                     s => s,
                 };
-                let path = c["path"].as_str().unwrap_or("?");
-                let ms = c["connect_ms"].as_f64().map_or("?".into(), |m| format!("{m:.0}"));
-                let probes = c["probes"].as_u64().map_or("?".into(), |p| p.to_string());
-                let pongs = if self.pongs.len() == 2 { "" } else { " nopong" };
-                [format!("{path}/{strategy}"), format!("{ms}ms {probes}p{pongs}")]
+                format!("{}/{strategy}", c["path"].as_str().unwrap_or("?"))
             }
-            None if self.stderr.contains("hard NAT") && self.stderr.contains("not available yet") => {
-                ["not-yet".into(), String::new()]
-            }
-            None => {
-                let line = self.stderr.trim().lines().last().unwrap_or("no output");
-                ["FAIL".into(), line.chars().take(CELL - 2).collect()]
-            }
+            None if self.stderr.contains("hard NAT") && self.stderr.contains("not available yet") => "not-yet".into(),
+            None => "FAIL".into(),
         }
+    }
+
+    /// The `connected` event's number `key` (connect_ms, probes).
+    fn connected_f64(&self, key: &str) -> Option<f64> {
+        self.connected.as_ref()?[key].as_f64()
+    }
+
+    /// The last line of stderr: the error of a run that did not connect.
+    fn error_line(&self) -> &str {
+        self.stderr.trim().lines().last().unwrap_or("no output")
     }
 }
 
-/// Grid column width (the widest cell line, `direct/birthday 9999ms 2048p` split in two, fits).
-const CELL: usize = 17;
+/// Every run of one row × column pair.
+struct Cell {
+    expect: Expect,
+    runs: Vec<Run>,
+    /// `run N: why` for every run that was not as expected.
+    failures: Vec<String>,
+    /// Pinger output and target state of the first unexpected run, taken right after it.
+    first_failure: Option<String>,
+}
+
+impl Cell {
+    /// The cell in the grid, two lines: the most common outcome (`!` in front when any run
+    /// was unexpected) over `ok/runs median-connect_ms median-probes`; when nothing
+    /// connected, the start of the last error instead of the medians.
+    fn lines(&self) -> [String; 2] {
+        let outcomes: Vec<String> = self.runs.iter().map(Run::outcome).collect();
+        let most_common =
+            outcomes.iter().max_by_key(|o| outcomes.iter().filter(|x| x == o).count()).map_or("-", |o| o.as_str());
+        let mark = if self.failures.is_empty() { "" } else { "!" };
+        let ok = format!("{}/{}", self.runs.len() - self.failures.len(), self.runs.len());
+        let stats = match (self.median("connect_ms"), self.median("probes")) {
+            (Some(ms), Some(probes)) => format!("{ok} {ms:.0}ms {probes:.0}p"),
+            _ => {
+                let err = self.runs.last().map_or("", Run::error_line);
+                format!("{ok} {err}").chars().take(CELL - 1).collect()
+            }
+        };
+        [format!("{mark}{most_common}"), stats]
+    }
+
+    /// The median (the lower one of an even count) of `key` over the runs that connected.
+    fn median(&self, key: &str) -> Option<f64> {
+        let mut v: Vec<f64> = self.runs.iter().filter_map(|r| r.connected_f64(key)).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len().checked_sub(1)? / 2).copied()
+    }
+}
+
+/// Grid column width: `!direct/sim-open` over `10/10 9999ms 999p`, plus a space.
+const CELL: usize = 18;
+/// Width of the grid's first column (the row labels).
+const LABEL: usize = 11;
 
 /// A column: one target peer of one NAT kind.
 struct Column {
@@ -183,7 +225,16 @@ struct Column {
     peer_id: String,
 }
 
-fn ping(std: &Standard, host: &Host, peer_id: &str) -> Cell {
+impl Column {
+    /// The target's state for a failure report: reads what it printed so far first, so the
+    /// report shows the target as it was right after the failing run.
+    fn context(&mut self) -> String {
+        while self.node.next_line(Duration::ZERO).is_some() {}
+        self.node.context()
+    }
+}
+
+fn ping(std: &Standard, host: &Host, peer_id: &str) -> Run {
     let start = Instant::now();
     let bootstrap = std.bootstrap();
     let args =
@@ -192,7 +243,7 @@ fn ping(std: &Standard, host: &Host, peer_id: &str) -> Cell {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let events: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    Cell {
+    Run {
         connected: events.iter().find(|e| e["event"] == "connected").cloned(),
         pongs: events.iter().filter(|e| e["event"] == "pong").cloned().collect(),
         success: out.status.success(),
@@ -202,25 +253,30 @@ fn ping(std: &Standard, host: &Host, peer_id: &str) -> Cell {
     }
 }
 
+/// `MATRIX_RUNS`, how often every cell is run (default 1).
+fn runs_per_cell() -> usize {
+    match std::env::var("MATRIX_RUNS") {
+        Err(_) => 1,
+        Ok(v) => {
+            v.trim().parse().ok().filter(|&n| n > 0).unwrap_or_else(|| panic!("MATRIX_RUNS={v:?}: want a count > 0"))
+        }
+    }
+}
+
 #[test]
 fn nat_pair_matrix() {
+    let runs = runs_per_cell();
     let t0 = Instant::now();
     let std = Standard::new("mx");
     let (_a, _b) = std.start_introducers();
 
     // One host per row and per column; public ones get addresses of their own.
-    let host = |prefix: &str, kind: Kind, public_ip: Ipv4Addr| -> Host {
-        let name = format!("{prefix}-{}", kind.label());
-        match kind.behavior() {
-            None => std.lab.public_host(&name, &[public_ip]),
-            Some(behavior) => std.natted_host(&name, behavior).1,
-        }
-    };
-    let rows: Vec<(Kind, Host)> = KINDS.iter().map(|&k| (k, host("r", k, Ipv4Addr::new(198, 51, 100, 10)))).collect();
+    let rows: Vec<(Kind, Host)> =
+        KINDS.iter().map(|&k| (k, k.host(&std, &format!("r-{}", k.label), Ipv4Addr::new(198, 51, 100, 10)))).collect();
     let mut columns: Vec<Column> = KINDS
         .iter()
         .map(|&kind| {
-            let h = host("c", kind, Ipv4Addr::new(198, 51, 100, 11));
+            let h = kind.host(&std, &format!("c-{}", kind.label), Ipv4Addr::new(198, 51, 100, 11));
             let bootstrap = std.bootstrap();
             let mut node = h.introducer(&["run", "--bootstrap", &bootstrap]);
             let ready = node.wait_json(|v| v["event"] == "ready", WAIT);
@@ -233,54 +289,84 @@ fn nat_pair_matrix() {
     }
     let setup = t0.elapsed();
 
+    let mut cells: Vec<Vec<Cell>> = rows
+        .iter()
+        .map(|(row, _)| {
+            let cell = |col: &Column| Cell {
+                expect: expected(*row, col.kind),
+                runs: vec![],
+                failures: vec![],
+                first_failure: None,
+            };
+            columns.iter().map(cell).collect()
+        })
+        .collect();
     // Sequentially: a pinger or a target in two cells at once would share its NAT's ports.
-    let mut cells: Vec<Vec<Cell>> = vec![];
-    for (row, host) in &rows {
-        let mut line = vec![];
-        for col in &columns {
-            let cell = ping(&std, host, &col.peer_id);
-            let [what, how] = cell.lines();
-            let secs = cell.elapsed.as_secs_f64();
-            println!("{:>10} -> {:<10} {what:<16} {how:<20} ({secs:.1} s)", row.label(), col.kind.label());
-            line.push(cell);
+    // Whole passes over the grid rather than one cell's runs back to back, so a cell's runs
+    // are spread over the test, not bunched in one moment of its NATs.
+    for n in 1..=runs {
+        for ((row, host), line) in rows.iter().zip(&mut cells) {
+            for (col, cell) in columns.iter_mut().zip(line) {
+                let run = ping(&std, host, &col.peer_id);
+                let verdict = run.check(cell.expect);
+                let secs = run.elapsed.as_secs_f64();
+                let (what, ms, probes) = (run.outcome(), run.connected_f64("connect_ms"), run.connected_f64("probes"));
+                let how = match (ms, probes) {
+                    (Some(ms), Some(p)) => format!("{ms:.0}ms {p:.0}p"),
+                    _ => run.error_line().to_owned(),
+                };
+                let mark = if verdict.is_ok() { "" } else { "!" };
+                println!(
+                    "run {n}/{runs} {:>10} -> {:<10} {mark}{what:<17} {how:<20} ({secs:.1} s)",
+                    row.label, col.kind.label
+                );
+                if let Err(why) = verdict {
+                    cell.failures.push(format!("run {n}: {why}"));
+                    if cell.first_failure.is_none() {
+                        let target = col.context();
+                        cell.first_failure = Some(format!(
+                            "--- pinger stdout (run {n}):\n{}--- pinger stderr:\n{}--- target {}:\n{target}",
+                            run.stdout, run.stderr, col.kind.label,
+                        ));
+                    }
+                }
+                cell.runs.push(run);
+            }
         }
-        cells.push(line);
     }
 
-    // The grid: two text lines per row, `path/strategy` over `connect_ms probes`.
-    let mut grid = format!(
-        "\nNAT pair matrix: row pings column; each cell path/strategy over connect_ms probes; ! = unexpected\n{:<11}",
-        ""
-    );
+    let mut header = format!("{:<LABEL$}", "");
     for c in &columns {
-        write!(grid, "{:<CELL$}", c.kind.label()).unwrap();
+        write!(header, "{:<CELL$}", c.kind.label).unwrap();
     }
+    let mut grid = format!(
+        "\nNAT pair matrix, {runs} run(s) per cell: row pings column; each cell the most common path/strategy \
+         over ok/runs, median connect_ms and median probes; ! = unexpected\n{}",
+        header.trim_end()
+    );
     let mut failures = String::new();
     for ((row, _), line) in rows.iter().zip(&cells) {
-        let mut text = [format!("\n{:<11}", row.label()), format!("\n{:<11}", "")];
+        let mut text = [format!("\n{:<LABEL$}", row.label), format!("\n{:<LABEL$}", "")];
         for (col, cell) in columns.iter().zip(line) {
-            let verdict = cell.check(expected(*row, col.kind));
-            let [what, how] = cell.lines();
-            let mark = if verdict.is_ok() { "" } else { "!" };
-            write!(text[0], "{:<CELL$}", format!("{mark}{what}")).unwrap();
-            write!(text[1], "{how:<CELL$}").unwrap();
-            if let Err(why) = verdict {
+            for (t, l) in text.iter_mut().zip(cell.lines()) {
+                write!(t, "{l:<CELL$}").unwrap();
+            }
+            if let Some(first) = &cell.first_failure {
                 writeln!(
                     failures,
-                    "\n=== {} -> {}: {why} (expected {:?})\n--- pinger stdout:\n{}--- pinger stderr:\n{}--- target {}:\n{}",
-                    row.label(),
-                    col.kind.label(),
-                    expected(*row, col.kind),
-                    cell.stdout,
-                    cell.stderr,
-                    col.kind.label(),
-                    col.node.context(),
+                    "\n=== {} -> {}: {}/{runs} runs unexpected (expected {:?})\n{}\n{first}",
+                    row.label,
+                    col.kind.label,
+                    cell.failures.len(),
+                    cell.expect,
+                    cell.failures.join("\n"),
                 )
                 .unwrap();
             }
         }
-        grid.push_str(text[0].trim_end());
-        grid.push_str(text[1].trim_end());
+        for t in text {
+            grid.push_str(t.trim_end());
+        }
     }
     println!("{grid}\n\nsetup {:.1} s, total {:.1} s", setup.as_secs_f64(), t0.elapsed().as_secs_f64());
     assert!(failures.is_empty(), "cells differ from `expected`:{failures}");

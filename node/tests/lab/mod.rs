@@ -11,8 +11,14 @@
 //!    public host A      public host B      NAT router (wan 203.0.113.N)    ...
 //!  198.51.100.1 + .2    198.51.100.3          │ lan bridge 10.K.0.1/24
 //!                                          ┌──┴──────────┐
-//!                                       host 10.K.0.2   host 10.K.0.3 ...
+//!                                       host 10.K.0.2   home NAT router (wan 10.K.0.3)
+//!                                                          │ lan bridge 10.K2.0.1/24
+//!                                                       host 10.K2.0.2 ...
 //! ```
+//!
+//! A NAT router sits either on the internet ([`Lab::nat`]) or, like a home router behind a
+//! carrier-grade NAT, on another NAT's LAN ([`Lab::nat_behind`]); either way its uplink is
+//! `wan` and its LAN bridge `lan`, so one ruleset ([`nat_ruleset`]) serves both.
 //!
 //! Every host on the internet side holds its addresses as /32s with a `default dev eth0`
 //! route, so any documentation-range address can be used anywhere: the bridge delivers by
@@ -387,11 +393,11 @@ impl Lab {
     pub fn public_host(&self, name: &str, ips: &[Ipv4Addr]) -> Host {
         assert!(!ips.is_empty(), "lab: public host {name} needs an address");
         let ns = self.add_netns(name);
-        self.plug_into_internet(&ns, "eth0");
-        let mut cmds: Vec<String> = ips.iter().map(|ip| format!("addr add {ip}/32 dev eth0")).collect();
-        cmds.push("link set dev eth0 up".into());
-        cmds.push("route add default dev eth0".into());
-        ip_batch(&ns, &cmds);
+        self.attach(&ns, "eth0", Upstream::Internet(ips[0]));
+        let more: Vec<String> = ips[1..].iter().map(|ip| format!("addr add {ip}/32 dev eth0")).collect();
+        if !more.is_empty() {
+            ip_batch(&ns, &more);
+        }
         Host::new(name, ns, ips.to_vec(), "eth0", &self.shared)
     }
 
@@ -405,8 +411,35 @@ impl Lab {
     /// A NAT router on the internet at `wan_ip` whose nftables rules implement `behavior`
     /// exactly (see [`nat_ruleset`]), with an empty LAN 10.K.0.0/24 behind it.
     pub fn nat(&self, name: &str, behavior: NatBehavior, wan_ip: Ipv4Addr) -> Nat {
+        self.router(name, behavior, Upstream::Internet(wan_ip))
+    }
+
+    /// A NAT router whose WAN interface sits on `outer`'s LAN (the next free address there,
+    /// default route via `outer`'s gateway), with an empty LAN 10.K.0.0/24 behind it: a home
+    /// router behind a carrier-grade NAT. Its rules are [`nat_ruleset`] for its LAN-side
+    /// WAN address, exactly as for [`Lab::nat`]; what the internet sees of the pair is
+    /// `behavior.behind(outer.behavior())`.
+    pub fn nat_behind(&self, outer: &Nat, name: &str, behavior: NatBehavior) -> Nat {
+        self.router(name, behavior, Upstream::Lan(outer))
+    }
+
+    /// A host on `nat`'s LAN (10.K.0.2, .3, …), default route through the NAT.
+    pub fn host_behind(&self, nat: &Nat, name: &str) -> Host {
+        let ns = self.add_netns(name);
+        let ip = self.attach(&ns, "eth0", Upstream::Lan(nat));
+        Host::new(name, ns, vec![ip], "eth0", &self.shared)
+    }
+
+    /// The one router recipe behind [`Lab::nat`] and [`Lab::nat_behind`]: forwarding on, WAN
+    /// interface `wan` (the name [`nat_ruleset`] matches) attached to `upstream`, LAN bridge
+    /// `lan` at 10.K.0.1/24, rules for `behavior`.
+    fn router(&self, name: &str, behavior: NatBehavior, upstream: Upstream) -> Nat {
         let k = self.next_nat.fetch_add(1, Ordering::Relaxed);
         assert!(k < 255, "lab: too many NATs");
+        let public_ip = match upstream {
+            Upstream::Internet(ip) => ip,
+            Upstream::Lan(outer) => outer.public_ip,
+        };
         let ns = self.add_netns(name);
         sysctls(
             &ns,
@@ -418,14 +451,11 @@ impl Lab {
                 ("net.bridge.bridge-nf-call-arptables", "0".into()),
             ],
         );
-        self.plug_into_internet(&ns, WAN_IF);
+        let wan_ip = self.attach(&ns, WAN_IF, upstream);
         let gateway = Ipv4Addr::new(10, k, 0, 1);
         ip_batch(
             &ns,
             &[
-                format!("addr add {wan_ip}/32 dev {WAN_IF}"),
-                format!("link set dev {WAN_IF} up"),
-                format!("route add default dev {WAN_IF}"),
                 format!("link add name {LAN_IF} type bridge"),
                 format!("addr add {gateway}/24 dev {LAN_IF}"),
                 format!("link set dev {LAN_IF} up"),
@@ -434,6 +464,7 @@ impl Lab {
         let nat = Nat {
             router: Host::new(name, ns, vec![wan_ip], WAN_IF, &self.shared),
             wan_ip,
+            public_ip,
             gateway,
             behavior: Mutex::new(behavior),
             next_host: AtomicU8::new(2),
@@ -442,30 +473,55 @@ impl Lab {
         nat
     }
 
-    /// A host on `nat`'s LAN (10.K.0.2, .3, …), default route through the NAT.
-    pub fn host_behind(&self, nat: &Nat, name: &str) -> Host {
-        let i = nat.next_host.fetch_add(1, Ordering::Relaxed);
-        assert!(i < 255, "lab: NAT LAN full");
-        let ns = self.add_netns(name);
-        let g = nat.gateway.octets();
-        let ip = Ipv4Addr::new(g[0], g[1], g[2], i);
-        ip_batch(
-            nat.router.netns(),
-            &[
-                format!("link add name h{i} type veth peer name eth0 netns {ns}"),
-                format!("link set dev h{i} master {LAN_IF} up"),
-            ],
-        );
-        ip_batch(
-            &ns,
-            &[
-                format!("addr add {ip}/24 dev eth0"),
-                "link set dev eth0 up".into(),
-                format!("route add default via {}", nat.gateway),
-            ],
-        );
-        Host::new(name, ns, vec![ip], "eth0", &self.shared)
+    /// Plugs interface `ifname` of `ns` into `upstream` and gives it its address and default
+    /// route; returns the address. Hosts and routers behind a NAT are attached alike.
+    fn attach(&self, ns: &str, ifname: &str, upstream: Upstream) -> Ipv4Addr {
+        match upstream {
+            Upstream::Internet(ip) => {
+                self.plug_into_internet(ns, ifname);
+                ip_batch(
+                    ns,
+                    &[
+                        format!("addr add {ip}/32 dev {ifname}"),
+                        format!("link set dev {ifname} up"),
+                        format!("route add default dev {ifname}"),
+                    ],
+                );
+                ip
+            }
+            Upstream::Lan(nat) => {
+                let i = nat.next_host.fetch_add(1, Ordering::Relaxed);
+                assert!(i < 255, "lab: NAT LAN full");
+                let g = nat.gateway.octets();
+                let ip = Ipv4Addr::new(g[0], g[1], g[2], i);
+                ip_batch(
+                    nat.router.netns(),
+                    &[
+                        format!("link add name h{i} type veth peer name {ifname} netns {ns}"),
+                        format!("link set dev h{i} master {LAN_IF} up"),
+                    ],
+                );
+                ip_batch(
+                    ns,
+                    &[
+                        format!("addr add {ip}/24 dev {ifname}"),
+                        format!("link set dev {ifname} up"),
+                        format!("route add default via {}", nat.gateway),
+                    ],
+                );
+                ip
+            }
+        }
     }
+}
+
+/// Where a NAT router's or a host's uplink is plugged in.
+#[derive(Clone, Copy)]
+enum Upstream<'a> {
+    /// The internet bridge, at this address (a /32 with `default dev <uplink>`).
+    Internet(Ipv4Addr),
+    /// A NAT's LAN bridge, at its next free address, default route via its gateway.
+    Lan(&'a Nat),
 }
 
 impl Drop for Lab {
@@ -488,15 +544,26 @@ impl Drop for Lab {
 /// A NAT router namespace. Its LAN is 10.K.0.0/24 with the router at 10.K.0.1.
 pub struct Nat {
     router: Host,
+    /// The address of its WAN interface: public, or on an outer NAT's LAN.
     wan_ip: Ipv4Addr,
+    /// The address the internet sees: `wan_ip`, or the outermost NAT's.
+    public_ip: Ipv4Addr,
     gateway: Ipv4Addr,
     behavior: Mutex<NatBehavior>,
     next_host: AtomicU8,
 }
 
 impl Nat {
+    /// The address of the router's WAN interface: 203.0.113.N on the internet, 10.K.0.N
+    /// behind another NAT ([`Lab::nat_behind`]).
     pub fn wan_ip(&self) -> Ipv4Addr {
         self.wan_ip
+    }
+
+    /// The address the internet sees traffic from this NAT's LAN come from: the WAN
+    /// address, or behind other NATs the outermost one's.
+    pub fn public_ip(&self) -> Ipv4Addr {
+        self.public_ip
     }
 
     /// The router's LAN address, 10.K.0.1.
@@ -921,8 +988,9 @@ impl Host {
     /// Takes the host's uplink (`eth0`, or a router's `wan`) down or up: a cable pulled.
     pub fn set_link_up(&self, up: bool) {
         ip_batch(&self.ns, &[format!("link set dev {} {}", self.uplink, if up { "up" } else { "down" })]);
-        if up && self.uplink == "eth0" && self.ips[0].is_private() {
-            // The default route via the gateway went away with the link.
+        if up && self.ips[0].is_private() {
+            // Behind a NAT (a host, or a router behind another NAT): the default route via
+            // the gateway went away with the link.
             let o = self.ips[0].octets();
             let _ = self.run("ip", ["route", "replace", "default", "via", &format!("{}.{}.{}.1", o[0], o[1], o[2])]);
         } else if up {
@@ -1415,5 +1483,15 @@ impl Standard {
 
     pub fn host_behind(&self, nat: &Nat, name: &str) -> Host {
         self.lab.host_behind(nat, name)
+    }
+
+    /// A host `name` behind a home NAT `<name>-nat` behind a carrier-grade NAT `<name>-cgn`
+    /// (with the next free WAN address); returns (CGNAT, home NAT, host). The internet
+    /// sees `home.behind(cgnat)`.
+    pub fn double_natted_host(&self, name: &str, home: NatBehavior, cgnat: NatBehavior) -> (Nat, Nat, Host) {
+        let outer = self.nat(&format!("{name}-cgn"), cgnat);
+        let inner = self.lab.nat_behind(&outer, &format!("{name}-nat"), home);
+        let host = self.lab.host_behind(&inner, name);
+        (outer, inner, host)
     }
 }
