@@ -118,6 +118,14 @@ pub enum Event {
         below: Option<Duration>,
         keepalive: Option<Duration>,
     },
+    /// A session moved to a newly punched path: after our NAT mapped us anew (or the
+    /// peer's did), or because the peer punched again.
+    Moved {
+        peer: PeerId,
+        remote: SocketAddr,
+        path: Path,
+        strategy: Strategy,
+    },
     /// A relayed peer became reachable directly: the session moved to the direct path.
     Upgraded {
         peer: PeerId,
@@ -357,6 +365,20 @@ impl Coordinator {
         self.actions.push_back(Action::Introduce(peer));
     }
 
+    /// The introducer sees us at a new address: our NAT dropped our mappings and made new
+    /// ones, so peers' datagrams go to mappings that are gone. Punch every direct session
+    /// again; each moves to its new path when the punch succeeds. (A port-preserving NAT
+    /// re-creates the same mappings and needs none of this.)
+    fn repunch(&mut self) {
+        let direct =
+            self.paths.iter().filter(|(p, path)| **path != Path::Relayed && !self.introductions.contains_key(p));
+        let peers: Vec<PeerId> = direct.map(|(p, _)| *p).collect();
+        for peer in peers {
+            tracing::info!(%peer, "mapped anew: punching again");
+            self.actions.push_back(Action::Introduce(peer));
+        }
+    }
+
     fn fail(&mut self, peer: PeerId, reason: String) {
         self.asked.remove(&peer);
         self.introductions.remove(&peer);
@@ -376,8 +398,11 @@ impl Coordinator {
         use registration::Event as R;
         match event {
             R::Registered { observed } => {
-                self.registered.insert(introducer);
+                let remapped = !self.registered.insert(introducer);
                 self.emit(Event::Registered { introducer, observed });
+                if remapped {
+                    self.repunch();
+                }
                 for peer in std::mem::take(&mut self.waiting) {
                     self.ask_introduction(now, peer);
                 }
@@ -462,15 +487,19 @@ impl Coordinator {
             punch::Event::Connected { peer, socket, remote, proven, initiator, path, strategy, probes, elapsed } => {
                 self.introductions.remove(&peer);
                 self.relay_deadlines.remove(&peer);
-                let relayed = self.paths.insert(peer, path) == Some(Path::Relayed);
+                let before = self.paths.insert(peer, path);
                 self.actions.push_back(Action::Settle(peer));
                 let opened = ProvenPath { peer, socket, remote, proven, controlling: initiator, path, strategy };
                 self.actions.push_back(Action::OpenSession(opened));
-                if relayed {
-                    self.emit(Event::Upgraded { peer, remote, path, strategy });
-                } else {
-                    let connect = self.asked.remove(&peer).map_or(elapsed, |t| now.saturating_duration_since(t));
-                    self.emit(Event::Connected { peer, remote, path, strategy, connect, probes });
+                match before {
+                    Some(Path::Relayed) => self.emit(Event::Upgraded { peer, remote, path, strategy }),
+                    Some(_) if !self.asked.contains_key(&peer) => {
+                        self.emit(Event::Moved { peer, remote, path, strategy })
+                    }
+                    _ => {
+                        let connect = self.asked.remove(&peer).map_or(elapsed, |t| now.saturating_duration_since(t));
+                        self.emit(Event::Connected { peer, remote, path, strategy, connect, probes });
+                    }
                 }
             }
             punch::Event::PathProven { peer, addr } => self.actions.push_back(Action::AddPath { peer, addr }),

@@ -776,3 +776,42 @@ fn sequential_pair_meets_after_others_took_ports() {
         assert_eq!(world.pongs(), PINGS as usize);
     });
 }
+
+/// B's NAT forgets every mapping (a reboot, `conntrack -F`) and maps B anew at another
+/// random port: A's datagrams go to a mapping that is gone. B's next registration refresh
+/// shows the introducer's view moved; B re-registers and punches again, both sessions move
+/// to the new path, and pings flow again.
+#[test]
+fn a_node_mapped_anew_registers_again_and_punches_again() {
+    for_each_seed(0..10, |seed| {
+        let topology = Topology::Apart(Side::Behind(PR), Side::Behind(ER));
+        let mut world = World::new(seed, topology, internet(seed, 0.0));
+        let before = world.connect().unwrap_or_else(|reason| panic!("did not connect: {reason}"));
+        let nat_b = world.nats[1].expect("B is behind a NAT");
+        world.sim.flush_nat(nat_b);
+        let moved = |w: &World, host: HostId| {
+            let events = w.node(host).events();
+            events.iter().find_map(|(_, e)| match e {
+                SimEvent::Moved { remote, path, .. } => Some((*remote, *path)),
+                _ => None,
+            })
+        };
+        let (a, b) = (world.a, world.b);
+        world.sim.run_until_cond(30 * SEC, |s| {
+            let w = |h| s.machine_ref::<SimNode>(h).events().iter().any(|(_, e)| matches!(e, SimEvent::Moved { .. }));
+            w(a) && w(b)
+        });
+        let (a_remote, path) = moved(&world, a).expect("A's session moved");
+        assert_eq!(path, Path::Direct);
+        assert_ne!(a_remote, before.remote, "B is reached at its new mapping");
+        assert_eq!(Some(a_remote), primary_mapping(&world, b, nat_b));
+        assert!(moved(&world, b).is_some(), "B's session moved too");
+        let registered = world.node(b).events().iter().filter(|(_, e)| matches!(e, SimEvent::Registered { .. }));
+        assert!(registered.count() >= 3, "B registered again at its new address");
+        let now = world.sim.now();
+        let b_id = world.b_id;
+        world.sim.machine::<SimNode>(a).ping(now, &b_id).expect("session open");
+        world.sim.run_for(SEC);
+        assert_eq!(world.pongs(), PINGS as usize + 1, "pings flow over the new path");
+    });
+}

@@ -64,6 +64,10 @@ pub fn to_json(event: &NodeEvent) -> Value {
             "event": "upgraded", "peer_id": peer.to_string(), "path": path.as_str(), "remote": remote.to_string(),
             "strategy": strategy.as_str(),
         }),
+        NodeEvent::Moved { peer, remote, path, strategy } => json!({
+            "event": "moved", "peer_id": peer.to_string(), "path": path.as_str(), "remote": remote.to_string(),
+            "strategy": strategy.as_str(),
+        }),
         NodeEvent::Relaying { peers } => json!({
             "event": "relaying", "peers": [peers[0].to_string(), peers[1].to_string()],
         }),

@@ -210,6 +210,7 @@ async fn run(cli: Cli) -> Result<()> {
                             break;
                         }
                         Ok(Some(NodeEvent::Disconnected { reason, .. })) => bail!("peer disconnected: {reason}"),
+                        Ok(Some(event @ (NodeEvent::Moved { .. } | NodeEvent::Upgraded { .. }))) => out.event(&event),
                         Ok(Some(_)) => {}
                         Ok(None) => bail!("node stopped"),
                         Err(_) => {
@@ -240,7 +241,9 @@ async fn run(cli: Cli) -> Result<()> {
                     event = node.next_event() => match event {
                         Some(NodeEvent::Data { payload, .. }) if !out.json => println!("{}", String::from_utf8_lossy(&payload)),
                         Some(NodeEvent::Disconnected { reason, .. }) => bail!("peer disconnected: {reason}"),
-                        Some(event @ NodeEvent::Data { .. }) => out.event(&event),
+                        Some(event @ (NodeEvent::Data { .. } | NodeEvent::Moved { .. } | NodeEvent::Upgraded { .. })) => {
+                            out.event(&event)
+                        }
                         Some(_) => {}
                         None => bail!("node stopped"),
                     },
@@ -367,6 +370,9 @@ fn human(v: &Value) -> String {
             v["connect_ms"],
             v["probes"]
         ),
+        "moved" | "upgraded" => {
+            format!("{} now via {} path {} ({})", s("peer_id"), s("path"), s("remote"), s("strategy"))
+        }
         "pong" => format!("pong seq={} rtt={} ms ({})", v["seq"], v["rtt_ms"], s("path")),
         "data" => format!("{}: {}", s("peer_id"), s("data")),
         "peer_registered" => format!("peer {} registered from {}", s("peer_id"), s("addr")),

@@ -305,6 +305,31 @@ fn keepalive_adapts_to_the_mapping_lifetime_it_measures() {
     assert_eq!(connected["path"], "direct");
 }
 
+/// `conntrack -F` on a NAT that allocates random ports: the target is mapped anew, the
+/// introducer sees it at another port, and the target registers again and punches again;
+/// both sessions move to the new path and data flows once more.
+#[test]
+fn a_remapped_node_punches_again_and_data_flows() {
+    use std::io::Write;
+    let mesh = Mesh::new("rb");
+    let (target_nat, target) = mesh.std.natted_host("p1", NatBehavior::EIM_RANDOM_PORT);
+    let (_, h2) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
+    let (mut target_node, target_id) = mesh.peer(&target);
+    let bootstrap = mesh.std.bootstrap();
+    let mut command = h2.introducer_command(&["connect", &target_id, "--bootstrap", &bootstrap, "--json"]);
+    command.stdin(std::process::Stdio::piped());
+    let mut connect = h2.spawn_command("connect", command);
+    let connected = connect.wait_json(|v| v["event"] == "connected", WAIT);
+    target_nat.flush_conntrack();
+    let moved = connect.wait_json(|v| v["event"] == "moved", Duration::from_secs(45));
+    assert_eq!(moved["path"], "direct", "{moved}");
+    assert_ne!(moved["remote"], connected["remote"], "the target is reached at its new mapping");
+    target_node.wait_json(|v| v["event"] == "moved", WAIT);
+    writeln!(connect.stdin().expect("connect reads stdin"), "after the flush").unwrap();
+    let data = target_node.wait_json(|v| v["event"] == "data", WAIT);
+    assert_eq!(data["data"], "after the flush");
+}
+
 /// `introducer run` with no flags is the first node of a new mesh on the default port,
 /// and `--bootstrap HOST` (no port) finds it there.
 #[test]

@@ -624,6 +624,12 @@ impl Sim {
         self.nat(nat).state.counters
     }
 
+    /// Makes `nat` forget every mapping, as `conntrack -F` does to a Linux NAT.
+    pub fn flush_nat(&mut self, nat: NatId) {
+        self.nat_check(nat);
+        self.nats[nat.0].state.flush();
+    }
+
     /// `nat`'s live mappings, by external port.
     pub fn nat_mappings(&self, nat: NatId) -> Vec<NatMapping> {
         let n = &self.nat(nat).state;

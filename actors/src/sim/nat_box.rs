@@ -178,6 +178,12 @@ impl NatBox {
     }
 
     /// Live mappings, by external port.
+    /// Forgets every mapping at once (a reboot, `conntrack -F`); the port counter moves on.
+    pub fn flush(&mut self) {
+        self.by_key.clear();
+        self.by_port.clear();
+    }
+
     pub fn mappings(&self, now: Duration) -> Vec<MappingView> {
         let mut v: Vec<MappingView> = self
             .by_port
