@@ -184,6 +184,8 @@ pub enum Action {
     },
     /// Registrations and sessions refresh their mappings this often (at most).
     Keepalive(Duration),
+    /// Close the birthday pool's sockets (the punch machine no longer uses them).
+    ClosePool(u16),
     Emit(Event),
 }
 
@@ -220,6 +222,8 @@ pub struct Coordinator {
     /// (the other side's copy may have been lost, and it must ask for the circuit too),
     /// and the repeats are ignored here.
     relaying: HashSet<PeerId>,
+    /// A BindPool is under way (its `on_pool_ready` has not come yet).
+    binding_pool: bool,
     actions: VecDeque<Action>,
 }
 
@@ -240,6 +244,7 @@ impl Coordinator {
             introductions: HashMap::new(),
             relay_deadlines: HashMap::new(),
             relaying: HashSet::new(),
+            binding_pool: false,
             actions: VecDeque::new(),
         }
     }
@@ -312,7 +317,7 @@ impl Coordinator {
         }
         let hard = report.nat_type() == NatType::Hard;
         if hard {
-            self.actions.push_back(Action::BindPool(self.config.pool_size));
+            self.bind_pool();
         }
         self.ready(public);
         let introducers: Vec<SocketAddr> = self.seeds.iter().filter(|s| s.introducer).map(|s| s.addr).collect();
@@ -336,8 +341,15 @@ impl Coordinator {
         self.emit(Event::MappingLifetime { at_least, below, keepalive });
     }
 
+    fn bind_pool(&mut self) {
+        if !std::mem::replace(&mut self.binding_pool, true) {
+            self.actions.push_back(Action::BindPool(self.config.pool_size));
+        }
+    }
+
     /// The birthday pool is bound: what waited for it may go.
     pub fn on_pool_ready(&mut self) {
+        self.binding_pool = false;
         self.actions.extend(self.held_registration.take());
     }
 
@@ -503,6 +515,8 @@ impl Coordinator {
                 }
             }
             punch::Event::PathProven { peer, addr } => self.actions.push_back(Action::AddPath { peer, addr }),
+            punch::Event::NeedPool => self.bind_pool(),
+            punch::Event::PoolIdle => self.actions.push_back(Action::ClosePool(self.config.pool_size)),
             punch::Event::Failed { peer, reason } => {
                 tracing::info!(%peer, "punch failed: {reason}");
                 self.relay_deadlines.remove(&peer);

@@ -88,6 +88,10 @@ enum Command {
         /// mapping lifetime (default 15 s to introducers, 10 s to peers).
         #[arg(long, value_name = "SECS")]
         keepalive: Option<f64>,
+        /// Behind a hard NAT: seconds the birthday pool (256 sockets) stays open unused
+        /// before it is closed; it is bound again when a punch needs it.
+        #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+        pool_idle: f64,
         #[command(flatten)]
         relay: RelayLimits,
     },
@@ -141,7 +145,7 @@ async fn run(cli: Cli) -> Result<()> {
             out.line(serde_json::json!({ "peer_id": id.peer_id().to_string() }), || id.peer_id().to_string());
             Ok(())
         }
-        Command::Run { listen, no_serve, stats_every, keepalive, relay } => {
+        Command::Run { listen, no_serve, stats_every, keepalive, pool_idle, relay } => {
             let mut config = Config::new(persistent_identity(g)?);
             config.listen = if listen.is_empty() {
                 vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))]
@@ -160,6 +164,7 @@ async fn run(cli: Cli) -> Result<()> {
                 config.session.keepalive = keepalive;
                 config.adapt_keepalive = false;
             }
+            config.punch.pool_idle = secs(pool_idle)?;
             let mut node = Node::start(config)?;
             loop {
                 tokio::select! {

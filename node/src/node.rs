@@ -14,7 +14,7 @@ use introducer_actors::punch::{self, actor::pool_socket, actor::Attempts, actor:
 use introducer_actors::registration::{self, actor::RegistrationActor, actor::Registrations};
 use introducer_actors::relay::{self, actor::RelayActor, server::Relay};
 use introducer_actors::session::{self, actor::SessionActor, actor::Sessions};
-use introducer_actors::socket::{self, Bind, Route, SetRoute, SocketActor};
+use introducer_actors::socket::{self, Bind, Route, SetRoute, SocketActor, Unbind};
 use introducer_actors::SocketId;
 use introducer_bootstrap::{BootstrapError, FirstContact, Seed};
 use libp2p_identity::PeerId;
@@ -356,6 +356,7 @@ impl NodeActor {
                 Action::AddPath { peer, addr } => {
                     self.sessions.do_send(Call::new(move |s: &mut Sessions, now| s.add_path(now, peer, addr)))
                 }
+                Action::ClosePool(size) => self.socket.do_send(Unbind((0..size).map(pool_socket).collect())),
                 Action::Keepalive(keepalive) => {
                     self.registrations
                         .do_send(Call::new(move |r: &mut Registrations, now| r.set_keepalive(now, keepalive)));
@@ -421,7 +422,7 @@ impl NodeActor {
             pool
         };
         ctx.spawn(bind.into_actor(self).map(|pool, act, ctx| {
-            act.punch.do_send(Call::new(move |a: &mut Attempts, _| a.set_pool(pool)));
+            act.punch.do_send(Call::new(move |a: &mut Attempts, now| a.set_pool(now, pool)));
             act.coordinator.on_pool_ready();
             act.act(ctx);
         }));

@@ -236,6 +236,36 @@ fn take_ports(host: &Host, flows: u16) {
     }
 }
 
+/// UDP sockets the process `pid` holds open (from /proc: sockets are fds to `socket:[…]`).
+fn open_sockets(pid: u32) -> usize {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the node runs");
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+/// Behind a hard NAT the node binds its birthday pool (256 sockets) and closes it when no
+/// punch used it for `--pool-idle`; a later punch binds it again and connects by birthday.
+#[test]
+fn the_birthday_pool_closes_when_idle_and_opens_for_a_punch() {
+    let mesh = Mesh::new("pi");
+    let (_, hard) = mesh.std.natted_host("p1", NatBehavior::SYMMETRIC_RANDOM);
+    let (_, easy) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
+    let hard_peer = mesh.peer_with(&hard, &["--pool-idle", "2"]);
+    let pid = hard_peer.0.pid();
+    assert!(open_sockets(pid) > 256, "the pool is open once probing found the NAT hard");
+    // Nothing announces the close: watch the process's file descriptors.
+    let closed = |n: usize| n < 64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !closed(open_sockets(pid)) {
+        assert!(std::time::Instant::now() < deadline, "pool still open: {} sockets", open_sockets(pid));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let connected = mesh.ping(&easy, &hard_peer);
+    assert_eq!((connected["path"].as_str(), connected["strategy"].as_str()), (Some("direct"), Some("birthday")));
+    assert!(open_sockets(pid) > 256, "bound again for the punch");
+}
+
 /// Two sequential NATs whose counters moved since their peers registered (others behind
 /// them took 600 and 200 ports): each side shows the introducer a new mapping, and from
 /// there both walk each other's next ports and meet directly.

@@ -8,7 +8,7 @@ use crate::registration::Introduced;
 use crate::socket::{Inbound, Payload};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::envelope::Kind;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -31,6 +31,11 @@ pub struct Attempts {
     by_nonce: HashMap<Vec<u8>, Attempt>,
     /// The pool socket the next new mapping is shown from.
     next_new_mapping: usize,
+    /// Introductions waiting for the pool to be bound.
+    waiting_for_pool: Vec<(NatReport, Introduced)>,
+    /// When an attempt last used the pool (or it was bound).
+    pool_used: Option<Instant>,
+    events: VecDeque<Event>,
     /// Proofs for no attempt of ours.
     pub dropped_unknown_nonce: u64,
 }
@@ -45,13 +50,34 @@ impl Attempts {
             secret,
             by_nonce: HashMap::new(),
             next_new_mapping: 0,
+            waiting_for_pool: Vec::new(),
+            pool_used: None,
+            events: VecDeque::new(),
             dropped_unknown_nonce: 0,
         }
     }
 
-    /// The sockets the driver bound for birthday punching (kept for every later attempt).
-    pub fn set_pool(&mut self, pool: Vec<SocketId>) {
-        self.pool = pool;
+    /// The sockets the driver bound for birthday punching (kept for later attempts until
+    /// idle); introductions that waited for them start now.
+    pub fn set_pool(&mut self, now: Instant, pool: Vec<SocketId>) {
+        (self.pool, self.pool_used) = (pool, Some(now));
+        for (mine, introduced) in std::mem::take(&mut self.waiting_for_pool) {
+            let peer = introduced.peer.peer_id;
+            if let Err(why) = self.start(now, &mine, introduced) {
+                self.events.push_back(Event::Failed { peer, reason: why.to_string() });
+            }
+        }
+    }
+
+    /// Whether a live attempt sends from the pool (then it is in use, not idle).
+    fn pool_in_use(&self) -> bool {
+        self.by_nonce.values().any(Attempt::uses_pool)
+    }
+
+    /// When an open pool nobody uses is closed.
+    fn idle_deadline(&self) -> Option<Instant> {
+        let used = self.pool_used.filter(|_| !self.pool.is_empty() && !self.pool_in_use())?;
+        Some(used + self.config.pool_idle)
     }
 
     /// Starts punching toward an introduced peer, if this strategies can.
@@ -80,7 +106,19 @@ impl Attempts {
             introduced.peer.record.private_addrs.iter().filter_map(|a| a.try_into().ok()).collect();
         let plan = plan(mine, &peer_nat, introduced.peer_public, &private)?;
         match plan.birthday {
-            Some(Birthday::Pool { .. }) if self.pool.is_empty() => return Err(Unpunchable::NoPool),
+            Some(Birthday::Pool { .. }) if self.pool.is_empty() => {
+                if self.waiting_for_pool.iter().any(|(_, w)| w.nonce == introduced.nonce) {
+                    return Ok(());
+                }
+                if self.waiting_for_pool.len() >= self.config.max_attempts {
+                    return Err(Unpunchable::NoPool);
+                }
+                if self.waiting_for_pool.is_empty() {
+                    self.events.push_back(Event::NeedPool);
+                }
+                self.waiting_for_pool.push((*mine, introduced));
+                return Ok(());
+            }
             Some(Birthday::Spray { .. }) => {
                 let spraying = self.by_nonce.values().filter(|a| a.is_spraying()).count();
                 if spraying >= self.config.max_spraying {
@@ -130,14 +168,25 @@ impl Protocol for Attempts {
         }
     }
     fn handle_timeout(&mut self, now: Instant) {
+        if self.pool_in_use() {
+            self.pool_used = Some(now);
+        }
         for attempt in self.by_nonce.values_mut().filter(|a| a.poll_timeout().is_some_and(|t| t <= now)) {
             attempt.handle_timeout(now);
+        }
+        if self.idle_deadline().is_some_and(|t| now >= t) {
+            tracing::debug!(sockets = self.pool.len(), "birthday pool idle: closing it");
+            self.pool.clear();
+            self.events.push_back(Event::PoolIdle);
         }
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
         self.by_nonce.values_mut().find_map(Attempt::poll_transmit)
     }
     fn poll_event(&mut self) -> Option<Event> {
+        if let Some(event) = self.events.pop_front() {
+            return Some(event);
+        }
         let event = self.by_nonce.values_mut().find_map(Attempt::poll_event);
         if event.is_none() {
             self.by_nonce.retain(|_, a| !a.is_done());
@@ -145,6 +194,6 @@ impl Protocol for Attempts {
         event
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        self.by_nonce.values().filter_map(Attempt::poll_timeout).min()
+        self.by_nonce.values().filter_map(Attempt::poll_timeout).chain(self.idle_deadline()).min()
     }
 }

@@ -58,6 +58,9 @@ pub struct Config {
     pub pool_size: u16,
     /// How often the hard side re-sends from every pool socket, keeping its mappings open.
     pub pool_refresh: Duration,
+    /// The pool is closed after this long without an attempt using it, and bound again
+    /// when one needs it.
+    pub pool_idle: Duration,
     /// Random ports the easy side tries per round, and in all.
     pub spray_per_round: u32,
     pub spray_max: u32,
@@ -78,6 +81,7 @@ impl Default for Config {
             local_grace: Duration::from_millis(50),
             pool_size: 256,
             pool_refresh: Duration::from_secs(2),
+            pool_idle: Duration::from_secs(60),
             // 500 probes/s: 2048 probes (99.97 % against 256 mappings) in about 4 s.
             spray_per_round: 25,
             spray_max: 2048,
@@ -112,6 +116,11 @@ pub enum Event {
         peer: PeerId,
         reason: String,
     },
+    /// An introduction needs the birthday pool, which is closed: bind it and
+    /// [`actor::Attempts::set_pool`]; the attempt starts then.
+    NeedPool,
+    /// Nothing used the pool for [`Config::pool_idle`]: it is no longer used; close it.
+    PoolIdle,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -310,6 +319,11 @@ impl Attempt {
             (spray.predicted, spray.pass) = (0, FIRST_PASS);
         }
         spray.next = spray.next.min(now);
+    }
+
+    /// Whether the attempt sends from the birthday pool.
+    pub fn uses_pool(&self) -> bool {
+        self.pool_target.is_some() && !self.is_done()
     }
 
     /// Whether the attempt is still spraying guesses.

@@ -188,6 +188,9 @@ pub struct SimNode {
     private: Option<SocketAddr>,
     /// Birthday sockets, bound at spawn.
     pool: Vec<SocketId>,
+    /// Times the birthday pool was bound, and closed when idle.
+    pools_bound: u32,
+    pools_closed: u32,
     out: VecDeque<Transmit>,
     events: Vec<(Instant, SimEvent)>,
     malformed: u64,
@@ -219,6 +222,8 @@ impl SimNode {
             probe_extra: Vec::new(),
             private: None,
             pool: Vec::new(),
+            pools_bound: 0,
+            pools_closed: 0,
             out: VecDeque::new(),
             events: Vec::new(),
             malformed: 0,
@@ -386,6 +391,11 @@ impl SimNode {
     }
 
     /// The NAT report, once probed.
+    /// Times the birthday pool was bound, and closed for being idle.
+    pub fn pool_cycles(&self) -> (u32, u32) {
+        (self.pools_bound, self.pools_closed)
+    }
+
     pub fn nat(&self) -> Option<&NatReport> {
         self.coordinator.nat()
     }
@@ -526,7 +536,8 @@ impl SimNode {
             }
             Action::BindPool(size) => {
                 let pool = self.pool.iter().copied().take(size.into()).collect();
-                self.attempts.set_pool(pool);
+                self.pools_bound += 1;
+                self.attempts.set_pool(now, pool);
                 self.coordinator.on_pool_ready();
             }
             Action::Register { introducers, record } => {
@@ -546,6 +557,8 @@ impl SimNode {
             }
             Action::OpenSession(opened) => self.sessions.open(now, opened),
             Action::AddPath { peer, addr } => self.sessions.add_path(now, peer, addr),
+            // The simulated pool's sockets stay bound: the punch machine no longer uses them.
+            Action::ClosePool(_) => self.pools_closed += 1,
             Action::Keepalive(keepalive) => {
                 self.registrations.set_keepalive(now, keepalive);
                 self.sessions.set_keepalive(keepalive);

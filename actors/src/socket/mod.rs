@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
 
 /// Who gets a kind of datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +69,11 @@ pub struct Bind {
     pub addr: SocketAddr,
 }
 
+/// Close these sockets (those not bound are skipped).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Unbind(pub Vec<SocketId>);
+
 /// Start handing a route's datagrams to `to`.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -96,7 +102,8 @@ struct Received {
 }
 
 pub struct SocketActor {
-    sockets: HashMap<SocketId, Rc<UdpSocket>>,
+    /// Each socket with the task that receives on it.
+    sockets: HashMap<SocketId, (Rc<UdpSocket>, JoinHandle<()>)>,
     routes: HashMap<Route, Recipient<Inbound>>,
     stats: Stats,
 }
@@ -107,18 +114,19 @@ pub const MAILBOX: usize = 4096;
 impl SocketActor {
     /// Binds the primary socket (and any others given) and starts receiving.
     pub fn bind(addrs: &[(SocketId, SocketAddr)]) -> io::Result<(Addr<SocketActor>, Vec<SocketAddr>)> {
-        let mut sockets = HashMap::new();
+        let mut bound = Vec::new();
         let mut locals = Vec::new();
         for &(id, addr) in addrs {
             let socket = bind_udp(addr)?;
             locals.push(socket.local_addr()?);
-            sockets.insert(id, Rc::new(socket));
+            bound.push((id, Rc::new(socket)));
         }
         let actor = SocketActor::create(|ctx| {
             ctx.set_mailbox_capacity(MAILBOX);
-            for (&id, socket) in &sockets {
-                spawn_receiver(ctx.address(), id, socket.clone());
-            }
+            let sockets = bound
+                .into_iter()
+                .map(|(id, socket)| (id, (socket.clone(), spawn_receiver(ctx.address(), id, socket))))
+                .collect();
             SocketActor { sockets, routes: HashMap::new(), stats: Stats::default() }
         });
         Ok((actor, locals))
@@ -181,7 +189,7 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket)
 }
 
-fn spawn_receiver(actor: Addr<SocketActor>, socket: SocketId, udp: Rc<UdpSocket>) {
+fn spawn_receiver(actor: Addr<SocketActor>, socket: SocketId, udp: Rc<UdpSocket>) -> JoinHandle<()> {
     actix::spawn(async move {
         // One byte more than we accept, so oversized datagrams are seen as such.
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
@@ -198,7 +206,7 @@ fn spawn_receiver(actor: Addr<SocketActor>, socket: SocketId, udp: Rc<UdpSocket>
                 Err(e) => tracing::trace!(%e, "recv error"),
             }
         }
-    });
+    })
 }
 
 impl Actor for SocketActor {
@@ -216,7 +224,7 @@ impl Handler<Received> for SocketActor {
 impl Handler<Send> for SocketActor {
     type Result = ();
     fn handle(&mut self, Send(t): Send, _: &mut Context<Self>) {
-        let Some(socket) = self.sockets.get(&t.socket) else {
+        let Some((socket, _)) = self.sockets.get(&t.socket) else {
             self.stats.send_errors += 1;
             tracing::debug!(socket = t.socket.0, "send on an unknown socket");
             return;
@@ -247,9 +255,21 @@ impl Handler<Bind> for SocketActor {
     fn handle(&mut self, msg: Bind, ctx: &mut Context<Self>) -> io::Result<SocketAddr> {
         let socket = Rc::new(bind_udp(msg.addr)?);
         let local = socket.local_addr()?;
-        spawn_receiver(ctx.address(), msg.id, socket.clone());
-        self.sockets.insert(msg.id, socket);
+        let receiver = spawn_receiver(ctx.address(), msg.id, socket.clone());
+        self.sockets.insert(msg.id, (socket, receiver));
         Ok(local)
+    }
+}
+
+impl Handler<Unbind> for SocketActor {
+    type Result = ();
+    fn handle(&mut self, Unbind(ids): Unbind, _: &mut Context<Self>) {
+        for id in ids {
+            if let Some((_, receiver)) = self.sockets.remove(&id) {
+                // The receiver holds the socket's other reference: the socket closes with it.
+                receiver.abort();
+            }
+        }
     }
 }
 
