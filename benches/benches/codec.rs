@@ -49,7 +49,10 @@ fn envelope(c: &mut Criterion) {
             echo: Some(0xfedc_ba98_7654_3210),
         })),
     };
-    let data = Envelope { kind: Some(Kind::Data(Data { payload: vec![0xAB; 1000].into() })) };
+    // Sealed: epoch and counter travel with the ciphertext (non-zero, so encoded as on the wire).
+    let data = Envelope {
+        kind: Some(Kind::Data(Data { payload: vec![0xAB; 1000].into(), epoch: 0x1122_3344_5566_7788, counter: 42 })),
+    };
     let mut group = c.benchmark_group("envelope");
     for (name, env) in [("punch", punch), ("data_1000", data)] {
         let bytes = encode_envelope(&env);

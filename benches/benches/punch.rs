@@ -12,12 +12,22 @@
 //!   `Node::connect(peer)` to the `Connected` event in the caller's hands, each iteration a
 //!   complete fresh introduction and punch (see `introducer_benches::Loopback`). The node's
 //!   own `connect_ms` is printed alongside.
+//! - `punch/loopback/birthday`: birthday spraying over real loopback sockets between two
+//!   bare punch attempts (`introducer_benches::LoopbackSpray`): the hard side's pool is 256
+//!   sockets on kernel-picked ports, the easy side sprays random ports; time-to-direct is
+//!   until both sides connected. Its runs' time-to-direct and probes are printed next to
+//!   what the birthday paradox predicts.
+//! - `punch/loopback/predict`: the same with the pool on consecutive ports just past the
+//!   port the introducer saw, so the easy side's predicted guesses hit in the first round.
+//!   On loopback its time is mostly the hard side opening its pool (256 sends, a few µs
+//!   each) before it reads the hit, not a round trip.
 //!
 //! `cargo bench -p introducer-benches --bench punch`; `-- --test` runs each once.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use introducer_actors::nat::NatBehavior;
-use introducer_benches::{Loopback, LoopbackConnect, SimPair};
+use introducer_actors::punch;
+use introducer_benches::{birthday_guesses, HardPorts, Loopback, LoopbackConnect, LoopbackSpray, SimPair, SprayPunch};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -135,6 +145,10 @@ fn loopback(c: &mut Criterion) {
         })
     });
     group.finish();
+    // Filtered out: nothing to print.
+    if seen.is_empty() {
+        return;
+    }
     let wall: Vec<f64> = seen.iter().map(|c| c.wall.as_secs_f64() * 1000.0).collect();
     let node: Vec<f64> = seen.iter().map(|c| c.connect_ms).collect();
     let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
@@ -152,12 +166,81 @@ fn loopback(c: &mut Criterion) {
     );
 }
 
+/// Birthday spraying and port prediction over loopback sockets. One iteration is a whole
+/// punch, and a birthday punch takes about half a second: few samples, flat sampling, and
+/// time enough for a few dozen birthday punches in all (their spread is wide).
+fn loopback_spray(c: &mut Criterion) {
+    let mut group = c.benchmark_group("punch/loopback");
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
+    for (name, ports, measure) in [("birthday", HardPorts::Random, 20), ("predict", HardPorts::Consecutive, 2)] {
+        let mut pair = LoopbackSpray::new(ports);
+        let mut seen = Vec::new();
+        group.measurement_time(Duration::from_secs(measure));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        let punched = black_box(pair.punch());
+                        seen.push(punched);
+                        punched.elapsed
+                    })
+                    .sum()
+            })
+        });
+        print_spray(name, &pair, &seen);
+    }
+    group.finish();
+}
+
+/// A loopback spray bench's runs: time-to-direct and the easy side's probes, and what
+/// random guessing predicts for them.
+fn print_spray(name: &str, pair: &LoopbackSpray, seen: &[SprayPunch]) {
+    if seen.is_empty() {
+        return;
+    }
+    let ok: Vec<&SprayPunch> = seen.iter().filter(|p| p.connected).collect();
+    let ms: Vec<f64> = ok.iter().map(|p| p.elapsed.as_secs_f64() * 1000.0).collect();
+    let counts = |count: fn(&SprayPunch) -> u32| {
+        let v: Vec<u32> = ok.iter().map(|&p| count(p)).collect();
+        let q = |q| percentile(v.clone(), q).map_or("-".to_owned(), |v| v.to_string());
+        format!("median {} p95 {} max {}", q(0.5), q(0.95), q(1.0))
+    };
+    let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+    println!("\nloopback {name}: {}/{} punches connected", ok.len(), seen.len());
+    println!(
+        "  time-to-direct ms: median {} p95 {} max {}",
+        f(percentile(ms.clone(), 0.5)),
+        f(percentile(ms.clone(), 0.95)),
+        f(percentile(ms, 1.0))
+    );
+    println!("  easy side's probes: {}", counts(|p| p.probes));
+    println!("  of them sprayed:    {}", counts(|p| p.sprayed));
+    let config = punch::Config::default();
+    let (per_round, interval_ms) = (config.spray_per_round, config.interval.as_secs_f64() * 1000.0);
+    // Guesses leave in rounds, the first at once: guess k goes out with round ⌈k / per_round⌉.
+    let at = |k: u32| {
+        let round = k.div_ceil(per_round);
+        format!("guess {k} (sprayed {}, ~{:.0} ms)", round * per_round, f64::from(round - 1) * interval_ms)
+    };
+    if pair.predict().is_some() {
+        println!("  expected: the first predicted guess is the pool's first port: a hit with {}", at(1));
+    } else {
+        let guesses = |p| at(birthday_guesses(pair.mappings(), p));
+        println!(
+            "  expected: random guesses at {} open mappings of 64512 ports hit by {} in half the punches, by {} in 95 %",
+            pair.mappings(),
+            guesses(0.5),
+            guesses(0.95)
+        );
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = sim, loopback
+    targets = sim, loopback, loopback_spray
 }
 criterion_main!(benches);
