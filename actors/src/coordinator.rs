@@ -186,6 +186,11 @@ pub enum Action {
     Keepalive(Duration),
     /// Close the birthday pool's sockets (the punch machine no longer uses them).
     ClosePool(u16),
+    /// Relay role: we introduced `peers` with `nonce`; our relay may carry their circuit.
+    AuthorizeCircuit {
+        nonce: [u8; 16],
+        peers: [PeerId; 2],
+    },
     Emit(Event),
 }
 
@@ -401,7 +406,11 @@ impl Coordinator {
     pub fn on_broker(&mut self, event: broker::Event) {
         match event {
             broker::Event::Registered { peer, addr } => self.emit(Event::PeerRegistered { peer, addr }),
-            broker::Event::Introduced { requester, target } => self.emit(Event::Introduced { requester, target }),
+            broker::Event::Introduced { requester, target, nonce } => {
+                // Our relay carries their circuit if their punch needs one.
+                self.actions.push_back(Action::AuthorizeCircuit { nonce, peers: [requester, target] });
+                self.emit(Event::Introduced { requester, target })
+            }
             broker::Event::Expired { peer } => tracing::info!(%peer, "registration expired"),
         }
     }

@@ -241,7 +241,7 @@ impl NodeActor {
                 me.clone().recipient(),
             );
             let sessions = MachineActor::start(
-                Sessions::new(config.session.clone(), id.clone()),
+                Sessions::new(config.session.clone(), id.clone(), rand::random()),
                 socket.clone(),
                 me.clone().recipient(),
             );
@@ -356,6 +356,9 @@ impl NodeActor {
                 Action::AddPath { peer, addr } => {
                     self.sessions.do_send(Call::new(move |s: &mut Sessions, now| s.add_path(now, peer, addr)))
                 }
+                Action::AuthorizeCircuit { nonce, peers } => {
+                    self.relay.do_send(Call::new(move |r: &mut Relay, now| r.authorize(now, &nonce, peers)))
+                }
                 Action::ClosePool(size) => self.socket.do_send(Unbind((0..size).map(pool_socket).collect())),
                 Action::Keepalive(keepalive) => {
                     self.registrations
@@ -432,14 +435,15 @@ impl NodeActor {
         let socket = self.socket.send(socket::GetStats);
         let broker = self.broker.send(Call::new(|b: &mut Broker, _| b.stats()));
         let punch = self.punch.send(Call::new(|a: &mut Attempts, _| a.dropped_unknown_nonce));
-        let sessions = self.sessions.send(Call::new(|s: &mut Sessions, _| s.dropped_unknown_source));
+        let sessions =
+            self.sessions.send(Call::new(|s: &mut Sessions, _| (s.dropped_unknown_source, s.unsealing_drops())));
         let stun = self.probe.send(Call::new(|p: &mut NatProbing, _| (p.unanswered, p.rate_limited)));
         let relay = self.relay.send(Call::new(|r: &mut Relay, _| r.stats()));
         let events = self.events.clone();
         let dropped_events = self.dropped_events;
         ctx.spawn(
             async move {
-                let (Ok(s), Ok(b), Ok(p), Ok(x), Ok((stun_unanswered, stun_rate_limited)), Ok(r)) =
+                let (Ok(s), Ok(b), Ok(p), Ok((x, (forged, replayed))), Ok((stun_unanswered, stun_rate_limited)), Ok(r)) =
                     (socket.await, broker.await, punch.await, sessions.await, stun.await, relay.await)
                 else {
                     return;
@@ -453,6 +457,8 @@ impl NodeActor {
                     ("send_errors", s.send_errors),
                     ("dropped_punch_unknown_nonce", p),
                     ("dropped_session_unknown_source", x),
+                    ("dropped_data_forged", forged),
+                    ("dropped_data_replayed", replayed),
                     ("stun_unanswered", stun_unanswered),
                     ("stun_rate_limited", stun_rate_limited),
                     ("dropped_events", dropped_events),
@@ -464,14 +470,28 @@ impl NodeActor {
                     ("broker_dropped_bad_signature", b.dropped_bad_signature),
                     ("broker_dropped_unregistered", b.dropped_unregistered),
                     ("broker_dropped_rate_limited", b.dropped_rate_limited),
+                    ("relay_challenged", r.challenged),
+                    ("relay_circuits_opened", r.circuits_opened),
                     ("relay_circuits_ready", r.circuits_ready),
+                    ("relay_circuits_closed", r.circuits_closed),
+                    ("relay_circuits_expired", r.circuits_expired),
                     ("relay_forwarded_packets", r.forwarded_packets),
                     ("relay_forwarded_bytes", r.forwarded_bytes),
                     ("relay_dropped_rate_limited", r.dropped_rate_limited),
+                    ("relay_dropped_relay_busy", r.dropped_relay_busy),
                     ("relay_dropped_bad_signature", r.dropped_bad_signature),
+                    ("relay_dropped_malformed", r.dropped_malformed),
+                    ("relay_dropped_unknown_circuit", r.dropped_unknown_circuit),
+                    ("relay_dropped_wrong_source", r.dropped_wrong_source),
+                    ("relay_dropped_not_ready", r.dropped_not_ready),
+                    ("relay_refused_not_introduced", r.refused_not_introduced),
                     (
                         "relay_refused",
-                        r.refused_full + r.refused_pending + r.refused_peer_limit + r.refused_bad_request,
+                        r.refused_full
+                            + r.refused_pending
+                            + r.refused_peer_limit
+                            + r.refused_bad_request
+                            + r.refused_not_introduced,
                     ),
                 ];
                 let _ = events.try_send(NodeEvent::Stats(stats));

@@ -75,7 +75,7 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Registered { peer: PeerId, addr: SocketAddr },
-    Introduced { requester: PeerId, target: PeerId },
+    Introduced { requester: PeerId, target: PeerId, nonce: [u8; 16] },
     Expired { peer: PeerId },
 }
 
@@ -264,7 +264,7 @@ impl Broker {
         self.introduce(requester, &recent, true);
         self.introduce(requester, &recent, false);
         self.stats.introduced += 1;
-        self.events.push_back(Event::Introduced { requester, target });
+        self.events.push_back(Event::Introduced { requester, target, nonce: recent.nonce });
     }
 
     /// Sends one side of an introduction: to the requester (`initiator`) or to the target,

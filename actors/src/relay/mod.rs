@@ -89,6 +89,7 @@ pub fn reason_text(reason: pb::RelayRefusedReason) -> &'static str {
         R::RateLimited => "rate limited",
         R::BadRequest => "bad request",
         R::TooManyPending => "too many circuits waiting for their second side",
+        R::NotIntroduced => "this relay did not introduce us",
     }
 }
 

@@ -5,7 +5,9 @@
 //! with a cookie and with a request signed by its key. Only ready circuits forward, and
 //! only from a side's proven address to the other side's: the relay never sends to an
 //! address that did not ask, and answers an unproven address only with a challenge
-//! smaller than what arrived.
+//! smaller than what arrived. A circuit is only created for an introduction this node
+//! made ([`Relay::authorize`]), between the two peers it introduced: keys cost nothing to
+//! make, so circuits for made-up pairs would let one host take every slot.
 
 use super::{reason_text, requester_key, verify_request, MAX_NONCE, MIN_NONCE};
 use crate::cookie::Cookies;
@@ -85,6 +87,8 @@ pub struct Stats {
     pub refused_pending: u64,
     pub refused_peer_limit: u64,
     pub refused_bad_request: u64,
+    /// Circuits asked for an introduction this relay did not make.
+    pub refused_not_introduced: u64,
     /// Rate-limit refusals actually sent (paced by `refusal_interval`).
     pub refusals_rate_limited: u64,
     /// Data over a direction's limits.
@@ -167,6 +171,10 @@ impl Circuit {
 
 type CircuitKey = (Box<[u8]>, PeerId, PeerId);
 
+/// Introductions remembered for circuits, at most (the broker makes a few per second per
+/// peer; these last two pending timeouts).
+const MAX_INTRODUCED: usize = 16_384;
+
 fn circuit_key(nonce: &[u8], a: PeerId, b: PeerId) -> CircuitKey {
     let (lo, hi) = if a.to_bytes() <= b.to_bytes() { (a, b) } else { (b, a) };
     (nonce.into(), lo, hi)
@@ -179,6 +187,10 @@ pub struct Relay {
     circuits: HashMap<u64, Circuit>,
     by_key: HashMap<CircuitKey, u64>,
     per_peer: HashMap<PeerId, usize>,
+    /// Introductions this node made, for which circuits may be created, and when (oldest
+    /// first in `introduced_order`).
+    introduced: HashMap<CircuitKey, Instant>,
+    introduced_order: VecDeque<(Instant, CircuitKey)>,
     pending: usize,
     total: Bucket,
     next_sweep: Option<Instant>,
@@ -201,6 +213,8 @@ impl Relay {
             circuits: HashMap::new(),
             by_key: HashMap::new(),
             per_peer: HashMap::new(),
+            introduced: HashMap::new(),
+            introduced_order: VecDeque::new(),
             pending: 0,
             total,
             next_sweep: None,
@@ -208,6 +222,22 @@ impl Relay {
             events: VecDeque::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// This node introduced `peers` with `nonce`: they may ask for its circuit for a while.
+    pub fn authorize(&mut self, now: Instant, nonce: &[u8], [a, b]: [PeerId; 2]) {
+        let keep = self.config.pending_timeout * 2;
+        let old = |at: &Instant| now.saturating_duration_since(*at) > keep;
+        while self.introduced_order.front().is_some_and(|(at, _)| old(at)) || self.introduced.len() >= MAX_INTRODUCED {
+            let Some((at, key)) = self.introduced_order.pop_front() else { break };
+            // Only if not introduced again since (then a later entry stands for it).
+            if self.introduced.get(&key) == Some(&at) {
+                self.introduced.remove(&key);
+            }
+        }
+        let key = circuit_key(nonce, a, b);
+        self.introduced.insert(key.clone(), now);
+        self.introduced_order.push_back((now, key));
     }
 
     pub fn config(&self) -> &RelayConfig {
@@ -307,8 +337,13 @@ impl Relay {
     }
 
     fn create(&mut self, now: Instant, socket: SocketId, src: SocketAddr, peer: PeerId, target: PeerId, nonce: &[u8]) {
-        // The peer's own limit first: it is the reason the peer can act on.
-        let reason = if self.peer_circuits(&peer) >= self.config.max_circuits_per_peer {
+        let key = circuit_key(nonce, peer, target);
+        // Only for an introduction made here; then the peer's own limit, the reason it can
+        // act on.
+        let reason = if !self.introduced.contains_key(&key) {
+            self.stats.refused_not_introduced += 1;
+            Some(RelayRefusedReason::NotIntroduced)
+        } else if self.peer_circuits(&peer) >= self.config.max_circuits_per_peer {
             self.stats.refused_peer_limit += 1;
             Some(RelayRefusedReason::PeerLimit)
         } else if self.circuits.len() >= self.config.max_circuits {

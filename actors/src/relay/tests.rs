@@ -61,7 +61,9 @@ impl Net {
         net
     }
 
+    /// A client asking for the circuit of an introduction the relay made.
     fn client(&mut self, at: &str, me: Identity, peer: &Identity, nonce: &[u8]) -> usize {
+        self.relay.authorize(self.now, nonce, [me.peer_id(), peer.peer_id()]);
         let c = RelayClient::new(
             ClientConfig::default(),
             me,
@@ -247,21 +249,14 @@ fn third_parties_get_nothing_forwarded_and_are_counted() {
     let out = net.inject(MALLORY, Kind::RelayRequest(replay));
     assert!(matches!(decode(&out[0]), Kind::RelayChallenge(_)), "{out:?}");
 
-    // Mallory with her own key, the right nonce (she overheard it) and Bob as target: a
-    // circuit of her own that Bob never joins.
-    let out = proven_request(&mut net, MALLORY, &m, &b, &NONCE);
-    let Kind::RelayAccepted(acc) = decode(&out[0]) else { panic!("{out:?}") };
-    assert!(!acc.ready);
-    assert_ne!(acc.circuit, circuit);
-    // Wrong nonce: likewise.
-    let out = proven_request(&mut net, MALLORY, &m, &a, &[9; 16]);
-    let Kind::RelayAccepted(acc2) = decode(&out[0]) else { panic!("{out:?}") };
-    assert!(!acc2.ready);
-    for c in [acc.circuit, acc2.circuit] {
-        let data = pb::RelayData { circuit: c, payload: b"spam".to_vec().into() };
-        assert!(net.inject(MALLORY, Kind::RelaySend(data)).is_empty());
+    // Mallory with her own key, the right nonce (she overheard it) and Bob as target, or
+    // another nonce: no such introduction was made here, so no circuit.
+    for (peer, nonce) in [(&b, NONCE), (&a, [9; 16])] {
+        let out = proven_request(&mut net, MALLORY, &m, peer, &nonce);
+        let Kind::RelayRefused(refused) = decode(&out[0]) else { panic!("{out:?}") };
+        assert_eq!(refused.reason, RelayRefusedReason::NotIntroduced as i32);
     }
-    assert_eq!(net.relay.stats().dropped_not_ready, 2);
+    assert_eq!((net.relay.stats().refused_not_introduced, net.relay.circuits()), (2, 1));
 
     // Spoofed source: Alice and Bob's circuit id from Mallory's address.
     let data = pb::RelayData { circuit, payload: b"spoof".to_vec().into() };
@@ -652,10 +647,11 @@ fn relay_sim(seed: u64, loss: f64) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, server::Stats
         sim.set_internet_link(Link::INTERNET_DEFAULT.loss(loss));
         let relay_ip = "198.51.100.1".parse().unwrap();
         let now = sim.now();
-        let relay =
-            sim.add_host(Place::Public(relay_ip), Relay::new(RelayConfig::default(), now, StdRng::seed_from_u64(seed)));
-        let relay_addr = sim.bind(relay, SocketId::PRIMARY, 3478);
         let (a, b) = (Identity::from_seed(1), Identity::from_seed(2));
+        let mut machine = Relay::new(RelayConfig::default(), now, StdRng::seed_from_u64(seed));
+        machine.authorize(now, &NONCE, [a.peer_id(), b.peer_id()]);
+        let relay = sim.add_host(Place::Public(relay_ip), machine);
+        let relay_addr = sim.bind(relay, SocketId::PRIMARY, 3478);
         let talker = |me: &Identity, peer: &Identity, say| Talker {
             client: RelayClient::new(
                 ClientConfig::default(),
@@ -747,4 +743,45 @@ fn a_stale_not_ready_answer_does_not_unready_a_ready_circuit() {
     client.handle(now, relay, accepted(false));
     assert!(client.is_ready(), "a reordered answer about the same circuit changes nothing");
     assert!(client.send(now, b"still flowing").is_ok());
+}
+
+/// Keys cost nothing to make: a circuit is created only for an introduction this node made,
+/// between exactly the two peers it introduced. Anything else is refused, and counted.
+#[test]
+fn circuits_only_for_introductions_made_here() {
+    let mut net = Net::new(RelayConfig::default());
+    let (alice, bob, mallory) = (Identity::from_seed(1), Identity::from_seed(2), Identity::from_seed(66));
+    net.relay.authorize(net.now, &NONCE, [alice.peer_id(), bob.peer_id()]);
+    let strangers = [
+        (MALLORY, mallory.clone(), &bob, NONCE),       // the right nonce, the wrong pair
+        (MALLORY, mallory.clone(), &mallory, [8; 16]), // an introduction nobody made
+        (ALICE, alice.clone(), &bob, [9; 16]),         // the right pair, another nonce
+    ];
+    for (at, me, peer, nonce) in strangers {
+        let c = RelayClient::new(
+            ClientConfig::default(),
+            me,
+            SocketId::PRIMARY,
+            addr(RELAY),
+            peer.peer_id(),
+            &nonce,
+            net.now,
+        );
+        net.clients.push((addr(at), c, Vec::new()));
+    }
+    net.pump();
+    let refused = |net: &Net, i: usize| {
+        net.clients[i]
+            .2
+            .iter()
+            .any(|e| matches!(e, client::Event::Refused { reason: RelayRefusedReason::NotIntroduced, .. }))
+    };
+    assert!(refused(&net, 0) && refused(&net, 2), "asked and refused");
+    assert_eq!(net.relay.circuits(), 0);
+    assert_eq!(net.relay.stats().refused_not_introduced, 2, "the self-circuit is a bad request first");
+    // The introduced pair gets its circuit.
+    net.client(ALICE, alice.clone(), &bob, &NONCE);
+    net.client(BOB, bob, &alice, &NONCE);
+    net.pump();
+    assert_eq!(net.relay.stats().circuits_ready, 1);
 }

@@ -2,6 +2,7 @@
 //! proved itself over — or, for a relayed session, the [`RelayClient`] of its circuit,
 //! which wraps what the session sends and unwraps what the relay delivers.
 
+use super::seal::Seal;
 use super::{Config, Event, ProvenPath, SendError, Session};
 use crate::driver::{MachineActor, Protocol};
 use crate::identity::Identity;
@@ -11,6 +12,8 @@ use crate::socket::{Inbound, Payload};
 use crate::Transmit;
 use introducer_proto::frame::{self, Decoded};
 use libp2p_identity::PeerId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -32,6 +35,8 @@ const UPGRADE_GRACE: Duration = Duration::from_secs(2);
 pub struct Sessions {
     config: Config,
     identity: Identity,
+    /// Every session seals with an epoch of its own.
+    epochs: StdRng,
     relay_config: client::ClientConfig,
     by_peer: HashMap<PeerId, Session>,
     /// Circuits of relayed sessions (the session itself exists once the circuit is ready).
@@ -49,6 +54,12 @@ pub struct Sessions {
     pub dropped_unknown_source: u64,
 }
 
+/// A new session's sealing keys, with a fresh epoch; none for a peer whose id carries no
+/// ed25519 key (every introducer peer's does).
+fn seal_for(identity: &Identity, epochs: &mut StdRng, peer: &PeerId) -> Option<Seal> {
+    Seal::new(identity, peer, epochs.gen()).inspect_err(|e| tracing::warn!(%peer, "no session: {e}")).ok()
+}
+
 impl Sessions {
     /// Sessions, current and future, and future relay circuits keep their mappings with
     /// a keepalive this often, at most.
@@ -59,10 +70,21 @@ impl Sessions {
         self.by_peer.values_mut().for_each(|s| s.set_keepalive(keepalive));
     }
 
-    pub fn new(config: Config, identity: Identity) -> Self {
+    /// Data dropped by the open sessions: (did not authenticate, replayed).
+    pub fn unsealing_drops(&self) -> (u64, u64) {
+        self.by_peer
+            .values()
+            .map(|s| s.stats())
+            .fold((0, 0), |(f, r), s| (f + s.dropped_forged, r + s.dropped_replayed))
+    }
+
+    /// `seed` picks the sessions' sealing epochs: random on a real node, so they never
+    /// repeat across restarts.
+    pub fn new(config: Config, identity: Identity, seed: u64) -> Self {
         Sessions {
             config,
             identity,
+            epochs: StdRng::seed_from_u64(seed),
             relay_config: client::ClientConfig::default(),
             by_peer: HashMap::new(),
             relayed: HashMap::new(),
@@ -94,7 +116,10 @@ impl Sessions {
                 session.move_to(opened);
                 session
             }
-            _ => Session::new(self.config.clone(), opened, now),
+            _ => match seal_for(&self.identity, &mut self.epochs, &peer) {
+                Some(seal) => Session::new(self.config.clone(), opened, seal, now),
+                None => return,
+            },
         };
         // Relays carry many circuits: their address routes by circuit, not to one session.
         let relays: Vec<SocketAddr> = self.relayed.values().map(|(c, _)| c.relay()).collect();
@@ -142,7 +167,8 @@ impl Sessions {
                             path: Path::Relayed,
                             strategy: Strategy::Relay,
                         };
-                        self.by_peer.insert(*peer, Session::new(self.config.clone(), opened, now));
+                        let Some(seal) = seal_for(&self.identity, &mut self.epochs, peer) else { continue };
+                        self.by_peer.insert(*peer, Session::new(self.config.clone(), opened, seal, now));
                         self.relay_events.push_back((*peer, Event::Relayed { relay }));
                     }
                     client::Event::Data(datagram) => match (self.by_peer.get_mut(peer), frame::decode(&datagram)) {
@@ -321,7 +347,7 @@ mod tests {
     fn a_ping_that_beats_the_session_open_is_answered_when_it_opens() {
         let now = Instant::now();
         let peer: SocketAddr = "203.0.113.2:5000".parse().unwrap();
-        let mut sessions = Sessions::new(Config::default(), Identity::from_seed(9));
+        let mut sessions = Sessions::new(Config::default(), Identity::from_seed(9), 9);
         sessions.handle_inbound(ping_from(peer, now));
         assert!(sessions.poll_transmit().is_none());
         let id = Identity::from_seed(1).peer_id();
@@ -345,7 +371,7 @@ mod tests {
         let now = Instant::now();
         let relay: SocketAddr = "198.51.100.1:3478".parse().unwrap();
         let peer = Identity::from_seed(2).peer_id();
-        let mut sessions = Sessions::new(Config::default(), Identity::from_seed(9));
+        let mut sessions = Sessions::new(Config::default(), Identity::from_seed(9), 9);
         sessions.open_relayed(now, peer, relay, &[7; 16], true);
         assert_eq!(std::iter::from_fn(|| sessions.poll_transmit()).count(), 1, "one circuit request");
         sessions.open_relayed(now, peer, relay, &[7; 16], true);
@@ -357,7 +383,7 @@ mod tests {
     #[test]
     fn early_datagrams_are_bounded_in_count_and_age() {
         let now = Instant::now();
-        let mut sessions = Sessions::new(Config::default(), Identity::from_seed(9));
+        let mut sessions = Sessions::new(Config::default(), Identity::from_seed(9), 9);
         for i in 0..EARLY_MAX as u16 + 4 {
             sessions.handle_inbound(ping_from(SocketAddr::from(([192, 0, 2, 1], i)), now));
         }

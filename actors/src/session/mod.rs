@@ -18,6 +18,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub mod actor;
+pub mod seal;
+
+use seal::{OpenError, Seal, Sealed};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -61,6 +64,9 @@ pub struct Stats {
     pub datagrams_out: u64,
     pub dropped_wrong_source: u64,
     pub dropped_unsolicited_pong: u64,
+    /// Data that did not authenticate, or came again.
+    pub dropped_forged: u64,
+    pub dropped_replayed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,8 +105,8 @@ fn max_payload(path: Path) -> usize {
     }
 }
 
-/// Payload bytes that fit one datagram after framing overhead.
-pub const MAX: usize = MAX_DATAGRAM - 16;
+/// Payload bytes that fit one datagram after framing and sealing.
+pub const MAX: usize = MAX_DATAGRAM - 16 - seal::OVERHEAD;
 
 pub struct Session {
     config: Config,
@@ -119,6 +125,8 @@ pub struct Session {
     closed: bool,
     /// Largest payload `send_data` takes (less through a relay, which wraps it).
     max_payload: usize,
+    /// Data is sealed with it and opened with it: the peer's keys, our epoch.
+    seal: Seal,
     stats: Stats,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -129,7 +137,8 @@ impl Session {
         self.config.keepalive = keepalive;
     }
 
-    pub fn new(config: Config, opened: ProvenPath, now: Instant) -> Self {
+    /// A session over `opened`; `seal` holds the keys shared with the peer.
+    pub fn new(config: Config, opened: ProvenPath, seal: Seal, now: Instant) -> Self {
         let ProvenPath { peer, socket, remote, mut proven, controlling, path, strategy } = opened;
         tracing::debug!(%peer, %remote, ?proven, controlling, ?path, "session open");
         if !proven.contains(&remote) {
@@ -150,6 +159,7 @@ impl Session {
             pings: HashMap::new(),
             closed: false,
             max_payload: max_payload(path),
+            seal,
             stats: Stats::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -240,7 +250,8 @@ impl Session {
         if payload.len() > self.max_payload {
             return Err(SendError::TooLarge(payload.len()));
         }
-        self.send(now, Kind::Data(pb::Data { payload: payload.to_vec().into() }));
+        let Sealed { epoch, counter, bytes } = self.seal.seal(payload);
+        self.send(now, Kind::Data(pb::Data { payload: bytes.into(), epoch, counter }));
         Ok(())
     }
 
@@ -263,7 +274,14 @@ impl Session {
                 None if pong.seq == KEEPALIVE_SEQ => {}
                 None => self.stats.dropped_unsolicited_pong += 1,
             },
-            Kind::Data(data) => self.events.push_back(Event::Data(data.payload.to_vec())),
+            Kind::Data(data) => {
+                let sealed = Sealed { epoch: data.epoch, counter: data.counter, bytes: data.payload.to_vec() };
+                match self.seal.open(&sealed) {
+                    Ok(payload) => self.events.push_back(Event::Data(payload)),
+                    Err(OpenError::Forged) => self.stats.dropped_forged += 1,
+                    Err(OpenError::Replayed) => self.stats.dropped_replayed += 1,
+                }
+            }
             _ => {}
         }
     }
@@ -312,8 +330,9 @@ mod tests {
 
     fn pair(now: Instant) -> (Session, Session, SocketAddr, SocketAddr) {
         let (a, b): (SocketAddr, SocketAddr) = ("203.0.113.1:1".parse().unwrap(), "198.51.100.2:2".parse().unwrap());
-        let s = |peer: u64, remote| {
+        let s = |me: u64, peer: u64, remote| {
             let peer = Identity::from_seed(peer).peer_id();
+            let seal = Seal::new(&Identity::from_seed(me), &peer, me).unwrap();
             let opened = ProvenPath {
                 peer,
                 socket: SocketId::PRIMARY,
@@ -323,9 +342,9 @@ mod tests {
                 path: Path::Direct,
                 strategy: Strategy::Direct,
             };
-            Session::new(Config::default(), opened, now)
+            Session::new(Config::default(), opened, seal, now)
         };
-        (s(2, b), s(1, a), a, b)
+        (s(1, 2, b), s(2, 1, a), a, b)
     }
 
     #[test]
@@ -340,10 +359,18 @@ mod tests {
         assert_eq!(a.poll_event(), Some(Event::Pong { seq, rtt: Duration::from_millis(30) }));
 
         a.send_data(now, b"hello").unwrap();
-        b.handle(now, a_addr, kind(&a.poll_transmit().unwrap()));
+        let data = a.poll_transmit().unwrap();
+        assert!(!data.payload.windows(5).any(|w| w == b"hello"), "sealed on the wire");
+        b.handle(now, a_addr, kind(&data));
         assert_eq!(b.poll_event(), Some(Event::Data(b"hello".to_vec())));
+        // The same datagram again, or one forged, from the right address: dropped, counted.
+        b.handle(now, a_addr, kind(&data));
+        let forged = pb::Data { payload: b"spoof, 16 bytes of tag".to_vec().into(), epoch: 99, counter: 0 };
+        b.handle(now, a_addr, Kind::Data(forged.clone()));
+        assert_eq!(b.poll_event(), None);
+        assert_eq!((b.stats().dropped_replayed, b.stats().dropped_forged), (1, 1));
 
-        b.handle(now, "192.0.2.9:9".parse().unwrap(), Kind::Data(pb::Data { payload: b"spoof".to_vec().into() }));
+        b.handle(now, "192.0.2.9:9".parse().unwrap(), Kind::Data(forged));
         assert_eq!(b.poll_event(), None);
         assert_eq!(b.stats().dropped_wrong_source, 1);
         assert_eq!(a.send_data(now, &[0; MAX + 1]), Err(SendError::TooLarge(MAX + 1)));
@@ -365,7 +392,7 @@ mod tests {
                 path,
                 strategy: Strategy::Local,
             };
-            Session::new(Config::default(), opened, now)
+            Session::new(Config::default(), opened, Seal::new(&Identity::from_seed(2), &peer, 2).unwrap(), now)
         };
         let mut controlled = side(hairpin, false, Path::Direct);
         controlled.handle(now, lan, Kind::Ping(pb::Ping { seq: 0 }));

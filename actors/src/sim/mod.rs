@@ -309,6 +309,8 @@ pub struct Sim {
     link_rng: StdRng,
     counters: Counters,
     trace: Option<Vec<TraceEvent>>,
+    /// Bytes looked for in every datagram, and in how many they were seen.
+    sniffing: Option<(Vec<u8>, u64)>,
     dirty: Vec<HostId>,
     scratch: Vec<Transmit>,
 }
@@ -331,6 +333,7 @@ impl Sim {
             link_rng: StdRng::seed_from_u64(seeds::derive(seed, STREAM_LINKS)),
             counters: Counters::default(),
             trace: None,
+            sniffing: None,
             dirty: Vec::new(),
             scratch: Vec::new(),
         }
@@ -643,6 +646,17 @@ impl Sim {
             .collect()
     }
 
+    /// From now on, counts the datagrams (anywhere, on any link) that contain `needle`: what
+    /// an eavesdropper, or a relay, could read.
+    pub fn sniff(&mut self, needle: &[u8]) {
+        self.sniffing = Some((needle.to_vec(), 0));
+    }
+
+    /// Datagrams seen containing the needle since [`Sim::sniff`].
+    pub fn sniffed(&self) -> u64 {
+        self.sniffing.as_ref().map_or(0, |(_, seen)| *seen)
+    }
+
     /// Starts recording a [`TraceEvent`] per datagram.
     pub fn enable_trace(&mut self) {
         self.trace.get_or_insert_with(Vec::new);
@@ -937,6 +951,9 @@ impl Sim {
         }
         if !matches!(fate, Fate::Delivered { .. }) {
             tracing::trace!(from = %packet.from, src = %packet.orig_src, dst = %packet.orig_dst, ?fate, "sim: datagram dropped");
+        }
+        if let Some((needle, seen)) = &mut self.sniffing {
+            *seen += u64::from(packet.payload.windows(needle.len()).any(|w| w == &needle[..]));
         }
         if let Some(trace) = &mut self.trace {
             trace.push(TraceEvent {

@@ -207,7 +207,7 @@ impl SimNode {
             relay: None,
             registrations: Registrations::new(config.registration.clone()),
             attempts: Attempts::new(config.punch.clone(), identity.clone(), sim_secret(&identity)),
-            sessions: Sessions::new(config.session.clone(), identity.clone()),
+            sessions: Sessions::new(config.session.clone(), identity.clone(), sim_secret(&identity)),
             identity,
             role,
             config,
@@ -269,7 +269,7 @@ impl SimNode {
         self.coordinator = Self::coordinator(&config, &self.identity);
         self.registrations = Registrations::new(config.registration.clone());
         self.attempts = Attempts::new(config.punch.clone(), self.identity.clone(), sim_secret(&self.identity));
-        self.sessions = Sessions::new(config.session.clone(), self.identity.clone());
+        self.sessions = Sessions::new(config.session.clone(), self.identity.clone(), self.seed);
         self.config = config;
         self
     }
@@ -559,6 +559,11 @@ impl SimNode {
             Action::AddPath { peer, addr } => self.sessions.add_path(now, peer, addr),
             // The simulated pool's sockets stay bound: the punch machine no longer uses them.
             Action::ClosePool(_) => self.pools_closed += 1,
+            Action::AuthorizeCircuit { nonce, peers } => {
+                if let Some(relay) = &mut self.relay {
+                    relay.authorize(now, &nonce, peers);
+                }
+            }
             Action::Keepalive(keepalive) => {
                 self.registrations.set_keepalive(now, keepalive);
                 self.sessions.set_keepalive(keepalive);
