@@ -7,21 +7,9 @@
 mod lab;
 
 use introducer_actors::nat::NatBehavior;
-use lab::{Host, Standard, PORT};
-use serde_json::Value;
+use lab::{Standard, PORT};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
-
-/// `introducer nat --json ARGS` on `host`: its one JSON object.
-fn nat_json(host: &Host, args: &[&str]) -> Value {
-    let mut all = vec!["nat", "--json"];
-    all.extend_from_slice(args);
-    let out = host.run_timeout(env!("CARGO_BIN_EXE_introducer"), all, Duration::from_secs(30));
-    assert!(out.status.success(), "nat failed: {}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().count(), 1, "nat prints one object: {stdout}");
-    serde_json::from_str(stdout.trim()).expect("nat prints JSON")
-}
 
 /// A host behind `home` behind `cgnat` is classified as `home.behind(cgnat)`, with the
 /// CGNAT's address as its public one, by the introducer and by coturn.
@@ -41,7 +29,7 @@ fn classifies_double(name: &str, home: NatBehavior, cgnat: NatBehavior) {
         // Each probe starts from empty NATs, as the single-NAT classification tests do.
         outer.flush_conntrack();
         inner.flush_conntrack();
-        let report = nat_json(&host, &args);
+        let report = host.introducer_nat(&args);
         let field = |k: &str| report[k].as_str();
         let got = (field("mapping"), field("filtering"), field("allocation"), field("nat_type"));
         let want = (

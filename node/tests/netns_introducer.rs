@@ -63,16 +63,6 @@ impl Mesh {
     }
 }
 
-fn nat_json(host: &Host, args: &[&str]) -> Value {
-    let mut all = vec!["nat", "--json"];
-    all.extend_from_slice(args);
-    let out = host.run_timeout(env!("CARGO_BIN_EXE_introducer"), all, Duration::from_secs(30));
-    assert!(out.status.success(), "nat failed: {}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().count(), 1, "nat prints one object: {stdout}");
-    serde_json::from_str(stdout.trim()).expect("nat prints JSON")
-}
-
 fn assert_classified(report: &Value, behavior: NatBehavior, nat_ip: Ipv4Addr) {
     let expected = behavior.expected_report(std::net::SocketAddr::from((nat_ip, 0)));
     assert_eq!(report["mapping"], expected.mapping.unwrap().as_str(), "{report}");
@@ -90,10 +80,10 @@ fn classifies(name: &str, behavior: NatBehavior) {
     let c = mesh.std.lab.public_host("c", &[Ipv4Addr::new(198, 51, 100, 4), Ipv4Addr::new(198, 51, 100, 5)]);
     let _coturn = c.turnserver(PORT);
     let (nat, host) = mesh.std.natted_host("h", behavior);
-    let via_introducer = nat_json(&host, &["--bootstrap", &mesh.std.bootstrap()]);
+    let via_introducer = host.introducer_nat(&["--bootstrap", &mesh.std.bootstrap()]);
     assert_classified(&via_introducer, behavior, nat.wan_ip());
     nat.flush_conntrack();
-    let via_stun = nat_json(&host, &["--stun", "198.51.100.4:3478"]);
+    let via_stun = host.introducer_nat(&["--stun", "198.51.100.4:3478"]);
     assert_classified(&via_stun, behavior, nat.wan_ip());
 }
 
@@ -131,7 +121,7 @@ fn classifies_symmetric_sequential() {
 fn public_host_is_public() {
     let mesh = Mesh::new("pub");
     let c = mesh.std.lab.public_host("c", &[Ipv4Addr::new(198, 51, 100, 6)]);
-    let report = nat_json(&c, &["--bootstrap", &mesh.std.bootstrap()]);
+    let report = c.introducer_nat(&["--bootstrap", &mesh.std.bootstrap()]);
     assert_eq!(report["nat_type"], NatType::Public.as_str(), "{report}");
     assert_eq!(report["public_addr"].as_str().unwrap().split(':').next(), Some("198.51.100.6"));
 }
@@ -297,17 +287,17 @@ fn two_hard_nats_connect_through_the_relay() {
     println!("hard x hard: {connected}");
 }
 
-/// A NAT that forgets idle mappings after 3 s: with keepalives inside that lifetime the
-/// registered peer stays reachable long after it, and a late ping gets through.
-#[test]
-fn keepalives_hold_a_short_lived_nat_mapping() {
-    let mesh = Mesh::new("ka");
+/// A peer (run with `args`) behind a NAT that forgets idle mappings after 3 s: outliving
+/// that several times over, its mapping toward the introducer stays alive — only keepalives
+/// inside the lifetime keep it — and a late ping gets through. `check` sees the running
+/// peer first.
+fn stays_reachable_behind_a_3_s_nat(name: &str, args: &[&str], check: impl FnOnce(&mut LabChild)) {
+    let mesh = Mesh::new(name);
     let lifetime = Duration::from_secs(3);
     let (nat, h1) = mesh.std.natted_host("p1", NatBehavior::PORT_RESTRICTED.with_mapping_lifetime(lifetime));
     let (_, h2) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
-    let peer = mesh.peer_with(&h1, &["--keepalive", "1"]);
-    // Outlive the mapping lifetime several times over: only keepalives keep the peer's
-    // mapping toward the introducer, and so the peer, reachable.
+    let mut peer = mesh.peer_with(&h1, args);
+    check(&mut peer.0);
     std::thread::sleep(lifetime * 3);
     let table = nat.conntrack_table();
     assert!(table.contains("198.51.100.1"), "the mapping toward the introducer is alive:\n{table}");
@@ -315,24 +305,21 @@ fn keepalives_hold_a_short_lived_nat_mapping() {
     assert_eq!(connected["path"], "direct");
 }
 
-/// The same 3 s NAT without `--keepalive`: the node times its NAT's idle mappings (RFC 5780
-/// lifetime discovery against the introducer), says what it found, refreshes within it,
-/// and stays reachable.
+/// `--keepalive 1`: fixed keepalives inside the lifetime.
+#[test]
+fn keepalives_hold_a_short_lived_nat_mapping() {
+    stays_reachable_behind_a_3_s_nat("ka", &["--keepalive", "1"], |_| {});
+}
+
+/// No `--keepalive`: the node times its NAT's idle mappings (RFC 5780 lifetime discovery
+/// against the introducer), says what it found, and refreshes within it.
 #[test]
 fn keepalive_adapts_to_the_mapping_lifetime_it_measures() {
-    let mesh = Mesh::new("kl");
-    let lifetime = Duration::from_secs(3);
-    let (nat, h1) = mesh.std.natted_host("p1", NatBehavior::PORT_RESTRICTED.with_mapping_lifetime(lifetime));
-    let (_, h2) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
-    let mut peer = mesh.peer(&h1);
-    let found = peer.0.wait_json(|v| v["event"] == "mapping_lifetime", Duration::from_secs(30));
-    assert_eq!((found["at_least_s"].as_f64(), found["below_s"].as_f64()), (Some(2.0), Some(4.0)), "{found}");
-    assert_eq!(found["keepalive_s"].as_f64(), Some(1.5), "{found}");
-    std::thread::sleep(lifetime * 3);
-    let table = nat.conntrack_table();
-    assert!(table.contains("198.51.100.1"), "the mapping toward the introducer is alive:\n{table}");
-    let connected = mesh.ping(&h2, &peer);
-    assert_eq!(connected["path"], "direct");
+    stays_reachable_behind_a_3_s_nat("kl", &[], |peer| {
+        let found = peer.wait_json(|v| v["event"] == "mapping_lifetime", Duration::from_secs(30));
+        assert_eq!((found["at_least_s"].as_f64(), found["below_s"].as_f64()), (Some(2.0), Some(4.0)), "{found}");
+        assert_eq!(found["keepalive_s"].as_f64(), Some(1.5), "{found}");
+    });
 }
 
 /// `conntrack -F` on a NAT that allocates random ports: the target is mapped anew, the

@@ -960,6 +960,16 @@ impl Host {
         self.spawn_command("introducer", self.introducer_command(args))
     }
 
+    /// `introducer nat --json args…` here: its one JSON object (panics unless it exits 0).
+    pub fn introducer_nat(&self, args: &[&str]) -> Value {
+        let all = [&["nat", "--json"][..], args].concat();
+        let out = self.run_timeout(env!("CARGO_BIN_EXE_introducer"), all, Duration::from_secs(30));
+        assert!(out.status.success(), "nat failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.lines().count(), 1, "nat prints one object: {stdout}");
+        serde_json::from_str(stdout.trim()).expect("nat prints JSON")
+    }
+
     /// Runs `f` on a thread that has entered this namespace: sockets it creates live here.
     pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = netns_path(&self.ns);
