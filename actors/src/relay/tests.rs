@@ -64,6 +64,11 @@ impl Net {
     /// A client asking for the circuit of an introduction the relay made.
     fn client(&mut self, at: &str, me: Identity, peer: &Identity, nonce: &[u8]) -> usize {
         self.relay.authorize(self.now, nonce, [me.peer_id(), peer.peer_id()]);
+        self.stranger(at, me, peer, nonce)
+    }
+
+    /// A client asking for a circuit, introduced or not.
+    fn stranger(&mut self, at: &str, me: Identity, peer: &Identity, nonce: &[u8]) -> usize {
         let c = RelayClient::new(
             ClientConfig::default(),
             me,
@@ -758,16 +763,7 @@ fn circuits_only_for_introductions_made_here() {
         (ALICE, alice.clone(), &bob, [9; 16]),         // the right pair, another nonce
     ];
     for (at, me, peer, nonce) in strangers {
-        let c = RelayClient::new(
-            ClientConfig::default(),
-            me,
-            SocketId::PRIMARY,
-            addr(RELAY),
-            peer.peer_id(),
-            &nonce,
-            net.now,
-        );
-        net.clients.push((addr(at), c, Vec::new()));
+        net.stranger(at, me, peer, &nonce);
     }
     net.pump();
     let refused = |net: &Net, i: usize| {
