@@ -63,12 +63,34 @@ fn envelope(c: &mut Criterion) {
     group.finish();
 }
 
+/// Sealing and opening a 1000-byte payload: what end-to-end sealing costs per datagram.
+fn seal(c: &mut Criterion) {
+    use introducer_actors::identity::Identity;
+    use introducer_actors::session::seal::Seal;
+    let (a, b) = (Identity::from_seed(1), Identity::from_seed(2));
+    let mut sender = Seal::new(&a, &b.peer_id(), 1).expect("ed25519 ids");
+    let payload = vec![0xAB; 1000];
+    let mut group = c.benchmark_group("seal");
+    group.throughput(Throughput::Bytes(payload.len() as u64));
+    group.bench_function("seal_1000", |bench| bench.iter(|| sender.seal(black_box(&payload))));
+    let sealed = sender.seal(&payload);
+    group.bench_function("open_1000", |bench| {
+        // A fresh receiver each time: a replay window would refuse the second open.
+        bench.iter_batched(
+            || Seal::new(&b, &a.peer_id(), 2).expect("ed25519 ids"),
+            |mut receiver| receiver.open(black_box(&sealed)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(50)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = stun, envelope
+    targets = stun, envelope, seal
 }
 criterion_main!(benches);
