@@ -376,8 +376,13 @@ impl Attempt {
             // named (the peer may answer from a pool socket), or one the peer proved.
             let planned = self.targets.iter().any(|t| t.addr == src) || self.pool_target == Some(src);
             let known = self.targets.iter().any(|t| t.addr == src && t.socket == socket);
-            if (planned || verified) && !known {
-                self.add_target(Target { socket, addr: src, path: self.path_to(src) });
+            let sent = (planned || verified)
+                && !known
+                && self.add_target(Target { socket, addr: src, path: self.path_to(src) });
+            // The peer receives here (it echoed our token): our proof goes back now rather
+            // than with the next round, so that the peer's answer connects us at once.
+            if verified && !sent && self.state == State::Punching {
+                self.send_proof(socket, src);
             }
             // A responder need not wait any longer: the peer's NAT is open toward us. Only
             // the first round moves up: later proofs must not set the pace.
@@ -407,16 +412,24 @@ impl Attempt {
 
     /// Probes `target` from now on, starting at once: it answered, so the round's pace
     /// need not delay the proof that lets the peer connect. At most `max_candidates`.
-    fn add_target(&mut self, target: Target) {
+    /// Whether a proof went out.
+    fn add_target(&mut self, target: Target) -> bool {
         if self.targets.len() >= self.config.max_candidates {
-            return;
+            return false;
         }
         self.targets.push(target);
-        if self.state == State::Punching {
-            let payload = self.frame(target.addr, false);
-            self.transmits.push_back(Transmit { socket: target.socket, dst: target.addr, payload });
-            self.stats.probes += 1;
+        let punching = self.state == State::Punching;
+        if punching {
+            self.send_proof(target.socket, target.addr);
         }
+        punching
+    }
+
+    /// One proof (not an answer) to `dst`, from `socket`, outside the rounds.
+    fn send_proof(&mut self, socket: SocketId, dst: SocketAddr) {
+        let payload = self.frame(dst, false);
+        self.transmits.push_back(Transmit { socket, dst, payload });
+        self.stats.probes += 1;
     }
 
     /// Our token for `addr`: a keyed hash only we can compute.
@@ -455,9 +468,7 @@ impl Attempt {
         });
         // One more proof back over the winning path: it echoes the peer's token there, so a
         // peer that only knew this address from our proofs can trust it too.
-        let payload = self.frame(remote, false);
-        self.transmits.push_back(Transmit { socket, dst: remote, payload });
-        self.stats.probes += 1;
+        self.send_proof(socket, remote);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
