@@ -374,3 +374,20 @@ fn an_acknowledgement_is_exactly_as_large_as_the_proof_it_answers() {
     assert_eq!(punch_of(&ack).ack, Some(true));
     assert_eq!(ack.payload.len(), probe.payload.len(), "no amplification toward an unproven source");
 }
+
+/// A's first proof is lost (B had not started yet). B's first proof reaches A, A's answer
+/// connects B, and B's proof back proves the path to A: A answers that with a proof of its
+/// own at once, not with its next round, and both are connected within the same instant.
+#[test]
+fn a_lost_first_proof_costs_no_round() {
+    let now = Instant::now();
+    let mut p = pair(now, true);
+    p.a.handle_timeout(now);
+    while p.a.poll_transmit().is_some() {} // lost
+    p.b.handle_timeout(now);
+    deliver(now, &mut p);
+    let connected =
+        |a: &mut Attempt| std::iter::from_fn(|| a.poll_event()).any(|e| matches!(e, Event::Connected { .. }));
+    assert!(connected(&mut p.b), "B connected on A's answer");
+    assert!(connected(&mut p.a), "A connected without waiting for its next round");
+}
