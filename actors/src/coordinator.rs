@@ -399,6 +399,7 @@ impl Coordinator {
     fn fail(&mut self, peer: PeerId, reason: String) {
         self.asked.remove(&peer);
         self.introductions.remove(&peer);
+        self.relaying.remove(&peer);
         self.actions.push_back(Action::Settle(peer));
         self.emit(Event::ConnectFailed { peer, reason });
     }
@@ -508,6 +509,8 @@ impl Coordinator {
             punch::Event::Connected { peer, socket, remote, proven, initiator, path, strategy, probes, elapsed } => {
                 self.introductions.remove(&peer);
                 self.relay_deadlines.remove(&peer);
+                // A circuit still being set up closes when the session moves (Sessions::open).
+                self.relaying.remove(&peer);
                 let before = self.paths.insert(peer, path);
                 self.actions.push_back(Action::Settle(peer));
                 let opened = ProvenPath { peer, socket, remote, proven, controlling: initiator, path, strategy };
@@ -669,5 +672,37 @@ mod tests {
         assert_eq!(c.poll_action(), None);
         c.on_session(now, peer.peer_id(), session::Event::Relayed { relay: introducer });
         assert_eq!(c.poll_action(), Some(Action::Settle(peer.peer_id())), "no more repeats of the introduction");
+    }
+
+    /// A punch that wins while the fallback circuit is still being set up ends the relaying:
+    /// a later introduction to that peer is punched again, not ignored.
+    #[test]
+    fn a_punch_that_beats_the_circuit_leaves_later_introductions_alone() {
+        let now = Instant::now();
+        let easy = NatBehavior::PORT_RESTRICTED.expected_report("203.0.113.1:3478".parse().unwrap());
+        let introducer: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+        let (me, peer) = (Identity::from_seed(1), Identity::from_seed(2));
+        let mut c = probed(false, easy);
+        c.on_registration(now, introducer, introduced(&me, &peer, &easy));
+        assert!(matches!(c.poll_action(), Some(Action::Punch { .. })));
+        c.handle_timeout(now + Duration::from_secs(5));
+        assert!(matches!(c.poll_action(), Some(Action::Relay { .. })), "the punch is slow: a circuit too");
+        let remote = "203.0.113.9:4000".parse().unwrap();
+        let (path, strategy) = (Path::Direct, Strategy::SimultaneousOpen);
+        let connected = punch::Event::Connected {
+            peer: peer.peer_id(),
+            socket: crate::SocketId::PRIMARY,
+            remote,
+            proven: vec![remote],
+            initiator: true,
+            path,
+            strategy,
+            probes: 3,
+            elapsed: Duration::from_secs(6),
+        };
+        c.on_punch(now + Duration::from_secs(6), connected);
+        std::iter::from_fn(|| c.poll_action()).for_each(drop);
+        c.on_registration(now, introducer, introduced(&me, &peer, &easy));
+        assert!(matches!(c.poll_action(), Some(Action::Punch { .. })), "a new introduction is punched");
     }
 }
