@@ -817,20 +817,24 @@ fn a_node_mapped_anew_registers_again_and_punches_again() {
 }
 
 /// The hard side's birthday pool is closed after a minute without use and bound again
-/// when an introduction needs it: the punch waits for it, and connects as before.
+/// when an introduction needs it (to send from, or to show a new mapping from): the punch
+/// waits for it, and connects as before.
 #[test]
 fn an_idle_birthday_pool_is_closed_and_bound_again_when_needed() {
-    for_each_seed(0..10, |seed| {
-        let topology = Topology::Apart(Side::Behind(PR), Side::Behind(SR));
-        let mut world = World::new(seed, topology, internet(seed, 0.0));
-        assert_eq!(world.node(world.b).pool_cycles(), (1, 0), "bound once probing found the NAT hard");
-        world.sim.run_for(61 * SEC);
-        assert_eq!(world.node(world.b).pool_cycles(), (1, 1), "closed after a minute unused");
-        let a = world.connect().unwrap_or_else(|reason| panic!("did not connect: {reason}"));
-        assert_eq!((a.path, a.strategy), (Path::Direct, Strategy::Birthday));
-        assert_eq!(world.pongs(), PINGS as usize);
-        assert_eq!(world.node(world.b).pool_cycles(), (2, 1), "bound again for the punch");
-    });
+    for (a_nat, expect) in [(PR, Strategy::Birthday), (SS, Strategy::Predict)] {
+        let b_nat = if expect == Strategy::Birthday { SR } else { SS };
+        for_each_seed(0..10, |seed| {
+            let topology = Topology::Apart(Side::Behind(a_nat), Side::Behind(b_nat));
+            let mut world = World::new(seed, topology, internet(seed, 0.0));
+            assert_eq!(world.node(world.b).pool_cycles(), (1, 0), "bound once probing found the NAT hard");
+            world.sim.run_for(61 * SEC);
+            assert_eq!(world.node(world.b).pool_cycles(), (1, 1), "closed after a minute unused");
+            let a = world.connect().unwrap_or_else(|reason| panic!("did not connect: {reason}"));
+            assert_eq!((a.path, a.strategy), (Path::Direct, expect));
+            assert_eq!(world.pongs(), PINGS as usize);
+            assert_eq!(world.node(world.b).pool_cycles(), (2, 1), "bound again for the punch");
+        });
+    }
 }
 
 /// Data between relayed peers is sealed end to end: nothing on the wire — the relay's

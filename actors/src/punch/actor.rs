@@ -1,6 +1,6 @@
 //! The punch actor: one [`Attempt`] per introduction, found by its nonce.
 
-use super::{plan, Attempt, Birthday, Config, Event, Unpunchable};
+use super::{plan, Attempt, Birthday, Config, Event, Unpunchable, Walk};
 use crate::driver::{MachineActor, Protocol};
 use crate::identity::Identity;
 use crate::nat::NatReport;
@@ -105,27 +105,28 @@ impl Attempts {
         let private: Vec<SocketAddr> =
             introduced.peer.record.private_addrs.iter().filter_map(|a| a.try_into().ok()).collect();
         let plan = plan(mine, &peer_nat, introduced.peer_public, &private)?;
-        match plan.birthday {
-            Some(Birthday::Pool { .. }) if self.pool.is_empty() => {
-                if self.waiting_for_pool.iter().any(|(_, w)| w.nonce == introduced.nonce) {
-                    return Ok(());
-                }
-                if self.waiting_for_pool.len() >= self.config.max_attempts {
-                    return Err(Unpunchable::NoPool);
-                }
-                if self.waiting_for_pool.is_empty() {
-                    self.events.push_back(Event::NeedPool);
-                }
-                self.waiting_for_pool.push((*mine, introduced));
+        // The hard side sends from its pool; a walk of both sides shows its new mapping from it.
+        let walks_both =
+            matches!(plan.birthday, Some(Birthday::Spray { predict: Some(p), .. }) if p.walk == Walk::Both);
+        let needs_pool = walks_both || matches!(plan.birthday, Some(Birthday::Pool { .. }));
+        if needs_pool && self.pool.is_empty() {
+            if self.waiting_for_pool.iter().any(|(_, w)| w.nonce == introduced.nonce) {
                 return Ok(());
             }
-            Some(Birthday::Spray { .. }) => {
-                let spraying = self.by_nonce.values().filter(|a| a.is_spraying()).count();
-                if spraying >= self.config.max_spraying {
-                    return Err(Unpunchable::Busy(spraying));
-                }
+            if self.waiting_for_pool.len() >= self.config.max_attempts {
+                return Err(Unpunchable::NoPool);
             }
-            _ => {}
+            if self.waiting_for_pool.is_empty() {
+                self.events.push_back(Event::NeedPool);
+            }
+            self.waiting_for_pool.push((*mine, introduced));
+            return Ok(());
+        }
+        if matches!(plan.birthday, Some(Birthday::Spray { .. })) {
+            let spraying = self.by_nonce.values().filter(|a| a.is_spraying()).count();
+            if spraying >= self.config.max_spraying {
+                return Err(Unpunchable::Busy(spraying));
+            }
         }
         let (peer, nonce) = (introduced.peer.peer_id, introduced.nonce.clone());
         let mut attempt = Attempt::new(
@@ -139,7 +140,7 @@ impl Attempts {
             self.secret,
             now,
         );
-        if attempt.walks_both() {
+        if walks_both {
             // From a pool socket not used for this lately: the pool is far larger than the
             // attempts a NAT mapping outlives.
             if let Some(&socket) = self.pool.get(self.next_new_mapping % self.pool.len().max(1)) {
