@@ -293,29 +293,33 @@ impl Broker {
     /// from the IP the peer registered from (it moves a peer within its own NAT's ports,
     /// nowhere else), and a few times per introduction.
     fn on_new_mapping(&mut self, src: SocketAddr, m: &pb::NewMapping) {
+        // Cheap checks first: a signature is verified only for a live introduction, from the
+        // IP one of its two peers registered from.
         let nonce: Option<[u8; 16]> = m.nonce[..].try_into().ok();
         let requester = nonce.and_then(|n| self.by_nonce.get(&n).copied());
-        let signer = verify_new_mapping(m).ok();
-        let (Some(nonce), Some(requester), Some(signer)) = (nonce, requester, signer) else {
+        let recent = requester
+            .and_then(|p| self.by_peer.get(&p))
+            .and_then(|r| r.recent.iter().find(|r| Some(r.nonce) == nonce))
+            .copied();
+        let (Some(requester), Some(mut recent)) = (requester, recent) else {
             self.stats.dropped_new_mapping += 1;
             return;
         };
-        let signer_ip = self.by_peer.get(&signer).map(|r| r.addr.ip());
-        let recent = self.by_peer.get(&requester).and_then(|r| r.recent.iter().find(|r| r.nonce == nonce)).copied();
-        let Some(mut recent) = recent else {
+        let ip = |peer: &PeerId| self.by_peer.get(peer).map(|r| r.addr.ip());
+        let from_a_side = [requester, recent.target].iter().any(|p| ip(p) == Some(src.ip()));
+        let worth_checking = recent.moves_left > 0 && ip(&recent.target).is_some() && from_a_side;
+        let side = worth_checking.then(|| verify_new_mapping(m).ok()).flatten().and_then(|signer| {
+            let side = [requester, recent.target].iter().position(|p| *p == signer)?;
+            (ip(&signer) == Some(src.ip())).then_some(side)
+        });
+        let Some(side) = side else {
             self.stats.dropped_new_mapping += 1;
             return;
         };
-        let side = usize::from(signer != requester);
-        let ok = (signer == requester || signer == recent.target) && signer_ip == Some(src.ip());
-        if !ok || recent.moves_left == 0 || !self.by_peer.contains_key(&recent.target) {
-            self.stats.dropped_new_mapping += 1;
-            return;
-        }
         recent.moves_left -= 1;
         recent.moved[side] = Some(src);
         let list = &mut self.by_peer.get_mut(&requester).expect("checked above").recent;
-        list.iter_mut().filter(|r| r.nonce == nonce).for_each(|r| *r = recent);
+        list.iter_mut().filter(|r| r.nonce == recent.nonce).for_each(|r| *r = recent);
         self.introduce(requester, &recent, side == 1);
         self.stats.new_mappings += 1;
     }
