@@ -86,7 +86,6 @@ pub struct NatProbing {
     seed: u64,
     answers: VecDeque<Transmit>,
     reported: bool,
-    lifetime_reported: bool,
     /// STUN requests this node did not answer (malformed, or nothing to answer with).
     pub unanswered: u64,
     /// STUN requests not answered because their source IP was over its budget.
@@ -104,7 +103,6 @@ impl NatProbing {
             seed: 0,
             answers: VecDeque::new(),
             reported: false,
-            lifetime_reported: false,
             unanswered: 0,
             rate_limited: 0,
         }
@@ -116,11 +114,9 @@ impl NatProbing {
         let sockets = usize::from(ASKER.0.max(KEEPER.0));
         self.lifetime_server = config.servers.first().map(|s| s.addr).filter(|_| locals.extra.len() >= sockets);
         self.probe = Some(Probe::new(config, locals, now, seed));
-        (self.seed, self.reported, self.lifetime, self.lifetime_reported) = (seed, false, None, false);
+        (self.seed, self.reported, self.lifetime) = (seed, false, None);
     }
-}
 
-impl NatProbing {
     /// Once the probe has its result, and only behind a NAT, starts timing its mappings.
     fn check_classified(&mut self, now: Instant) {
         let Some(server) = self.lifetime_server else { return };
@@ -186,8 +182,9 @@ impl Protocol for NatProbing {
             self.reported = true;
             return Some(ProbeEvent::Classified(result));
         }
-        let report = self.lifetime.as_ref()?.result().filter(|_| !self.lifetime_reported)?;
-        self.lifetime_reported = true;
+        // Reported once; the tests are over.
+        let report = self.lifetime.as_ref()?.result()?;
+        self.lifetime = None;
         Some(ProbeEvent::Lifetime(report))
     }
 
