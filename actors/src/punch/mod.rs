@@ -1,7 +1,7 @@
 //! Hole punching: one [`Attempt`] per introduction.
 //!
 //! Both peers learn from the introducer where the other was seen, what NAT it reported
-//! and a shared nonce. [`plan`] picks the candidate addresses and who sends first; the
+//! and a shared nonce. [`plan()`] picks the candidate addresses and who sends first; the
 //! attempt then sends signed punch proofs to every candidate on a steady pace. A proof
 //! that arrives is answered with an acknowledging proof; a path counts as connected only
 //! when an *acknowledging* proof arrives over it, i.e. when both sides have shown their
