@@ -48,9 +48,6 @@ pub struct Config {
     pub adapt_keepalive: bool,
 }
 
-/// The registration keepalive unless the NAT is found to forget sooner.
-pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
-
 /// What the node reports to its user.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -338,7 +335,9 @@ impl Coordinator {
 
     /// Probing timed our NAT's idle mappings: keep ours alive within that.
     pub fn on_lifetime(&mut self, report: LifetimeReport) {
-        let keepalive = self.config.adapt_keepalive.then(|| report.keepalive(DEFAULT_KEEPALIVE));
+        // The registration keepalive stands unless the NAT forgets sooner.
+        let default = registration::Config::default().keepalive;
+        let keepalive = self.config.adapt_keepalive.then(|| report.keepalive(default));
         if let Some(keepalive) = keepalive.filter(|_| report.below.is_some()) {
             self.actions.push_back(Action::Keepalive(keepalive));
         }
@@ -616,12 +615,16 @@ mod tests {
         c
     }
 
+    /// Now, a port-restricted NAT's report, the introducer, and two peers.
+    fn easy_peers() -> (Instant, NatReport, SocketAddr, Identity, Identity) {
+        let easy = NatBehavior::PORT_RESTRICTED.expected_report("203.0.113.1:3478".parse().unwrap());
+        let introducer = "198.51.100.1:3478".parse().unwrap();
+        (Instant::now(), easy, introducer, Identity::from_seed(1), Identity::from_seed(2))
+    }
+
     #[test]
     fn an_introduction_is_punched_or_relayed_as_configured() {
-        let now = Instant::now();
-        let easy = NatBehavior::PORT_RESTRICTED.expected_report("203.0.113.1:3478".parse().unwrap());
-        let introducer: SocketAddr = "198.51.100.1:3478".parse().unwrap();
-        let (me, peer) = (Identity::from_seed(1), Identity::from_seed(2));
+        let (now, easy, introducer, me, peer) = easy_peers();
 
         let mut punching = probed(false, easy);
         punching.on_registration(now, introducer, introduced(&me, &peer, &easy));
@@ -678,10 +681,7 @@ mod tests {
     /// a later introduction to that peer is punched again, not ignored.
     #[test]
     fn a_punch_that_beats_the_circuit_leaves_later_introductions_alone() {
-        let now = Instant::now();
-        let easy = NatBehavior::PORT_RESTRICTED.expected_report("203.0.113.1:3478".parse().unwrap());
-        let introducer: SocketAddr = "198.51.100.1:3478".parse().unwrap();
-        let (me, peer) = (Identity::from_seed(1), Identity::from_seed(2));
+        let (now, easy, introducer, me, peer) = easy_peers();
         let mut c = probed(false, easy);
         c.on_registration(now, introducer, introduced(&me, &peer, &easy));
         assert!(matches!(c.poll_action(), Some(Action::Punch { .. })));
