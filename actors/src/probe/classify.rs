@@ -256,8 +256,9 @@ pub struct Probe {
     filter_sent: bool,
     alloc_started: bool,
     alloc_next: usize,
-    /// (local port, mapped port) of answered allocation samples, in send order.
-    samples: Vec<(u16, u16)>,
+    /// (socket index, local port, mapped port) of answered allocation samples, in the
+    /// order the answers came.
+    samples: Vec<(usize, u16, u16)>,
 }
 
 impl Probe {
@@ -525,7 +526,7 @@ impl Probe {
             Purpose::Alloc { index } => {
                 if let Outcome::Answer { mapped, .. } = outcome {
                     let local = self.locals.extra.get(index + 1).map_or(0, SocketAddr::port);
-                    self.samples.push((local, mapped.port()));
+                    self.samples.push((index, local, mapped.port()));
                 }
             }
         }
@@ -587,7 +588,7 @@ impl Probe {
     fn infer_allocation(&self, first: &First, mapping: Option<Mapping>) -> Option<Allocation> {
         let max_step = self.config.max_step;
         if self.samples.len() >= 2 {
-            return classify_allocation(&self.samples, max_step);
+            return classify_allocation(&in_socket_order(&self.samples), max_step);
         }
         let local = self.locals.primary.map_or(0, |l| l.port());
         if mapping == Some(Mapping::AddressAndPortDependent) {
@@ -601,7 +602,7 @@ impl Probe {
             }
         }
         match self.samples.first() {
-            Some(&sample) => classify_allocation(&[sample], max_step),
+            Some(&(_, local, mapped)) => classify_allocation(&[(local, mapped)], max_step),
             None => classify_allocation(&[(local, first.m1.port())], max_step),
         }
     }
@@ -732,6 +733,27 @@ pub fn classify_mapping(observed: &[(SocketAddr, SocketAddr)]) -> Option<Mapping
         (Some(true), Some(false)) => Some(Mapping::AddressDependent),
         _ => None,
     }
+}
+
+/// Allocation samples as `(local, mapped)` in the order their sockets sent (answers can
+/// come out of order). A socket whose answers were all lost still took its port: where
+/// `k` sockets lie between two samples and the mapped ports moved by a multiple of `k`,
+/// that counts as `k` even steps, not one long one.
+fn in_socket_order(samples: &[(usize, u16, u16)]) -> Vec<(u16, u16)> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by_key(|&(index, _, _)| index);
+    let mut out: Vec<(u16, u16)> = Vec::with_capacity(sorted.len());
+    for (k, &(index, local, mapped)) in sorted.iter().enumerate() {
+        let Some(&(_, prev)) = out.last() else {
+            out.push((local, mapped));
+            continue;
+        };
+        let gap = (index - sorted[k - 1].0) as i32;
+        let delta = i32::from(mapped) - i32::from(sorted[k - 1].2);
+        let step = if gap > 1 && delta % gap == 0 { delta / gap } else { delta };
+        out.push((local, (i32::from(prev) + step).rem_euclid(1 << 16) as u16));
+    }
+    out
 }
 
 /// Port-allocation behaviour from `(local port, mapped port)` samples, one per new mapping,
@@ -1432,6 +1454,20 @@ mod tests {
         assert_eq!(classify_mapping(&[]), None);
         // The same IPv4 peer seen through a dual-stack socket is the same destination.
         assert_eq!(classify_mapping(&[(a0, m), (a("[::ffff:1.1.1.1]:1"), n)]), None);
+    }
+
+    #[test]
+    fn allocation_samples_are_read_in_socket_order_and_lost_ones_still_took_a_port() {
+        // Answers out of order, and socket 2's answers all lost (seen in the simulator at
+        // 20 % loss behind a sequential NAT).
+        let samples = [(1, 40001, 28312), (0, 40000, 28311), (3, 40003, 28314)];
+        let seq1 = Some(Allocation::Sequential { step: 1 });
+        assert_eq!(classify_allocation(&in_socket_order(&samples), 16), seq1);
+        let as_answered: Vec<(u16, u16)> = samples.iter().map(|&(_, l, m)| (l, m)).collect();
+        assert_eq!(classify_allocation(&as_answered, 16), Some(Allocation::Random));
+        // A gap the ports did not move evenly across stays one long step.
+        let uneven = [(0, 40000, 20000), (2, 40002, 20003), (3, 40003, 20010)];
+        assert_eq!(classify_allocation(&in_socket_order(&uneven), 16), Some(Allocation::Random));
     }
 
     #[test]
