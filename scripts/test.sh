@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command (README, CI): installs the Debian packages the tests need
-# (scripts/install-deps.sh; the real-NAT lab tests need root), then runs every test of the
-# workspace. Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p introducer-node
-# --test netns_lab -- --nocapture`.
+# (scripts/install-deps.sh; the real-NAT lab tests need root), checks formatting and lints
+# (clippy, warnings are errors), then runs every test of the workspace. Extra arguments go
+# to `cargo test` and skip the lints, e.g. `scripts/test.sh -p introducer-node --test
+# netns_lab -- --nocapture`.
 #
 # Debug profile on purpose: on a 2-core machine an optimised build of the whole workspace
 # costs more than the tests gain (dependencies are built at opt-level 1, see Cargo.toml).
@@ -10,4 +11,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/install-deps.sh
+if [ $# -eq 0 ]; then
+  cargo fmt --all --check
+  cargo clippy --workspace --all-targets -- -D warnings
+fi
 exec cargo test --workspace "$@"

@@ -1,32 +1,44 @@
-//! The one actor that drives every protocol machine: datagrams and timers in, datagrams
-//! and events out. A module's "actor" is this driver around its machine, so actors stay
-//! as thin as the design asks and every decision stays testable without I/O.
+//! The one actor that drives every role's machine: datagrams, commands and timers in,
+//! datagrams and events out. A module's "actor" is this driver around its machine, so
+//! actors stay as thin as the design asks and every decision stays testable without I/O.
+//!
+//! What passes between roles is uniform: each role takes its own [`Protocol::Command`]s
+//! and reports its own [`Protocol::Event`]s. The node's composition (`introducer_node`'s
+//! `core`) decides which command follows which event; its drivers — this actor system, or
+//! the simulator calling the machines directly — carry them out in a few generic lines.
 
 use crate::socket::{self, Inbound, SocketActor};
 use crate::Transmit;
 use actix::prelude::*;
 use std::time::Instant;
 
-/// A sans-I/O machine that takes decoded datagrams from the socket actor.
+/// A sans-I/O role machine that takes decoded datagrams from the socket actor.
 pub trait Protocol: Unpin + 'static {
+    /// What the role reports to the node.
     type Event: Send + 'static;
+    /// What the node may tell the role to do.
+    type Command: Send + 'static;
     fn handle_inbound(&mut self, inbound: Inbound);
+    fn handle_command(&mut self, now: Instant, command: Self::Command);
     fn handle_timeout(&mut self, now: Instant);
     fn poll_transmit(&mut self) -> Option<Transmit>;
     fn poll_event(&mut self) -> Option<Self::Event>;
     fn poll_timeout(&self) -> Option<Instant>;
 }
 
-/// An event a machine produced, delivered to whoever started its actor.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Emitted<E>(pub E);
+/// A command for a role's actor.
+#[derive(Debug)]
+pub struct Deliver<C>(pub C);
 
-/// A command run on a machine with the current time.
-type Command<P, R> = Box<dyn FnOnce(&mut P, Instant) -> R + Send>;
+impl<C> Message for Deliver<C> {
+    type Result = ();
+}
 
-/// Runs a command on the machine (with the current time) and answers its result.
-pub struct Call<P, R>(Command<P, R>);
+/// A query run on the machine (with the current time); answers its result. For reading
+/// counters and state, never for protocol decisions: those go through [`Deliver`]s.
+pub struct Call<P, R>(Query<P, R>);
+
+type Query<P, R> = Box<dyn FnOnce(&mut P, Instant) -> R + Send>;
 
 impl<P, R> Call<P, R> {
     pub fn new(f: impl FnOnce(&mut P, Instant) -> R + Send + 'static) -> Self {
@@ -42,19 +54,22 @@ impl<P: 'static, R: 'static> Message for Call<P, R> {
 #[rtype(result = "()")]
 struct Tick;
 
+/// Where a role's events go (the node actor, wrapped in its own report type).
+pub type Sink<E> = Box<dyn Fn(E)>;
+
 pub struct MachineActor<P: Protocol> {
     machine: P,
     socket: Addr<SocketActor>,
-    events: Recipient<Emitted<P::Event>>,
+    events: Sink<P::Event>,
     timer: Option<(Instant, SpawnHandle)>,
 }
 
 impl<P: Protocol> MachineActor<P> {
     /// Starts the actor; its events go to `events`.
-    pub fn start(machine: P, socket: Addr<SocketActor>, events: Recipient<Emitted<P::Event>>) -> Addr<Self> {
+    pub fn start(machine: P, socket: Addr<SocketActor>, events: impl Fn(P::Event) + 'static) -> Addr<Self> {
         Actor::create(|ctx: &mut Context<Self>| {
             ctx.set_mailbox_capacity(socket::MAILBOX);
-            let mut actor = MachineActor { machine, socket, events, timer: None };
+            let mut actor = MachineActor { machine, socket, events: Box::new(events), timer: None };
             actor.flush(ctx);
             actor
         })
@@ -66,7 +81,7 @@ impl<P: Protocol> MachineActor<P> {
             self.socket.do_send(socket::Send(t));
         }
         while let Some(e) = self.machine.poll_event() {
-            self.events.do_send(Emitted(e));
+            (self.events)(e);
         }
         let deadline = self.machine.poll_timeout();
         if self.timer.as_ref().map(|(at, _)| *at) == deadline {
@@ -95,6 +110,14 @@ impl<P: Protocol> Handler<Inbound> for MachineActor<P> {
     type Result = ();
     fn handle(&mut self, inbound: Inbound, ctx: &mut Context<Self>) {
         self.machine.handle_inbound(inbound);
+        self.flush(ctx);
+    }
+}
+
+impl<P: Protocol> Handler<Deliver<P::Command>> for MachineActor<P> {
+    type Result = ();
+    fn handle(&mut self, Deliver(command): Deliver<P::Command>, ctx: &mut Context<Self>) {
+        self.machine.handle_command(Instant::now(), command);
         self.flush(ctx);
     }
 }

@@ -4,11 +4,11 @@
 //! it is fed `(now, input)` and asked for output — datagrams to send ([`Transmit`]),
 //! events, and its next deadline. The actix actor around each machine only moves bytes
 //! and timers (the quinn-proto / str0m split). The same machines run on virtual time in
-//! [`sim`], which is what lets the NAT matrix run in milliseconds, deterministically.
+//! the simulator (the `introducer-sim` crate), which is what lets the NAT matrix run in
+//! milliseconds, deterministically.
 
 pub mod broker;
 pub mod cookie;
-pub mod coordinator;
 pub mod driver;
 pub mod identity;
 pub mod nat;
@@ -17,7 +17,6 @@ pub mod punch;
 pub mod registration;
 pub mod relay;
 pub mod session;
-pub mod sim;
 pub mod socket;
 
 use introducer_proto::{frame, pb};
@@ -55,6 +54,12 @@ pub trait Machine {
     fn poll_transmit(&mut self) -> Option<Transmit>;
     /// When `handle_timeout` wants to be called next.
     fn poll_timeout(&self) -> Option<Instant>;
+    /// A socket the machine wants bound or closed; the driver answers a bind with
+    /// [`Machine::handle_socket_event`].
+    fn poll_socket_command(&mut self) -> Option<socket::Command> {
+        None
+    }
+    fn handle_socket_event(&mut self, _now: Instant, _event: socket::Event) {}
 }
 
 impl Transmit {

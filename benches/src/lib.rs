@@ -11,13 +11,13 @@
 use introducer_actors::identity::Identity;
 use introducer_actors::nat::NatBehavior;
 use introducer_actors::punch::{self, actor::pool_socket, Attempt, Birthday, Candidate, Plan, Prediction, Walk};
-use introducer_actors::sim::node::{Connected, SimNode};
-use introducer_actors::sim::{HostId, Link, Place, Sim};
 use introducer_actors::SocketId;
 use introducer_node::config::Serve;
 use introducer_node::{Config, Node, NodeEvent};
 use introducer_proto::frame::{self, Decoded};
 use introducer_proto::pb::{envelope::Kind, Envelope};
+use introducer_sim::node::{Connected, SimNode};
+use introducer_sim::{HostId, Link, Place, Sim};
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -146,7 +146,7 @@ impl Loopback {
                 loop {
                     match tokio::time::timeout(WAIT, node.next_event()).await {
                         Ok(Some(NodeEvent::Registered { .. })) => break,
-                        Ok(Some(NodeEvent::Fatal { message })) => panic!("peer failed: {message}"),
+                        Ok(Some(NodeEvent::Fatal(error))) => panic!("peer failed: {error}"),
                         Ok(Some(_)) => {}
                         Ok(None) => panic!("peer stopped"),
                         Err(_) => panic!("peer did not register within {WAIT:?}"),
@@ -175,7 +175,7 @@ impl Loopback {
                             probes,
                         };
                     }
-                    Ok(Some(NodeEvent::ConnectFailed { reason, .. })) => panic!("connect failed: {reason}"),
+                    Ok(Some(NodeEvent::ConnectFailed { error, .. })) => panic!("connect failed: {error}"),
                     Ok(Some(_)) => {}
                     Ok(None) => panic!("node stopped"),
                     Err(_) => panic!("no connection within {WAIT:?}"),
@@ -355,8 +355,8 @@ impl LoopbackSpray {
         let [easy_id, hard_id] = &self.ids;
         // Each side keys its path tokens with a secret of its own, as nodes do.
         let attempt = |me: &Identity, peer: &Identity, initiator: bool, plan, pool: &[SocketId]| {
-            let (config, secret) = (punch::Config::default(), u64::from(initiator));
-            Attempt::new(config, me, peer.peer_id(), nonce.clone(), initiator, plan, pool, secret, start)
+            let (config, secret) = (punch::Config::default(), [u8::from(initiator); 32]);
+            Attempt::new(config, me, peer.peer_id(), nonce.clone(), initiator, plan, pool, &secret, start)
         };
         let easy = attempt(easy_id, hard_id, true, plan(self.seen, spray), &[]);
         let hard =

@@ -11,7 +11,7 @@ use introducer_actors::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind};
 use libp2p_identity::PeerId;
 use prost::Message;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -202,14 +202,42 @@ pub fn answer_hello(
     Some(info)
 }
 
+/// What the node tells its first-contact role.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Make first contact with these seeds; the outcome comes back as the role's event.
+    Join { config: Config, seeds: Vec<SocketAddr> },
+    /// Tell those who say Hello that we introduce (we serve now).
+    Serve,
+}
+
+/// What first contact found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The seeds that answered (in the user's order), or why none did.
+    Joined(Result<Vec<Seed>, BootstrapError>),
+    /// A seed that answered after the others were reported: its first answers were lost,
+    /// or it came up late.
+    Late(Seed),
+}
+
 /// The bootstrap route of a node: answers every Hello, and runs a [`Join`] when asked.
+///
+/// A join reports the seeds that answered within a short linger after the first one, so a
+/// dead seed does not hold the node up; the silent ones get another round, and those that
+/// answer then are reported as [`Event::Late`] (a lost Hello must not cost a node one of
+/// its introducers). Rounds go on only while they find someone.
 pub struct FirstContact {
     me: PeerId,
     listen: Vec<SocketAddr>,
     introducer: bool,
-    join: Option<Join>,
+    config: Config,
+    /// The current round, and the seeds it asks.
+    join: Option<(Join, Vec<SocketAddr>)>,
+    /// The first round's outcome was reported.
+    joined: bool,
+    events: VecDeque<Event>,
     answers: Vec<Transmit>,
-    reported: bool,
     /// Hellos not answered because even a trimmed answer would be larger.
     pub dropped_small_hello: u64,
 }
@@ -220,27 +248,53 @@ impl FirstContact {
             me,
             listen,
             introducer,
+            config: Config::default(),
             join: None,
+            joined: false,
+            events: VecDeque::new(),
             answers: Vec::new(),
-            reported: false,
             dropped_small_hello: 0,
         }
     }
 
-    /// Starts first contact with `seeds`; the outcome comes back as an event.
+    /// Starts first contact with `seeds`; the outcome comes back as events.
     pub fn join(&mut self, config: Config, seeds: Vec<SocketAddr>, now: Instant) {
-        self.join = Some(Join::new(config, seeds, now));
-        self.reported = false;
+        self.join = Some((Join::new(config.clone(), seeds.clone(), now), seeds));
+        (self.config, self.joined) = (config, false);
     }
 
     /// Whether Hellos report us as an introducer (set once probing shows we are public).
     pub fn set_introducer(&mut self, introducer: bool) {
         self.introducer = introducer;
     }
+
+    /// Reports a finished round, and starts the next for the seeds still silent.
+    fn check(&mut self, now: Instant) {
+        let Some(result) = self.join.as_ref().and_then(|(join, _)| join.result().cloned()) else { return };
+        let (_, asked) = self.join.take().expect("a round is running");
+        let found: Vec<SocketAddr> = result.iter().flatten().map(|s| s.addr).collect();
+        if !std::mem::replace(&mut self.joined, true) {
+            self.events.push_back(Event::Joined(result));
+        } else {
+            self.events.extend(result.into_iter().flatten().map(Event::Late));
+        }
+        let silent: Vec<SocketAddr> = asked.into_iter().filter(|a| !found.contains(a)).collect();
+        if !found.is_empty() && !silent.is_empty() {
+            self.join = Some((Join::new(self.config.clone(), silent.clone(), now), silent));
+        }
+    }
 }
 
 impl Protocol for FirstContact {
-    type Event = Result<Vec<Seed>, BootstrapError>;
+    type Event = Event;
+    type Command = Command;
+
+    fn handle_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Join { config, seeds } => self.join(config, seeds, now),
+            Command::Serve => self.set_introducer(true),
+        }
+    }
 
     fn handle_inbound(&mut self, inbound: Inbound) {
         let Payload::Envelope(kind) = inbound.payload else { return };
@@ -252,8 +306,9 @@ impl Protocol for FirstContact {
                 None => self.dropped_small_hello += 1,
             },
             Kind::ServerInfo(info) => {
-                if let Some(join) = &mut self.join {
+                if let Some((join, _)) = &mut self.join {
                     join.handle(inbound.now, inbound.src, info);
+                    self.check(inbound.now);
                 }
             }
             _ => {}
@@ -261,22 +316,22 @@ impl Protocol for FirstContact {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        if let Some(join) = &mut self.join {
+        if let Some((join, _)) = &mut self.join {
             join.handle_timeout(now);
+            self.check(now);
         }
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.answers.pop().or_else(|| self.join.as_mut()?.poll_transmit())
+        self.answers.pop().or_else(|| self.join.as_mut()?.0.poll_transmit())
     }
 
-    fn poll_event(&mut self) -> Option<Self::Event> {
-        let result = self.join.as_ref()?.result()?.clone();
-        (!std::mem::replace(&mut self.reported, true)).then_some(result)
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.join.as_ref()?.poll_timeout()
+        self.join.as_ref()?.0.poll_timeout()
     }
 }
 
@@ -337,5 +392,38 @@ mod tests {
         }
         let Some(Err(BootstrapError::Unreachable { tries, .. })) = silent.result() else { panic!() };
         assert_eq!(*tries, Config::default().max_tries);
+    }
+
+    fn server_info(src: SocketAddr, now: Instant) -> Inbound {
+        let seed = Identity::from_seed(9).peer_id();
+        let info = answer_hello(HELLO_SIZE, seed, &[src], true, "203.0.113.50:1000".parse().unwrap()).unwrap();
+        Inbound { now, socket: SocketId::PRIMARY, src, len: 100, payload: Payload::Envelope(Kind::ServerInfo(info)) }
+    }
+
+    #[test]
+    fn a_seed_silent_in_the_first_round_is_asked_again_and_reported_late() {
+        let now = Instant::now();
+        let mut contact = FirstContact::new(Identity::from_seed(1).peer_id(), vec![], false);
+        contact.handle_command(now, Command::Join { config: Config::default(), seeds: seeds() });
+        contact.handle_timeout(now);
+        assert_eq!(std::iter::from_fn(|| contact.poll_transmit()).count(), 2);
+        contact.handle_inbound(server_info(seeds()[0], now));
+        let joined = loop {
+            let t = contact.poll_timeout().expect("the first round ends");
+            contact.handle_timeout(t);
+            if let Some(event) = contact.poll_event() {
+                break event;
+            }
+        };
+        let Event::Joined(Ok(found)) = joined else { panic!("{joined:?}") };
+        assert_eq!(found.iter().map(|s| s.addr).collect::<Vec<_>>(), [seeds()[0]]);
+        // The next round asks only the silent seed; its answer is reported late.
+        let t = contact.poll_timeout().expect("a second round");
+        contact.handle_timeout(t);
+        let hellos: Vec<Transmit> = std::iter::from_fn(|| contact.poll_transmit()).collect();
+        assert!(!hellos.is_empty() && hellos.iter().all(|h| h.dst == seeds()[1]), "{hellos:?}");
+        contact.handle_inbound(server_info(seeds()[1], t));
+        assert!(matches!(contact.poll_event(), Some(Event::Late(seed)) if seed.addr == seeds()[1]));
+        assert_eq!(contact.poll_timeout(), None, "everyone answered: no more rounds");
     }
 }

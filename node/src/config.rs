@@ -6,7 +6,14 @@ use introducer_actors::{broker, punch, registration, session};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use introducer_actors::coordinator::Serve;
+/// Whether the node serves as introducer and relay for others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    /// Once probing shows the node publicly reachable, or right away when it has nobody
+    /// to ask (the first node of a new mesh).
+    Auto,
+    Never,
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -1,11 +1,149 @@
-//! What a node reports, and its JSON form (the CLI contract's keys, exactly).
+//! What a node reports, with typed reasons for what went wrong, and its JSON form (the
+//! CLI contract's keys, exactly).
 
 use introducer_actors::nat::NatReport;
+use introducer_actors::probe::ProbeError;
+use introducer_actors::punch::{self, Path, Strategy, Unpunchable};
+use introducer_actors::registration::IntroduceError;
+use introducer_actors::session::{self, RelayError, SendError};
+use introducer_bootstrap::BootstrapError;
+use libp2p_identity::PeerId;
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-/// What a node reports: the coordinator's events, plus the driver's `Stats`.
-pub use introducer_actors::coordinator::Event as NodeEvent;
+/// What a node reports to its user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeEvent {
+    /// NAT known (when it could be probed); `public` nodes serve as introducers.
+    Ready {
+        peer_id: PeerId,
+        listen: Vec<SocketAddr>,
+        public: bool,
+        nat: Option<NatReport>,
+    },
+    /// An introducer accepted our registration (again, if our public address changed).
+    Registered {
+        introducer: SocketAddr,
+        observed: SocketAddr,
+    },
+    IntroducerUnreachable {
+        introducer: SocketAddr,
+    },
+    /// A peer is reachable over `remote`. `connect` runs from asking for the introduction
+    /// (for the introduced side, from the introduction) to the first authenticated answer.
+    Connected {
+        peer: PeerId,
+        remote: SocketAddr,
+        path: Path,
+        strategy: Strategy,
+        connect: Duration,
+        probes: u32,
+    },
+    ConnectFailed {
+        peer: PeerId,
+        error: ConnectError,
+    },
+    Pong {
+        peer: PeerId,
+        seq: u64,
+        rtt: Duration,
+        path: Path,
+    },
+    Data {
+        peer: PeerId,
+        payload: Vec<u8>,
+    },
+    /// A ping or datagram for `peer` could not be sent.
+    NotSent {
+        peer: PeerId,
+        error: SendError,
+    },
+    Disconnected {
+        peer: PeerId,
+        reason: session::Closed,
+    },
+    /// Introducer role: a peer registered with us.
+    PeerRegistered {
+        peer: PeerId,
+        addr: SocketAddr,
+    },
+    /// Introducer role: we introduced two peers.
+    Introduced {
+        requester: PeerId,
+        target: PeerId,
+    },
+    /// Relay role: we carry a circuit between two peers.
+    Relaying {
+        peers: [PeerId; 2],
+    },
+    /// Our NAT kept idle mappings `at_least` long, not `below`; `keepalive` is what
+    /// registrations and sessions now use (`None`: left as configured).
+    MappingLifetime {
+        at_least: Option<Duration>,
+        below: Option<Duration>,
+        keepalive: Option<Duration>,
+    },
+    /// A session moved to a newly punched path: after our NAT mapped us anew (or the
+    /// peer's did), or because the peer punched again.
+    Moved {
+        peer: PeerId,
+        remote: SocketAddr,
+        path: Path,
+        strategy: Strategy,
+    },
+    /// A relayed peer became reachable directly: the session moved to the direct path.
+    Upgraded {
+        peer: PeerId,
+        remote: SocketAddr,
+        path: Path,
+        strategy: Strategy,
+    },
+    /// Named counters of what was received, sent and dropped (the driver's).
+    Stats(Vec<(&'static str, u64)>),
+    /// The node cannot go on.
+    Fatal(FatalError),
+}
+
+/// Why a connection the user asked for was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error("introducer {introducer} did not answer our registration")]
+    IntroducerUnreachable { introducer: SocketAddr },
+    #[error(transparent)]
+    Introduce(IntroduceError),
+    #[error(transparent)]
+    Unpunchable(Unpunchable),
+    #[error(transparent)]
+    TimedOut(punch::TimedOut),
+    #[error("no direct path, and the relay failed: {0}")]
+    Relay(RelayError),
+}
+
+impl ConnectError {
+    /// A short, stable word for scripts (`--json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectError::IntroducerUnreachable { .. } => "introducer_unreachable",
+            ConnectError::Introduce(IntroduceError::TargetNotRegistered { .. }) => "not_registered",
+            ConnectError::Introduce(IntroduceError::NoAnswer { .. }) => "introducer_unreachable",
+            ConnectError::Introduce(_) => "introduce_refused",
+            ConnectError::Unpunchable(_) => "unpunchable",
+            ConnectError::TimedOut(_) => "timed_out",
+            ConnectError::Relay(RelayError::Refused(_)) => "relay_refused",
+            ConnectError::Relay(_) => "relay_failed",
+        }
+    }
+}
+
+/// Why a node cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FatalError {
+    #[error(transparent)]
+    Bootstrap(BootstrapError),
+    #[error("NAT probing failed: {0}")]
+    Probe(ProbeError),
+}
 
 /// The JSON words of a NAT report, as `introducer nat` and the `ready` event print them.
 pub fn nat_json(report: &NatReport) -> Value {
@@ -42,8 +180,11 @@ pub fn to_json(event: &NodeEvent) -> Value {
             "event": "connected", "peer_id": peer.to_string(), "path": path.as_str(), "remote": remote.to_string(),
             "strategy": strategy.as_str(), "connect_ms": millis(*connect), "probes": probes,
         }),
-        NodeEvent::ConnectFailed { peer, reason } => json!({
-            "event": "connect_failed", "peer_id": peer.to_string(), "reason": reason,
+        NodeEvent::ConnectFailed { peer, error } => json!({
+            "event": "connect_failed", "peer_id": peer.to_string(), "kind": error.kind(), "reason": error.to_string(),
+        }),
+        NodeEvent::NotSent { peer, error } => json!({
+            "event": "not_sent", "peer_id": peer.to_string(), "reason": error.to_string(),
         }),
         NodeEvent::Pong { peer, seq, rtt, path } => json!({
             "event": "pong", "peer_id": peer.to_string(), "seq": seq, "rtt_ms": millis(*rtt), "path": path.as_str(),
@@ -52,7 +193,7 @@ pub fn to_json(event: &NodeEvent) -> Value {
             "event": "data", "peer_id": peer.to_string(), "data": String::from_utf8_lossy(payload),
         }),
         NodeEvent::Disconnected { peer, reason } => json!({
-            "event": "disconnected", "peer_id": peer.to_string(), "reason": reason,
+            "event": "disconnected", "peer_id": peer.to_string(), "reason": reason.to_string(),
         }),
         NodeEvent::PeerRegistered { peer, addr } => json!({
             "event": "peer_registered", "peer_id": peer.to_string(), "addr": addr.to_string(),
@@ -82,7 +223,7 @@ pub fn to_json(event: &NodeEvent) -> Value {
                 stats.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
             json!({ "event": "stats", "stats": stats })
         }
-        NodeEvent::Fatal { message } => json!({ "event": "error", "message": message }),
+        NodeEvent::Fatal(error) => json!({ "event": "error", "message": error.to_string() }),
     }
 }
 

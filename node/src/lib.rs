@@ -6,11 +6,12 @@
 //! none — can embed it: commands go in through [`Node`]'s methods, [`NodeEvent`]s come out.
 
 pub mod config;
+pub mod core;
 pub mod event;
 pub mod identity;
 mod node;
 pub mod telemetry;
 
 pub use config::Config;
-pub use event::NodeEvent;
+pub use event::{ConnectError, FatalError, NodeEvent};
 pub use node::{Node, NodeError};

@@ -169,7 +169,7 @@ async fn run(cli: Cli) -> Result<()> {
             loop {
                 tokio::select! {
                     event = node.next_event() => match event {
-                        Some(NodeEvent::Fatal { message }) => bail!(message),
+                        Some(NodeEvent::Fatal(error)) => return Err(error.into()),
                         Some(event) => out.event(&event),
                         None => bail!("node stopped"),
                     },
@@ -281,7 +281,7 @@ async fn connect(
                 out.event(&event);
                 return Ok(node);
             }
-            NodeEvent::ConnectFailed { reason, .. } => bail!("cannot reach {peer}: {reason}"),
+            NodeEvent::ConnectFailed { error, .. } => bail!("cannot reach {peer}: {error}"),
             _ => {}
         }
     }
@@ -289,7 +289,7 @@ async fn connect(
 
 async fn next(node: &mut Node, deadline: Instant, what: &str) -> Result<NodeEvent> {
     match timeout_at(deadline, node.next_event()).await {
-        Ok(Some(NodeEvent::Fatal { message })) => bail!(message),
+        Ok(Some(NodeEvent::Fatal(error))) => Err(error.into()),
         Ok(Some(event)) => Ok(event),
         Ok(None) => bail!("node stopped"),
         Err(_) => bail!("timed out {what}"),

@@ -1,23 +1,23 @@
-//! The `Node` handle and the node actor: it feeds every machine's events to the
-//! [`Coordinator`] (the same one the simulator drives) and carries out its actions by
-//! messaging the other actors. It decides nothing itself.
+//! The `Node` handle and the actix driver of a node: one actor per role over real sockets
+//! and the real clock, and a node actor that runs the [`NodeCore`] — the same composition
+//! the simulator runs — delivering its orders to them.
 
 use crate::config::Config;
+use crate::core::{role_of, NodeCore, Order, Report, RoleId, Roles};
 use crate::event::NodeEvent;
 use actix::prelude::*;
-use introducer_actors::broker::{self, actor::BrokerActor, Broker};
-use introducer_actors::coordinator::{self, Action, Coordinator};
-use introducer_actors::driver::{Call, Emitted, MachineActor};
-use introducer_actors::probe::actor::{probe_socket, NatProbing, ProbeActor, ProbeEvent};
-use introducer_actors::probe::{Layout, LocalSockets, Probe, ProbeConfig, Responder, Server};
-use introducer_actors::punch::{self, actor::pool_socket, actor::Attempts, actor::PunchActor};
-use introducer_actors::registration::{self, actor::RegistrationActor, actor::Registrations};
-use introducer_actors::relay::{self, actor::RelayActor, server::Relay};
-use introducer_actors::session::{self, actor::SessionActor, actor::Sessions};
-use introducer_actors::socket::{self, Bind, Route, SetRoute, SocketActor, Unbind};
+use introducer_actors::broker::{actor::BrokerActor, Broker};
+use introducer_actors::driver::{Call, Deliver, MachineActor, Protocol};
+use introducer_actors::probe::actor::{NatProbing, ProbeActor};
+use introducer_actors::punch::actor::{Attempts, PunchActor};
+use introducer_actors::registration::actor::RegistrationActor;
+use introducer_actors::relay::{actor::RelayActor, server::Relay};
+use introducer_actors::session::actor::{SessionActor, Sessions};
+use introducer_actors::socket::{self, Inbound, Route, SetRoute, SocketActor};
 use introducer_actors::SocketId;
-use introducer_bootstrap::{BootstrapError, FirstContact, Seed};
+use introducer_bootstrap::FirstContact;
 use libp2p_identity::PeerId;
+use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -168,15 +168,6 @@ fn socket_plan(listen: &[SocketAddr]) -> Result<Vec<(SocketId, SocketAddr)>, Nod
     }
 }
 
-fn responder(locals: &[SocketAddr]) -> Option<Responder> {
-    let layout = match locals {
-        [one] => Layout::single(SocketId::PRIMARY, *one),
-        [a, _, _, d] => Layout::rfc5780(*a, *d, [SocketId::PRIMARY, SocketId(1), SocketId(2), SocketId(3)]).ok()?,
-        _ => return None,
-    };
-    Some(Responder::new(layout))
-}
-
 /// The local IP the OS would use toward `dst` (no packet is sent).
 fn route_ip(dst: SocketAddr) -> Option<IpAddr> {
     let probe = UdpSocket::bind(if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).ok()?;
@@ -184,15 +175,28 @@ fn route_ip(dst: SocketAddr) -> Option<IpAddr> {
     Some(probe.local_addr().ok()?.ip())
 }
 
+/// The primary socket's address as the LAN sees it: its own IP, or — bound to every
+/// interface — the one the OS routes from toward the first server.
+fn lan_addr(primary: SocketAddr, first_server: Option<SocketAddr>) -> Option<SocketAddr> {
+    let ip = if primary.ip().is_unspecified() { route_ip(first_server?)? } else { primary.ip() };
+    Some(SocketAddr::new(ip, primary.port()))
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A role's report, for the node actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Reported(Report);
+
+/// The node actor: runs the [`NodeCore`] (the same one the simulator runs) and delivers its
+/// orders to the role actors. It decides nothing itself.
 struct NodeActor {
-    coordinator: Coordinator,
+    core: NodeCore,
     events: mpsc::Sender<NodeEvent>,
     socket: Addr<SocketActor>,
-    locals: Vec<SocketAddr>,
     contact: Addr<MachineActor<FirstContact>>,
     probe: Addr<ProbeActor>,
     broker: Addr<BrokerActor>,
@@ -201,12 +205,19 @@ struct NodeActor {
     sessions: Addr<SessionActor>,
     relay: Addr<RelayActor>,
     stats_interval: Option<std::time::Duration>,
-    bootstrap: Vec<SocketAddr>,
-    bootstrap_timing: introducer_bootstrap::Config,
-    /// The coordinator's own deadline, armed.
+    /// The core's own deadline, armed.
     timer: Option<(Instant, SpawnHandle)>,
     /// Events the user did not take in time.
     dropped_events: u64,
+}
+
+/// Starts a role's actor; its events come back to the node actor as reports.
+fn start_role<P: Protocol>(machine: P, socket: &Addr<SocketActor>, node: &Addr<NodeActor>) -> Addr<MachineActor<P>>
+where
+    P::Event: Into<Report>,
+{
+    let node = node.clone();
+    MachineActor::start(machine, socket.clone(), move |event: P::Event| node.do_send(Reported(event.into())))
 }
 
 impl NodeActor {
@@ -219,59 +230,35 @@ impl NodeActor {
         NodeActor::create(move |ctx| {
             let me = ctx.address();
             let now = Instant::now();
-            let id = config.identity.clone();
-            let contact = MachineActor::start(
-                FirstContact::new(id.peer_id(), locals.clone(), false),
-                socket.clone(),
-                me.clone().recipient(),
-            );
-            let probe =
-                MachineActor::start(NatProbing::new(responder(&locals)), socket.clone(), me.clone().recipient());
-            let broker_machine =
-                Broker::new(config.broker.clone(), now, rand::rngs::StdRng::seed_from_u64(rand::random()));
-            let broker = MachineActor::start(broker_machine, socket.clone(), me.clone().recipient());
-            let registrations = MachineActor::start(
-                Registrations::new(config.registration.clone()),
-                socket.clone(),
-                me.clone().recipient(),
-            );
-            let punch = MachineActor::start(
-                Attempts::new(config.punch.clone(), id.clone(), rand::random()),
-                socket.clone(),
-                me.clone().recipient(),
-            );
-            let sessions = MachineActor::start(
-                Sessions::new(config.session.clone(), id.clone(), rand::random()),
-                socket.clone(),
-                me.clone().recipient(),
-            );
-            let relay_machine =
-                Relay::new(config.relay.clone(), now, rand::rngs::StdRng::seed_from_u64(rand::random()));
-            let relay = MachineActor::start(relay_machine, socket.clone(), me.clone().recipient());
-            for (route, to) in [
-                (Route::Bootstrap, contact.clone().recipient()),
-                (Route::StunServer, probe.clone().recipient()),
-                (Route::StunClient, probe.clone().recipient()),
-                (Route::Registration, registrations.clone().recipient()),
-                (Route::Punch, punch.clone().recipient()),
-                (Route::Session, sessions.clone().recipient()),
-            ] {
+            // Keys, cookie secrets and nonce seeds: full entropy from the OS.
+            let mut rng = StdRng::from_entropy();
+            let roles = Roles::new(&config, &locals, now, &mut rng);
+            let contact = start_role(roles.contact, &socket, &me);
+            let probe = start_role(roles.probe, &socket, &me);
+            let broker = start_role(roles.broker, &socket, &me);
+            let registrations = start_role(roles.registrations, &socket, &me);
+            let punch = start_role(roles.punch, &socket, &me);
+            let sessions = start_role(roles.sessions, &socket, &me);
+            let relay = start_role(roles.relay, &socket, &me);
+            for route in Route::ALL {
+                let to: Recipient<Inbound> = match role_of(route) {
+                    RoleId::FirstContact => contact.clone().recipient(),
+                    RoleId::Probe => probe.clone().recipient(),
+                    RoleId::Broker => broker.clone().recipient(),
+                    RoleId::Registration => registrations.clone().recipient(),
+                    RoleId::Punch => punch.clone().recipient(),
+                    RoleId::Session => sessions.clone().recipient(),
+                    RoleId::Relay => relay.clone().recipient(),
+                };
                 socket.do_send(SetRoute(route, to));
             }
-            let roles = coordinator::Config {
-                register: config.register,
-                serve: config.serve,
-                stun: config.stun.clone(),
-                pool_size: config.punch.pool_size,
-                relay_only: config.relay_only,
-                relay_after: config.relay_after,
-                adapt_keepalive: config.adapt_keepalive,
-            };
+            let lan = lan_addr(locals[0], config.bootstrap.iter().chain(&config.stun).next().copied());
+            let stats_interval = config.stats_interval;
+            let core = NodeCore::new(config, locals, lan, (now, unix_ms()), StdRng::from_rng(&mut rng).expect("rng"));
             NodeActor {
-                coordinator: Coordinator::new(roles, id, locals.clone()),
+                core,
                 events,
                 socket,
-                locals,
                 contact,
                 probe,
                 broker,
@@ -279,19 +266,36 @@ impl NodeActor {
                 punch,
                 sessions,
                 relay,
-                stats_interval: config.stats_interval,
-                bootstrap: config.bootstrap,
-                bootstrap_timing: config.bootstrap_timing,
+                stats_interval,
                 timer: None,
                 dropped_events: 0,
             }
         })
     }
 
-    /// Carries out what the coordinator decided, and re-arms its timer.
+    /// Delivers what the core ordered, and re-arms its timer.
     fn act(&mut self, ctx: &mut Context<Self>) {
-        self.carry_out(ctx);
-        let deadline = self.coordinator.poll_timeout();
+        while let Some(order) = self.core.poll_order() {
+            match order {
+                Order::Socket(command) => {
+                    let done = self.socket.send(command);
+                    ctx.spawn(done.into_actor(self).map(|event, act, ctx| {
+                        if let Ok(Some(event)) = event {
+                            act.report(Report::Socket(event), ctx);
+                        }
+                    }));
+                }
+                Order::FirstContact(command) => self.contact.do_send(Deliver(command)),
+                Order::Probe(command) => self.probe.do_send(Deliver(command)),
+                Order::Broker(command) => self.broker.do_send(Deliver(command)),
+                Order::Registration(command) => self.registrations.do_send(Deliver(command)),
+                Order::Punch(command) => self.punch.do_send(Deliver(command)),
+                Order::Session(command) => self.sessions.do_send(Deliver(command)),
+                Order::Relay(command) => self.relay.do_send(Deliver(command)),
+                Order::Emit(event) => self.emit(event),
+            }
+        }
+        let deadline = self.core.poll_timeout();
         if self.timer.as_ref().map(|(at, _)| *at) != deadline {
             if let Some((_, handle)) = self.timer.take() {
                 ctx.cancel_future(handle);
@@ -299,7 +303,7 @@ impl NodeActor {
             if let Some(at) = deadline {
                 let handle = ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
                     act.timer = None;
-                    act.coordinator.handle_timeout(Instant::now());
+                    act.core.handle_timeout(Instant::now());
                     act.act(ctx);
                 });
                 self.timer = Some((at, handle));
@@ -307,67 +311,9 @@ impl NodeActor {
         }
     }
 
-    fn carry_out(&mut self, ctx: &mut Context<Self>) {
-        while let Some(action) = self.coordinator.poll_action() {
-            match action {
-                Action::Join(seeds) => {
-                    let timing = self.bootstrap_timing.clone();
-                    self.contact.do_send(Call::new(move |c: &mut FirstContact, now| c.join(timing, seeds, now)));
-                }
-                Action::Probe { servers, pad_requests } => self.start_probe(servers, pad_requests, ctx),
-                Action::Serve => {
-                    self.socket.do_send(SetRoute(Route::Broker, self.broker.clone().recipient()));
-                    self.socket.do_send(SetRoute(Route::Relay, self.relay.clone().recipient()));
-                    self.contact.do_send(Call::new(|c: &mut FirstContact, _| c.set_introducer(true)));
-                }
-                Action::BindPool(size) => self.bind_pool(size, ctx),
-                Action::Register { introducers, record } => {
-                    self.registrations.do_send(Call::new(move |r: &mut Registrations, now| {
-                        for introducer in introducers {
-                            r.add(now, introducer, record.clone());
-                        }
-                    }));
-                }
-                Action::Introduce(peer) => self.registrations.do_send(Call::new(move |r: &mut Registrations, now| {
-                    r.introduce(now, peer);
-                })),
-                Action::Settle(peer) => {
-                    self.registrations.do_send(Call::new(move |r: &mut Registrations, _| r.settle(&peer)))
-                }
-                Action::Punch { nat, introduced } => {
-                    let (peer, initiator) = (introduced.peer.peer_id, introduced.initiator);
-                    let start =
-                        self.punch.send(Call::new(move |a: &mut Attempts, now| a.start(now, &nat, *introduced)));
-                    ctx.spawn(start.into_actor(self).map(move |result, act, ctx| {
-                        if let Ok(Err(why)) = result {
-                            act.coordinator.on_punch_refused(peer, initiator, why);
-                            act.act(ctx);
-                        }
-                    }));
-                }
-                Action::OpenSession(opened) => {
-                    self.sessions.do_send(Call::new(move |s: &mut Sessions, now| s.open(now, opened)))
-                }
-                Action::Relay { peer, relay, nonce, controlling } => {
-                    self.sessions.do_send(Call::new(move |s: &mut Sessions, now| {
-                        s.open_relayed(now, peer, relay, &nonce, controlling)
-                    }))
-                }
-                Action::AddPath { peer, addr } => {
-                    self.sessions.do_send(Call::new(move |s: &mut Sessions, now| s.add_path(now, peer, addr)))
-                }
-                Action::AuthorizeCircuit { nonce, peers } => {
-                    self.relay.do_send(Call::new(move |r: &mut Relay, now| r.authorize(now, &nonce, peers)))
-                }
-                Action::ClosePool(size) => self.socket.do_send(Unbind((0..size).map(pool_socket).collect())),
-                Action::Keepalive(keepalive) => {
-                    self.registrations
-                        .do_send(Call::new(move |r: &mut Registrations, now| r.set_keepalive(now, keepalive)));
-                    self.sessions.do_send(Call::new(move |s: &mut Sessions, _| s.set_keepalive(keepalive)));
-                }
-                Action::Emit(event) => self.emit(event),
-            }
-        }
+    fn report(&mut self, report: Report, ctx: &mut Context<Self>) {
+        self.core.handle_report(Instant::now(), report);
+        self.act(ctx);
     }
 
     /// Hands an event to the user; a user who does not keep up loses events (counted), the
@@ -377,58 +323,6 @@ impl NodeActor {
             self.dropped_events += 1;
             tracing::warn!(dropped = self.dropped_events, "event queue full: {event:?} dropped");
         }
-    }
-
-    /// Finds our LAN address, binds the probe's extra sockets, then starts classifying.
-    fn start_probe(&mut self, servers: Vec<Server>, pad_requests: bool, ctx: &mut Context<Self>) {
-        let Some(first) = servers.first() else { return };
-        let mut config = ProbeConfig::new(servers.clone());
-        config.pad_requests = pad_requests;
-        let extra = Probe::sockets_needed(&config);
-        let primary = self.locals[0];
-        let ip = if primary.ip().is_unspecified() { route_ip(first.addr) } else { Some(primary.ip()) };
-        let private = ip.map(|ip| SocketAddr::new(ip, primary.port()));
-        self.coordinator.set_private(private);
-        let socket = self.socket.clone();
-        let bind = async move {
-            let mut bound = Vec::new();
-            for i in 1..=extra {
-                match socket.send(Bind { id: probe_socket(i), addr: SocketAddr::new(primary.ip(), 0) }).await {
-                    Ok(Ok(addr)) => bound.push(addr),
-                    _ => break,
-                }
-            }
-            bound
-        };
-        ctx.spawn(bind.into_actor(self).map(move |extra, act, _| {
-            let locals = LocalSockets { primary: private, extra };
-            let seed = rand::random();
-            act.probe.do_send(Call::new(move |p: &mut NatProbing, now| p.start(now, config, locals, seed)));
-        }));
-    }
-
-    /// Binds the birthday pool next to the primary socket, then hands it to the punch actor.
-    fn bind_pool(&mut self, size: u16, ctx: &mut Context<Self>) {
-        let (socket, ip) = (self.socket.clone(), self.locals[0].ip());
-        let bind = async move {
-            let mut pool = Vec::new();
-            for i in 0..size {
-                match socket.send(Bind { id: pool_socket(i), addr: SocketAddr::new(ip, 0) }).await {
-                    Ok(Ok(_)) => pool.push(pool_socket(i)),
-                    Ok(Err(e)) => {
-                        tracing::warn!("birthday pool stops at {i} sockets: {e}");
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            pool
-        };
-        ctx.spawn(bind.into_actor(self).map(|pool, act, ctx| {
-            act.punch.do_send(Call::new(move |a: &mut Attempts, now| a.set_pool(now, pool)));
-            act.coordinator.on_pool_ready();
-            act.act(ctx);
-        }));
     }
 
     fn emit_stats(&mut self, ctx: &mut Context<Self>) {
@@ -470,6 +364,7 @@ impl NodeActor {
                     ("broker_dropped_bad_signature", b.dropped_bad_signature),
                     ("broker_dropped_unregistered", b.dropped_unregistered),
                     ("broker_dropped_rate_limited", b.dropped_rate_limited),
+                    ("broker_dropped_not_serving", b.dropped_not_serving),
                     ("relay_challenged", r.challenged),
                     ("relay_circuits_opened", r.circuits_opened),
                     ("relay_circuits_ready", r.circuits_ready),
@@ -484,6 +379,7 @@ impl NodeActor {
                     ("relay_dropped_unknown_circuit", r.dropped_unknown_circuit),
                     ("relay_dropped_wrong_source", r.dropped_wrong_source),
                     ("relay_dropped_not_ready", r.dropped_not_ready),
+                    ("relay_dropped_not_serving", r.dropped_not_serving),
                     ("relay_refused_not_introduced", r.refused_not_introduced),
                     (
                         "relay_refused",
@@ -508,74 +404,15 @@ impl Actor for NodeActor {
         if let Some(every) = self.stats_interval {
             ctx.run_interval(every, |act, ctx| act.emit_stats(ctx));
         }
-        self.coordinator.start(self.bootstrap.clone());
+        self.core.start();
         self.act(ctx);
     }
 }
 
-impl Handler<Emitted<Result<Vec<Seed>, BootstrapError>>> for NodeActor {
+impl Handler<Reported> for NodeActor {
     type Result = ();
-    fn handle(&mut self, Emitted(joined): Emitted<Result<Vec<Seed>, BootstrapError>>, ctx: &mut Context<Self>) {
-        let joined = joined
-            .map(|seeds| seeds.iter().map(|s| coordinator::Seed { addr: s.addr, introducer: s.introducer }).collect())
-            .map_err(|e| e.to_string());
-        self.coordinator.on_joined(joined);
-        self.act(ctx);
-    }
-}
-
-impl Handler<Emitted<ProbeEvent>> for NodeActor {
-    type Result = ();
-    fn handle(&mut self, Emitted(event): Emitted<ProbeEvent>, ctx: &mut Context<Self>) {
-        match event {
-            ProbeEvent::Classified(result) => self.coordinator.on_probe(unix_ms(), result),
-            ProbeEvent::Lifetime(report) => self.coordinator.on_lifetime(report),
-        }
-        self.act(ctx);
-    }
-}
-
-impl Handler<Emitted<(SocketAddr, registration::Event)>> for NodeActor {
-    type Result = ();
-    fn handle(
-        &mut self,
-        Emitted((introducer, event)): Emitted<(SocketAddr, registration::Event)>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.coordinator.on_registration(Instant::now(), introducer, event);
-        self.act(ctx);
-    }
-}
-
-impl Handler<Emitted<punch::Event>> for NodeActor {
-    type Result = ();
-    fn handle(&mut self, Emitted(event): Emitted<punch::Event>, ctx: &mut Context<Self>) {
-        self.coordinator.on_punch(Instant::now(), event);
-        self.act(ctx);
-    }
-}
-
-impl Handler<Emitted<(PeerId, session::Event)>> for NodeActor {
-    type Result = ();
-    fn handle(&mut self, Emitted((peer, event)): Emitted<(PeerId, session::Event)>, ctx: &mut Context<Self>) {
-        self.coordinator.on_session(Instant::now(), peer, event);
-        self.act(ctx);
-    }
-}
-
-impl Handler<Emitted<relay::server::Event>> for NodeActor {
-    type Result = ();
-    fn handle(&mut self, Emitted(event): Emitted<relay::server::Event>, ctx: &mut Context<Self>) {
-        self.coordinator.on_relay(event);
-        self.act(ctx);
-    }
-}
-
-impl Handler<Emitted<broker::Event>> for NodeActor {
-    type Result = ();
-    fn handle(&mut self, Emitted(event): Emitted<broker::Event>, ctx: &mut Context<Self>) {
-        self.coordinator.on_broker(event);
-        self.act(ctx);
+    fn handle(&mut self, Reported(report): Reported, ctx: &mut Context<Self>) {
+        self.report(report, ctx);
     }
 }
 
@@ -596,19 +433,11 @@ impl Handler<Command> for NodeActor {
     type Result = ();
     fn handle(&mut self, command: Command, ctx: &mut Context<Self>) {
         match command {
-            Command::Connect(peer) => {
-                self.coordinator.connect(Instant::now(), peer);
-                self.act(ctx);
-            }
-            Command::Ping(peer) => self.sessions.do_send(Call::new(move |s: &mut Sessions, now| {
-                let _ = s.ping(now, &peer);
-            })),
-            Command::Send(peer, payload) => self.sessions.do_send(Call::new(move |s: &mut Sessions, now| {
-                if let Err(e) = s.send(now, &peer, &payload) {
-                    tracing::warn!(%peer, "not sent: {e}");
-                }
-            })),
+            Command::Connect(peer) => self.core.connect(Instant::now(), peer),
+            Command::Ping(peer) => self.core.ping(peer),
+            Command::Send(peer, payload) => self.core.send(peer, payload),
             Command::Stats => self.emit_stats(ctx),
         }
+        self.act(ctx);
     }
 }

@@ -1,6 +1,6 @@
 //! The broker actor: [`MachineActor`] around a [`Broker`].
 
-use super::{Broker, Event};
+use super::{Broker, Command, Event};
 use crate::driver::{MachineActor, Protocol};
 use crate::socket::{Inbound, Payload};
 use crate::Transmit;
@@ -10,9 +10,15 @@ pub type BrokerActor = MachineActor<Broker>;
 
 impl Protocol for Broker {
     type Event = Event;
+    type Command = Command;
     fn handle_inbound(&mut self, inbound: Inbound) {
         if let Payload::Envelope(kind) = inbound.payload {
             self.handle(inbound.now, inbound.socket, inbound.src, kind);
+        }
+    }
+    fn handle_command(&mut self, _: Instant, command: Command) {
+        match command {
+            Command::Serve => self.serving = true,
         }
     }
     fn handle_timeout(&mut self, now: Instant) {

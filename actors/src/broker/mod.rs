@@ -70,6 +70,15 @@ pub struct Stats {
     pub new_mappings: u64,
     pub dropped_new_mapping: u64,
     pub expired: u64,
+    /// Broker messages that came before this node served.
+    pub dropped_not_serving: u64,
+}
+
+/// What the node tells its broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Take registrations and introduction requests from now on.
+    Serve,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +124,8 @@ const MOVES_PER_INTRODUCTION: u8 = 4;
 
 pub struct Broker {
     config: Config,
+    /// Off until the node serves: until then it registers and introduces nobody.
+    serving: bool,
     cookies: Cookies,
     rng: StdRng,
     by_peer: HashMap<PeerId, Registration>,
@@ -132,6 +143,7 @@ pub struct Broker {
 impl Broker {
     pub fn new(config: Config, now: Instant, mut rng: StdRng) -> Self {
         Broker {
+            serving: true,
             cookies: Cookies::new(b"introducer/register", &mut rng, now, config.cookie_period),
             config,
             rng,
@@ -157,8 +169,22 @@ impl Broker {
         self.events.pop_front()
     }
 
+    /// A broker that takes nothing until [`Command::Serve`]: a node has one from the start
+    /// and serves once it knows it is reachable.
+    pub fn idle(config: Config, now: Instant, rng: StdRng) -> Self {
+        Broker { serving: false, ..Broker::new(config, now, rng) }
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving
+    }
+
     /// Handles a broker-bound message; other kinds are not the broker's and are ignored.
     pub fn handle(&mut self, now: Instant, socket: SocketId, src: SocketAddr, kind: Kind) {
+        if !self.serving {
+            self.stats.dropped_not_serving += 1;
+            return;
+        }
         match kind {
             Kind::Register(register) => self.on_register(now, socket, src, register),
             Kind::IntroduceRequest(request) => self.on_introduce(now, src, socket, request),

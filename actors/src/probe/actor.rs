@@ -128,8 +128,23 @@ impl NatProbing {
     }
 }
 
+/// What the node tells its NAT probing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Classify our NAT against these servers, from the primary socket and the extra
+    /// sockets bound at [`probe_socket`]`(1..)`; `seed` picks transaction ids.
+    Start { config: ProbeConfig, locals: LocalSockets, seed: u64 },
+}
+
 impl Protocol for NatProbing {
     type Event = ProbeEvent;
+    type Command = Command;
+
+    fn handle_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Start { config, locals, seed } => self.start(now, config, locals, seed),
+        }
+    }
 
     fn handle_inbound(&mut self, inbound: Inbound) {
         let Payload::Stun(datagram) = inbound.payload else { return };

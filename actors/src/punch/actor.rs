@@ -8,11 +8,21 @@ use crate::registration::Introduced;
 use crate::socket::{Inbound, Payload};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::envelope::Kind;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
 pub type PunchActor = MachineActor<Attempts>;
+
+/// What the node tells its punch role.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Punch toward an introduced peer (or relay it: a refusal comes back as
+    /// [`Event::Refused`]). `nat` is ours.
+    Start { nat: NatReport, introduced: Box<Introduced> },
+    /// The birthday pool is bound: these sockets.
+    Pool(Vec<SocketId>),
+}
 
 /// Where the birthday pool's sockets live in the node's socket numbering (clear of the
 /// primary, the RFC 5780 alternates and the probe's sockets).
@@ -27,8 +37,8 @@ pub struct Attempts {
     /// Birthday sockets, bound once this node knows it is behind a hard NAT.
     pool: Vec<SocketId>,
     /// Keys every attempt's path tokens.
-    secret: u64,
-    by_nonce: HashMap<Vec<u8>, Attempt>,
+    secret: [u8; 32],
+    by_nonce: BTreeMap<Vec<u8>, Attempt>,
     /// The pool socket the next new mapping is shown from.
     next_new_mapping: usize,
     /// Introductions waiting for the pool to be bound.
@@ -41,14 +51,14 @@ pub struct Attempts {
 }
 
 impl Attempts {
-    /// `secret` keys the path tokens: random per node (a seed on the simulator).
-    pub fn new(config: Config, me: Identity, secret: u64) -> Self {
+    /// `secret` keys the path tokens: from the OS per node (seeded on the simulator).
+    pub fn new(config: Config, me: Identity, secret: [u8; 32]) -> Self {
         Attempts {
             config,
             me,
             pool: Vec::new(),
             secret,
-            by_nonce: HashMap::new(),
+            by_nonce: BTreeMap::new(),
             next_new_mapping: 0,
             waiting_for_pool: Vec::new(),
             pool_used: None,
@@ -62,10 +72,7 @@ impl Attempts {
     pub fn set_pool(&mut self, now: Instant, pool: Vec<SocketId>) {
         (self.pool, self.pool_used) = (pool, Some(now));
         for (mine, introduced) in std::mem::take(&mut self.waiting_for_pool) {
-            let peer = introduced.peer.peer_id;
-            if let Err(why) = self.start(now, &mine, introduced) {
-                self.events.push_back(Event::Failed { peer, reason: why.to_string() });
-            }
+            self.start_or_refuse(now, &mine, introduced);
         }
     }
 
@@ -80,7 +87,15 @@ impl Attempts {
         Some(used + self.config.pool_idle)
     }
 
-    /// Starts punching toward an introduced peer, if this strategies can.
+    /// Starts punching toward an introduced peer, or says why not.
+    fn start_or_refuse(&mut self, now: Instant, mine: &NatReport, introduced: Introduced) {
+        let (peer, initiator) = (introduced.peer.peer_id, introduced.initiator);
+        if let Err(why) = self.start(now, mine, introduced) {
+            self.events.push_back(Event::Refused { peer, initiator, why });
+        }
+    }
+
+    /// Starts punching toward an introduced peer, if this node's strategies can.
     pub fn start(&mut self, now: Instant, mine: &NatReport, introduced: Introduced) -> Result<(), Unpunchable> {
         // The introducer repeats an introduction until the punch settles: same nonce, same
         // attempt; a repeat may carry a new mapping the peer showed.
@@ -137,7 +152,7 @@ impl Attempts {
             introduced.initiator,
             plan,
             &self.pool,
-            self.secret,
+            &self.secret,
             now,
         );
         if walks_both {
@@ -158,6 +173,13 @@ impl Attempts {
 
 impl Protocol for Attempts {
     type Event = Event;
+    type Command = Command;
+    fn handle_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Start { nat, introduced } => self.start_or_refuse(now, &nat, *introduced),
+            Command::Pool(sockets) => self.set_pool(now, sockets),
+        }
+    }
     fn handle_inbound(&mut self, inbound: Inbound) {
         let Payload::Envelope(Kind::Punch(punch)) = inbound.payload else { return };
         match self.by_nonce.get_mut(&punch.nonce[..]) {

@@ -108,19 +108,26 @@ pub enum Event {
         elapsed: Duration,
     },
     /// After connecting, the peer proved itself over one more address.
-    PathProven {
-        peer: PeerId,
-        addr: SocketAddr,
-    },
-    Failed {
-        peer: PeerId,
-        reason: String,
-    },
+    PathProven { peer: PeerId, addr: SocketAddr },
+    /// No authenticated answer in time.
+    Failed { peer: PeerId, error: TimedOut },
+    /// An introduction was not punched (and will not be): the relay may carry it.
+    Refused { peer: PeerId, initiator: bool, why: Unpunchable },
     /// An introduction needs the birthday pool, which is closed: bind it and
     /// [`actor::Attempts::set_pool`]; the attempt starts then.
     NeedPool,
     /// Nothing used the pool for [`Config::pool_idle`]: it is no longer used; close it.
     PoolIdle,
+}
+
+/// A punch that found no path in time, with what it tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no authenticated answer ({}) within {after:?} ({probes} probes, {sprayed} of them sprayed)", strategy.as_str())]
+pub struct TimedOut {
+    pub strategy: Strategy,
+    pub after: Duration,
+    pub probes: u32,
+    pub sprayed: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -232,11 +239,11 @@ impl Attempt {
         initiator: bool,
         plan: Plan,
         pool: &[SocketId],
-        secret: u64,
+        secret: &[u8; 32],
         now: Instant,
     ) -> Self {
         tracing::debug!(%peer, ?plan, initiator, "punching");
-        let secret = Sha256::new().chain_update(secret.to_le_bytes()).chain_update(&nonce).finalize().into();
+        let secret = Sha256::new().chain_update(secret).chain_update(&nonce).finalize().into();
         let next_send = if plan.send_first { now } else { now + config.responder_delay };
         let targets = plan.candidates.iter().map(|c| Target { socket: SocketId::PRIMARY, addr: c.addr, path: c.path });
         let (pool, pool_target, spray) = match plan.birthday {
@@ -480,15 +487,13 @@ impl Attempt {
         match self.state {
             State::Punching if now >= self.started + self.config.timeout => {
                 self.state = State::Done;
-                let reason = format!(
-                    "no authenticated answer from {} ({}) within {:?} ({} probes, {} of them sprayed)",
-                    self.peer,
-                    self.strategy.as_str(),
-                    self.config.timeout,
-                    self.stats.probes,
-                    self.stats.sprayed
-                );
-                self.events.push_back(Event::Failed { peer: self.peer, reason });
+                let error = TimedOut {
+                    strategy: self.strategy,
+                    after: self.config.timeout,
+                    probes: self.stats.probes,
+                    sprayed: self.stats.sprayed,
+                };
+                self.events.push_back(Event::Failed { peer: self.peer, error });
             }
             State::Punching => {
                 if now >= self.next_send {

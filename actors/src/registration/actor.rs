@@ -12,6 +12,19 @@ use std::time::{Duration, Instant};
 
 pub type RegistrationActor = MachineActor<Registrations>;
 
+/// What the node tells its registrations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Register this record with each introducer (and keep it registered).
+    Register { introducers: Vec<SocketAddr>, record: pb::SignedPeerRecord },
+    /// Ask an introducer we are registered with to introduce us to this peer.
+    Introduce(PeerId),
+    /// The punch with this peer is over: stop re-asking its introduction.
+    Settle(PeerId),
+    /// Refresh every registration this often, at most.
+    Keepalive(Duration),
+}
+
 /// Every introducer this node registers with.
 pub struct Registrations {
     config: Config,
@@ -59,6 +72,21 @@ impl Registrations {
 
 impl Protocol for Registrations {
     type Event = (SocketAddr, Event);
+    type Command = Command;
+    fn handle_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Register { introducers, record } => {
+                for introducer in introducers {
+                    self.add(now, introducer, record.clone());
+                }
+            }
+            Command::Introduce(peer) => {
+                self.introduce(now, peer);
+            }
+            Command::Settle(peer) => self.settle(&peer),
+            Command::Keepalive(keepalive) => self.set_keepalive(now, keepalive),
+        }
+    }
     fn handle_inbound(&mut self, inbound: Inbound) {
         if let (Payload::Envelope(kind), Some(r)) = (inbound.payload, self.by_introducer.get_mut(&inbound.src)) {
             r.handle(inbound.now, inbound.src, kind);

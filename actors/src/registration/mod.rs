@@ -71,8 +71,22 @@ pub enum Event {
     Introduced(Box<Introduced>),
     IntroduceFailed {
         target: PeerId,
-        reason: String,
+        error: IntroduceError,
     },
+}
+
+/// Why an introducer did not introduce us.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntroduceError {
+    #[error("peer {target} is not registered with introducer {introducer}")]
+    TargetNotRegistered { target: PeerId, introducer: SocketAddr },
+    #[error("introducer {introducer} does not know us (registration lapsed)")]
+    RequesterNotRegistered { introducer: SocketAddr },
+    /// Any other refusal, with the introducer's words.
+    #[error("introducer {introducer} refused the request: {message}")]
+    Refused { introducer: SocketAddr, message: String },
+    #[error("introducer {introducer} did not answer the introduction request")]
+    NoAnswer { introducer: SocketAddr },
 }
 
 /// Settled request ids remembered.
@@ -233,17 +247,17 @@ impl Registration {
             Kind::Introduction(intro) => self.on_introduction(now, intro),
             Kind::IntroduceError(error) => {
                 let Some(pending) = self.pending.remove(&error.request_id) else { return };
-                let reason = match error.reason() {
+                let (target, introducer) = (pending.target, self.introducer);
+                let error = match error.reason() {
                     IntroduceErrorReason::TargetNotRegistered => {
-                        format!("peer {} is not registered with introducer {}", pending.target, self.introducer)
+                        IntroduceError::TargetNotRegistered { target, introducer }
                     }
                     IntroduceErrorReason::RequesterNotRegistered => {
-                        format!("introducer {} does not know us (registration lapsed)", self.introducer)
+                        IntroduceError::RequesterNotRegistered { introducer }
                     }
-                    _ if !error.message.is_empty() => error.message,
-                    _ => "introducer refused the request".to_owned(),
+                    _ => IntroduceError::Refused { introducer, message: error.message },
                 };
-                self.events.push_back(Event::IntroduceFailed { target: pending.target, reason });
+                self.events.push_back(Event::IntroduceFailed { target, error });
             }
             _ => {}
         }
@@ -321,8 +335,8 @@ impl Registration {
             let pending = self.pending.remove(&id).expect("listed above");
             // Once introduced, the punch reports its own outcome.
             if !pending.introduced {
-                let reason = format!("introducer {} did not answer the introduction request", self.introducer);
-                self.events.push_back(Event::IntroduceFailed { target: pending.target, reason });
+                let error = IntroduceError::NoAnswer { introducer: self.introducer };
+                self.events.push_back(Event::IntroduceFailed { target: pending.target, error });
             }
         }
         let config = &self.config;

@@ -71,9 +71,9 @@ fn registers_through_the_challenge_and_gets_introduced() {
     let ghost = Identity::from_seed(7).peer_id();
     a.introduce(now, ghost);
     exchange(now, &mut broker, &mut [(&mut a, a_addr), (&mut b, b_addr)]);
-    let Some(Event::IntroduceFailed { target, reason }) = a.poll_event() else { panic!() };
+    let Some(Event::IntroduceFailed { target, error }) = a.poll_event() else { panic!() };
     assert_eq!(target, ghost);
-    assert!(reason.contains("not registered"), "{reason}");
+    assert!(matches!(error, IntroduceError::TargetNotRegistered { target, .. } if target == ghost), "{error}");
 }
 
 #[test]

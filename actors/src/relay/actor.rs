@@ -1,8 +1,8 @@
-//! The relay actors: [`MachineActor`] around a [`Relay`] (server side) or a
-//! [`RelayClient`] (one circuit, client side). Both are also [`Machine`]s over raw
-//! datagrams, for the simulator.
+//! The relay actor: [`MachineActor`] around a [`Relay`] (server side). The client side of
+//! a circuit lives with the sessions it carries. Both are also [`Machine`]s over raw
+//! datagrams, for the simulator's relay tests.
 
-use super::client::{self, RelayClient};
+use super::client::RelayClient;
 use super::server::{self, Relay};
 use crate::driver::{MachineActor, Protocol};
 use crate::socket::{Inbound, Payload};
@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 pub type RelayActor = MachineActor<Relay>;
-pub type RelayClientActor = MachineActor<RelayClient>;
 
 /// The envelope kind of a datagram, if it is an introducer frame.
 fn envelope(payload: &[u8]) -> Option<Kind> {
@@ -25,10 +24,14 @@ fn envelope(payload: &[u8]) -> Option<Kind> {
 
 impl Protocol for Relay {
     type Event = server::Event;
+    type Command = server::Command;
     fn handle_inbound(&mut self, inbound: Inbound) {
         if let Payload::Envelope(kind) = inbound.payload {
             self.handle(inbound.now, inbound.socket, inbound.src, kind);
         }
+    }
+    fn handle_command(&mut self, now: Instant, command: server::Command) {
+        self.command(now, command)
     }
     fn handle_timeout(&mut self, now: Instant) {
         Relay::handle_timeout(self, now)
@@ -59,27 +62,6 @@ impl Machine for Relay {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         Relay::poll_timeout(self)
-    }
-}
-
-impl Protocol for RelayClient {
-    type Event = client::Event;
-    fn handle_inbound(&mut self, inbound: Inbound) {
-        if let Payload::Envelope(kind) = inbound.payload {
-            self.handle(inbound.now, inbound.src, kind);
-        }
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        RelayClient::handle_timeout(self, now)
-    }
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        RelayClient::poll_transmit(self)
-    }
-    fn poll_event(&mut self) -> Option<client::Event> {
-        RelayClient::poll_event(self)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        RelayClient::poll_timeout(self)
     }
 }
 

@@ -67,7 +67,22 @@ pub enum Event {
     /// The relay dropped some of our data over its rate limit (the circuit stays).
     Throttled,
     /// The circuit is gone (terminal).
-    Closed { reason: String },
+    Closed { reason: CircuitClosed },
+}
+
+/// Why a circuit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CircuitClosed {
+    #[error("the relay did not answer")]
+    NoAnswer,
+    #[error("the other peer did not ask the relay for the circuit")]
+    PeerAbsent,
+    #[error("the relay stopped answering")]
+    Silent,
+    #[error("the relay closed the circuit")]
+    ByRelay,
+    #[error("closed")]
+    ByUs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +257,7 @@ impl RelayClient {
             let close = pb::RelayClose { circuit };
             self.transmits.push_back(Transmit::envelope(self.socket, self.relay, Kind::RelayClose(close)));
         }
-        self.finish(State::Closed, Event::Closed { reason: "closed".to_owned() });
+        self.finish(State::Closed, Event::Closed { reason: CircuitClosed::ByUs });
     }
 
     /// Handles a frame from a relay; other kinds are ignored.
@@ -316,7 +331,7 @@ impl RelayClient {
                 self.events.push_back(Event::Data(data.payload.to_vec()));
             }
             Kind::RelayClosed(close) if close.circuit != 0 && Some(close.circuit) == self.circuit => {
-                self.finish(State::Closed, Event::Closed { reason: "the relay closed the circuit".to_owned() });
+                self.finish(State::Closed, Event::Closed { reason: CircuitClosed::ByRelay });
             }
             _ => self.stats.dropped_foreign += 1,
         }
@@ -333,11 +348,11 @@ impl RelayClient {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline().is_some_and(|d| d <= now) {
             let reason = match self.state {
-                State::Requesting => "the relay did not answer",
-                State::Waiting => "the other peer did not ask the relay for the circuit",
-                _ => "the relay stopped answering",
+                State::Requesting => CircuitClosed::NoAnswer,
+                State::Waiting => CircuitClosed::PeerAbsent,
+                _ => CircuitClosed::Silent,
             };
-            self.finish(State::Closed, Event::Closed { reason: reason.to_owned() });
+            self.finish(State::Closed, Event::Closed { reason });
             return;
         }
         if self.next_send.is_some_and(|t| t <= now) {

@@ -103,6 +103,8 @@ pub struct Stats {
     pub dropped_wrong_source: u64,
     /// Data over a circuit whose second side has not asked yet.
     pub dropped_not_ready: u64,
+    /// Relay frames that came before this node served.
+    pub dropped_not_serving: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +115,15 @@ pub enum CloseReason {
     Idle,
     /// The second side never asked within `pending_timeout`.
     PendingTimeout,
+}
+
+/// What the node tells its relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Carry circuits from now on.
+    Serve,
+    /// This node introduced `peers` with `nonce`: their circuit may be created.
+    Authorize { nonce: [u8; 16], peers: [PeerId; 2] },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +193,8 @@ fn circuit_key(nonce: &[u8], a: PeerId, b: PeerId) -> CircuitKey {
 
 pub struct Relay {
     config: RelayConfig,
+    /// Off until the node serves: until then it carries nothing and answers nobody.
+    serving: bool,
     cookies: Cookies,
     rng: StdRng,
     circuits: HashMap<u64, Circuit>,
@@ -207,6 +220,7 @@ impl Relay {
         config.total_bytes_burst = config.total_bytes_burst.max(MAX_DATAGRAM as f64);
         let total = Bucket::full(config.total_bytes_burst, now);
         Relay {
+            serving: true,
             cookies: Cookies::new(b"introducer/relay", &mut rng, now, config.cookie_period),
             config,
             rng,
@@ -221,6 +235,20 @@ impl Relay {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+        }
+    }
+
+    /// A relay that carries nothing until [`Command::Serve`]: a node has one from the start
+    /// and serves once it knows it is reachable.
+    pub fn idle(config: RelayConfig, now: Instant, rng: StdRng) -> Self {
+        Relay { serving: false, ..Relay::new(config, now, rng) }
+    }
+
+    /// Carries out what the node says.
+    pub fn command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Serve => self.serving = true,
+            Command::Authorize { nonce, peers } => self.authorize(now, &nonce, peers),
         }
     }
 
@@ -278,6 +306,10 @@ impl Relay {
 
     /// Handles a relay-bound message; other kinds are not the relay's and are ignored.
     pub fn handle(&mut self, now: Instant, socket: SocketId, src: SocketAddr, kind: Kind) {
+        if !self.serving {
+            self.stats.dropped_not_serving += 1;
+            return;
+        }
         match kind {
             Kind::RelayRequest(request) => self.on_request(now, socket, src, request),
             Kind::RelaySend(data) => self.on_data(now, src, data),

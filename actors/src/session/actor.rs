@@ -3,7 +3,7 @@
 //! which wraps what the session sends and unwraps what the relay delivers.
 
 use super::seal::Seal;
-use super::{Config, Event, ProvenPath, SendError, Session};
+use super::{Closed, Config, Event, ProvenPath, RelayError, SendError, Session};
 use crate::driver::{MachineActor, Protocol};
 use crate::identity::Identity;
 use crate::punch::{Path, Strategy};
@@ -13,12 +13,34 @@ use crate::Transmit;
 use introducer_proto::frame::{self, Decoded};
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use std::collections::{HashMap, VecDeque};
+use rand::Rng;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub type SessionActor = MachineActor<Sessions>;
+
+/// What the node (or its user) tells the sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Open (or move) the session with a peer over what a punch proved.
+    Open(ProvenPath),
+    /// Ask `relay` for the circuit of the introduction `nonce`.
+    OpenRelayed {
+        peer: PeerId,
+        relay: SocketAddr,
+        nonce: Vec<u8>,
+        controlling: bool,
+    },
+    /// The peer proved itself over one more address.
+    AddPath {
+        peer: PeerId,
+        addr: SocketAddr,
+    },
+    Keepalive(Duration),
+    Ping(PeerId),
+    Send(PeerId, Vec<u8>),
+}
 
 /// Datagrams held for a session about to open, at most, and for how long.
 ///
@@ -38,18 +60,18 @@ pub struct Sessions {
     /// Every session seals with an epoch of its own.
     epochs: StdRng,
     relay_config: client::ClientConfig,
-    by_peer: HashMap<PeerId, Session>,
+    by_peer: BTreeMap<PeerId, Session>,
     /// Circuits of relayed sessions (the session itself exists once the circuit is ready).
-    relayed: HashMap<PeerId, (RelayClient, bool)>,
+    relayed: BTreeMap<PeerId, (RelayClient, bool)>,
     /// Circuits of sessions that moved to a direct path, and when to close them.
-    retiring: HashMap<PeerId, Instant>,
+    retiring: BTreeMap<PeerId, Instant>,
     /// Circuit datagrams (closes) of circuits already dropped.
     outgoing: VecDeque<Transmit>,
     /// Every proven address → whose session it carries.
     routes: HashMap<SocketAddr, PeerId>,
     early: VecDeque<Inbound>,
-    /// Circuit news for the coordinator (relayed, refused).
-    relay_events: VecDeque<(PeerId, Event)>,
+    /// News that is no open session's: circuits (relayed, refused), what could not be sent.
+    news: VecDeque<(PeerId, Event)>,
     /// Session traffic from addresses with no session (after the early window).
     pub dropped_unknown_source: u64,
 }
@@ -78,21 +100,21 @@ impl Sessions {
             .fold((0, 0), |(f, r), s| (f + s.dropped_forged, r + s.dropped_replayed))
     }
 
-    /// `seed` picks the sessions' sealing epochs: random on a real node, so they never
-    /// repeat across restarts.
-    pub fn new(config: Config, identity: Identity, seed: u64) -> Self {
+    /// `epochs` picks the sessions' sealing epochs: from the OS on a real node, so they
+    /// never repeat across restarts (seeded on the simulator).
+    pub fn new(config: Config, identity: Identity, epochs: StdRng) -> Self {
         Sessions {
             config,
             identity,
-            epochs: StdRng::seed_from_u64(seed),
+            epochs,
             relay_config: client::ClientConfig::default(),
-            by_peer: HashMap::new(),
-            relayed: HashMap::new(),
-            retiring: HashMap::new(),
+            by_peer: BTreeMap::new(),
+            relayed: BTreeMap::new(),
+            retiring: BTreeMap::new(),
             outgoing: VecDeque::new(),
             routes: HashMap::new(),
             early: VecDeque::new(),
-            relay_events: VecDeque::new(),
+            news: VecDeque::new(),
             dropped_unknown_source: 0,
         }
     }
@@ -169,7 +191,7 @@ impl Sessions {
                         };
                         let Some(seal) = seal_for(&self.identity, &mut self.epochs, peer) else { continue };
                         self.by_peer.insert(*peer, Session::new(self.config.clone(), opened, seal, now));
-                        self.relay_events.push_back((*peer, Event::Relayed { relay }));
+                        self.news.push_back((*peer, Event::Relayed { relay }));
                     }
                     client::Event::Data(datagram) => match (self.by_peer.get_mut(peer), frame::decode(&datagram)) {
                         (Some(session), Ok(Decoded::Envelope(envelope))) => {
@@ -179,16 +201,18 @@ impl Sessions {
                         }
                         _ => self.dropped_unknown_source += 1,
                     },
-                    client::Event::Refused { message, .. } => {
-                        self.relay_events.push_back((*peer, Event::RelayFailed { reason: message }));
+                    client::Event::Refused { reason, .. } => {
+                        let error = RelayError::Refused(reason);
+                        self.news.push_back((*peer, Event::RelayFailed { error }));
                     }
                     client::Event::Throttled => tracing::debug!(%peer, "relay throttled our data"),
                     client::Event::Closed { reason } => match self.by_peer.get_mut(peer) {
-                        Some(session) if relayed_session(session) => {
-                            session.close(format!("relay circuit closed: {reason}"))
-                        }
+                        Some(session) if relayed_session(session) => session.close(Closed::Circuit(reason)),
                         Some(_) => {} // retired after an upgrade
-                        None => self.relay_events.push_back((*peer, Event::RelayFailed { reason })),
+                        None => {
+                            let error = RelayError::Closed(reason);
+                            self.news.push_back((*peer, Event::RelayFailed { error }));
+                        }
                     },
                 }
             }
@@ -269,6 +293,27 @@ impl Sessions {
 
 impl Protocol for Sessions {
     type Event = (PeerId, Event);
+    type Command = Command;
+    fn handle_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Open(opened) => self.open(now, opened),
+            Command::OpenRelayed { peer, relay, nonce, controlling } => {
+                self.open_relayed(now, peer, relay, &nonce, controlling)
+            }
+            Command::AddPath { peer, addr } => self.add_path(now, peer, addr),
+            Command::Keepalive(keepalive) => self.set_keepalive(keepalive),
+            Command::Ping(peer) => {
+                if let Err(error) = self.ping(now, &peer) {
+                    self.news.push_back((peer, Event::NotSent { error }));
+                }
+            }
+            Command::Send(peer, payload) => {
+                if let Err(error) = self.send(now, &peer, &payload) {
+                    self.news.push_back((peer, Event::NotSent { error }));
+                }
+            }
+        }
+    }
     fn handle_inbound(&mut self, inbound: Inbound) {
         let now = inbound.now;
         if let Payload::Envelope(kind) = &inbound.payload {
@@ -306,7 +351,7 @@ impl Protocol for Sessions {
             .or_else(|| self.relayed.values_mut().find_map(|(c, _)| c.poll_transmit()))
     }
     fn poll_event(&mut self) -> Option<(PeerId, Event)> {
-        if let Some(event) = self.relay_events.pop_front() {
+        if let Some(event) = self.news.pop_front() {
             return Some(event);
         }
         let event = self.by_peer.values_mut().find_map(|s| s.poll_event().map(|e| (s.peer(), e)));
@@ -347,7 +392,8 @@ mod tests {
     fn a_ping_that_beats_the_session_open_is_answered_when_it_opens() {
         let now = Instant::now();
         let peer: SocketAddr = "203.0.113.2:5000".parse().unwrap();
-        let mut sessions = Sessions::new(Config::default(), Identity::from_seed(9), 9);
+        let mut sessions =
+            Sessions::new(Config::default(), Identity::from_seed(9), rand::SeedableRng::seed_from_u64(9));
         sessions.handle_inbound(ping_from(peer, now));
         assert!(sessions.poll_transmit().is_none());
         let id = Identity::from_seed(1).peer_id();
@@ -371,7 +417,8 @@ mod tests {
         let now = Instant::now();
         let relay: SocketAddr = "198.51.100.1:3478".parse().unwrap();
         let peer = Identity::from_seed(2).peer_id();
-        let mut sessions = Sessions::new(Config::default(), Identity::from_seed(9), 9);
+        let mut sessions =
+            Sessions::new(Config::default(), Identity::from_seed(9), rand::SeedableRng::seed_from_u64(9));
         sessions.open_relayed(now, peer, relay, &[7; 16], true);
         assert_eq!(std::iter::from_fn(|| sessions.poll_transmit()).count(), 1, "one circuit request");
         sessions.open_relayed(now, peer, relay, &[7; 16], true);
@@ -383,7 +430,8 @@ mod tests {
     #[test]
     fn early_datagrams_are_bounded_in_count_and_age() {
         let now = Instant::now();
-        let mut sessions = Sessions::new(Config::default(), Identity::from_seed(9), 9);
+        let mut sessions =
+            Sessions::new(Config::default(), Identity::from_seed(9), rand::SeedableRng::seed_from_u64(9));
         for i in 0..EARLY_MAX as u16 + 4 {
             sessions.handle_inbound(ping_from(SocketAddr::from(([192, 0, 2, 1], i)), now));
         }

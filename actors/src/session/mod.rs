@@ -46,7 +46,7 @@ pub enum Event {
     },
     Data(Vec<u8>),
     Closed {
-        reason: String,
+        reason: Closed,
     },
     /// A relayed session is up: the relay carries the circuit.
     Relayed {
@@ -54,8 +54,30 @@ pub enum Event {
     },
     /// The relay refused or dropped the circuit before it carried anything.
     RelayFailed {
-        reason: String,
+        error: RelayError,
     },
+    /// A ping or datagram the user gave could not be sent.
+    NotSent {
+        error: SendError,
+    },
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Closed {
+    #[error("no traffic from the peer for {0:?}")]
+    Idle(Duration),
+    #[error("relay circuit closed: {0}")]
+    Circuit(crate::relay::client::CircuitClosed),
+}
+
+/// Why a relay did not carry a session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    #[error("the relay refused: {}", crate::relay::reason_text(*.0))]
+    Refused(introducer_proto::pb::RelayRefusedReason),
+    #[error("{0}")]
+    Closed(crate::relay::client::CircuitClosed),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -213,7 +235,7 @@ impl Session {
     }
 
     /// Ends the session (its relay circuit closed, say), reporting why.
-    pub fn close(&mut self, reason: String) {
+    pub fn close(&mut self, reason: Closed) {
         if !self.closed {
             self.closed = true;
             self.events.push_back(Event::Closed { reason });
@@ -297,8 +319,7 @@ impl Session {
         }
         if now >= self.last_rx + self.config.idle_timeout {
             self.closed = true;
-            let reason = format!("no traffic from {} for {:?}", self.peer, self.config.idle_timeout);
-            self.events.push_back(Event::Closed { reason });
+            self.events.push_back(Event::Closed { reason: Closed::Idle(self.config.idle_timeout) });
             return;
         }
         if now >= self.last_tx + self.config.keepalive {

@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 /// Who gets a kind of datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Route {
     /// STUN Binding requests, answered by every node.
     StunServer,
@@ -35,6 +35,19 @@ pub enum Route {
     Session,
     /// Circuit requests and data for this node as a relay.
     Relay,
+}
+
+impl Route {
+    pub const ALL: [Route; 8] = [
+        Route::StunServer,
+        Route::StunClient,
+        Route::Bootstrap,
+        Route::Broker,
+        Route::Registration,
+        Route::Punch,
+        Route::Session,
+        Route::Relay,
+    ];
 }
 
 /// What a datagram is, once the socket actor has looked at it.
@@ -61,18 +74,33 @@ pub struct Inbound {
 #[rtype(result = "()")]
 pub struct Send(pub Transmit);
 
-/// Bind another socket (probe sockets, RFC 5780 alternates); answers its local address.
-#[derive(Debug, Message)]
-#[rtype(result = "io::Result<SocketAddr>")]
-pub struct Bind {
-    pub id: SocketId,
-    pub addr: SocketAddr,
+/// What the node tells the socket role: the sockets other roles need beside the primary.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "Option<Event>")]
+pub enum Command {
+    /// Bind these sockets on the primary socket's IP, at ports the OS picks; binding stops
+    /// at the first that fails (the rest would fail too: out of ports or descriptors).
+    Bind { purpose: Purpose, sockets: Vec<SocketId> },
+    /// Close these sockets (those not bound are skipped).
+    Unbind(Vec<SocketId>),
 }
 
-/// Close these sockets (those not bound are skipped).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Unbind(pub Vec<SocketId>);
+/// What a bind is for: the answer goes back to whoever needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// NAT probing's extra sockets.
+    Probe,
+    /// The birthday pool.
+    Pool,
+}
+
+/// What the socket role reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The sockets bound for `purpose`, with their addresses (fewer than asked if binding
+    /// failed part way).
+    Bound { purpose: Purpose, sockets: Vec<(SocketId, SocketAddr)> },
+}
 
 /// Start handing a route's datagrams to `to`.
 #[derive(Message)]
@@ -130,6 +158,14 @@ impl SocketActor {
             SocketActor { sockets, routes: HashMap::new(), stats: Stats::default() }
         });
         Ok((actor, locals))
+    }
+
+    fn bind_one(&mut self, id: SocketId, addr: SocketAddr, ctx: &mut Context<Self>) -> io::Result<SocketAddr> {
+        let socket = Rc::new(bind_udp(addr)?);
+        let local = socket.local_addr()?;
+        let receiver = spawn_receiver(ctx.address(), id, socket.clone());
+        self.sockets.insert(id, (socket, receiver));
+        Ok(local)
     }
 
     fn route(&mut self, socket: SocketId, src: SocketAddr, datagram: Vec<u8>) {
@@ -250,24 +286,32 @@ impl Handler<Send> for SocketActor {
     }
 }
 
-impl Handler<Bind> for SocketActor {
-    type Result = io::Result<SocketAddr>;
-    fn handle(&mut self, msg: Bind, ctx: &mut Context<Self>) -> io::Result<SocketAddr> {
-        let socket = Rc::new(bind_udp(msg.addr)?);
-        let local = socket.local_addr()?;
-        let receiver = spawn_receiver(ctx.address(), msg.id, socket.clone());
-        self.sockets.insert(msg.id, (socket, receiver));
-        Ok(local)
-    }
-}
-
-impl Handler<Unbind> for SocketActor {
-    type Result = ();
-    fn handle(&mut self, Unbind(ids): Unbind, _: &mut Context<Self>) {
-        for id in ids {
-            if let Some((_, receiver)) = self.sockets.remove(&id) {
-                // The receiver holds the socket's other reference: the socket closes with it.
-                receiver.abort();
+impl Handler<Command> for SocketActor {
+    type Result = Option<Event>;
+    fn handle(&mut self, command: Command, ctx: &mut Context<Self>) -> Option<Event> {
+        match command {
+            Command::Bind { purpose, sockets } => {
+                let ip = self.sockets.get(&SocketId::PRIMARY)?.0.local_addr().ok()?.ip();
+                let mut bound = Vec::new();
+                for id in sockets {
+                    match self.bind_one(id, SocketAddr::new(ip, 0), ctx) {
+                        Ok(addr) => bound.push((id, addr)),
+                        Err(e) => {
+                            tracing::warn!(?purpose, "binding stops at {} sockets: {e}", bound.len());
+                            break;
+                        }
+                    }
+                }
+                Some(Event::Bound { purpose, sockets: bound })
+            }
+            Command::Unbind(ids) => {
+                for id in ids {
+                    if let Some((_, receiver)) = self.sockets.remove(&id) {
+                        // The receiver holds the socket's other reference: the socket closes with it.
+                        receiver.abort();
+                    }
+                }
+                None
             }
         }
     }

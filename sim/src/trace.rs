@@ -1,7 +1,7 @@
 //! What the simulator counts and, optionally, records per datagram.
 
 use super::{HostId, NatId};
-use crate::SocketId;
+use introducer_actors::SocketId;
 use std::fmt;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -111,8 +111,10 @@ pub struct TraceEvent {
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub len: usize,
-    /// FNV-1a of the payload, so traces also pin down the bytes.
+    /// FNV-1a of the payload, for the printed trace.
     pub digest: u64,
+    /// The bytes themselves: two traces are equal only if every datagram was.
+    pub payload: Vec<u8>,
     pub fate: Fate,
 }
 

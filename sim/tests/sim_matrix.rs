@@ -7,15 +7,16 @@
 //! on the internet or behind its own NAT (or A's). Internet one-way latency 10–25 ms by seed
 //! plus up to 4 ms of jitter; 1 ms inside NATs.
 //!
-//! `cargo test -p introducer-actors --test sim_matrix -- --nocapture` prints the matrix; a
+//! `cargo test -p introducer-sim --test sim_matrix -- --nocapture` prints the matrix; a
 //! failing seed prints its replay line (`SIM_SEED=n cargo test <test>`).
 
 use introducer_actors::identity::Identity;
 use introducer_actors::nat::{Allocation, Filtering, NatBehavior, NatReport, NatType};
 use introducer_actors::punch::{self, Path, Strategy};
-use introducer_actors::sim::node::{Connected, NodeConfig, SimEvent, SimNode};
-use introducer_actors::sim::{for_each_seed, HostId, Link, NatId, Place, Sim};
 use introducer_actors::SocketId;
+use introducer_node::{Config, NodeEvent};
+use introducer_sim::node::{Connected, SimNode};
+use introducer_sim::{for_each_seed, HostId, Link, NatId, Place, Sim};
 use libp2p_identity::PeerId;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
@@ -222,12 +223,20 @@ struct World {
 
 impl World {
     fn new(seed: u64, topology: Topology, internet: Link) -> World {
-        World::with_config(seed, topology, internet, NodeConfig::default())
+        World::with_config(seed, topology, internet, |_| {})
     }
 
     /// Peers A and B run with `config`.
-    fn with_config(seed: u64, topology: Topology, internet: Link, config: NodeConfig) -> World {
+    fn with_config(seed: u64, topology: Topology, internet: Link, config: fn(&mut Config)) -> World {
+        World::build(seed, topology, internet, config, false)
+    }
+
+    /// ...and with `trace`, every datagram is recorded from the start ([`Sim::trace`]).
+    fn build(seed: u64, topology: Topology, internet: Link, config: fn(&mut Config), trace: bool) -> World {
         let mut sim = Sim::new(seed);
+        if trace {
+            sim.enable_trace();
+        }
         sim.set_internet_link(internet);
         let intro =
             SimNode::introducer(id(100)).alternate_ip(INTRO_ALT_IP).spawn(&mut sim, Place::Public(INTRO_IP), STUN_PORT);
@@ -266,7 +275,7 @@ impl World {
                 (0..2).map(|i| Place::Behind(sim.add_nat(home, home_wan(i), Some(cgnat)))).collect()
             }
         };
-        let peer = |n| SimNode::peer(id(n), introducers.clone()).config(config.clone());
+        let peer = |n| SimNode::peer(id(n), introducers.clone()).configure(config);
         let a = peer(1).pings(PINGS, SEC).spawn(&mut sim, places[0], PEER_PORT);
         let b = peer(2).spawn(&mut sim, places[1], PEER_PORT);
         let registered =
@@ -448,7 +457,7 @@ fn check_cell(cell: &Cell, seeds: Range<u64>) -> Row {
                 .node(side)
                 .events()
                 .iter()
-                .filter(|(_, e)| matches!(e, SimEvent::Connected { peer: p, .. } if *p == peer));
+                .filter(|(_, e)| matches!(e, NodeEvent::Connected { peer: p, .. } if *p == peer));
             assert_eq!(connects.count(), 1, "{name}: one connection per side, no churn");
         }
         let b = world.b_connected().cloned();
@@ -565,7 +574,12 @@ fn lossy_runs(loss: f64, cells: &[Cell], seeds: Range<u64>) -> (Vec<Row>, Vec<St
                     match (c.path, c.strategy) {
                         how if how == (cell.expect.path, cell.expect.strategy) => expected += 1,
                         (Path::Relayed, Strategy::Relay) => relayed += 1,
-                        other => panic!("{}: connected as {other:?}", cell.name),
+                        other => panic!(
+                            "{}: connected as {other:?}; nats {:?} / {:?}",
+                            cell.name,
+                            world.node(world.a).nat(),
+                            world.node(world.b).nat()
+                        ),
                     }
                     row.ok += 1;
                     row.pongs += world.pongs();
@@ -590,7 +604,7 @@ fn check_lossy(title: &str, (rows, failures): (Vec<Row>, Vec<String>), percent: 
     let test = std::thread::current().name().unwrap_or("sim_matrix").to_owned();
     for f in &failures {
         let seed = f.rsplit_once(" seed ").and_then(|(_, s)| s.split(':').next()).unwrap_or("?");
-        println!("failed: {f}\n  replay: SIM_SEED={seed} cargo test -p introducer-actors --test sim_matrix {test}");
+        println!("failed: {f}\n  replay: SIM_SEED={seed} cargo test -p introducer-sim --test sim_matrix {test}");
     }
     let (ok, runs) = rows.iter().fold((0, 0), |(o, n), r| (o + r.ok, n + r.runs));
     assert!(ok * 100 >= runs * percent, "{ok} of {runs} lossy runs connected: below {percent} %");
@@ -628,6 +642,40 @@ fn every_strategy_connects_through_20_percent_loss() {
     check_lossy("every strategy with 20 % loss on the internet", lossy_runs(0.20, &cells, 0..30), 95);
 }
 
+/// A whole cell — two complete nodes behind their NATs, both introducers, a punch that
+/// falls back to the relay and then upgrades to direct, pings — runs twice from one seed:
+/// every datagram (bytes, addresses, fate, when) and every event of every node is the same.
+/// Another seed runs differently. (A std `HashMap` iterated on the way to output, or a
+/// clock or RNG read outside the seed, breaks this.)
+#[test]
+fn a_whole_cell_replays_byte_for_byte_from_its_seed() {
+    let run = |seed| {
+        let topology = Topology::Apart(Side::Behind(PR), Side::Behind(SR));
+        let mut world = World::build(seed, topology, internet(seed, 0.05), |c| c.relay_after = 100 * MS, true);
+        world.connect().expect("connects");
+        let (now, b_id) = (world.sim.now(), world.b_id);
+        world.sim.machine::<SimNode>(world.a).send(now, &b_id, b"sealed").expect("session open");
+        world.sim.run_for(5 * SEC);
+        let start = world.sim.instant(Duration::ZERO);
+        let hosts = world.introducers.into_iter().chain([world.a, world.b]);
+        let events = hosts
+            .flat_map(|h| {
+                world.node(h).events().iter().map(move |(t, e)| (h, t.duration_since(start), format!("{e:?}")))
+            })
+            .collect::<Vec<_>>();
+        (world.sim.trace().to_vec(), events)
+    };
+    let ((trace, events), (again, events_again)) = (run(7), run(7));
+    let first_difference = trace.iter().zip(&again).position(|(a, b)| a != b);
+    assert!(again.len() == trace.len() && first_difference.is_none(), "traces differ at {first_difference:?}");
+    assert!(events_again == events, "events differ");
+    let said = |what: &str| events.iter().filter(|(_, _, e)| e.starts_with(what)).count();
+    assert!(said("Relaying") > 0 && said("Upgraded") > 0, "the seed exercises the relay and the upgrade");
+    assert!(trace.len() > 300, "{} datagrams", trace.len());
+    let (other, _) = run(5);
+    assert!(other != trace, "another seed, another run");
+}
+
 /// The NAT mapping of B's primary socket, if live.
 fn primary_mapping(world: &World, host: HostId, nat: NatId) -> Option<SocketAddr> {
     let primary = world.sim.local_addr(host, SocketId::PRIMARY);
@@ -649,7 +697,7 @@ fn registration_keeps_the_mapping_for_a_late_introduction() {
             world.sim.run_for(SEC);
             assert_eq!(primary_mapping(&world, world.b, nat_b), Some(mapped), "at {s} s idle");
         }
-        let registered = world.node(world.b).events().iter().filter(|(_, e)| matches!(e, SimEvent::Registered { .. }));
+        let registered = world.node(world.b).events().iter().filter(|(_, e)| matches!(e, NodeEvent::Registered { .. }));
         assert_eq!(registered.count(), 2, "one registration per introducer, never renewed at a new address");
         // The NAT keeps mappings 30 s: B's lifetime tests saw 16 s survive and 32 s not
         // (the 4 answers to that dead mapping are all the NAT dropped), and the 15 s
@@ -672,7 +720,7 @@ fn registration_keeps_the_mapping_for_a_late_introduction() {
 /// What B's lifetime tests found: (at least, below, keepalive now).
 fn lifetime(world: &World, host: HostId) -> Option<(Option<Duration>, Option<Duration>, Option<Duration>)> {
     world.node(host).events().iter().find_map(|(_, e)| match e {
-        SimEvent::MappingLifetime { at_least, below, keepalive } => Some((*at_least, *below, *keepalive)),
+        NodeEvent::MappingLifetime { at_least, below, keepalive } => Some((*at_least, *below, *keepalive)),
         _ => None,
     })
 }
@@ -708,21 +756,17 @@ fn late_introduction_through_a_nat_that_forgets_after_10_or_3_s() {
 /// session moves to the direct path — every ping answered across the switch.
 #[test]
 fn a_relayed_session_upgrades_to_direct_when_the_punch_succeeds() {
-    let config = NodeConfig { relay_after: 100 * MS, ..NodeConfig::default() };
+    let config: fn(&mut Config) = |c| c.relay_after = 100 * MS;
     let mut upgraded = 0;
     for_each_seed(0..20, |seed| {
-        let mut world = World::with_config(
-            seed,
-            Topology::Apart(Side::Behind(PR), Side::Behind(SR)),
-            internet(seed, 0.0),
-            config.clone(),
-        );
+        let mut world =
+            World::with_config(seed, Topology::Apart(Side::Behind(PR), Side::Behind(SR)), internet(seed, 0.0), config);
         let connected = world.connect().unwrap_or_else(|reason| panic!("did not connect: {reason}"));
         // Pings run for 3 s: long enough for the birthday punch to land in most seeds.
         assert_eq!(world.pongs(), PINGS as usize, "no ping lost across the switch: {connected:?}");
         let a = world.node(world.a);
         let upgrade = a.events().iter().find_map(|(_, e)| match e {
-            SimEvent::Upgraded { path, strategy, .. } => Some((*path, *strategy)),
+            NodeEvent::Upgraded { path, strategy, .. } => Some((*path, *strategy)),
             _ => None,
         });
         match (connected.path, upgrade) {
@@ -792,13 +836,13 @@ fn a_node_mapped_anew_registers_again_and_punches_again() {
         let moved = |w: &World, host: HostId| {
             let events = w.node(host).events();
             events.iter().find_map(|(_, e)| match e {
-                SimEvent::Moved { remote, path, .. } => Some((*remote, *path)),
+                NodeEvent::Moved { remote, path, .. } => Some((*remote, *path)),
                 _ => None,
             })
         };
         let (a, b) = (world.a, world.b);
         world.sim.run_until_cond(30 * SEC, |s| {
-            let w = |h| s.machine_ref::<SimNode>(h).events().iter().any(|(_, e)| matches!(e, SimEvent::Moved { .. }));
+            let w = |h| s.machine_ref::<SimNode>(h).events().iter().any(|(_, e)| matches!(e, NodeEvent::Moved { .. }));
             w(a) && w(b)
         });
         let (a_remote, path) = moved(&world, a).expect("A's session moved");
@@ -806,7 +850,7 @@ fn a_node_mapped_anew_registers_again_and_punches_again() {
         assert_ne!(a_remote, before.remote, "B is reached at its new mapping");
         assert_eq!(Some(a_remote), primary_mapping(&world, b, nat_b));
         assert!(moved(&world, b).is_some(), "B's session moved too");
-        let registered = world.node(b).events().iter().filter(|(_, e)| matches!(e, SimEvent::Registered { .. }));
+        let registered = world.node(b).events().iter().filter(|(_, e)| matches!(e, NodeEvent::Registered { .. }));
         assert!(registered.count() >= 3, "B registered again at its new address");
         let now = world.sim.now();
         let b_id = world.b_id;
@@ -854,7 +898,7 @@ fn relayed_data_is_sealed_end_to_end() {
             .node(world.b)
             .events()
             .iter()
-            .any(|(_, e)| matches!(e, SimEvent::Data { payload, .. } if payload == secret));
+            .any(|(_, e)| matches!(e, NodeEvent::Data { payload, .. } if payload == secret));
         assert!(got, "B opened the data");
         assert_eq!(world.sim.sniffed(), 0, "no datagram carried it in the clear");
         // The sniffer works: the relay's own traffic names the peers.

@@ -3,8 +3,8 @@
 //! clients that send what the test tells them and record what comes back.
 
 use introducer_actors::nat::{Allocation, Filtering, Mapping, NatBehavior};
-use introducer_actors::sim::{for_each_seed, Fate, HostId, Link, NatId, Place, Sim};
 use introducer_actors::{Machine, SocketId, Transmit};
+use introducer_sim::{for_each_seed, Fate, HostId, Link, NatId, Place, Sim};
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};

@@ -58,8 +58,8 @@
 //!
 //! ```
 //! use introducer_actors::nat::NatBehavior;
-//! use introducer_actors::sim::{Place, Sim};
-//! # use introducer_actors::{Machine, SocketId, Transmit};
+//! use introducer_sim::{Place, Sim};
+//! # use introducer_actors::{socket, Machine, SocketId, Transmit};
 //! # use std::{net::SocketAddr, time::{Duration, Instant}};
 //! # #[derive(Default)] struct Quiet;
 //! # impl Machine for Quiet {
@@ -88,8 +88,8 @@ pub use link::Link;
 pub use seeds::for_each_seed;
 pub use trace::{Counters, Fate, HostStats, NatCounters, TraceEvent};
 
-use crate::nat::NatBehavior;
-use crate::{Machine, SocketId, Transmit};
+use introducer_actors::nat::NatBehavior;
+use introducer_actors::{socket, Machine, SocketId, Transmit};
 use nat_box::{NatBox, Refused};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -786,8 +786,10 @@ impl Sim {
         }
     }
 
-    /// After any call into a machine: send what it queued, re-arm its timer.
+    /// After any call into a machine: bind or close the sockets it asked for, send what it
+    /// queued, re-arm its timer.
     fn after_call(&mut self, host: HostId) {
+        self.socket_commands(host);
         let mut out = std::mem::take(&mut self.scratch);
         let h = &mut self.hosts[host.0];
         while let Some(t) = h.machine.poll_transmit() {
@@ -806,6 +808,22 @@ impl Sim {
             self.send(host, t);
         }
         self.scratch = out;
+    }
+
+    /// A host binds at once what its machine asks for: on its first address, at ephemeral
+    /// ports, as the socket actor does next to the primary socket.
+    fn socket_commands(&mut self, host: HostId) {
+        while let Some(command) = self.hosts[host.0].machine.poll_socket_command() {
+            match command {
+                socket::Command::Bind { purpose, sockets } => {
+                    let sockets = sockets.into_iter().map(|id| (id, self.bind(host, id, 0))).collect();
+                    let now = self.base + self.now;
+                    let event = socket::Event::Bound { purpose, sockets };
+                    self.hosts[host.0].machine.handle_socket_event(now, event);
+                }
+                socket::Command::Unbind(sockets) => sockets.into_iter().for_each(|id| self.unbind(host, id)),
+            }
+        }
     }
 
     fn send(&mut self, host: HostId, t: Transmit) {
@@ -964,6 +982,7 @@ impl Sim {
                 dst: packet.orig_dst,
                 len: packet.payload.len(),
                 digest: trace::fnv1a(&packet.payload),
+                payload: packet.payload.clone(),
                 fate,
             });
         }

@@ -4,7 +4,7 @@
 //! simulator decides when packets reach the box and where they go next.
 
 use super::trace::NatCounters;
-use crate::nat::{Allocation, Filtering, Mapping, NatBehavior};
+use introducer_actors::nat::{Allocation, Filtering, Mapping, NatBehavior};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;

@@ -3,8 +3,8 @@
 
 use introducer_actors::nat::{Allocation, Filtering, Mapping, NatBehavior, NatReport, NatType};
 use introducer_actors::probe::{Layout, LocalSockets, Probe, ProbeConfig, Responder, Server};
-use introducer_actors::sim::{for_each_seed, HostId, Link, Place, Sim};
 use introducer_actors::{Machine, SocketId, Transmit};
+use introducer_sim::{for_each_seed, HostId, Link, Place, Sim};
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};

@@ -1,0 +1,921 @@
+//! The composition of a node's roles, written once: which role's event leads to which
+//! role's command, and what the user hears. Both drivers run exactly this — the actix
+//! node (`node.rs`: an actor per role, over real sockets and the real clock) and the
+//! simulator (`introducer-sim`: the same machines called in place, over virtual sockets
+//! and virtual time). They differ only in the socket and the clock.
+//!
+//! Like str0m's `Rtc` or quinn-proto's `Endpoint`, the core does no I/O and reads no
+//! clock. Roles report to it ([`Report`], with `now`); it answers with [`Order`]s, each
+//! addressed to one role (or to the user: [`Order::Emit`]), which the driver delivers in a
+//! few generic lines. What the roles are and where datagrams go is decided here too
+//! ([`Roles::new`], [`role_of`]).
+//!
+//! A node's life: first contact → NAT probing → serving (if public) and registering →
+//! introductions → punching (or relaying) → sessions. Each peer it deals with has one
+//! entry in one map ([`Peer`]), whose [`Phase`] says where the connection stands.
+
+use crate::config::{Config, Serve};
+use crate::event::{ConnectError, FatalError, NodeEvent};
+use introducer_actors::broker::{self, Broker};
+use introducer_actors::nat::{NatReport, NatType};
+use introducer_actors::probe::actor::{self as probing, probe_socket, NatProbing, ProbeEvent};
+use introducer_actors::probe::{Layout, LifetimeReport, LocalSockets, Probe, ProbeConfig, Responder, Server};
+use introducer_actors::punch::{self, actor::pool_socket, actor::Attempts, Path, Strategy};
+use introducer_actors::registration::{self, actor::Registrations, Introduced};
+use introducer_actors::relay::server::{self as relay, Relay};
+use introducer_actors::session::{self, actor::Sessions, ProvenPath};
+use introducer_actors::socket::{self, Purpose, Route};
+use introducer_actors::SocketId;
+use introducer_bootstrap::{self as bootstrap, BootstrapError, FirstContact, Seed};
+use introducer_proto::pb;
+use libp2p_identity::PeerId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The roles of a node, one machine each: the actix node runs each in an actor of its
+/// own, the simulator calls them in place.
+pub struct Roles {
+    pub contact: FirstContact,
+    pub probe: NatProbing,
+    pub broker: Broker,
+    pub registrations: Registrations,
+    pub punch: Attempts,
+    pub sessions: Sessions,
+    pub relay: Relay,
+}
+
+/// One role, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RoleId {
+    FirstContact,
+    Probe,
+    Broker,
+    Registration,
+    Punch,
+    Session,
+    Relay,
+}
+
+/// Which role takes a kind of datagram. Every route is taken from the start; the broker
+/// and the relay drop (and count) what comes before the node serves.
+pub fn role_of(route: Route) -> RoleId {
+    match route {
+        Route::Bootstrap => RoleId::FirstContact,
+        Route::StunServer | Route::StunClient => RoleId::Probe,
+        Route::Broker => RoleId::Broker,
+        Route::Registration => RoleId::Registration,
+        Route::Punch => RoleId::Punch,
+        Route::Session => RoleId::Session,
+        Route::Relay => RoleId::Relay,
+    }
+}
+
+/// The STUN server side for the node's bound sockets: one address, or the full RFC 5780
+/// layout of two IPs × two ports.
+fn responder(locals: &[SocketAddr]) -> Option<Responder> {
+    let layout = match locals {
+        [one] => Layout::single(SocketId::PRIMARY, *one),
+        [a, _, _, d] => Layout::rfc5780(*a, *d, [SocketId::PRIMARY, SocketId(1), SocketId(2), SocketId(3)]).ok()?,
+        _ => return None,
+    };
+    Some(Responder::new(layout))
+}
+
+impl Roles {
+    /// Every role of a node listening on `locals`. Keys, cookie secrets and nonce seeds
+    /// come from `rng`: the OS's on a real node, a seeded one on the simulator.
+    pub fn new(config: &Config, locals: &[SocketAddr], now: Instant, rng: &mut StdRng) -> Roles {
+        let id = &config.identity;
+        let mut child = || StdRng::from_rng(&mut *rng).expect("StdRng never fails");
+        Roles {
+            contact: FirstContact::new(id.peer_id(), locals.to_vec(), false),
+            probe: NatProbing::new(responder(locals)),
+            broker: Broker::idle(config.broker.clone(), now, child()),
+            registrations: Registrations::new(config.registration.clone()),
+            punch: Attempts::new(config.punch.clone(), id.clone(), child().gen()),
+            sessions: Sessions::new(config.session.clone(), id.clone(), child()),
+            relay: Relay::idle(config.relay.clone(), now, child()),
+        }
+    }
+}
+
+/// What a role reports to the core.
+#[derive(Debug)]
+pub enum Report {
+    Socket(socket::Event),
+    FirstContact(bootstrap::Event),
+    Probe(ProbeEvent),
+    Broker(broker::Event),
+    Registration(SocketAddr, registration::Event),
+    Punch(punch::Event),
+    Session(PeerId, session::Event),
+    Relay(relay::Event),
+}
+
+macro_rules! report_from {
+    ($($event:ty => $variant:ident $(($($field:ident),+))?;)*) => {$(
+        impl From<$event> for Report {
+            fn from(event: $event) -> Report {
+                report_from!(@make $variant event $(($($field),+))?)
+            }
+        }
+    )*};
+    (@make $variant:ident $event:ident) => { Report::$variant($event) };
+    (@make $variant:ident $event:ident ($($field:ident),+)) => {{ let ($($field),+) = $event; Report::$variant($($field),+) }};
+}
+
+report_from! {
+    socket::Event => Socket;
+    bootstrap::Event => FirstContact;
+    ProbeEvent => Probe;
+    broker::Event => Broker;
+    (SocketAddr, registration::Event) => Registration(a, e);
+    punch::Event => Punch;
+    (PeerId, session::Event) => Session(p, e);
+    relay::Event => Relay;
+}
+
+/// What the core wants done: a command for one role, or an event for the user.
+#[derive(Debug)]
+pub enum Order {
+    Socket(socket::Command),
+    FirstContact(bootstrap::Command),
+    Probe(probing::Command),
+    Broker(broker::Command),
+    Registration(registration::actor::Command),
+    Punch(punch::actor::Command),
+    Session(session::actor::Command),
+    Relay(relay::Command),
+    Emit(NodeEvent),
+}
+
+/// An introduction whose punch is under way: what a fallback to its relay needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Intro {
+    /// The introducer, whose relay carries the circuit.
+    relay: SocketAddr,
+    nonce: Vec<u8>,
+    /// We asked for the introduction: we control the path.
+    controlling: bool,
+}
+
+/// Where the connection with a peer stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Nothing under way.
+    Idle,
+    /// The user asked before any introducer registered us.
+    AwaitingRegistration,
+    /// An introduction is asked for; none has come.
+    Asked,
+    /// Punching under an introduction; a relay circuit is asked for too at `relay_at`.
+    Punching { intro: Intro, relay_at: Option<Instant> },
+    /// The relay circuit is being set up (the punch may go on: if it wins, it takes over).
+    /// Repeats of the introduction are ignored meanwhile.
+    Relaying { intro: Intro },
+}
+
+/// The open session with a peer: its path, and the introduction that made it (repeats of
+/// that introduction change nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Open {
+    path: Path,
+    nonce: Vec<u8>,
+}
+
+/// Everything the core knows about one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Peer {
+    phase: Phase,
+    /// When our user's connect asked for the introduction (the start of `connect_ms`);
+    /// `None` when the peer reached us, or we punch again on our own.
+    asked: Option<Instant>,
+    session: Option<Open>,
+}
+
+impl Default for Peer {
+    fn default() -> Self {
+        Peer { phase: Phase::Idle, asked: None, session: None }
+    }
+}
+
+impl Peer {
+    fn is_empty(&self) -> bool {
+        self.phase == Phase::Idle && self.asked.is_none() && self.session.is_none()
+    }
+}
+
+/// The birthday pool's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    Closed,
+    Binding,
+    Open,
+}
+
+pub struct NodeCore {
+    config: Config,
+    /// Our sockets' local addresses (the primary first), and the primary's as our LAN
+    /// sees it (the IP the OS routes from when bound to 0.0.0.0).
+    listen: Vec<SocketAddr>,
+    lan: Option<SocketAddr>,
+    /// Unix milliseconds at `epoch`, for the `issued_ms` of our records.
+    epoch: (Instant, u64),
+    rng: StdRng,
+    seeds: Vec<Seed>,
+    nat: Option<NatReport>,
+    /// Probing waits for its extra sockets.
+    probing: Option<ProbeConfig>,
+    registered: BTreeSet<SocketAddr>,
+    /// Behind a hard NAT nobody may be introduced to us before we can punch back: the
+    /// registration waits for the pool.
+    held_registration: Option<registration::actor::Command>,
+    pool: Pool,
+    peers: BTreeMap<PeerId, Peer>,
+    orders: VecDeque<Order>,
+}
+
+impl NodeCore {
+    /// A node listening on `listen` (the primary socket first), `lan` being the primary's
+    /// address as its LAN sees it; `epoch` ties `now`s to Unix time (milliseconds).
+    pub fn new(
+        config: Config,
+        listen: Vec<SocketAddr>,
+        lan: Option<SocketAddr>,
+        epoch: (Instant, u64),
+        rng: StdRng,
+    ) -> Self {
+        NodeCore {
+            config,
+            listen,
+            lan,
+            epoch,
+            rng,
+            seeds: Vec::new(),
+            nat: None,
+            probing: None,
+            registered: BTreeSet::new(),
+            held_registration: None,
+            pool: Pool::Closed,
+            peers: BTreeMap::new(),
+            orders: VecDeque::new(),
+        }
+    }
+
+    pub fn poll_order(&mut self) -> Option<Order> {
+        self.orders.pop_front()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn nat(&self) -> Option<&NatReport> {
+        self.nat.as_ref()
+    }
+
+    /// The introducers that accepted our registration.
+    pub fn registered(&self) -> &BTreeSet<SocketAddr> {
+        &self.registered
+    }
+
+    fn emit(&mut self, event: NodeEvent) {
+        self.orders.push_back(Order::Emit(event));
+    }
+
+    fn peer(&mut self, peer: PeerId) -> &mut Peer {
+        self.peers.entry(peer).or_default()
+    }
+
+    /// Forgets a peer nothing is left of.
+    fn tidy(&mut self, peer: &PeerId) {
+        if self.peers.get(peer).is_some_and(Peer::is_empty) {
+            self.peers.remove(peer);
+        }
+    }
+
+    // ----- the user -----
+
+    /// Starts the node: joins the seeds, or probes against STUN servers, or — with nobody
+    /// to ask — becomes the first node of a new mesh.
+    pub fn start(&mut self) {
+        if !self.config.bootstrap.is_empty() {
+            let (config, seeds) = (self.config.bootstrap_timing.clone(), self.config.bootstrap.clone());
+            self.orders.push_back(Order::FirstContact(bootstrap::Command::Join { config, seeds }));
+        } else if !self.config.stun.is_empty() {
+            self.on_joined(Ok(Vec::new()));
+        } else {
+            if self.config.serve == Serve::Auto {
+                self.serve();
+            }
+            self.ready(true);
+        }
+    }
+
+    /// The user wants to reach `peer`.
+    pub fn connect(&mut self, now: Instant, peer: PeerId) {
+        if self.registered.is_empty() {
+            self.peer(peer).phase = Phase::AwaitingRegistration;
+        } else {
+            self.ask_introduction(now, peer);
+        }
+    }
+
+    /// Pings a connected peer; the answer is a `Pong`.
+    pub fn ping(&mut self, peer: PeerId) {
+        self.orders.push_back(Order::Session(session::actor::Command::Ping(peer)));
+    }
+
+    /// Sends one datagram to a connected peer.
+    pub fn send(&mut self, peer: PeerId, payload: Vec<u8>) {
+        self.orders.push_back(Order::Session(session::actor::Command::Send(peer, payload)));
+    }
+
+    /// When [`NodeCore::handle_timeout`] wants to be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .filter_map(|p| match p.phase {
+                Phase::Punching { relay_at, .. } => relay_at,
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Punches that have taken too long get a relay circuit as well.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| matches!(p.phase, Phase::Punching { relay_at: Some(t), .. } if t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in due {
+            let p = self.peer(peer);
+            if let Phase::Punching { relay_at, .. } = &mut p.phase {
+                *relay_at = None;
+            }
+            if p.session.is_none() {
+                self.relay(peer);
+            }
+        }
+    }
+
+    // ----- the roles -----
+
+    /// What a role reported.
+    pub fn handle_report(&mut self, now: Instant, report: Report) {
+        match report {
+            Report::Socket(socket::Event::Bound { purpose, sockets }) => self.on_bound(purpose, sockets),
+            Report::FirstContact(bootstrap::Event::Joined(joined)) => self.on_joined(joined),
+            Report::FirstContact(bootstrap::Event::Late(seed)) => self.on_late_seed(now, seed),
+            Report::Probe(ProbeEvent::Classified(Ok(report))) => self.on_probed(now, report),
+            Report::Probe(ProbeEvent::Classified(Err(e))) => self.emit(NodeEvent::Fatal(FatalError::Probe(e))),
+            Report::Probe(ProbeEvent::Lifetime(report)) => self.on_lifetime(report),
+            Report::Broker(event) => self.on_broker(event),
+            Report::Registration(introducer, event) => self.on_registration(now, introducer, event),
+            Report::Punch(event) => self.on_punch(now, event),
+            Report::Session(peer, event) => self.on_session(now, peer, event),
+            Report::Relay(relay::Event::Ready { peers, .. }) => self.emit(NodeEvent::Relaying { peers }),
+            Report::Relay(other) => tracing::debug!(?other, "relay"),
+        }
+    }
+
+    fn ready(&mut self, public: bool) {
+        let (peer_id, listen, nat) = (self.config.identity.peer_id(), self.listen.clone(), self.nat);
+        self.emit(NodeEvent::Ready { peer_id, listen, public, nat });
+    }
+
+    /// Takes the introducer and relay roles, and says so to those who say Hello.
+    fn serve(&mut self) {
+        self.orders.push_back(Order::Broker(broker::Command::Serve));
+        self.orders.push_back(Order::Relay(relay::Command::Serve));
+        self.orders.push_back(Order::FirstContact(bootstrap::Command::Serve));
+    }
+
+    fn on_joined(&mut self, joined: Result<Vec<Seed>, BootstrapError>) {
+        let seeds = match joined {
+            Ok(seeds) => seeds,
+            Err(e) => return self.emit(NodeEvent::Fatal(FatalError::Bootstrap(e))),
+        };
+        // Seeds that did not answer Hello are asked last: their answers may just have been lost.
+        let answered: Vec<SocketAddr> = seeds.iter().map(|s| s.addr).collect();
+        let silent = self.config.bootstrap.iter().filter(|a| !answered.contains(a));
+        let servers: Vec<Server> =
+            answered.iter().chain(silent).chain(&self.config.stun).copied().map(Server::new).collect();
+        self.seeds = seeds;
+        if servers.is_empty() {
+            return;
+        }
+        let mut config = ProbeConfig::new(servers);
+        // Padding keeps our nodes' answers no larger than the question, but standard
+        // servers (coturn) answer it with a path-MTU-sized datagram.
+        config.pad_requests = self.config.stun.is_empty();
+        let sockets = (1..=Probe::sockets_needed(&config)).map(probe_socket).collect();
+        self.probing = Some(config);
+        self.orders.push_back(Order::Socket(socket::Command::Bind { purpose: Purpose::Probe, sockets }));
+    }
+
+    /// A seed that answered first contact late: register with it too.
+    fn on_late_seed(&mut self, now: Instant, seed: Seed) {
+        if self.seeds.iter().any(|s| s.addr == seed.addr) {
+            return;
+        }
+        self.seeds.push(seed.clone());
+        if !seed.introducer || !self.config.register {
+            return;
+        }
+        // Not probed yet: it is registered with along with the others.
+        if self.nat.is_none() {
+            return;
+        }
+        match &mut self.held_registration {
+            Some(registration::actor::Command::Register { introducers, .. }) => introducers.push(seed.addr),
+            _ => {
+                let record = self.signed_record(now);
+                let register = registration::actor::Command::Register { introducers: vec![seed.addr], record };
+                self.orders.push_back(Order::Registration(register));
+            }
+        }
+    }
+
+    fn on_bound(&mut self, purpose: Purpose, sockets: Vec<(SocketId, SocketAddr)>) {
+        match purpose {
+            Purpose::Probe => {
+                let Some(config) = self.probing.take() else { return };
+                let locals = LocalSockets { primary: self.lan, extra: sockets.into_iter().map(|(_, a)| a).collect() };
+                let seed = self.rng.gen();
+                self.orders.push_back(Order::Probe(probing::Command::Start { config, locals, seed }));
+            }
+            Purpose::Pool => {
+                self.pool = Pool::Open;
+                let pool = sockets.into_iter().map(|(id, _)| id).collect();
+                self.orders.push_back(Order::Punch(punch::actor::Command::Pool(pool)));
+                if let Some(register) = self.held_registration.take() {
+                    self.orders.push_back(Order::Registration(register));
+                }
+            }
+        }
+    }
+
+    fn on_probed(&mut self, now: Instant, report: NatReport) {
+        self.nat = Some(report);
+        let public = report.nat_type() == NatType::Public;
+        if public && self.config.serve == Serve::Auto {
+            self.serve();
+        }
+        let hard = report.nat_type() == NatType::Hard;
+        if hard {
+            self.bind_pool();
+        }
+        self.ready(public);
+        let introducers: Vec<SocketAddr> = self.seeds.iter().filter(|s| s.introducer).map(|s| s.addr).collect();
+        if self.config.register && !introducers.is_empty() {
+            let record = self.signed_record(now);
+            let register = registration::actor::Command::Register { introducers, record };
+            match hard {
+                true => self.held_registration = Some(register),
+                false => self.orders.push_back(Order::Registration(register)),
+            }
+        }
+    }
+
+    /// Probing timed our NAT's idle mappings: keep ours alive within that.
+    fn on_lifetime(&mut self, report: LifetimeReport) {
+        // The registration keepalive stands unless the NAT forgets sooner.
+        let default = registration::Config::default().keepalive;
+        let keepalive = self.config.adapt_keepalive.then(|| report.keepalive(default));
+        if let Some(keepalive) = keepalive.filter(|_| report.below.is_some()) {
+            self.orders.push_back(Order::Registration(registration::actor::Command::Keepalive(keepalive)));
+            self.orders.push_back(Order::Session(session::actor::Command::Keepalive(keepalive)));
+        }
+        let LifetimeReport { at_least, below } = report;
+        self.emit(NodeEvent::MappingLifetime { at_least, below, keepalive });
+    }
+
+    fn bind_pool(&mut self) {
+        if self.pool != Pool::Binding {
+            self.pool = Pool::Binding;
+            let sockets = (0..self.config.punch.pool_size).map(pool_socket).collect();
+            self.orders.push_back(Order::Socket(socket::Command::Bind { purpose: Purpose::Pool, sockets }));
+        }
+    }
+
+    fn signed_record(&self, now: Instant) -> pb::SignedPeerRecord {
+        let (at, unix_ms) = self.epoch;
+        let since = now.saturating_duration_since(at).as_millis() as u64;
+        let record = pb::PeerRecord {
+            peer_id: Default::default(),
+            private_addrs: self.lan.into_iter().map(Into::into).collect(),
+            nat: self.nat.as_ref().map(Into::into),
+            issued_ms: unix_ms + since,
+        };
+        self.config.identity.sign_record(record)
+    }
+
+    fn ask_introduction(&mut self, now: Instant, peer: PeerId) {
+        let p = self.peer(peer);
+        (p.phase, p.asked) = (Phase::Asked, Some(now));
+        self.orders.push_back(Order::Registration(registration::actor::Command::Introduce(peer)));
+    }
+
+    /// The introducer sees us at a new address: our NAT dropped our mappings and made new
+    /// ones, so peers' datagrams go to mappings that are gone. Punch every direct session
+    /// again; each moves to its new path when the punch succeeds. (A port-preserving NAT
+    /// re-creates the same mappings and needs none of this.)
+    fn repunch(&mut self) {
+        let direct = |p: &Peer| p.phase == Phase::Idle && p.session.as_ref().is_some_and(|s| s.path != Path::Relayed);
+        let peers: Vec<PeerId> = self.peers.iter().filter(|(_, p)| direct(p)).map(|(id, _)| *id).collect();
+        for peer in peers {
+            tracing::info!(%peer, "mapped anew: punching again");
+            self.peer(peer).phase = Phase::Asked;
+            self.orders.push_back(Order::Registration(registration::actor::Command::Introduce(peer)));
+        }
+    }
+
+    /// The connection the user asked for cannot be made.
+    fn fail(&mut self, peer: PeerId, error: ConnectError) {
+        let p = self.peer(peer);
+        (p.phase, p.asked) = (Phase::Idle, None);
+        self.settle(peer);
+        self.tidy(&peer);
+        self.emit(NodeEvent::ConnectFailed { peer, error });
+    }
+
+    /// The punch with `peer` is over: its introducer may stop repeating the introduction.
+    fn settle(&mut self, peer: PeerId) {
+        self.orders.push_back(Order::Registration(registration::actor::Command::Settle(peer)));
+    }
+
+    fn on_broker(&mut self, event: broker::Event) {
+        match event {
+            broker::Event::Registered { peer, addr } => self.emit(NodeEvent::PeerRegistered { peer, addr }),
+            broker::Event::Introduced { requester, target, nonce } => {
+                // Our relay carries their circuit if their punch needs one.
+                let peers = [requester, target];
+                self.orders.push_back(Order::Relay(relay::Command::Authorize { nonce, peers }));
+                self.emit(NodeEvent::Introduced { requester, target })
+            }
+            broker::Event::Expired { peer } => tracing::info!(%peer, "registration expired"),
+        }
+    }
+
+    fn on_registration(&mut self, now: Instant, introducer: SocketAddr, event: registration::Event) {
+        use registration::Event as R;
+        match event {
+            R::Registered { observed } => {
+                let remapped = !self.registered.insert(introducer);
+                self.emit(NodeEvent::Registered { introducer, observed });
+                if remapped {
+                    self.repunch();
+                }
+                let waiting: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.phase == Phase::AwaitingRegistration)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for peer in waiting {
+                    self.ask_introduction(now, peer);
+                }
+            }
+            R::Unreachable => {
+                self.registered.remove(&introducer);
+                self.emit(NodeEvent::IntroducerUnreachable { introducer });
+                if self.registered.is_empty() {
+                    let waiting: Vec<PeerId> = self
+                        .peers
+                        .iter()
+                        .filter(|(_, p)| p.phase == Phase::AwaitingRegistration)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for peer in waiting {
+                        self.fail(peer, ConnectError::IntroducerUnreachable { introducer });
+                    }
+                }
+            }
+            R::Introduced(introduced) => self.on_introduced(now, introducer, introduced),
+            R::IntroduceFailed { target, error } => self.fail(target, ConnectError::Introduce(error)),
+        }
+    }
+
+    fn on_introduced(&mut self, now: Instant, introducer: SocketAddr, introduced: Box<Introduced>) {
+        let Some(nat) = self.nat else { return };
+        let peer = introduced.peer.peer_id;
+        let intro = Intro { relay: introducer, nonce: introduced.nonce.clone(), controlling: introduced.initiator };
+        let (relay_only, relay_after) = (self.config.relay_only, self.config.relay_after);
+        let p = self.peer(peer);
+        let relay_at = match &p.phase {
+            // The introducer repeats the introduction until the punch settles: the circuit
+            // being set up settles it.
+            Phase::Relaying { .. } => return,
+            // A repeat of the introduction that made the open session.
+            Phase::Idle if p.session.as_ref().is_some_and(|s| s.nonce == intro.nonce) => return,
+            Phase::Punching { relay_at, .. } => *relay_at,
+            _ => Some(now + relay_after),
+        };
+        if relay_only {
+            p.phase = Phase::Relaying { intro: intro.clone() };
+            return self.open_relayed(peer, intro);
+        }
+        p.phase = Phase::Punching { intro, relay_at };
+        self.orders.push_back(Order::Punch(punch::actor::Command::Start { nat, introduced }));
+    }
+
+    /// Falls back to the relay of the introduction being punched, if there is one.
+    fn relay(&mut self, peer: PeerId) -> bool {
+        let Some(p) = self.peers.get_mut(&peer) else { return false };
+        let Phase::Punching { intro, .. } = &p.phase else { return false };
+        let intro = intro.clone();
+        tracing::info!(%peer, relay = %intro.relay, "no direct path: relaying");
+        // The introduction is settled once the circuit is ready (both sides asked for it).
+        p.phase = Phase::Relaying { intro: intro.clone() };
+        self.open_relayed(peer, intro);
+        true
+    }
+
+    fn open_relayed(&mut self, peer: PeerId, intro: Intro) {
+        let Intro { relay, nonce, controlling } = intro;
+        let open = session::actor::Command::OpenRelayed { peer, relay, nonce, controlling };
+        self.orders.push_back(Order::Session(open));
+    }
+
+    fn on_punch(&mut self, now: Instant, event: punch::Event) {
+        match event {
+            punch::Event::Connected { peer, socket, remote, proven, initiator, path, strategy, probes, elapsed } => {
+                let p = self.peer(peer);
+                let nonce = match &p.phase {
+                    Phase::Punching { intro, .. } | Phase::Relaying { intro } => intro.nonce.clone(),
+                    _ => p.session.as_ref().map(|s| s.nonce.clone()).unwrap_or_default(),
+                };
+                // A circuit still being set up closes when the session moves (Sessions::open).
+                let before = p.session.replace(Open { path, nonce }).map(|s| s.path);
+                let asked = p.asked.take();
+                p.phase = Phase::Idle;
+                self.settle(peer);
+                let opened = ProvenPath { peer, socket, remote, proven, controlling: initiator, path, strategy };
+                self.orders.push_back(Order::Session(session::actor::Command::Open(opened)));
+                self.emit(match (before, asked) {
+                    (Some(Path::Relayed), _) => NodeEvent::Upgraded { peer, remote, path, strategy },
+                    (Some(_), None) => NodeEvent::Moved { peer, remote, path, strategy },
+                    _ => {
+                        let connect = asked.map_or(elapsed, |t| now.saturating_duration_since(t));
+                        NodeEvent::Connected { peer, remote, path, strategy, connect, probes }
+                    }
+                });
+            }
+            punch::Event::PathProven { peer, addr } => {
+                self.orders.push_back(Order::Session(session::actor::Command::AddPath { peer, addr }))
+            }
+            punch::Event::NeedPool => self.bind_pool(),
+            punch::Event::PoolIdle => {
+                self.pool = Pool::Closed;
+                let sockets = (0..self.config.punch.pool_size).map(pool_socket).collect();
+                self.orders.push_back(Order::Socket(socket::Command::Unbind(sockets)));
+            }
+            punch::Event::Refused { peer, initiator, why } => {
+                tracing::info!(%peer, "not punching: {why}");
+                if self.relay(peer) {
+                    return;
+                }
+                if initiator {
+                    self.fail(peer, ConnectError::Unpunchable(why));
+                } else {
+                    tracing::warn!(%peer, "{why}");
+                }
+            }
+            punch::Event::Failed { peer, error } => {
+                tracing::info!(%peer, "punch failed: {error}");
+                let Some(p) = self.peers.get_mut(&peer) else { return };
+                if p.session.is_some() {
+                    // Already relayed (the fallback came first), or punching again: the
+                    // session stands.
+                    if matches!(p.phase, Phase::Punching { .. }) {
+                        p.phase = Phase::Idle;
+                    }
+                    return;
+                }
+                if self.relay(peer) {
+                    return;
+                }
+                if self.peers.get(&peer).is_some_and(|p| p.asked.is_some()) {
+                    self.fail(peer, ConnectError::TimedOut(error));
+                } else {
+                    self.tidy(&peer);
+                }
+            }
+        }
+    }
+
+    fn on_session(&mut self, now: Instant, peer: PeerId, event: session::Event) {
+        let session = self.peers.get(&peer).and_then(|p| p.session.as_ref());
+        let path = session.map_or(Path::Direct, |s| s.path);
+        let event = match event {
+            // The punch won the race: the direct session already replaced this one.
+            session::Event::Relayed { .. } if session.is_some_and(|s| s.path != Path::Relayed) => return,
+            session::Event::Relayed { relay } => {
+                let p = self.peer(peer);
+                let connect = p.asked.take().map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                let nonce = match std::mem::replace(&mut p.phase, Phase::Idle) {
+                    Phase::Relaying { intro } | Phase::Punching { intro, .. } => intro.nonce,
+                    _ => Vec::new(),
+                };
+                p.session = Some(Open { path: Path::Relayed, nonce });
+                self.settle(peer);
+                let (path, strategy) = (Path::Relayed, Strategy::Relay);
+                NodeEvent::Connected { peer, remote: relay, path, strategy, connect, probes: 0 }
+            }
+            session::Event::RelayFailed { error } => {
+                if let Some(p) = self.peers.get_mut(&peer).filter(|p| matches!(p.phase, Phase::Relaying { .. })) {
+                    p.phase = Phase::Idle;
+                }
+                self.settle(peer);
+                if self.peers.get(&peer).is_some_and(|p| p.asked.is_some()) {
+                    return self.fail(peer, ConnectError::Relay(error));
+                }
+                tracing::info!(%peer, "relay failed: {error}");
+                return self.tidy(&peer);
+            }
+            session::Event::Pong { seq, rtt } => NodeEvent::Pong { peer, seq, rtt, path },
+            session::Event::Data(payload) => NodeEvent::Data { peer, payload },
+            session::Event::NotSent { error } => NodeEvent::NotSent { peer, error },
+            session::Event::Closed { reason } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.session = None;
+                }
+                self.tidy(&peer);
+                NodeEvent::Disconnected { peer, reason }
+            }
+        };
+        self.emit(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use introducer_actors::identity::{verify_record, Identity};
+    use introducer_actors::nat::NatBehavior;
+    use introducer_actors::punch::Unpunchable;
+
+    const INTRODUCER: &str = "198.51.100.1:3478";
+
+    fn introduced(me: &Identity, peer: &Identity, nat: &NatReport) -> registration::Event {
+        let record = peer.sign_record(pb::PeerRecord { nat: Some(nat.into()), ..Default::default() });
+        registration::Event::Introduced(Box::new(Introduced {
+            request_id: 1,
+            peer: verify_record(&record).unwrap(),
+            peer_public: nat.public_addr,
+            nonce: vec![9; 16],
+            initiator: me.peer_id() < peer.peer_id(),
+            fresh: false,
+            introducer: INTRODUCER.parse().unwrap(),
+        }))
+    }
+
+    fn orders(c: &mut NodeCore) -> Vec<Order> {
+        std::iter::from_fn(|| c.poll_order()).collect()
+    }
+
+    /// A node that joined one introducer and was probed as `nat` (its pool bound if hard).
+    fn probed(now: Instant, relay_only: bool, nat: NatReport) -> NodeCore {
+        let mut config = Config::new(Identity::from_seed(1));
+        (config.relay_only, config.punch.pool_size) = (relay_only, 4);
+        config.bootstrap = vec![INTRODUCER.parse().unwrap()];
+        let mut c = NodeCore::new(config, vec![], None, (now, 0), StdRng::seed_from_u64(1));
+        let seed = Seed {
+            addr: INTRODUCER.parse().unwrap(),
+            peer_id: Identity::from_seed(100).peer_id(),
+            listen: vec![],
+            observed: nat.public_addr,
+            introducer: true,
+        };
+        c.handle_report(now, Report::FirstContact(bootstrap::Event::Joined(Ok(vec![seed]))));
+        c.handle_report(now, Report::Socket(socket::Event::Bound { purpose: Purpose::Probe, sockets: vec![] }));
+        c.handle_report(now, Report::Probe(ProbeEvent::Classified(Ok(nat))));
+        orders(&mut c);
+        c
+    }
+
+    fn registration(c: &mut NodeCore, now: Instant, event: registration::Event) {
+        c.handle_report(now, Report::Registration(INTRODUCER.parse().unwrap(), event));
+    }
+
+    /// Now, a port-restricted NAT's report, and two peers.
+    fn easy_peers() -> (Instant, NatReport, Identity, Identity) {
+        let easy = NatBehavior::PORT_RESTRICTED.expected_report("203.0.113.1:3478".parse().unwrap());
+        (Instant::now(), easy, Identity::from_seed(1), Identity::from_seed(2))
+    }
+
+    #[test]
+    fn an_introduction_is_punched_or_relayed_as_configured() {
+        let (now, easy, me, peer) = easy_peers();
+
+        let mut punching = probed(now, false, easy);
+        registration(&mut punching, now, introduced(&me, &peer, &easy));
+        assert!(matches!(punching.poll_order(), Some(Order::Punch(punch::actor::Command::Start { .. }))));
+
+        let mut relaying = probed(now, true, easy);
+        registration(&mut relaying, now, introduced(&me, &peer, &easy));
+        match relaying.poll_order() {
+            Some(Order::Session(session::actor::Command::OpenRelayed { peer: p, relay, nonce, .. })) => {
+                assert_eq!((p, relay, nonce), (peer.peer_id(), INTRODUCER.parse().unwrap(), vec![9; 16]));
+            }
+            other => panic!("expected a relay, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn two_hard_sides_fall_back_to_the_introducers_relay_and_a_hard_node_registers_after_its_pool() {
+        let now = Instant::now();
+        let hard = NatBehavior::SYMMETRIC_RANDOM.expected_report("203.0.113.1:3478".parse().unwrap());
+        let mut config = Config::new(Identity::from_seed(1));
+        config.punch.pool_size = 4;
+        config.bootstrap = vec![INTRODUCER.parse().unwrap()];
+        let mut c = NodeCore::new(config, vec![], None, (now, 0), StdRng::seed_from_u64(1));
+        let seed = Seed {
+            addr: INTRODUCER.parse().unwrap(),
+            peer_id: Identity::from_seed(100).peer_id(),
+            listen: vec![],
+            observed: hard.public_addr,
+            introducer: true,
+        };
+        c.handle_report(now, Report::FirstContact(bootstrap::Event::Joined(Ok(vec![seed]))));
+        c.handle_report(now, Report::Socket(socket::Event::Bound { purpose: Purpose::Probe, sockets: vec![] }));
+        orders(&mut c);
+        c.handle_report(now, Report::Probe(ProbeEvent::Classified(Ok(hard))));
+        let first = orders(&mut c);
+        let pool = first.iter().find_map(|o| match o {
+            Order::Socket(socket::Command::Bind { purpose: Purpose::Pool, sockets }) => Some(sockets.clone()),
+            _ => None,
+        });
+        assert_eq!(pool.map(|p| p.len()), Some(4), "{first:?}");
+        assert!(!first.iter().any(|o| matches!(o, Order::Registration(_))), "no registration before the pool");
+        let bound = (0..4).map(|i| (pool_socket(i), "10.0.0.2:1".parse().unwrap())).collect();
+        c.handle_report(now, Report::Socket(socket::Event::Bound { purpose: Purpose::Pool, sockets: bound }));
+        let next = orders(&mut c);
+        assert!(matches!(next[0], Order::Punch(punch::actor::Command::Pool(_))));
+        assert!(matches!(next[1], Order::Registration(registration::actor::Command::Register { .. })));
+
+        let (me, peer) = (Identity::from_seed(1), Identity::from_seed(2));
+        registration(&mut c, now, introduced(&me, &peer, &hard));
+        assert!(matches!(c.poll_order(), Some(Order::Punch(punch::actor::Command::Start { .. }))));
+        let refused = punch::Event::Refused { peer: peer.peer_id(), initiator: true, why: Unpunchable::BothHard };
+        c.handle_report(now, Report::Punch(refused));
+        assert!(matches!(
+            c.poll_order(),
+            Some(Order::Session(session::actor::Command::OpenRelayed { relay, .. })) if relay == INTRODUCER.parse().unwrap()
+        ));
+        // Repeats of the introduction (for the other side's sake) change nothing here; the
+        // ready circuit settles it.
+        registration(&mut c, now, introduced(&me, &peer, &hard));
+        assert!(c.poll_order().is_none());
+        let relayed = session::Event::Relayed { relay: INTRODUCER.parse().unwrap() };
+        c.handle_report(now, Report::Session(peer.peer_id(), relayed));
+        assert!(
+            matches!(c.poll_order(), Some(Order::Registration(registration::actor::Command::Settle(p))) if p == peer.peer_id()),
+            "no more repeats of the introduction"
+        );
+    }
+
+    /// A punch that wins while the fallback circuit is still being set up ends the relaying:
+    /// a later introduction to that peer is punched again, not ignored.
+    #[test]
+    fn a_punch_that_beats_the_circuit_leaves_later_introductions_alone() {
+        let (now, easy, me, peer) = easy_peers();
+        let mut c = probed(now, false, easy);
+        registration(&mut c, now, introduced(&me, &peer, &easy));
+        assert!(matches!(c.poll_order(), Some(Order::Punch(_))));
+        c.handle_timeout(now + Duration::from_secs(5));
+        assert!(
+            matches!(c.poll_order(), Some(Order::Session(session::actor::Command::OpenRelayed { .. }))),
+            "the punch is slow: a circuit too"
+        );
+        let remote = "203.0.113.9:4000".parse().unwrap();
+        let connected = punch::Event::Connected {
+            peer: peer.peer_id(),
+            socket: SocketId::PRIMARY,
+            remote,
+            proven: vec![remote],
+            initiator: true,
+            path: Path::Direct,
+            strategy: Strategy::SimultaneousOpen,
+            probes: 3,
+            elapsed: Duration::from_secs(6),
+        };
+        c.handle_report(now + Duration::from_secs(6), Report::Punch(connected));
+        orders(&mut c);
+        // The same introduction again is a repeat; a new one (the peer was mapped anew) is punched.
+        registration(&mut c, now, introduced(&me, &peer, &easy));
+        assert!(c.poll_order().is_none(), "a repeat of the introduction that connected changes nothing");
+        let mut again = introduced(&me, &peer, &easy);
+        if let registration::Event::Introduced(i) = &mut again {
+            i.nonce = vec![10; 16];
+        }
+        registration(&mut c, now, again);
+        assert!(matches!(c.poll_order(), Some(Order::Punch(_))), "a new introduction is punched");
+    }
+}
