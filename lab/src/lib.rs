@@ -2,7 +2,12 @@
 //!
 //! - [`nft`]: the nftables rulesets (and sysctls) that make a Linux router behave like a
 //!   [`NatBehavior`](introducer_actors::nat::NatBehavior). Pure text, so any testbed can use
-//!   it: router containers through the `introducer-lab-nft` binary
-//!   (`introducer-lab-nft --kind sym-seq --wan-ip 203.0.113.1 | nft -f -`).
+//!   it: the namespace lab below, and router containers through the `introducer-lab-nft`
+//!   binary (`introducer-lab-nft --kind sym-seq --wan-ip 203.0.113.1 | nft -f -`).
+//! - [`netns`]: the harness the node's integration tests run in: network namespaces, veths
+//!   and bridges with those routers between real processes. Needs root.
+//! - [`stun`]: a minimal STUN Binding client for looking at a mapping from inside.
 
+pub mod netns;
 pub mod nft;
+pub mod stun;

@@ -1,20 +1,22 @@
 //! Two NATs in a row on real Linux NAT: a home router behind a carrier-grade NAT
-//! ([`lab::Lab::nat_behind`]). Probing sees one NAT, the pair's most restrictive layer with
-//! the CGNAT's port allocation, which is what `NatBehavior::behind` models; these tests hold
-//! the lab's nesting and that model to the real `introducer nat`, and to coturn as a
-//! cross-check of the lab itself.
-
-mod lab;
+//! ([`introducer_lab::netns::Lab::nat_behind`]). Probing sees one NAT, the pair's most
+//! restrictive layer with the CGNAT's port allocation, which is what `NatBehavior::behind`
+//! models; these tests hold the lab's nesting and that model to the real `introducer nat`,
+//! and to coturn as a cross-check of the lab itself.
 
 use introducer_actors::nat::NatBehavior;
-use lab::{Standard, PORT};
+use introducer_lab::netns::{Standard, PORT};
+use introducer_lab::stun;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
+
+/// The `introducer` binary the lab runs.
+const INTRODUCER: &str = env!("CARGO_BIN_EXE_introducer");
 
 /// A host behind `home` behind `cgnat` is classified as `home.behind(cgnat)`, with the
 /// CGNAT's address as its public one, by the introducer and by coturn.
 fn classifies_double(name: &str, home: NatBehavior, cgnat: NatBehavior) {
-    let std = Standard::new(name);
+    let std = Standard::new(name, INTRODUCER);
     let (_a, _b) = std.start_introducers();
     let coturn = std.lab.public_host("c", &[Ipv4Addr::new(198, 51, 100, 4), Ipv4Addr::new(198, 51, 100, 5)]);
     let _coturn = coturn.turnserver(PORT);
@@ -58,13 +60,13 @@ fn port_restricted_behind_symmetric_random_cgnat() {
 /// default route via the CGNAT (a router behind a NAT routes via a gateway, not `dev wan`).
 #[test]
 fn home_router_uplink_can_be_cut_and_restored() {
-    let std = Standard::new("dbl");
+    let std = Standard::new("dbl", INTRODUCER);
     let (_a, _b) = std.start_introducers();
     let (outer, inner, host) = std.double_natted_host("h", NatBehavior::PORT_RESTRICTED, NatBehavior::PORT_RESTRICTED);
     let a: SocketAddr = std.bootstrap().parse().unwrap();
     let reflexive = || {
         let sock = host.udp_socket(SocketAddr::from(([0, 0, 0, 0], 0)));
-        lab::stun_binding(&sock, a, Duration::from_millis(500)).map(|m| *m.ip())
+        stun::stun_binding(&sock, a, Duration::from_millis(500)).map(|m| *m.ip())
     };
     assert_eq!(reflexive(), Some(outer.wan_ip()));
     inner.router().set_link_up(false);

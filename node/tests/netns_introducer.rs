@@ -1,18 +1,19 @@
 //! The real `introducer` binary across real Linux NATs (network namespaces + nftables).
 //!
-//! Topology (see `lab`): introducer A on two IPs (a full RFC 5780 STUN server), public
+//! Topology (see `introducer_lab::netns`): introducer A on two IPs (a full RFC 5780 STUN server), public
 //! node B on a third IP, NAT routers whose nftables rules implement each `NatBehavior`,
 //! hosts behind them. Every expectation comes from the shared NAT model in `nat.rs`.
 
-mod lab;
-
 use introducer_actors::nat::{NatBehavior, NatType};
-use lab::{Host, Lab, LabChild, Standard, A_IP, B_IP, PORT};
+use introducer_lab::netns::{Host, Lab, LabChild, Standard, A_IP, B_IP, PORT};
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// The `introducer` binary the lab runs.
+const INTRODUCER: &str = env!("CARGO_BIN_EXE_introducer");
 
 /// Introducer A (two IPs, RFC 5780) and public node B registered with it.
 struct Mesh {
@@ -23,7 +24,7 @@ struct Mesh {
 
 impl Mesh {
     fn new(name: &str) -> Mesh {
-        let std = Standard::new(name);
+        let std = Standard::new(name, INTRODUCER);
         let (_a, _b) = std.start_introducers();
         Mesh { std, _a, _b }
     }
@@ -46,7 +47,7 @@ impl Mesh {
     /// Pings `peer` from `host`; returns the `connected` event, asserting pongs came back.
     fn ping(&self, host: &Host, (peer_node, peer_id): &(LabChild, String)) -> Value {
         let out = host.run_timeout(
-            env!("CARGO_BIN_EXE_introducer"),
+            INTRODUCER,
             ["ping", peer_id, "--bootstrap", &self.std.bootstrap(), "--json", "--count", "2", "--interval", "0.1"],
             Duration::from_secs(40),
         );
@@ -351,7 +352,7 @@ fn a_remapped_node_punches_again_and_data_flows() {
 /// and `--bootstrap HOST` (no port) finds it there.
 #[test]
 fn run_without_flags_starts_a_mesh_on_the_default_port() {
-    let lab = Lab::new("dflt");
+    let lab = Lab::new("dflt", INTRODUCER);
     let (a, b) = (lab.public_host("a", &[A_IP]), lab.public_host("b", &[B_IP]));
     let mut seed = a.introducer(&["run"]);
     let ready = seed.wait_json(|v| v["event"] == "ready", WAIT);

@@ -7,12 +7,14 @@
 //! Needs root and scripts/install-deps.sh. Every test builds its own lab, so they run in
 //! parallel; the lab deletes its namespaces even when a test fails.
 
-mod lab;
-
 use introducer_actors::nat::{Allocation, Filtering, Mapping, NatBehavior};
-use lab::*;
+use introducer_lab::netns::*;
+use introducer_lab::stun::stun_binding;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
+
+/// The `introducer` binary the lab runs.
+const INTRODUCER: &str = env!("CARGO_BIN_EXE_introducer");
 
 /// What `turnutils_natdiscovery` concluded.
 #[derive(Debug)]
@@ -83,7 +85,7 @@ fn natdiscovery_against(host: &Host, flags: &[&str], server: Ipv4Addr) -> Discov
 /// Builds A (running turnserver) and one host behind a NAT with `behavior`; asserts that
 /// coturn sees the configured mapping and filtering and the allocation's port pattern.
 fn coturn_agrees(name: &str, behavior: NatBehavior) {
-    let s = Standard::new(name);
+    let s = Standard::new(name, INTRODUCER);
     let _stun = s.a.turnserver(PORT);
     let (nat, host) = s.natted_host("h", behavior);
     let d = natdiscovery(&host, &["-m", "-f"]);
@@ -118,7 +120,7 @@ fn coturn_agrees(name: &str, behavior: NatBehavior) {
 /// node on two IPs, must classify the same NAT the same way: the node is a faithful
 /// RFC 5780 server.
 fn introducer_serves_stun_like_coturn(name: &str, behavior: NatBehavior) {
-    let s = Standard::new(name);
+    let s = Standard::new(name, INTRODUCER);
     let args = Standard::a_listen_args();
     let mut node = s.a.introducer(&["run", &args[0], &args[1], &args[2], &args[3]]);
     node.wait_json(|v| v["event"] == "ready", Duration::from_secs(10));
@@ -193,7 +195,7 @@ fn symmetric_sequential_is_what_coturn_sees() {
 /// (filtering is the presets' business; `-m` alone is fast).
 #[test]
 fn other_mappings_are_what_coturn_sees() {
-    let s = Standard::new("other-mappings");
+    let s = Standard::new("other-mappings", INTRODUCER);
     let _stun = s.a.turnserver(PORT);
     let cases = [
         ("adm-random", NatBehavior { mapping: Mapping::AddressDependent, ..NatBehavior::SYMMETRIC_RANDOM }),
@@ -235,7 +237,7 @@ fn recv_from(sock: &UdpSocket, timeout: Duration) -> Option<(Vec<u8>, SocketAddr
 /// consecutive external ports.
 #[test]
 fn sequential_ports_are_consecutive_across_hosts() {
-    let s = Standard::new("seq-shared");
+    let s = Standard::new("seq-shared", INTRODUCER);
     let nat = s.nat("nat", NatBehavior::SYMMETRIC_SEQUENTIAL);
     let h1 = s.host_behind(&nat, "h1");
     let h2 = s.host_behind(&nat, "h2");
@@ -258,7 +260,7 @@ fn sequential_ports_are_consecutive_across_hosts() {
 /// seen from its own public mapping (RFC 4787 REQ-9); coturn agrees. Off: nothing arrives.
 #[test]
 fn hairpin_follows_the_behavior() {
-    let s = Standard::new("hairpin");
+    let s = Standard::new("hairpin", INTRODUCER);
     let _stun = s.a.turnserver(PORT);
     let server = SocketAddr::from((A_IP, PORT));
     for hairpin in [true, false] {
@@ -290,7 +292,7 @@ fn hairpin_follows_the_behavior() {
 /// has sent to that peer must neither get in (port-restricted) nor take the host's port.
 #[test]
 fn early_inbound_packets_do_not_move_the_mapping() {
-    let s = Standard::new("early-inbound");
+    let s = Standard::new("early-inbound", INTRODUCER);
     let (nat, host) = s.natted_host("h", NatBehavior::PORT_RESTRICTED);
     let inside = host.udp_socket(([0, 0, 0, 0], 40000));
     let peer = s.b.udp_socket((B_IP, 7000));
@@ -308,7 +310,7 @@ fn early_inbound_packets_do_not_move_the_mapping() {
 /// `mapping_lifetime` is what the router remembers: kept while used, gone when idle longer.
 #[test]
 fn mapping_lifetime_is_enforced() {
-    let s = Standard::new("lifetime");
+    let s = Standard::new("lifetime", INTRODUCER);
     let behavior = NatBehavior::EIM_RANDOM_PORT.with_mapping_lifetime(Duration::from_secs(1));
     let (nat, host) = s.natted_host("h", behavior);
     let inside = host.udp_socket(([0, 0, 0, 0], 0));
@@ -327,7 +329,7 @@ fn mapping_lifetime_is_enforced() {
 /// `set_link_up(false)` pulls the cable; `set_link_up(true)` restores the host as it was.
 #[test]
 fn link_down_cuts_a_host_off() {
-    let s = Standard::new("link");
+    let s = Standard::new("link", INTRODUCER);
     let (_nat, host) = s.natted_host("h", NatBehavior::PORT_RESTRICTED);
     let peer = s.b.udp_socket((B_IP, 7000));
     let inside = host.udp_socket(([0, 0, 0, 0], 0));
@@ -356,7 +358,7 @@ fn lab_namespaces(prefix: &str) -> Vec<String> {
 fn lab_cleans_up_after_a_panic() {
     let (tx, rx) = std::sync::mpsc::channel();
     let result = std::panic::catch_unwind(move || {
-        let s = Standard::new("cleanup");
+        let s = Standard::new("cleanup", INTRODUCER);
         let (_nat, host) = s.natted_host("h", NatBehavior::PORT_RESTRICTED);
         let child = host.spawn("sleep", ["600"]);
         tx.send((s.lab.prefix().to_string(), child.pid())).unwrap();

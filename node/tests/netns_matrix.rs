@@ -9,16 +9,17 @@
 //! one-line error. The grid is printed (`-- --nocapture` shows it) and every run of every
 //! cell must be what [`expected`] says.
 
-mod lab;
-
 use introducer_actors::nat::{Allocation, Filtering, NatBehavior, NatType};
-use lab::{Host, LabChild, Standard};
+use introducer_lab::netns::{Host, LabChild, Standard};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// The `introducer` binary the lab runs.
+const INTRODUCER: &str = env!("CARGO_BIN_EXE_introducer");
 
 /// What stands between a matrix host and the internet.
 #[derive(Debug, Clone, Copy)]
@@ -239,7 +240,7 @@ fn ping(std: &Standard, host: &Host, peer_id: &str) -> Run {
     let bootstrap = std.bootstrap();
     let args =
         ["ping", peer_id, "--bootstrap", &bootstrap, "--json", "--count", "2", "--interval", "0.1", "--timeout", "15"];
-    let out = host.run_timeout(env!("CARGO_BIN_EXE_introducer"), args, Duration::from_secs(40));
+    let out = host.run_timeout(INTRODUCER, args, Duration::from_secs(40));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let events: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
@@ -267,7 +268,7 @@ fn runs_per_cell() -> usize {
 fn nat_pair_matrix() {
     let runs = runs_per_cell();
     let t0 = Instant::now();
-    let std = Standard::new("mx");
+    let std = Standard::new("mx", INTRODUCER);
     let (_a, _b) = std.start_introducers();
 
     // One host per row and per column; public ones get addresses of their own.

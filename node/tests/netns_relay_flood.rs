@@ -1,5 +1,5 @@
 //! Bad input and abuse at the relay, with the real `introducer` binary across real Linux
-//! NATs (network namespaces + nftables, see `lab`).
+//! NATs (network namespaces + nftables, see `introducer_lab::netns`).
 //!
 //! - A flood from one peer: two peers behind random-port symmetric NATs (hard × hard, so
 //!   the introducer relays) connect with `introducer connect`, whose stdin is pumped far
@@ -19,16 +19,14 @@
 //!
 //! Needs root and scripts/install-deps.sh, like every `netns_*` test.
 
-mod lab;
-
 use introducer_actors::identity::Identity;
 use introducer_actors::nat::NatBehavior;
 use introducer_actors::relay::server::RelayConfig;
 use introducer_actors::relay::sign_request;
+use introducer_lab::netns::{Host, LabChild, Standard, A_IP, PORT};
 use introducer_proto::frame::{self, Decoded, FRAME_BYTE};
 use introducer_proto::pb::{self, envelope::Kind, RelayRefusedReason};
 use introducer_proto::MAX_DATAGRAM;
-use lab::{Host, LabChild, Standard, A_IP, PORT};
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -40,6 +38,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// The `introducer` binary the lab runs.
+const INTRODUCER: &str = env!("CARGO_BIN_EXE_introducer");
 /// `stats` events from the introducer this often (seconds, as given to `--stats-every`).
 const STATS_EVERY: &str = "0.25";
 
@@ -53,7 +54,7 @@ struct RelayLab {
 
 impl RelayLab {
     fn new(name: &str, relay_args: &[&str]) -> RelayLab {
-        let std = Standard::new(name);
+        let std = Standard::new(name, INTRODUCER);
         let listen = Standard::a_listen_args();
         let mut args: Vec<&str> = vec!["run"];
         args.extend(listen.iter().map(String::as_str));
@@ -241,7 +242,7 @@ fn flood(name: &str, relay_args: &[&str], config: RelayConfig, line_len: usize, 
         // The third pair gets introduced, relayed and pings while the flood runs.
         let pinger = s.spawn(|| {
             let out = h4.run_timeout(
-                env!("CARGO_BIN_EXE_introducer"),
+                INTRODUCER,
                 ["ping", &third_id, "--bootstrap", &bootstrap, "--json", "--count", "5", "--interval", "0.2"],
                 Duration::from_secs(30),
             );
@@ -620,7 +621,7 @@ fn a_circuit_flood_from_one_address_does_not_lock_out_other_peers() {
     assert!(refused > config.max_pending as u64);
     assert_eq!(after.since(&before, "relay_circuits_opened"), 0);
     let out = h2.run_timeout(
-        env!("CARGO_BIN_EXE_introducer"),
+        INTRODUCER,
         ["ping", &target_id, "--bootstrap", &lab.std.bootstrap(), "--json", "--count", "1", "--timeout", "10"],
         Duration::from_secs(30),
     );

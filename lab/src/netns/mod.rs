@@ -2,8 +2,9 @@
 //! make real kernels behave like the NATs described by [`NatBehavior`], so integration tests
 //! can run the real `introducer` binary (or any other program) across real NATs.
 //!
-//! Use it from an integration test with `mod lab;`. Everything needs root, `iproute2`,
-//! `nftables` and `conntrack` (`scripts/install-deps.sh`); the coturn helpers need `coturn`.
+//! Everything needs root, `iproute2`, `nftables` and `conntrack` (`scripts/install-deps.sh`);
+//! the coturn helpers need `coturn`. The `introducer` binary to run is given to [`Lab::new`]
+//! (an integration test of the node passes `env!("CARGO_BIN_EXE_introducer")`).
 //!
 //! ```text
 //!                      "internet" namespace: bridge br0 (no routing, no filtering)
@@ -20,6 +21,8 @@
 //! carrier-grade NAT, on another NAT's LAN ([`Lab::nat_behind`]); either way its uplink is
 //! `wan` and its LAN bridge `lan`, so one ruleset ([`nat_ruleset`]) serves both.
 //!
+//! [`nat_ruleset`]: crate::nft::nat_ruleset
+//!
 //! Every host on the internet side holds its addresses as /32s with a `default dev eth0`
 //! route, so any documentation-range address can be used anywhere: the bridge delivers by
 //! ARP. NAT routers number their LANs 10.1.0.0/24, 10.2.0.0/24, … in creation order.
@@ -30,22 +33,24 @@
 //! a test panics) kills every process inside its namespaces and deletes them; a lab created
 //! later removes namespaces left behind by processes that died without cleaning up.
 
-#![allow(dead_code)]
+mod child;
 
-use introducer_actors::nat::{Allocation, Filtering, Mapping, NatBehavior};
+pub use child::{LabChild, LabError};
+
+use crate::nft::{self, Interfaces};
+use crate::stun::stun_binding;
+use introducer_actors::nat::NatBehavior;
 use serde_json::Value;
-use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::unix::io::AsRawFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -62,22 +67,27 @@ pub const PORT: u16 = 3478;
 /// How long [`Host::run`] lets a command run before killing it.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A router's interface names: the generator's defaults, so [`nft::nat_ruleset`] gets
+/// [`Interfaces::default`].
 const WAN_IF: &str = "wan";
 const LAN_IF: &str = "lan";
 const INET_BRIDGE: &str = "br0";
 const NS_PREFIX: &str = "il";
 
-/// First port handed out by `snat to WAN:20000-29999` and by sequential allocation.
-const PORT_BASE: u32 = 20000;
-/// Ports in a sequential NAT's cycle before it wraps.
-const SEQUENTIAL_CYCLE: u32 = 1000;
+/// bridge-nf-call-* is 1 in every new namespace (where br_netfilter is loaded) and would
+/// run bridged frames through netfilter, which silently breaks hairpinning across a bridge.
+const BRIDGE_NF_OFF: [&str; 3] = [
+    "net.bridge.bridge-nf-call-iptables",
+    "net.bridge.bridge-nf-call-ip6tables",
+    "net.bridge.bridge-nf-call-arptables",
+];
 
 static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
 /// `ip netns add/del` mount /run/netns on first use; concurrent first uses can race.
 static NETNS_LOCK: Mutex<()> = Mutex::new(());
 static STALE_CLEANUP: Once = Once::new();
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -103,7 +113,7 @@ fn tool(name: &str) -> PathBuf {
     })
 }
 
-fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
         s.push(' ');
@@ -271,6 +281,8 @@ struct Shared {
     /// Scratch directory for data dirs, pid files and the like; removed with the lab.
     tmp: PathBuf,
     seq: AtomicU32,
+    /// The `introducer` binary [`Host::introducer`] runs.
+    introducer: PathBuf,
 }
 
 impl Shared {
@@ -310,8 +322,10 @@ impl Lab {
     }
 
     /// Creates the internet namespace. `name` only makes namespace names readable; labs are
-    /// unique per process and call anyway.
-    pub fn new(name: &str) -> Lab {
+    /// unique per process and call anyway. `introducer` is the binary [`Host::introducer`]
+    /// and friends run: this crate cannot know where cargo built it, the caller's
+    /// `env!("CARGO_BIN_EXE_introducer")` does.
+    pub fn new(name: &str, introducer: impl Into<PathBuf>) -> Lab {
         if let Err(e) = Lab::check() {
             panic!("lab: {e}");
         }
@@ -326,19 +340,11 @@ impl Lab {
             next_port: AtomicU32::new(1),
             next_nat: AtomicU8::new(1),
             next_wan: AtomicU8::new(1),
-            shared: Arc::new(Shared { tmp, seq: AtomicU32::new(0) }),
+            shared: Arc::new(Shared { tmp, seq: AtomicU32::new(0), introducer: introducer.into() }),
         };
         lab.add_netns("inet");
-        // A plain learning bridge. bridge-nf-call-* is 1 in every new namespace (where
-        // br_netfilter is loaded) and would run bridged frames through netfilter.
-        sysctls(
-            &lab.inet,
-            &[
-                ("net.bridge.bridge-nf-call-iptables", "0".into()),
-                ("net.bridge.bridge-nf-call-ip6tables", "0".into()),
-                ("net.bridge.bridge-nf-call-arptables", "0".into()),
-            ],
-        );
+        // A plain learning bridge.
+        sysctls(&lab.inet, &BRIDGE_NF_OFF.map(|k| (k, "0".to_string())));
         ip_batch(
             &lab.inet,
             &[format!("link add name {INET_BRIDGE} type bridge"), format!("link set dev {INET_BRIDGE} up")],
@@ -409,14 +415,14 @@ impl Lab {
     }
 
     /// A NAT router on the internet at `wan_ip` whose nftables rules implement `behavior`
-    /// exactly (see [`nat_ruleset`]), with an empty LAN 10.K.0.0/24 behind it.
+    /// exactly (see [`nft::nat_ruleset`]), with an empty LAN 10.K.0.0/24 behind it.
     pub fn nat(&self, name: &str, behavior: NatBehavior, wan_ip: Ipv4Addr) -> Nat {
         self.router(name, behavior, Upstream::Internet(wan_ip))
     }
 
     /// A NAT router whose WAN interface sits on `outer`'s LAN (the next free address there,
     /// default route via `outer`'s gateway), with an empty LAN 10.K.0.0/24 behind it: a home
-    /// router behind a carrier-grade NAT. Its rules are [`nat_ruleset`] for its LAN-side
+    /// router behind a carrier-grade NAT. Its rules are [`nft::nat_ruleset`] for its LAN-side
     /// WAN address, exactly as for [`Lab::nat`]; what the internet sees of the pair is
     /// `behavior.behind(outer.behavior())`.
     pub fn nat_behind(&self, outer: &Nat, name: &str, behavior: NatBehavior) -> Nat {
@@ -431,7 +437,7 @@ impl Lab {
     }
 
     /// The one router recipe behind [`Lab::nat`] and [`Lab::nat_behind`]: forwarding on, WAN
-    /// interface `wan` (the name [`nat_ruleset`] matches) attached to `upstream`, LAN bridge
+    /// interface `wan` (the name [`nft::nat_ruleset`] matches) attached to `upstream`, LAN bridge
     /// `lan` at 10.K.0.1/24, rules for `behavior`.
     fn router(&self, name: &str, behavior: NatBehavior, upstream: Upstream) -> Nat {
         let k = self.next_nat.fetch_add(1, Ordering::Relaxed);
@@ -441,16 +447,9 @@ impl Lab {
             Upstream::Lan(outer) => outer.public_ip,
         };
         let ns = self.add_netns(name);
-        sysctls(
-            &ns,
-            &[
-                ("net.ipv4.ip_forward", "1".into()),
-                ("net.ipv6.conf.all.forwarding", "1".into()),
-                ("net.bridge.bridge-nf-call-iptables", "0".into()),
-                ("net.bridge.bridge-nf-call-ip6tables", "0".into()),
-                ("net.bridge.bridge-nf-call-arptables", "0".into()),
-            ],
-        );
+        let mut settings = nft::forwarding_sysctls();
+        settings.extend(BRIDGE_NF_OFF.map(|k| (k, "0".to_string())));
+        sysctls(&ns, &settings);
         let wan_ip = self.attach(&ns, WAN_IF, upstream);
         let gateway = Ipv4Addr::new(10, k, 0, 1);
         ip_batch(
@@ -593,31 +592,20 @@ impl Nat {
     }
 
     fn apply(&self, b: NatBehavior) {
-        let rules = format!("flush ruleset\n{}", nat_ruleset(&b, self.wan_ip));
+        let ruleset = nft::nat_ruleset(&b, self.wan_ip, &Interfaces::default())
+            .unwrap_or_else(|e| panic!("lab: no NAT rules for {b:?}: {e}"));
+        let rules = format!("flush ruleset\n{ruleset}");
         let mut cmd = self.router.command(tool("nft"), ["-f", "-"]);
         cmd.env_remove("NFT_DEBUG");
         checked(cmd, Some(&rules));
-        // Conntrack's UDP timeouts are the mapping lifetime: `udp_timeout` for flows that
-        // never saw a reply, `udp_timeout_stream` for the others (default 30 s / 120 s).
-        let secs = b.mapping_lifetime.as_secs_f64().ceil().max(1.0) as u64;
-        sysctls(
-            self.router.netns(),
-            &[
-                ("net.netfilter.nf_conntrack_udp_timeout", secs.to_string()),
-                ("net.netfilter.nf_conntrack_udp_timeout_stream", secs.to_string()),
-            ],
-        );
+        sysctls(self.router.netns(), &nft::conntrack_sysctls(&b));
         self.flush_conntrack();
     }
 
     /// Forgets every mapping (`conntrack -F`); the learned filtering maps are flushed too.
     pub fn flush_conntrack(&self) {
         checked(self.router.command(tool("conntrack"), ["-F"]), None);
-        let b = self.behavior();
-        let mut cmds = String::new();
-        for (name, _) in learned_maps(&b) {
-            cmds.push_str(&format!("flush {} ip {NFT_TABLE} {name}\n", if name == "seen" { "set" } else { "map" }));
-        }
+        let cmds = nft::flush_learned_maps(&self.behavior());
         if !cmds.is_empty() {
             checked(self.router.command(tool("nft"), ["-f", "-"]), Some(&cmds));
         }
@@ -632,199 +620,6 @@ impl Nat {
     pub fn ruleset(&self) -> String {
         self.router.run_ok(tool("nft"), ["list", "ruleset"])
     }
-}
-
-const NFT_TABLE: &str = "lab_nat";
-
-/// The dynamic maps a behaviour needs: (name, declaration).
-fn learned_maps(b: &NatBehavior) -> Vec<(&'static str, String)> {
-    let t = nft_timeout(b.mapping_lifetime);
-    let decl = |ty: &str| format!("{ty}; flags dynamic, timeout; timeout {t}; size 65535;");
-    let mut maps = Vec::new();
-    if b.filtering != Filtering::AddressAndPortDependent || b.hairpin {
-        // external port → the internal endpoint it maps to
-        maps.push(("ext2int", decl("type inet_service : ipv4_addr . inet_service")));
-    }
-    if b.filtering == Filtering::AddressDependent {
-        // external port . remote address the inside has sent to
-        maps.push(("seen", decl("type inet_service . ipv4_addr")));
-    }
-    if b.mapping == Mapping::EndpointIndependent && matches!(b.allocation, Allocation::Sequential { .. }) {
-        // internal endpoint → its one external port
-        maps.push(("eim", decl("type ipv4_addr . inet_service : inet_service")));
-    }
-    if b.mapping == Mapping::AddressDependent {
-        // internal endpoint . remote address → external port
-        maps.push(("adm", decl("type ipv4_addr . inet_service . ipv4_addr : inet_service")));
-    }
-    maps
-}
-
-fn nft_timeout(d: Duration) -> String {
-    format!("{}ms", d.as_millis().max(1000))
-}
-
-/// The nftables ruleset (table `ip lab_nat`) that makes a router with WAN interface `wan`
-/// at `wan_ip` and LAN bridge `lan` behave as `b`. UDP gets the configured behaviour;
-/// everything else a plain `masquerade`.
-///
-/// Mapping and allocation (chain `udp_mapping`, used for WAN traffic and for hairpinned
-/// traffic alike; `snat ip to WAN` is what `masquerade` does on a router with one fixed
-/// WAN address, and it also works for the hairpin path whose output interface is the LAN):
-///
-/// | mapping | allocation | rule |
-/// |---|---|---|
-/// | EIM | preserving | `snat ip to WAN` (= `masquerade`; the kernel reuses a source's existing mapping) |
-/// | EIM | random | `snat ip to WAN:20000-29999` |
-/// | EIM | sequential | reuse `@eim[src]`, else `snat ip to WAN : numgen inc mod N map {i : 20000+i*step}` |
-/// | ADM | random / sequential | reuse `@adm[src . dst ip]`, else the APDM rule |
-/// | APDM | random | `snat ip to WAN random` (= `masquerade random`) |
-/// | APDM | sequential | `snat ip to WAN : numgen inc mod N map {…}` |
-///
-/// The port map is written out because nft 1.0.6 loads `numgen … offset` into the port
-/// in host byte order. Preserving allocation with a destination-dependent mapping does not
-/// exist (a preserved port is the same port for every destination) and panics.
-///
-/// Filtering: address-and-port-dependent is conntrack itself. Endpoint-independent and
-/// address-dependent learn `external port → internal endpoint` (and `external port . remote
-/// ip`) after SNAT, and DNAT inbound packets that match in prerouting. The maps time out
-/// with the mapping lifetime.
-///
-/// Hairpin: LAN packets to the WAN address are DNATed through the learned map and SNATed
-/// through `udp_mapping`, so the receiver sees the sender's public mapping.
-///
-/// Input: the router drops everything new that arrives on its WAN interface, as home
-/// routers do. This matters for hole punching, not just hygiene: without it, an inbound
-/// packet that reaches the router before the inside host has sent to that peer is handed
-/// to the router's own INPUT, answered with ICMP, and its conntrack entry (peer → WAN:port)
-/// is *confirmed*; when the inside host then sends to that peer, SNAT finds the tuple taken
-/// and picks a different external port, breaking endpoint-independent mapping exactly
-/// when it matters. A drop in INPUT discards the unconfirmed entry instead.
-pub fn nat_ruleset(b: &NatBehavior, wan_ip: Ipv4Addr) -> String {
-    let wan = wan_ip;
-    let maps = learned_maps(b);
-    let has = |name: &str| maps.iter().any(|(n, _)| *n == name);
-
-    let seq_rule = |step: i32| -> String {
-        assert!(step != 0, "lab: sequential allocation with step 0");
-        let span = 65535 - PORT_BASE;
-        let n = SEQUENTIAL_CYCLE.min(span / step.unsigned_abs()).max(1);
-        let base: i64 = if step > 0 { PORT_BASE as i64 } else { 65535 };
-        let elems: Vec<String> = (0..n).map(|i| format!("{i} : {}", base + i as i64 * step as i64)).collect();
-        format!("meta l4proto udp snat ip to {wan} : numgen inc mod {n} map {{ {} }}", elems.join(", "))
-    };
-    let fresh = |alloc: Allocation| -> String {
-        match alloc {
-            Allocation::Random => format!("snat ip to {wan} random"),
-            Allocation::Sequential { step } => seq_rule(step),
-            Allocation::Preserving => {
-                panic!("lab: {:?} mapping cannot preserve ports (that would be endpoint-independent)", b.mapping)
-            }
-        }
-    };
-    let mapping_rules: Vec<String> = match (b.mapping, b.allocation) {
-        (Mapping::EndpointIndependent, Allocation::Preserving) => vec![format!("snat ip to {wan}")],
-        (Mapping::EndpointIndependent, Allocation::Random) => {
-            vec![format!("meta l4proto udp snat ip to {wan}:{PORT_BASE}-{}", PORT_BASE + 9999)]
-        }
-        (Mapping::EndpointIndependent, Allocation::Sequential { step }) => {
-            vec![format!("meta l4proto udp snat ip to {wan} : ip saddr . udp sport map @eim"), seq_rule(step)]
-        }
-        (Mapping::AddressDependent, alloc) => {
-            vec![format!("meta l4proto udp snat ip to {wan} : ip saddr . udp sport . ip daddr map @adm"), fresh(alloc)]
-        }
-        (Mapping::AddressAndPortDependent, alloc) => vec![fresh(alloc)],
-    };
-
-    let mut r = String::new();
-    let mut line = |s: &str| {
-        r.push_str(s);
-        r.push('\n');
-    };
-    line(&format!("table ip {NFT_TABLE} {{"));
-    for (name, decl) in &maps {
-        let kind = if *name == "seen" { "set" } else { "map" };
-        line(&format!("  {kind} {name} {{ {decl} }}"));
-    }
-
-    line("  chain udp_mapping {");
-    for rule in &mapping_rules {
-        line(&format!("    {rule}"));
-    }
-    line("  }");
-
-    line("  chain pre_nat {");
-    line("    type nat hook prerouting priority dstnat; policy accept;");
-    match b.filtering {
-        Filtering::EndpointIndependent => {
-            line(&format!("    iifname \"{WAN_IF}\" udp dport @ext2int dnat ip to udp dport map @ext2int"))
-        }
-        Filtering::AddressDependent => {
-            line(&format!("    iifname \"{WAN_IF}\" udp dport . ip saddr @seen dnat ip to udp dport map @ext2int"))
-        }
-        Filtering::AddressAndPortDependent => {}
-    }
-    if b.hairpin {
-        line(&format!("    iifname \"{LAN_IF}\" ip daddr {wan} udp dport @ext2int dnat ip to udp dport map @ext2int"));
-    }
-    line("  }");
-
-    line("  chain post_nat {");
-    line("    type nat hook postrouting priority srcnat; policy accept;");
-    if b.hairpin {
-        line(&format!(
-            "    iifname \"{LAN_IF}\" oifname \"{LAN_IF}\" ct status dnat meta l4proto udp jump udp_mapping"
-        ));
-    }
-    line(&format!("    oifname \"{WAN_IF}\" meta l4proto udp jump udp_mapping"));
-    line(&format!("    oifname \"{WAN_IF}\" masquerade"));
-    line("  }");
-
-    if !maps.is_empty() {
-        // After SNAT (srcnat + 10), so `udp sport` is the external port.
-        line("  chain post_learn {");
-        line("    type filter hook postrouting priority srcnat + 10; policy accept;");
-        let out = format!("oifname \"{WAN_IF}\" meta l4proto udp");
-        if has("ext2int") {
-            // Flows the inside opened, and flows let in by the filtering rules above.
-            line(&format!(
-                "    {out} ct direction original update @ext2int {{ udp sport : ct original ip saddr . ct original proto-src }}"
-            ));
-            line(&format!(
-                "    {out} ct direction reply update @ext2int {{ udp sport : ct reply ip saddr . ct reply proto-src }}"
-            ));
-        }
-        if has("seen") {
-            line(&format!("    {out} update @seen {{ udp sport . ip daddr }}"));
-        }
-        if has("eim") {
-            line(&format!(
-                "    {out} ct direction original update @eim {{ ct original ip saddr . ct original proto-src : udp sport }}"
-            ));
-        }
-        if has("adm") {
-            line(&format!(
-                "    {out} ct direction original update @adm {{ ct original ip saddr . ct original proto-src . ip daddr : udp sport }}"
-            ));
-        }
-        line("  }");
-    }
-
-    // Unsolicited WAN traffic to the router itself is dropped (see above), and nothing new
-    // is forwarded from the WAN unless the filtering rules DNATed it.
-    line("  chain in_filter {");
-    line("    type filter hook input priority filter; policy accept;");
-    line(&format!("    iifname \"{WAN_IF}\" ct state established,related accept"));
-    line(&format!("    iifname \"{WAN_IF}\" drop"));
-    line("  }");
-    line("  chain fwd_filter {");
-    line("    type filter hook forward priority filter; policy accept;");
-    line(&format!("    iifname \"{WAN_IF}\" ct state established,related accept"));
-    line(&format!("    iifname \"{WAN_IF}\" ct status dnat accept"));
-    line(&format!("    iifname \"{WAN_IF}\" drop"));
-    line("  }");
-    line("}");
-    r
 }
 
 // ---------------------------------------------------------------------------------------
@@ -950,7 +745,7 @@ impl Host {
         if !args.contains(&"--json") {
             all.push("--json".into());
         }
-        let mut cmd = self.command(env!("CARGO_BIN_EXE_introducer"), all);
+        let mut cmd = self.command(&self.shared.introducer, all);
         cmd.env("RUST_BACKTRACE", "1");
         cmd
     }
@@ -963,7 +758,7 @@ impl Host {
     /// `introducer nat --json args…` here: its one JSON object (panics unless it exits 0).
     pub fn introducer_nat(&self, args: &[&str]) -> Value {
         let all = [&["nat", "--json"][..], args].concat();
-        let out = self.run_timeout(env!("CARGO_BIN_EXE_introducer"), all, Duration::from_secs(30));
+        let out = self.run_timeout(&self.shared.introducer, all, Duration::from_secs(30));
         assert!(out.status.success(), "nat failed: {}", String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(stdout.lines().count(), 1, "nat prints one object: {stdout}");
@@ -1068,368 +863,6 @@ impl Host {
 }
 
 // ---------------------------------------------------------------------------------------
-// A minimal STUN client (RFC 8489 Binding), for tests that want to see a mapping
-// ---------------------------------------------------------------------------------------
-
-/// Sends one Binding request to `server` and waits up to `timeout` for its answer;
-/// returns the XOR-MAPPED-ADDRESS (or MAPPED-ADDRESS). Other datagrams are skipped.
-pub fn stun_binding(sock: &UdpSocket, server: SocketAddr, timeout: Duration) -> Option<SocketAddrV4> {
-    const MAGIC: u32 = 0x2112_A442;
-    let mut txid = [0u8; 12];
-    txid[..8].copy_from_slice(&rand_u64().to_be_bytes());
-    txid[8..].copy_from_slice(&rand_u64().to_be_bytes()[..4]);
-    let mut req = Vec::with_capacity(20);
-    req.extend_from_slice(&0x0001u16.to_be_bytes());
-    req.extend_from_slice(&0u16.to_be_bytes());
-    req.extend_from_slice(&MAGIC.to_be_bytes());
-    req.extend_from_slice(&txid);
-    sock.send_to(&req, server).ok()?;
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 1500];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        sock.set_read_timeout(Some(left)).ok()?;
-        let (n, _) = match sock.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(_) => return None,
-        };
-        let m = &buf[..n];
-        if n < 20 || m[0..2] != [0x01, 0x01] || m[8..20] != txid {
-            continue;
-        }
-        let mut i = 20;
-        let mut plain = None;
-        while i + 4 <= n {
-            let ty = u16::from_be_bytes([m[i], m[i + 1]]);
-            let len = u16::from_be_bytes([m[i + 2], m[i + 3]]) as usize;
-            let v = m.get(i + 4..i + 4 + len)?;
-            if (ty == 0x0020 || ty == 0x0001) && len >= 8 && v[1] == 0x01 {
-                let mut port = u16::from_be_bytes([v[2], v[3]]);
-                let mut ip = [v[4], v[5], v[6], v[7]];
-                if ty == 0x0020 {
-                    port ^= (MAGIC >> 16) as u16;
-                    for (b, k) in ip.iter_mut().zip(MAGIC.to_be_bytes()) {
-                        *b ^= k;
-                    }
-                    return Some(SocketAddrV4::new(ip.into(), port));
-                }
-                plain = Some(SocketAddrV4::new(ip.into(), port));
-            }
-            i += 4 + len.div_ceil(4) * 4;
-        }
-        return plain;
-    }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(N.fetch_add(1, Ordering::Relaxed));
-    h.finish()
-}
-
-// ---------------------------------------------------------------------------------------
-// Children
-// ---------------------------------------------------------------------------------------
-
-/// An error from waiting on a child; its Debug is its multi-line Display, so `unwrap()`
-/// prints the child's recent output readably.
-pub struct LabError(pub String);
-
-impl fmt::Display for LabError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for LabError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for LabError {}
-
-const STDERR_TAIL: usize = 200;
-
-/// A process running in a lab namespace. Its stdout is read line by line on a thread (wait
-/// for lines or JSON objects with a deadline); stdout and stderr lines are also echoed to
-/// the test's (captured) stderr with a `[label]` prefix, so a failing test shows them.
-/// Killed (SIGKILL) and reaped on drop.
-pub struct LabChild {
-    label: String,
-    child: Child,
-    lines: Receiver<String>,
-    stdout_eof: bool,
-    stdout_seen: Vec<String>,
-    stderr_tail: Arc<Mutex<VecDeque<String>>>,
-    stderr_done: Receiver<()>,
-    status: Option<ExitStatus>,
-}
-
-impl LabChild {
-    fn spawn(label: String, mut cmd: Command) -> LabChild {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let desc = describe(&cmd);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("lab: cannot start `{desc}`: {e}"));
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        let l = label.clone();
-        thread::spawn(move || {
-            for line in read_lines(stdout) {
-                eprintln!("[{l}] {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        let (done_tx, stderr_done) = mpsc::channel();
-        let (stderr, tail, l) = (child.stderr.take().unwrap(), stderr_tail.clone(), label.clone());
-        thread::spawn(move || {
-            for line in read_lines(stderr) {
-                eprintln!("[{l} stderr] {line}");
-                let mut t = lock(&tail);
-                if t.len() == STDERR_TAIL {
-                    t.pop_front();
-                }
-                t.push_back(line);
-            }
-            let _ = done_tx.send(());
-        });
-        LabChild {
-            label,
-            child,
-            lines,
-            stdout_eof: false,
-            stdout_seen: Vec::new(),
-            stderr_tail,
-            stderr_done,
-            status: None,
-        }
-    }
-
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The child's stdin, if its command was given `stdin(Stdio::piped())`.
-    pub fn stdin(&mut self) -> Option<&mut ChildStdin> {
-        self.child.stdin.as_mut()
-    }
-
-    /// Closes stdin (EOF for the child).
-    pub fn close_stdin(&mut self) {
-        drop(self.child.stdin.take());
-    }
-
-    /// Every stdout line read so far.
-    pub fn stdout_lines(&self) -> &[String] {
-        &self.stdout_seen
-    }
-
-    /// Every stdout line read so far that parses as JSON.
-    pub fn json_lines(&self) -> Vec<Value> {
-        self.stdout_seen.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-
-    /// The last lines of stderr.
-    pub fn stderr_tail(&self) -> String {
-        lock(&self.stderr_tail).iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
-    /// Status, last stdout lines and stderr tail, for failure messages.
-    pub fn context(&self) -> String {
-        let status = match self.status {
-            Some(s) => format!("exited: {s}"),
-            None => "running".to_string(),
-        };
-        let out: Vec<&str> = self.stdout_seen.iter().rev().take(30).rev().map(String::as_str).collect();
-        format!(
-            "[{} pid {}, {status}]\n--- stdout (last {} lines) ---\n{}\n--- stderr (tail) ---\n{}",
-            self.label,
-            self.pid(),
-            out.len(),
-            out.join("\n"),
-            self.stderr_tail()
-        )
-    }
-
-    /// The next stdout line, or `None` after `timeout` or at EOF.
-    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
-        if self.stdout_eof {
-            return None;
-        }
-        match self.lines.recv_timeout(timeout) {
-            Ok(line) => {
-                self.stdout_seen.push(line.clone());
-                Some(line)
-            }
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => {
-                self.stdout_eof = true;
-                None
-            }
-        }
-    }
-
-    /// Reads stdout until a line satisfies `pred`; errors at the deadline or EOF.
-    pub fn try_wait_line(&mut self, mut pred: impl FnMut(&str) -> bool, timeout: Duration) -> Result<String, LabError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_line(left) {
-                Some(line) if pred(&line) => return Ok(line),
-                Some(_) => continue,
-                None => {
-                    let why = if self.stdout_eof {
-                        self.reap_if_exited();
-                        "stdout closed".to_string()
-                    } else {
-                        format!("nothing matched within {timeout:?}")
-                    };
-                    return Err(LabError(format!(
-                        "lab: waiting for a line from {}: {why}\n{}",
-                        self.label,
-                        self.context()
-                    )));
-                }
-            }
-        }
-    }
-
-    pub fn wait_line(&mut self, pred: impl FnMut(&str) -> bool, timeout: Duration) -> String {
-        self.try_wait_line(pred, timeout).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Reads stdout JSON lines until one satisfies `pred`, e.g.
-    /// `child.wait_json(|v| v["event"] == "ready", Duration::from_secs(10))`.
-    /// A stdout line that is not JSON is an error (with `--json`, stdout carries only JSON).
-    pub fn try_wait_json(
-        &mut self,
-        mut pred: impl FnMut(&Value) -> bool,
-        timeout: Duration,
-    ) -> Result<Value, LabError> {
-        let mut bad = None;
-        let line = self.try_wait_line(
-            |l| {
-                if l.trim().is_empty() {
-                    return false;
-                }
-                match serde_json::from_str::<Value>(l) {
-                    Ok(v) => pred(&v),
-                    Err(e) => {
-                        bad = Some(format!("{e}: {l}"));
-                        true
-                    }
-                }
-            },
-            timeout,
-        )?;
-        if let Some(b) = bad {
-            return Err(LabError(format!(
-                "lab: {} printed a stdout line that is not JSON ({b})\n{}",
-                self.label,
-                self.context()
-            )));
-        }
-        Ok(serde_json::from_str(&line).unwrap())
-    }
-
-    pub fn wait_json(&mut self, pred: impl FnMut(&Value) -> bool, timeout: Duration) -> Value {
-        self.try_wait_json(pred, timeout).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Waits for the child to exit (stdout and stderr closed, then reaped), reading the rest
-    /// of its stdout into [`LabChild::stdout_lines`]; kills it and errors after `timeout`.
-    pub fn try_wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, LabError> {
-        if let Some(s) = self.status {
-            return Ok(s);
-        }
-        let deadline = Instant::now() + timeout;
-        while !self.stdout_eof {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            self.next_line(left);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let stderr_closed =
-            self.stdout_eof && !matches!(self.stderr_done.recv_timeout(left), Err(RecvTimeoutError::Timeout));
-        if !stderr_closed {
-            self.kill();
-            return Err(LabError(format!(
-                "lab: {} still running after {timeout:?}; killed\n{}",
-                self.label,
-                self.context()
-            )));
-        }
-        let s = self.child.wait().unwrap_or_else(|e| panic!("lab: waiting for {}: {e}", self.label));
-        self.status = Some(s);
-        Ok(s)
-    }
-
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        self.try_wait_exit(timeout).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn reap_if_exited(&mut self) {
-        if self.status.is_none() {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                self.status = Some(s);
-            }
-        }
-    }
-
-    /// Sends a signal (e.g. `libc::SIGTERM` for a graceful stop).
-    pub fn signal(&self, sig: i32) {
-        if self.status.is_none() {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(self.child.id() as i32, sig) };
-        }
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            self.status = Some(self.child.wait().unwrap_or_else(|_| ExitStatus::from_raw(9)));
-        }
-    }
-}
-
-impl Drop for LabChild {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn read_lines(pipe: impl Read) -> impl Iterator<Item = String> {
-    let mut r = BufReader::new(pipe);
-    std::iter::from_fn(move || {
-        let mut buf = Vec::new();
-        match r.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => {
-                while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    buf.pop();
-                }
-                Some(String::from_utf8_lossy(&buf).into_owned())
-            }
-        }
-    })
-}
-
-// ---------------------------------------------------------------------------------------
 // The standard topology
 // ---------------------------------------------------------------------------------------
 
@@ -1443,8 +876,9 @@ pub struct Standard {
 }
 
 impl Standard {
-    pub fn new(name: &str) -> Standard {
-        let lab = Lab::new(name);
+    /// `introducer` as for [`Lab::new`].
+    pub fn new(name: &str, introducer: impl Into<PathBuf>) -> Standard {
+        let lab = Lab::new(name, introducer);
         let a = lab.public_host("a", &[A_IP, A_ALT_IP]);
         let b = lab.public_host("b", &[B_IP]);
         Standard { lab, a, b }
