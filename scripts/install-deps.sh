@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite needs (the real-NAT lab in
-# node/tests/lab and its coturn cross-checks). Idempotent: it does nothing when
+# Installs the Debian packages the test suite needs (the real-NAT lab of the
+# `lab` crate and its coturn cross-checks). Idempotent: it does nothing when
 # every tool is already there, and runs `apt-get update` only when something is
 # missing. Needs root (or sudo) for the install; the lab itself needs root too.
 #
