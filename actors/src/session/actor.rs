@@ -60,20 +60,40 @@ pub struct Sessions {
     /// Every session seals with an epoch of its own.
     epochs: StdRng,
     relay_config: client::ClientConfig,
-    by_peer: BTreeMap<PeerId, Session>,
-    /// Circuits of relayed sessions (the session itself exists once the circuit is ready).
-    relayed: BTreeMap<PeerId, (RelayClient, bool)>,
-    /// Circuits of sessions that moved to a direct path, and when to close them.
-    retiring: BTreeMap<PeerId, Instant>,
+    /// Everything about each peer, in one place.
+    peers: BTreeMap<PeerId, Peer>,
     /// Circuit datagrams (closes) of circuits already dropped.
     outgoing: VecDeque<Transmit>,
-    /// Every proven address → whose session it carries.
+    /// Every proven address → whose session it carries (an index into `peers`).
     routes: HashMap<SocketAddr, PeerId>,
     early: VecDeque<Inbound>,
     /// News that is no open session's: circuits (relayed, refused), what could not be sent.
     news: VecDeque<(PeerId, Event)>,
     /// Session traffic from addresses with no session (after the early window).
     pub dropped_unknown_source: u64,
+}
+
+/// One peer: its session, and the relay circuit that carries it — or is being set up
+/// (the session opens when it is ready), or retires after an upgrade to a direct path.
+#[derive(Default)]
+struct Peer {
+    session: Option<Session>,
+    circuit: Option<Circuit>,
+}
+
+struct Circuit {
+    client: RelayClient,
+    /// We asked for the introduction: our side picks the path.
+    controlling: bool,
+    /// After an upgrade: when the circuit stops delivering.
+    retire_at: Option<Instant>,
+}
+
+impl Peer {
+    fn is_empty(&self) -> bool {
+        self.session.is_none() && self.circuit.is_none()
+    }
+
 }
 
 /// A new session's sealing keys, with a fresh epoch; none for a peer whose id carries no
@@ -89,15 +109,12 @@ impl Sessions {
         self.config.keepalive = self.config.keepalive.min(keepalive);
         self.relay_config.keepalive = self.relay_config.keepalive.min(keepalive);
         let keepalive = self.config.keepalive;
-        self.by_peer.values_mut().for_each(|s| s.set_keepalive(keepalive));
+        self.sessions_mut().for_each(|s| s.set_keepalive(keepalive));
     }
 
     /// Data dropped by the open sessions: (did not authenticate, replayed).
     pub fn unsealing_drops(&self) -> (u64, u64) {
-        self.by_peer
-            .values()
-            .map(|s| s.stats())
-            .fold((0, 0), |(f, r), s| (f + s.dropped_forged, r + s.dropped_replayed))
+        self.sessions().map(|s| s.stats()).fold((0, 0), |(f, r), s| (f + s.dropped_forged, r + s.dropped_replayed))
     }
 
     /// `epochs` picks the sessions' sealing epochs: from the OS on a real node, so they
@@ -108,9 +125,7 @@ impl Sessions {
             identity,
             epochs,
             relay_config: client::ClientConfig::default(),
-            by_peer: BTreeMap::new(),
-            relayed: BTreeMap::new(),
-            retiring: BTreeMap::new(),
+            peers: BTreeMap::new(),
             outgoing: VecDeque::new(),
             routes: HashMap::new(),
             early: VecDeque::new(),
@@ -119,20 +134,33 @@ impl Sessions {
         }
     }
 
+    fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.peers.values().filter_map(|p| p.session.as_ref())
+    }
+
+    fn sessions_mut(&mut self) -> impl Iterator<Item = &mut Session> {
+        self.peers.values_mut().filter_map(|p| p.session.as_mut())
+    }
+
+    fn circuits(&self) -> impl Iterator<Item = &Circuit> {
+        self.peers.values().filter_map(|p| p.circuit.as_ref())
+    }
+
     /// Opens (or replaces) the session with a peer over the paths a punch proved.
     pub fn open(&mut self, now: Instant, opened: ProvenPath) {
         let peer = opened.peer;
         self.routes.retain(|_, p| *p != peer);
-        match self.relayed.get_mut(&peer) {
+        // Relays carry many circuits: their address routes by circuit, not to one session.
+        let relays: Vec<SocketAddr> = self.circuits().map(|c| c.client.relay()).collect();
+        let entry = self.peers.entry(peer).or_default();
+        match &mut entry.circuit {
             // An upgrade: the relay still delivers for a while.
-            Some((client, _)) if client.is_ready() => {
-                self.retiring.insert(peer, now + UPGRADE_GRACE);
-            }
+            Some(c) if c.client.is_ready() => c.retire_at = Some(now + UPGRADE_GRACE),
             // The punch won before the circuit was ready: no need for it.
-            Some((client, _)) => client.close(now),
+            Some(c) => c.client.close(now),
             None => {}
         }
-        let session = match self.by_peer.remove(&peer) {
+        let session = match entry.session.take() {
             // The session moves, with everything in flight.
             Some(mut session) if !session.is_closed() => {
                 session.move_to(opened);
@@ -143,39 +171,37 @@ impl Sessions {
                 None => return,
             },
         };
-        // Relays carry many circuits: their address routes by circuit, not to one session.
-        let relays: Vec<SocketAddr> = self.relayed.values().map(|(c, _)| c.relay()).collect();
         for &addr in session.proven().iter().filter(|a| !relays.contains(a)) {
             self.routes.insert(addr, peer);
         }
-        self.by_peer.insert(peer, session);
+        entry.session = Some(session);
         self.replay_early(now);
     }
 
     /// Asks `relay` for the circuit of the introduction `nonce`; the session opens when the
     /// relay says both sides asked. The side that asked for the introduction controls.
     pub fn open_relayed(&mut self, now: Instant, peer: PeerId, relay: SocketAddr, nonce: &[u8], controlling: bool) {
+        let entry = self.peers.entry(peer).or_default();
         // A repeated introduction asks again for the circuit we already hold or wait for.
-        if self.relayed.get(&peer).is_some_and(|(c, _)| c.relay() == relay && c.nonce() == nonce) {
+        if entry.circuit.as_ref().is_some_and(|c| c.client.relay() == relay && c.client.nonce() == nonce) {
             return;
         }
         let config = self.relay_config.clone();
         let client = RelayClient::new(config, self.identity.clone(), crate::SocketId::PRIMARY, relay, peer, nonce, now);
-        self.relayed.insert(peer, (client, controlling));
+        entry.circuit = Some(Circuit { client, controlling, retire_at: None });
     }
 
     /// Moves relayed sessions' datagrams into their circuits and the circuits' news into
     /// the sessions.
     fn pump_relayed(&mut self, now: Instant) {
-        let retired: Vec<PeerId> = self.retiring.iter().filter(|(_, t)| **t <= now).map(|(p, _)| *p).collect();
-        for peer in retired {
-            self.retiring.remove(&peer);
-            if let Some((client, _)) = self.relayed.get_mut(&peer) {
-                client.close(now);
+        let Sessions { config, identity, epochs, peers, outgoing, news, dropped_unknown_source, .. } = self;
+        for (peer, entry) in peers.iter_mut() {
+            let Some(circuit) = &mut entry.circuit else { continue };
+            if circuit.retire_at.is_some_and(|t| t <= now) {
+                circuit.retire_at = None;
+                circuit.client.close(now);
             }
-        }
-        for (peer, (client, controlling)) in &mut self.relayed {
-            let relayed_session = |s: &Session| s.path() == Path::Relayed;
+            let client = &mut circuit.client;
             while let Some(event) = client.poll_event() {
                 match event {
                     client::Event::Ready { .. } => {
@@ -185,58 +211,51 @@ impl Sessions {
                             socket: crate::SocketId::PRIMARY,
                             remote: relay,
                             proven: vec![relay],
-                            controlling: *controlling,
+                            controlling: circuit.controlling,
                             path: Path::Relayed,
                             strategy: Strategy::Relay,
                         };
-                        let Some(seal) = seal_for(&self.identity, &mut self.epochs, peer) else { continue };
-                        self.by_peer.insert(*peer, Session::new(self.config.clone(), opened, seal, now));
-                        self.news.push_back((*peer, Event::Relayed { relay }));
+                        let Some(seal) = seal_for(identity, epochs, peer) else { continue };
+                        entry.session = Some(Session::new(config.clone(), opened, seal, now));
+                        news.push_back((*peer, Event::Relayed { relay }));
                     }
-                    client::Event::Data(datagram) => match (self.by_peer.get_mut(peer), frame::decode(&datagram)) {
+                    client::Event::Data(datagram) => match (entry.session.as_mut(), frame::decode(&datagram)) {
                         (Some(session), Ok(Decoded::Envelope(envelope))) => {
                             if let Some(kind) = envelope.kind {
                                 session.handle(now, client.relay(), kind);
                             }
                         }
-                        _ => self.dropped_unknown_source += 1,
+                        _ => *dropped_unknown_source += 1,
                     },
                     client::Event::Refused { reason, .. } => {
-                        let error = RelayError::Refused(reason);
-                        self.news.push_back((*peer, Event::RelayFailed { error }));
+                        news.push_back((*peer, Event::RelayFailed { error: RelayError::Refused(reason) }));
                     }
                     client::Event::Throttled => tracing::debug!(%peer, "relay throttled our data"),
-                    client::Event::Closed { reason } => match self.by_peer.get_mut(peer) {
-                        Some(session) if relayed_session(session) => session.close(Closed::Circuit(reason)),
+                    client::Event::Closed { reason } => match entry.session.as_mut() {
+                        Some(session) if session.path() == Path::Relayed => session.close(Closed::Circuit(reason)),
                         Some(_) => {} // retired after an upgrade
-                        None => {
-                            let error = RelayError::Closed(reason);
-                            self.news.push_back((*peer, Event::RelayFailed { error }));
-                        }
+                        None => news.push_back((*peer, Event::RelayFailed { error: RelayError::Closed(reason) })),
                     },
                 }
             }
-            if let Some(session) = self.by_peer.get_mut(peer).filter(|s| relayed_session(s)) {
+            if let Some(session) = entry.session.as_mut().filter(|s| s.path() == Path::Relayed) {
                 while let Some(t) = session.poll_transmit() {
                     if let Err(e) = client.send(now, &t.payload) {
                         tracing::debug!(%peer, "relayed datagram not sent: {e}");
                     }
                 }
             }
-        }
-        let outgoing = &mut self.outgoing;
-        self.relayed.retain(|_, (client, _)| {
-            let over = matches!(client.state(), client::State::Refused | client::State::Closed);
-            if over {
+            if matches!(client.state(), client::State::Refused | client::State::Closed) {
                 outgoing.extend(std::iter::from_fn(|| client.poll_transmit()));
+                entry.circuit = None;
             }
-            !over
-        });
+        }
+        peers.retain(|_, p| !p.is_empty());
     }
 
     /// Takes `peer`'s traffic from one more proven address.
     pub fn add_path(&mut self, now: Instant, peer: PeerId, addr: SocketAddr) {
-        if let Some(session) = self.by_peer.get_mut(&peer) {
+        if let Some(session) = self.get_mut(&peer) {
             session.add_path(addr);
             self.routes.insert(addr, peer);
             self.replay_early(now);
@@ -244,11 +263,11 @@ impl Sessions {
     }
 
     pub fn get(&self, peer: &PeerId) -> Option<&Session> {
-        self.by_peer.get(peer)
+        self.peers.get(peer)?.session.as_ref()
     }
 
     pub fn get_mut(&mut self, peer: &PeerId) -> Option<&mut Session> {
-        self.by_peer.get_mut(peer)
+        self.peers.get_mut(peer)?.session.as_mut()
     }
 
     pub fn ping(&mut self, now: Instant, peer: &PeerId) -> Result<u64, SendError> {
@@ -265,7 +284,8 @@ impl Sessions {
 
     fn replay_early(&mut self, now: Instant) {
         for early in std::mem::take(&mut self.early) {
-            match (self.routes.get(&early.src).and_then(|p| self.by_peer.get_mut(p)), early.payload) {
+            let session = self.routes.get(&early.src).and_then(|p| self.peers.get_mut(p)?.session.as_mut());
+            match (session, early.payload) {
                 (Some(session), Payload::Envelope(kind)) => session.handle(now, early.src, kind),
                 (_, payload) => self.early.push_back(Inbound { payload, ..early }),
             }
@@ -319,13 +339,14 @@ impl Protocol for Sessions {
         if let Payload::Envelope(kind) = &inbound.payload {
             if crate::relay::to_relay(kind) == Some(false) {
                 // From a relay: every circuit through it looks (each checks nonce or circuit).
-                for (client, _) in self.relayed.values_mut().filter(|(c, _)| c.relay() == inbound.src) {
-                    client.handle(now, inbound.src, kind.clone());
+                let circuits = self.peers.values_mut().filter_map(|p| p.circuit.as_mut());
+                for c in circuits.filter(|c| c.client.relay() == inbound.src) {
+                    c.client.handle(now, inbound.src, kind.clone());
                 }
                 return self.pump_relayed(now);
             }
         }
-        let session = self.routes.get(&inbound.src).and_then(|p| self.by_peer.get_mut(p));
+        let session = self.routes.get(&inbound.src).and_then(|p| self.peers.get_mut(p)?.session.as_mut());
         match (session, inbound.payload) {
             (Some(session), Payload::Envelope(kind)) => session.handle(inbound.now, inbound.src, kind),
             (None, payload @ Payload::Envelope(_)) => self.hold_early(Inbound { payload, ..inbound }),
@@ -335,38 +356,44 @@ impl Protocol for Sessions {
     }
     fn handle_timeout(&mut self, now: Instant) {
         self.expire_early(now);
-        for session in self.by_peer.values_mut().filter(|s| s.poll_timeout().is_some_and(|t| t <= now)) {
-            session.handle_timeout(now);
-        }
-        for (client, _) in self.relayed.values_mut().filter(|(c, _)| c.poll_timeout().is_some_and(|t| t <= now)) {
-            client.handle_timeout(now);
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        for peer in self.peers.values_mut() {
+            if let Some(session) = peer.session.as_mut().filter(|s| due(s.poll_timeout())) {
+                session.handle_timeout(now);
+            }
+            if let Some(c) = peer.circuit.as_mut().filter(|c| due(c.client.poll_timeout())) {
+                c.client.handle_timeout(now);
+            }
         }
         self.pump_relayed(now);
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
         // Relayed sessions' own datagrams were moved into their circuits by `pump_relayed`.
-        let direct = self.by_peer.values_mut().filter(|s| s.path() != Path::Relayed).find_map(Session::poll_transmit);
+        let direct = self.sessions_mut().filter(|s| s.path() != Path::Relayed).find_map(Session::poll_transmit);
         direct
             .or_else(|| self.outgoing.pop_front())
-            .or_else(|| self.relayed.values_mut().find_map(|(c, _)| c.poll_transmit()))
+            .or_else(|| self.peers.values_mut().filter_map(|p| p.circuit.as_mut()).find_map(|c| c.client.poll_transmit()))
     }
     fn poll_event(&mut self) -> Option<(PeerId, Event)> {
         if let Some(event) = self.news.pop_front() {
             return Some(event);
         }
-        let event = self.by_peer.values_mut().find_map(|s| s.poll_event().map(|e| (s.peer(), e)));
+        let event = self.sessions_mut().find_map(|s| s.poll_event().map(|e| (s.peer(), e)));
         if event.is_none() {
-            self.by_peer.retain(|_, s| !s.is_closed());
-            let by_peer = &self.by_peer;
-            self.routes.retain(|_, p| by_peer.contains_key(p));
+            for peer in self.peers.values_mut() {
+                peer.session.take_if(|s| s.is_closed());
+            }
+            self.peers.retain(|_, p| !p.is_empty());
+            let open = |p: &Peer| p.session.is_some();
+            let peers = &self.peers;
+            self.routes.retain(|_, p| peers.get(p).is_some_and(open));
         }
         event
     }
     fn poll_timeout(&self) -> Option<Instant> {
         let early = self.early.front().map(|e| e.now + EARLY_TTL);
-        let circuits = self.relayed.values().filter_map(|(c, _)| c.poll_timeout());
-        let retiring = self.retiring.values().copied();
-        self.by_peer.values().filter_map(Session::poll_timeout).chain(early).chain(circuits).chain(retiring).min()
+        let circuits = self.circuits().flat_map(|c| [c.client.poll_timeout(), c.retire_at]).flatten();
+        self.sessions().filter_map(Session::poll_timeout).chain(early).chain(circuits).min()
     }
 }
 
