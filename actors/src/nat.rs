@@ -106,6 +106,17 @@ pub struct NatReport {
 }
 
 impl NatReport {
+    /// What probing reports for a host with no NAT and no filtering at `addr`.
+    pub fn public(addr: SocketAddr) -> NatReport {
+        NatReport {
+            public_addr: addr,
+            no_nat: true,
+            mapping: Some(Mapping::EndpointIndependent),
+            filtering: Some(Filtering::EndpointIndependent),
+            allocation: Some(Allocation::Preserving),
+        }
+    }
+
     /// Public only when nothing translates and nothing filters; easy when mapping is
     /// endpoint-independent (or unknown but untranslated); hard otherwise.
     pub fn nat_type(&self) -> NatType {

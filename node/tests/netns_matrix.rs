@@ -9,11 +9,12 @@
 //! one-line error. The grid is printed (`-- --nocapture` shows it) and every run of every
 //! cell must be what [`expected`] says.
 
-use introducer_actors::nat::{Allocation, Filtering, NatBehavior, NatType};
+use introducer_actors::nat::{NatBehavior, NatReport};
+use introducer_actors::punch;
 use introducer_lab::netns::{Host, LabChild, Standard};
 use serde_json::Value;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -63,44 +64,21 @@ impl Kind {
     }
 }
 
-/// What a cell must show.
+/// What a cell must show: `connected` with this path and strategy, and both pongs back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    /// `connected` with this path and strategy, and both pongs back.
-    Connects { path: &'static str, strategy: &'static str },
-    /// Two hard NATs before relaying: a one-line error saying it is not available yet.
-    #[allow(dead_code)]
-    NotYet,
+struct Expect {
+    path: &'static str,
+    strategy: &'static str,
 }
 
-/// The matrix as the node does it today; row pings column (the relation is symmetric).
-/// Decided from what the internet sees of each side, so a double NAT is expected to behave
-/// like the single NAT it composes to.
+/// What the strategy table (the one the punch plans by) says, row pinging column. Decided
+/// from what the internet sees of each side, so a double NAT is expected to behave like the
+/// single NAT it composes to.
 fn expected(row: Kind, col: Kind) -> Expect {
-    let direct = |strategy| Expect::Connects { path: "direct", strategy };
-    let (Some(r), Some(c)) = (row.behavior(), col.behavior()) else { return direct("direct") };
-    let sequential = |b: &NatBehavior| matches!(b.allocation, Allocation::Sequential { .. });
-    let (hard, other) = match (r.nat_type(), c.nat_type()) {
-        (NatType::Hard, NatType::Hard) => {
-            // Two sequential NATs predict each other; any other two hard NATs go through
-            // the introducer's relay.
-            return if sequential(&r) && sequential(&c) {
-                direct("predict")
-            } else {
-                Expect::Connects { path: "relayed", strategy: "relay" }
-            };
-        }
-        (NatType::Hard, _) => (r, c),
-        (_, NatType::Hard) => (c, r),
-        _ => return direct("simultaneous-open"),
-    };
-    match hard.allocation {
-        // A full cone admits anyone: the hard side just sends.
-        _ if other.filtering == Filtering::EndpointIndependent => direct("direct"),
-        Allocation::Random => direct("birthday"),
-        Allocation::Sequential { .. } => direct("predict"),
-        Allocation::Preserving => unreachable!("a destination-dependent mapping cannot preserve ports: {hard:?}"),
-    }
+    let at: SocketAddr = "203.0.113.1:3478".parse().expect("literal");
+    let report = |kind: Kind| kind.behavior().map_or(NatReport::public(at), |b| b.expected_report(at));
+    let strategy = punch::strategy(&report(row), &report(col), false);
+    Expect { path: strategy.path().as_str(), strategy: strategy.as_str() }
 }
 
 /// One `introducer ping` from a row host to a column peer.
@@ -116,41 +94,24 @@ struct Run {
 
 impl Run {
     /// Whether the run is what `expect` says; `Err` says why not.
-    fn check(&self, expect: Expect) -> Result<(), String> {
-        match expect {
-            Expect::Connects { path, strategy } => {
-                let c = self.connected.as_ref().ok_or("no `connected` event")?;
-                if !self.success {
-                    return Err("ping exited non-zero".into());
-                }
-                if (c["path"].as_str(), c["strategy"].as_str()) != (Some(path), Some(strategy)) {
-                    return Err(format!("expected {path}/{strategy}, got {}/{}", c["path"], c["strategy"]));
-                }
-                if self.pongs.len() != 2 {
-                    return Err(format!("{} pongs, expected 2", self.pongs.len()));
-                }
-                if !self.pongs.iter().all(|p| p["path"] == c["path"] && p["rtt_ms"].as_f64().is_some_and(|r| r > 0.0)) {
-                    return Err("pongs with another path or without rtt".into());
-                }
-                Ok(())
-            }
-            Expect::NotYet => {
-                if self.success || self.connected.is_some() {
-                    return Err("expected a refusal, but it connected".into());
-                }
-                let err = self.stderr.trim();
-                if !(err.contains("hard NAT") && err.contains("not available yet")) {
-                    return Err("error does not say `hard NAT` … `not available yet`".into());
-                }
-                if err.lines().count() != 1 {
-                    return Err("error is not one line".into());
-                }
-                Ok(())
-            }
+    fn check(&self, Expect { path, strategy }: Expect) -> Result<(), String> {
+        let c = self.connected.as_ref().ok_or("no `connected` event")?;
+        if !self.success {
+            return Err("ping exited non-zero".into());
         }
+        if (c["path"].as_str(), c["strategy"].as_str()) != (Some(path), Some(strategy)) {
+            return Err(format!("expected {path}/{strategy}, got {}/{}", c["path"], c["strategy"]));
+        }
+        if self.pongs.len() != 2 {
+            return Err(format!("{} pongs, expected 2", self.pongs.len()));
+        }
+        if !self.pongs.iter().all(|p| p["path"] == c["path"] && p["rtt_ms"].as_f64().is_some_and(|r| r > 0.0)) {
+            return Err("pongs with another path or without rtt".into());
+        }
+        Ok(())
     }
 
-    /// What happened, short: `direct/birthday`, `not-yet` or `FAIL`.
+    /// What happened, short: `direct/birthday` or `FAIL`.
     fn outcome(&self) -> String {
         match &self.connected {
             Some(c) => {
@@ -160,7 +121,6 @@ impl Run {
                 };
                 format!("{}/{strategy}", c["path"].as_str().unwrap_or("?"))
             }
-            None if self.stderr.contains("hard NAT") && self.stderr.contains("not available yet") => "not-yet".into(),
             None => "FAIL".into(),
         }
     }

@@ -18,7 +18,7 @@
 //! named, and is capped in rate and total.
 
 use crate::identity::{verify_punch, Identity};
-use crate::nat::{NatReport, NatType};
+
 use crate::{SocketId, Transmit};
 use introducer_proto::frame::encode_envelope;
 use introducer_proto::pb::{self, envelope::Kind};
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 pub mod actor;
 pub mod plan;
 
-pub use plan::{plan, Birthday, Candidate, Path, Plan, Prediction, Strategy, Unpunchable, Walk};
+pub use plan::{plan, strategy, Birthday, Candidate, Path, Plan, Prediction, Strategy, Unpunchable, Walk};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -591,9 +591,5 @@ impl Spray {
 }
 
 /// Whether a report says the node can be reached unsolicited.
-fn is_public(report: &NatReport) -> bool {
-    report.nat_type() == NatType::Public
-}
-
 #[cfg(test)]
 mod tests;

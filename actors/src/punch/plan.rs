@@ -1,14 +1,11 @@
-//! Which addresses to try and who sends first, from both sides' NAT reports.
+//! Which addresses to try and who sends first, from both sides' NAT reports: the strategy
+//! table ([`strategy`]) and the plan of an attempt that follows it ([`plan`]).
 //!
-//! Mapping decides what can be punched, filtering who must send first (DESIGN.md's
-//! strategy table): a public side is simply reached; two endpoint-independent mappings
-//! open each other by simultaneous open; a hard (destination-dependent) mapping facing an
-//! easy one is found by the birthday paradox; peers behind the same public IP try their
-//! private addresses. Two hard mappings are punched only when both allocate in sequence
-//! (each predicts the other, see [`Walk::Both`]); any other hard pair is refused at once, so
-//! the relay carries it rather than a punch tried in vain.
+//! Mapping decides what can be punched, filtering who must send first. Two hard mappings
+//! are punched only when both allocate in sequence (each predicts the other, see
+//! [`Walk::Both`]); any other hard pair is refused at once, so the relay carries it rather
+//! than a punch tried in vain.
 
-use super::is_public;
 use crate::nat::{NatReport, NatType};
 use std::net::{IpAddr, SocketAddr};
 
@@ -52,6 +49,15 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// The path a connection made this way takes.
+    pub fn path(self) -> Path {
+        match self {
+            Strategy::Local => Path::Local,
+            Strategy::Relay => Path::Relayed,
+            _ => Path::Direct,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Direct => "direct",
@@ -164,6 +170,32 @@ fn admits_anyone(report: &NatReport) -> bool {
     report.filtering == Some(crate::nat::Filtering::EndpointIndependent)
 }
 
+/// DESIGN.md's strategy table, the one copy of it: how two NATs, as probed, connect.
+/// Mapping decides what can be punched: a public side is simply reached; two
+/// endpoint-independent mappings open each other; a hard (destination-dependent) mapping
+/// facing an easy one is found by the birthday paradox, or predicted where it allocates in
+/// sequence — unless the easy side filters nothing, then the hard side just sends; two
+/// hard mappings meet only when both allocate in sequence, else the relay carries them.
+/// Peers behind one public IP (`same_ip`) try their LAN first. [`plan`] follows it, and
+/// so do the simulator's and the real-NAT lab's expectations.
+pub fn strategy(me: &NatReport, peer: &NatReport, same_ip: bool) -> Strategy {
+    let (mine, theirs) = (me.nat_type(), peer.nat_type());
+    if same_ip && !(mine == NatType::Public && theirs == NatType::Public) {
+        return Strategy::Local;
+    }
+    let predicted = |hard: &NatReport| if sequential(hard).is_some() { Strategy::Predict } else { Strategy::Birthday };
+    match (mine, theirs) {
+        (_, NatType::Public) | (NatType::Public, _) => Strategy::Direct,
+        (NatType::Easy, NatType::Easy) => Strategy::SimultaneousOpen,
+        (NatType::Hard, NatType::Easy) if admits_anyone(peer) => Strategy::Direct,
+        (NatType::Easy, NatType::Hard) if admits_anyone(me) => Strategy::Direct,
+        (NatType::Hard, NatType::Easy) => predicted(me),
+        (NatType::Easy, NatType::Hard) => predicted(peer),
+        (NatType::Hard, NatType::Hard) if sequential(me).is_some() && sequential(peer).is_some() => Strategy::Predict,
+        (NatType::Hard, NatType::Hard) => Strategy::Relay,
+    }
+}
+
 /// Plans an attempt. `peer_public` is where the introducer saw the peer (trusted over
 /// the peer's own report); `peer_private` are the peer's signed LAN addresses.
 pub fn plan(
@@ -173,41 +205,32 @@ pub fn plan(
     peer_private: &[SocketAddr],
 ) -> Result<Plan, Unpunchable> {
     let public = Candidate { addr: peer_public, path: Path::Direct };
-    if me.public_addr.ip() == peer_public.ip() && !(is_public(me) && is_public(peer)) {
-        // Only private addresses, and few: a record could list anyone's address here.
-        let mut candidates: Vec<Candidate> = peer_private
-            .iter()
-            .filter(|a| a.is_ipv4() == peer_public.is_ipv4() && is_private(a.ip()))
-            .take(MAX_PRIVATE)
-            .map(|&addr| Candidate { addr, path: Path::Local })
-            .collect();
-        candidates.push(public);
-        return Ok(Plan { strategy: Strategy::Local, candidates, send_first: true, birthday: None });
-    }
     let plan = |strategy, send_first, birthday| Plan { strategy, candidates: vec![public], send_first, birthday };
-    Ok(match (me.nat_type(), peer.nat_type()) {
-        (_, NatType::Public) => plan(Strategy::Direct, true, None),
-        (NatType::Public, _) => plan(Strategy::Direct, false, None),
-        (NatType::Easy, NatType::Easy) => plan(Strategy::SimultaneousOpen, true, None),
-        // An easy side that filters nothing takes the hard side's proof from whatever port:
-        // the hard side just sends, as to a public node.
-        (NatType::Hard, NatType::Easy) if admits_anyone(peer) => plan(Strategy::Direct, true, None),
-        (NatType::Easy, NatType::Hard) if admits_anyone(me) => plan(Strategy::Direct, false, None),
-        (NatType::Hard, NatType::Easy) => {
-            let strategy = if sequential(me).is_some() { Strategy::Predict } else { Strategy::Birthday };
-            plan(strategy, true, Some(Birthday::Pool { target: peer_public }))
+    let hard = |r: &NatReport| r.nat_type() == NatType::Hard;
+    Ok(match strategy(me, peer, me.public_addr.ip() == peer_public.ip()) {
+        Strategy::Relay => return Err(Unpunchable::BothHard),
+        Strategy::Local => {
+            // Only private addresses, and few: a record could list anyone's address here.
+            let mut candidates: Vec<Candidate> = peer_private
+                .iter()
+                .filter(|a| a.is_ipv4() == peer_public.is_ipv4() && is_private(a.ip()))
+                .take(MAX_PRIVATE)
+                .map(|&addr| Candidate { addr, path: Path::Local })
+                .collect();
+            candidates.push(public);
+            Plan { strategy: Strategy::Local, candidates, send_first: true, birthday: None }
         }
-        (NatType::Easy, NatType::Hard) => {
-            let predict = sequential(peer).map(|step| Prediction { last: peer_public.port(), step, walk: Walk::Pool });
-            let strategy = if predict.is_some() { Strategy::Predict } else { Strategy::Birthday };
+        // The side anyone can reach waits for the other's first proof: a public node facing
+        // a NATed one, an easy side that filters nothing facing a hard one.
+        Strategy::Direct => plan(Strategy::Direct, peer.nat_type() == NatType::Public || hard(me), None),
+        Strategy::SimultaneousOpen => plan(Strategy::SimultaneousOpen, true, None),
+        // Birthday or prediction. The hard side sends from its pool...
+        strategy if hard(me) && !hard(peer) => plan(strategy, true, Some(Birthday::Pool { target: peer_public })),
+        // ...the easy side (or either of two sequential sides) aims at the peer's ports.
+        strategy => {
+            let walk = if hard(me) { Walk::Both } else { Walk::Pool };
+            let predict = sequential(peer).map(|step| Prediction { last: peer_public.port(), step, walk });
             plan(strategy, true, Some(Birthday::Spray { ip: peer_public.ip(), predict }))
         }
-        (NatType::Hard, NatType::Hard) => match (sequential(me), sequential(peer)) {
-            (Some(_), Some(step)) => {
-                let predict = Some(Prediction { last: peer_public.port(), step, walk: Walk::Both });
-                plan(Strategy::Predict, true, Some(Birthday::Spray { ip: peer_public.ip(), predict }))
-            }
-            _ => return Err(Unpunchable::BothHard),
-        },
     })
 }

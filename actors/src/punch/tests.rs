@@ -1,5 +1,6 @@
 use super::*;
 use crate::nat::{Allocation, Filtering, Mapping};
+use crate::nat::{NatReport, NatType};
 use introducer_proto::frame::{self, Decoded};
 
 fn report(addr: &str, nat: NatType) -> NatReport {
@@ -392,4 +393,28 @@ fn a_lost_first_proof_costs_no_round() {
         |a: &mut Attempt| std::iter::from_fn(|| a.poll_event()).any(|e| matches!(e, Event::Connected { .. }));
     assert!(connected(&mut p.b), "B connected on A's answer");
     assert!(connected(&mut p.a), "A connected without waiting for its next round");
+}
+
+/// DESIGN.md's strategy table, row by row: public, endpoint-independent, sequential and
+/// random destination-dependent mappings; a full cone facing a hard side is reached
+/// directly.
+#[test]
+fn the_strategy_table_is_designs() {
+    use crate::nat::NatBehavior as B;
+    use Strategy::{Birthday as Bd, Direct as D, Predict as P, Relay as R, SimultaneousOpen as S};
+    let addr: SocketAddr = "203.0.113.1:5000".parse().unwrap();
+    let kinds = [None, Some(B::PORT_RESTRICTED), Some(B::SYMMETRIC_SEQUENTIAL), Some(B::SYMMETRIC_RANDOM)];
+    let report = |k: Option<B>| k.map_or(NatReport::public(addr), |b| b.expected_report(addr));
+    let table = [[D, D, D, D], [D, S, P, Bd], [D, P, P, R], [D, Bd, R, R]];
+    for (row, me) in kinds.iter().enumerate() {
+        for (col, peer) in kinds.iter().enumerate() {
+            let got = strategy(&report(*me), &report(*peer), false);
+            assert_eq!(got, table[row][col], "{me:?} × {peer:?}");
+        }
+    }
+    let full_cone = report(Some(B::FULL_CONE));
+    assert_eq!(strategy(&full_cone, &report(Some(B::SYMMETRIC_RANDOM)), false), D);
+    assert_eq!(strategy(&report(Some(B::SYMMETRIC_RANDOM)), &full_cone, false), D);
+    assert_eq!(strategy(&report(Some(B::SYMMETRIC_RANDOM)), &full_cone, true), Strategy::Local);
+    assert_eq!(strategy(&report(None), &report(None), true), D, "two public hosts on one IP need no LAN");
 }

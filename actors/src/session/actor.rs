@@ -93,7 +93,6 @@ impl Peer {
     fn is_empty(&self) -> bool {
         self.session.is_none() && self.circuit.is_none()
     }
-
 }
 
 /// A new session's sealing keys, with a fresh epoch; none for a peer whose id carries no
@@ -370,9 +369,9 @@ impl Protocol for Sessions {
     fn poll_transmit(&mut self) -> Option<Transmit> {
         // Relayed sessions' own datagrams were moved into their circuits by `pump_relayed`.
         let direct = self.sessions_mut().filter(|s| s.path() != Path::Relayed).find_map(Session::poll_transmit);
-        direct
-            .or_else(|| self.outgoing.pop_front())
-            .or_else(|| self.peers.values_mut().filter_map(|p| p.circuit.as_mut()).find_map(|c| c.client.poll_transmit()))
+        direct.or_else(|| self.outgoing.pop_front()).or_else(|| {
+            self.peers.values_mut().filter_map(|p| p.circuit.as_mut()).find_map(|c| c.client.poll_transmit())
+        })
     }
     fn poll_event(&mut self) -> Option<(PeerId, Event)> {
         if let Some(event) = self.news.pop_front() {
