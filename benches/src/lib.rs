@@ -17,6 +17,7 @@ use introducer_node::{Config, Node, NodeEvent};
 use introducer_proto::frame::{self, Decoded};
 use introducer_proto::pb::{envelope::Kind, Envelope};
 use introducer_sim::node::{Connected, SimNode};
+use introducer_sim::standard::{Standard, NAT_IPS, PEER_PORT};
 use introducer_sim::{HostId, Link, Place, Sim};
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -40,23 +41,21 @@ impl SimPair {
         SimPair::new(seed, latency, NatBehavior::PORT_RESTRICTED, NatBehavior::PORT_RESTRICTED)
     }
 
-    /// Builds the network and runs it until both peers are probed and registered.
+    /// Builds the network (the simulator's standard topology, one introducer) and runs it
+    /// until both peers are probed and registered.
     pub fn new(seed: u64, latency: Duration, a_nat: NatBehavior, b_nat: NatBehavior) -> SimPair {
-        let mut sim = Sim::new(seed);
-        sim.set_internet_link(Link::with_latency(latency));
-        let introducer = SimNode::introducer(Identity::from_seed(100))
-            .alternate_ip(Ipv4Addr::new(198, 51, 100, 2))
-            .spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 1)), 3478);
-        let introducers = vec![sim.local_addr(introducer, SocketId::PRIMARY)];
-        let mut peer = |n: u64, behavior: NatBehavior, nat_ip: Ipv4Addr| {
-            let nat = sim.add_nat(behavior, nat_ip, None);
-            SimNode::peer(Identity::from_seed(n), introducers.clone()).spawn(&mut sim, Place::Behind(nat), 5000)
-        };
-        let (a, b) = (peer(1, a_nat, Ipv4Addr::new(203, 0, 113, 10)), peer(2, b_nat, Ipv4Addr::new(203, 0, 113, 20)));
-        let registered = |s: &Sim| [a, b].iter().all(|&h| s.machine_ref::<SimNode>(h).is_registered());
-        assert!(sim.run_until_cond(Duration::from_secs(10), registered), "peers did not register (seed {seed})");
+        let mut standard = Standard::new(seed, Link::with_latency(latency), false);
+        let (a_node, b_node) = (standard.peer(1), standard.peer(2));
+        let sim = &mut standard.sim;
+        let (nat_a, nat_b) = (sim.add_nat(a_nat, NAT_IPS[0], None), sim.add_nat(b_nat, NAT_IPS[1], None));
+        let a = a_node.spawn(sim, Place::Behind(nat_a), PEER_PORT);
+        let b = b_node.spawn(sim, Place::Behind(nat_b), PEER_PORT);
+        assert!(
+            standard.run_until_registered(&[a, b], Duration::from_secs(10)),
+            "peers did not register (seed {seed})"
+        );
         let rtt = 2 * (latency + 2 * Link::LAN_DEFAULT.latency);
-        SimPair { sim, a, b, rtt }
+        SimPair { sim: standard.sim, a, b, rtt }
     }
 
     /// A asks for B; runs the simulation until A reports the connection (virtual time is

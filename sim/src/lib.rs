@@ -82,6 +82,7 @@ mod link;
 mod nat_box;
 pub mod node;
 mod seeds;
+pub mod standard;
 mod trace;
 
 pub use link::Link;

@@ -4,7 +4,7 @@
 use introducer_actors::nat::{Allocation, Filtering, Mapping, NatBehavior, NatReport, NatType};
 use introducer_actors::probe::{Layout, LocalSockets, Probe, ProbeConfig, Responder, Server};
 use introducer_actors::{Machine, SocketId, Transmit};
-use introducer_sim::{for_each_seed, HostId, Link, Place, Sim};
+use introducer_sim::{for_each_seed, standard, HostId, Link, Place, Sim};
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -32,10 +32,11 @@ impl Machine for StunHost {
     }
 }
 
-const IP0: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const IP1: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const PORT0: u16 = 3478;
-const PORT1: u16 = 3479;
+/// The standard topology's RFC 5780 introducer, with only its STUN side.
+const IP0: Ipv4Addr = standard::INTRODUCER_IP;
+const IP1: Ipv4Addr = standard::INTRODUCER_ALT_IP;
+const PORT0: u16 = standard::PORT;
+const PORT1: u16 = standard::PORT + 1;
 const NAT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
 
 /// An RFC 5780 server: two IPs × two ports.

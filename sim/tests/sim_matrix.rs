@@ -16,6 +16,7 @@ use introducer_actors::punch::{self, Path, Strategy};
 use introducer_actors::SocketId;
 use introducer_node::{Config, NodeEvent};
 use introducer_sim::node::{Connected, SimNode};
+use introducer_sim::standard::{Standard, NAT_IPS, PEER_PORT, PUBLIC_IPS};
 use introducer_sim::{for_each_seed, HostId, Link, NatId, Place, Sim};
 use libp2p_identity::PeerId;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -25,13 +26,6 @@ use std::time::Duration;
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 
-const INTRO_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const INTRO_ALT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const SECOND_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
-const PUBLIC_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 20)];
-const NAT_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 113, 20)];
-const STUN_PORT: u16 = 3478;
-const PEER_PORT: u16 = 5000;
 /// How many times A pings B, a second apart, once connected (`introducer ping --count 3`).
 const PINGS: u32 = 3;
 const SEEDS: Range<u64> = 0..50;
@@ -240,15 +234,12 @@ impl World {
 
     /// ...and with `trace`, every datagram is recorded from the start ([`Sim::trace`]).
     fn build(seed: u64, topology: Topology, internet: Link, config: fn(&mut Config), trace: bool) -> World {
-        let mut sim = Sim::new(seed);
+        let mut standard = Standard::new(seed, internet, true);
+        let (a, b) = (standard.peer(1).configure(config).pings(PINGS, SEC), standard.peer(2).configure(config));
+        let sim = &mut standard.sim;
         if trace {
             sim.enable_trace();
         }
-        sim.set_internet_link(internet);
-        let intro =
-            SimNode::introducer(id(100)).alternate_ip(INTRO_ALT_IP).spawn(&mut sim, Place::Public(INTRO_IP), STUN_PORT);
-        let second = SimNode::introducer(id(101)).spawn(&mut sim, Place::Public(SECOND_IP), STUN_PORT);
-        let introducers = vec![sim.local_addr(intro, SocketId::PRIMARY), sim.local_addr(second, SocketId::PRIMARY)];
         let mut nats = [None, None];
         // NATs on each side's way to the internet (each one LAN hop of 1 ms).
         let mut hops = [0u32; 2];
@@ -282,14 +273,12 @@ impl World {
                 (0..2).map(|i| Place::Behind(sim.add_nat(home, home_wan(i), Some(cgnat)))).collect()
             }
         };
-        let peer = |n| SimNode::peer(id(n), introducers.clone()).configure(config);
-        let a = peer(1).pings(PINGS, SEC).spawn(&mut sim, places[0], PEER_PORT);
-        let b = peer(2).spawn(&mut sim, places[1], PEER_PORT);
-        let registered =
-            |s: &Sim| [a, b].iter().all(|&h| s.machine_ref::<SimNode>(h).registered().len() == introducers.len());
-        sim.run_until_cond(10 * SEC, registered);
+        let (a, b) = (a.spawn(sim, places[0], PEER_PORT), b.spawn(sim, places[1], PEER_PORT));
+        standard.run_until_registered(&[a, b], 10 * SEC);
+        let Standard { sim, introducers } = standard;
+        let introducers = [introducers[0], introducers[1]];
         let rtt = 2 * (internet.latency + internet.jitter + MS * (hops[0] + hops[1]));
-        World { sim, introducers: [intro, second], a, b, nats, a_id: id(1).peer_id(), b_id: id(2).peer_id(), rtt }
+        World { sim, introducers, a, b, nats, a_id: id(1).peer_id(), b_id: id(2).peer_id(), rtt }
     }
 
     fn node(&self, h: HostId) -> &SimNode {
