@@ -17,6 +17,7 @@
 use crate::config::{Config, Serve};
 use crate::event::{ConnectError, FatalError, NodeEvent};
 use introducer_actors::broker::{self, Broker};
+use introducer_actors::driver::Protocol;
 use introducer_actors::nat::{NatReport, NatType};
 use introducer_actors::probe::actor::{self as probing, probe_socket, NatProbing, ProbeEvent};
 use introducer_actors::probe::{Layout, LifetimeReport, LocalSockets, Probe, ProbeConfig, Responder, Server};
@@ -45,6 +46,13 @@ pub struct Roles {
     pub punch: Attempts,
     pub sessions: Sessions,
     pub relay: Relay,
+}
+
+/// Something done to every role alike; see [`Roles::each`].
+pub trait Visit {
+    fn role<P: Protocol>(&mut self, role: &mut P)
+    where
+        P::Event: Into<Report>;
 }
 
 /// One role, by name.
@@ -85,6 +93,18 @@ fn responder(locals: &[SocketAddr]) -> Option<Responder> {
 }
 
 impl Roles {
+    /// Visits every role, in one fixed order (the simulator drains, ticks and asks for
+    /// deadlines this way; a new role is added here once).
+    pub fn each(&mut self, visit: &mut impl Visit) {
+        visit.role(&mut self.contact);
+        visit.role(&mut self.probe);
+        visit.role(&mut self.broker);
+        visit.role(&mut self.registrations);
+        visit.role(&mut self.punch);
+        visit.role(&mut self.sessions);
+        visit.role(&mut self.relay);
+    }
+
     /// Every role of a node listening on `locals`. Keys, cookie secrets and nonce seeds
     /// come from `rng`: the OS's on a real node, a seeded one on the simulator.
     pub fn new(config: &Config, locals: &[SocketAddr], now: Instant, rng: &mut StdRng) -> Roles {

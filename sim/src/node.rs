@@ -58,7 +58,7 @@ use introducer_actors::session::SendError;
 use introducer_actors::socket::{self, classify, Inbound, Purpose};
 use introducer_actors::{Machine, SocketId, Transmit};
 use introducer_node::config::Config;
-use introducer_node::core::{role_of, NodeCore, Order, Report, RoleId, Roles};
+use introducer_node::core::{role_of, NodeCore, Order, Report, RoleId, Roles, Visit};
 use introducer_node::NodeEvent;
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
@@ -135,6 +135,8 @@ pub struct SimNode {
     pools_closed: u32,
     out: VecDeque<Transmit>,
     sockets: VecDeque<socket::Command>,
+    /// The roles' earliest deadline, as of the last pump (every input ends with one).
+    roles_deadline: Option<Instant>,
     events: Vec<(Instant, NodeEvent)>,
     malformed: u64,
 }
@@ -154,6 +156,7 @@ impl SimNode {
             pools_closed: 0,
             out: VecDeque::new(),
             sockets: VecDeque::new(),
+            roles_deadline: None,
             events: Vec::new(),
             malformed: 0,
         }
@@ -363,19 +366,17 @@ impl SimNode {
     fn pump(&mut self, now: Instant) {
         loop {
             let Running { core, roles } = self.node.as_mut().expect("the node is spawned");
-            let mut busy = false;
-            busy |= drain(&mut roles.contact, core, &mut self.out, now);
-            busy |= drain(&mut roles.probe, core, &mut self.out, now);
-            busy |= drain(&mut roles.broker, core, &mut self.out, now);
-            busy |= drain(&mut roles.registrations, core, &mut self.out, now);
-            busy |= drain(&mut roles.punch, core, &mut self.out, now);
-            busy |= drain(&mut roles.sessions, core, &mut self.out, now);
-            busy |= drain(&mut roles.relay, core, &mut self.out, now);
+            let mut drain = Drain { core, out: &mut self.out, now, busy: false };
+            roles.each(&mut drain);
+            let mut busy = drain.busy;
             while let Some(order) = self.running().core.poll_order() {
                 self.deliver(now, order);
                 busy = true;
             }
             if !busy {
+                let mut earliest = Earliest(None);
+                self.running().roles.each(&mut earliest);
+                self.roles_deadline = earliest.0;
                 return;
             }
         }
@@ -433,28 +434,48 @@ impl SimNode {
     }
 }
 
-/// Moves a role's datagrams to `out` and its events to the core; whether it had any.
-fn drain<P: Protocol>(role: &mut P, core: &mut NodeCore, out: &mut VecDeque<Transmit>, now: Instant) -> bool
-where
-    P::Event: Into<Report>,
-{
-    out.extend(std::iter::from_fn(|| role.poll_transmit()));
-    let mut any = false;
-    while let Some(event) = role.poll_event() {
-        core.handle_report(now, event.into());
-        any = true;
+/// Moves each role's datagrams to `out` and its events to the core (`busy` if any).
+struct Drain<'a> {
+    core: &'a mut NodeCore,
+    out: &'a mut VecDeque<Transmit>,
+    now: Instant,
+    busy: bool,
+}
+
+impl Visit for Drain<'_> {
+    fn role<P: Protocol>(&mut self, role: &mut P)
+    where
+        P::Event: Into<Report>,
+    {
+        self.out.extend(std::iter::from_fn(|| role.poll_transmit()));
+        while let Some(event) = role.poll_event() {
+            self.core.handle_report(self.now, event.into());
+            self.busy = true;
+        }
     }
-    any
 }
 
 fn due(deadline: Option<Instant>, now: Instant) -> bool {
     deadline.is_some_and(|t| t <= now)
 }
 
-/// Calls a role's `handle_timeout` if its deadline has come, as its actor would.
-fn tick<P: Protocol>(role: &mut P, now: Instant) {
-    if due(role.poll_timeout(), now) {
-        role.handle_timeout(now);
+/// Calls each role's `handle_timeout` if its deadline has come, as its actor would.
+struct Tick(Instant);
+
+impl Visit for Tick {
+    fn role<P: Protocol>(&mut self, role: &mut P) {
+        if due(role.poll_timeout(), self.0) {
+            role.handle_timeout(self.0);
+        }
+    }
+}
+
+/// The earliest deadline of the roles.
+struct Earliest(Option<Instant>);
+
+impl Visit for Earliest {
+    fn role<P: Protocol>(&mut self, role: &mut P) {
+        self.0 = self.0.into_iter().chain(role.poll_timeout()).min();
     }
 }
 
@@ -482,13 +503,7 @@ impl Machine for SimNode {
     /// Like each role's actor, a role is called only when its own deadline is due.
     fn handle_timeout(&mut self, now: Instant) {
         let Running { core, roles } = self.running();
-        tick(&mut roles.contact, now);
-        tick(&mut roles.probe, now);
-        tick(&mut roles.broker, now);
-        tick(&mut roles.registrations, now);
-        tick(&mut roles.punch, now);
-        tick(&mut roles.sessions, now);
-        tick(&mut roles.relay, now);
+        roles.each(&mut Tick(now));
         if due(core.poll_timeout(), now) {
             core.handle_timeout(now);
         }
@@ -505,15 +520,9 @@ impl Machine for SimNode {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let Some(Running { core, roles }) = &self.node else { return None };
+        let Some(Running { core, .. }) = &self.node else { return None };
         [
-            roles.contact.poll_timeout(),
-            roles.probe.poll_timeout(),
-            roles.broker.poll_timeout(),
-            roles.registrations.poll_timeout(),
-            roles.punch.poll_timeout(),
-            roles.sessions.poll_timeout(),
-            roles.relay.poll_timeout(),
+            self.roles_deadline,
             core.poll_timeout(),
             self.connect_at.map(|(at, _)| at),
             self.pinging.iter().map(|(_, at, _)| *at).min(),
