@@ -289,10 +289,6 @@ impl NodeCore {
         self.orders.pop_front()
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     pub fn nat(&self) -> Option<&NatReport> {
         self.nat.as_ref()
     }
