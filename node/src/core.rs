@@ -796,8 +796,8 @@ mod tests {
         std::iter::from_fn(|| c.poll_order()).collect()
     }
 
-    /// A node that joined one introducer and was probed as `nat` (its pool bound if hard).
-    fn probed(now: Instant, relay_only: bool, nat: NatReport) -> NodeCore {
+    /// A node (with a pool of 4) that joined one introducer and is about to probe.
+    fn joined(now: Instant, relay_only: bool) -> NodeCore {
         let mut config = Config::new(Identity::from_seed(1));
         (config.relay_only, config.punch.pool_size) = (relay_only, 4);
         config.bootstrap = vec![INTRODUCER.parse().unwrap()];
@@ -806,11 +806,18 @@ mod tests {
             addr: INTRODUCER.parse().unwrap(),
             peer_id: Identity::from_seed(100).peer_id(),
             listen: vec![],
-            observed: nat.public_addr,
+            observed: "203.0.113.1:3478".parse().unwrap(),
             introducer: true,
         };
         c.handle_report(now, Report::FirstContact(bootstrap::Event::Joined(Ok(vec![seed]))));
         c.handle_report(now, Report::Socket(socket::Event::Bound { purpose: Purpose::Probe, sockets: vec![] }));
+        orders(&mut c);
+        c
+    }
+
+    /// ...and was probed as `nat`.
+    fn probed(now: Instant, relay_only: bool, nat: NatReport) -> NodeCore {
+        let mut c = joined(now, relay_only);
         c.handle_report(now, Report::Probe(ProbeEvent::Classified(Ok(nat))));
         orders(&mut c);
         c
@@ -848,20 +855,7 @@ mod tests {
     fn two_hard_sides_fall_back_to_the_introducers_relay_and_a_hard_node_registers_after_its_pool() {
         let now = Instant::now();
         let hard = NatBehavior::SYMMETRIC_RANDOM.expected_report("203.0.113.1:3478".parse().unwrap());
-        let mut config = Config::new(Identity::from_seed(1));
-        config.punch.pool_size = 4;
-        config.bootstrap = vec![INTRODUCER.parse().unwrap()];
-        let mut c = NodeCore::new(config, vec![], None, (now, 0), StdRng::seed_from_u64(1));
-        let seed = Seed {
-            addr: INTRODUCER.parse().unwrap(),
-            peer_id: Identity::from_seed(100).peer_id(),
-            listen: vec![],
-            observed: hard.public_addr,
-            introducer: true,
-        };
-        c.handle_report(now, Report::FirstContact(bootstrap::Event::Joined(Ok(vec![seed]))));
-        c.handle_report(now, Report::Socket(socket::Event::Bound { purpose: Purpose::Probe, sockets: vec![] }));
-        orders(&mut c);
+        let mut c = joined(now, false);
         c.handle_report(now, Report::Probe(ProbeEvent::Classified(Ok(hard))));
         let first = orders(&mut c);
         let pool = first.iter().find_map(|o| match o {
@@ -933,5 +927,29 @@ mod tests {
         }
         registration(&mut c, now, again);
         assert!(matches!(c.poll_order(), Some(Order::Punch(_))), "a new introduction is punched");
+    }
+
+    /// A seed that answers first contact late (its first answers lost) is registered with
+    /// too; one that introduces nobody is not.
+    #[test]
+    fn a_late_seed_is_registered_with() {
+        let (now, easy, ..) = easy_peers();
+        let mut c = probed(now, false, easy);
+        let late = |addr: &str, introducer| Seed {
+            addr: addr.parse().unwrap(),
+            peer_id: Identity::from_seed(101).peer_id(),
+            listen: vec![],
+            observed: easy.public_addr,
+            introducer,
+        };
+        c.handle_report(now, Report::FirstContact(bootstrap::Event::Late(late("198.51.100.20:3478", true))));
+        match c.poll_order() {
+            Some(Order::Registration(registration::actor::Command::Register { introducers, .. })) => {
+                assert_eq!(introducers, ["198.51.100.20:3478".parse::<SocketAddr>().unwrap()]);
+            }
+            other => panic!("expected a registration, got {other:?}"),
+        }
+        c.handle_report(now, Report::FirstContact(bootstrap::Event::Late(late("198.51.100.30:3478", false))));
+        assert!(c.poll_order().is_none());
     }
 }
