@@ -7,6 +7,7 @@
 //! the simulator (the `introducer-sim` crate), which is what lets the NAT matrix run in
 //! milliseconds, deterministically.
 
+pub mod backoff;
 pub mod broker;
 pub mod cookie;
 pub mod driver;
