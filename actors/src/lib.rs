@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod broker;
+pub mod bucket;
 pub mod cookie;
 pub mod driver;
 pub mod identity;
