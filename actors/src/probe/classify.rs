@@ -2,6 +2,7 @@
 //! a [`NatReport`]. The test sequence is described in [`super`].
 
 use super::{canonical, server::full_answer_len, Server};
+use crate::backoff::Backoff;
 use crate::nat::{Allocation, Filtering, Mapping, NatReport};
 use crate::{Machine, SocketId, Transmit};
 use introducer_proto::stun::{self, ChangeRequest, Class, Message, TransactionId};
@@ -130,9 +131,8 @@ struct Txn {
     change: Option<ChangeRequest>,
     padded: bool,
     payload: Vec<u8>,
-    /// Transmissions so far.
-    sent: u32,
-    rto: Duration,
+    /// Transmissions so far, and the wait after the next one.
+    backoff: Backoff,
     first_sent: Instant,
     deadline: Instant,
 }
@@ -343,7 +343,13 @@ impl Probe {
             msg.padding = target.saturating_sub(msg.encoded_len() + 4) & !3;
         }
         let payload = msg.encode();
-        let rto = self.rto;
+        // Silence from a server that already answered is loss, not information: more tries.
+        let max_tries = match purpose {
+            Purpose::Mapping { .. } | Purpose::Alloc { .. } => self.config.max_tries_answered,
+            Purpose::First { .. } | Purpose::Filter(_) => self.config.max_tries,
+        };
+        let mut backoff = Backoff::new(self.rto).give_up_after(max_tries.max(1));
+        let deadline = backoff.next(now);
         self.out.push_back(Transmit { socket, dst, payload: payload.clone() });
         self.stats.requests += 1;
         self.pending.push(Txn {
@@ -354,10 +360,9 @@ impl Probe {
             change,
             padded: padded && msg.padding > 0,
             payload,
-            sent: 1,
-            rto,
+            backoff,
             first_sent: now,
-            deadline: later(now, rto),
+            deadline,
         });
     }
 
@@ -503,7 +508,7 @@ impl Probe {
         match txn.purpose {
             Purpose::First { server } => match outcome {
                 Outcome::Answer { mapped, other, .. } => {
-                    if txn.sent == 1 {
+                    if txn.backoff.tries() == 1 {
                         let rtt = now.saturating_duration_since(txn.first_sent);
                         self.rto = self.rto.max(rtt.saturating_mul(2));
                     }
@@ -661,18 +666,13 @@ impl Machine for Probe {
             if txn.deadline > now {
                 continue;
             }
-            let max_tries = match txn.purpose {
-                Purpose::Mapping { .. } | Purpose::Alloc { .. } => self.config.max_tries_answered,
-                Purpose::First { .. } | Purpose::Filter(_) => self.config.max_tries,
-            };
-            if txn.sent < max_tries.max(1) {
-                let wait = txn.rto.saturating_mul(1u32 << txn.sent.min(16));
-                txn.sent += 1;
-                txn.deadline = later(now, wait);
-                self.out.push_back(Transmit { socket: txn.socket, dst: txn.dst, payload: txn.payload.clone() });
-                self.stats.retransmissions += 1;
-            } else {
-                expired.push((txn.id, txn.socket));
+            match txn.backoff.retry(now) {
+                Some(deadline) => {
+                    txn.deadline = deadline;
+                    self.out.push_back(Transmit { socket: txn.socket, dst: txn.dst, payload: txn.payload.clone() });
+                    self.stats.retransmissions += 1;
+                }
+                None => expired.push((txn.id, txn.socket)),
             }
         }
         for key in expired {
@@ -700,11 +700,6 @@ impl Machine for Probe {
         }
         self.pending.iter().map(|t| t.deadline).min()
     }
-}
-
-/// `now + d`, capped instead of panicking on absurd durations.
-fn later(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d).or_else(|| now.checked_add(Duration::from_secs(3600))).unwrap_or(now)
 }
 
 /// Mapping behaviour from `(destination, mapped endpoint)` pairs observed from one socket.

@@ -7,6 +7,7 @@
 //! every 15 s need to know no more); once one dies it halves, down to [`SHORTEST_TEST`],
 //! until one survives. The node then keeps its mappings alive within what survived.
 
+use crate::backoff::Backoff;
 use crate::{Machine, SocketId, Transmit};
 use introducer_proto::stun::{Class, Message, TransactionId};
 use rand::rngs::StdRng;
@@ -70,7 +71,7 @@ pub struct Lifetime {
     test: Duration,
     report: LifetimeReport,
     /// The request in flight: its id, transmissions so far, when to retransmit.
-    txn: Option<(TransactionId, u32, Instant)>,
+    txn: Option<(TransactionId, Backoff, Instant)>,
     out: VecDeque<Transmit>,
     /// False when the server stopped answering X: nothing was learned.
     pub gave_up: bool,
@@ -104,11 +105,12 @@ impl Lifetime {
             Step::Ask { mapped } => (ASKER, Some(mapped.port())),
             Step::Idle { .. } | Step::Done => return,
         };
-        let (id, tries) = match self.txn {
-            Some((id, tries, _)) => (id, tries + 1),
-            None => (self.rng.gen(), 1),
+        let (id, mut backoff) = match self.txn {
+            Some((id, backoff, _)) => (id, backoff),
+            None => (self.rng.gen(), Backoff::fixed(RTO).give_up_after(TRIES)),
         };
-        self.txn = Some((id, tries, now + RTO));
+        let at = backoff.next(now);
+        self.txn = Some((id, backoff, at));
         let payload = Message { response_port, ..Message::binding_request(id) }.encode();
         self.out.push_back(Transmit { socket, dst: self.server, payload });
     }
@@ -166,12 +168,12 @@ impl Machine for Lifetime {
             }
             return;
         }
-        let Some((_, tries, at)) = self.txn else { return };
+        let Some((_, backoff, at)) = self.txn else { return };
         if now < at {
             return;
         }
         match self.step {
-            _ if tries < TRIES => self.send(now),
+            _ if !backoff.exhausted() => self.send(now),
             Step::Ask { .. } => self.concluded(now, false),
             _ => {
                 self.gave_up = true;
