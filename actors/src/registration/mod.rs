@@ -2,6 +2,7 @@
 //! refresh often enough to keep the NAT mapping toward the introducer alive, ask for
 //! introductions, and check what comes back before anyone punches on its strength.
 
+use crate::backoff::Backoff;
 use crate::cookie::introduction_mac;
 use crate::identity::{verify_record, VerifiedRecord};
 use crate::{SocketId, Transmit};
@@ -120,8 +121,8 @@ pub struct Registration {
     record: pb::SignedPeerRecord,
     cookie: u64,
     observed: Option<SocketAddr>,
-    /// Unanswered Register sends in a row.
-    tries: u32,
+    /// Unanswered Register sends in a row, and the wait after the next one.
+    backoff: Backoff,
     next_send: Option<Instant>,
     answered: bool,
     pending: HashMap<u64, Pending>,
@@ -142,13 +143,13 @@ impl Registration {
         now: Instant,
     ) -> Self {
         Registration {
+            backoff: Backoff::new(config.retransmit).give_up_after(config.max_tries),
             config,
             introducer,
             socket,
             record,
             cookie: 0,
             observed: None,
-            tries: 0,
             next_send: Some(now),
             answered: false,
             pending: HashMap::new(),
@@ -215,8 +216,7 @@ impl Registration {
         let register = pb::Register { record: Some(self.record.clone()), cookie: self.cookie };
         self.transmits.push_back(Transmit::envelope(self.socket, self.introducer, Kind::Register(register)));
         self.answered = false;
-        self.tries += 1;
-        self.next_send = Some(now + self.config.retransmit * 2u32.saturating_pow(self.tries - 1));
+        self.next_send = Some(self.backoff.next(now));
     }
 
     /// Handles a message from `src`; only the introducer's are taken.
@@ -228,7 +228,7 @@ impl Registration {
         match kind {
             Kind::RegisterChallenge(challenge) => {
                 self.cookie = challenge.cookie;
-                self.tries = 0;
+                self.backoff.reset();
                 self.send_register(now);
             }
             Kind::Registered(registered) => {
@@ -237,7 +237,7 @@ impl Registration {
                 };
                 let ttl = Duration::from_secs(registered.ttl_secs.into());
                 self.answered = true;
-                self.tries = 0;
+                self.backoff.reset();
                 self.next_send = Some(now + self.config.keepalive.min(ttl / 2));
                 if self.observed != Some(observed) {
                     self.observed = Some(observed);
@@ -313,19 +313,19 @@ impl Registration {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next_send.is_some_and(|t| t <= now) {
-            if !self.answered && self.tries >= self.config.max_tries {
+            if !self.answered && self.backoff.exhausted() {
                 // Reported once, then retried slowly for as long as the node runs: an
                 // introducer that was down for a while is registered with again.
-                if self.observed.take().is_some() || self.tries == self.config.max_tries {
+                if self.observed.take().is_some() || self.backoff.tries() == self.config.max_tries {
                     self.events.push_back(Event::Unreachable);
                 }
                 self.cookie = 0;
-                self.tries = self.config.max_tries + 1;
+                // The slow retries count as tries too: past `max_tries`, none is reported.
                 self.send_register(now);
                 self.next_send = Some(now + self.config.keepalive);
             } else {
                 if self.answered {
-                    self.tries = 0;
+                    self.backoff.reset();
                 }
                 self.send_register(now);
             }

@@ -97,6 +97,36 @@ fn unanswered_registration_backs_off_reports_once_and_keeps_trying_slowly() {
 }
 
 #[test]
+fn register_retries_at_250_500_1000_2000_4000_ms_and_a_challenge_starts_a_fresh_round() {
+    let start = Instant::now();
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    let mut a = client(&Identity::from_seed(1), start);
+    // (ms since start, what happened), until `until`.
+    let run = |a: &mut Registration, until: Instant| {
+        let mut log = vec![];
+        while let Some(t) = a.poll_timeout().filter(|t| *t <= until) {
+            a.handle_timeout(t);
+            let ms = (t - start).as_millis();
+            log.extend(std::iter::from_fn(|| a.poll_event()).map(|e| (ms, format!("{e:?}"))));
+            log.extend(std::iter::from_fn(|| a.poll_transmit()).map(|t| (ms, format!("{:?}", kind(&t)))));
+        }
+        log.iter().map(|(ms, what)| (*ms, what.split([' ', '(']).next().unwrap().to_owned())).collect::<Vec<_>>()
+    };
+    let r = |ms| (ms, "Register".to_owned());
+    let unreachable = |ms| (ms, "Unreachable".to_owned());
+    // Five tries, the last one waited for in full, then one try per keepalive.
+    let slow = [unreachable(7750), r(7750), r(22_750), r(37_750)];
+    let expected: Vec<_> = [r(0), r(250), r(750), r(1750), r(3750)].into_iter().chain(slow).collect();
+    assert_eq!(run(&mut a, at(40_000)), expected);
+
+    // A challenge in the slow phase: fast tries again, and their end is reported again.
+    a.handle(at(40_000), INTRODUCER.parse().unwrap(), Kind::RegisterChallenge(pb::RegisterChallenge { cookie: 7 }));
+    assert!(matches!(a.poll_transmit().map(|t| kind(&t)), Some(Kind::Register(pb::Register { cookie: 7, .. }))));
+    let expected = [r(40_250), r(40_750), r(41_750), r(43_750), unreachable(47_750), r(47_750)];
+    assert_eq!(run(&mut a, at(50_000)), expected);
+}
+
+#[test]
 fn an_introducer_back_after_an_outage_is_registered_with_again() {
     let now = Instant::now();
     let (mut broker, mut a, a_addr) = alice_and_her_introducer(now);
