@@ -10,6 +10,7 @@
 //! off-path attacker knows the relay's address but not the nonce or the 64-bit circuit id.
 
 use super::sign_request;
+use crate::backoff::Backoff;
 use crate::identity::Identity;
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, RelayRefusedReason};
@@ -129,7 +130,8 @@ pub struct RelayClient {
     request: pb::RelayRequest,
     circuit: Option<u64>,
     state: State,
-    tries: u32,
+    /// Retransmissions while requesting (a state never returned to).
+    backoff: Backoff,
     /// The keepalive period: the configured one, or less if the relay's idle timeout asks.
     keepalive: Duration,
     next_send: Option<Instant>,
@@ -155,6 +157,7 @@ impl RelayClient {
         let request = sign_request(&identity, &peer, nonce, 0);
         let mut client = RelayClient {
             keepalive: config.keepalive,
+            backoff: Backoff::new(config.retransmit).capped(config.max_retransmit),
             config,
             identity,
             socket,
@@ -164,7 +167,6 @@ impl RelayClient {
             request,
             circuit: None,
             state: State::Requesting,
-            tries: 0,
             next_send: None,
             asked: now,
             last_rx: now,
@@ -213,15 +215,12 @@ impl RelayClient {
     fn ask(&mut self, now: Instant) {
         self.transmits.push_back(Transmit::envelope(self.socket, self.relay, Kind::RelayRequest(self.request.clone())));
         self.stats.requests_sent += 1;
-        self.tries += 1;
-        let wait = match self.state {
-            State::Requesting => (self.config.retransmit * 2u32.saturating_pow(self.tries.saturating_sub(1).min(16)))
-                .min(self.config.max_retransmit),
-            State::Waiting => self.config.pending_resend,
-            State::Ready => self.keepalive,
+        self.next_send = match self.state {
+            State::Requesting => Some(self.backoff.next(now)),
+            State::Waiting => Some(now + self.config.pending_resend),
+            State::Ready => Some(now + self.keepalive),
             State::Refused | State::Closed => return,
         };
-        self.next_send = Some(now + wait);
     }
 
     fn finish(&mut self, state: State, event: Event) {
@@ -295,7 +294,6 @@ impl RelayClient {
                     (State::Ready, false) if same_circuit => {}
                     (_, true) => {
                         self.state = State::Ready;
-                        self.tries = 0;
                         self.next_send = Some(now + self.keepalive);
                         self.events.push_back(Event::Ready { circuit: accepted.circuit });
                     }
@@ -307,7 +305,6 @@ impl RelayClient {
                             self.asked = now;
                         }
                         self.state = State::Waiting;
-                        self.tries = 0;
                         self.next_send = Some(now + self.config.pending_resend);
                     }
                 }
