@@ -5,6 +5,7 @@
 //! seed's PeerId, every address it listens on (the RFC 5780 alternates among them) and
 //! where it saw us — enough to start NAT probing and register.
 
+use introducer_actors::backoff::Backoff;
 use introducer_actors::driver::Protocol;
 use introducer_actors::socket::{Inbound, Payload};
 use introducer_actors::{SocketId, Transmit};
@@ -73,7 +74,8 @@ pub struct Join {
     seeds: Vec<SocketAddr>,
     answers: BTreeMap<SocketAddr, Seed>,
     started: Instant,
-    tries: u32,
+    /// Hello rounds so far, and the wait after the next one.
+    backoff: Backoff,
     next_send: Option<Instant>,
     first_answer: Option<Instant>,
     transmits: Vec<Transmit>,
@@ -85,11 +87,11 @@ pub struct Join {
 impl Join {
     pub fn new(config: Config, seeds: Vec<SocketAddr>, now: Instant) -> Self {
         Join {
+            backoff: Backoff::new(config.retransmit).give_up_after(config.max_tries),
             config,
             seeds,
             answers: BTreeMap::new(),
             started: now,
-            tries: 0,
             next_send: Some(now),
             first_answer: None,
             transmits: Vec::new(),
@@ -129,15 +131,11 @@ impl Join {
         self.next_send = None;
         self.result = Some(if self.answers.is_empty() {
             let tried = self.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
-            Err(BootstrapError::Unreachable { tried, tries: self.tries, waited: self.waited() })
+            Err(BootstrapError::Unreachable { tried, tries: self.backoff.tries(), waited: self.backoff.waited() })
         } else {
             // Seed order is the user's order of preference.
             Ok(self.seeds.iter().filter_map(|s| self.answers.get(s).cloned()).collect())
         });
-    }
-
-    fn waited(&self) -> Duration {
-        (0..self.tries).map(|i| self.config.retransmit * 2u32.pow(i)).sum()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -148,14 +146,11 @@ impl Join {
             return self.finish();
         }
         if self.next_send.is_some_and(|t| now >= t) {
-            if self.tries == self.config.max_tries {
-                return self.finish();
-            }
+            let Some(next) = self.backoff.retry(now) else { return self.finish() };
             for &seed in self.seeds.iter().filter(|s| !self.answers.contains_key(s)) {
                 self.transmits.push(Transmit::envelope(SocketId::PRIMARY, seed, Kind::Hello(hello())));
             }
-            self.next_send = Some(now + self.config.retransmit * 2u32.pow(self.tries));
-            self.tries += 1;
+            self.next_send = Some(next);
         }
     }
 
@@ -390,8 +385,10 @@ mod tests {
         while let Some(t) = silent.poll_timeout() {
             silent.handle_timeout(t);
         }
-        let Some(Err(BootstrapError::Unreachable { tries, .. })) = silent.result() else { panic!() };
+        let Some(Err(BootstrapError::Unreachable { tries, waited, .. })) = silent.result() else { panic!() };
         assert_eq!(*tries, Config::default().max_tries);
+        assert_eq!(*waited, Duration::from_millis(250 + 500 + 1000 + 2000));
+        assert_eq!(silent.poll_timeout(), None);
     }
 
     fn server_info(src: SocketAddr, now: Instant) -> Inbound {
