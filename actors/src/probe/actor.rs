@@ -12,11 +12,12 @@
 
 use super::lifetime::{ASKER, KEEPER};
 use super::{Lifetime, LifetimeReport, LocalSockets, Probe, ProbeConfig, ProbeError, Responder};
+use crate::bucket::TokenBucket;
 use crate::driver::{MachineActor, Protocol};
 use crate::nat::NatReport;
 use crate::socket::{Inbound, Payload};
 use crate::{Machine, SocketId, Transmit};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -44,26 +45,20 @@ const TRACKED_SOURCES: usize = 4096;
 /// A token bucket per source IP.
 #[derive(Debug, Default)]
 struct AnswerBudget {
-    by_ip: HashMap<IpAddr, (f64, Instant)>,
+    by_ip: BTreeMap<IpAddr, TokenBucket>,
 }
 
 impl AnswerBudget {
     fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         if self.by_ip.len() >= TRACKED_SOURCES && !self.by_ip.contains_key(&ip) {
             let idle = Duration::from_secs_f64(ANSWER_BURST / ANSWERS_PER_SEC);
-            self.by_ip.retain(|_, (_, seen)| now.saturating_duration_since(*seen) < idle);
+            self.by_ip.retain(|_, bucket| now.saturating_duration_since(bucket.refilled()) < idle);
             if self.by_ip.len() >= TRACKED_SOURCES {
                 return false;
             }
         }
-        let (tokens, seen) = self.by_ip.entry(ip).or_insert((ANSWER_BURST, now));
-        *tokens = (*tokens + now.saturating_duration_since(*seen).as_secs_f64() * ANSWERS_PER_SEC).min(ANSWER_BURST);
-        *seen = now;
-        if *tokens < 1.0 {
-            return false;
-        }
-        *tokens -= 1.0;
-        true
+        let bucket = self.by_ip.entry(ip).or_insert_with(|| TokenBucket::full(ANSWERS_PER_SEC, ANSWER_BURST, now));
+        bucket.try_take(now, 1.0)
     }
 }
 
