@@ -10,6 +10,7 @@
 //! make, so circuits for made-up pairs would let one host take every slot.
 
 use super::{reason_text, requester_key, verify_request, MAX_NONCE, MIN_NONCE};
+use crate::bucket::TokenBucket;
 use crate::cookie::Cookies;
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, RelayRefusedReason};
@@ -133,31 +134,13 @@ pub enum Event {
     Refused { peer: PeerId, reason: RelayRefusedReason },
 }
 
-/// A token bucket; time is passed in.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    pub(crate) fn full(burst: f64, now: Instant) -> Self {
-        Bucket { tokens: burst, at: now }
-    }
-
-    fn refill(&mut self, now: Instant, rate: f64, burst: f64) {
-        self.tokens = (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(burst);
-        self.at = self.at.max(now);
-    }
-}
-
 #[derive(Debug)]
 struct Side {
     addr: SocketAddr,
     socket: SocketId,
     last_seen: Instant,
-    packets: Bucket,
-    bytes: Bucket,
+    packets: TokenBucket,
+    bytes: TokenBucket,
     last_refusal: Option<Instant>,
 }
 
@@ -205,7 +188,7 @@ pub struct Relay {
     introduced: HashMap<CircuitKey, Instant>,
     introduced_order: VecDeque<(Instant, CircuitKey)>,
     pending: usize,
-    total: Bucket,
+    total: TokenBucket,
     next_sweep: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -218,7 +201,7 @@ impl Relay {
         config.bytes_burst = config.bytes_burst.max(MAX_DATAGRAM as f64);
         config.packets_burst = config.packets_burst.max(1.0);
         config.total_bytes_burst = config.total_bytes_burst.max(MAX_DATAGRAM as f64);
-        let total = Bucket::full(config.total_bytes_burst, now);
+        let total = TokenBucket::full(config.total_bytes_per_sec, config.total_bytes_burst, now);
         Relay {
             serving: true,
             cookies: Cookies::new(b"introducer/relay", &mut rng, now, config.cookie_period),
@@ -358,8 +341,8 @@ impl Relay {
             addr: src,
             socket,
             last_seen: now,
-            packets: Bucket::full(self.config.packets_burst, now),
-            bytes: Bucket::full(self.config.bytes_burst, now),
+            packets: TokenBucket::full(self.config.packets_per_sec, self.config.packets_burst, now),
+            bytes: TokenBucket::full(self.config.bytes_per_sec, self.config.bytes_burst, now),
             last_refusal: None,
         }
     }
@@ -496,12 +479,12 @@ impl Relay {
         let config = &self.config;
         let side = circuit.sides[i].as_mut().expect("side_at found it");
         side.last_seen = now;
-        side.packets.refill(now, config.packets_per_sec, config.packets_burst);
-        side.bytes.refill(now, config.bytes_per_sec, config.bytes_burst);
-        self.total.refill(now, config.total_bytes_per_sec, config.total_bytes_burst);
+        // All three are checked before any is charged: data dropped costs no budget.
+        let (packets, bytes, total) =
+            (side.packets.available(now), side.bytes.available(now), self.total.available(now));
         let len = data.payload.len() as f64;
-        let over_direction = side.packets.tokens < 1.0 || side.bytes.tokens < len;
-        if over_direction || self.total.tokens < len {
+        let over_direction = packets < 1.0 || bytes < len;
+        if over_direction || total < len {
             if over_direction {
                 self.stats.dropped_rate_limited += 1;
             } else {
@@ -515,9 +498,9 @@ impl Relay {
             }
             return;
         }
-        side.packets.tokens -= 1.0;
-        side.bytes.tokens -= len;
-        self.total.tokens -= len;
+        side.packets.take(1.0);
+        side.bytes.take(len);
+        self.total.take(len);
         self.stats.forwarded_packets += 1;
         self.stats.forwarded_bytes += data.payload.len() as u64;
         self.send(to.0, to.1, Kind::RelayDeliver(data));
