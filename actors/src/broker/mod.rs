@@ -12,6 +12,7 @@
 //! other peer gets the introduction again with that address, so it predicts from where
 //! the NAT's port counter stands now.
 
+use crate::bucket::TokenBucket;
 use crate::cookie::{introduction_mac, Cookies};
 use crate::identity::{verify_new_mapping, verify_record, VerifiedRecord};
 use crate::{SocketId, Transmit};
@@ -96,9 +97,8 @@ struct Registration {
     expires: Instant,
     /// The cookie it proved its address with: the key of the introductions it receives.
     cookie: u64,
-    /// Token bucket for introduction requests.
-    tokens: f64,
-    refilled: Instant,
+    /// Introduction requests it may still make.
+    introductions: TokenBucket,
     /// The last introductions this peer asked for. A repeat gets the same nonce, so the
     /// target's copy can be lost without orphaning the punch.
     recent: VecDeque<Recent>,
@@ -226,12 +226,15 @@ impl Broker {
             self.stats.replaced += 1;
         }
         let expires = now + self.config.registration_ttl;
-        let (tokens, refilled, recent) = match self.by_peer.get_mut(&peer) {
-            Some(r) => (r.tokens, r.refilled, std::mem::take(&mut r.recent)),
-            None => (self.config.introduction_burst, now, VecDeque::new()),
+        let (introductions, recent) = match self.by_peer.get_mut(&peer) {
+            Some(r) => (r.introductions, std::mem::take(&mut r.recent)),
+            None => {
+                let (rate, burst) = (self.config.introductions_per_sec, self.config.introduction_burst);
+                (TokenBucket::full(rate, burst, now), VecDeque::new())
+            }
         };
         let cookie = register.cookie;
-        let registration = Registration { addr: src, socket, record, cookie, expires, tokens, refilled, recent };
+        let registration = Registration { addr: src, socket, record, cookie, expires, introductions, recent };
         if let Some(old) = self.by_peer.insert(peer, registration) {
             if old.addr != src {
                 self.by_addr.remove(&old.addr);
@@ -250,15 +253,11 @@ impl Broker {
             self.stats.dropped_unregistered += 1;
             return;
         };
-        let (rate, burst) = (self.config.introductions_per_sec, self.config.introduction_burst);
         let reg = self.by_peer.get_mut(&requester).expect("by_addr and by_peer agree");
-        reg.tokens = (reg.tokens + now.saturating_duration_since(reg.refilled).as_secs_f64() * rate).min(burst);
-        reg.refilled = now;
-        if reg.tokens < 1.0 {
+        if !reg.introductions.try_take(now, 1.0) {
             self.stats.dropped_rate_limited += 1;
             return;
         }
-        reg.tokens -= 1.0;
         let target = PeerId::from_bytes(&request.target).ok();
         let Some(target) = target.filter(|t| self.by_peer.contains_key(t)) else {
             self.stats.unknown_target += 1;
