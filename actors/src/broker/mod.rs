@@ -20,7 +20,7 @@ use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
 use rand::Rng;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -128,7 +128,8 @@ pub struct Broker {
     serving: bool,
     cookies: Cookies,
     rng: StdRng,
-    by_peer: HashMap<PeerId, Registration>,
+    /// Ordered, so that expiry sweeps report in the same order on every run.
+    by_peer: BTreeMap<PeerId, Registration>,
     by_addr: HashMap<SocketAddr, PeerId>,
     /// The requester of each remembered introduction, by nonce.
     by_nonce: HashMap<[u8; 16], PeerId>,
@@ -147,7 +148,7 @@ impl Broker {
             cookies: Cookies::new(b"introducer/register", &mut rng, now, config.cookie_period),
             config,
             rng,
-            by_peer: HashMap::new(),
+            by_peer: BTreeMap::new(),
             by_addr: HashMap::new(),
             by_nonce: HashMap::new(),
             next_sweep: None,

@@ -8,7 +8,7 @@ use crate::identity::{verify_record, VerifiedRecord};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -125,7 +125,8 @@ pub struct Registration {
     backoff: Backoff,
     next_send: Option<Instant>,
     answered: bool,
-    pending: HashMap<u64, Pending>,
+    /// Ordered, so that resends and failures go out in the same order on every run.
+    pending: BTreeMap<u64, Pending>,
     /// Requests settled lately: repeats of their introduction may still be on the way.
     settled: VecDeque<u64>,
     next_request_id: u64,
@@ -152,7 +153,7 @@ impl Registration {
             observed: None,
             next_send: Some(now),
             answered: false,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             settled: VecDeque::new(),
             next_request_id: 1,
             transmits: VecDeque::new(),

@@ -18,7 +18,7 @@ use introducer_proto::MAX_DATAGRAM;
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
 use rand::Rng;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -180,7 +180,8 @@ pub struct Relay {
     serving: bool,
     cookies: Cookies,
     rng: StdRng,
-    circuits: HashMap<u64, Circuit>,
+    /// Ordered, so that expiry sweeps close circuits in the same order on every run.
+    circuits: BTreeMap<u64, Circuit>,
     by_key: HashMap<CircuitKey, u64>,
     per_peer: HashMap<PeerId, usize>,
     /// Introductions this node made, for which circuits may be created, and when (oldest
@@ -207,7 +208,7 @@ impl Relay {
             cookies: Cookies::new(b"introducer/relay", &mut rng, now, config.cookie_period),
             config,
             rng,
-            circuits: HashMap::new(),
+            circuits: BTreeMap::new(),
             by_key: HashMap::new(),
             per_peer: HashMap::new(),
             introduced: HashMap::new(),
