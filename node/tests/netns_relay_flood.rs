@@ -69,7 +69,7 @@ impl RelayLab {
 
     /// `introducer run` on `host`, registered with A; returns it and its PeerId.
     fn peer(&self, host: &Host) -> (LabChild, String) {
-        let mut node = host.introducer(&["run", "--bootstrap", &self.std.bootstrap()]);
+        let mut node = host.introducer(&["run", "--bootstrap", &self.std.bootstrap(), "--stats-every", STATS_EVERY]);
         let ready = node.wait_json(|v| v["event"] == "ready", WAIT);
         node.wait_json(|v| v["event"] == "registered", WAIT);
         (node, ready["peer_id"].as_str().expect("ready carries peer_id").to_owned())
@@ -236,7 +236,8 @@ fn flood(name: &str, relay_args: &[&str], config: RelayConfig, line_len: usize, 
     // (seconds since t0, flood seq) of every flood line the receiver printed.
     let mut arrivals: Vec<(f64, u64)> = Vec::new();
     let mut markers_in = 0;
-    let kernel_before = udp_snmp(&lab.std.a);
+    // Datagrams the relay's kernel drops for a full socket buffer.
+    let kernel_before = udp_snmp(&lab.std.a)["RcvbufErrors"];
     let (report, ping, ping_done) = std::thread::scope(|s| {
         let writer = s.spawn(|| pump(stdin, line_len, flood_rate, duration, t0, &marker_seen));
         // The third pair gets introduced, relayed and pings while the flood runs.
@@ -272,30 +273,40 @@ fn flood(name: &str, relay_args: &[&str], config: RelayConfig, line_len: usize, 
     let written = report.written;
     let delivered = arrivals.len() as u64;
 
-    // Every flooded line, and every marker, was either forwarded or dropped over the
-    // limit, and the relay counted it. (Session keepalives from the flooder share the
-    // direction and may be dropped too: a few at most in these seconds.)
+    // Every flooded line, and every marker, was either forwarded or dropped over the limit,
+    // and the relay counted it — or the relay's kernel dropped it before the node could
+    // read it (its socket buffer overflows when the machine is busy), and the kernel counted
+    // it. What the relay forwards also holds the other circuit's pings and both circuits'
+    // keepalives: OTHER_TRAFFIC at most in these seconds. (Session keepalives from the
+    // flooder share the direction and may be dropped too.)
+    const OTHER_TRAFFIC: u64 = 20;
     let sent = written + report.markers;
     let through = delivered + markers_in;
+    let kernel_dropped = || udp_snmp(&lab.std.a)["RcvbufErrors"] - kernel_before;
     let accounted = |s: &Stats| {
-        s.since(&before, "relay_dropped_rate_limited") + through >= sent && s.since(&before, "received") >= sent
+        let lost = kernel_dropped();
+        s.since(&before, "relay_dropped_rate_limited") + s.since(&before, "relay_forwarded_packets") + lost >= sent
+            && s.since(&before, "received") + lost >= sent
     };
     let after = match lab.a.try_wait_json(|v| v["event"] == "stats" && accounted(&Stats(v.clone())), WAIT) {
         Ok(v) => Stats(v),
         Err(e) => {
             let last = lab.a.json_lines().into_iter().rev().find(|v| v["event"] == "stats").map(Stats).unwrap();
+            let receiver_stats = receiver.json_lines().into_iter().rev().find(|v| v["event"] == "stats");
             panic!(
                 "the relay never accounted for the flood: sent {sent}, delivered {through}, received +{}, dropped over \
-                 the limit +{}, dropped_overload +{}; kernel UDP counters on the relay {:?}, on the flooder {:?}\n{e}",
+                 the limit +{}, dropped_overload +{}; kernel UDP counters on the relay {:?}, on the flooder {:?}; \
+                 receiver {receiver_stats:?}; relay {}\n{e}",
                 last.since(&before, "received"),
                 last.since(&before, "relay_dropped_rate_limited"),
                 last.since(&before, "dropped_overload"),
                 udp_snmp(&lab.std.a),
                 udp_snmp(&h2),
+                last.0,
             )
         }
     };
-    let kernel_dropped = udp_snmp(&lab.std.a)["RcvbufErrors"] - kernel_before["RcvbufErrors"];
+    let kernel_dropped = kernel_dropped();
     let dropped = after.since(&before, "relay_dropped_rate_limited");
     let forwarded = after.since(&before, "relay_forwarded_packets");
     let flood_secs = (report.flood_end - t0).as_secs_f64();
@@ -331,10 +342,17 @@ fn flood(name: &str, relay_args: &[&str], config: RelayConfig, line_len: usize, 
     );
     let allowed = bucket_bound(&config, longest, report.flood_end - t0);
     assert!(delivered as f64 >= 0.85 * allowed, "delivered {delivered}, the buckets allowed at least {allowed:.0}");
-    // Accounting: what was not delivered was dropped over the limit and counted, and
-    // nothing was lost anywhere else (overloaded mailboxes, send errors).
-    let extra = (dropped + through) as i64 - sent as i64;
-    assert!((0..=3).contains(&extra), "dropped {dropped} + delivered {through} vs sent {sent}");
+    // Accounting: what was not forwarded was dropped over the limit (or by the relay's
+    // kernel) and counted, and nothing was lost anywhere else in the relay (overloaded
+    // mailboxes, send errors).
+    let extra = (dropped + forwarded + kernel_dropped) as i64 - sent as i64;
+    assert!(
+        (0..=OTHER_TRAFFIC as i64).contains(&extra),
+        "dropped {dropped} + forwarded {forwarded} + lost in the kernel {kernel_dropped} vs sent {sent}"
+    );
+    // The receiver got what the relay forwarded, but for what the lab's network lost on the
+    // way under load (seen: a few, never counted by any kernel counter we can read).
+    assert!(through + OTHER_TRAFFIC >= forwarded, "forwarded {forwarded}, delivered {through}");
     assert!(forwarded >= through, "forwarded {forwarded} < delivered {through}");
     assert_eq!(after.since(&before, "dropped_overload"), 0, "{}", after.0);
     assert_eq!(after.since(&before, "send_errors"), 0, "{}", after.0);
