@@ -873,7 +873,8 @@ mod tests {
         let (me, peer) = (Identity::from_seed(1), Identity::from_seed(2));
         registration(&mut c, now, introduced(&me, &peer, &hard));
         assert!(matches!(c.poll_order(), Some(Order::Punch(punch::actor::Command::Start { .. }))));
-        let refused = punch::Event::Refused { peer: peer.peer_id(), initiator: true, why: Unpunchable::BothHard };
+        let why = Unpunchable::BothHard { ours: hard.allocation, theirs: hard.allocation };
+        let refused = punch::Event::Refused { peer: peer.peer_id(), initiator: true, why };
         c.handle_report(now, Report::Punch(refused));
         assert!(matches!(
             c.poll_order(),

@@ -6,7 +6,7 @@
 //! [`Walk::Both`]); any other hard pair is refused at once, so the relay carries it rather
 //! than a punch tried in vain.
 
-use crate::nat::{NatReport, NatType};
+use crate::nat::{Allocation, NatReport, NatType};
 use std::net::{IpAddr, SocketAddr};
 
 /// How the winning path runs.
@@ -133,15 +133,21 @@ pub struct Plan {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unpunchable {
+    /// The two NATs, by how they allocate ports (`None`: probing could not tell).
     #[error(
-        "both sides are behind hard NATs (destination-dependent mapping) and not both sequential: \
-         only a relay connects them"
+        "both sides are behind hard NATs (destination-dependent mapping; ports allocated {} here, {} there), \
+         not both sequential: only a relay connects them",
+        allocation_str(*ours), allocation_str(*theirs)
     )]
-    BothHard,
+    BothHard { ours: Option<Allocation>, theirs: Option<Allocation> },
     #[error("this node is behind a hard NAT but its birthday socket pool is not ready")]
     NoPool,
     #[error("too many punch attempts under way ({0}); try again shortly")]
     Busy(usize),
+}
+
+fn allocation_str(allocation: Option<Allocation>) -> &'static str {
+    allocation.map_or("unknown", Allocation::as_str)
 }
 
 /// Private addresses tried per peer, at most.
@@ -208,7 +214,7 @@ pub fn plan(
     let plan = |strategy, send_first, birthday| Plan { strategy, candidates: vec![public], send_first, birthday };
     let hard = |r: &NatReport| r.nat_type() == NatType::Hard;
     Ok(match strategy(me, peer, me.public_addr.ip() == peer_public.ip()) {
-        Strategy::Relay => return Err(Unpunchable::BothHard),
+        Strategy::Relay => return Err(Unpunchable::BothHard { ours: me.allocation, theirs: peer.allocation }),
         Strategy::Local => {
             // Only private addresses, and few: a record could list anyone's address here.
             let mut candidates: Vec<Candidate> = peer_private

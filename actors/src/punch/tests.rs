@@ -40,7 +40,7 @@ fn plan_follows_the_strategy_table() {
         (Easy, Hard, Ok((Strategy::Birthday, true))),
         (Hard, Easy, Ok((Strategy::Birthday, true))),
         // Random allocation (as `report` says): only a relay; both sequential is below.
-        (Hard, Hard, Err(Unpunchable::BothHard)),
+        (Hard, Hard, Err(Unpunchable::BothHard { ours: Some(Allocation::Random), theirs: Some(Allocation::Random) })),
     ];
     for (mine, theirs, want) in cases {
         let got = plan(&report(a, mine), &report(&b.to_string(), theirs), b, &[]).map(|p| {
@@ -254,7 +254,9 @@ fn two_sequential_sides_walk_each_others_next_ports_one_and_two_apart_in_doublin
     let predict = Some(Prediction { last: 20007, step: -2, walk: Walk::Both });
     assert_eq!(p.birthday, Some(Birthday::Spray { ip: b_public.ip(), predict }));
     let random = NatReport { allocation: Some(Allocation::Random), ..b_nat };
-    assert_eq!(plan(&a_nat, &random, b_public, &[]), Err(Unpunchable::BothHard));
+    let both_hard = Unpunchable::BothHard { ours: a_nat.allocation, theirs: Some(Allocation::Random) };
+    assert_eq!(plan(&a_nat, &random, b_public, &[]), Err(both_hard.clone()));
+    assert!(both_hard.to_string().contains("sequential here, random there"), "{both_hard}");
 
     let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
     // Guesses only, not the proofs to where the introducer saw the peer. The walk waits for
