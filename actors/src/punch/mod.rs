@@ -23,6 +23,7 @@ use crate::{SocketId, Transmit};
 use introducer_proto::frame::encode_envelope;
 use introducer_proto::pb::{self, envelope::Kind};
 use libp2p_identity::PeerId;
+use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -136,6 +137,8 @@ pub struct Stats {
     pub acks: u32,
     pub dropped_bad_proof: u32,
     pub dropped_over_ack_limit: u32,
+    /// Proofs smaller than our answer would be (fields stripped): not answered.
+    pub dropped_short_proof: u32,
     /// Of the probes, those sprayed at guessed ports.
     pub sprayed: u32,
 }
@@ -371,12 +374,16 @@ impl Attempt {
             }
         }
         if punch.ack != Some(true) {
-            // Answered 1:1 whatever the address: same size, and capped per attempt.
-            if self.stats.acks >= self.config.max_acks {
+            // Answered 1:1 whatever the address, capped per attempt, and never larger than
+            // the proof: a captured proof with its optional fields stripped earns nothing.
+            let answer = self.proof_to(src, true);
+            if answer.encoded_len() > punch.encoded_len() {
+                self.stats.dropped_short_proof += 1;
+            } else if self.stats.acks >= self.config.max_acks {
                 self.stats.dropped_over_ack_limit += 1;
             } else {
                 self.stats.acks += 1;
-                let payload = self.frame(src, true);
+                let payload = encode_envelope(&pb::Envelope { kind: Some(Kind::Punch(answer)) });
                 self.transmits.push_back(Transmit { socket, dst: src, payload });
             }
             // Probed from now on, from the socket it reached: an address the introduction
@@ -446,14 +453,19 @@ impl Attempt {
     }
 
     /// Our proof as a datagram for `dst`: its token and our echo of `dst`'s.
-    fn frame(&self, dst: SocketAddr, ack: bool) -> Vec<u8> {
-        let punch = pb::Punch {
+    /// Our proof for `dst`: its path token, and the token it last sent us echoed (every
+    /// field always present, so every proof of ours has the same size).
+    fn proof_to(&self, dst: SocketAddr, ack: bool) -> pb::Punch {
+        pb::Punch {
             ack: Some(ack),
             token: Some(self.token(dst)),
             echo: Some(self.echoes.get(&dst).copied().unwrap_or_default()),
             ..self.proof.clone()
-        };
-        encode_envelope(&pb::Envelope { kind: Some(Kind::Punch(punch)) })
+        }
+    }
+
+    fn frame(&self, dst: SocketAddr, ack: bool) -> Vec<u8> {
+        encode_envelope(&pb::Envelope { kind: Some(Kind::Punch(self.proof_to(dst, ack))) })
     }
 
     fn path_to(&self, addr: SocketAddr) -> Path {

@@ -171,13 +171,34 @@ fn forged_and_replayed_proofs_are_dropped() {
     assert!(p.a.poll_event().is_none());
     assert!(p.a.poll_transmit().is_none());
 
-    // A valid proof replayed many times earns at most max_acks answers.
-    let valid = Identity::from_seed(2).punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), false);
+    // A valid proof (as peers send them: every field present) replayed many times earns
+    // at most max_acks answers, each no larger than the proof.
+    let valid = pb::Punch {
+        token: Some(u64::MAX),
+        echo: Some(u64::MAX),
+        ..Identity::from_seed(2).punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), false)
+    };
     for _ in 0..Config::default().max_acks + 10 {
         p.a.handle_punch(now, SocketId::PRIMARY, "192.0.2.1:9".parse().unwrap(), &valid);
     }
-    assert_eq!(std::iter::from_fn(|| p.a.poll_transmit()).count() as u32, Config::default().max_acks);
+    let answers: Vec<Transmit> = std::iter::from_fn(|| p.a.poll_transmit()).collect();
+    assert_eq!(answers.len() as u32, Config::default().max_acks);
+    let proof_len = frame::encode_envelope(&pb::Envelope { kind: Some(Kind::Punch(valid)) }).len();
+    assert!(answers.iter().all(|a| a.payload.len() <= proof_len), "answers larger than the {proof_len} B proof");
     assert_eq!(p.a.stats().dropped_over_ack_limit, 10);
+}
+
+/// A captured proof with its optional fields stripped is smaller than our answer would be:
+/// it earns no answer at all (the audit saw 1.17× the bytes come back).
+#[test]
+fn a_stripped_proof_earns_no_larger_answer() {
+    let now = Instant::now();
+    let mut p = pair(now, true);
+    let stripped = Identity::from_seed(2).punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), false);
+    assert_eq!((stripped.token, stripped.echo), (None, None));
+    p.a.handle_punch(now, SocketId::PRIMARY, "192.0.2.1:9".parse().unwrap(), &stripped);
+    assert_eq!(p.a.poll_transmit(), None);
+    assert_eq!(p.a.stats().dropped_short_proof, 1);
 }
 
 #[test]
@@ -206,7 +227,11 @@ fn a_later_path_counts_only_once_the_peer_echoes_our_token_from_it() {
     assert!(matches!(p.a.poll_event(), Some(Event::Connected { .. })));
     let other: SocketAddr = "10.0.0.9:2000".parse().unwrap();
     // A valid proof from another address — the peer's, or one replayed by anybody.
-    let late = Identity::from_seed(2).punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), false);
+    let late = pb::Punch {
+        token: Some(7),
+        echo: Some(0),
+        ..Identity::from_seed(2).punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), false)
+    };
     p.a.handle_punch(now, SocketId::PRIMARY, other, &late);
     assert_eq!(p.a.poll_event(), None, "an unproven address is not a path");
     let answer = punch_of(&p.a.poll_transmit().expect("answered 1:1"));
