@@ -229,10 +229,14 @@ impl Responder {
         };
 
         let observed = canonical(src);
+        // Only addresses of the client's family: an IPv4 client (IPv4-mapped on a dual-stack
+        // IPv6 socket) cannot use the server's IPv6 addresses, and they would swell the
+        // answer past the IPv4 bound (100 bytes for a 20-byte request, not 76).
+        let same_family = |a: &SocketAddr| a.is_ipv4() == observed.is_ipv4();
         let mut response = Message {
             mapped_address: Some(observed),
-            response_origin: Some(self.layout.addr_at(to_ip, to_port)),
-            other_address: self.layout.other_address(socket),
+            response_origin: Some(self.layout.addr_at(to_ip, to_port)).filter(same_family),
+            other_address: self.layout.other_address(socket).filter(same_family),
             ..Message::binding_success(tid, observed)
         };
         if request.padding > 0 {
@@ -417,6 +421,22 @@ mod tests {
         let t = r.respond(S00, a("[::ffff:203.0.113.7]:40000"), &request(11, None, 0)).unwrap();
         assert_eq!(t.dst, a("[::ffff:203.0.113.7]:40000"));
         assert_eq!(decode(&t).xor_mapped_address, Some(a(CLIENT)));
+    }
+
+    /// An IPv4 client of a dual-stack IPv6 server gets an IPv4-sized answer: the server's
+    /// IPv6 addresses are of no use to it (the audit saw 100 bytes for 20).
+    #[test]
+    fn ipv4_mapped_clients_of_an_ipv6_server_get_no_more_than_the_ipv4_bound() {
+        let layout = Layout::rfc5780(a("[2001:db8::1]:3478"), a("[2001:db8::2]:3479"), [S00, S01, S10, S11]).unwrap();
+        let r = Responder::new(layout);
+        let bare = request(13, None, 0);
+        let t = r.respond(S00, a("[::ffff:203.0.113.7]:40000"), &bare).unwrap();
+        assert!(t.payload.len() <= full_answer_len(false), "{} bytes for {}", t.payload.len(), bare.len());
+        let m = decode(&t);
+        assert_eq!((m.xor_mapped_address, m.other_address, m.response_origin), (Some(a(CLIENT)), None, None));
+        // Native IPv6 clients still learn the other address.
+        let t = r.respond(S00, a("[2001:db8:9::7]:40000"), &bare).unwrap();
+        assert_eq!(decode(&t).other_address, Some(a("[2001:db8::2]:3479")));
     }
 
     #[test]
