@@ -5,7 +5,10 @@
 //!
 //! T doubles from [`FIRST_TEST`] while mappings survive, up to [`LONGEST_TEST`] (keepalives
 //! every 15 s need to know no more); once one dies it halves, down to [`SHORTEST_TEST`],
-//! until one survives. The node then keeps its mappings alive within what survived.
+//! until one survives. The node then keeps its mappings alive within what survived. A
+//! mapping counts as dead only if it dies twice at the same T: once could be a NAT that
+//! forgot everything (`conntrack -F`) or a server that went away, and a server that went
+//! away answers the fresh mapping no more, which ends the measurement with no finding.
 
 use crate::backoff::Backoff;
 use crate::{Machine, SocketId, Transmit};
@@ -73,6 +76,9 @@ pub struct Lifetime {
     /// The request in flight: its id, transmissions so far, when to retransmit.
     txn: Option<(TransactionId, Backoff, Instant)>,
     out: VecDeque<Transmit>,
+    /// The last ask at this idle time went unanswered: one dead test may be a NAT that was
+    /// flushed or a server that went away, so the same idle time is tested once more.
+    confirming: bool,
     /// False when the server stopped answering X: nothing was learned.
     pub gave_up: bool,
 }
@@ -87,6 +93,7 @@ impl Lifetime {
             report: LifetimeReport { at_least: None, below: None },
             txn: None,
             out: VecDeque::new(),
+            confirming: false,
             gave_up: false,
         };
         lifetime.send(now);
@@ -118,6 +125,7 @@ impl Lifetime {
     /// The test of `self.test` is over: on to the next idle time, or done.
     fn concluded(&mut self, now: Instant, survived: bool) {
         let t = self.test;
+        self.confirming = false;
         if survived {
             self.report.at_least = Some(t);
         } else {
@@ -174,6 +182,14 @@ impl Machine for Lifetime {
         }
         match self.step {
             _ if !backoff.exhausted() => self.send(now),
+            // The same idle time again, from a fresh mapping: if the server is gone, the
+            // new mapping gets no answer either and nothing is concluded.
+            Step::Ask { .. } if !self.confirming => {
+                self.confirming = true;
+                self.txn = None;
+                self.step = Step::Map;
+                self.send(now);
+            }
             Step::Ask { .. } => self.concluded(now, false),
             _ => {
                 self.gave_up = true;
@@ -204,24 +220,40 @@ mod tests {
     /// Plays the server and a NAT whose mappings live `lifetime`: answers X's requests, and
     /// Y's asks only when X has sent within `lifetime`.
     fn measure(lifetime: Duration) -> (Option<LifetimeReport>, Duration) {
+        measure_in(lifetime, None, None)
+    }
+
+    /// ...where, besides, the server answers nothing from `server_gone` on, and the NAT
+    /// forgets X's mapping just before the ask datagram number `flushed_at_ask` (from 0).
+    fn measure_in(
+        lifetime: Duration,
+        server_gone: Option<Duration>,
+        flushed_at_ask: Option<u32>,
+    ) -> (Option<LifetimeReport>, Duration) {
         let server: SocketAddr = SERVER.parse().unwrap();
         let mapped: SocketAddr = "203.0.113.5:40000".parse().unwrap();
         let start = Instant::now();
         let mut now = start;
         let mut l = Lifetime::new(server, now, 1);
-        let mut x_sent = now;
+        let (mut x_sent, mut asks, mut flushed) = (now, 0, false);
         for _ in 0..10_000 {
             while let Some(t) = l.poll_transmit() {
+                if server_gone.is_some_and(|gone| now - start >= gone) {
+                    continue;
+                }
                 let request = Message::decode(&t.payload).unwrap();
                 let answer = Message::binding_success(request.transaction_id, mapped).encode();
                 match t.socket {
                     KEEPER => {
-                        x_sent = now;
+                        (x_sent, flushed) = (now, false);
                         l.handle_datagram(now, KEEPER, server, &answer);
                     }
                     _ => {
                         assert_eq!(request.response_port, Some(mapped.port()));
-                        if now - x_sent < lifetime {
+                        // Gone until X maps itself again.
+                        flushed |= flushed_at_ask == Some(asks);
+                        asks += 1;
+                        if now - x_sent < lifetime && !flushed {
                             l.handle_datagram(now, KEEPER, server, &answer);
                         }
                     }
@@ -232,6 +264,19 @@ mod tests {
             l.handle_timeout(now);
         }
         (l.result(), now - start)
+    }
+
+    /// A NAT flushed once during the tests, or a server that goes away mid-way, must not
+    /// leave the node with a short keepalive for good (the audit saw 3 s for life).
+    #[test]
+    fn a_flushed_nat_or_a_vanished_server_does_not_shorten_the_lifetime() {
+        let s = Duration::from_secs;
+        let long_lived = Some(LifetimeReport { at_least: Some(s(32)), below: None });
+        assert_eq!(measure_in(s(120), None, Some(1)).0, long_lived, "one flush is confirmed away");
+        assert_eq!(measure_in(s(120), Some(s(10)), None).0, None, "the server went away: no finding");
+        // A NAT that really forgets after 3 s still says so.
+        let short = Some(LifetimeReport { at_least: Some(s(2)), below: Some(s(4)) });
+        assert_eq!(measure_in(s(3), None, Some(0)).0, short);
     }
 
     #[test]
