@@ -190,9 +190,22 @@ const MAX_PROVEN: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Punching,
-    Connected { until: Instant },
+    /// Lingering to acknowledge the peer's proofs until `until`; the proof that lets the
+    /// peer trust the winning path goes `via` it `resends` more times, the next at `next`.
+    Connected {
+        until: Instant,
+        via: Target,
+        resends: u32,
+        next: Instant,
+    },
     Done,
 }
+
+/// Copies of the path-proving proof after the first, 100, 200 and 400 ms apart: one lost
+/// datagram (a socket buffer overflowing under a birthday burst, say) must not leave the
+/// peer punching on toward another path of ours.
+const REPROOFS: u32 = 3;
+const FIRST_REPROOF: Duration = Duration::from_millis(100);
 
 pub struct Attempt {
     config: Config,
@@ -472,8 +485,9 @@ impl Attempt {
         self.targets.iter().find(|t| t.addr == addr).map_or(Path::Direct, |t| t.path)
     }
 
-    fn connect(&mut self, now: Instant, Target { socket, addr: remote, path }: Target) {
-        self.state = State::Connected { until: now + self.config.linger };
+    fn connect(&mut self, now: Instant, via @ Target { socket, addr: remote, path }: Target) {
+        let until = now + self.config.linger;
+        self.state = State::Connected { until, via, resends: REPROOFS, next: now + FIRST_REPROOF };
         self.events.push_back(Event::Connected {
             peer: self.peer,
             socket,
@@ -524,7 +538,12 @@ impl Attempt {
                     self.next_pool_send = now + self.config.pool_refresh;
                 }
             }
-            State::Connected { until } if now >= until => self.state = State::Done,
+            State::Connected { until, .. } if now >= until => self.state = State::Done,
+            State::Connected { until, via, resends, next } if resends > 0 && now >= next => {
+                self.send_proof(via.socket, via.addr);
+                let next = now + FIRST_REPROOF * 2u32.pow(REPROOFS - resends + 1);
+                self.state = State::Connected { until, via, resends: resends - 1, next };
+            }
             _ => {}
         }
     }
@@ -567,7 +586,7 @@ impl Attempt {
                 let others = [self.next_send, self.started + self.config.timeout];
                 grace.into_iter().chain(pool).chain(spray).chain(others).min()
             }
-            State::Connected { until } => Some(until),
+            State::Connected { until, resends, next, .. } => Some(if resends > 0 { next.min(until) } else { until }),
             State::Done => None,
         }
     }

@@ -445,3 +445,26 @@ fn the_strategy_table_is_designs() {
     assert_eq!(strategy(&report(Some(B::SYMMETRIC_RANDOM)), &full_cone, true), Strategy::Local);
     assert_eq!(strategy(&report(None), &report(None), true), D, "two public hosts on one IP need no LAN");
 }
+
+/// The proof that lets the peer trust our winning path is sent again when it is lost (the
+/// real-NAT grid saw a birthday burst overflow the peer's socket buffer): the peer then
+/// connects over the path we chose, not over one it finds later by itself.
+#[test]
+fn a_lost_path_proving_proof_is_sent_again() {
+    let now = Instant::now();
+    let mut p = pair(now, false);
+    p.a.handle_timeout(now);
+    let probe = p.a.poll_transmit().expect("a's first proof");
+    p.b.handle_punch(now, SocketId::PRIMARY, p.a_addr, &punch_of(&probe));
+    let ack = p.b.poll_transmit().expect("b acknowledges");
+    p.a.handle_punch(now, SocketId::PRIMARY, p.b_addr, &punch_of(&ack));
+    assert!(matches!(p.a.poll_event(), Some(Event::Connected { .. })));
+    let lost = p.a.poll_transmit().expect("the proof that proves the path to b");
+    assert_eq!(lost.dst, p.b_addr);
+    let again = p.a.poll_timeout().expect("a copy is due");
+    assert!(again < now + Config::default().linger, "the copy comes long before the linger ends");
+    p.a.handle_timeout(again);
+    deliver(again, &mut p);
+    let Some(Event::Connected { remote, .. }) = p.b.poll_event() else { panic!("b not connected") };
+    assert_eq!(remote, p.a_addr);
+}
