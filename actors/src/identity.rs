@@ -37,6 +37,8 @@ pub enum SignatureError {
     PeerMismatch,
     #[error("signed content is malformed")]
     Malformed,
+    #[error("record exceeds its bounds (size or private addresses)")]
+    Oversized,
 }
 
 impl Identity {
@@ -130,13 +132,54 @@ pub struct VerifiedRecord {
     pub signed: pb::SignedPeerRecord,
 }
 
-/// Checks that a record was signed by the key it carries and names that key's PeerId.
+/// Private addresses a record may list: a punch tries at most four (`MAX_PRIVATE` in
+/// `punch/plan.rs`), so more would only cost whoever stores or relays the record.
+pub const MAX_PRIVATE_ADDRS: usize = 4;
+
+/// The largest encoded [`pb::SignedPeerRecord`] accepted, so that what an introducer keeps
+/// per registration is not the registrant's choice. An honest record at its largest (four
+/// IPv6 private addresses, a full NAT report with an IPv6 public address) takes, in bytes
+/// (tag + length + content for each field):
+///
+/// ```text
+/// Addr, IPv6:    ip 1+1+16, port 1+3 (65535)                               = 22
+/// NatReport:     no_nat, mapping, filtering, allocation 4 × 2,
+///                allocation_step 1+5 (sint32), public_addr 1+1+22           = 38
+/// PeerRecord:    peer_id 1+1+38, private_addrs 4 × (1+1+22),
+///                nat 1+1+38, issued_ms 1+10 (u64)                           = 187
+/// signed:        public_key 1+1+36, record 1+2+187, signature 1+1+64        = 294
+/// ```
+///
+/// 320 leaves room for a small field added later. Scalars are fixed-size by type (a
+/// varint is at most 10 bytes), so this and the address bounds bound every field.
+pub const MAX_SIGNED_RECORD: usize = 320;
+
+/// The bounds on a record, checked before its signature (they are cheap, a signature is
+/// not): its size, its private addresses' count, and every address 4 or 16 bytes and a
+/// 16-bit port.
+fn bounded_record(signed: &pb::SignedPeerRecord) -> Result<pb::PeerRecord, SignatureError> {
+    if signed.encoded_len() > MAX_SIGNED_RECORD {
+        return Err(SignatureError::Oversized);
+    }
+    let record = pb::PeerRecord::decode(&signed.record[..]).map_err(|_| SignatureError::Malformed)?;
+    if record.private_addrs.len() > MAX_PRIVATE_ADDRS {
+        return Err(SignatureError::Oversized);
+    }
+    let public = record.nat.as_ref().and_then(|nat| nat.public_addr.as_ref());
+    if record.private_addrs.iter().chain(public).any(|a| std::net::SocketAddr::try_from(a).is_err()) {
+        return Err(SignatureError::Malformed);
+    }
+    Ok(record)
+}
+
+/// Checks that a record keeps within its bounds ([`MAX_SIGNED_RECORD`],
+/// [`MAX_PRIVATE_ADDRS`]), was signed by the key it carries and names that key's PeerId.
 pub fn verify_record(signed: &pb::SignedPeerRecord) -> Result<VerifiedRecord, SignatureError> {
+    let record = bounded_record(signed)?;
     let key = decode_key(&signed.public_key)?;
     if !key.verify(&[RECORD_DOMAIN, &signed.record].concat(), &signed.signature) {
         return Err(SignatureError::BadSignature);
     }
-    let record = pb::PeerRecord::decode(&signed.record[..]).map_err(|_| SignatureError::Malformed)?;
     let peer_id = key.to_peer_id();
     if record.peer_id[..] != peer_id.to_bytes()[..] {
         return Err(SignatureError::PeerMismatch);
@@ -181,6 +224,52 @@ mod tests {
         let mut stolen = signed;
         stolen.public_key = mallory.sign_record(Default::default()).public_key;
         assert_eq!(verify_record(&stolen), Err(SignatureError::BadSignature));
+    }
+
+    /// The largest record an honest node signs: four IPv6 private addresses and a NAT
+    /// report with every field at its widest.
+    fn largest_honest_record() -> pb::PeerRecord {
+        let v6 = |n: u16| -> pb::Addr { std::net::SocketAddr::new([0xfd00, 0, 0, 0, 0, 0, 0, n].into(), 65535).into() };
+        let nat = pb::NatReport {
+            no_nat: true,
+            mapping: pb::Mapping::AddressAndPortDependent as i32,
+            filtering: pb::Filtering::AddressAndPortDependent as i32,
+            allocation: pb::Allocation::Random as i32,
+            allocation_step: i32::MIN,
+            public_addr: Some(v6(0xffff)),
+        };
+        pb::PeerRecord {
+            peer_id: Default::default(),
+            private_addrs: (1..=4).map(v6).collect(),
+            nat: Some(nat),
+            issued_ms: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn an_honest_record_at_its_largest_fits_the_bound() {
+        let signed = Identity::from_seed(1).sign_record(largest_honest_record());
+        assert_eq!(signed.encoded_len(), 294, "the arithmetic in MAX_SIGNED_RECORD's comment");
+        assert!(signed.encoded_len() <= MAX_SIGNED_RECORD);
+        assert_eq!(verify_record(&signed).unwrap().record.private_addrs.len(), MAX_PRIVATE_ADDRS);
+    }
+
+    #[test]
+    fn oversized_and_malformed_records_are_refused_though_signed() {
+        let alice = Identity::from_seed(1);
+        // The audit's record: 533 empty private addresses, validly signed.
+        let padded = pb::PeerRecord { private_addrs: vec![pb::Addr::default(); 533], ..Default::default() };
+        assert_eq!(verify_record(&alice.sign_record(padded)), Err(SignatureError::Oversized));
+
+        let mut five = largest_honest_record();
+        five.nat = None;
+        five.private_addrs.push(five.private_addrs[0].clone());
+        let five = alice.sign_record(five);
+        assert!(five.encoded_len() <= MAX_SIGNED_RECORD, "refused for its count, not its size");
+        assert_eq!(verify_record(&five), Err(SignatureError::Oversized));
+
+        let empty_addr = pb::PeerRecord { private_addrs: vec![pb::Addr::default()], ..Default::default() };
+        assert_eq!(verify_record(&alice.sign_record(empty_addr)), Err(SignatureError::Malformed));
     }
 
     #[test]

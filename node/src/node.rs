@@ -362,6 +362,7 @@ impl NodeActor {
                     ("broker_introduced", b.introduced),
                     ("broker_unknown_target", b.unknown_target),
                     ("broker_dropped_bad_signature", b.dropped_bad_signature),
+                    ("broker_dropped_oversized", b.dropped_oversized),
                     ("broker_dropped_unregistered", b.dropped_unregistered),
                     ("broker_dropped_rate_limited", b.dropped_rate_limited),
                     ("broker_dropped_not_serving", b.dropped_not_serving),

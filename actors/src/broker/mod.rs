@@ -11,17 +11,28 @@
 //! A peer behind a sequential NAT may then show a new mapping ([`pb::NewMapping`]): the
 //! other peer gets the introduction again with that address, so it predicts from where
 //! the NAT's port counter stands now.
+//!
+//! What a registration costs the introducer is bounded, not the registrant's choice: a
+//! record is refused beyond [`MAX_SIGNED_RECORD`](crate::identity::MAX_SIGNED_RECORD)
+//! bytes or [`MAX_PRIVATE_ADDRS`](crate::identity::MAX_PRIVATE_ADDRS) private addresses, it
+//! is kept as its encoded bytes, the introductions remembered per peer are a fixed array,
+//! and the tables shrink once registrations lapse: under 1 KiB per registered peer
+//! ([`Broker::memory_per_registration`]), and about 100 B more per introduction it asked
+//! for lately (a nonce-table entry at the table's load).
 
 use crate::bucket::TokenBucket;
 use crate::cookie::{introduction_mac, Cookies};
-use crate::identity::{verify_new_mapping, verify_record, VerifiedRecord};
+use crate::identity::{verify_new_mapping, verify_record, SignatureError};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
+use prost::Message;
 use rand::rngs::StdRng;
 use rand::Rng;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::net::SocketAddr;
+use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
 pub mod actor;
@@ -60,6 +71,9 @@ pub struct Stats {
     pub introduced: u64,
     pub unknown_target: u64,
     pub dropped_bad_signature: u64,
+    /// Records over their bounds (size, private addresses), refused before their signature
+    /// is checked.
+    pub dropped_oversized: u64,
     pub dropped_stale_record: u64,
     pub dropped_unregistered: u64,
     pub dropped_full: u64,
@@ -89,11 +103,39 @@ pub enum Event {
     Expired { peer: PeerId },
 }
 
+/// A registered peer's name in the tables: its ed25519 key. A [`PeerId`] (an identity
+/// multihash of the protobuf-encoded key) takes 80 bytes in memory, room for any
+/// multihash; the tables hold a name per registration, address and remembered
+/// introduction, so they hold the 32 bytes that vary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct PeerKey([u8; 32]);
+
+/// What precedes the key in every ed25519 PeerId: identity multihash of 36 bytes, then the
+/// protobuf key header (type Ed25519, 32 bytes of data).
+const ED25519_PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
+impl PeerKey {
+    /// None for a PeerId of another kind of key: no such peer can register here.
+    fn of(peer: &PeerId) -> Option<PeerKey> {
+        let bytes = peer.to_bytes();
+        bytes.strip_prefix(&ED25519_PEER_ID_PREFIX)?.try_into().ok().map(PeerKey)
+    }
+
+    fn peer_id(&self) -> PeerId {
+        PeerId::from_bytes(&[&ED25519_PEER_ID_PREFIX[..], &self.0].concat()).expect("an ed25519 PeerId")
+    }
+}
+
 #[derive(Debug)]
 struct Registration {
     addr: SocketAddr,
     socket: SocketId,
-    record: VerifiedRecord,
+    /// The encoded signed record, passed on in introductions as it came (its signature
+    /// covers the record's bytes, which stay as signed); at most `MAX_SIGNED_RECORD` bytes.
+    /// Kept encoded, as decoded it would take several allocations.
+    signed: Box<[u8]>,
+    /// The record's signing time: a newer record replaces an older one.
+    issued_ms: u64,
     expires: Instant,
     /// The cookie it proved its address with: the key of the introductions it receives.
     cookie: u64,
@@ -101,18 +143,19 @@ struct Registration {
     introductions: TokenBucket,
     /// The last introductions this peer asked for. A repeat gets the same nonce, so the
     /// target's copy can be lost without orphaning the punch.
-    recent: VecDeque<Recent>,
+    recent: Recents,
 }
 
 /// An introduction, remembered for repeats and new mappings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Recent {
     request_id: u64,
-    target: PeerId,
+    target: PeerKey,
     nonce: [u8; 16],
-    /// New mappings shown for it, by the requester and by the target: introduced in place
-    /// of the registered addresses from then on.
-    moved: [Option<SocketAddr>; 2],
+    /// The ports of new mappings shown for it, by the requester and by the target:
+    /// introduced in place of the registered ports from then on. Only the port, as a new
+    /// mapping is passed on only from the IP its peer registered from.
+    moved: [Option<NonZeroU16>; 2],
     /// New mappings it may still pass on.
     moves_left: u8,
 }
@@ -122,17 +165,50 @@ const RECENT_INTRODUCTIONS: usize = 4;
 /// New mappings passed on per introduction, at most: each sends a peer one datagram.
 const MOVES_PER_INTRODUCTION: u8 = 4;
 
+/// The last [`RECENT_INTRODUCTIONS`] introductions a peer asked for, oldest first: a fixed
+/// array in the registration, so a busy peer costs no more than an idle one.
+#[derive(Debug, Default)]
+struct Recents {
+    list: [Recent; RECENT_INTRODUCTIONS],
+    len: u8,
+}
+
+impl Recents {
+    fn iter(&self) -> impl Iterator<Item = &Recent> {
+        self.list[..self.len as usize].iter()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Recent> {
+        self.list[..self.len as usize].iter_mut()
+    }
+
+    /// Remembers an introduction; returns the oldest when it had to go.
+    fn push(&mut self, recent: Recent) -> Option<Recent> {
+        if self.len as usize == RECENT_INTRODUCTIONS {
+            let oldest = self.list[0];
+            self.list.rotate_left(1);
+            self.list[RECENT_INTRODUCTIONS - 1] = recent;
+            return Some(oldest);
+        }
+        self.list[self.len as usize] = recent;
+        self.len += 1;
+        None
+    }
+}
+
 pub struct Broker {
     config: Config,
     /// Off until the node serves: until then it registers and introduces nobody.
     serving: bool,
     cookies: Cookies,
     rng: StdRng,
-    /// Ordered, so that expiry sweeps report in the same order on every run.
-    by_peer: BTreeMap<PeerId, Registration>,
-    by_addr: HashMap<SocketAddr, PeerId>,
+    /// Boxed, so that a table's spare capacity costs a pointer per slot, not a
+    /// registration. Expiry sweeps sort what they report, so it comes in the same order on
+    /// every run.
+    by_peer: HashMap<PeerKey, Box<Registration>>,
+    by_addr: HashMap<SocketAddr, PeerKey>,
     /// The requester of each remembered introduction, by nonce.
-    by_nonce: HashMap<[u8; 16], PeerId>,
+    by_nonce: HashMap<[u8; 16], PeerKey>,
     /// Expiry is checked in sweeps (every quarter TTL), not per registration, so that
     /// `poll_timeout` stays O(1) with many registrations.
     next_sweep: Option<Instant>,
@@ -148,7 +224,7 @@ impl Broker {
             cookies: Cookies::new(b"introducer/register", &mut rng, now, config.cookie_period),
             config,
             rng,
-            by_peer: BTreeMap::new(),
+            by_peer: HashMap::new(),
             by_addr: HashMap::new(),
             by_nonce: HashMap::new(),
             next_sweep: None,
@@ -164,6 +240,21 @@ impl Broker {
 
     pub fn registrations(&self) -> usize {
         self.by_peer.len()
+    }
+
+    /// The bytes the registrations hold: every table at its capacity (the spare slots
+    /// included), the boxed registrations and their records. Computed from the structures
+    /// as they are, so it shows what they cost and that they shrink when entries go; the
+    /// allocator's own overhead per allocation is not counted.
+    pub fn registration_memory(&self) -> usize {
+        let records: usize = self.by_peer.values().map(|r| size_of::<Registration>() + r.signed.len()).sum();
+        table_bytes(&self.by_peer) + table_bytes(&self.by_addr) + table_bytes(&self.by_nonce) + records
+    }
+
+    /// [`registration_memory`](Self::registration_memory) per registered peer (all of it
+    /// when none is registered).
+    pub fn memory_per_registration(&self) -> usize {
+        self.registration_memory() / self.by_peer.len().max(1)
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -195,9 +286,17 @@ impl Broker {
     }
 
     fn on_register(&mut self, now: Instant, socket: SocketId, src: SocketAddr, register: pb::Register) {
-        let Some(record) = register.record.as_ref().and_then(|r| verify_record(r).ok()) else {
-            self.stats.dropped_bad_signature += 1;
-            return;
+        let verified = register.record.as_ref().ok_or(SignatureError::Malformed).and_then(verify_record);
+        let (record, key) = match verified.map(|r| (PeerKey::of(&r.peer_id), r)) {
+            Ok((Some(key), record)) => (record, key),
+            Err(SignatureError::Oversized) => {
+                self.stats.dropped_oversized += 1;
+                return;
+            }
+            _ => {
+                self.stats.dropped_bad_signature += 1;
+                return;
+            }
         };
         if !self.cookies.check(now, src, &record.peer_id, register.cookie) {
             self.stats.challenged += 1;
@@ -205,9 +304,9 @@ impl Broker {
             self.send(socket, src, Kind::RegisterChallenge(pb::RegisterChallenge { cookie }));
             return;
         }
-        let peer = record.peer_id;
-        match self.by_peer.get(&peer) {
-            Some(old) if old.record.record.issued_ms > record.record.issued_ms => {
+        let (peer, issued_ms) = (record.peer_id, record.record.issued_ms);
+        match self.by_peer.get(&key) {
+            Some(old) if old.issued_ms > issued_ms => {
                 self.stats.dropped_stale_record += 1;
                 return;
             }
@@ -222,26 +321,31 @@ impl Broker {
             }
         }
         // One registration per address: a host cannot fill the table by minting identities.
-        if let Some(other) = self.by_addr.get(&src).copied().filter(|p| *p != peer) {
+        if let Some(other) = self.by_addr.get(&src).copied().filter(|p| *p != key) {
             self.by_peer.remove(&other);
             self.stats.replaced += 1;
         }
         let expires = now + self.config.registration_ttl;
-        let (introductions, recent) = match self.by_peer.get_mut(&peer) {
-            Some(r) => (r.introductions, std::mem::take(&mut r.recent)),
+        let signed = record.signed.encode_to_vec().into_boxed_slice();
+        let cookie = register.cookie;
+        match self.by_peer.get_mut(&key) {
+            Some(r) => {
+                if r.addr != src {
+                    self.by_addr.remove(&r.addr);
+                }
+                (r.addr, r.socket, r.signed, r.issued_ms, r.expires, r.cookie) =
+                    (src, socket, signed, issued_ms, expires, cookie);
+            }
             None => {
                 let (rate, burst) = (self.config.introductions_per_sec, self.config.introduction_burst);
-                (TokenBucket::full(rate, burst, now), VecDeque::new())
-            }
-        };
-        let cookie = register.cookie;
-        let registration = Registration { addr: src, socket, record, cookie, expires, introductions, recent };
-        if let Some(old) = self.by_peer.insert(peer, registration) {
-            if old.addr != src {
-                self.by_addr.remove(&old.addr);
+                let introductions = TokenBucket::full(rate, burst, now);
+                let recent = Recents::default();
+                let registration =
+                    Registration { addr: src, socket, signed, issued_ms, expires, cookie, introductions, recent };
+                self.by_peer.insert(key, Box::new(registration));
             }
         }
-        self.by_addr.insert(src, peer);
+        self.by_addr.insert(src, key);
         self.next_sweep.get_or_insert(now + self.config.registration_ttl / 4);
         let ttl_secs = self.config.registration_ttl.as_secs() as u32;
         self.send(socket, src, Kind::Registered(pb::Registered { observed: Some(src.into()), ttl_secs }));
@@ -259,10 +363,11 @@ impl Broker {
             self.stats.dropped_rate_limited += 1;
             return;
         }
-        let target = PeerId::from_bytes(&request.target).ok();
-        let Some(target) = target.filter(|t| self.by_peer.contains_key(t)) else {
+        let target_id = PeerId::from_bytes(&request.target).ok();
+        let target = target_id.as_ref().and_then(PeerKey::of).filter(|t| self.by_peer.contains_key(t));
+        let Some(target) = target else {
             self.stats.unknown_target += 1;
-            let (reason, message) = match target {
+            let (reason, message) = match target_id {
                 Some(t) => (IntroduceErrorReason::TargetNotRegistered, format!("{t} is not registered here")),
                 None => (IntroduceErrorReason::BadRequest, "target is not a valid PeerId".to_owned()),
             };
@@ -277,12 +382,9 @@ impl Broker {
                 let nonce = self.rng.gen();
                 let recent = Recent { request_id, target, nonce, moved: [None; 2], moves_left: MOVES_PER_INTRODUCTION };
                 let list = &mut self.by_peer.get_mut(&requester).expect("registered").recent;
-                if list.len() == RECENT_INTRODUCTIONS {
-                    if let Some(old) = list.pop_front() {
-                        self.by_nonce.remove(&old.nonce);
-                    }
+                if let Some(oldest) = list.push(recent) {
+                    self.by_nonce.remove(&oldest.nonce);
                 }
-                list.push_back(recent);
                 self.by_nonce.insert(nonce, requester);
                 recent
             }
@@ -290,21 +392,24 @@ impl Broker {
         self.introduce(requester, &recent, true);
         self.introduce(requester, &recent, false);
         self.stats.introduced += 1;
+        let (requester, target) = (requester.peer_id(), target.peer_id());
         self.events.push_back(Event::Introduced { requester, target, nonce: recent.nonce });
     }
 
     /// Sends one side of an introduction: to the requester (`initiator`) or to the target,
     /// naming the other side at its newest mapping.
-    fn introduce(&mut self, requester: PeerId, recent: &Recent, initiator: bool) {
+    fn introduce(&mut self, requester: PeerKey, recent: &Recent, initiator: bool) {
         let (to, about, moved) = match initiator {
             true => (requester, recent.target, recent.moved[1]),
             false => (recent.target, requester, recent.moved[0]),
         };
         let (to, about) = (&self.by_peer[&to], &self.by_peer[&about]);
+        let peer = pb::SignedPeerRecord::decode(&about.signed[..]).expect("encoded at registration");
+        let peer_public = moved.map_or(about.addr, |port| SocketAddr::new(about.addr.ip(), port.get()));
         let mut introduction = pb::Introduction {
             request_id: recent.request_id,
-            peer: Some(about.record.signed.clone()),
-            peer_public: Some(moved.unwrap_or(about.addr).into()),
+            peer: Some(peer),
+            peer_public: Some(peer_public.into()),
             nonce: recent.nonce.to_vec().into(),
             initiator,
             mac: 0,
@@ -331,10 +436,11 @@ impl Broker {
             self.stats.dropped_new_mapping += 1;
             return;
         };
-        let ip = |peer: &PeerId| self.by_peer.get(peer).map(|r| r.addr.ip());
+        let ip = |peer: &PeerKey| self.by_peer.get(peer).map(|r| r.addr.ip());
         let from_a_side = [requester, recent.target].iter().any(|p| ip(p) == Some(src.ip()));
         let worth_checking = recent.moves_left > 0 && ip(&recent.target).is_some() && from_a_side;
-        let side = worth_checking.then(|| verify_new_mapping(m).ok()).flatten().and_then(|signer| {
+        let signer = worth_checking.then(|| verify_new_mapping(m).ok()).flatten();
+        let side = signer.as_ref().and_then(PeerKey::of).and_then(|signer| {
             let side = [requester, recent.target].iter().position(|p| *p == signer)?;
             (ip(&signer) == Some(src.ip())).then_some(side)
         });
@@ -343,7 +449,7 @@ impl Broker {
             return;
         };
         recent.moves_left -= 1;
-        recent.moved[side] = Some(src);
+        recent.moved[side] = NonZeroU16::new(src.port());
         let list = &mut self.by_peer.get_mut(&requester).expect("checked above").recent;
         list.iter_mut().filter(|r| r.nonce == recent.nonce).for_each(|r| *r = recent);
         self.introduce(requester, &recent, side == 1);
@@ -358,16 +464,29 @@ impl Broker {
         if self.next_sweep.is_none_or(|t| t > now) {
             return;
         }
-        let expired: Vec<PeerId> = self.by_peer.iter().filter(|(_, r)| r.expires <= now).map(|(p, _)| *p).collect();
+        let mut expired: Vec<PeerKey> =
+            self.by_peer.iter().filter(|(_, r)| r.expires <= now).map(|(p, _)| *p).collect();
+        expired.sort_unstable();
         for peer in expired {
             if let Some(reg) = self.by_peer.remove(&peer) {
                 self.by_addr.remove(&reg.addr);
             }
             self.stats.expired += 1;
-            self.events.push_back(Event::Expired { peer });
+            self.events.push_back(Event::Expired { peer: peer.peer_id() });
         }
         let by_peer = &self.by_peer;
         self.by_nonce.retain(|_, requester| by_peer.contains_key(requester));
+        // Memory goes back once entries go: a flood of registrations that lapsed leaves no
+        // tables sized for it.
+        shrink(&mut self.by_peer);
+        shrink(&mut self.by_addr);
+        shrink(&mut self.by_nonce);
+        if self.events.is_empty() {
+            self.events.shrink_to_fit();
+        }
+        if self.transmits.is_empty() {
+            self.transmits.shrink_to_fit();
+        }
         self.next_sweep = (!self.by_peer.is_empty()).then(|| now + self.config.registration_ttl / 4);
     }
 
@@ -377,6 +496,27 @@ impl Broker {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.next_sweep
+    }
+}
+
+/// The bytes a table's buckets take at its capacity, as std's `HashMap` (hashbrown) lays
+/// them out: a power-of-two number of buckets, filled to 7/8 at most (a bucket per
+/// capacity below 8), each an entry and a control byte, and a group of control bytes more.
+fn table_bytes<K, V>(map: &HashMap<K, V>) -> usize {
+    let capacity = map.capacity();
+    let buckets = match capacity {
+        0 => return 0,
+        1..8 => capacity + 1,
+        _ => (capacity * 8 / 7).next_power_of_two(),
+    };
+    buckets * (size_of::<(K, V)>() + 1) + 16
+}
+
+/// Lets a table go of its memory once it holds under a quarter of what it could: never
+/// right after it grew, so growing and shrinking do not alternate.
+fn shrink<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
+    if map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
     }
 }
 

@@ -220,7 +220,10 @@ fn a_new_mapping_is_passed_on_to_the_other_side_only_from_the_registered_ip_and_
     assert_eq!(SocketAddr::try_from(update.peer_public.as_ref().unwrap()).unwrap(), moved);
     assert!(update.fresh && update.initiator);
     assert_eq!((update.nonce.clone(), update.request_id), (first.nonce.clone(), first.request_id));
-    assert_eq!(update.mac, crate::cookie::introduction_mac(b.by_peer[&alice.peer_id()].cookie, &update));
+    assert_eq!(
+        update.mac,
+        crate::cookie::introduction_mac(b.by_peer[&PeerKey::of(&alice.peer_id()).unwrap()].cookie, &update)
+    );
     assert_eq!(b.poll_transmit(), None, "nothing back to Bob's new mapping");
     // Repeats of the request name Bob at his new mapping from now on; Alice is unmoved.
     b.handle(now, SocketId::PRIMARY, a_addr, ask(7));
@@ -239,4 +242,182 @@ fn a_new_mapping_is_passed_on_to_the_other_side_only_from_the_registered_ip_and_
     assert_eq!(b.poll_transmit(), None);
     assert_eq!((b.stats().new_mappings, b.stats().dropped_new_mapping), (4, 4));
     let _ = b_addr;
+}
+
+mod measure {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    /// Counts the bytes this thread holds through the global allocator, so that a test can
+    /// measure what a structure really allocates (tests run on threads of their own).
+    struct Counting;
+
+    thread_local! {
+        static HELD: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(bytes: isize) {
+        let _ = HELD.try_with(|held| held.set(held.get() + bytes));
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc_zeroed(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+        unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(p, layout) };
+            add(-(layout.size() as isize));
+        }
+        unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let q = unsafe { System.realloc(p, layout, new_size) };
+            if !q.is_null() {
+                add(new_size as isize - layout.size() as isize);
+            }
+            q
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// Bytes this thread holds on the heap now.
+    pub fn held() -> isize {
+        HELD.with(|held| held.get())
+    }
+}
+
+/// Registers `record` from `src`, answering the challenge if one comes.
+fn register_record(b: &mut Broker, now: Instant, src: SocketAddr, record: &pb::SignedPeerRecord) {
+    let register = |cookie| Kind::Register(pb::Register { record: Some(record.clone()), cookie });
+    b.handle(now, SocketId::PRIMARY, src, register(0));
+    if let Some(Kind::RegisterChallenge(ch)) = b.poll_transmit().as_ref().map(decode) {
+        b.handle(now, SocketId::PRIMARY, src, register(ch.cookie));
+    }
+    while b.poll_transmit().is_some() {}
+    while b.poll_event().is_some() {}
+}
+
+/// A distinct source address per peer.
+fn source(i: usize) -> SocketAddr {
+    SocketAddr::new(std::net::Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8).into(), 4000)
+}
+
+#[test]
+fn a_padded_record_is_refused_and_counted_and_never_registered() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let alice = Identity::from_seed(1);
+    // The audit's record: validly signed, padded with 533 empty private addresses.
+    let padded = pb::PeerRecord { private_addrs: vec![pb::Addr::default(); 533], issued_ms: 1, ..Default::default() };
+    let signed = alice.sign_record(padded);
+    register_record(&mut b, now, source(1), &signed);
+    register_record(&mut b, now, source(1), &signed);
+    assert_eq!(b.registrations(), 0);
+    assert_eq!(b.stats().dropped_oversized, 2);
+    assert_eq!((b.stats().challenged, b.stats().dropped_bad_signature), (0, 0), "refused before anything else");
+
+    // One private address more than a punch tries is refused as well; as many is fine.
+    let addrs = |n: u16| (1..=n).map(|i| SocketAddr::from(([192, 168, 1, i as u8], 4000)).into()).collect();
+    let five = pb::PeerRecord { private_addrs: addrs(5), issued_ms: 1, ..Default::default() };
+    register_record(&mut b, now, source(1), &alice.sign_record(five));
+    assert_eq!((b.registrations(), b.stats().dropped_oversized), (0, 3));
+    let four = pb::PeerRecord { private_addrs: addrs(4), issued_ms: 1, ..Default::default() };
+    register_record(&mut b, now, source(1), &alice.sign_record(four));
+    assert_eq!(b.registrations(), 1);
+}
+
+/// A record as a node signs it: `private` private addresses (IPv6 when `v6`) and a NAT
+/// report with every field set.
+fn honest_record(i: usize, private: u16, v6: bool) -> pb::PeerRecord {
+    let addr = |n: u16| -> pb::Addr {
+        match v6 {
+            true => SocketAddr::new([0xfd00, 0, 0, 0, 0, 0, i as u16, n].into(), 50_000).into(),
+            false => SocketAddr::from(([192, 168, i as u8, n as u8], 50_000)).into(),
+        }
+    };
+    let public: SocketAddr =
+        if v6 { "[2001:db8::1]:65000".parse().unwrap() } else { "203.0.113.1:65000".parse().unwrap() };
+    let nat = crate::nat::NatReport {
+        public_addr: public,
+        no_nat: false,
+        mapping: Some(crate::nat::Mapping::AddressAndPortDependent),
+        filtering: Some(crate::nat::Filtering::AddressAndPortDependent),
+        allocation: Some(crate::nat::Allocation::Sequential { step: -1 }),
+    };
+    pb::PeerRecord {
+        peer_id: Default::default(),
+        private_addrs: (1..=private).map(addr).collect(),
+        nat: Some((&nat).into()),
+        issued_ms: 1_700_000_000_000 + i as u64,
+    }
+}
+
+/// Registers `n` peers with records made by `record`, measuring the heap they take (by the
+/// counting allocator of this test binary); returns the broker and the bytes per peer.
+fn measured(n: usize, record: impl Fn(usize) -> pb::PeerRecord) -> (Broker, Instant, usize) {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let signed: Vec<_> = (0..n).map(|i| Identity::from_seed(1000 + i as u64).sign_record(record(i))).collect();
+    // A first clone turns a record's `Bytes` into shared ones, allocating: not the broker's.
+    signed.iter().for_each(|r| drop(r.clone()));
+    let before = measure::held();
+    for (i, record) in signed.iter().enumerate() {
+        register_record(&mut b, now, source(i), record);
+    }
+    let held = measure::held() - before;
+    assert_eq!(b.registrations(), n);
+    (b, now, held as usize / n)
+}
+
+#[test]
+fn a_registered_peer_costs_under_a_kibibyte() {
+    for (private, v6) in [(1, false), (4, true)] {
+        let (b, _, allocated) = measured(1000, |i| honest_record(i, private, v6));
+        let computed = b.memory_per_registration();
+        println!("{private} private addresses (IPv6: {v6}): {computed} B computed, {allocated} B allocated");
+        assert!(computed <= 1024, "{computed} B per registered peer");
+        assert!(allocated <= 1024, "{allocated} B allocated per registered peer");
+        // The figure accounts for what is allocated (the queues' few hundred bytes aside).
+        assert!(computed.abs_diff(allocated) * 20 <= allocated, "{computed} B computed, {allocated} B allocated");
+    }
+}
+
+#[test]
+fn lapsed_registrations_give_their_memory_back() {
+    let largest = |i| honest_record(i, crate::identity::MAX_PRIVATE_ADDRS as u16, true);
+    let (mut b, now, _) = measured(2000, largest);
+    assert!(b.registration_memory() > 2000 * 500);
+    // Every peer asks for introductions, so that the nonce table fills too.
+    for i in 0..2000 {
+        let target: prost::bytes::Bytes =
+            Identity::from_seed(1000 + ((i + 1) % 2000) as u64).peer_id().to_bytes().into();
+        for request_id in 0..RECENT_INTRODUCTIONS as u64 + 1 {
+            let request = pb::IntroduceRequest { target: target.clone(), request_id };
+            b.handle(now, SocketId::PRIMARY, source(i), Kind::IntroduceRequest(request));
+        }
+    }
+    assert_eq!(b.by_nonce.len(), 2000 * RECENT_INTRODUCTIONS);
+    while b.poll_transmit().is_some() {}
+    while b.poll_event().is_some() {}
+
+    let mut t = now;
+    while let Some(next) = b.poll_timeout() {
+        t = next;
+        b.handle_timeout(t);
+    }
+    assert!(t <= now + Config::default().registration_ttl * 2);
+    assert_eq!(b.stats().expired, 2000);
+    assert_eq!((b.registrations(), b.by_addr.len(), b.by_nonce.len()), (0, 0, 0));
+    assert_eq!(b.registration_memory(), 0, "the tables let their memory go");
 }
