@@ -110,7 +110,7 @@ impl Identity {
 /// Checks a [`pb::NewMapping`]'s signature; returns the signer.
 pub fn verify_new_mapping(m: &pb::NewMapping) -> Result<PeerId, SignatureError> {
     let key = decode_key(&m.public_key)?;
-    if !key.verify(&[NEW_MAPPING_DOMAIN, &m.nonce[..]].concat(), &m.signature) {
+    if !verify_strict(&key, &[NEW_MAPPING_DOMAIN, &m.nonce[..]].concat(), &m.signature) {
         return Err(SignatureError::BadSignature);
     }
     Ok(key.to_peer_id())
@@ -122,6 +122,19 @@ fn punch_message(nonce: &[u8], to: &PeerId) -> Vec<u8> {
 
 fn decode_key(bytes: &[u8]) -> Result<PublicKey, SignatureError> {
     PublicKey::try_decode_protobuf(bytes).map_err(|_| SignatureError::BadKey)
+}
+
+/// Checks `signature` over `message` by ed25519's strict rules (canonical encodings, no
+/// small-order key or R). libp2p's `verify` is the permissive one: for a small-order key,
+/// R = identity and s = 0 "sign" every message.
+pub fn verify_strict(key: &PublicKey, message: &[u8], signature: &[u8]) -> bool {
+    let Ok(ed) = key.clone().try_into_ed25519() else { return false };
+    let (Ok(key), Ok(signature)) =
+        (ed25519_dalek::VerifyingKey::from_bytes(&ed.to_bytes()), ed25519_dalek::Signature::from_slice(signature))
+    else {
+        return false;
+    };
+    key.verify_strict(message, &signature).is_ok()
 }
 
 /// A record whose signature checked out, with the signer's identity.
@@ -175,16 +188,28 @@ fn bounded_record(signed: &pb::SignedPeerRecord) -> Result<pb::PeerRecord, Signa
 /// Checks that a record keeps within its bounds ([`MAX_SIGNED_RECORD`],
 /// [`MAX_PRIVATE_ADDRS`]), was signed by the key it carries and names that key's PeerId.
 pub fn verify_record(signed: &pb::SignedPeerRecord) -> Result<VerifiedRecord, SignatureError> {
-    let record = bounded_record(signed)?;
-    let key = decode_key(&signed.public_key)?;
-    if !key.verify(&[RECORD_DOMAIN, &signed.record].concat(), &signed.signature) {
+    let (peer_id, key, record) = claimed_record(signed)?;
+    if !verify_strict(&key, &[RECORD_DOMAIN, &signed.record].concat(), &signed.signature) {
         return Err(SignatureError::BadSignature);
     }
+    Ok(VerifiedRecord { peer_id, record, signed: signed.clone() })
+}
+
+/// Whom a record claims to be from, its bounds and key checked but not its signature: the
+/// cheap part, so that an introducer can check a cookie before it spends a signature
+/// verification on a stranger.
+pub fn record_signer(signed: &pb::SignedPeerRecord) -> Result<PeerId, SignatureError> {
+    claimed_record(signed).map(|(peer_id, ..)| peer_id)
+}
+
+fn claimed_record(signed: &pb::SignedPeerRecord) -> Result<(PeerId, PublicKey, pb::PeerRecord), SignatureError> {
+    let record = bounded_record(signed)?;
+    let key = decode_key(&signed.public_key)?;
     let peer_id = key.to_peer_id();
     if record.peer_id[..] != peer_id.to_bytes()[..] {
         return Err(SignatureError::PeerMismatch);
     }
-    Ok(VerifiedRecord { peer_id, record, signed: signed.clone() })
+    Ok((peer_id, key, record))
 }
 
 /// Checks a punch proof: signed by `from` over `nonce`, addressed to `me`.
@@ -196,7 +221,7 @@ pub fn verify_punch(punch: &pb::Punch, from: &PeerId, me: &PeerId, nonce: &[u8])
     if key.to_peer_id() != *from {
         return Err(SignatureError::PeerMismatch);
     }
-    if !key.verify(&punch_message(nonce, me), &punch.signature) {
+    if !verify_strict(&key, &punch_message(nonce, me), &punch.signature) {
         return Err(SignatureError::BadSignature);
     }
     Ok(())
@@ -220,10 +245,31 @@ mod tests {
         tampered.record = bytes.into();
         assert_eq!(verify_record(&tampered), Err(SignatureError::BadSignature));
 
+        // Another key than the record names: refused before any signature is checked.
         let mallory = Identity::from_seed(2);
         let mut stolen = signed;
         stolen.public_key = mallory.sign_record(Default::default()).public_key;
-        assert_eq!(verify_record(&stolen), Err(SignatureError::BadSignature));
+        assert_eq!(verify_record(&stolen), Err(SignatureError::PeerMismatch));
+    }
+
+    /// A small-order public key with R = identity and s = 0 "signs" every message under
+    /// ed25519's permissive rules (libp2p's `verify`); the strict ones refuse it.
+    #[test]
+    fn a_small_order_key_signs_nothing() {
+        let mut identity_point = [0u8; 32];
+        identity_point[0] = 1;
+        let key: PublicKey = ed25519::PublicKey::try_from_bytes(&identity_point).expect("a point").into();
+        let mut weak = [0u8; 64];
+        weak[0] = 1;
+        assert!(key.verify(b"anything at all", &weak), "the permissive check is fooled");
+        assert!(!verify_strict(&key, b"anything at all", &weak));
+        let record = pb::PeerRecord { peer_id: key.to_peer_id().to_bytes().into(), ..Default::default() };
+        let signed = pb::SignedPeerRecord {
+            public_key: key.encode_protobuf().into(),
+            record: record.encode_to_vec().into(),
+            signature: weak.to_vec().into(),
+        };
+        assert_eq!(verify_record(&signed).map(|r| r.peer_id), Err(SignatureError::BadSignature));
     }
 
     /// The largest record an honest node signs: four IPv6 private addresses and a NAT

@@ -22,7 +22,7 @@
 
 use crate::bucket::TokenBucket;
 use crate::cookie::{introduction_mac, Cookies};
-use crate::identity::{verify_new_mapping, verify_record, SignatureError};
+use crate::identity::{record_signer, verify_new_mapping, verify_record, SignatureError};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
@@ -286,24 +286,36 @@ impl Broker {
     }
 
     fn on_register(&mut self, now: Instant, socket: SocketId, src: SocketAddr, register: pb::Register) {
-        let verified = register.record.as_ref().ok_or(SignatureError::Malformed).and_then(verify_record);
-        let (record, key) = match verified.map(|r| (PeerKey::of(&r.peer_id), r)) {
-            Ok((Some(key), record)) => (record, key),
+        // Cheap checks first (bounds, key, cookie: hashes), the signature last: a flood of
+        // spoofed Registers costs a hash each and earns a challenge smaller than itself.
+        let Some(signed) = register.record.as_ref() else {
+            self.stats.dropped_bad_signature += 1;
+            return;
+        };
+        let claimed = match record_signer(signed) {
+            Ok(peer_id) => peer_id,
             Err(SignatureError::Oversized) => {
                 self.stats.dropped_oversized += 1;
                 return;
             }
+            Err(_) => {
+                self.stats.dropped_bad_signature += 1;
+                return;
+            }
+        };
+        if !self.cookies.check(now, src, &claimed, register.cookie) {
+            self.stats.challenged += 1;
+            let cookie = self.cookies.mint(now, src, &claimed);
+            self.send(socket, src, Kind::RegisterChallenge(pb::RegisterChallenge { cookie }));
+            return;
+        }
+        let (record, key) = match verify_record(signed).map(|r| (PeerKey::of(&r.peer_id), r)) {
+            Ok((Some(key), record)) => (record, key),
             _ => {
                 self.stats.dropped_bad_signature += 1;
                 return;
             }
         };
-        if !self.cookies.check(now, src, &record.peer_id, register.cookie) {
-            self.stats.challenged += 1;
-            let cookie = self.cookies.mint(now, src, &record.peer_id);
-            self.send(socket, src, Kind::RegisterChallenge(pb::RegisterChallenge { cookie }));
-            return;
-        }
         let (peer, issued_ms) = (record.peer_id, record.record.issued_ms);
         match self.by_peer.get(&key) {
             Some(old) if old.issued_ms > issued_ms => {

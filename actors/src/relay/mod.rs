@@ -76,7 +76,11 @@ pub(crate) fn requester_key(request: &pb::RelayRequest) -> Option<PublicKey> {
 
 /// Checks a request's signature against the key it carries.
 pub(crate) fn verify_request(key: &PublicKey, request: &pb::RelayRequest) -> bool {
-    key.verify(&request_message(&request.target, &request.nonce, request.cookie), &request.signature)
+    crate::identity::verify_strict(
+        key,
+        &request_message(&request.target, &request.nonce, request.cookie),
+        &request.signature,
+    )
 }
 
 /// Short text for a refusal reason, for events and logs.
