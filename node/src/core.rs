@@ -114,7 +114,7 @@ impl Roles {
             contact: FirstContact::new(id.peer_id(), locals.to_vec(), false),
             probe: NatProbing::new(responder(locals)),
             broker: Broker::idle(config.broker.clone(), now, child()),
-            registrations: Registrations::new(config.registration.clone()),
+            registrations: Registrations::new(config.registration.clone(), child()),
             punch: Attempts::new(config.punch.clone(), id.clone(), child().gen()),
             sessions: Sessions::new(config.session.clone(), id.clone(), child()),
             relay: Relay::idle(config.relay.clone(), now, child()),

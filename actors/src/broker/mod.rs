@@ -306,7 +306,8 @@ impl Broker {
         if !self.cookies.check(now, src, &claimed, register.cookie) {
             self.stats.challenged += 1;
             let cookie = self.cookies.mint(now, src, &claimed);
-            self.send(socket, src, Kind::RegisterChallenge(pb::RegisterChallenge { cookie }));
+            let nonce = register.nonce;
+            self.send(socket, src, Kind::RegisterChallenge(pb::RegisterChallenge { cookie, nonce }));
             return;
         }
         let (record, key) = match verify_record(signed).map(|r| (PeerKey::of(&r.peer_id), r)) {
@@ -360,7 +361,8 @@ impl Broker {
         self.by_addr.insert(src, key);
         self.next_sweep.get_or_insert(now + self.config.registration_ttl / 4);
         let ttl_secs = self.config.registration_ttl.as_secs() as u32;
-        self.send(socket, src, Kind::Registered(pb::Registered { observed: Some(src.into()), ttl_secs }));
+        let registered = pb::Registered { observed: Some(src.into()), ttl_secs, nonce: register.nonce };
+        self.send(socket, src, Kind::Registered(registered));
     }
 
     fn on_introduce(&mut self, now: Instant, src: SocketAddr, socket: SocketId, request: pb::IntroduceRequest) {

@@ -18,7 +18,7 @@ fn decode(t: &Transmit) -> Kind {
 
 fn register(id: &Identity, issued_ms: u64, cookie: u64) -> Kind {
     let record = pb::PeerRecord { issued_ms, ..Default::default() };
-    Kind::Register(pb::Register { record: Some(id.sign_record(record)), cookie })
+    Kind::Register(pb::Register { record: Some(id.sign_record(record)), cookie, nonce: 5 })
 }
 
 /// Runs the challenge round trip and returns the Registered reply.
@@ -314,7 +314,7 @@ mod measure {
 
 /// Registers `record` from `src`, answering the challenge if one comes.
 fn register_record(b: &mut Broker, now: Instant, src: SocketAddr, record: &pb::SignedPeerRecord) {
-    let register = |cookie| Kind::Register(pb::Register { record: Some(record.clone()), cookie });
+    let register = |cookie| Kind::Register(pb::Register { record: Some(record.clone()), cookie, nonce: 5 });
     b.handle(now, SocketId::PRIMARY, src, register(0));
     if let Some(Kind::RegisterChallenge(ch)) = b.poll_transmit().as_ref().map(decode) {
         b.handle(now, SocketId::PRIMARY, src, register(ch.cookie));

@@ -6,6 +6,8 @@ use crate::socket::{Inbound, Payload};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb;
 use libp2p_identity::PeerId;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -28,19 +30,23 @@ pub enum Command {
 /// Every introducer this node registers with.
 pub struct Registrations {
     config: Config,
+    /// Each registration's request ids and nonces come from here.
+    rng: StdRng,
     by_introducer: BTreeMap<SocketAddr, Registration>,
 }
 
 impl Registrations {
-    pub fn new(config: Config) -> Self {
-        Registrations { config, by_introducer: BTreeMap::new() }
+    /// `rng`: from the OS on a real node (seeded on the simulator).
+    pub fn new(config: Config, rng: StdRng) -> Self {
+        Registrations { config, rng, by_introducer: BTreeMap::new() }
     }
 
     pub fn add(&mut self, now: Instant, introducer: SocketAddr, record: pb::SignedPeerRecord) {
-        let config = self.config.clone();
-        self.by_introducer
-            .entry(introducer)
-            .or_insert_with(|| Registration::new(config, introducer, SocketId::PRIMARY, record, now));
+        let (config, rng) = (self.config.clone(), &mut self.rng);
+        self.by_introducer.entry(introducer).or_insert_with(|| {
+            let rng = StdRng::from_rng(rng).expect("StdRng never fails");
+            Registration::new(config, introducer, SocketId::PRIMARY, record, now, rng)
+        });
     }
 
     /// Every registration, current and future, refreshes this often.

@@ -8,6 +8,8 @@ use crate::identity::{verify_record, VerifiedRecord};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
+use rand::rngs::StdRng;
+use rand::Rng;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -97,6 +99,8 @@ const SETTLED_KEPT: usize = 16;
 pub struct Stats {
     pub dropped_foreign: u64,
     pub dropped_bad_introduction: u64,
+    /// Challenges and Registered answers that echo no Register of ours.
+    pub dropped_unanswered: u64,
 }
 
 #[derive(Debug)]
@@ -129,21 +133,28 @@ pub struct Registration {
     pending: BTreeMap<u64, Pending>,
     /// Requests settled lately: repeats of their introduction may still be on the way.
     settled: VecDeque<u64>,
-    next_request_id: u64,
+    /// Request ids and Register nonces: unguessable, so that an answer that names them can
+    /// only come from someone who saw the request.
+    rng: StdRng,
+    /// This registration's nonce: the introducer's challenge and Registered echo it.
+    nonce: u64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
 }
 
 impl Registration {
+    /// `rng` picks request ids and nonces: from the OS on a real node.
     pub fn new(
         config: Config,
         introducer: SocketAddr,
         socket: SocketId,
         record: pb::SignedPeerRecord,
         now: Instant,
+        mut rng: StdRng,
     ) -> Self {
         Registration {
+            nonce: rng.gen(),
             backoff: Backoff::new(config.retransmit).give_up_after(config.max_tries),
             config,
             introducer,
@@ -155,7 +166,7 @@ impl Registration {
             answered: false,
             pending: BTreeMap::new(),
             settled: VecDeque::new(),
-            next_request_id: 1,
+            rng,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -186,8 +197,7 @@ impl Registration {
 
     /// Asks the introducer to introduce us to `target`.
     pub fn introduce(&mut self, now: Instant, target: PeerId) -> u64 {
-        let request_id = self.next_request_id;
-        self.next_request_id += 1;
+        let request_id = self.rng.gen();
         let deadline = now + self.config.introduce_timeout;
         self.pending.insert(request_id, Pending { target, sent: now, deadline, introduced: false });
         self.send_introduce(request_id, target);
@@ -214,7 +224,7 @@ impl Registration {
     }
 
     fn send_register(&mut self, now: Instant) {
-        let register = pb::Register { record: Some(self.record.clone()), cookie: self.cookie };
+        let register = pb::Register { record: Some(self.record.clone()), cookie: self.cookie, nonce: self.nonce };
         self.transmits.push_back(Transmit::envelope(self.socket, self.introducer, Kind::Register(register)));
         self.answered = false;
         self.next_send = Some(self.backoff.next(now));
@@ -227,6 +237,14 @@ impl Registration {
             return;
         }
         match kind {
+            // Not an answer to our Register (spoofed from the introducer's address): it
+            // must not replace our cookie nor make us send.
+            Kind::RegisterChallenge(pb::RegisterChallenge { nonce, .. })
+            | Kind::Registered(pb::Registered { nonce, .. })
+                if nonce != self.nonce =>
+            {
+                self.stats.dropped_unanswered += 1;
+            }
             Kind::RegisterChallenge(challenge) => {
                 self.cookie = challenge.cookie;
                 self.backoff.reset();

@@ -42,7 +42,8 @@ fn alice_and_her_introducer(now: Instant) -> (Broker, Registration, SocketAddr) 
 
 fn client(id: &Identity, now: Instant) -> Registration {
     let record = id.sign_record(pb::PeerRecord { issued_ms: 1, ..Default::default() });
-    Registration::new(Config::default(), INTRODUCER.parse().unwrap(), SocketId::PRIMARY, record, now)
+    let rng = StdRng::seed_from_u64(id.peer_id().to_bytes().iter().map(|&b| u64::from(b)).sum());
+    Registration::new(Config::default(), INTRODUCER.parse().unwrap(), SocketId::PRIMARY, record, now, rng)
 }
 
 #[test]
@@ -120,7 +121,8 @@ fn register_retries_at_250_500_1000_2000_4000_ms_and_a_challenge_starts_a_fresh_
     assert_eq!(run(&mut a, at(40_000)), expected);
 
     // A challenge in the slow phase: fast tries again, and their end is reported again.
-    a.handle(at(40_000), INTRODUCER.parse().unwrap(), Kind::RegisterChallenge(pb::RegisterChallenge { cookie: 7 }));
+    let challenge = pb::RegisterChallenge { cookie: 7, nonce: a.nonce };
+    a.handle(at(40_000), INTRODUCER.parse().unwrap(), Kind::RegisterChallenge(challenge));
     assert!(matches!(a.poll_transmit().map(|t| kind(&t)), Some(Kind::Register(pb::Register { cookie: 7, .. }))));
     let expected = [r(40_250), r(40_750), r(41_750), r(43_750), unreachable(47_750), r(47_750)];
     assert_eq!(run(&mut a, at(50_000)), expected);
@@ -148,9 +150,41 @@ fn messages_from_others_than_the_introducer_are_dropped() {
     let now = Instant::now();
     let mut a = client(&Identity::from_seed(1), now);
     let observed = Some(pb::Addr::from("203.0.113.66:1".parse::<SocketAddr>().unwrap()));
-    a.handle(now, "203.0.113.66:1".parse().unwrap(), Kind::Registered(pb::Registered { observed, ttl_secs: 60 }));
+    let registered = pb::Registered { observed, ttl_secs: 60, nonce: a.nonce };
+    a.handle(now, "203.0.113.66:1".parse().unwrap(), Kind::Registered(registered));
     assert_eq!(a.poll_event(), None);
     assert_eq!(a.stats().dropped_foreign, 1);
+}
+
+/// From the introducer's own address, but not answering our Register (spoofed: the audit
+/// saw a 12-byte challenge replace the cookie and draw two Registers, a Registered with
+/// another address make the node punch every session again, and an IntroduceError with a
+/// guessed request id fail a connect): nothing changes, nothing is sent.
+#[test]
+fn spoofed_control_from_the_introducers_address_is_ignored() {
+    let now = Instant::now();
+    let (mut broker, mut a, a_addr) = alice_and_her_introducer(now);
+    a.handle_timeout(now);
+    exchange(now, &mut broker, &mut [(&mut a, a_addr)]);
+    assert_eq!(a.poll_event(), Some(Event::Registered { observed: a_addr }));
+    let cookie = a.cookie;
+    let introducer: SocketAddr = INTRODUCER.parse().unwrap();
+    for guess in [0, 1, 2, u64::MAX] {
+        a.handle(now, introducer, Kind::RegisterChallenge(pb::RegisterChallenge { cookie: 99, nonce: guess }));
+        let elsewhere = Some(pb::Addr::from("198.51.100.66:1".parse::<SocketAddr>().unwrap()));
+        a.handle(now, introducer, Kind::Registered(pb::Registered { observed: elsewhere, ttl_secs: 60, nonce: guess }));
+    }
+    assert_eq!((a.cookie, a.poll_transmit(), a.poll_event()), (cookie, None, None));
+    assert_eq!(a.stats().dropped_unanswered, 8);
+    // Request ids are not counted up from 1: a guessed one fails nothing.
+    let target = Identity::from_seed(7).peer_id();
+    let id = a.introduce(now, target);
+    while a.poll_transmit().is_some() {}
+    for guess in (0..64).filter(|g| *g != id) {
+        let error = pb::IntroduceError { request_id: guess, target: target.to_bytes().into(), ..Default::default() };
+        a.handle(now, introducer, Kind::IntroduceError(error));
+    }
+    assert_eq!(a.poll_event(), None);
 }
 
 #[test]
