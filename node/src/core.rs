@@ -112,12 +112,13 @@ impl Roles {
         let mut child = || StdRng::from_rng(&mut *rng).expect("StdRng never fails");
         Roles {
             contact: FirstContact::new(id.peer_id(), locals.to_vec(), false),
-            probe: NatProbing::new(responder(locals)),
             broker: Broker::idle(config.broker.clone(), now, child()),
             registrations: Registrations::new(config.registration.clone(), child()),
             punch: Attempts::new(config.punch.clone(), id.clone(), child().gen()),
             sessions: Sessions::new(config.session.clone(), id.clone(), child()),
             relay: Relay::idle(config.relay.clone(), now, child()),
+            // Drawn last, so the other roles draw what they drew before it had a key.
+            probe: NatProbing::new(responder(locals), child()),
         }
     }
 }
