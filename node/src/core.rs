@@ -117,7 +117,6 @@ impl Roles {
             punch: Attempts::new(config.punch.clone(), id.clone(), child().gen()),
             sessions: Sessions::new(config.session.clone(), id.clone(), child()),
             relay: Relay::idle(config.relay.clone(), now, child()),
-            // Drawn last, so the other roles draw what they drew before it had a key.
             probe: NatProbing::new(responder(locals), child()),
         }
     }
