@@ -56,6 +56,17 @@ impl Cookies {
     }
 }
 
+/// The MAC a peer that registered with `cookie` puts on its introduction requests.
+pub fn request_mac(cookie: u64, request: &pb::IntroduceRequest) -> u64 {
+    let unsigned = pb::IntroduceRequest { mac: 0, ..request.clone() };
+    let digest = Sha256::new()
+        .chain_update(b"introducer/introduce-request")
+        .chain_update(cookie.to_le_bytes())
+        .chain_update(unsigned.encode_to_vec())
+        .finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
+}
+
 /// The MAC an introducer puts on an introduction for a peer that registered with `cookie`.
 pub fn introduction_mac(cookie: u64, introduction: &pb::Introduction) -> u64 {
     let unsigned = pb::Introduction { mac: 0, ..introduction.clone() };

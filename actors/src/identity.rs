@@ -12,6 +12,11 @@ use prost::Message;
 const RECORD_DOMAIN: &[u8] = b"introducer/peer-record/v1";
 const PUNCH_DOMAIN: &[u8] = b"introducer/punch/v1";
 const NEW_MAPPING_DOMAIN: &[u8] = b"introducer/new-mapping/v1";
+const REGISTER_DOMAIN: &[u8] = b"introducer/register/v1";
+
+fn register_message(cookie: u64, nonce: u64) -> Vec<u8> {
+    [REGISTER_DOMAIN, &cookie.to_le_bytes(), &nonce.to_le_bytes()].concat()
+}
 
 /// A node's keypair with its derived names, computed once.
 #[derive(Clone)]
@@ -66,6 +71,11 @@ impl Identity {
 
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Proves we hold our key now, for the registration cookie an introducer gave us.
+    pub fn register_proof(&self, cookie: u64, nonce: u64) -> Vec<u8> {
+        self.keypair.sign(&register_message(cookie, nonce))
     }
 
     /// Signs a record about ourselves; the record's `peer_id` is set to ours.
@@ -193,6 +203,12 @@ pub fn verify_record(signed: &pb::SignedPeerRecord) -> Result<VerifiedRecord, Si
         return Err(SignatureError::BadSignature);
     }
     Ok(VerifiedRecord { peer_id, record, signed: signed.clone() })
+}
+
+/// Whether `proof` is the record's key's signature over a registration's cookie and nonce
+/// ([`Identity::register_proof`]).
+pub fn verify_register_proof(signed: &pb::SignedPeerRecord, cookie: u64, nonce: u64, proof: &[u8]) -> bool {
+    decode_key(&signed.public_key).is_ok_and(|key| verify_strict(&key, &register_message(cookie, nonce), proof))
 }
 
 /// Whom a record claims to be from, its bounds and key checked but not its signature: the

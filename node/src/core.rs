@@ -113,7 +113,7 @@ impl Roles {
         Roles {
             contact: FirstContact::new(id.peer_id(), locals.to_vec(), false),
             broker: Broker::idle(config.broker.clone(), now, child()),
-            registrations: Registrations::new(config.registration.clone(), child()),
+            registrations: Registrations::new(config.registration.clone(), id.clone(), child()),
             punch: Attempts::new(config.punch.clone(), id.clone(), child().gen()),
             sessions: Sessions::new(config.session.clone(), id.clone(), child()),
             relay: Relay::idle(config.relay.clone(), now, child()),

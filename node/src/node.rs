@@ -366,6 +366,8 @@ impl NodeActor {
                     ("broker_dropped_unregistered", b.dropped_unregistered),
                     ("broker_dropped_rate_limited", b.dropped_rate_limited),
                     ("broker_dropped_not_serving", b.dropped_not_serving),
+                    ("broker_dropped_no_possession", b.dropped_no_possession),
+                    ("broker_dropped_bad_mac", b.dropped_bad_mac),
                     ("relay_challenged", r.challenged),
                     ("relay_circuits_opened", r.circuits_opened),
                     ("relay_circuits_ready", r.circuits_ready),

@@ -21,8 +21,8 @@
 //! for lately (a nonce-table entry at the table's load).
 
 use crate::bucket::TokenBucket;
-use crate::cookie::{introduction_mac, Cookies};
-use crate::identity::{record_signer, verify_new_mapping, verify_record, SignatureError};
+use crate::cookie::{introduction_mac, request_mac, Cookies};
+use crate::identity::{record_signer, verify_new_mapping, verify_record, verify_register_proof, SignatureError};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
@@ -87,6 +87,10 @@ pub struct Stats {
     pub expired: u64,
     /// Broker messages that came before this node served.
     pub dropped_not_serving: u64,
+    /// Registers whose record was signed, but not their cookie: a copied record.
+    pub dropped_no_possession: u64,
+    /// Introduction requests without the requester's cookie MAC (spoofed from its address).
+    pub dropped_bad_mac: u64,
 }
 
 /// What the node tells its broker.
@@ -317,6 +321,12 @@ impl Broker {
                 return;
             }
         };
+        // A signed record proves who wrote it, not who sends it: anybody introduced to the
+        // peer holds a copy. The key's signature over this cookie proves its owner is here.
+        if !verify_register_proof(signed, register.cookie, register.nonce, &register.proof) {
+            self.stats.dropped_no_possession += 1;
+            return;
+        }
         let (peer, issued_ms) = (record.peer_id, record.record.issued_ms);
         match self.by_peer.get(&key) {
             Some(old) if old.issued_ms > issued_ms => {
@@ -373,6 +383,11 @@ impl Broker {
             return;
         };
         let reg = self.by_peer.get_mut(&requester).expect("by_addr and by_peer agree");
+        // From the requester's address is not from the requester: only it knows its cookie.
+        if request.mac != request_mac(reg.cookie, &request) {
+            self.stats.dropped_bad_mac += 1;
+            return;
+        }
         if !reg.introductions.try_take(now, 1.0) {
             self.stats.dropped_rate_limited += 1;
             return;

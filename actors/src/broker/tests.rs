@@ -18,7 +18,8 @@ fn decode(t: &Transmit) -> Kind {
 
 fn register(id: &Identity, issued_ms: u64, cookie: u64) -> Kind {
     let record = pb::PeerRecord { issued_ms, ..Default::default() };
-    Kind::Register(pb::Register { record: Some(id.sign_record(record)), cookie, nonce: 5 })
+    let proof = id.register_proof(cookie, 5).into();
+    Kind::Register(pb::Register { record: Some(id.sign_record(record)), cookie, nonce: 5, proof })
 }
 
 /// Runs the challenge round trip and returns the Registered reply.
@@ -33,6 +34,18 @@ fn register_fully(b: &mut Broker, now: Instant, id: &Identity, src: SocketAddr) 
 }
 
 /// Alice and Bob, registered from their addresses.
+/// The cookie the peer registered from `src` proved its address with.
+fn cookie_at(b: &Broker, src: SocketAddr) -> u64 {
+    b.by_peer[&b.by_addr[&src]].cookie
+}
+
+/// An introduction request as its sender makes it: with its cookie's MAC.
+fn ask(cookie: u64, target: impl Into<prost::bytes::Bytes>, request_id: u64) -> pb::IntroduceRequest {
+    let mut request = pb::IntroduceRequest { target: target.into(), request_id, mac: 0 };
+    request.mac = crate::cookie::request_mac(cookie, &request);
+    request
+}
+
 fn alice_and_bob_registered(b: &mut Broker, now: Instant) -> (Identity, Identity, SocketAddr, SocketAddr) {
     let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
     let (a_addr, b_addr): (SocketAddr, SocketAddr) =
@@ -97,7 +110,7 @@ fn introduction_goes_to_both_with_one_nonce() {
     let now = Instant::now();
     let mut b = broker(now);
     let (alice, bob, a_addr, b_addr) = alice_and_bob_registered(&mut b, now);
-    let request = pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id: 42 };
+    let request = ask(cookie_at(&b, a_addr), bob.peer_id().to_bytes(), 42);
     b.handle(now, SocketId::PRIMARY, a_addr, Kind::IntroduceRequest(request));
     let (to_a, to_b) = (b.poll_transmit().unwrap(), b.poll_transmit().unwrap());
     assert_eq!((to_a.dst, to_b.dst), (a_addr, b_addr));
@@ -119,7 +132,7 @@ fn unknown_target_gets_a_clear_error_and_strangers_get_nothing() {
     let a_addr: SocketAddr = "203.0.113.5:4000".parse().unwrap();
     register_fully(&mut b, now, &alice, a_addr);
     let ghost = Identity::from_seed(9).peer_id();
-    let request = Kind::IntroduceRequest(pb::IntroduceRequest { target: ghost.to_bytes().into(), request_id: 1 });
+    let request = Kind::IntroduceRequest(ask(cookie_at(&b, a_addr), ghost.to_bytes(), 1));
     b.handle(now, SocketId::PRIMARY, a_addr, request.clone());
     let Kind::IntroduceError(e) = decode(&b.poll_transmit().unwrap()) else { panic!() };
     assert_eq!(e.reason(), IntroduceErrorReason::TargetNotRegistered);
@@ -174,8 +187,8 @@ fn introduction_requests_are_rate_limited_per_requester() {
     let now = Instant::now();
     let mut b = broker(now);
     let (_, bob, a_addr, b_addr) = alice_and_bob_registered(&mut b, now);
-    let request =
-        || Kind::IntroduceRequest(pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id: 1 });
+    let cookie = cookie_at(&b, a_addr);
+    let request = || Kind::IntroduceRequest(ask(cookie, bob.peer_id().to_bytes(), 1));
     let burst = Config::default().introduction_burst as usize;
     for _ in 0..burst + 5 {
         b.handle(now, SocketId::PRIMARY, a_addr, request());
@@ -193,8 +206,9 @@ fn a_repeated_request_gets_the_same_nonce_and_a_new_one_a_fresh_nonce() {
     let now = Instant::now();
     let mut b = broker(now);
     let (_, bob, a_addr, b_addr) = alice_and_bob_registered(&mut b, now);
+    let cookie = cookie_at(&b, a_addr);
     let mut nonce_to_bob = |request_id| {
-        let request = pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id };
+        let request = ask(cookie, bob.peer_id().to_bytes(), request_id);
         b.handle(now, SocketId::PRIMARY, a_addr, Kind::IntroduceRequest(request));
         let to_bob = std::iter::from_fn(|| b.poll_transmit()).find(|t| t.dst == b_addr).unwrap();
         let Kind::Introduction(i) = decode(&to_bob) else { panic!() };
@@ -210,8 +224,8 @@ fn a_new_mapping_is_passed_on_to_the_other_side_only_from_the_registered_ip_and_
     let now = Instant::now();
     let mut b = broker(now);
     let (alice, bob, a_addr, b_addr) = alice_and_bob_registered(&mut b, now);
-    let ask =
-        |id| Kind::IntroduceRequest(pb::IntroduceRequest { target: bob.peer_id().to_bytes().into(), request_id: id });
+    let cookie = cookie_at(&b, a_addr);
+    let ask = |id| Kind::IntroduceRequest(ask(cookie, bob.peer_id().to_bytes(), id));
     b.handle(now, SocketId::PRIMARY, a_addr, ask(7));
     let Kind::Introduction(first) = decode(&b.poll_transmit().unwrap()) else { panic!() };
     b.poll_transmit().unwrap();
@@ -313,8 +327,11 @@ mod measure {
 }
 
 /// Registers `record` from `src`, answering the challenge if one comes.
-fn register_record(b: &mut Broker, now: Instant, src: SocketAddr, record: &pb::SignedPeerRecord) {
-    let register = |cookie| Kind::Register(pb::Register { record: Some(record.clone()), cookie, nonce: 5 });
+fn register_record(b: &mut Broker, now: Instant, src: SocketAddr, id: &Identity, record: &pb::SignedPeerRecord) {
+    let register = |cookie| {
+        let proof = id.register_proof(cookie, 5).into();
+        Kind::Register(pb::Register { record: Some(record.clone()), cookie, nonce: 5, proof })
+    };
     b.handle(now, SocketId::PRIMARY, src, register(0));
     if let Some(Kind::RegisterChallenge(ch)) = b.poll_transmit().as_ref().map(decode) {
         b.handle(now, SocketId::PRIMARY, src, register(ch.cookie));
@@ -336,8 +353,8 @@ fn a_padded_record_is_refused_and_counted_and_never_registered() {
     // The audit's record: validly signed, padded with 533 empty private addresses.
     let padded = pb::PeerRecord { private_addrs: vec![pb::Addr::default(); 533], issued_ms: 1, ..Default::default() };
     let signed = alice.sign_record(padded);
-    register_record(&mut b, now, source(1), &signed);
-    register_record(&mut b, now, source(1), &signed);
+    register_record(&mut b, now, source(1), &alice, &signed);
+    register_record(&mut b, now, source(1), &alice, &signed);
     assert_eq!(b.registrations(), 0);
     assert_eq!(b.stats().dropped_oversized, 2);
     assert_eq!((b.stats().challenged, b.stats().dropped_bad_signature), (0, 0), "refused before anything else");
@@ -345,10 +362,10 @@ fn a_padded_record_is_refused_and_counted_and_never_registered() {
     // One private address more than a punch tries is refused as well; as many is fine.
     let addrs = |n: u16| (1..=n).map(|i| SocketAddr::from(([192, 168, 1, i as u8], 4000)).into()).collect();
     let five = pb::PeerRecord { private_addrs: addrs(5), issued_ms: 1, ..Default::default() };
-    register_record(&mut b, now, source(1), &alice.sign_record(five));
+    register_record(&mut b, now, source(1), &alice, &alice.sign_record(five));
     assert_eq!((b.registrations(), b.stats().dropped_oversized), (0, 3));
     let four = pb::PeerRecord { private_addrs: addrs(4), issued_ms: 1, ..Default::default() };
-    register_record(&mut b, now, source(1), &alice.sign_record(four));
+    register_record(&mut b, now, source(1), &alice, &alice.sign_record(four));
     assert_eq!(b.registrations(), 1);
 }
 
@@ -383,12 +400,13 @@ fn honest_record(i: usize, private: u16, v6: bool) -> pb::PeerRecord {
 fn measured(n: usize, record: impl Fn(usize) -> pb::PeerRecord) -> (Broker, Instant, usize) {
     let now = Instant::now();
     let mut b = broker(now);
-    let signed: Vec<_> = (0..n).map(|i| Identity::from_seed(1000 + i as u64).sign_record(record(i))).collect();
+    let ids: Vec<_> = (0..n).map(|i| Identity::from_seed(1000 + i as u64)).collect();
+    let signed: Vec<_> = ids.iter().enumerate().map(|(i, id)| id.sign_record(record(i))).collect();
     // A first clone turns a record's `Bytes` into shared ones, allocating: not the broker's.
     signed.iter().for_each(|r| drop(r.clone()));
     let before = measure::held();
     for (i, record) in signed.iter().enumerate() {
-        register_record(&mut b, now, source(i), record);
+        register_record(&mut b, now, source(i), &ids[i], record);
     }
     let held = measure::held() - before;
     assert_eq!(b.registrations(), n);
@@ -417,8 +435,9 @@ fn lapsed_registrations_give_their_memory_back() {
     for i in 0..2000 {
         let target: prost::bytes::Bytes =
             Identity::from_seed(1000 + ((i + 1) % 2000) as u64).peer_id().to_bytes().into();
+        let cookie = cookie_at(&b, source(i));
         for request_id in 0..RECENT_INTRODUCTIONS as u64 + 1 {
-            let request = pb::IntroduceRequest { target: target.clone(), request_id };
+            let request = ask(cookie, target.clone(), request_id);
             b.handle(now, SocketId::PRIMARY, source(i), Kind::IntroduceRequest(request));
         }
     }
@@ -435,4 +454,43 @@ fn lapsed_registrations_give_their_memory_back() {
     assert_eq!(b.stats().expired, 2000);
     assert_eq!((b.registrations(), b.by_addr.len(), b.by_nonce.len()), (0, 0, 0));
     assert_eq!(b.registration_memory(), 0, "the tables let their memory go");
+}
+
+/// Anybody introduced to a peer holds its signed record. Registering it from another
+/// address takes a signature over that address's cookie too, which only the key's owner can
+/// make: the copy registers nobody, and the owner stays where it is (the audit saw every
+/// introduction meant for the victim go to the attacker).
+#[test]
+fn a_copied_record_does_not_hijack_a_registration() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let (alice, _, a_addr, _) = alice_and_bob_registered(&mut b, now);
+    let copied = alice.sign_record(pb::PeerRecord { issued_ms: 1, ..Default::default() });
+    let mallory = Identity::from_seed(66);
+    let m_addr: SocketAddr = "198.51.100.66:6666".parse().unwrap();
+    register_record(&mut b, now, m_addr, &mallory, &copied);
+    assert_eq!(b.stats().dropped_no_possession, 1);
+    assert_eq!(b.by_addr.get(&m_addr), None);
+    assert!(b.by_addr.contains_key(&a_addr), "alice is still registered where she is");
+}
+
+/// A request spoofed from a registered peer's address lacks its cookie's MAC: it aims no
+/// introduction (the audit saw 20 spoofed 46-byte requests make a target send 374 kB).
+#[test]
+fn a_spoofed_introduction_request_is_dropped() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let (_, bob, a_addr, _) = alice_and_bob_registered(&mut b, now);
+    for guess in [0, 1, cookie_at(&b, a_addr) ^ 1] {
+        b.handle(now, SocketId::PRIMARY, a_addr, Kind::IntroduceRequest(ask(guess, bob.peer_id().to_bytes(), 1)));
+    }
+    assert_eq!(b.poll_transmit(), None);
+    assert_eq!((b.stats().dropped_bad_mac, b.stats().introduced), (3, 0));
+    b.handle(
+        now,
+        SocketId::PRIMARY,
+        a_addr,
+        Kind::IntroduceRequest(ask(cookie_at(&b, a_addr), bob.peer_id().to_bytes(), 1)),
+    );
+    assert_eq!(b.stats().introduced, 1);
 }

@@ -2,6 +2,7 @@
 
 use super::{Config, Event, Registration};
 use crate::driver::{MachineActor, Protocol};
+use crate::identity::Identity;
 use crate::socket::{Inbound, Payload};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb;
@@ -30,6 +31,8 @@ pub enum Command {
 /// Every introducer this node registers with.
 pub struct Registrations {
     config: Config,
+    /// Ours: it signs each registration's proof of possession.
+    identity: Identity,
     /// Each registration's request ids and nonces come from here.
     rng: StdRng,
     by_introducer: BTreeMap<SocketAddr, Registration>,
@@ -37,15 +40,15 @@ pub struct Registrations {
 
 impl Registrations {
     /// `rng`: from the OS on a real node (seeded on the simulator).
-    pub fn new(config: Config, rng: StdRng) -> Self {
-        Registrations { config, rng, by_introducer: BTreeMap::new() }
+    pub fn new(config: Config, identity: Identity, rng: StdRng) -> Self {
+        Registrations { config, identity, rng, by_introducer: BTreeMap::new() }
     }
 
     pub fn add(&mut self, now: Instant, introducer: SocketAddr, record: pb::SignedPeerRecord) {
-        let (config, rng) = (self.config.clone(), &mut self.rng);
+        let (config, identity, rng) = (self.config.clone(), self.identity.clone(), &mut self.rng);
         self.by_introducer.entry(introducer).or_insert_with(|| {
             let rng = StdRng::from_rng(rng).expect("StdRng never fails");
-            Registration::new(config, introducer, SocketId::PRIMARY, record, now, rng)
+            Registration::new(config, introducer, SocketId::PRIMARY, (identity, record), now, rng)
         });
     }
 

@@ -3,8 +3,8 @@
 //! introductions, and check what comes back before anyone punches on its strength.
 
 use crate::backoff::Backoff;
-use crate::cookie::introduction_mac;
-use crate::identity::{verify_record, VerifiedRecord};
+use crate::cookie::{introduction_mac, request_mac};
+use crate::identity::{verify_record, Identity, VerifiedRecord};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
@@ -138,23 +138,27 @@ pub struct Registration {
     rng: StdRng,
     /// This registration's nonce: the introducer's challenge and Registered echo it.
     nonce: u64,
+    /// Signs the proof that we hold our key, for each cookie.
+    identity: Identity,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
 }
 
 impl Registration {
-    /// `rng` picks request ids and nonces: from the OS on a real node.
+    /// `rng` picks request ids and nonces: from the OS on a real node. `identity` signed
+    /// `record`.
     pub fn new(
         config: Config,
         introducer: SocketAddr,
         socket: SocketId,
-        record: pb::SignedPeerRecord,
+        (identity, record): (Identity, pb::SignedPeerRecord),
         now: Instant,
         mut rng: StdRng,
     ) -> Self {
         Registration {
             nonce: rng.gen(),
+            identity,
             backoff: Backoff::new(config.retransmit).give_up_after(config.max_tries),
             config,
             introducer,
@@ -219,12 +223,16 @@ impl Registration {
     }
 
     fn send_introduce(&mut self, request_id: u64, target: PeerId) {
-        let request = pb::IntroduceRequest { target: target.to_bytes().into(), request_id };
+        let mut request = pb::IntroduceRequest { target: target.to_bytes().into(), request_id, mac: 0 };
+        request.mac = request_mac(self.cookie, &request);
         self.transmits.push_back(Transmit::envelope(self.socket, self.introducer, Kind::IntroduceRequest(request)));
     }
 
     fn send_register(&mut self, now: Instant) {
-        let register = pb::Register { record: Some(self.record.clone()), cookie: self.cookie, nonce: self.nonce };
+        // Without a cookie the introducer only challenges: no proof to sign yet.
+        let proof = if self.cookie == 0 { Vec::new() } else { self.identity.register_proof(self.cookie, self.nonce) };
+        let (record, cookie, nonce) = (Some(self.record.clone()), self.cookie, self.nonce);
+        let register = pb::Register { record, cookie, nonce, proof: proof.into() };
         self.transmits.push_back(Transmit::envelope(self.socket, self.introducer, Kind::Register(register)));
         self.answered = false;
         self.next_send = Some(self.backoff.next(now));

@@ -43,7 +43,7 @@ fn alice_and_her_introducer(now: Instant) -> (Broker, Registration, SocketAddr) 
 fn client(id: &Identity, now: Instant) -> Registration {
     let record = id.sign_record(pb::PeerRecord { issued_ms: 1, ..Default::default() });
     let rng = StdRng::seed_from_u64(id.peer_id().to_bytes().iter().map(|&b| u64::from(b)).sum());
-    Registration::new(Config::default(), INTRODUCER.parse().unwrap(), SocketId::PRIMARY, record, now, rng)
+    Registration::new(Config::default(), INTRODUCER.parse().unwrap(), SocketId::PRIMARY, (id.clone(), record), now, rng)
 }
 
 #[test]
