@@ -22,7 +22,16 @@ pub mod session;
 pub mod socket;
 
 use introducer_proto::{frame, pb};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The network an address is in, for limits that a host with many addresses must not
+/// escape (identities and ports cost nothing, a network does): its /24, or /48 for IPv6.
+pub fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => Ipv4Addr::from(u32::from(v4) & 0xffff_ff00).into(),
+        IpAddr::V6(v6) => Ipv6Addr::from(u128::from(v6) & !((1u128 << 80) - 1)).into(),
+    }
+}
 use std::time::Instant;
 
 /// Which of a node's local UDP sockets a datagram leaves from or arrived on.

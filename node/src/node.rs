@@ -384,13 +384,15 @@ impl NodeActor {
                     ("relay_dropped_not_ready", r.dropped_not_ready),
                     ("relay_dropped_not_serving", r.dropped_not_serving),
                     ("relay_refused_not_introduced", r.refused_not_introduced),
+                    ("relay_refused_host_limit", r.refused_host_limit),
                     (
                         "relay_refused",
                         r.refused_full
                             + r.refused_pending
                             + r.refused_peer_limit
                             + r.refused_bad_request
-                            + r.refused_not_introduced,
+                            + r.refused_not_introduced
+                            + r.refused_host_limit,
                     ),
                 ];
                 let _ = events.try_send(NodeEvent::Stats(stats));

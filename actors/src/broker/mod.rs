@@ -23,7 +23,7 @@
 use crate::bucket::TokenBucket;
 use crate::cookie::{introduction_mac, request_mac, Cookies};
 use crate::identity::{record_signer, verify_new_mapping, verify_record, verify_register_proof, SignatureError};
-use crate::{SocketId, Transmit};
+use crate::{network_of, SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
 use prost::Message;
@@ -31,7 +31,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,10 @@ pub struct Config {
     /// Cookies rotate this often; one from the previous period is still accepted.
     pub cookie_period: Duration,
     pub max_registrations: usize,
+    /// Registered addresses one IP, and one network (/24, /48), may hold: identities and
+    /// ports cost nothing, so one host must not fill the table for everyone.
+    pub max_registrations_per_ip: u32,
+    pub max_registrations_per_network: u32,
     /// Introductions a peer may ask for per second, sustained, and in a burst: each one
     /// sends its target a datagram and starts a punch toward the requester.
     pub introductions_per_sec: f64,
@@ -56,6 +60,8 @@ impl Default for Config {
             registration_ttl: Duration::from_secs(60),
             cookie_period: Duration::from_secs(300),
             max_registrations: 100_000,
+            max_registrations_per_ip: 64,
+            max_registrations_per_network: 256,
             introductions_per_sec: 2.0,
             introduction_burst: 10.0,
         }
@@ -87,6 +93,8 @@ pub struct Stats {
     pub expired: u64,
     /// Broker messages that came before this node served.
     pub dropped_not_serving: u64,
+    /// Registrations from a host or network that holds its share already.
+    pub dropped_host_full: u64,
     /// Registers whose record was signed, but not their cookie: a copied record.
     pub dropped_no_possession: u64,
     /// Introduction requests without the requester's cookie MAC (spoofed from its address).
@@ -200,6 +208,37 @@ impl Recents {
     }
 }
 
+/// How many registered addresses each IP and each network holds.
+#[derive(Debug, Default)]
+struct Hosts {
+    per_ip: HashMap<IpAddr, u32>,
+    per_network: HashMap<IpAddr, u32>,
+}
+
+impl Hosts {
+    fn full(&self, ip: IpAddr, config: &Config) -> bool {
+        let count = |map: &HashMap<IpAddr, u32>, key| map.get(&key).copied().unwrap_or(0);
+        count(&self.per_ip, ip) >= config.max_registrations_per_ip
+            || count(&self.per_network, network_of(ip)) >= config.max_registrations_per_network
+    }
+
+    fn add(&mut self, ip: IpAddr) {
+        *self.per_ip.entry(ip).or_default() += 1;
+        *self.per_network.entry(network_of(ip)).or_default() += 1;
+    }
+
+    fn remove(&mut self, ip: IpAddr) {
+        for (map, key) in [(&mut self.per_ip, ip), (&mut self.per_network, network_of(ip))] {
+            if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+    }
+}
+
 pub struct Broker {
     config: Config,
     /// Off until the node serves: until then it registers and introduces nobody.
@@ -211,6 +250,8 @@ pub struct Broker {
     /// every run.
     by_peer: HashMap<PeerKey, Box<Registration>>,
     by_addr: HashMap<SocketAddr, PeerKey>,
+    /// Registered addresses per host and per network (kept with `by_addr`).
+    hosts: Hosts,
     /// The requester of each remembered introduction, by nonce.
     by_nonce: HashMap<[u8; 16], PeerKey>,
     /// Expiry is checked in sweeps (every quarter TTL), not per registration, so that
@@ -230,6 +271,7 @@ impl Broker {
             rng,
             by_peer: HashMap::new(),
             by_addr: HashMap::new(),
+            hosts: Hosts::default(),
             by_nonce: HashMap::new(),
             next_sweep: None,
             transmits: VecDeque::new(),
@@ -252,7 +294,8 @@ impl Broker {
     /// allocator's own overhead per allocation is not counted.
     pub fn registration_memory(&self) -> usize {
         let records: usize = self.by_peer.values().map(|r| size_of::<Registration>() + r.signed.len()).sum();
-        table_bytes(&self.by_peer) + table_bytes(&self.by_addr) + table_bytes(&self.by_nonce) + records
+        let hosts = table_bytes(&self.hosts.per_ip) + table_bytes(&self.hosts.per_network);
+        table_bytes(&self.by_peer) + table_bytes(&self.by_addr) + table_bytes(&self.by_nonce) + hosts + records
     }
 
     /// [`registration_memory`](Self::registration_memory) per registered peer (all of it
@@ -328,6 +371,11 @@ impl Broker {
             return;
         }
         let (peer, issued_ms) = (record.peer_id, record.record.issued_ms);
+        // A new address takes a share of its host's and its network's.
+        if !self.by_addr.contains_key(&src) && self.hosts.full(src.ip(), &self.config) {
+            self.stats.dropped_host_full += 1;
+            return;
+        }
         match self.by_peer.get(&key) {
             Some(old) if old.issued_ms > issued_ms => {
                 self.stats.dropped_stale_record += 1;
@@ -353,8 +401,8 @@ impl Broker {
         let cookie = register.cookie;
         match self.by_peer.get_mut(&key) {
             Some(r) => {
-                if r.addr != src {
-                    self.by_addr.remove(&r.addr);
+                if r.addr != src && self.by_addr.remove(&r.addr).is_some() {
+                    self.hosts.remove(r.addr.ip());
                 }
                 (r.addr, r.socket, r.signed, r.issued_ms, r.expires, r.cookie) =
                     (src, socket, signed, issued_ms, expires, cookie);
@@ -368,7 +416,9 @@ impl Broker {
                 self.by_peer.insert(key, Box::new(registration));
             }
         }
-        self.by_addr.insert(src, key);
+        if self.by_addr.insert(src, key).is_none() {
+            self.hosts.add(src.ip());
+        }
         self.next_sweep.get_or_insert(now + self.config.registration_ttl / 4);
         let ttl_secs = self.config.registration_ttl.as_secs() as u32;
         let registered = pb::Registered { observed: Some(src.into()), ttl_secs, nonce: register.nonce };
@@ -498,7 +548,9 @@ impl Broker {
         expired.sort_unstable();
         for peer in expired {
             if let Some(reg) = self.by_peer.remove(&peer) {
-                self.by_addr.remove(&reg.addr);
+                if self.by_addr.remove(&reg.addr).is_some() {
+                    self.hosts.remove(reg.addr.ip());
+                }
             }
             self.stats.expired += 1;
             self.events.push_back(Event::Expired { peer: peer.peer_id() });
@@ -510,6 +562,8 @@ impl Broker {
         shrink(&mut self.by_peer);
         shrink(&mut self.by_addr);
         shrink(&mut self.by_nonce);
+        shrink(&mut self.hosts.per_ip);
+        shrink(&mut self.hosts.per_network);
         if self.events.is_empty() {
             self.events.shrink_to_fit();
         }

@@ -494,3 +494,32 @@ fn a_spoofed_introduction_request_is_dropped() {
     );
     assert_eq!(b.stats().introduced, 1);
 }
+
+/// Identities and ports cost nothing: one host registering hundreds of names gets its
+/// share, its network a bigger one, and nobody else is locked out (the audit reached the
+/// 100,000-registration cap from 2 IPs).
+#[test]
+fn one_host_or_network_takes_only_its_share_of_registrations() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let config = Config::default();
+    let id = |n: u64| Identity::from_seed(5000 + n);
+    let register = |b: &mut Broker, n: u64, src: SocketAddr| {
+        register_record(b, now, src, &id(n), &id(n).sign_record(pb::PeerRecord { issued_ms: 1, ..Default::default() }))
+    };
+    for n in 0..300 {
+        register(&mut b, n, SocketAddr::from(([198, 51, 100, 7], 10_000 + n as u16)));
+    }
+    assert_eq!(b.registrations(), config.max_registrations_per_ip as usize);
+    for n in 300..700 {
+        register(&mut b, n, SocketAddr::from(([198, 51, 100, (n % 240) as u8 + 8], 20_000 + n as u16)));
+    }
+    assert_eq!(b.registrations(), config.max_registrations_per_network as usize);
+    assert_eq!(b.stats().dropped_host_full, 300 - 64 + 400 - (256 - 64));
+    register(&mut b, 999, "192.0.2.44:5000".parse().unwrap());
+    assert_eq!(b.registrations(), config.max_registrations_per_network as usize + 1, "others still register");
+    // Once they lapse, the shares are free again.
+    let later = now + config.registration_ttl * 2;
+    b.handle_timeout(later);
+    assert_eq!((b.registrations(), b.hosts.per_ip.len(), b.hosts.per_network.len()), (0, 0, 0));
+}

@@ -108,6 +108,13 @@ impl Attempts {
         if self.by_nonce.len() >= self.config.max_attempts {
             return Err(Unpunchable::Busy(self.by_nonce.len()));
         }
+        let ip = introduced.peer_public.ip();
+        let from_ip = self.by_nonce.values().filter(|a| a.peer_ip == ip).count();
+        let from_network =
+            self.by_nonce.values().filter(|a| crate::network_of(a.peer_ip) == crate::network_of(ip)).count();
+        if from_ip >= self.config.max_attempts_per_ip || from_network >= self.config.max_attempts_per_network {
+            return Err(Unpunchable::Busy(from_ip.max(from_network)));
+        }
         let peer_nat = introduced.peer.record.nat.as_ref().and_then(|n| NatReport::try_from(n).ok());
         // A peer that could not probe is taken as easy, at the address the introducer saw.
         let peer_nat = peer_nat.unwrap_or(NatReport {
@@ -166,6 +173,7 @@ impl Attempts {
                 attempt.peer_moved(now, introduced.peer_public);
             }
         }
+        attempt.peer_ip = ip;
         self.by_nonce.insert(introduced.nonce, attempt);
         Ok(())
     }

@@ -52,6 +52,10 @@ pub struct Config {
     pub max_candidates: usize,
     /// Attempts under way at once, at most: each sends up to `timeout / interval` rounds.
     pub max_attempts: usize,
+    /// ...of which toward one peer IP, and toward one network (/24, /48): identities cost
+    /// nothing, so one host minting peers must not take every slot.
+    pub max_attempts_per_ip: usize,
+    pub max_attempts_per_network: usize,
     /// When the public path answers first but LAN candidates exist (peers behind one NAT
     /// that hairpins), how long to wait for a LAN answer, which is the better path.
     pub local_grace: Duration,
@@ -79,6 +83,8 @@ impl Default for Config {
             max_acks: 256,
             max_candidates: 8,
             max_attempts: 64,
+            max_attempts_per_ip: 4,
+            max_attempts_per_network: 16,
             local_grace: Duration::from_millis(50),
             pool_size: 256,
             pool_refresh: Duration::from_secs(2),
@@ -210,6 +216,8 @@ const FIRST_REPROOF: Duration = Duration::from_millis(100);
 pub struct Attempt {
     config: Config,
     peer: PeerId,
+    /// Where the introducer saw the peer (what per-IP limits count).
+    pub(crate) peer_ip: IpAddr,
     me: PeerId,
     nonce: Vec<u8>,
     initiator: bool,
@@ -283,6 +291,7 @@ impl Attempt {
             None => (Vec::new(), None, None),
         };
         Attempt {
+            peer_ip: IpAddr::from([0, 0, 0, 0]),
             proof: me.punch(&nonce, &peer, false),
             secret,
             echoes: HashMap::new(),

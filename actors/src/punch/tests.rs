@@ -468,3 +468,43 @@ fn a_lost_path_proving_proof_is_sent_again() {
     let Some(Event::Connected { remote, .. }) = p.b.poll_event() else { panic!("b not connected") };
     assert_eq!(remote, p.a_addr);
 }
+
+/// Identities cost nothing: one host introducing itself under hundreds of names gets a
+/// few punch attempts, one network a few more, and a peer elsewhere still gets one (the
+/// audit filled all 64 slots from one host, and a real connect failed).
+#[test]
+fn one_host_or_network_takes_only_its_share_of_punch_attempts() {
+    use crate::registration::Introduced;
+    let now = Instant::now();
+    let mine = report("203.0.113.1:1000", NatType::Easy);
+    let mut attempts = actor::Attempts::new(Config::default(), Identity::from_seed(1), [7; 32]);
+    let easy = |n: u64, public: SocketAddr| {
+        let peer = Identity::from_seed(1000 + n);
+        let record = peer.sign_record(pb::PeerRecord {
+            nat: Some((&report(&public.to_string(), NatType::Easy)).into()),
+            ..Default::default()
+        });
+        Introduced {
+            request_id: n,
+            peer: crate::identity::verify_record(&record).unwrap(),
+            peer_public: public,
+            nonce: (n as u128).to_le_bytes().to_vec(),
+            initiator: false,
+            fresh: false,
+            introducer: "192.0.2.1:3478".parse().unwrap(),
+        }
+    };
+    let config = Config::default();
+    let from_one_host = (0..300).filter(|&n| {
+        let public = SocketAddr::from(([198, 51, 100, 7], 10_000 + n as u16));
+        attempts.start(now, &mine, easy(n, public)).is_ok()
+    });
+    assert_eq!(from_one_host.count(), config.max_attempts_per_ip);
+    let from_its_network = (300..600).filter(|&n| {
+        let public = SocketAddr::from(([198, 51, 100, (n % 250) as u8 + 1], 20_000));
+        attempts.start(now, &mine, easy(n, public)).is_ok()
+    });
+    assert_eq!(from_its_network.count(), config.max_attempts_per_network - config.max_attempts_per_ip);
+    let elsewhere = SocketAddr::from(([192, 0, 2, 44], 5000));
+    assert_eq!(attempts.start(now, &mine, easy(999, elsewhere)), Ok(()), "a real peer is not locked out");
+}

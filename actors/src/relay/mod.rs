@@ -94,6 +94,7 @@ pub fn reason_text(reason: pb::RelayRefusedReason) -> &'static str {
         R::BadRequest => "bad request",
         R::TooManyPending => "too many circuits waiting for their second side",
         R::NotIntroduced => "this relay did not introduce us",
+        R::HostLimit => "too many circuits for this host or network",
     }
 }
 

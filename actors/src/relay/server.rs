@@ -12,14 +12,14 @@
 use super::{reason_text, requester_key, verify_request, MAX_NONCE, MIN_NONCE};
 use crate::bucket::TokenBucket;
 use crate::cookie::Cookies;
-use crate::{SocketId, Transmit};
+use crate::{network_of, SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, RelayRefusedReason};
 use introducer_proto::MAX_DATAGRAM;
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Limits of a relay. Rates apply to each direction of each circuit separately, so a
@@ -32,6 +32,10 @@ pub struct RelayConfig {
     pub max_pending: usize,
     /// Circuits one peer may be a side of.
     pub max_circuits_per_peer: usize,
+    /// Circuit sides one IP, and one network (/24, /48), may hold: identities cost nothing,
+    /// so one host minting peers must not take every circuit.
+    pub max_circuits_per_ip: usize,
+    pub max_circuits_per_network: usize,
     /// Forwarded payload bytes per second per direction, sustained, and the burst.
     pub bytes_per_sec: f64,
     pub bytes_burst: f64,
@@ -58,6 +62,8 @@ impl Default for RelayConfig {
             max_circuits: 256,
             max_pending: 64,
             max_circuits_per_peer: 8,
+            max_circuits_per_ip: 8,
+            max_circuits_per_network: 32,
             bytes_per_sec: 256.0 * 1024.0,
             bytes_burst: 64.0 * 1024.0,
             packets_per_sec: 500.0,
@@ -87,6 +93,8 @@ pub struct Stats {
     pub refused_full: u64,
     pub refused_pending: u64,
     pub refused_peer_limit: u64,
+    /// Circuits refused because the requester's host or network holds its share.
+    pub refused_host_limit: u64,
     pub refused_bad_request: u64,
     /// Circuits asked for an introduction this relay did not make.
     pub refused_not_introduced: u64,
@@ -352,6 +360,14 @@ impl Relay {
         self.per_peer.get(peer).copied().unwrap_or(0)
     }
 
+    /// Whether `ip`'s host or network holds its share of circuit sides (a scan: circuits
+    /// are few, and sides move with NAT rebinding).
+    fn host_full(&self, ip: IpAddr) -> bool {
+        let sides = || self.circuits.values().flat_map(|c| c.sides.iter().flatten()).map(|s| s.addr.ip());
+        sides().filter(|&s| s == ip).count() >= self.config.max_circuits_per_ip
+            || sides().filter(|&s| network_of(s) == network_of(ip)).count() >= self.config.max_circuits_per_network
+    }
+
     fn create(&mut self, now: Instant, socket: SocketId, src: SocketAddr, peer: PeerId, target: PeerId, nonce: &[u8]) {
         let key = circuit_key(nonce, peer, target);
         // Only for an introduction made here; then the peer's own limit, the reason it can
@@ -362,6 +378,9 @@ impl Relay {
         } else if self.peer_circuits(&peer) >= self.config.max_circuits_per_peer {
             self.stats.refused_peer_limit += 1;
             Some(RelayRefusedReason::PeerLimit)
+        } else if self.host_full(src.ip()) {
+            self.stats.refused_host_limit += 1;
+            Some(RelayRefusedReason::HostLimit)
         } else if self.circuits.len() >= self.config.max_circuits {
             self.stats.refused_full += 1;
             Some(RelayRefusedReason::RelayFull)
@@ -395,6 +414,7 @@ impl Relay {
     fn join(&mut self, now: Instant, socket: SocketId, src: SocketAddr, peer: PeerId, id: u64) {
         let limit = self.config.max_circuits_per_peer;
         let count = self.peer_circuits(&peer);
+        let host_full = self.host_full(src.ip());
         let fresh = self.new_side(now, socket, src);
         let circuit = self.circuits.get_mut(&id).expect("by_key and circuits agree");
         let i = if circuit.peers[0] == peer { 0 } else { 1 };
@@ -407,10 +427,16 @@ impl Relay {
                 side.socket = socket;
                 side.last_seen = now;
             }
-            None if count >= limit => {
+            None if count >= limit || host_full => {
                 let nonce = circuit.nonce.clone();
-                self.stats.refused_peer_limit += 1;
-                self.refuse(socket, src, peer, &nonce, 0, RelayRefusedReason::PeerLimit);
+                let reason = if count >= limit {
+                    self.stats.refused_peer_limit += 1;
+                    RelayRefusedReason::PeerLimit
+                } else {
+                    self.stats.refused_host_limit += 1;
+                    RelayRefusedReason::HostLimit
+                };
+                self.refuse(socket, src, peer, &nonce, 0, reason);
                 return;
             }
             slot @ None => {

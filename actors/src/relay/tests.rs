@@ -385,6 +385,41 @@ fn circuit_limits_refuse_with_a_clear_reason() {
     assert_eq!(net.c(full).stats().requests_sent, before);
 }
 
+/// Identities cost nothing: one host asking for circuits under hundreds of names gets its
+/// share of them, its network a bigger one, and a peer elsewhere still gets a circuit (the
+/// audit filled all 256 from one host, and a real hard × hard pair found the relay full).
+#[test]
+fn one_host_or_network_takes_only_its_share_of_circuits() {
+    let mut net = Net::new(RelayConfig::default());
+    let config = RelayConfig::default();
+    let refused_for_host = |net: &mut Net, c: usize| {
+        net.events(c).iter().any(|e| matches!(e, client::Event::Refused { reason: RelayRefusedReason::HostLimit, .. }))
+    };
+    let mut asked = Vec::new();
+    for n in 0..100u64 {
+        let (me, peer) = (Identity::from_seed(1000 + n), Identity::from_seed(5000 + n));
+        asked.push(net.client(&format!("192.0.2.66:{}", 10_000 + n), me, &peer, &(n as u128).to_le_bytes()));
+    }
+    net.pump();
+    let refused = asked.iter().filter(|&&c| refused_for_host(&mut net, c)).count();
+    assert_eq!((net.relay.circuits(), refused), (config.max_circuits_per_ip, 100 - config.max_circuits_per_ip));
+    let mut asked = Vec::new();
+    for n in 100..300u64 {
+        let (me, peer) = (Identity::from_seed(1000 + n), Identity::from_seed(5000 + n));
+        let at = format!("192.0.2.{}:{}", n % 200 + 1, 20_000 + n);
+        asked.push(net.client(&at, me, &peer, &(n as u128).to_le_bytes()));
+    }
+    net.pump();
+    assert_eq!(net.relay.circuits(), config.max_circuits_per_network);
+    assert!(asked.iter().any(|&c| refused_for_host(&mut net, c)));
+    let elsewhere = net.client(ALICE, Identity::from_seed(1), &Identity::from_seed(2), &[9; 16]);
+    net.pump();
+    assert!(!refused_for_host(&mut net, elsewhere));
+    assert_eq!(net.relay.circuits(), config.max_circuits_per_network + 1, "a peer elsewhere gets its circuit");
+    let (per_ip, per_network) = (config.max_circuits_per_ip, config.max_circuits_per_network);
+    assert_eq!(net.relay.stats().refused_host_limit as usize, (100 - per_ip) + (200 - (per_network - per_ip)));
+}
+
 #[test]
 fn joining_counts_against_the_joiners_peer_limit() {
     let config = RelayConfig { max_circuits_per_peer: 1, ..RelayConfig::default() };
