@@ -588,13 +588,7 @@ impl NodeCore {
                 if remapped {
                     self.repunch();
                 }
-                let waiting: Vec<PeerId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.phase == Phase::AwaitingRegistration)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for peer in waiting {
+                for peer in self.awaiting_registration() {
                     self.ask_introduction(now, peer);
                 }
             }
@@ -602,13 +596,7 @@ impl NodeCore {
                 self.registered.remove(&introducer);
                 self.emit(NodeEvent::IntroducerUnreachable { introducer });
                 if self.registered.is_empty() {
-                    let waiting: Vec<PeerId> = self
-                        .peers
-                        .iter()
-                        .filter(|(_, p)| p.phase == Phase::AwaitingRegistration)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for peer in waiting {
+                    for peer in self.awaiting_registration() {
                         self.fail(peer, ConnectError::IntroducerUnreachable { introducer });
                     }
                 }
@@ -616,6 +604,12 @@ impl NodeCore {
             R::Introduced(introduced) => self.on_introduced(now, introducer, introduced),
             R::IntroduceFailed { target, error } => self.fail(target, ConnectError::Introduce(error)),
         }
+    }
+
+    /// The peers whose connect waits for a registration.
+    fn awaiting_registration(&self) -> Vec<PeerId> {
+        let waiting = self.peers.iter().filter(|(_, p)| p.phase == Phase::AwaitingRegistration);
+        waiting.map(|(id, _)| *id).collect()
     }
 
     fn on_introduced(&mut self, now: Instant, introducer: SocketAddr, introduced: Box<Introduced>) {
