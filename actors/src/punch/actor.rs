@@ -106,12 +106,20 @@ impl Attempts {
             return Ok(());
         }
         if self.by_nonce.len() >= self.config.max_attempts {
-            return Err(Unpunchable::Busy(self.by_nonce.len()));
+            // An attempt lingering after success only acknowledges late proofs: it gives its
+            // slot up to a new introduction.
+            let lingering = self.by_nonce.iter().find(|(_, a)| !a.is_punching()).map(|(n, _)| n.clone());
+            match lingering {
+                Some(nonce) => drop(self.by_nonce.remove(&nonce)),
+                None => return Err(Unpunchable::Busy(self.by_nonce.len())),
+            }
         }
+        // Shares count the attempts still punching: a host whose peers connected (and
+        // linger) is not held back.
         let ip = introduced.peer_public.ip();
-        let from_ip = self.by_nonce.values().filter(|a| a.peer_ip == ip).count();
-        let from_network =
-            self.by_nonce.values().filter(|a| crate::network_of(a.peer_ip) == crate::network_of(ip)).count();
+        let punching = || self.by_nonce.values().filter(|a| a.is_punching());
+        let from_ip = punching().filter(|a| a.peer_ip == ip).count();
+        let from_network = punching().filter(|a| crate::network_of(a.peer_ip) == crate::network_of(ip)).count();
         if from_ip >= self.config.max_attempts_per_ip || from_network >= self.config.max_attempts_per_network {
             return Err(Unpunchable::Busy(from_ip.max(from_network)));
         }

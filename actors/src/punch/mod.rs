@@ -364,6 +364,11 @@ impl Attempt {
     }
 
     /// True once the attempt has nothing more to do and can be dropped.
+    /// Still looking for a path (not lingering after one, not over).
+    pub fn is_punching(&self) -> bool {
+        self.state == State::Punching
+    }
+
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
