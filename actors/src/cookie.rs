@@ -58,20 +58,19 @@ impl Cookies {
 
 /// The MAC a peer that registered with `cookie` puts on its introduction requests.
 pub fn request_mac(cookie: u64, request: &pb::IntroduceRequest) -> u64 {
-    let unsigned = pb::IntroduceRequest { mac: 0, ..request.clone() };
-    let digest = Sha256::new()
-        .chain_update(b"introducer/introduce-request")
-        .chain_update(cookie.to_le_bytes())
-        .chain_update(unsigned.encode_to_vec())
-        .finalize();
-    u64::from_le_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
+    mac(b"introducer/introduce-request", cookie, &pb::IntroduceRequest { mac: 0, ..request.clone() })
 }
 
 /// The MAC an introducer puts on an introduction for a peer that registered with `cookie`.
 pub fn introduction_mac(cookie: u64, introduction: &pb::Introduction) -> u64 {
-    let unsigned = pb::Introduction { mac: 0, ..introduction.clone() };
+    mac(b"introducer/introduction", cookie, &pb::Introduction { mac: 0, ..introduction.clone() })
+}
+
+/// A message's MAC keyed by a registration cookie (which only the peer and its introducer
+/// know), over the message with its own MAC field zeroed.
+fn mac(domain: &[u8], cookie: u64, unsigned: &impl Message) -> u64 {
     let digest = Sha256::new()
-        .chain_update(b"introducer/introduction")
+        .chain_update(domain)
         .chain_update(cookie.to_le_bytes())
         .chain_update(unsigned.encode_to_vec())
         .finalize();
