@@ -368,6 +368,7 @@ impl NodeActor {
                     ("broker_dropped_not_serving", b.dropped_not_serving),
                     ("broker_dropped_no_possession", b.dropped_no_possession),
                     ("broker_dropped_bad_mac", b.dropped_bad_mac),
+                    ("broker_dropped_host_full", b.dropped_host_full),
                     ("relay_challenged", r.challenged),
                     ("relay_circuits_opened", r.circuits_opened),
                     ("relay_circuits_ready", r.circuits_ready),
