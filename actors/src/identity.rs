@@ -99,8 +99,7 @@ impl Identity {
             public_key: self.public_key.clone().into(),
             signature: signature.into(),
             ack: Some(ack),
-            token: None,
-            echo: None,
+            ..Default::default()
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use introducer_proto::frame::{decode, encode_envelope};
-use introducer_proto::pb::{envelope::Kind, Data, Envelope, Punch};
+use introducer_proto::pb::{envelope::Kind, Envelope, Punch, Sealed};
 use introducer_proto::stun::{Message, TransactionId};
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -47,11 +47,13 @@ fn envelope(c: &mut Criterion) {
             ack: Some(false),
             token: Some(0x0123_4567_89ab_cdef),
             echo: Some(0xfedc_ba98_7654_3210),
+            handshake: vec![10; 96].into(),
+            padding: Default::default(),
         })),
     };
-    // Sealed: epoch and counter travel with the ciphertext (non-zero, so encoded as on the wire).
+    // Sealed: key id and counter travel with the ciphertext (non-zero, so encoded as on the wire).
     let data = Envelope {
-        kind: Some(Kind::Data(Data { payload: vec![0xAB; 1000].into(), epoch: 0x1122_3344_5566_7788, counter: 42 })),
+        kind: Some(Kind::Sealed(Sealed { ciphertext: vec![0xAB; 1000].into(), key: 0x1122_3344, counter: 42 })),
     };
     let mut group = c.benchmark_group("envelope");
     for (name, env) in [("punch", punch), ("data_1000", data)] {
@@ -63,26 +65,72 @@ fn envelope(c: &mut Criterion) {
     group.finish();
 }
 
-/// Sealing and opening a 1000-byte payload: what end-to-end sealing costs per datagram.
+/// What a session datagram costs: a 1000-byte payload sealed into a whole datagram (session
+/// message, AES-256-GCM, envelope) and opened again; and the handshake that makes the keys.
 fn seal(c: &mut Criterion) {
     use introducer_actors::identity::Identity;
-    use introducer_actors::session::seal::Seal;
+    use introducer_actors::punch::{Path, Strategy};
+    use introducer_actors::session::noise::{Binding, Handshake, Statics};
+    use introducer_actors::session::{Config, ProvenPath, Session};
+    use introducer_actors::SocketId;
+    use rand::SeedableRng;
     let (a, b) = (Identity::from_seed(1), Identity::from_seed(2));
-    let mut sender = Seal::new(&a, &b.peer_id(), 1).expect("ed25519 ids");
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("192.0.2.1:1".parse().unwrap(), "192.0.2.2:2".parse().unwrap());
+    let rng = |seed| rand::rngs::StdRng::seed_from_u64(seed);
+    let handshake = |initiator| {
+        let (me, peer) = if initiator { (&a, &b) } else { (&b, &a) };
+        Handshake::new(initiator, Statics::new(me, &peer.peer_id()).unwrap(), Binding::Punch(&[7; 16]), rng(1))
+    };
+    let keys = || {
+        let (mut i, mut r) = (handshake(true), handshake(false));
+        let theirs = r.handle(i.message().unwrap()).unwrap().unwrap();
+        (i.handle(r.message().unwrap()).unwrap().unwrap(), theirs)
+    };
+    let now = std::time::Instant::now();
+    let session = |me: &Identity, peer: &Identity, remote, keys| {
+        let opened = ProvenPath {
+            peer: peer.peer_id(),
+            socket: SocketId::PRIMARY,
+            remote,
+            proven: vec![remote],
+            controlling: true,
+            path: Path::Direct,
+            strategy: Strategy::Direct,
+            keys: Some(keys),
+        };
+        let statics = Statics::new(me, &peer.peer_id()).unwrap();
+        Session::new(Config::default(), opened, None, statics, rng(2), now)
+    };
+    let (ka, kb) = keys();
+    let (mut sender, mut receiver) = (session(&a, &b, b_addr, ka), session(&b, &a, a_addr, kb));
     let payload = vec![0xAB; 1000];
     let mut group = c.benchmark_group("seal");
     group.throughput(Throughput::Bytes(payload.len() as u64));
-    group.bench_function("seal_1000", |bench| bench.iter(|| sender.seal(black_box(&payload))));
-    let sealed = sender.seal(&payload);
-    group.bench_function("open_1000", |bench| {
-        // A fresh receiver each time: a replay window would refuse the second open.
+    group.bench_function("datagram_1000/seal", |bench| {
+        bench.iter(|| {
+            sender.send_data(now, black_box(&payload)).unwrap();
+            sender.poll_transmit()
+        })
+    });
+    group.bench_function("datagram_1000/open", |bench| {
         bench.iter_batched(
-            || Seal::new(&b, &a.peer_id(), 2).expect("ed25519 ids"),
-            |mut receiver| receiver.open(black_box(&sealed)),
+            || {
+                sender.send_data(now, &payload).unwrap();
+                let datagram = sender.poll_transmit().unwrap().payload;
+                match decode(&datagram) {
+                    Ok(introducer_proto::frame::Decoded::Envelope(e)) => e.kind.unwrap(),
+                    other => panic!("{other:?}"),
+                }
+            },
+            |kind| {
+                receiver.handle(now, a_addr, kind);
+                receiver.poll_event()
+            },
             criterion::BatchSize::SmallInput,
         )
     });
     group.finish();
+    c.bench_function("handshake/ik", |bench| bench.iter(keys));
 }
 
 criterion_group! {

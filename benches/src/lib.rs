@@ -11,6 +11,7 @@
 use introducer_actors::identity::Identity;
 use introducer_actors::nat::NatBehavior;
 use introducer_actors::punch::{self, actor::pool_socket, Attempt, Birthday, Candidate, Plan, Prediction, Walk};
+use introducer_actors::session::noise::Handshake;
 use introducer_actors::SocketId;
 use introducer_node::config::Serve;
 use introducer_node::{Config, Node, NodeEvent};
@@ -355,7 +356,9 @@ impl LoopbackSpray {
         // Each side keys its path tokens with a secret of its own, as nodes do.
         let attempt = |me: &Identity, peer: &Identity, initiator: bool, plan, pool: &[SocketId]| {
             let (config, secret) = (punch::Config::default(), [u8::from(initiator); 32]);
-            Attempt::new(config, me, peer.peer_id(), nonce.clone(), initiator, plan, pool, &secret, start)
+            let ephemeral = rand::SeedableRng::seed_from_u64(u64::from(initiator));
+            let handshake = Handshake::punch(me, &peer.peer_id(), &nonce, initiator, ephemeral).expect("ed25519 ids");
+            Attempt::new(config, me, peer.peer_id(), nonce.clone(), initiator, plan, pool, &secret, handshake, start)
         };
         let easy = attempt(easy_id, hard_id, true, plan(self.seen, spray), &[]);
         let hard =

@@ -114,7 +114,7 @@ impl Roles {
             contact: FirstContact::new(id.peer_id(), locals.to_vec(), false),
             broker: Broker::idle(config.broker.clone(), now, child()),
             registrations: Registrations::new(config.registration.clone(), id.clone(), child()),
-            punch: Attempts::new(config.punch.clone(), id.clone(), child().gen()),
+            punch: Attempts::new(config.punch.clone(), id.clone(), child()),
             sessions: Sessions::new(config.session.clone(), id.clone(), child()),
             relay: Relay::idle(config.relay.clone(), now, child()),
             probe: NatProbing::new(responder(locals), child()),
@@ -655,7 +655,18 @@ impl NodeCore {
 
     fn on_punch(&mut self, now: Instant, event: punch::Event) {
         match event {
-            punch::Event::Connected { peer, socket, remote, proven, initiator, path, strategy, probes, elapsed } => {
+            punch::Event::Connected {
+                peer,
+                socket,
+                remote,
+                proven,
+                initiator,
+                path,
+                strategy,
+                probes,
+                elapsed,
+                keys,
+            } => {
                 let p = self.peer(peer);
                 let nonce = match &p.phase {
                     Phase::Punching { intro, .. } | Phase::Relaying { intro } => intro.nonce.clone(),
@@ -666,7 +677,8 @@ impl NodeCore {
                 let asked = p.asked.take();
                 p.phase = Phase::Idle;
                 self.settle(peer);
-                let opened = ProvenPath { peer, socket, remote, proven, controlling: initiator, path, strategy };
+                let keys = Some(keys);
+                let opened = ProvenPath { peer, socket, remote, proven, controlling: initiator, path, strategy, keys };
                 self.orders.push_back(Order::Session(session::actor::Command::Open(opened)));
                 self.emit(match (before, asked) {
                     (Some(Path::Relayed), _) => NodeEvent::Upgraded { peer, remote, path, strategy },
@@ -910,6 +922,15 @@ mod tests {
             strategy: Strategy::SimultaneousOpen,
             probes: 3,
             elapsed: Duration::from_secs(6),
+            keys: {
+                use introducer_actors::session::noise::Handshake;
+                let hs = |a: &Identity, b: &Identity, initiator| {
+                    Handshake::punch(a, &b.peer_id(), &[9; 16], initiator, StdRng::seed_from_u64(1)).unwrap()
+                };
+                let (mut ours, mut theirs) = (hs(&me, &peer, true), hs(&peer, &me, false));
+                theirs.handle(ours.message().unwrap()).unwrap();
+                ours.handle(theirs.message().unwrap()).unwrap().unwrap()
+            },
         };
         c.handle_report(now + Duration::from_secs(6), Report::Punch(connected));
         orders(&mut c);

@@ -92,11 +92,11 @@ pub enum Decoded<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::{envelope::Kind, Ping};
+    use crate::pb::{envelope::Kind, Hello};
 
     #[test]
     fn envelope_round_trips_with_marker() {
-        let env = Envelope { kind: Some(Kind::Ping(Ping { seq: 7 })) };
+        let env = Envelope { kind: Some(Kind::Hello(Hello { padding: vec![7; 4].into() })) };
         let bytes = encode_envelope(&env);
         assert_eq!(bytes[0], FRAME_BYTE);
         assert_eq!(decode(&bytes).unwrap(), Decoded::Envelope(env));

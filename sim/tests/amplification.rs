@@ -74,9 +74,24 @@ fn datagrams() -> Vec<(&'static str, Vec<u8>)> {
                 ..mallory.punch(&[5; 16], &victim, false)
             })),
         ),
-        ("Ping", envelope(Kind::Ping(pb::Ping { seq: 1 }))),
-        ("Pong", envelope(Kind::Pong(pb::Pong { seq: 1 }))),
-        ("Data", envelope(Kind::Data(pb::Data::default()))),
+        (
+            "Punch (with handshake)",
+            envelope(Kind::Punch(pb::Punch {
+                token: Some(1),
+                echo: Some(2),
+                handshake: vec![9; 96].into(),
+                ..mallory.punch(&[5; 16], &victim, false)
+            })),
+        ),
+        (
+            "Handshake",
+            envelope(Kind::Handshake(pb::Handshake { message: vec![9; 96].into(), answer: false, under: 0 })),
+        ),
+        (
+            "Handshake answer",
+            envelope(Kind::Handshake(pb::Handshake { message: vec![9; 48].into(), answer: true, under: 0 })),
+        ),
+        ("Sealed", envelope(Kind::Sealed(pb::Sealed { key: 1, counter: 2, ciphertext: vec![9; 40].into() }))),
         ("RelayRequest", envelope(Kind::RelayRequest(sign_request(&mallory, &victim, &[5; 16], 0)))),
         ("RelayRequest (guessed cookie)", envelope(Kind::RelayRequest(sign_request(&mallory, &victim, &[5; 16], 42)))),
         ("RelayChallenge", envelope(Kind::RelayChallenge(pb::RelayChallenge::default()))),

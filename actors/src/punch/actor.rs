@@ -5,9 +5,12 @@ use crate::driver::{MachineActor, Protocol};
 use crate::identity::Identity;
 use crate::nat::NatReport;
 use crate::registration::Introduced;
+use crate::session::noise::Handshake;
 use crate::socket::{Inbound, Payload};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::envelope::Kind;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -38,6 +41,8 @@ pub struct Attempts {
     pool: Vec<SocketId>,
     /// Keys every attempt's path tokens.
     secret: [u8; 32],
+    /// Draws the handshakes' ephemeral keys.
+    rng: StdRng,
     by_nonce: BTreeMap<Vec<u8>, Attempt>,
     /// The pool socket the next new mapping is shown from.
     next_new_mapping: usize,
@@ -51,13 +56,15 @@ pub struct Attempts {
 }
 
 impl Attempts {
-    /// `secret` keys the path tokens: from the OS per node (seeded on the simulator).
-    pub fn new(config: Config, me: Identity, secret: [u8; 32]) -> Self {
+    /// `rng` draws the key of the path tokens and the handshakes' ephemeral keys: from the
+    /// OS on a real node (seeded on the simulator).
+    pub fn new(config: Config, me: Identity, mut rng: StdRng) -> Self {
         Attempts {
             config,
             me,
             pool: Vec::new(),
-            secret,
+            secret: rng.gen(),
+            rng,
             by_nonce: BTreeMap::new(),
             next_new_mapping: 0,
             waiting_for_pool: Vec::new(),
@@ -159,6 +166,9 @@ impl Attempts {
             }
         }
         let (peer, nonce) = (introduced.peer.peer_id, introduced.nonce.clone());
+        let ephemeral = StdRng::from_rng(&mut self.rng).expect("StdRng never fails");
+        let handshake = Handshake::punch(&self.me, &peer, &nonce, introduced.initiator, ephemeral)
+            .map_err(|_| Unpunchable::NoKey)?;
         let mut attempt = Attempt::new(
             self.config.clone(),
             &self.me,
@@ -168,6 +178,7 @@ impl Attempts {
             plan,
             &self.pool,
             &self.secret,
+            handshake,
             now,
         );
         if walks_both {

@@ -18,6 +18,7 @@
 //! named, and is capped in rate and total.
 
 use crate::identity::{verify_punch, Identity};
+use crate::session::noise::{Handshake, Keys, INITIATION_LEN};
 
 use crate::{SocketId, Transmit};
 use introducer_proto::frame::encode_envelope;
@@ -113,6 +114,8 @@ pub enum Event {
         strategy: Strategy,
         probes: u32,
         elapsed: Duration,
+        /// The session's keys, from the handshake the proofs carried.
+        keys: Keys,
     },
     /// After connecting, the peer proved itself over one more address.
     PathProven { peer: PeerId, addr: SocketAddr },
@@ -147,6 +150,8 @@ pub struct Stats {
     pub dropped_short_proof: u32,
     /// Of the probes, those sprayed at guessed ports.
     pub sprayed: u32,
+    /// Handshake messages on verified proofs that did not authenticate.
+    pub dropped_bad_handshake: u32,
 }
 
 /// A probe target: from which of our sockets, to where, and what kind of path it is.
@@ -231,8 +236,11 @@ pub struct Attempt {
     spray: Option<Spray>,
     /// Addresses the peer proved itself over, in order of first proof.
     proven: Vec<SocketAddr>,
-    /// Our proof, signed once; each datagram adds its path tokens.
+    /// Our proof, signed once; each datagram adds its path tokens and the handshake.
     proof: pb::Punch,
+    /// The session's Noise handshake, riding the proofs: the initiator's message on every
+    /// proof of the initiator's, the responder's answer on the responder's once made.
+    handshake: Handshake,
     /// Keys the path tokens: local, so a peer cannot forge an echo.
     secret: [u8; 32],
     /// The token last received from each address (what we echo back there).
@@ -253,7 +261,8 @@ pub struct Attempt {
 impl Attempt {
     /// `pool` is this node's birthday socket pool (used when the plan says we are the hard
     /// side); the plan's candidates are probed from the primary socket. `secret` keys the
-    /// path tokens (random per node; the attempt mixes in its nonce).
+    /// path tokens (random per node; the attempt mixes in its nonce). `handshake` makes the
+    /// session's keys: the initiator's side at the initiator, bound to `nonce`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
@@ -264,6 +273,7 @@ impl Attempt {
         plan: Plan,
         pool: &[SocketId],
         secret: &[u8; 32],
+        handshake: Handshake,
         now: Instant,
     ) -> Self {
         tracing::debug!(%peer, ?plan, initiator, "punching");
@@ -293,6 +303,7 @@ impl Attempt {
         Attempt {
             peer_ip: IpAddr::from([0, 0, 0, 0]),
             proof: me.punch(&nonce, &peer, false),
+            handshake,
             secret,
             echoes: HashMap::new(),
             peer,
@@ -388,6 +399,12 @@ impl Attempt {
             tracing::debug!(peer = %self.peer, %src, "dropped punch proof that does not verify");
             return;
         }
+        if self.handshake.keys().is_none() && !punch.handshake.is_empty() {
+            if let Err(e) = self.handshake.handle(&punch.handshake) {
+                self.stats.dropped_bad_handshake += 1;
+                tracing::debug!(peer = %self.peer, %src, "handshake on a punch proof dropped: {e}");
+            }
+        }
         // Does it echo our token for this very address, i.e. does the peer receive here?
         let verified = punch.echo == Some(self.token(src));
         tracing::debug!(peer = %self.peer, %src, ack = ?punch.ack, verified, state = ?self.state, "punch proof");
@@ -439,7 +456,9 @@ impl Attempt {
                 self.add_target(Target { socket, addr: src, path: Path::Direct });
             }
         }
-        if punch.ack == Some(true) && verified && self.state == State::Punching {
+        // Connected: the peer proved this path, and both sides hold the session's keys (the
+        // initiator's answer carries its initiation, the responder's carries its answer).
+        if punch.ack == Some(true) && verified && self.state == State::Punching && self.handshake.keys().is_some() {
             let target = Target { socket, addr: src, path: self.path_to(src) };
             let lan_pending = self.targets.iter().any(|t| t.path == Path::Local);
             match (target.path, lan_pending) {
@@ -482,11 +501,17 @@ impl Attempt {
     /// Our proof as a datagram for `dst`: its token and our echo of `dst`'s.
     /// Our proof for `dst`: its path token, and the token it last sent us echoed (every
     /// field always present, so every proof of ours has the same size).
+    /// The responder's proofs are padded to an initiation's size: they may be answered by
+    /// the initiator with one.
     fn proof_to(&self, dst: SocketAddr, ack: bool) -> pb::Punch {
+        let handshake = self.handshake.message().unwrap_or_default();
+        let padding = if ack || self.initiator { 0 } else { INITIATION_LEN.saturating_sub(handshake.len()) };
         pb::Punch {
             ack: Some(ack),
             token: Some(self.token(dst)),
             echo: Some(self.echoes.get(&dst).copied().unwrap_or_default()),
+            handshake: handshake.to_vec().into(),
+            padding: vec![0; padding].into(),
             ..self.proof.clone()
         }
     }
@@ -512,6 +537,7 @@ impl Attempt {
             strategy: self.strategy,
             probes: self.stats.probes,
             elapsed: now - self.started,
+            keys: self.handshake.keys().expect("connected only with keys").clone(),
         });
         // One more proof back over the winning path: it echoes the peer's token there, so a
         // peer that only knew this address from our proofs can trust it too.

@@ -144,6 +144,8 @@ pub enum Unpunchable {
     NoPool,
     #[error("too many punch attempts under way ({0}); try again shortly")]
     Busy(usize),
+    #[error("the peer's id carries no key to make session keys with")]
+    NoKey,
 }
 
 fn allocation_str(allocation: Option<Allocation>) -> &'static str {

@@ -18,6 +18,12 @@ fn report(addr: &str, nat: NatType) -> NatReport {
     }
 }
 
+/// The handshake `me`'s attempt toward `peer` carries.
+fn handshake(me: &Identity, peer: &Identity, nonce: &[u8], initiator: bool) -> Handshake {
+    let rng = rand::SeedableRng::seed_from_u64(u64::from(initiator));
+    Handshake::punch(me, &peer.peer_id(), nonce, initiator, rng).unwrap()
+}
+
 fn punch_of(t: &Transmit) -> pb::Punch {
     match frame::decode(&t.payload).unwrap() {
         Decoded::Envelope(pb::Envelope { kind: Some(Kind::Punch(p)) }) => p,
@@ -95,17 +101,19 @@ fn pair(now: Instant, b_sends_first: bool) -> Pair {
             plan_to(b_addr, true),
             &[],
             &[1; 32],
+            handshake(&alice, &bob, &nonce, true),
             now,
         ),
         b: Attempt::new(
             Config::default(),
             &bob,
             alice.peer_id(),
-            nonce,
+            nonce.clone(),
             false,
             plan_to(a_addr, b_sends_first),
             &[],
             &[1; 32],
+            handshake(&bob, &alice, &nonce, false),
             now,
         ),
         a_addr,
@@ -176,6 +184,7 @@ fn forged_and_replayed_proofs_are_dropped() {
     let valid = pb::Punch {
         token: Some(u64::MAX),
         echo: Some(u64::MAX),
+        padding: vec![0; INITIATION_LEN].into(),
         ..Identity::from_seed(2).punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), false)
     };
     for _ in 0..Config::default().max_acks + 10 {
@@ -230,6 +239,7 @@ fn a_later_path_counts_only_once_the_peer_echoes_our_token_from_it() {
     let late = pb::Punch {
         token: Some(7),
         echo: Some(0),
+        padding: vec![0; INITIATION_LEN].into(),
         ..Identity::from_seed(2).punch(&[5u8; 16], &Identity::from_seed(1).peer_id(), false)
     };
     p.a.handle_punch(now, SocketId::PRIMARY, other, &late);
@@ -259,7 +269,18 @@ fn a_sequential_hard_side_is_predicted_from_where_the_introducer_saw_it() {
     // And the first guesses stride through the ports after it, half a pool apart.
     let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
     let now = Instant::now();
-    let mut a = Attempt::new(Config::default(), &alice, bob.peer_id(), vec![5u8; 16], true, p, &[], &[1; 32], now);
+    let mut a = Attempt::new(
+        Config::default(),
+        &alice,
+        bob.peer_id(),
+        vec![5u8; 16],
+        true,
+        p,
+        &[],
+        &[1; 32],
+        handshake(&alice, &bob, &[5; 16], true),
+        now,
+    );
     a.handle_timeout(now);
     let guesses: Vec<u16> = std::iter::from_fn(|| a.poll_transmit()).map(|t| t.dst.port()).skip(1).take(3).collect();
     assert_eq!(guesses, vec![20008, 20008 + 128, 20008 + 256]);
@@ -290,8 +311,18 @@ fn two_sequential_sides_walk_each_others_next_ports_one_and_two_apart_in_doublin
         let seen = plan.candidates[0].addr;
         let config = Config { spray_per_round: 32, ..Config::default() };
         let start = Instant::now();
-        let mut a =
-            Attempt::new(config.clone(), &alice, bob.peer_id(), vec![5u8; 16], initiator, plan, &[], &[1; 32], start);
+        let mut a = Attempt::new(
+            config.clone(),
+            &alice,
+            bob.peer_id(),
+            vec![5u8; 16],
+            initiator,
+            plan,
+            &[],
+            &[1; 32],
+            handshake(&alice, &bob, &[5; 16], initiator),
+            start,
+        );
         assert!(a.walks_both());
         if let Some(moved) = moved {
             a.peer_moved(start, moved);
@@ -327,8 +358,18 @@ fn spraying_keeps_its_pace_and_cap_whatever_arrives() {
     );
     let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
     let now = Instant::now();
-    let mut a =
-        Attempt::new(Config::default(), &alice, bob.peer_id(), vec![5u8; 16], true, p.unwrap(), &[], &[1; 32], now);
+    let mut a = Attempt::new(
+        Config::default(),
+        &alice,
+        bob.peer_id(),
+        vec![5u8; 16],
+        true,
+        p.unwrap(),
+        &[],
+        &[1; 32],
+        handshake(&alice, &bob, &[5; 16], true),
+        now,
+    );
     let config = Config::default();
     let mut sent = 0;
     while let Some(t) = a.poll_timeout() {
@@ -347,7 +388,7 @@ fn only_a_few_attempts_spray_at_once() {
     let now = Instant::now();
     let me = Identity::from_seed(1);
     let mine = report("203.0.113.1:1000", NatType::Easy);
-    let mut attempts = actor::Attempts::new(Config::default(), me.clone(), [7; 32]);
+    let mut attempts = actor::Attempts::new(Config::default(), me.clone(), rand::SeedableRng::seed_from_u64(7));
     let hard = |n: u64| {
         let peer = Identity::from_seed(100 + n);
         let public: SocketAddr = format!("198.51.100.{n}:40000").parse().unwrap();
@@ -393,16 +434,31 @@ fn only_a_few_private_addresses_are_tried_and_only_private_ones() {
     assert_eq!(local, claimed[1..5].to_vec(), "a public victim is never a LAN candidate; at most four");
 }
 
+/// The handshake rides the proofs, and still no answer is larger than the proof it answers:
+/// the responder's answer carries its shorter handshake message, and the responder's proofs
+/// are padded to the initiation the initiator's answer carries.
 #[test]
-fn an_acknowledgement_is_exactly_as_large_as_the_proof_it_answers() {
+fn an_acknowledgement_is_never_larger_than_the_proof_it_answers() {
     let now = Instant::now();
     let mut p = pair(now, true);
     p.a.handle_timeout(now);
-    let probe = p.a.poll_transmit().unwrap();
-    p.b.handle_punch(now, SocketId::PRIMARY, p.a_addr, &punch_of(&probe));
-    let ack = p.b.poll_transmit().unwrap();
-    assert_eq!(punch_of(&ack).ack, Some(true));
-    assert_eq!(ack.payload.len(), probe.payload.len(), "no amplification toward an unproven source");
+    p.b.handle_timeout(now);
+    let (a_probe, b_probe) = (p.a.poll_transmit().unwrap(), p.b.poll_transmit().unwrap());
+    assert_eq!(punch_of(&a_probe).handshake.len(), INITIATION_LEN);
+    assert_eq!(punch_of(&b_probe).padding.len(), INITIATION_LEN, "nothing to answer yet: all padding");
+    p.b.handle_punch(now, SocketId::PRIMARY, p.a_addr, &punch_of(&a_probe));
+    let b_ack = p.b.poll_transmit().unwrap();
+    assert_eq!(punch_of(&b_ack).ack, Some(true));
+    assert!(b_ack.payload.len() < a_probe.payload.len(), "no amplification toward an unproven source");
+    p.a.handle_punch(now, SocketId::PRIMARY, p.b_addr, &punch_of(&b_probe));
+    let a_ack = p.a.poll_transmit().unwrap();
+    assert_eq!(punch_of(&a_ack).handshake.len(), INITIATION_LEN, "the initiation rides the answer too");
+    assert_eq!(a_ack.payload.len(), b_probe.payload.len());
+    // Once B answered the handshake, its proofs carry the answer and less padding: same size.
+    p.b.handle_timeout(now + Config::default().interval);
+    let b_later = std::iter::from_fn(|| p.b.poll_transmit()).last().unwrap();
+    assert_eq!(punch_of(&b_later).handshake.len(), crate::session::noise::ANSWER_LEN);
+    assert!(b_later.payload.len() >= a_ack.payload.len());
 }
 
 /// A's first proof is lost (B had not started yet). B's first proof reaches A, A's answer
@@ -477,7 +533,8 @@ fn one_host_or_network_takes_only_its_share_of_punch_attempts() {
     use crate::registration::Introduced;
     let now = Instant::now();
     let mine = report("203.0.113.1:1000", NatType::Easy);
-    let mut attempts = actor::Attempts::new(Config::default(), Identity::from_seed(1), [7; 32]);
+    let mut attempts =
+        actor::Attempts::new(Config::default(), Identity::from_seed(1), rand::SeedableRng::seed_from_u64(7));
     let easy = |n: u64, public: SocketAddr| {
         let peer = Identity::from_seed(1000 + n);
         let record = peer.sign_record(pb::PeerRecord {

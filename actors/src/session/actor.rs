@@ -2,7 +2,7 @@
 //! proved itself over — or, for a relayed session, the [`RelayClient`] of its circuit,
 //! which wraps what the session sends and unwraps what the relay delivers.
 
-use super::seal::Seal;
+use super::noise::{Binding, Handshake, Statics};
 use super::{Closed, Config, Event, ProvenPath, RelayError, SendError, Session};
 use crate::driver::{MachineActor, Protocol};
 use crate::identity::Identity;
@@ -13,7 +13,7 @@ use crate::Transmit;
 use introducer_proto::frame::{self, Decoded};
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -57,8 +57,8 @@ const UPGRADE_GRACE: Duration = Duration::from_secs(2);
 pub struct Sessions {
     config: Config,
     identity: Identity,
-    /// Every session seals with an epoch of its own.
-    epochs: StdRng,
+    /// Draws the sessions' ephemeral keys.
+    rng: StdRng,
     relay_config: client::ClientConfig,
     /// Everything about each peer, in one place.
     peers: BTreeMap<PeerId, Peer>,
@@ -95,10 +95,11 @@ impl Peer {
     }
 }
 
-/// A new session's sealing keys, with a fresh epoch; none for a peer whose id carries no
-/// ed25519 key (every introducer peer's does).
-fn seal_for(identity: &Identity, epochs: &mut StdRng, peer: &PeerId) -> Option<Seal> {
-    Seal::new(identity, peer, epochs.gen()).inspect_err(|e| tracing::warn!(%peer, "no session: {e}")).ok()
+/// The static keys of a new session, and a generator for its ephemeral ones; none for a
+/// peer whose id carries no ed25519 key (every introducer peer's does).
+fn keying(identity: &Identity, rng: &mut StdRng, peer: &PeerId) -> Option<(Statics, StdRng)> {
+    let statics = Statics::new(identity, peer).inspect_err(|e| tracing::warn!(%peer, "no session: {e}")).ok()?;
+    Some((statics, StdRng::from_rng(rng).expect("StdRng never fails")))
 }
 
 impl Sessions {
@@ -111,18 +112,19 @@ impl Sessions {
         self.sessions_mut().for_each(|s| s.set_keepalive(keepalive));
     }
 
-    /// Data dropped by the open sessions: (did not authenticate, replayed).
+    /// Datagrams dropped by the open sessions: (did not authenticate, replayed).
     pub fn unsealing_drops(&self) -> (u64, u64) {
-        self.sessions().map(|s| s.stats()).fold((0, 0), |(f, r), s| (f + s.dropped_forged, r + s.dropped_replayed))
+        let stats = self.sessions().map(|s| s.stats());
+        stats.fold((0, 0), |(f, r), s| (f + s.dropped_forged + s.dropped_bad_handshake, r + s.dropped_replayed))
     }
 
-    /// `epochs` picks the sessions' sealing epochs: from the OS on a real node, so they
-    /// never repeat across restarts (seeded on the simulator).
-    pub fn new(config: Config, identity: Identity, epochs: StdRng) -> Self {
+    /// `rng` draws the sessions' ephemeral keys: from the OS on a real node (seeded on the
+    /// simulator, so that a seed replays).
+    pub fn new(config: Config, identity: Identity, rng: StdRng) -> Self {
         Sessions {
             config,
             identity,
-            epochs,
+            rng,
             relay_config: client::ClientConfig::default(),
             peers: BTreeMap::new(),
             outgoing: VecDeque::new(),
@@ -162,11 +164,11 @@ impl Sessions {
         let session = match entry.session.take() {
             // The session moves, with everything in flight.
             Some(mut session) if !session.is_closed() => {
-                session.move_to(opened);
+                session.move_to(now, opened);
                 session
             }
-            _ => match seal_for(&self.identity, &mut self.epochs, &peer) {
-                Some(seal) => Session::new(self.config.clone(), opened, seal, now),
+            _ => match keying(&self.identity, &mut self.rng, &peer) {
+                Some((statics, rng)) => Session::new(self.config.clone(), opened, None, statics, rng, now),
                 None => return,
             },
         };
@@ -193,7 +195,7 @@ impl Sessions {
     /// Moves relayed sessions' datagrams into their circuits and the circuits' news into
     /// the sessions.
     fn pump_relayed(&mut self, now: Instant) {
-        let Sessions { config, identity, epochs, peers, outgoing, news, dropped_unknown_source, .. } = self;
+        let Sessions { config, identity, rng, peers, outgoing, news, dropped_unknown_source, .. } = self;
         for (peer, entry) in peers.iter_mut() {
             let Some(circuit) = &mut entry.circuit else { continue };
             if circuit.retire_at.is_some_and(|t| t <= now) {
@@ -213,9 +215,14 @@ impl Sessions {
                             controlling: circuit.controlling,
                             path: Path::Relayed,
                             strategy: Strategy::Relay,
+                            keys: None,
                         };
-                        let Some(seal) = seal_for(identity, epochs, peer) else { continue };
-                        entry.session = Some(Session::new(config.clone(), opened, seal, now));
+                        let Some((statics, mut rng)) = keying(identity, rng, peer) else { continue };
+                        // The circuit's own handshake, bound to its introduction.
+                        let ephemeral = StdRng::from_rng(&mut rng).expect("StdRng never fails");
+                        let binding = Binding::Relay(client.nonce());
+                        let handshake = Handshake::new(circuit.controlling, statics.clone(), binding, ephemeral);
+                        entry.session = Some(Session::new(config.clone(), opened, Some(handshake), statics, rng, now));
                         news.push_back((*peer, Event::Relayed { relay }));
                     }
                     client::Event::Data(datagram) => match (entry.session.as_mut(), frame::decode(&datagram)) {
@@ -270,7 +277,7 @@ impl Sessions {
     }
 
     pub fn ping(&mut self, now: Instant, peer: &PeerId) -> Result<u64, SendError> {
-        let seq = self.get_mut(peer).ok_or(SendError::Closed)?.ping(now);
+        let seq = self.get_mut(peer).ok_or(SendError::Closed)?.ping(now)?;
         self.pump_relayed(now);
         Ok(seq)
     }
@@ -401,26 +408,28 @@ mod tests {
     use super::*;
     use crate::identity::Identity;
     use crate::punch::{Path, Strategy};
+    use crate::session::noise::{test_keys, Keyring, Keys};
     use crate::SocketId;
-    use introducer_proto::pb::{self, envelope::Kind};
+    use introducer_proto::pb::{self, envelope::Kind, session_message::Kind as Inner};
+    use prost::Message as _;
 
-    fn ping_from(src: SocketAddr, now: Instant) -> Inbound {
-        Inbound {
-            now,
-            socket: SocketId::PRIMARY,
-            src,
-            len: 4,
-            payload: Payload::Envelope(Kind::Ping(pb::Ping { seq: 0 })),
-        }
+    /// A datagram from `src`: a ping sealed with `keys` (any sealed bytes without).
+    fn ping_from(src: SocketAddr, now: Instant, keys: Option<&Keys>) -> Inbound {
+        let mut ring = Keyring::default();
+        keys.into_iter().for_each(|k| ring.install(k, now));
+        let ping = pb::SessionMessage { kind: Some(Inner::Ping(pb::Ping { seq: 0 })) }.encode_to_vec();
+        let sealed = ring.seal(&ping).unwrap_or_default();
+        Inbound { now, socket: SocketId::PRIMARY, src, len: 4, payload: Payload::Envelope(Kind::Sealed(sealed)) }
     }
 
     #[test]
     fn a_ping_that_beats_the_session_open_is_answered_when_it_opens() {
         let now = Instant::now();
         let peer: SocketAddr = "203.0.113.2:5000".parse().unwrap();
+        let (theirs, ours) = test_keys(1, 9, Binding::Punch(&[1; 16]), 1);
         let mut sessions =
             Sessions::new(Config::default(), Identity::from_seed(9), rand::SeedableRng::seed_from_u64(9));
-        sessions.handle_inbound(ping_from(peer, now));
+        sessions.handle_inbound(ping_from(peer, now, Some(&theirs)));
         assert!(sessions.poll_transmit().is_none());
         let id = Identity::from_seed(1).peer_id();
         let opened = ProvenPath {
@@ -431,6 +440,7 @@ mod tests {
             controlling: false,
             path: Path::Direct,
             strategy: Strategy::SimultaneousOpen,
+            keys: Some(ours),
         };
         sessions.open(now, opened);
         let pong = sessions.poll_transmit().expect("the held ping is answered");
@@ -459,7 +469,7 @@ mod tests {
         let mut sessions =
             Sessions::new(Config::default(), Identity::from_seed(9), rand::SeedableRng::seed_from_u64(9));
         for i in 0..EARLY_MAX as u16 + 4 {
-            sessions.handle_inbound(ping_from(SocketAddr::from(([192, 0, 2, 1], i)), now));
+            sessions.handle_inbound(ping_from(SocketAddr::from(([192, 0, 2, 1], i)), now, None));
         }
         assert_eq!(sessions.dropped_unknown_source, 4);
         // They age out on their own timer, not only when more arrive.

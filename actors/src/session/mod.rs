@@ -1,26 +1,32 @@
 //! A connected peer: datagrams in and out over the punched path, round-trip pings, and
 //! keepalives that hold both NATs' mappings open.
 //!
-//! Only datagrams from addresses the peer proved itself over are taken; anything else is
-//! dropped and counted. When several paths were proven (a LAN and a hairpin path, say),
-//! the side that asked for the introduction controls which one carries the session: the
-//! other side answers over whichever proven path the controlling side last used. End-to-end
-//! encryption comes with the relay work; until then the proven path is the only
-//! authentication of data.
+//! Everything a session sends is sealed under keys only the two peers hold ([`noise`]):
+//! the punch carries the handshake that makes the first keys, a relayed session runs it
+//! over the circuit, and the controlling side makes new keys every
+//! [`Config::rekey_after`]. Only what opens counts as the peer's: it alone keeps the session
+//! alive or moves its path. Datagrams are taken only from addresses the peer proved itself
+//! over; anything else is dropped and counted. When several paths were proven (a LAN and a
+//! hairpin path, say), the side that asked for the introduction controls which one carries
+//! the session: the other side answers over whichever proven path the controlling side
+//! last used.
 
 use crate::punch::{Path, Strategy};
 use crate::{SocketId, Transmit};
-use introducer_proto::pb::{self, envelope::Kind};
+use introducer_proto::pb::{self, envelope::Kind, session_message::Kind as Inner};
 use introducer_proto::MAX_DATAGRAM;
 use libp2p_identity::PeerId;
-use std::collections::{HashMap, VecDeque};
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub mod actor;
-pub mod seal;
+pub mod noise;
 
-use seal::{OpenError, Seal, Sealed};
+use noise::{Binding, Handshake, Keyring, Keys, NoiseError, OpenError, Statics};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -30,11 +36,19 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Pings awaiting a pong, at most; older ones are forgotten.
     pub max_pings_in_flight: usize,
+    /// The controlling side makes new keys this often (the other side too, if it waited
+    /// half as long again): keys that are gone open nothing recorded earlier.
+    pub rekey_after: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { keepalive: Duration::from_secs(10), idle_timeout: Duration::from_secs(35), max_pings_in_flight: 64 }
+        Config {
+            keepalive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(35),
+            max_pings_in_flight: 64,
+            rekey_after: Duration::from_secs(120),
+        }
     }
 }
 
@@ -82,13 +96,18 @@ pub enum RelayError {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Datagrams that authenticated.
     pub datagrams_in: u64,
     pub datagrams_out: u64,
     pub dropped_wrong_source: u64,
     pub dropped_unsolicited_pong: u64,
-    /// Data that did not authenticate, or came again.
+    /// Sealed datagrams that did not authenticate, or named keys the session does not hold.
     pub dropped_forged: u64,
     pub dropped_replayed: u64,
+    /// Handshake messages that did not authenticate or came out of turn.
+    pub dropped_bad_handshake: u64,
+    /// Key sets made (the first included).
+    pub handshakes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +116,8 @@ pub enum SendError {
     TooLarge(usize),
     #[error("session is closed")]
     Closed,
+    #[error("the session's keys are not agreed yet and {0} datagrams already wait for them")]
+    NoKeys(usize),
 }
 
 /// What a punch proved, and what a session opens over.
@@ -113,6 +134,8 @@ pub struct ProvenPath {
     pub controlling: bool,
     pub path: Path,
     pub strategy: Strategy,
+    /// The keys the punch's handshake made (none over a relay: the session makes them).
+    pub keys: Option<Keys>,
 }
 
 /// The sequence number of keepalive pings: their pongs are nobody's business.
@@ -127,8 +150,30 @@ fn max_payload(path: Path) -> usize {
     }
 }
 
+/// Bytes a sealed datagram adds to its payload: the frame byte, the envelope's field (tag,
+/// two length bytes), the key id and counter fields, the ciphertext field, the AEAD tag,
+/// and the data field inside.
+pub const OVERHEAD: usize = 1 + 3 + 5 + 9 + 3 + noise::TAG_LEN + 3;
+
 /// Payload bytes that fit one datagram after framing and sealing.
-pub const MAX: usize = MAX_DATAGRAM - 16 - seal::OVERHEAD;
+pub const MAX: usize = MAX_DATAGRAM - OVERHEAD;
+
+/// Datagrams a session holds while its first keys are agreed, at most.
+const MAX_WAITING: usize = 16;
+/// How long keys that were replaced still open what was sealed with them.
+const KEY_GRACE: Duration = Duration::from_secs(10);
+/// A handshake's message is sent again after this, then twice as long, up to `MAX_RESEND`.
+const FIRST_RESEND: Duration = Duration::from_millis(250);
+const MAX_RESEND: Duration = Duration::from_secs(8);
+
+/// A handshake this side started: the first over a relay circuit, or a rekey (bound to the
+/// key set it was asked under).
+struct Ours {
+    handshake: Handshake,
+    rekey: Option<u32>,
+    next: Instant,
+    wait: Duration,
+}
 
 pub struct Session {
     config: Config,
@@ -143,12 +188,19 @@ pub struct Session {
     last_rx: Instant,
     last_tx: Instant,
     next_seq: u64,
-    pings: HashMap<u64, Instant>,
+    pings: BTreeMap<u64, Instant>,
     closed: bool,
     /// Largest payload `send_data` takes (less through a relay, which wraps it).
     max_payload: usize,
-    /// Data is sealed with it and opened with it: the peer's keys, our epoch.
-    seal: Seal,
+    keys: Keyring,
+    statics: Statics,
+    /// Draws the ephemeral keys of rekeys (from the OS on a real node).
+    rng: StdRng,
+    ours: Option<Ours>,
+    /// The handshake we answer (or wait to): copies of its initiation get the same answer.
+    theirs: Option<Handshake>,
+    /// What the user sent before the first keys were agreed.
+    waiting: VecDeque<Inner>,
     stats: Stats,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -159,14 +211,22 @@ impl Session {
         self.config.keepalive = keepalive;
     }
 
-    /// A session over `opened`; `seal` holds the keys shared with the peer.
-    pub fn new(config: Config, opened: ProvenPath, seal: Seal, now: Instant) -> Self {
-        let ProvenPath { peer, socket, remote, mut proven, controlling, path, strategy } = opened;
+    /// A session over `opened`, sealed with the keys its punch made. Without them (a relay
+    /// circuit), `handshake` makes them over the path: the controlling side initiates.
+    pub fn new(
+        config: Config,
+        opened: ProvenPath,
+        handshake: Option<Handshake>,
+        statics: Statics,
+        rng: StdRng,
+        now: Instant,
+    ) -> Self {
+        let ProvenPath { peer, socket, remote, mut proven, controlling, path, strategy, keys } = opened;
         tracing::debug!(%peer, %remote, ?proven, controlling, ?path, "session open");
         if !proven.contains(&remote) {
             proven.push(remote);
         }
-        Session {
+        let mut session = Session {
             config,
             peer,
             socket,
@@ -178,14 +238,30 @@ impl Session {
             last_rx: now,
             last_tx: now,
             next_seq: 0,
-            pings: HashMap::new(),
+            pings: BTreeMap::new(),
             closed: false,
             max_payload: max_payload(path),
-            seal,
+            keys: Keyring::default(),
+            statics,
+            rng,
+            ours: None,
+            theirs: None,
+            waiting: VecDeque::new(),
             stats: Stats::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+        };
+        if let Some(keys) = keys {
+            session.install(&keys, now);
         }
+        match handshake {
+            Some(h) if h.message().is_some() => {
+                session.ours = Some(Ours { handshake: h, rekey: None, next: now, wait: FIRST_RESEND });
+                session.resend(now);
+            }
+            other => session.theirs = other,
+        }
+        session
     }
 
     pub fn peer(&self) -> PeerId {
@@ -199,10 +275,11 @@ impl Session {
         &self.proven
     }
     /// Moves the session onto a newly proven path (a relayed session upgraded to direct),
-    /// keeping everything in flight: sequence numbers, pings awaiting pongs, counters. The
-    /// old path stays accepted, so what is still on its way along it arrives.
-    pub fn move_to(&mut self, opened: ProvenPath) {
-        let ProvenPath { socket, remote, proven, controlling, path, strategy, .. } = opened;
+    /// keeping everything in flight: sequence numbers, pings awaiting pongs, counters, and
+    /// the keys it holds, next to those the new path's punch made. The old path stays
+    /// accepted, so what is still on its way along it arrives.
+    pub fn move_to(&mut self, now: Instant, opened: ProvenPath) {
+        let ProvenPath { socket, remote, proven, controlling, path, strategy, keys, .. } = opened;
         tracing::debug!(peer = %self.peer, from = %self.remote, to = %remote, ?path, "session moves");
         for addr in proven.into_iter().chain([remote]) {
             self.add_path(addr);
@@ -213,6 +290,9 @@ impl Session {
         self.path = path;
         self.strategy = strategy;
         self.max_payload = max_payload(path);
+        if let Some(keys) = keys {
+            self.install(&keys, now);
+        }
     }
 
     /// Takes traffic from one more address the peer proved itself over.
@@ -246,23 +326,45 @@ impl Session {
         self.events.pop_front()
     }
 
-    fn send(&mut self, now: Instant, kind: Kind) {
+    fn install(&mut self, keys: &Keys, now: Instant) {
+        self.keys.install(keys, now);
+        self.stats.handshakes += 1;
+        for inner in std::mem::take(&mut self.waiting) {
+            let _ = self.send(now, inner); // keys are held: it goes
+        }
+    }
+
+    fn transmit(&mut self, now: Instant, kind: Kind) {
         self.last_tx = now;
         self.stats.datagrams_out += 1;
         self.transmits.push_back(Transmit::envelope(self.socket, self.remote, kind));
     }
 
+    /// Seals and sends; before there are keys, what the user sent waits for them.
+    fn send(&mut self, now: Instant, inner: Inner) -> Result<(), SendError> {
+        if self.keys.is_empty() {
+            if self.waiting.len() >= MAX_WAITING {
+                return Err(SendError::NoKeys(self.waiting.len()));
+            }
+            self.waiting.push_back(inner);
+            return Ok(());
+        }
+        let plaintext = pb::SessionMessage { kind: Some(inner) }.encode_to_vec();
+        let sealed = self.keys.seal(&plaintext).expect("a key set is held");
+        self.transmit(now, Kind::Sealed(sealed));
+        Ok(())
+    }
+
     /// Sends a ping; its pong comes back as [`Event::Pong`] with this sequence number.
-    pub fn ping(&mut self, now: Instant) -> u64 {
+    pub fn ping(&mut self, now: Instant) -> Result<u64, SendError> {
         let seq = self.next_seq;
+        self.send(now, Inner::Ping(pb::Ping { seq }))?;
         self.next_seq += 1;
         if self.pings.len() >= self.config.max_pings_in_flight {
-            let oldest = *self.pings.keys().min().expect("map is full");
-            self.pings.remove(&oldest);
+            self.pings.pop_first();
         }
         self.pings.insert(seq, now);
-        self.send(now, Kind::Ping(pb::Ping { seq }));
-        seq
+        Ok(seq)
     }
 
     pub fn send_data(&mut self, now: Instant, payload: &[u8]) -> Result<(), SendError> {
@@ -272,9 +374,7 @@ impl Session {
         if payload.len() > self.max_payload {
             return Err(SendError::TooLarge(payload.len()));
         }
-        let Sealed { epoch, counter, bytes } = self.seal.seal(payload);
-        self.send(now, Kind::Data(pb::Data { payload: bytes.into(), epoch, counter }));
-        Ok(())
+        self.send(now, Inner::Data(payload.to_vec().into()))
     }
 
     /// Handles session traffic from `src`.
@@ -283,34 +383,127 @@ impl Session {
             self.stats.dropped_wrong_source += 1;
             return;
         }
+        match kind {
+            Kind::Sealed(sealed) => match self.keys.open(now, &sealed) {
+                Ok(plaintext) => match pb::SessionMessage::decode(plaintext.as_slice()).ok().and_then(|m| m.kind) {
+                    Some(inner) => {
+                        self.authenticated(now, src);
+                        self.handle_inner(now, src, inner);
+                    }
+                    None => self.stats.dropped_forged += 1,
+                },
+                Err(OpenError::Replayed) => self.stats.dropped_replayed += 1,
+                Err(OpenError::Forged | OpenError::UnknownKey) => self.stats.dropped_forged += 1,
+            },
+            Kind::Handshake(h) => self.handle_handshake(now, src, false, h),
+            _ => {}
+        }
+    }
+
+    /// Something from `src` authenticated: the peer is alive, and the controlled side
+    /// follows the path the controlling side uses.
+    fn authenticated(&mut self, now: Instant, src: SocketAddr) {
         if !self.controlling && src != self.remote {
             tracing::debug!(peer = %self.peer, from = %self.remote, to = %src, "following the controlling side's path");
             self.remote = src;
         }
         self.last_rx = now;
         self.stats.datagrams_in += 1;
-        match kind {
-            Kind::Ping(ping) => self.send(now, Kind::Pong(pb::Pong { seq: ping.seq })),
-            Kind::Pong(pong) => match self.pings.remove(&pong.seq) {
+    }
+
+    fn handle_inner(&mut self, now: Instant, src: SocketAddr, inner: Inner) {
+        match inner {
+            Inner::Ping(ping) => {
+                let _ = self.send(now, Inner::Pong(pb::Pong { seq: ping.seq }));
+            }
+            Inner::Pong(pong) => match self.pings.remove(&pong.seq) {
                 Some(sent) => self.events.push_back(Event::Pong { seq: pong.seq, rtt: now - sent }),
                 None if pong.seq == KEEPALIVE_SEQ => {}
                 None => self.stats.dropped_unsolicited_pong += 1,
             },
-            Kind::Data(data) => {
-                let sealed = Sealed { epoch: data.epoch, counter: data.counter, bytes: data.payload.to_vec() };
-                match self.seal.open(&sealed) {
-                    Ok(payload) => self.events.push_back(Event::Data(payload)),
-                    Err(OpenError::Forged) => self.stats.dropped_forged += 1,
-                    Err(OpenError::Replayed) => self.stats.dropped_replayed += 1,
-                }
-            }
-            _ => {}
+            Inner::Data(data) => self.events.push_back(Event::Data(data.to_vec())),
+            Inner::Rekey(h) => self.handle_handshake(now, src, true, h),
         }
     }
 
-    /// Any authenticated sign of life from the peer (a late punch proof) counts as traffic.
-    pub fn touch(&mut self, now: Instant) {
-        self.last_rx = now;
+    /// A handshake message: in the clear (the first handshake, over a relay circuit) or
+    /// `sealed` under the current keys (a rekey).
+    fn handle_handshake(&mut self, now: Instant, src: SocketAddr, sealed: bool, h: pb::Handshake) {
+        let made = if h.answer {
+            match self.ours.as_mut().filter(|o| o.rekey.is_some() == sealed) {
+                Some(ours) => ours.handshake.handle(&h.message),
+                None => Err(NoiseError::Unexpected),
+            }
+        } else {
+            // A rekey the peer asks for: a new handshake, unless a copy of the one answered last.
+            if sealed && !self.theirs.as_ref().is_some_and(|t| t.answers(&h.message)) {
+                let rng = self.child_rng();
+                self.theirs = Some(Handshake::respond(self.statics.clone(), Binding::Rekey(h.under), rng));
+            }
+            match self.theirs.as_mut() {
+                Some(theirs) => theirs.handle(&h.message),
+                None => Err(NoiseError::Unexpected),
+            }
+        };
+        let made = match made {
+            Ok(made) => made,
+            Err(e) => {
+                self.stats.dropped_bad_handshake += 1;
+                return tracing::debug!(peer = %self.peer, %src, "handshake message dropped: {e}");
+            }
+        };
+        // The answer goes ahead of anything the new keys release.
+        if let Some(answer) = self.theirs.as_ref().and_then(Handshake::message).filter(|_| !h.answer) {
+            let answer = pb::Handshake { message: answer.to_vec().into(), answer: true, under: h.under };
+            if sealed {
+                let _ = self.send(now, Inner::Rekey(answer));
+            } else {
+                self.transmit(now, Kind::Handshake(answer));
+            }
+        }
+        if let Some(keys) = made {
+            if !sealed {
+                self.authenticated(now, src);
+            }
+            if h.answer {
+                self.ours = None;
+            }
+            self.install(&keys, now);
+        }
+    }
+
+    /// Starts a rekey when it is due: the controlling side after `rekey_after`, the other
+    /// after half as long again (should the controlling side not).
+    fn rekey_due(&self) -> Option<Instant> {
+        let (_, created) = self.keys.newest()?;
+        let after = if self.controlling { self.config.rekey_after } else { self.config.rekey_after * 3 / 2 };
+        self.ours.is_none().then_some(created + after)
+    }
+
+    fn start_rekey(&mut self, now: Instant) {
+        let Some((id, _)) = self.keys.newest() else { return };
+        let rng = self.child_rng();
+        let handshake = Handshake::initiate(self.statics.clone(), Binding::Rekey(id), rng);
+        self.ours = Some(Ours { handshake, rekey: Some(id), next: now, wait: FIRST_RESEND });
+        self.resend(now);
+    }
+
+    /// A generator for one handshake's ephemeral key.
+    fn child_rng(&mut self) -> StdRng {
+        StdRng::from_rng(&mut self.rng).expect("StdRng never fails")
+    }
+
+    /// Our handshake's message (again), and when the next copy goes.
+    fn resend(&mut self, now: Instant) {
+        let Some(ours) = self.ours.as_mut() else { return };
+        let Some(message) = ours.handshake.message().map(<[u8]>::to_vec) else { return };
+        ours.next = now + ours.wait;
+        ours.wait = (ours.wait * 2).min(MAX_RESEND);
+        let h = pb::Handshake { message: message.into(), answer: false, under: ours.rekey.unwrap_or_default() };
+        match ours.rekey {
+            Some(_) => drop(self.send(now, Inner::Rekey(h))),
+            None => self.transmit(now, Kind::Handshake(h)),
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -322,8 +515,15 @@ impl Session {
             self.events.push_back(Event::Closed { reason: Closed::Idle(self.config.idle_timeout) });
             return;
         }
-        if now >= self.last_tx + self.config.keepalive {
-            self.send(now, Kind::Ping(pb::Ping { seq: KEEPALIVE_SEQ }));
+        self.keys.expire(now, KEY_GRACE);
+        if self.ours.as_ref().is_some_and(|o| now >= o.next) {
+            self.resend(now);
+        }
+        if self.rekey_due().is_some_and(|t| now >= t) {
+            self.start_rekey(now);
+        }
+        if now >= self.last_tx + self.config.keepalive && !self.keys.is_empty() {
+            let _ = self.send(now, Inner::Ping(pb::Ping { seq: KEEPALIVE_SEQ }));
         }
     }
 
@@ -332,7 +532,13 @@ impl Session {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (!self.closed).then(|| (self.last_tx + self.config.keepalive).min(self.last_rx + self.config.idle_timeout))
+        if self.closed {
+            return None;
+        }
+        let keepalive = (!self.keys.is_empty()).then_some(self.last_tx + self.config.keepalive);
+        let resend = self.ours.as_ref().map(|o| o.next);
+        let idle = self.last_rx + self.config.idle_timeout;
+        [keepalive, resend, self.rekey_due(), self.keys.expiry(KEY_GRACE), Some(idle)].into_iter().flatten().min()
     }
 }
 
@@ -349,101 +555,223 @@ mod tests {
         }
     }
 
-    fn pair(now: Instant) -> (Session, Session, SocketAddr, SocketAddr) {
-        let (a, b): (SocketAddr, SocketAddr) = ("203.0.113.1:1".parse().unwrap(), "198.51.100.2:2".parse().unwrap());
-        let s = |me: u64, peer: u64, remote| {
-            let peer = Identity::from_seed(peer).peer_id();
-            let seal = Seal::new(&Identity::from_seed(me), &peer, me).unwrap();
-            let opened = ProvenPath {
-                peer,
-                socket: SocketId::PRIMARY,
-                remote,
-                proven: vec![],
-                controlling: true,
-                path: Path::Direct,
-                strategy: Strategy::Direct,
-            };
-            Session::new(Config::default(), opened, seal, now)
+    const A: &str = "203.0.113.1:1";
+    const B: &str = "198.51.100.2:2";
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// Seed `me`'s session with seed `peer`, at `remote`, holding `keys` (or making them
+    /// over the path when none).
+    fn session(me: u64, peer: u64, remote: &str, keys: Option<Keys>, controlling: bool, now: Instant) -> Session {
+        let peer = Identity::from_seed(peer).peer_id();
+        let statics = Statics::new(&Identity::from_seed(me), &peer).unwrap();
+        let handshake = keys.is_none().then(|| {
+            let binding = Binding::Relay(&[3; 16]);
+            Handshake::new(controlling, statics.clone(), binding, StdRng::seed_from_u64(me))
+        });
+        let opened = ProvenPath {
+            peer,
+            socket: SocketId::PRIMARY,
+            remote: addr(remote),
+            proven: vec![],
+            controlling,
+            path: if keys.is_some() { Path::Direct } else { Path::Relayed },
+            strategy: Strategy::Direct,
+            keys,
         };
-        (s(1, 2, b), s(2, 1, a), a, b)
+        Session::new(Config::default(), opened, handshake, statics, StdRng::seed_from_u64(me + 100), now)
+    }
+
+    /// A (seed 1, controlling) and B (seed 2) with the keys a punch made.
+    fn pair(now: Instant) -> (Session, Session) {
+        let (ka, kb) = noise::test_keys(1, 2, Binding::Punch(&[1; 16]), 1);
+        (session(1, 2, B, Some(ka), true, now), session(2, 1, A, Some(kb), false, now))
+    }
+
+    /// Delivers everything each side sent to the other, until both are quiet; the datagrams.
+    fn exchange(a: &mut Session, b: &mut Session, now: Instant) -> Vec<Transmit> {
+        let mut all = Vec::new();
+        loop {
+            let from_a: Vec<Transmit> = std::iter::from_fn(|| a.poll_transmit()).collect();
+            let from_b: Vec<Transmit> = std::iter::from_fn(|| b.poll_transmit()).collect();
+            if from_a.is_empty() && from_b.is_empty() {
+                return all;
+            }
+            from_a.iter().for_each(|t| b.handle(now, addr(A), kind(t)));
+            from_b.iter().for_each(|t| a.handle(now, addr(B), kind(t)));
+            all.extend(from_a.into_iter().chain(from_b));
+        }
+    }
+
+    fn sealed(t: &Transmit) -> pb::Sealed {
+        match kind(t) {
+            Kind::Sealed(s) => s,
+            other => panic!("not sealed: {other:?}"),
+        }
     }
 
     #[test]
-    fn ping_pong_and_data_flow_and_strangers_are_dropped() {
+    fn pings_pongs_and_data_go_sealed_and_what_does_not_open_is_dropped() {
         let now = Instant::now();
-        let (mut a, mut b, a_addr, b_addr) = pair(now);
-        let seq = a.ping(now);
+        let (mut a, mut b) = pair(now);
+        let seq = a.ping(now).unwrap();
         let ping = a.poll_transmit().unwrap();
-        b.handle(now, a_addr, kind(&ping));
+        b.handle(now, addr(A), kind(&ping));
         let pong = b.poll_transmit().unwrap();
-        a.handle(now + Duration::from_millis(30), b_addr, kind(&pong));
+        a.handle(now + Duration::from_millis(30), addr(B), kind(&pong));
         assert_eq!(a.poll_event(), Some(Event::Pong { seq, rtt: Duration::from_millis(30) }));
 
         a.send_data(now, b"hello").unwrap();
         let data = a.poll_transmit().unwrap();
         assert!(!data.payload.windows(5).any(|w| w == b"hello"), "sealed on the wire");
-        b.handle(now, a_addr, kind(&data));
+        b.handle(now, addr(A), kind(&data));
         assert_eq!(b.poll_event(), Some(Event::Data(b"hello".to_vec())));
         // The same datagram again, or one forged, from the right address: dropped, counted.
-        b.handle(now, a_addr, kind(&data));
-        let forged = pb::Data { payload: b"spoof, 16 bytes of tag".to_vec().into(), epoch: 99, counter: 0 };
-        b.handle(now, a_addr, Kind::Data(forged.clone()));
+        b.handle(now, addr(A), kind(&data));
+        let forged = pb::Sealed { ciphertext: vec![7; 40].into(), counter: 999, ..sealed(&data) };
+        b.handle(now, addr(A), Kind::Sealed(forged.clone()));
         assert_eq!(b.poll_event(), None);
         assert_eq!((b.stats().dropped_replayed, b.stats().dropped_forged), (1, 1));
+        assert_eq!(b.poll_transmit(), None, "nothing answers what does not open");
 
-        b.handle(now, "192.0.2.9:9".parse().unwrap(), Kind::Data(forged));
-        assert_eq!(b.poll_event(), None);
+        b.handle(now, addr("192.0.2.9:9"), Kind::Sealed(forged));
         assert_eq!(b.stats().dropped_wrong_source, 1);
         assert_eq!(a.send_data(now, &[0; MAX + 1]), Err(SendError::TooLarge(MAX + 1)));
+        // The largest payload still makes a datagram that fits.
+        a.send_data(now, &[0xff; MAX]).unwrap();
+        assert!(a.poll_transmit().unwrap().payload.len() <= MAX_DATAGRAM);
+    }
+
+    /// Before: sealing keys came from the static identities, so a datagram recorded in one
+    /// session opened in the next, and one injected datagram from an old epoch moved the
+    /// receiver off the current one.
+    #[test]
+    fn nothing_recorded_from_an_earlier_session_opens_or_disturbs_the_next() {
+        let now = Instant::now();
+        let (mut old_a, _) = pair(now);
+        old_a.send_data(now, b"recorded").unwrap();
+        let recorded = old_a.poll_transmit().unwrap();
+        // The same two peers, introduced again: a new handshake, new ephemeral keys.
+        let (ka, kb) = noise::test_keys(1, 2, Binding::Punch(&[2; 16]), 5);
+        let (mut a, mut b) = (session(1, 2, B, Some(ka), true, now), session(2, 1, A, Some(kb), false, now));
+        b.handle(now, addr(A), kind(&recorded));
+        assert_eq!(b.poll_event(), None);
+        assert_eq!(b.stats().dropped_forged, 1);
+        a.send_data(now, b"current").unwrap();
+        exchange(&mut a, &mut b, now);
+        assert_eq!(b.poll_event(), Some(Event::Data(b"current".to_vec())), "the current keys still open");
+    }
+
+    /// Before: pings from a proven address reset the idle timer and moved the controlled
+    /// side's path, authenticated or not.
+    #[test]
+    fn only_what_authenticates_keeps_a_session_alive_or_moves_its_path() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let (lan, stranger) = (addr("10.0.0.3:5000"), addr("192.0.2.1:1"));
+        b.add_path(lan);
+        // A forgery from the other proven address moves nothing, and answers nothing.
+        a.ping(now).unwrap();
+        let forged = pb::Sealed { ciphertext: vec![1; 30].into(), ..sealed(&a.poll_transmit().unwrap()) };
+        b.handle(now, lan, Kind::Sealed(forged.clone()));
+        assert_eq!((b.remote(), b.poll_transmit()), (addr(A), None));
+        // The real thing from there moves the controlled side onto it...
+        a.ping(now).unwrap();
+        b.handle(now, lan, kind(&a.poll_transmit().unwrap()));
+        assert_eq!(b.poll_transmit().unwrap().dst, lan, "answered over the controlling side's path");
+        // ...but not the controlling side.
+        b.ping(now).unwrap();
+        a.add_path(stranger);
+        a.handle(now, stranger, kind(&b.poll_transmit().unwrap()));
+        a.ping(now).unwrap();
+        assert_eq!(a.poll_transmit().unwrap().dst, addr(B), "the controlling side keeps its choice");
+        // Forgeries every second from a proven address do not hold the session open.
+        let idle = Config::default().idle_timeout;
+        let mut t = now;
+        while let Some(next) = b.poll_timeout() {
+            t = next;
+            b.handle_timeout(t);
+            b.handle(t, lan, Kind::Sealed(forged.clone()));
+            while b.poll_transmit().is_some() {}
+        }
+        assert!(matches!(b.poll_event(), Some(Event::Closed { reason: Closed::Idle(_) })));
+        assert_eq!(t, now + idle, "closed when the last authentic datagram was idle_timeout ago");
     }
 
     #[test]
-    fn the_controlled_side_follows_the_controlling_sides_path() {
+    fn keepalives_are_sealed_pings_and_silence_closes_the_session() {
         let now = Instant::now();
-        let (lan, hairpin): (SocketAddr, SocketAddr) =
-            ("10.0.0.3:5000".parse().unwrap(), "203.0.113.10:5001".parse().unwrap());
-        let peer = Identity::from_seed(1).peer_id();
-        let side = |remote, controlling, path| {
-            let opened = ProvenPath {
-                peer,
-                socket: SocketId::PRIMARY,
-                remote,
-                proven: vec![lan, hairpin],
-                controlling,
-                path,
-                strategy: Strategy::Local,
-            };
-            Session::new(Config::default(), opened, Seal::new(&Identity::from_seed(2), &peer, 2).unwrap(), now)
-        };
-        let mut controlled = side(hairpin, false, Path::Direct);
-        controlled.handle(now, lan, Kind::Ping(pb::Ping { seq: 0 }));
-        assert_eq!(controlled.poll_transmit().unwrap().dst, lan, "answered over the controlling side's path");
-        assert_eq!(controlled.remote(), lan);
-
-        let mut controlling = side(lan, true, Path::Local);
-        controlling.handle(now, hairpin, Kind::Ping(pb::Ping { seq: 0 }));
-        assert_eq!(controlling.poll_transmit().unwrap().dst, lan, "the controlling side keeps its choice");
-
-        let stranger: SocketAddr = "192.0.2.1:1".parse().unwrap();
-        controlled.handle(now, stranger, Kind::Ping(pb::Ping { seq: 1 }));
-        assert_eq!(controlled.stats().dropped_wrong_source, 1);
-        controlled.add_path(stranger);
-        controlled.handle(now, stranger, Kind::Ping(pb::Ping { seq: 1 }));
-        assert_eq!(controlled.poll_transmit().unwrap().dst, stranger);
-    }
-
-    #[test]
-    fn keepalives_hold_the_path_and_silence_closes_it() {
-        let now = Instant::now();
-        let (mut a, ..) = pair(now);
+        let (mut a, _) = pair(now);
         let config = Config::default();
         let mut keepalives = 0;
         while let Some(t) = a.poll_timeout() {
             a.handle_timeout(t);
-            keepalives += std::iter::from_fn(|| a.poll_transmit()).count();
+            for t in std::iter::from_fn(|| a.poll_transmit()) {
+                sealed(&t);
+                keepalives += 1;
+            }
         }
         assert_eq!(keepalives as u32, (config.idle_timeout.as_secs() / config.keepalive.as_secs()) as u32);
         assert!(matches!(a.poll_event(), Some(Event::Closed { .. })));
         assert!(a.is_closed());
+    }
+
+    #[test]
+    fn the_controlling_side_makes_new_keys_and_the_old_ones_are_forgotten() {
+        let start = Instant::now();
+        let (mut a, mut b) = pair(start);
+        a.send_data(start, b"first").unwrap();
+        let first = sealed(&exchange(&mut a, &mut b, start)[0]);
+        assert_eq!(b.poll_event(), Some(Event::Data(b"first".to_vec())));
+        let mut now = start;
+        // Keepalives both ways until the rekey is due, and on until it settled.
+        let rekey_after = Config::default().rekey_after;
+        while now < start + rekey_after + KEY_GRACE * 2 {
+            now = [a.poll_timeout(), b.poll_timeout()].into_iter().flatten().min().unwrap();
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            exchange(&mut a, &mut b, now);
+        }
+        assert_eq!((a.stats().handshakes, b.stats().handshakes), (2, 2), "one rekey, made by the controlling side");
+        a.send_data(now, b"later").unwrap();
+        let later = exchange(&mut a, &mut b, now);
+        assert_ne!(sealed(&later[0]).key, first.key);
+        assert_eq!(b.poll_event(), Some(Event::Data(b"later".to_vec())));
+        // The first keys are gone on both sides: what was recorded under them opens nowhere.
+        b.handle(now, addr(A), Kind::Sealed(pb::Sealed { counter: 1000, ..first }));
+        assert_eq!(b.poll_event(), None);
+        assert!(!a.is_closed() && !b.is_closed());
+    }
+
+    #[test]
+    fn a_relayed_session_makes_its_keys_over_the_circuit_and_holds_what_waits_for_them() {
+        let now = Instant::now();
+        let mut a = session(1, 2, B, None, true, now);
+        let mut b = session(2, 1, A, None, false, now);
+        b.send_data(now, b"early").unwrap();
+        assert_eq!(b.poll_transmit(), None, "the responder waits for the initiation");
+        let initiation = a.poll_transmit().unwrap();
+        assert!(matches!(kind(&initiation), Kind::Handshake(pb::Handshake { answer: false, .. })));
+        // The initiation is lost; its copy a moment later is answered.
+        let copy = {
+            a.handle_timeout(now + FIRST_RESEND);
+            a.poll_transmit().unwrap()
+        };
+        assert_eq!(copy.payload, initiation.payload);
+        b.handle(now, addr(A), kind(&copy));
+        let answer = b.poll_transmit().unwrap();
+        assert!(answer.payload.len() <= copy.payload.len(), "no answer larger than what it answers");
+        // The held datagram goes out with the keys, after the answer.
+        let early = b.poll_transmit().unwrap();
+        // A replayed initiation earns the same answer, and no new keys.
+        b.handle(now, addr(A), kind(&initiation));
+        assert_eq!(b.poll_transmit().unwrap().payload, answer.payload);
+        assert_eq!(b.stats().handshakes, 1);
+        a.handle(now, addr(B), kind(&answer));
+        a.handle(now, addr(B), kind(&early));
+        assert_eq!(a.poll_event(), Some(Event::Data(b"early".to_vec())));
+        assert_eq!(a.stats().handshakes, 1);
     }
 }

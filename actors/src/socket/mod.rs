@@ -211,7 +211,7 @@ pub fn route_of(kind: &Kind) -> Route {
             Route::Registration
         }
         Kind::Punch(_) => Route::Punch,
-        Kind::Ping(_) | Kind::Pong(_) | Kind::Data(_) => Route::Session,
+        Kind::Handshake(_) | Kind::Sealed(_) => Route::Session,
         // Relay frames toward a relay go to its server side; answers and deliveries to the
         // client side, which lives with the sessions it carries.
         relayed if crate::relay::to_relay(relayed) == Some(true) => Route::Relay,
