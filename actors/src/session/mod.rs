@@ -182,6 +182,8 @@ pub struct Session {
     remote: SocketAddr,
     /// Addresses the peer proved itself over (the remote among them).
     proven: Vec<SocketAddr>,
+    /// The relay, for a session that began relayed.
+    relay: Option<SocketAddr>,
     controlling: bool,
     path: Path,
     strategy: Strategy,
@@ -232,6 +234,7 @@ impl Session {
             socket,
             remote,
             proven,
+            relay: (path == Path::Relayed).then_some(remote),
             controlling,
             path,
             strategy,
@@ -403,7 +406,10 @@ impl Session {
     /// Something from `src` authenticated: the peer is alive, and the controlled side
     /// follows the path the controlling side uses.
     fn authenticated(&mut self, now: Instant, src: SocketAddr) {
-        if !self.controlling && src != self.remote {
+        // What a retiring relay circuit still delivers after an upgrade steers nothing: the
+        // session's datagrams no longer go through it.
+        let same_kind = (Some(src) == self.relay) == (self.path == Path::Relayed);
+        if !self.controlling && src != self.remote && same_kind {
             tracing::debug!(peer = %self.peer, from = %self.remote, to = %src, "following the controlling side's path");
             self.remote = src;
         }
@@ -698,6 +704,37 @@ mod tests {
         }
         assert!(matches!(b.poll_event(), Some(Event::Closed { reason: Closed::Idle(_) })));
         assert_eq!(t, now + idle, "closed when the last authentic datagram was idle_timeout ago");
+    }
+
+    /// Found with the handshake, which delays a relayed session's first ping: a ping the
+    /// retiring circuit delivered after the upgrade moved the controlled side back onto
+    /// the relay's address, where its pong went unwrapped and was lost.
+    #[test]
+    fn what_a_retiring_circuit_delivers_does_not_steer_an_upgraded_session() {
+        let now = Instant::now();
+        let relay = addr("198.51.100.1:3478");
+        let (ka, kb) = noise::test_keys(1, 2, Binding::Relay(&[3; 16]), 1);
+        let opened = |remote, path, keys| ProvenPath {
+            peer: Identity::from_seed(1).peer_id(),
+            socket: SocketId::PRIMARY,
+            remote,
+            proven: vec![],
+            controlling: false,
+            path,
+            strategy: Strategy::Relay,
+            keys: Some(keys),
+        };
+        let statics = Statics::new(&Identity::from_seed(2), &Identity::from_seed(1).peer_id()).unwrap();
+        let rng = StdRng::seed_from_u64(2);
+        let mut b = Session::new(Config::default(), opened(relay, Path::Relayed, kb), None, statics, rng, now);
+        b.move_to(now, opened(addr(A), Path::Direct, noise::test_keys(1, 2, Binding::Punch(&[3; 16]), 7).1));
+        // Sealed by the peer before its own upgrade, under the circuit's keys; delivered now.
+        let mut theirs = Keyring::default();
+        theirs.install(&ka, now);
+        let ping = pb::SessionMessage { kind: Some(Inner::Ping(pb::Ping { seq: 0 })) }.encode_to_vec();
+        b.handle(now, relay, Kind::Sealed(theirs.seal(&ping).unwrap()));
+        assert_eq!(b.poll_transmit().unwrap().dst, addr(A), "the pong goes over the direct path");
+        assert_eq!(b.remote(), addr(A));
     }
 
     #[test]
