@@ -24,6 +24,14 @@ fn handshake(me: &Identity, peer: &Identity, nonce: &[u8], initiator: bool) -> H
     Handshake::punch(me, &peer.peer_id(), nonce, initiator, rng).unwrap()
 }
 
+/// Seed 1's attempt toward seed 2 over the introduction `[5; 16]`.
+fn alice_to_bob(config: Config, initiator: bool, plan: Plan, now: Instant) -> Attempt {
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    let nonce = vec![5u8; 16];
+    let handshake = handshake(&alice, &bob, &nonce, initiator);
+    Attempt::new(config, &alice, bob.peer_id(), nonce, initiator, plan, &[], &[1; 32], handshake, now)
+}
+
 fn punch_of(t: &Transmit) -> pb::Punch {
     match frame::decode(&t.payload).unwrap() {
         Decoded::Envelope(pb::Envelope { kind: Some(Kind::Punch(p)) }) => p,
@@ -267,20 +275,8 @@ fn a_sequential_hard_side_is_predicted_from_where_the_introducer_saw_it() {
         Some(Birthday::Spray { ip, predict: Some(Prediction { last: 20007, step: 1, walk: Walk::Pool }) })
     );
     // And the first guesses stride through the ports after it, half a pool apart.
-    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
     let now = Instant::now();
-    let mut a = Attempt::new(
-        Config::default(),
-        &alice,
-        bob.peer_id(),
-        vec![5u8; 16],
-        true,
-        p,
-        &[],
-        &[1; 32],
-        handshake(&alice, &bob, &[5; 16], true),
-        now,
-    );
+    let mut a = alice_to_bob(Config::default(), true, p, now);
     a.handle_timeout(now);
     let guesses: Vec<u16> = std::iter::from_fn(|| a.poll_transmit()).map(|t| t.dst.port()).skip(1).take(3).collect();
     assert_eq!(guesses, vec![20008, 20008 + 128, 20008 + 256]);
@@ -304,25 +300,13 @@ fn two_sequential_sides_walk_each_others_next_ports_one_and_two_apart_in_doublin
     assert_eq!(plan(&a_nat, &random, b_public, &[]), Err(both_hard.clone()));
     assert!(both_hard.to_string().contains("sequential here, random there"), "{both_hard}");
 
-    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
     // Guesses only, not the proofs to where the introducer saw the peer. The walk waits for
     // the peer's new mapping (`moved`), or a second.
     let guesses = |plan: Plan, initiator: bool, moved: Option<SocketAddr>, rounds: u32| -> Vec<u16> {
         let seen = plan.candidates[0].addr;
         let config = Config { spray_per_round: 32, ..Config::default() };
         let start = Instant::now();
-        let mut a = Attempt::new(
-            config.clone(),
-            &alice,
-            bob.peer_id(),
-            vec![5u8; 16],
-            initiator,
-            plan,
-            &[],
-            &[1; 32],
-            handshake(&alice, &bob, &[5; 16], initiator),
-            start,
-        );
+        let mut a = alice_to_bob(config.clone(), initiator, plan, start);
         assert!(a.walks_both());
         if let Some(moved) = moved {
             a.peer_moved(start, moved);
@@ -356,20 +340,8 @@ fn spraying_keeps_its_pace_and_cap_whatever_arrives() {
         peer_public,
         &[],
     );
-    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
     let now = Instant::now();
-    let mut a = Attempt::new(
-        Config::default(),
-        &alice,
-        bob.peer_id(),
-        vec![5u8; 16],
-        true,
-        p.unwrap(),
-        &[],
-        &[1; 32],
-        handshake(&alice, &bob, &[5; 16], true),
-        now,
-    );
+    let mut a = alice_to_bob(Config::default(), true, p.unwrap(), now);
     let config = Config::default();
     let mut sent = 0;
     while let Some(t) = a.poll_timeout() {
