@@ -105,13 +105,14 @@ impl Identity {
 }
 
 impl Identity {
-    /// Shows the introducer a fresh mapping for the introduction `nonce`.
-    pub fn new_mapping(&self, nonce: &[u8]) -> pb::NewMapping {
+    /// Shows the introducer a fresh mapping for the introduction `nonce` with `peer`.
+    pub fn new_mapping(&self, nonce: &[u8], peer: &PeerId) -> pb::NewMapping {
         let signature = self.keypair.sign(&[NEW_MAPPING_DOMAIN, nonce].concat());
         pb::NewMapping {
             nonce: nonce.to_vec().into(),
             public_key: self.public_key.clone().into(),
             signature: signature.into(),
+            peer: peer.to_bytes().into(),
         }
     }
 }

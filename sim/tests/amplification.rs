@@ -101,7 +101,7 @@ fn datagrams() -> Vec<(&'static str, Vec<u8>)> {
         ("RelayDeliver", envelope(Kind::RelayDeliver(relay_data))),
         ("RelayClose", envelope(Kind::RelayClose(pb::RelayClose { circuit: 7 }))),
         ("RelayClosed", envelope(Kind::RelayClosed(pb::RelayClose { circuit: 7 }))),
-        ("NewMapping", envelope(Kind::NewMapping(mallory.new_mapping(&[5; 16])))),
+        ("NewMapping", envelope(Kind::NewMapping(mallory.new_mapping(&[5; 16], &victim)))),
     ]
 }
 

@@ -133,6 +133,16 @@ impl PeerKey {
         bytes.strip_prefix(&ED25519_PEER_ID_PREFIX)?.try_into().ok().map(PeerKey)
     }
 
+    /// The key of a libp2p protobuf-encoded ed25519 public key, as a signed message names
+    /// its signer (not verified: that comes later, if it is worth it).
+    fn claimed(public_key: &[u8]) -> Option<PeerKey> {
+        public_key.strip_prefix(&ED25519_PEER_ID_PREFIX[2..])?.try_into().ok().map(PeerKey)
+    }
+
+    fn of_bytes(peer_id: &[u8]) -> Option<PeerKey> {
+        peer_id.strip_prefix(&ED25519_PEER_ID_PREFIX)?.try_into().ok().map(PeerKey)
+    }
+
     fn peer_id(&self) -> PeerId {
         PeerId::from_bytes(&[&ED25519_PEER_ID_PREFIX[..], &self.0].concat()).expect("an ed25519 PeerId")
     }
@@ -194,17 +204,15 @@ impl Recents {
         self.list[..self.len as usize].iter_mut()
     }
 
-    /// Remembers an introduction; returns the oldest when it had to go.
-    fn push(&mut self, recent: Recent) -> Option<Recent> {
+    /// Remembers an introduction, forgetting the oldest when full.
+    fn push(&mut self, recent: Recent) {
         if self.len as usize == RECENT_INTRODUCTIONS {
-            let oldest = self.list[0];
             self.list.rotate_left(1);
             self.list[RECENT_INTRODUCTIONS - 1] = recent;
-            return Some(oldest);
+        } else {
+            self.list[self.len as usize] = recent;
+            self.len += 1;
         }
-        self.list[self.len as usize] = recent;
-        self.len += 1;
-        None
     }
 }
 
@@ -252,8 +260,6 @@ pub struct Broker {
     by_addr: HashMap<SocketAddr, PeerKey>,
     /// Registered addresses per host and per network (kept with `by_addr`).
     hosts: Hosts,
-    /// The requester of each remembered introduction, by nonce.
-    by_nonce: HashMap<[u8; 16], PeerKey>,
     /// Expiry is checked in sweeps (every quarter TTL), not per registration, so that
     /// `poll_timeout` stays O(1) with many registrations.
     next_sweep: Option<Instant>,
@@ -272,7 +278,6 @@ impl Broker {
             by_peer: HashMap::new(),
             by_addr: HashMap::new(),
             hosts: Hosts::default(),
-            by_nonce: HashMap::new(),
             next_sweep: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -295,7 +300,7 @@ impl Broker {
     pub fn registration_memory(&self) -> usize {
         let records: usize = self.by_peer.values().map(|r| size_of::<Registration>() + r.signed.len()).sum();
         let hosts = table_bytes(&self.hosts.per_ip) + table_bytes(&self.hosts.per_network);
-        table_bytes(&self.by_peer) + table_bytes(&self.by_addr) + table_bytes(&self.by_nonce) + hosts + records
+        table_bytes(&self.by_peer) + table_bytes(&self.by_addr) + hosts + records
     }
 
     /// [`registration_memory`](Self::registration_memory) per registered peer (all of it
@@ -460,11 +465,7 @@ impl Broker {
             None => {
                 let nonce = self.rng.gen();
                 let recent = Recent { request_id, target, nonce, moved: [None; 2], moves_left: MOVES_PER_INTRODUCTION };
-                let list = &mut self.by_peer.get_mut(&requester).expect("registered").recent;
-                if let Some(oldest) = list.push(recent) {
-                    self.by_nonce.remove(&oldest.nonce);
-                }
-                self.by_nonce.insert(nonce, requester);
+                self.by_peer.get_mut(&requester).expect("registered").recent.push(recent);
                 recent
             }
         };
@@ -505,13 +506,13 @@ impl Broker {
     fn on_new_mapping(&mut self, src: SocketAddr, m: &pb::NewMapping) {
         // Cheap checks first: a signature is verified only for a live introduction, from the
         // IP one of its two peers registered from.
+        // The introduction is among the recent ones of whichever of the two asked for it.
         let nonce: Option<[u8; 16]> = m.nonce[..].try_into().ok();
-        let requester = nonce.and_then(|n| self.by_nonce.get(&n).copied());
-        let recent = requester
-            .and_then(|p| self.by_peer.get(&p))
-            .and_then(|r| r.recent.iter().find(|r| Some(r.nonce) == nonce))
-            .copied();
-        let (Some(requester), Some(mut recent)) = (requester, recent) else {
+        let found = [PeerKey::of_bytes(&m.peer), PeerKey::claimed(&m.public_key)].into_iter().flatten().find_map(|p| {
+            let recent = self.by_peer.get(&p)?.recent.iter().find(|r| Some(r.nonce) == nonce)?;
+            Some((p, *recent))
+        });
+        let Some((requester, mut recent)) = found else {
             self.stats.dropped_new_mapping += 1;
             return;
         };
@@ -555,13 +556,10 @@ impl Broker {
             self.stats.expired += 1;
             self.events.push_back(Event::Expired { peer: peer.peer_id() });
         }
-        let by_peer = &self.by_peer;
-        self.by_nonce.retain(|_, requester| by_peer.contains_key(requester));
         // Memory goes back once entries go: a flood of registrations that lapsed leaves no
         // tables sized for it.
         shrink(&mut self.by_peer);
         shrink(&mut self.by_addr);
-        shrink(&mut self.by_nonce);
         shrink(&mut self.hosts.per_ip);
         shrink(&mut self.hosts.per_network);
         if self.events.is_empty() {

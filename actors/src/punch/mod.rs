@@ -347,7 +347,8 @@ impl Attempt {
     /// lately: our NAT maps it anew, at the port its counter has reached, and the
     /// introducer passes that on to the peer.
     pub fn show_new_mapping(&mut self, me: &Identity, socket: SocketId, introducer: SocketAddr) {
-        let payload = encode_envelope(&pb::Envelope { kind: Some(Kind::NewMapping(me.new_mapping(&self.nonce))) });
+        let payload =
+            encode_envelope(&pb::Envelope { kind: Some(Kind::NewMapping(me.new_mapping(&self.nonce, &self.peer))) });
         self.transmits.push_back(Transmit { socket, dst: introducer, payload });
     }
 
