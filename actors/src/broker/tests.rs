@@ -446,7 +446,9 @@ fn lapsed_registrations_give_their_memory_back() {
         }
     }
     let busy = b.memory_per_registration();
-    println!("largest honest record: {idle} B per registered peer, {busy} B after {RECENT_INTRODUCTIONS} introductions");
+    println!(
+        "largest honest record: {idle} B per registered peer, {busy} B after {RECENT_INTRODUCTIONS} introductions"
+    );
     assert!(busy <= 1024 && busy == idle, "{busy} B per peer that asked for introductions ({idle} B idle)");
     while b.poll_transmit().is_some() {}
     while b.poll_event().is_some() {}

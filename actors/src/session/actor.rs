@@ -292,7 +292,7 @@ impl Sessions {
         for early in std::mem::take(&mut self.early) {
             let session = self.routes.get(&early.src).and_then(|p| self.peers.get_mut(p)?.session.as_mut());
             match (session, early.payload) {
-                (Some(session), Payload::Envelope(kind)) => session.handle(now, early.src, kind),
+                (Some(session), Payload::Envelope(kind)) => session.handle_on(now, early.socket, early.src, kind),
                 (_, payload) => self.early.push_back(Inbound { payload, ..early }),
             }
         }
@@ -354,7 +354,7 @@ impl Protocol for Sessions {
         }
         let session = self.routes.get(&inbound.src).and_then(|p| self.peers.get_mut(p)?.session.as_mut());
         match (session, inbound.payload) {
-            (Some(session), Payload::Envelope(kind)) => session.handle(inbound.now, inbound.src, kind),
+            (Some(session), Payload::Envelope(kind)) => session.handle_on(now, inbound.socket, inbound.src, kind),
             (None, payload @ Payload::Envelope(_)) => self.hold_early(Inbound { payload, ..inbound }),
             (_, Payload::Stun(_)) => {}
         }

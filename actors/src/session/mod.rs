@@ -380,8 +380,15 @@ impl Session {
         self.send(now, Inner::Data(payload.to_vec().into()))
     }
 
-    /// Handles session traffic from `src`.
+    /// Handles session traffic from `src`, on the session's own socket.
     pub fn handle(&mut self, now: Instant, src: SocketAddr, kind: Kind) {
+        self.handle_on(now, self.socket, src, kind)
+    }
+
+    /// Handles session traffic from `src` that arrived on `socket` (after a birthday punch
+    /// the controlling side may use a path that ends at another of our pool sockets: the
+    /// controlled side then answers from that one).
+    pub fn handle_on(&mut self, now: Instant, socket: SocketId, src: SocketAddr, kind: Kind) {
         if !self.proven.contains(&src) || self.closed {
             self.stats.dropped_wrong_source += 1;
             return;
@@ -390,7 +397,7 @@ impl Session {
             Kind::Sealed(sealed) => match self.keys.open(now, &sealed) {
                 Ok(plaintext) => match pb::SessionMessage::decode(plaintext.as_slice()).ok().and_then(|m| m.kind) {
                     Some(inner) => {
-                        self.authenticated(now, src);
+                        self.authenticated(now, socket, src);
                         self.handle_inner(now, src, inner);
                     }
                     None => self.stats.dropped_forged += 1,
@@ -398,20 +405,20 @@ impl Session {
                 Err(OpenError::Replayed) => self.stats.dropped_replayed += 1,
                 Err(OpenError::Forged | OpenError::UnknownKey) => self.stats.dropped_forged += 1,
             },
-            Kind::Handshake(h) => self.handle_handshake(now, src, false, h),
+            Kind::Handshake(h) => self.handle_handshake(now, socket, src, false, h),
             _ => {}
         }
     }
 
     /// Something from `src` authenticated: the peer is alive, and the controlled side
     /// follows the path the controlling side uses.
-    fn authenticated(&mut self, now: Instant, src: SocketAddr) {
+    fn authenticated(&mut self, now: Instant, socket: SocketId, src: SocketAddr) {
         // What a retiring relay circuit still delivers after an upgrade steers nothing: the
         // session's datagrams no longer go through it.
         let same_kind = (Some(src) == self.relay) == (self.path == Path::Relayed);
-        if !self.controlling && src != self.remote && same_kind {
-            tracing::debug!(peer = %self.peer, from = %self.remote, to = %src, "following the controlling side's path");
-            self.remote = src;
+        if !self.controlling && (src, socket) != (self.remote, self.socket) && same_kind {
+            tracing::debug!(peer = %self.peer, from = %self.remote, to = %src, ?socket, "following the controlling side's path");
+            (self.remote, self.socket) = (src, socket);
         }
         self.last_rx = now;
         self.stats.datagrams_in += 1;
@@ -428,13 +435,13 @@ impl Session {
                 None => self.stats.dropped_unsolicited_pong += 1,
             },
             Inner::Data(data) => self.events.push_back(Event::Data(data.to_vec())),
-            Inner::Rekey(h) => self.handle_handshake(now, src, true, h),
+            Inner::Rekey(h) => self.handle_handshake(now, self.socket, src, true, h),
         }
     }
 
     /// A handshake message: in the clear (the first handshake, over a relay circuit) or
     /// `sealed` under the current keys (a rekey).
-    fn handle_handshake(&mut self, now: Instant, src: SocketAddr, sealed: bool, h: pb::Handshake) {
+    fn handle_handshake(&mut self, now: Instant, socket: SocketId, src: SocketAddr, sealed: bool, h: pb::Handshake) {
         let made = if h.answer {
             match self.ours.as_mut().filter(|o| o.rekey.is_some() == sealed) {
                 Some(ours) => ours.handshake.handle(&h.message),
@@ -469,7 +476,7 @@ impl Session {
         }
         if let Some(keys) = made {
             if !sealed {
-                self.authenticated(now, src);
+                self.authenticated(now, socket, src);
             }
             if h.answer {
                 self.ours = None;
@@ -683,10 +690,12 @@ mod tests {
         let forged = pb::Sealed { ciphertext: vec![1; 30].into(), ..sealed(&a.poll_transmit().unwrap()) };
         b.handle(now, lan, Kind::Sealed(forged.clone()));
         assert_eq!((b.remote(), b.poll_transmit()), (addr(A), None));
-        // The real thing from there moves the controlled side onto it...
+        // The real thing from there moves the controlled side onto it, and onto the socket
+        // it arrived on (another of a birthday pool's, say)...
         a.ping(now).unwrap();
-        b.handle(now, lan, kind(&a.poll_transmit().unwrap()));
-        assert_eq!(b.poll_transmit().unwrap().dst, lan, "answered over the controlling side's path");
+        b.handle_on(now, SocketId(1003), lan, kind(&a.poll_transmit().unwrap()));
+        let pong = b.poll_transmit().unwrap();
+        assert_eq!((pong.dst, pong.socket), (lan, SocketId(1003)), "answered over the controlling side's path");
         // ...but not the controlling side.
         b.ping(now).unwrap();
         a.add_path(stranger);
