@@ -7,7 +7,10 @@
 //! - [`netns`]: the harness the node's integration tests run in: network namespaces, veths
 //!   and bridges with those routers between real processes. Needs root.
 //! - [`stun`]: a minimal STUN Binding client for looking at a mapping from inside.
+//! - [`amplification`]: one datagram of every kind, for the amplification tables (the
+//!   simulator's and the real-NAT one).
 
+pub mod amplification;
 pub mod netns;
 pub mod nft;
 pub mod stun;
