@@ -39,6 +39,8 @@ pub fn datagrams(victim: &PeerId) -> Vec<(&'static str, Vec<u8>)> {
     let relay_data = pb::RelayData { circuit: 7, payload: vec![0; 32].into() };
     vec![
         ("STUN binding request", Message::binding_request([7; 12]).encode()),
+        // What standard clients send: no FINGERPRINT, 20 bytes, so the answer weighs most.
+        ("STUN binding request (bare)", Message { fingerprint: false, ..Message::binding_request([7; 12]) }.encode()),
         ("Hello (padded)", envelope(Kind::Hello(pb::Hello { padding: vec![0; 249].into() }))),
         ("Hello (bare)", envelope(Kind::Hello(pb::Hello::default()))),
         ("ServerInfo", envelope(Kind::ServerInfo(pb::ServerInfo::default()))),
