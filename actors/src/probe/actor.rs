@@ -12,6 +12,7 @@
 //! (`AnswerBudget`).
 
 use super::lifetime::{ASKER, KEEPER};
+use super::server::full_answer_len;
 use super::{Lifetime, LifetimeReport, LocalSockets, Probe, ProbeConfig, ProbeError, Responder};
 use crate::bucket::TokenBucket;
 use crate::driver::{MachineActor, Protocol};
@@ -75,6 +76,9 @@ const WAYS: usize = 8;
 /// answered). Spoofed addresses that come back at a client's pace are as good as that many
 /// clients: all then share the total, each request with about that chance. Bare STUN has
 /// no proof that a source receives, so nothing tells those apart; the bounds still hold.
+/// The total bounds *amplified* answers only: a request padded to the fullest answer's size
+/// (as [`Probe`] sends them) cannot be answered with more than it brought, so it needs only
+/// its source's tokens, and no flood of bare requests starves an `introducer nat`.
 /// It *cannot* make the node send more than the per-IP budget to one address or more than
 /// the total; aim at a client's set (the key is secret); reset a victim's bucket by
 /// churning the table (slots with spent tokens are never taken); make a request cost more
@@ -121,7 +125,9 @@ impl AnswerBudget {
         u64::from_le_bytes(first) as usize % SETS
     }
 
-    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+    /// Whether to answer a Binding request from `ip`; one whose answer could be larger than
+    /// it (`amplifies`) also needs a token of the total.
+    fn allow(&mut self, ip: IpAddr, now: Instant, amplifies: bool) -> bool {
         if self.slots.is_empty() {
             self.slots = vec![None; SETS * WAYS];
         }
@@ -150,11 +156,13 @@ impl AnswerBudget {
         let total =
             self.total.get_or_insert_with(|| TokenBucket::full(ANSWERS_TOTAL_PER_SEC, ANSWERS_TOTAL_BURST, now));
         let floor = if returning { 0.0 } else { RETURNING_RESERVE };
-        if source.bucket.available(now) < 1.0 || total.available(now) < floor + 1.0 {
+        if source.bucket.available(now) < 1.0 || (amplifies && total.available(now) < floor + 1.0) {
             return false;
         }
         source.bucket.take(1.0);
-        total.take(1.0);
+        if amplifies {
+            total.take(1.0);
+        }
         true
     }
 }
@@ -243,7 +251,10 @@ impl Protocol for NatProbing {
     fn handle_inbound(&mut self, inbound: Inbound) {
         let Payload::Stun(datagram) = inbound.payload else { return };
         if introducer_proto::stun::is_binding_request(&datagram) {
-            if !self.budget.allow(inbound.src.ip(), inbound.now) {
+            // A request at least as long as the fullest answer (the probe pads its own) cannot
+            // be answered with more than it brought: it draws on its source's budget only.
+            let amplifies = datagram.len() < full_answer_len(inbound.src.is_ipv6());
+            if !self.budget.allow(inbound.src.ip(), inbound.now, amplifies) {
                 self.rate_limited += 1;
                 return;
             }
@@ -348,7 +359,12 @@ mod tests {
 
     /// One bare Binding request from `src` at `now`: was it answered?
     fn asks(p: &mut NatProbing, src: SocketAddr, now: Instant) -> bool {
-        let request = Message::binding_request([7; 12]).encode();
+        asks_padded(p, src, now, 0)
+    }
+
+    /// One Binding request with `padding` bytes of PADDING: was it answered?
+    fn asks_padded(p: &mut NatProbing, src: SocketAddr, now: Instant, padding: usize) -> bool {
+        let request = Message { padding, ..Message::binding_request([7; 12]) }.encode();
         let len = request.len();
         p.handle_inbound(Inbound { now, socket: SocketId::PRIMARY, src, len, payload: Payload::Stun(request) });
         std::iter::from_fn(|| Protocol::poll_transmit(p)).count() == 1
@@ -382,6 +398,34 @@ mod tests {
         assert!(asks(&mut probing, client, now), "a source coming back draws on the reserve");
         assert!(!asks(&mut probing, "10.1.0.0:1000".parse().unwrap(), now), "a newcomer still does not");
         assert_eq!(probing.rate_limited, 1001 - above_reserve as u64);
+    }
+
+    /// The audit's flood: 10,000 bare requests a second from 6,000 spoofed addresses, each
+    /// back every 0.6 s as a client's retransmissions would be. They share the total budget
+    /// like that many clients; a probe's padded requests, which cannot be amplified, need none
+    /// of it, and every one is answered (before, `introducer nat` failed under this flood).
+    #[test]
+    fn a_returning_spoofed_pool_cannot_starve_a_probe() {
+        let mut probing = node();
+        let start = Instant::now();
+        let pool: Vec<SocketAddr> =
+            (0..6000u32).map(|i| SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i * 7), 1000))).collect();
+        let client: IpAddr = "192.0.2.50".parse().unwrap();
+        let padding = full_answer_len(false) - Message::binding_request([7; 12]).encode().len();
+        let (mut flood_answered, mut client_answered, mut client_asked) = (0, 0, 0);
+        for i in 0..30_000usize {
+            let now = start + Duration::from_micros(100 * i as u64);
+            flood_answered += usize::from(asks(&mut probing, pool[i % pool.len()], now));
+            if i % 500 == 250 {
+                client_asked += 1;
+                let src = SocketAddr::new(client, 40_000 + client_asked);
+                client_answered += usize::from(asks_padded(&mut probing, src, now, padding));
+            }
+        }
+        assert_eq!(client_answered, usize::from(client_asked), "every padded request of the probe");
+        let bound = (ANSWERS_TOTAL_BURST + 3.0 * ANSWERS_TOTAL_PER_SEC) as usize;
+        assert!(flood_answered <= bound, "{flood_answered} bare requests answered in 3 s");
+        assert!(flood_answered >= 2 * ANSWERS_TOTAL_PER_SEC as usize, "the flood had the total: {flood_answered}");
     }
 
     #[test]
