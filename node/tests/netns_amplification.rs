@@ -40,15 +40,14 @@
 
 use introducer_actors::nat::NatBehavior;
 use introducer_lab::amplification::{answer_cap, datagrams};
+use introducer_lab::netns::counters::{kernel_drops, load_counters, read_all, Counts};
+use introducer_lab::netns::spoof::Spoofer;
 use introducer_lab::netns::{Host, LabChild, Standard, A_IP, PORT};
 use introducer_proto::stun::Message;
 use libp2p_identity::PeerId;
-use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// The `introducer` binary the lab runs.
@@ -81,144 +80,6 @@ const TABLE: &str = "amp";
 /// limits, cookies) of one row never shapes another's answer.
 fn stranger_ip(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, u8::try_from(n + 1).expect("fewer than 255 stranger rows"))
-}
-
-/// A raw IPv4 socket (IP_HDRINCL) in the attacker's namespace: it sends datagrams with
-/// whatever source address it is given.
-struct Spoofer(OwnedFd);
-
-impl Spoofer {
-    fn new(host: &Host) -> Spoofer {
-        host.in_netns(|| {
-            // SAFETY: plain socket(2); the descriptor is owned right below.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            // SAFETY: fd is a fresh descriptor nobody else owns.
-            Spoofer(unsafe { OwnedFd::from_raw_fd(fd) })
-        })
-    }
-
-    fn send(&self, src: SocketAddrV4, dst: SocketAddrV4, id: u16, payload: &[u8]) {
-        let packet = ipv4_udp(src, dst, id, payload);
-        let to = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from(*dst.ip()).to_be() },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: the buffer and the address are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                self.0.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&to as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(sent, packet.len() as isize, "raw send {src} -> {dst}: {}", std::io::Error::last_os_error());
-    }
-}
-
-/// The Internet checksum (RFC 1071).
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An IPv4 packet carrying one UDP datagram from `src` to `dst`, marked with [`MARK_DSCP`].
-fn ipv4_udp(src: SocketAddrV4, dst: SocketAddrV4, id: u16, payload: &[u8]) -> Vec<u8> {
-    let udp_len = u16::try_from(8 + payload.len()).expect("a datagram fits");
-    let mut udp = Vec::with_capacity(udp_len.into());
-    for field in [src.port(), dst.port(), udp_len, 0] {
-        udp.extend_from_slice(&field.to_be_bytes());
-    }
-    udp.extend_from_slice(payload);
-    let mut pseudo = [&src.ip().octets()[..], &dst.ip().octets()[..], &[0, libc::IPPROTO_UDP as u8]].concat();
-    pseudo.extend_from_slice(&udp_len.to_be_bytes());
-    pseudo.extend_from_slice(&udp);
-    let sum = match checksum(&pseudo) {
-        0 => 0xffff,
-        sum => sum,
-    };
-    udp[6..8].copy_from_slice(&sum.to_be_bytes());
-
-    let mut ip = vec![0x45, MARK_DSCP << 2];
-    ip.extend_from_slice(&(20 + udp_len).to_be_bytes());
-    ip.extend_from_slice(&id.to_be_bytes());
-    ip.extend_from_slice(&[0, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
-    ip.extend_from_slice(&src.ip().octets());
-    ip.extend_from_slice(&dst.ip().octets());
-    let sum = checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    ip.extend_from_slice(&udp);
-    ip
-}
-
-/// Loads `rules` (the body of table `ip amp`: counters and one raw prerouting chain) into
-/// `host`'s namespace.
-fn load_counters(host: &Host, counters: &[String], rules: &[String]) {
-    let mut text = format!("table ip {TABLE} {{\n");
-    for c in counters {
-        text.push_str(&format!("  counter {c} {{ }}\n"));
-    }
-    text.push_str("  chain count {\n    type filter hook prerouting priority raw; policy accept;\n");
-    for r in rules {
-        text.push_str(&format!("    {r}\n"));
-    }
-    text.push_str("  }\n}\n");
-    let mut cmd = host.command("nft", ["-f", "-"]);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("nft runs");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "nft in {}: {}\n{text}", host.name(), String::from_utf8_lossy(&out.stderr));
-}
-
-/// Packets and bytes (IP headers included) of every counter of table `ip amp`.
-type Counts = HashMap<String, (u64, u64)>;
-
-fn read_counters(host: &Host) -> Counts {
-    let out = host.run_ok("nft", ["-j", "list", "counters", "table", "ip", TABLE]);
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("nft -j in {}: {e}: {out}", host.name()));
-    let objects = v["nftables"].as_array().cloned().unwrap_or_default();
-    objects
-        .iter()
-        .filter_map(|o| {
-            let c = &o["counter"];
-            Some((c["name"].as_str()?.to_owned(), (c["packets"].as_u64()?, c["bytes"].as_u64()?)))
-        })
-        .collect()
-}
-
-/// Every counting namespace's counters, read at once (one `nft` each, in parallel).
-fn read_all(hosts: &[Host]) -> Vec<Counts> {
-    std::thread::scope(|s| {
-        let reads: Vec<_> = hosts.iter().map(|h| s.spawn(move || read_counters(h))).collect();
-        reads.into_iter().map(|r| r.join().expect("reading counters")).collect()
-    })
-}
-
-/// What the kernel dropped in `host`'s namespace: UDP datagrams that died on their way
-/// into a socket (`InErrors`, `RcvbufErrors`, `InCsumErrors`) and packets its interfaces
-/// dropped on receipt, before nftables could count them.
-fn kernel_drops(host: &Host) -> u64 {
-    let snmp = host.run_ok("cat", ["/proc/net/snmp"]);
-    let mut rows = snmp.lines().filter(|l| l.starts_with("Udp: "));
-    let (names, values) = (rows.next().expect("Udp header"), rows.next().expect("Udp values"));
-    let udp: u64 = names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .filter(|(n, _)| matches!(*n, "InErrors" | "RcvbufErrors" | "InCsumErrors"))
-        .map(|(_, v)| v.parse::<u64>().unwrap())
-        .sum();
-    let links: Value = serde_json::from_str(&host.run_ok("ip", ["-j", "-s", "link", "show"])).expect("ip -j");
-    let link: u64 = links.as_array().into_iter().flatten().filter_map(|l| l["stats64"]["rx"]["dropped"].as_u64()).sum();
-    udp + link
 }
 
 /// A peer registered with A: its process, PeerId, and the address A sees it at.
@@ -360,7 +221,7 @@ fn nothing_answers_a_forged_source_with_more_bytes_than_it_sent_on_real_nats() {
         .zip(&names)
         .map(|(ip, name)| format!("ip daddr {ip} meta l4proto udp counter name \"{name}\""))
         .collect();
-    load_counters(&counting[stranger_host], &names, &rules);
+    load_counters(&counting[stranger_host], TABLE, &names, &rules);
     // At A: the forged datagrams arriving, and each target's datagrams to A:3478 — from
     // its registered port, and from any other port but STUN (its NAT-lifetime probes
     // keep asking A on their own, in the background).
@@ -373,16 +234,16 @@ fn nothing_answers_a_forged_source_with_more_bytes_than_it_sent_on_real_nats() {
         rules.push(format!("{to_a} udp sport != {port} @th,96,32 != 0x2112a442 counter name \"t{i}\""));
         names.push(format!("t{i}"));
     }
-    load_counters(&counting[a_host], &names, &rules);
+    load_counters(&counting[a_host], TABLE, &names, &rules);
     // At each source's NAT router: everything arriving at its registered address.
     for (i, (peer, _)) in sources.iter().enumerate() {
         let (ip, port) = (peer.public.ip(), peer.public.port());
         let rule = format!("iifname \"wan\" ip daddr {ip} udp dport {port} counter name \"to_peer\"");
-        load_counters(&counting[source_host(i)], &["to_peer".into()], &[rule]);
+        load_counters(&counting[source_host(i)], TABLE, &["to_peer".into()], &[rule]);
     }
     // At each target's host: the forged datagrams arriving.
     for i in 0..TARGETS {
-        load_counters(&counting[target_host(i)], &["spoofed".into()], std::slice::from_ref(&marked));
+        load_counters(&counting[target_host(i)], TABLE, &["spoofed".into()], std::slice::from_ref(&marked));
     }
 
     // The rows and their rounds: per round, each forged address and each peer target once.
@@ -449,11 +310,11 @@ fn nothing_answers_a_forged_source_with_more_bytes_than_it_sent_on_real_nats() {
         });
     }
 
-    let spoofer = Spoofer::new(&attacker);
+    let spoofer = Spoofer::new(&attacker, MARK_DSCP);
     let drops_before: Vec<u64> = counting.iter().map(kernel_drops).collect();
     let mut problems = Vec::new();
     let measuring = Instant::now();
-    let mut before = read_all(&counting);
+    let mut before = read_all(&counting, TABLE);
     for round in 0..rounds {
         let started = Instant::now();
         let mut sent_to: HashMap<usize, u64> = HashMap::new();
@@ -463,7 +324,7 @@ fn nothing_answers_a_forged_source_with_more_bytes_than_it_sent_on_real_nats() {
         }
         // The observation window: a fixed time by design, nothing to wait for.
         std::thread::sleep(OBSERVE.saturating_sub(started.elapsed()));
-        let after = read_all(&counting);
+        let after = read_all(&counting, TABLE);
         for (&host, &sent) in &sent_to {
             let arrived = grew(&before, &after, &Counter { host, name: "spoofed".into() }).0;
             if arrived != sent {
@@ -501,7 +362,7 @@ fn nothing_answers_a_forged_source_with_more_bytes_than_it_sent_on_real_nats() {
     // would pass any row — and since a socket's datagrams are read in order, the answer
     // also says the target read every forged datagram queued before it.
     let stun = Message::binding_request([8; 12]).encode();
-    let control_start = read_all(&counting);
+    let control_start = read_all(&counting, TABLE);
     let mut expected: HashMap<(usize, &str), u64> = HashMap::new();
     for (n, row) in rows.iter().enumerate() {
         spoofer.send(row.src, row.dst, 0xa600 + n as u16, &stun);
@@ -512,7 +373,7 @@ fn nothing_answers_a_forged_source_with_more_bytes_than_it_sent_on_real_nats() {
     }
     let deadline = Instant::now() + WAIT;
     loop {
-        let now = read_all(&counting);
+        let now = read_all(&counting, TABLE);
         let silent: Vec<String> = expected
             .iter()
             .filter_map(|(&(host, name), &want)| {

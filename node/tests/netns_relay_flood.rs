@@ -23,6 +23,7 @@ use introducer_actors::identity::Identity;
 use introducer_actors::nat::NatBehavior;
 use introducer_actors::relay::server::RelayConfig;
 use introducer_actors::relay::sign_request;
+use introducer_lab::netns::counters::udp_snmp;
 use introducer_lab::netns::{Host, LabChild, Standard, A_IP, PORT};
 use introducer_proto::frame::{self, Decoded, FRAME_BYTE};
 use introducer_proto::pb::{self, envelope::Kind, RelayRefusedReason};
@@ -85,20 +86,6 @@ impl RelayLab {
     fn relay(&self) -> SocketAddr {
         SocketAddr::from((A_IP, PORT))
     }
-}
-
-/// The kernel's UDP counters in `host`'s namespace (`/proc/net/snmp`), e.g. `RcvbufErrors`:
-/// datagrams that died in a full socket buffer before the node could see, or count, them.
-fn udp_snmp(host: &Host) -> std::collections::HashMap<String, u64> {
-    let snmp = host.run_ok("cat", ["/proc/net/snmp"]);
-    let mut rows = snmp.lines().filter(|l| l.starts_with("Udp: "));
-    let (names, values) = (rows.next().expect("Udp header"), rows.next().expect("Udp values"));
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .skip(1)
-        .map(|(n, v)| (n.to_owned(), v.parse().unwrap()))
-        .collect()
 }
 
 /// One `stats` event.

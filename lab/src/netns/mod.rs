@@ -32,8 +32,14 @@
 //! nothing is ever created in the machine's own namespace. Dropping the [`Lab`] (also while
 //! a test panics) kills every process inside its namespaces and deletes them; a lab created
 //! later removes namespaces left behind by processes that died without cleaning up.
+//!
+//! For the tests of what forged traffic may make a node do: [`spoof`] sends datagrams with
+//! any source address from an attacker's namespace, [`counters`] counts what arrives where
+//! with nftables and reads what the kernel dropped.
 
 mod child;
+pub mod counters;
+pub mod spoof;
 
 pub use child::{LabChild, LabError};
 
