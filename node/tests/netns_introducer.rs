@@ -5,7 +5,7 @@
 //! hosts behind them. Every expectation comes from the shared NAT model in `nat.rs`.
 
 use introducer_actors::nat::{NatBehavior, NatType};
-use introducer_lab::netns::{Host, Lab, LabChild, Standard, A_IP, B_IP, PORT};
+use introducer_lab::netns::{assert_classified, Host, Lab, LabChild, Standard, A_IP, B_IP, PORT};
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -35,13 +35,7 @@ impl Mesh {
     }
 
     fn peer_with(&self, host: &Host, args: &[&str]) -> (LabChild, String) {
-        let bootstrap = self.std.bootstrap();
-        let mut all = vec!["run", "--bootstrap", &bootstrap];
-        all.extend_from_slice(args);
-        let mut node = host.introducer(&all);
-        let ready = node.wait_json(|v| v["event"] == "ready", WAIT);
-        node.wait_json(|v| v["event"] == "registered", WAIT);
-        (node, ready["peer_id"].as_str().expect("ready carries peer_id").to_owned())
+        self.std.peer(host, args)
     }
 
     /// Pings `peer` from `host`; returns the `connected` event, asserting pongs came back.
@@ -62,16 +56,6 @@ impl Mesh {
         assert!(pongs.iter().all(|p| p["path"] == events[0]["path"] && p["rtt_ms"].as_f64().unwrap() > 0.0));
         events[0].clone()
     }
-}
-
-fn assert_classified(report: &Value, behavior: NatBehavior, nat_ip: Ipv4Addr) {
-    let expected = behavior.expected_report(std::net::SocketAddr::from((nat_ip, 0)));
-    assert_eq!(report["mapping"], expected.mapping.unwrap().as_str(), "{report}");
-    assert_eq!(report["filtering"], expected.filtering.unwrap().as_str(), "{report}");
-    assert_eq!(report["allocation"], expected.allocation.unwrap().as_str(), "{report}");
-    assert_eq!(report["nat_type"], behavior.nat_type().as_str(), "{report}");
-    let public: std::net::SocketAddr = report["public_addr"].as_str().unwrap().parse().unwrap();
-    assert_eq!(public.ip(), nat_ip, "{report}");
 }
 
 /// `introducer nat` behind `behavior`, against introducer nodes and against coturn.

@@ -23,7 +23,7 @@ use introducer_actors::identity::Identity;
 use introducer_actors::nat::NatBehavior;
 use introducer_actors::relay::server::RelayConfig;
 use introducer_actors::relay::sign_request;
-use introducer_lab::netns::counters::udp_snmp;
+use introducer_lab::netns::counters::{udp_snmp, Stats};
 use introducer_lab::netns::{Host, LabChild, Standard, A_IP, PORT};
 use introducer_proto::frame::{self, Decoded, FRAME_BYTE};
 use introducer_proto::pb::{self, envelope::Kind, RelayRefusedReason};
@@ -56,24 +56,13 @@ struct RelayLab {
 impl RelayLab {
     fn new(name: &str, relay_args: &[&str]) -> RelayLab {
         let std = Standard::new(name, INTRODUCER);
-        let listen = Standard::a_listen_args();
-        let mut args: Vec<&str> = vec!["run"];
-        args.extend(listen.iter().map(String::as_str));
-        args.extend(["--stats-every", STATS_EVERY]);
-        args.extend_from_slice(relay_args);
-        let mut a = std.a.introducer(&args);
-        a.wait_json(|v| v["event"] == "ready", WAIT);
-        let mut b = std.b.introducer(&["run", "--listen", &std.b_addr(), "--bootstrap", &std.bootstrap()]);
-        b.wait_json(|v| v["event"] == "registered", WAIT);
+        let (a, b) = std.start_introducers_with(&[&["--stats-every", STATS_EVERY], relay_args].concat());
         RelayLab { std, a, _b: b }
     }
 
     /// `introducer run` on `host`, registered with A; returns it and its PeerId.
     fn peer(&self, host: &Host) -> (LabChild, String) {
-        let mut node = host.introducer(&["run", "--bootstrap", &self.std.bootstrap(), "--stats-every", STATS_EVERY]);
-        let ready = node.wait_json(|v| v["event"] == "ready", WAIT);
-        node.wait_json(|v| v["event"] == "registered", WAIT);
-        (node, ready["peer_id"].as_str().expect("ready carries peer_id").to_owned())
+        self.std.peer(host, &["--stats-every", STATS_EVERY])
     }
 
     /// The next `stats` event of A for which `pred` holds.
@@ -85,21 +74,6 @@ impl RelayLab {
     /// The relay's address as peers see it.
     fn relay(&self) -> SocketAddr {
         SocketAddr::from((A_IP, PORT))
-    }
-}
-
-/// One `stats` event.
-#[derive(Clone)]
-struct Stats(Value);
-
-impl Stats {
-    fn get(&self, key: &str) -> u64 {
-        self.0["stats"][key].as_u64().unwrap_or_else(|| panic!("stats event without {key:?}: {}", self.0))
-    }
-
-    /// How much `key` grew since `before`.
-    fn since(&self, before: &Stats, key: &str) -> u64 {
-        self.get(key) - before.get(key)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Counting what arrives, where the kernel sees it: nftables counters in a namespace's raw
 //! prerouting hook (ahead of conntrack and of any socket, so nothing arriving is missed),
-//! and the kernel's own drop counters, for what died before a program could count it.
+//! the kernel's own drop counters, for what died before a program could count it, and the
+//! node's counters (its `stats` events).
 
 use super::Host;
 use serde_json::Value;
@@ -85,4 +86,19 @@ pub fn link_rx_drops(host: &Host) -> u64 {
 /// packets its interfaces dropped on receipt.
 pub fn kernel_drops(host: &Host) -> u64 {
     udp_snmp(host)["InErrors"] + link_rx_drops(host)
+}
+
+/// One `stats` event of a node (`introducer run --stats-every SECS`).
+#[derive(Clone)]
+pub struct Stats(pub Value);
+
+impl Stats {
+    pub fn get(&self, key: &str) -> u64 {
+        self.0["stats"][key].as_u64().unwrap_or_else(|| panic!("stats event without {key:?}: {}", self.0))
+    }
+
+    /// How much `key` grew since `before`.
+    pub fn since(&self, before: &Stats, key: &str) -> u64 {
+        self.get(key) - before.get(key)
+    }
 }

@@ -868,6 +868,18 @@ impl Host {
     }
 }
 
+/// Asserts that `report` (what `introducer nat --json` printed) is what the NAT model says
+/// a NAT with `behavior` at `nat_ip` looks like.
+pub fn assert_classified(report: &Value, behavior: NatBehavior, nat_ip: Ipv4Addr) {
+    let expected = behavior.expected_report(SocketAddr::from((nat_ip, 0)));
+    assert_eq!(report["mapping"], expected.mapping.unwrap().as_str(), "{report}");
+    assert_eq!(report["filtering"], expected.filtering.unwrap().as_str(), "{report}");
+    assert_eq!(report["allocation"], expected.allocation.unwrap().as_str(), "{report}");
+    assert_eq!(report["nat_type"], behavior.nat_type().as_str(), "{report}");
+    let public: SocketAddr = report["public_addr"].as_str().unwrap().parse().unwrap();
+    assert_eq!(public.ip(), nat_ip, "{report}");
+}
+
 // ---------------------------------------------------------------------------------------
 // The standard topology
 // ---------------------------------------------------------------------------------------
@@ -908,15 +920,38 @@ impl Standard {
     /// Starts `introducer run` on A (both IPs: a full RFC 5780 server, the first node of the
     /// mesh) and on B (joining through A); returns once B is registered with A.
     pub fn start_introducers(&self) -> (LabChild, LabChild) {
+        self.start_introducers_with(&[])
+    }
+
+    /// [`Standard::start_introducers`], with `a_extra` added to A's `introducer run` (its
+    /// `--stats-every`, its relay limits).
+    pub fn start_introducers_with(&self, a_extra: &[&str]) -> (LabChild, LabChild) {
         let wait = Duration::from_secs(20);
-        let a_args = Self::a_listen_args();
-        let mut a = self.a.introducer(&["run", &a_args[0], &a_args[1], &a_args[2], &a_args[3]]);
+        let listen = Self::a_listen_args();
+        let mut args: Vec<&str> = vec!["run"];
+        args.extend(listen.iter().map(String::as_str));
+        args.extend_from_slice(a_extra);
+        let mut a = self.a.introducer(&args);
         a.wait_json(|v| v["event"] == "ready", wait);
         let mut b = self.b.introducer(&["run", "--listen", &self.b_addr(), "--bootstrap", &self.bootstrap()]);
         let ready = b.wait_json(|v| v["event"] == "ready", wait);
         assert_eq!(ready["public"], true, "B has no NAT and A can test its filtering: {ready}");
         b.wait_json(|v| v["event"] == "registered", wait);
         (a, b)
+    }
+
+    /// Starts `introducer run --bootstrap A extra…` on `host` and waits until it is
+    /// registered; returns it and its PeerId.
+    pub fn peer(&self, host: &Host, extra: &[&str]) -> (LabChild, String) {
+        let wait = Duration::from_secs(20);
+        let bootstrap = self.bootstrap();
+        let mut args = vec!["run", "--bootstrap", &bootstrap];
+        args.extend_from_slice(extra);
+        let mut node = host.introducer(&args);
+        let ready = node.wait_json(|v| v["event"] == "ready", wait);
+        node.wait_json(|v| v["event"] == "registered", wait);
+        let id = ready["peer_id"].as_str().expect("ready carries peer_id").to_owned();
+        (node, id)
     }
 
     /// A NAT with the next free WAN address.
