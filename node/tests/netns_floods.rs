@@ -1,0 +1,497 @@
+//! Floods of forged datagrams at a real introducer across real NATs, each while a real
+//! client does what that flood would stop (issue 8's figures: "a real connect during each
+//! flood"). The flood comes from an attacker's namespace with forged IP sources
+//! (`introducer_lab::netns::spoof`), paced by rate on a thread of its own; the client is
+//! the real `introducer` binary, measured once without the flood and once under it, in the
+//! same lab.
+//!
+//! - Registers: 20,000 a second, signed by a few hundred throwaway keys, with no cookie or
+//!   a guessed one, from thousands of addresses. A peer registers and a NATed pair
+//!   registers, is introduced and punches meanwhile.
+//!
+//! What is counted, and where: the flood's datagrams carry a DSCP mark, counted by nftables
+//! as they reach the introducer's namespace (ahead of any socket); what the kernel dropped
+//! there (UDP `InErrors`: full socket buffers); what the node read and did (its `stats`
+//! events); its CPU time (`/proc/<pid>/task/*/schedstat`); and at the attacker, which the
+//! introducer's namespace routes the forged networks to, everything answered to forged
+//! sources.
+//!
+//! `-- --nocapture` prints each test's table. Needs root and scripts/install-deps.sh, like
+//! every `netns_*` test; skipped, saying so, when not root.
+
+use introducer_actors::identity::Identity;
+use introducer_actors::nat::NatBehavior;
+use introducer_lab::netns::counters::{kernel_drops, load_counters, read_counters, Stats};
+use introducer_lab::netns::spoof::Spoofer;
+use introducer_lab::netns::{Host, LabChild, Standard, A_IP, PORT};
+use introducer_proto::frame::encode_envelope;
+use introducer_proto::pb::{self, envelope::Kind};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The `introducer` binary the lab runs.
+const INTRODUCER: &str = env!("CARGO_BIN_EXE_introducer");
+/// Generous: another engineer's tests may share the machine's two cores.
+const WAIT: Duration = Duration::from_secs(40);
+/// `stats` events from the introducer this often (seconds, as given to `--stats-every`).
+const STATS_EVERY: &str = "0.25";
+/// The attacker: a host on the internet that sends the flood and, as the next hop the
+/// introducer's namespace routes the forged networks to, receives (and counts) whatever
+/// the introducer answers to forged sources.
+const ATTACKER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 66);
+/// Forged sources live in RFC 2544's benchmarking network (198.18.0.0/15): enough
+/// addresses, none of them the lab's.
+const FORGED_NET: &str = "198.18.0.0/15";
+/// The DSCP of every forged datagram, so the introducer's namespace counts them apart.
+const MARK_DSCP: u8 = 0x16;
+/// The nftables table of the test's counters, in every namespace that counts.
+const TABLE: &str = "flood";
+/// A flood stops by itself after this, should a test never stop it.
+const MAX_FLOOD: Duration = Duration::from_secs(90);
+/// Pings per `introducer ping`, and their spacing (seconds).
+const PINGS: usize = 5;
+const PING_INTERVAL: &str = "0.2";
+
+fn forged_ip(n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + n)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+// ---------------------------------------------------------------------------------------
+// The lab: introducers A and B, an attacker, counters
+// ---------------------------------------------------------------------------------------
+
+/// The standard topology with A emitting `stats`, an attacker host, and counters at A (the
+/// flood arriving) and at the attacker (what A answers to forged sources).
+struct FloodLab {
+    std: Standard,
+    a: LabChild,
+    _b: LabChild,
+    attacker: Host,
+}
+
+impl FloodLab {
+    fn new(name: &str) -> FloodLab {
+        let std = Standard::new(name, INTRODUCER);
+        let (a, b) = std.start_introducers_with(&["--stats-every", STATS_EVERY]);
+        let attacker = std.lab.public_host("m", &[ATTACKER_IP]);
+        // As the internet would carry them away, answers to forged sources leave A toward
+        // one next hop; the attacker counts them and drops them.
+        std.a.run_ok("ip", ["route", "add", FORGED_NET, "via", &ATTACKER_IP.to_string(), "dev", "eth0", "onlink"]);
+        let rule = format!("ip daddr {FORGED_NET} counter name \"answered\" drop");
+        load_counters(&attacker, TABLE, &["answered".into()], &[rule]);
+        let rule = format!("ip dscp {MARK_DSCP:#x} counter name \"arrived\"");
+        load_counters(&std.a, TABLE, &["arrived".into()], &[rule]);
+        FloodLab { std, a, _b: b, attacker }
+    }
+
+    fn spoofer(&self) -> Spoofer {
+        Spoofer::new(&self.attacker, MARK_DSCP)
+    }
+
+    /// A `run` node on `host`, registered with A; returns it, its PeerId and how long it
+    /// took from start to registered (NAT probing included).
+    fn peer(&self, host: &Host) -> (LabChild, String, Duration) {
+        let started = Instant::now();
+        let (node, id) = self.std.peer(host, &[]);
+        (node, id, started.elapsed())
+    }
+
+    /// The next `stats` event of A for which `pred` holds.
+    fn stats(&mut self, mut pred: impl FnMut(&Stats) -> bool) -> Stats {
+        Stats(self.a.wait_json(|v| v["event"] == "stats" && pred(&Stats(v.clone())), WAIT))
+    }
+
+    /// A's first `stats` event after everything it printed so far: its counters now, not
+    /// when the oldest unread line was printed.
+    fn stats_now(&mut self) -> Stats {
+        while self.a.next_line(Duration::ZERO).is_some() {}
+        self.stats(|_| true)
+    }
+
+    /// A's state now: its CPU time, the kernel's drops in its namespace, the counters.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            at: Instant::now(),
+            cpu_ns: cpu_ns(self.a.pid()),
+            kernel_drops: kernel_drops(&self.std.a),
+            arrived: read_counters(&self.std.a, TABLE)["arrived"].0,
+            answered: read_counters(&self.attacker, TABLE)["answered"].0,
+        }
+    }
+}
+
+/// What A and the attacker counted at one moment.
+struct Snapshot {
+    at: Instant,
+    cpu_ns: u64,
+    kernel_drops: u64,
+    /// Forged datagrams that reached A's namespace.
+    arrived: u64,
+    /// Datagrams A sent to forged sources.
+    answered: u64,
+}
+
+impl Snapshot {
+    /// The share of one core the node used between `self` and `later`, in percent.
+    fn cpu_pct(&self, later: &Snapshot) -> f64 {
+        let secs = (later.cpu_ns - self.cpu_ns) as f64 / 1e9;
+        100.0 * secs / (later.at - self.at).as_secs_f64()
+    }
+}
+
+/// CPU time of process `pid`, all its threads, in nanoseconds (`/proc/<pid>/task/*/schedstat`:
+/// `stat`'s utime and stime count 10 ms ticks, too coarse for a classification that
+/// takes 20 ms).
+fn cpu_ns(pid: u32) -> u64 {
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(),
+        "introducer",
+        "`ip netns exec` execs the node, so its pid is the node's"
+    );
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the node runs");
+    tasks
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("schedstat")).unwrap_or_default();
+            stat.split_whitespace().next().map_or(0, |ns| ns.parse::<u64>().unwrap())
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------
+// The flood
+// ---------------------------------------------------------------------------------------
+
+/// A flood sending on a thread of its own until stopped.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Sent>,
+}
+
+/// What a flood sent.
+struct Sent {
+    packets: u64,
+    /// Sends the attacker's kernel refused (its queues full).
+    refused: u64,
+    /// Sends skipped because the thread fell behind more than a tick's worth (the machine
+    /// was busy): a steady flood, not bursts to catch up.
+    skipped: u64,
+    secs: f64,
+}
+
+impl Flood {
+    /// Sends `packets` round and round, `rate` a second, in 1 ms ticks.
+    fn start(spoofer: Spoofer, packets: Vec<Vec<u8>>, rate: u64) -> Flood {
+        const TICK: Duration = Duration::from_millis(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let (mut packets_sent, mut refused, mut skipped, mut next) = (0u64, 0u64, 0u64, 0usize);
+            while !stopped.load(Ordering::Relaxed) && t0.elapsed() < MAX_FLOOD {
+                let due = (t0.elapsed().as_secs_f64() * rate as f64) as u64;
+                let owed = due - (packets_sent + refused + skipped);
+                let cap = (rate / 1000).max(1) * 10;
+                skipped += owed.saturating_sub(cap);
+                for _ in 0..owed.min(cap) {
+                    match spoofer.send_packet(&packets[next]) {
+                        Ok(()) => packets_sent += 1,
+                        Err(_) => refused += 1,
+                    }
+                    next = (next + 1) % packets.len();
+                }
+                // Pacing a traffic generator, not synchronisation.
+                std::thread::sleep(TICK);
+            }
+            Sent { packets: packets_sent, refused, skipped, secs: t0.elapsed().as_secs_f64() }
+        });
+        Flood { stop, thread }
+    }
+
+    fn stop(self) -> Sent {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the flood thread")
+    }
+}
+
+/// Waits until A has read `at_least` more datagrams than at `before`: the flood is on.
+fn await_flood(lab: &mut FloodLab, before: &Stats, at_least: u64) {
+    lab.stats(|s| s.since(before, "received") >= at_least);
+}
+
+/// What the flood delivered, for the table: sent, arrived at A's namespace, dropped by
+/// A's kernel, read by A, answered to forged sources, with rates over the flood's time.
+struct Delivered {
+    sent: Sent,
+    arrived: u64,
+    kernel_drops: u64,
+    read: u64,
+    answered: u64,
+    cpu_pct: f64,
+    /// A's CPU time over the flood per datagram it read, in microseconds.
+    cpu_us_per_read: f64,
+}
+
+impl Delivered {
+    /// The rows of the table; `forged_net`: the flood came from [`FORGED_NET`], whose
+    /// answers the attacker counts.
+    fn rows(&self, rows: &mut Vec<[String; 3]>, forged_net: bool) {
+        let rate = |n: u64| format!("{n} ({:.0}/s)", n as f64 / self.sent.secs);
+        rows.push(row("flood sent (/s)", "-", &rate(self.sent.packets)));
+        rows.push(row(
+            "  refused by its kernel, skipped",
+            "-",
+            &format!("{}, {}", self.sent.refused, self.sent.skipped),
+        ));
+        rows.push(row("arrived at A's namespace (/s)", "-", &rate(self.arrived)));
+        rows.push(row("  dropped by A's kernel (UDP InErrors)", "-", &self.kernel_drops.to_string()));
+        rows.push(row("read by A (`received`, all traffic)", "-", &rate(self.read)));
+        if forged_net {
+            rows.push(row("A answered forged sources (/s)", "-", &rate(self.answered)));
+        }
+        rows.push(row("flood duration (s)", "-", &format!("{:.2}", self.sent.secs)));
+        rows.push(row("A's CPU per datagram read (us)", "-", &format!("{:.1}", self.cpu_us_per_read)));
+    }
+}
+
+/// After `flood` stopped: what it delivered between `start` and `end`, once A's `stats`
+/// account for every datagram that reached its namespace: dropped by its kernel, or read
+/// and counted under one of `handled` (e.g. `broker_challenged`, `dropped_overload`). A
+/// datagram neither dropped by the kernel nor counted by the node fails the test, after
+/// [`WAIT`], saying so.
+fn delivered(
+    lab: &mut FloodLab,
+    sent: Sent,
+    (start, end): (&Snapshot, &Snapshot),
+    before: &Stats,
+    handled: &[&str],
+) -> (Delivered, Stats) {
+    let arrived = end.arrived - start.arrived;
+    let drops = end.kernel_drops - start.kernel_drops;
+    let counted = |s: &Stats| handled.iter().map(|key| s.since(before, key)).sum::<u64>();
+    let after =
+        match lab.a.try_wait_json(|v| v["event"] == "stats" && counted(&Stats(v.clone())) + drops >= arrived, WAIT) {
+            Ok(v) => Stats(v),
+            Err(e) => {
+                let last = lab.a.json_lines().into_iter().rev().find(|v| v["event"] == "stats").map(Stats).unwrap();
+                panic!(
+                    "A never accounted for the flood: {arrived} forged datagrams reached its namespace, its kernel \
+                 dropped {drops}, the node counted {} as {handled:?}\n{}\n{e}",
+                    counted(&last),
+                    last.0
+                )
+            }
+        };
+    let read = after.since(before, "received");
+    let delivered = Delivered {
+        arrived,
+        kernel_drops: drops,
+        read,
+        answered: end.answered - start.answered,
+        cpu_pct: start.cpu_pct(end),
+        cpu_us_per_read: (end.cpu_ns - start.cpu_ns) as f64 / 1000.0 / read as f64,
+        sent,
+    };
+    (delivered, after)
+}
+
+fn row(what: &str, without: &str, with: &str) -> [String; 3] {
+    [what.to_owned(), without.to_owned(), with.to_owned()]
+}
+
+fn print_table(title: &str, rows: &[[String; 3]]) {
+    let w = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
+    let v = rows.iter().map(|r| r[1].len()).max().unwrap_or(0).max("without flood".len());
+    println!("\n{title}");
+    println!("{:<w$}  {:>v$}  with flood", "", "without flood");
+    for r in rows {
+        println!("{:<w$}  {:>v$}  {}", r[0], r[1], r[2]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The clients
+// ---------------------------------------------------------------------------------------
+
+/// `introducer ping TARGET --count PINGS` on `host`, started now.
+fn spawn_ping(lab: &FloodLab, host: &Host, target: &str) -> (LabChild, Instant) {
+    let bootstrap = lab.std.bootstrap();
+    let count = PINGS.to_string();
+    let args =
+        ["ping", target, "--bootstrap", &bootstrap, "--count", &count, "--interval", PING_INTERVAL, "--timeout", "20"];
+    let cmd = host.introducer_command(&args);
+    (host.spawn_command("ping", cmd), Instant::now())
+}
+
+/// A ping that succeeded: connected, every ping answered.
+struct Ping {
+    connected: Value,
+    /// From the start of the process to `connected`: NAT probing, registering, being
+    /// introduced and punching.
+    to_connected: Duration,
+    rtts: Vec<f64>,
+}
+
+impl Ping {
+    fn connect_ms(&self) -> f64 {
+        self.connected["connect_ms"].as_f64().expect("connected carries connect_ms")
+    }
+
+    fn rtt_median(&self) -> f64 {
+        let mut rtts = self.rtts.clone();
+        rtts.sort_by(f64::total_cmp);
+        rtts[rtts.len() / 2]
+    }
+
+    fn path(&self) -> String {
+        format!("{} / {}", self.connected["path"], self.connected["strategy"]).replace('"', "")
+    }
+}
+
+/// Waits for a ping to connect and exit; asserts it exited 0 with every ping answered.
+fn finish_ping(ping: &mut LabChild, started: Instant) -> Ping {
+    let connected = ping.wait_json(|v| v["event"] == "connected", WAIT);
+    let to_connected = started.elapsed();
+    let status = ping.wait_exit(WAIT);
+    assert!(status.success(), "ping failed: {status}\n{}", ping.context());
+    let rtts: Vec<f64> = ping
+        .json_lines()
+        .iter()
+        .filter(|v| v["event"] == "pong")
+        .map(|v| v["rtt_ms"].as_f64().expect("pong carries rtt_ms"))
+        .collect();
+    assert_eq!(rtts.len(), PINGS, "every ping answered:\n{}", ping.context());
+    Ping { connected, to_connected, rtts }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Registers
+// ---------------------------------------------------------------------------------------
+
+const REGISTER_RATE: u64 = 20_000;
+/// Throwaway keys that sign the flood's records, and the addresses it comes from.
+const REGISTER_KEYS: u64 = 300;
+const REGISTER_SOURCES: u32 = 4096;
+
+/// Registers as an attacker sends them: records of throwaway keys, as large as a real
+/// peer's (an address, a NAT report), half without a cookie, half with a guessed one and
+/// the key's signature over it; each from its own forged address and port.
+fn register_flood(spoofer: &Spoofer, to: SocketAddrV4) -> Vec<Vec<u8>> {
+    let mut rng = StdRng::seed_from_u64(0xf100d);
+    let keys: Vec<(Identity, pb::SignedPeerRecord)> = (0..REGISTER_KEYS)
+        .map(|seed| {
+            let identity = Identity::from_seed(10_000 + seed);
+            let record = identity.sign_record(pb::PeerRecord {
+                private_addrs: vec![SocketAddr::from(([10, 9, 0, 2], 3478)).into()],
+                nat: Some(pb::NatReport {
+                    mapping: pb::Mapping::EndpointIndependent as i32,
+                    filtering: pb::Filtering::AddressAndPortDependent as i32,
+                    allocation: pb::Allocation::Preserving as i32,
+                    public_addr: Some(SocketAddr::from(([203, 0, 113, 200], 3478)).into()),
+                    ..Default::default()
+                }),
+                issued_ms: 1_700_000_000_000 + seed,
+                ..Default::default()
+            });
+            (identity, record)
+        })
+        .collect();
+    (0..2 * REGISTER_SOURCES)
+        .map(|n| {
+            let (identity, record) = &keys[n as usize % keys.len()];
+            let nonce = rng.gen();
+            let register = if n % 2 == 0 {
+                pb::Register { record: Some(record.clone()), nonce, ..Default::default() }
+            } else {
+                let cookie = rng.gen();
+                let proof = identity.register_proof(cookie, nonce).into();
+                pb::Register { record: Some(record.clone()), cookie, nonce, proof }
+            };
+            let src = SocketAddrV4::new(forged_ip(n % REGISTER_SOURCES), rng.gen_range(1024..=65535));
+            spoofer.packet(src, to, n as u16, &encode_envelope(&pb::Envelope { kind: Some(Kind::Register(register)) }))
+        })
+        .collect()
+}
+
+/// 20,000 forged Registers a second at introducer A while a peer registers with it and a
+/// NATed pair is introduced by it and punches: both must work, and what the flood cost is
+/// printed next to the same without it.
+#[test]
+fn a_register_flood_does_not_stop_registering_introducing_and_punching() {
+    if !is_root() {
+        eprintln!("skipped: the register flood needs root (network namespaces, nftables, raw sockets)");
+        return;
+    }
+    let t0 = Instant::now();
+    let mut lab = FloodLab::new("fr");
+    let (_, pinger) = lab.std.natted_host("p", NatBehavior::PORT_RESTRICTED);
+    let (_, quiet_host) = lab.std.natted_host("t1", NatBehavior::PORT_RESTRICTED);
+    let (_, flooded_host) = lab.std.natted_host("t2", NatBehavior::PORT_RESTRICTED);
+    let introducer = SocketAddrV4::new(A_IP, PORT);
+    let spoofer = lab.spoofer();
+    let packets = register_flood(&spoofer, introducer);
+
+    // Without the flood.
+    let quiet_start = lab.snapshot();
+    let (_quiet_target, quiet_id, quiet_registered) = lab.peer(&quiet_host);
+    let (mut ping, started) = spawn_ping(&lab, &pinger, &quiet_id);
+    let quiet = finish_ping(&mut ping, started);
+    let quiet_cpu = quiet_start.cpu_pct(&lab.snapshot());
+
+    // With it: the target registers, the pinger registers, both are introduced and punch.
+    let before = lab.stats_now();
+    let start = lab.snapshot();
+    let flood = Flood::start(spoofer, packets, REGISTER_RATE);
+    await_flood(&mut lab, &before, REGISTER_RATE / 10);
+    let (_flooded_target, flooded_id, flooded_registered) = lab.peer(&flooded_host);
+    let (mut ping, started) = spawn_ping(&lab, &pinger, &flooded_id);
+    let flooded = finish_ping(&mut ping, started);
+    let sent = flood.stop();
+    let end = lab.snapshot();
+    // Every forged Register that A read was answered with a challenge, smaller than
+    // itself, and went no further (what the cookie costs shows as CPU per datagram).
+    let handled = ["broker_challenged", "dropped_overload"];
+    let (delivered, after) = delivered(&mut lab, sent, (&start, &end), &before, &handled);
+
+    let mut rows = Vec::new();
+    delivered.rows(&mut rows, true);
+    rows.push(row("  Registers challenged", "-", &after.since(&before, "broker_challenged").to_string()));
+    rows.push(row("  dropped_overload", "-", &after.since(&before, "dropped_overload").to_string()));
+    rows.push(row("A's CPU (% of a core)", &format!("{quiet_cpu:.1}"), &format!("{:.1}", delivered.cpu_pct)));
+    rows.push(row("target: start -> registered (ms)", &ms(quiet_registered), &ms(flooded_registered)));
+    rows.push(row("ping: start -> connected (ms)", &ms(quiet.to_connected), &ms(flooded.to_connected)));
+    rows.push(row("ping: connect_ms", &format!("{:.1}", quiet.connect_ms()), &format!("{:.1}", flooded.connect_ms())));
+    rows.push(row(
+        "ping: RTT median (ms)",
+        &format!("{:.2}", quiet.rtt_median()),
+        &format!("{:.2}", flooded.rtt_median()),
+    ));
+    rows.push(row("ping: path / strategy", &quiet.path(), &flooded.path()));
+    print_table("Register flood (forged, no or guessed cookies) at introducer A", &rows);
+    println!("whole test {:.1} s", t0.elapsed().as_secs_f64());
+
+    for ping in [&quiet, &flooded] {
+        assert_eq!(ping.path(), "direct / simultaneous-open", "punched through A's introduction: {}", ping.connected);
+    }
+    assert!(
+        delivered.arrived as f64 >= 0.5 * REGISTER_RATE as f64 * delivered.sent.secs,
+        "the flood was too thin to say anything: {} datagrams in {:.1} s",
+        delivered.arrived,
+        delivered.sent.secs
+    );
+    assert_eq!(after.since(&before, "broker_registered"), 2, "the target and the pinger registered: {}", after.0);
+}
