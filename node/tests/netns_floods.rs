@@ -8,6 +8,9 @@
 //! - Registers: 20,000 a second, signed by a few hundred throwaway keys, with no cookie or
 //!   a guessed one, from thousands of addresses. A peer registers and a NATed pair
 //!   registers, is introduced and punches meanwhile.
+//! - STUN: 10,000 Binding requests a second from 6,000 addresses (each coming back every
+//!   0.6 s, as a client does), and from one-off addresses, while `introducer nat`
+//!   classifies a NAT.
 //!
 //! What is counted, and where: the flood's datagrams carry a DSCP mark, counted by nftables
 //! as they reach the introducer's namespace (ahead of any socket); what the kernel dropped
@@ -23,9 +26,10 @@ use introducer_actors::identity::Identity;
 use introducer_actors::nat::NatBehavior;
 use introducer_lab::netns::counters::{kernel_drops, load_counters, read_counters, Stats};
 use introducer_lab::netns::spoof::Spoofer;
-use introducer_lab::netns::{Host, LabChild, Standard, A_IP, PORT};
+use introducer_lab::netns::{assert_classified, Host, LabChild, Standard, A_ALT_IP, A_IP, PORT};
 use introducer_proto::frame::encode_envelope;
 use introducer_proto::pb::{self, envelope::Kind};
+use introducer_proto::stun::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -494,4 +498,130 @@ fn a_register_flood_does_not_stop_registering_introducing_and_punching() {
         delivered.sent.secs
     );
     assert_eq!(after.since(&before, "broker_registered"), 2, "the target and the pinger registered: {}", after.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. STUN
+// ---------------------------------------------------------------------------------------
+
+const STUN_RATE: u64 = 10_000;
+/// How many forged datagrams A reads before `nat` starts: enough for every forged source
+/// of the returning flood to have come back (a source's first request may not spend the
+/// budget's last tokens, a returning one may), and for the one-off flood to churn the
+/// table: the flood's steady state, not its first second.
+const STUN_WARMUP: u64 = 12_000;
+
+/// Binding requests from `sources` forged addresses, each in turn: every address comes
+/// back every `sources / STUN_RATE` seconds (0.6 s for 6,000, as often as a probing client
+/// retransmits; 13 s for the whole forged network, which the budget sees as one-off).
+fn stun_flood(spoofer: &Spoofer, to: SocketAddrV4, sources: u32) -> Vec<Vec<u8>> {
+    let mut rng = StdRng::seed_from_u64(0x5700);
+    (0..sources.max(2 * STUN_RATE as u32))
+        .map(|n| {
+            let src = SocketAddrV4::new(forged_ip(n % sources), rng.gen_range(1024..=65535));
+            spoofer.packet(src, to, n as u16, &Message::binding_request(rng.gen()).encode())
+        })
+        .collect()
+}
+
+/// What `introducer nat --bootstrap A` on `host` said (its report, or why it failed), how
+/// long it took, and the STUN requests its NAT let out to A and the answers it let in.
+struct Classified {
+    report: Result<Value, String>,
+    took: Duration,
+    requests: u64,
+    answers: u64,
+}
+
+fn classify(lab: &FloodLab, host: &Host, nat: &Host) -> Classified {
+    let before = read_counters(nat, TABLE);
+    let started = Instant::now();
+    let out = host.run_timeout(INTRODUCER, ["nat", "--json", "--bootstrap", &lab.std.bootstrap()], WAIT);
+    let took = started.elapsed();
+    let after = read_counters(nat, TABLE);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = match out.status.success() {
+        true => Ok(serde_json::from_str(stdout.trim()).expect("nat prints one JSON object")),
+        false => Err(format!("{}: {}{stdout}", out.status, String::from_utf8_lossy(&out.stderr))),
+    };
+    let grew = |name: &str| after[name].0 - before[name].0;
+    Classified { report, took, requests: grew("stun_out"), answers: grew("stun_in") }
+}
+
+/// 10,000 forged STUN Binding requests a second from `sources` addresses at introducer A
+/// while `introducer nat` classifies a full-cone NAT against it (the behaviour whose
+/// filtering tests need the most answers: a lost one reads as filtering).
+fn stun_flood_during_classification(name: &str, sources: u32) {
+    if !is_root() {
+        eprintln!("skipped: the STUN flood needs root (network namespaces, nftables, raw sockets)");
+        return;
+    }
+    let t0 = Instant::now();
+    let behavior = NatBehavior::FULL_CONE;
+    let mut lab = FloodLab::new(name);
+    let (nat, host) = lab.std.natted_host("h", behavior);
+    // At the client's NAT: its STUN requests to A's addresses, and their answers.
+    let (a_ips, stun) = (format!("{{ {A_IP}, {A_ALT_IP} }}"), "@th,96,32 0x2112a442");
+    let rules = [
+        format!("iifname \"lan\" ip daddr {a_ips} {stun} counter name \"stun_out\""),
+        format!("iifname \"wan\" ip saddr {a_ips} {stun} counter name \"stun_in\""),
+    ];
+    load_counters(nat.router(), TABLE, &["stun_out".into(), "stun_in".into()], &rules);
+    let spoofer = lab.spoofer();
+    let packets = stun_flood(&spoofer, SocketAddrV4::new(A_IP, PORT), sources);
+
+    let quiet_start = lab.snapshot();
+    let quiet = classify(&lab, &host, nat.router());
+    let quiet_cpu = quiet_start.cpu_pct(&lab.snapshot());
+    assert_classified(quiet.report.as_ref().expect("nat without a flood"), behavior, nat.wan_ip());
+    nat.flush_conntrack();
+
+    let before = lab.stats_now();
+    let start = lab.snapshot();
+    let flood = Flood::start(spoofer, packets, STUN_RATE);
+    await_flood(&mut lab, &before, STUN_WARMUP);
+    let flooded = classify(&lab, &host, nat.router());
+    let sent = flood.stop();
+    let end = lab.snapshot();
+    // Answers are not counted per kind: all that A read, then.
+    let (delivered, after) = delivered(&mut lab, sent, (&start, &end), &before, &["received"]);
+
+    let mut rows = Vec::new();
+    delivered.rows(&mut rows, true);
+    rows.push(row("  stun_rate_limited", "-", &after.since(&before, "stun_rate_limited").to_string()));
+    rows.push(row("A's CPU (% of a core)", &format!("{quiet_cpu:.1}"), &format!("{:.1}", delivered.cpu_pct)));
+    rows.push(row("nat: duration (ms)", &ms(quiet.took), &ms(flooded.took)));
+    let asked = |c: &Classified| format!("{} / {}", c.answers, c.requests);
+    rows.push(row("nat: answers / requests", &asked(&quiet), &asked(&flooded)));
+    for key in ["mapping", "filtering", "allocation"] {
+        let said = |c: &Classified| match &c.report {
+            Ok(r) => r[key].as_str().unwrap_or("?").to_owned(),
+            Err(_) => "failed".to_owned(),
+        };
+        rows.push(row(&format!("nat: {key}"), &said(&quiet), &said(&flooded)));
+    }
+    print_table(&format!("STUN flood (forged Binding requests, {sources} sources) at introducer A"), &rows);
+    println!("whole test {:.1} s", t0.elapsed().as_secs_f64());
+
+    assert!(
+        delivered.arrived as f64 >= 0.5 * STUN_RATE as f64 * delivered.sent.secs,
+        "the flood was too thin to say anything: {} datagrams in {:.1} s",
+        delivered.arrived,
+        delivered.sent.secs
+    );
+    let report = flooded.report.unwrap_or_else(|e| panic!("nat failed during the flood: {e}"));
+    assert_classified(&report, behavior, nat.wan_ip());
+}
+
+/// The flood: 6,000 addresses, each back every 0.6 s, as clients come back.
+#[test]
+fn a_stun_flood_from_6000_returning_sources_does_not_stop_nat_classification() {
+    stun_flood_during_classification("fs", 6_000);
+}
+
+/// Every request from an address not seen for 13 s (the whole forged /15 in turn): what
+/// the budget's reserve for returning sources is for.
+#[test]
+fn a_stun_flood_from_one_off_sources_does_not_stop_nat_classification() {
+    stun_flood_during_classification("fo", 1 << 17);
 }
