@@ -11,6 +11,9 @@
 //! - STUN: 10,000 Binding requests a second from 6,000 addresses (each coming back every
 //!   0.6 s, as a client does), and from one-off addresses, while `introducer nat`
 //!   classifies a NAT.
+//! - IntroduceRequests forged from a registered peer's public address (its NAT's mapping),
+//!   with bad MACs, 20,000 a second, while that peer is introduced and punches: its own
+//!   requests get through, the forged ones aim nothing at it.
 //!
 //! What is counted, and where: the flood's datagrams carry a DSCP mark, counted by nftables
 //! as they reach the introducer's namespace (ahead of any socket); what the kernel dropped
@@ -24,12 +27,13 @@
 
 use introducer_actors::identity::Identity;
 use introducer_actors::nat::NatBehavior;
-use introducer_lab::netns::counters::{kernel_drops, load_counters, read_counters, Stats};
+use introducer_lab::netns::counters::{delete_table, kernel_drops, load_counters, read_counters, Counts, Stats};
 use introducer_lab::netns::spoof::Spoofer;
 use introducer_lab::netns::{assert_classified, Host, LabChild, Standard, A_ALT_IP, A_IP, PORT};
 use introducer_proto::frame::encode_envelope;
 use introducer_proto::pb::{self, envelope::Kind};
 use introducer_proto::stun::Message;
+use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -624,4 +628,217 @@ fn a_stun_flood_from_6000_returning_sources_does_not_stop_nat_classification() {
 #[test]
 fn a_stun_flood_from_one_off_sources_does_not_stop_nat_classification() {
     stun_flood_during_classification("fo", 1 << 17);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. IntroduceRequests forged from a registered peer's address
+// ---------------------------------------------------------------------------------------
+
+const INTRODUCE_RATE: u64 = 20_000;
+/// The pair's introductions A makes before the punch is let through (see the test).
+const HELD_INTRODUCTIONS: usize = 2;
+
+/// IntroduceRequests from `from` with made-up MACs: half name `victim` (a registered peer,
+/// which an introduction would make punch `from`'s NAT), half made-up peers (an error
+/// would go to `from`).
+fn introduce_flood(spoofer: &Spoofer, from: SocketAddrV4, to: SocketAddrV4, victim: &PeerId) -> Vec<Vec<u8>> {
+    let mut rng = StdRng::seed_from_u64(0x1a7d);
+    (0..4096u32)
+        .map(|n| {
+            let target = if n % 2 == 0 { *victim } else { PeerId::random() };
+            let request =
+                pb::IntroduceRequest { target: target.to_bytes().into(), request_id: rng.gen(), mac: rng.gen() };
+            let envelope = pb::Envelope { kind: Some(Kind::IntroduceRequest(request)) };
+            spoofer.packet(from, to, n as u16, &encode_envelope(&envelope))
+        })
+        .collect()
+}
+
+/// One run of the third test: a ping from behind `pinger_nat` to `target`, held until A
+/// introduced the pair [`HELD_INTRODUCTIONS`] times (with the flood, counted from when A
+/// is seen dropping it), then let through.
+struct Held {
+    ping: Ping,
+    /// From letting the punch through to `connected`.
+    released_to_connected: Duration,
+    /// The pinger's registered address, which the flood forges.
+    pinger: SocketAddrV4,
+    pinger_id: String,
+    /// Datagrams from A to that address from when A reported it registered.
+    from_a: u64,
+}
+
+/// 20,000 IntroduceRequests a second with bad MACs, forged from the public address of a
+/// registered peer (its NAT's mapping), while that very peer is introduced and punches.
+///
+/// `introducer ping` registers from an ephemeral port, so the address to forge is known
+/// only once A reports the registration, and its first request follows at once. So that
+/// its requests meet the flood, the punch is held (the target's NAT drops the pinger's
+/// datagrams) until A has introduced the pair twice more with the flood running: the
+/// pinger repeats its request every 500 ms until the punch settles. Then the punch is let
+/// through. The run without the flood is held the same way.
+#[test]
+fn an_introduce_request_flood_from_a_peers_address_aims_nothing_and_does_not_stop_it() {
+    if !is_root() {
+        eprintln!("skipped: the IntroduceRequest flood needs root (network namespaces, nftables, raw sockets)");
+        return;
+    }
+    let t0 = Instant::now();
+    let mut lab = FloodLab::new("fi");
+    let (pinger_nat, pinger) = lab.std.natted_host("p", NatBehavior::PORT_RESTRICTED);
+    let (target_nat, target_host) = lab.std.natted_host("t", NatBehavior::PORT_RESTRICTED);
+    let (victim_nat, victim_host) = lab.std.natted_host("v", NatBehavior::PORT_RESTRICTED);
+    let (_target, target_id, _) = lab.peer(&target_host);
+    let (mut victim, victim_id, _) = lab.peer(&victim_host);
+    let victim_peer: PeerId = victim_id.parse().unwrap();
+    let introducer = SocketAddrV4::new(A_IP, PORT);
+    let pinger_wan = pinger_nat.wan_ip();
+
+    // At the pinger's NAT: whatever the victim sends it (punches, had the flood made A
+    // introduce them). At the victim's NAT: the pinger's punches.
+    let from_victim = format!("iifname \"wan\" ip saddr {} counter name \"from_victim\"", victim_nat.wan_ip());
+    load_counters(pinger_nat.router(), TABLE, &["from_victim".into()], &[from_victim]);
+    let from_pinger = format!("iifname \"wan\" ip saddr {pinger_wan} counter name \"from_pinger\"");
+    load_counters(victim_nat.router(), TABLE, &["from_pinger".into()], &[from_pinger]);
+    let counts = || -> (Counts, Counts) {
+        (read_counters(pinger_nat.router(), TABLE), read_counters(victim_nat.router(), TABLE))
+    };
+
+    // One held ping; `flood` starts the flood at the pinger's address once it is known.
+    let run = |lab: &mut FloodLab, flood: Option<Spoofer>| -> (Held, Option<(Flood, Stats)>) {
+        let hold = format!("iifname \"wan\" ip saddr {pinger_wan} meta l4proto udp counter name \"held\" drop");
+        load_counters(target_nat.router(), "hold", &["held".into()], &[hold]);
+        let (mut ping, started) = spawn_ping(lab, &pinger, &target_id);
+        let registered = lab.a.wait_json(
+            |v| {
+                v["event"] == "peer_registered"
+                    && v["addr"].as_str().is_some_and(|a| a.starts_with(&format!("{pinger_wan}:")))
+            },
+            WAIT,
+        );
+        let pinger_addr = match registered["addr"].as_str().unwrap().parse() {
+            Ok(SocketAddr::V4(a)) => a,
+            other => panic!("{other:?}"),
+        };
+        let pinger_id = registered["peer_id"].as_str().unwrap().to_owned();
+        // Everything A sends the registered address from now on.
+        let (ip, port) = (pinger_addr.ip(), pinger_addr.port());
+        let from_a = format!(
+            "iifname \"wan\" ip saddr {A_IP} udp sport {PORT} ip daddr {ip} udp dport {port} counter name \"from_a\""
+        );
+        load_counters(pinger_nat.router(), "to_pinger", &["from_a".into()], &[from_a]);
+        let flooding = flood.map(|spoofer| {
+            let before = lab.stats_now();
+            let packets = introduce_flood(&spoofer, pinger_addr, introducer, &victim_peer);
+            let flood = Flood::start(spoofer, packets, INTRODUCE_RATE);
+            (flood, before)
+        });
+        // Hold the punch until A introduced the pair HELD_INTRODUCTIONS times since the
+        // flood showed (its bad MACs counted), or since the pinger registered.
+        let mut flood_seen = flooding.is_none();
+        let mut introductions = 0;
+        let deadline = Instant::now() + WAIT;
+        while introductions < HELD_INTRODUCTIONS {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = lab.a.wait_json(|v| v["event"] == "stats" || v["event"] == "introduced", left);
+            if v["event"] == "stats" {
+                if let Some((_, before)) = &flooding {
+                    flood_seen |= Stats(v).since(before, "broker_dropped_bad_mac") >= INTRODUCE_RATE / 20;
+                }
+            } else if flood_seen && v["requester"] == pinger_id.as_str() && v["target"] == target_id.as_str() {
+                introductions += 1;
+            }
+        }
+        let released = Instant::now();
+        delete_table(target_nat.router(), "hold");
+        let ping_done = finish_ping(&mut ping, started);
+        let released_to_connected = (started + ping_done.to_connected).saturating_duration_since(released);
+        let from_a = read_counters(pinger_nat.router(), "to_pinger")["from_a"].0;
+        delete_table(pinger_nat.router(), "to_pinger");
+        (Held { ping: ping_done, released_to_connected, pinger: pinger_addr, pinger_id, from_a }, flooding)
+    };
+
+    let quiet_start = lab.snapshot();
+    let (quiet, _) = run(&mut lab, None);
+    let quiet_cpu = quiet_start.cpu_pct(&lab.snapshot());
+    let (quiet_at_pinger, quiet_at_victim) = counts();
+
+    let spoofer = lab.spoofer();
+    let start = lab.snapshot();
+    let (flooded, flooding) = run(&mut lab, Some(spoofer));
+    let (flood, before) = flooding.expect("flooded");
+    let sent = flood.stop();
+    let end = lab.snapshot();
+    let (flooded_at_pinger, flooded_at_victim) = counts();
+    // Counted: every forged request A read was dropped for its MAC.
+    let handled = ["broker_dropped_bad_mac", "dropped_overload"];
+    let (delivered, after) = delivered(&mut lab, sent, (&start, &end), &before, &handled);
+    // Every `introduced` A printed in the whole test: the pair's only.
+    while lab.a.next_line(Duration::ZERO).is_some() {}
+    let introduced: Vec<Value> = lab.a.json_lines().into_iter().filter(|v| v["event"] == "introduced").collect();
+    let introductions = |run: &Held| introduced.iter().filter(|v| v["requester"] == run.pinger_id.as_str()).count();
+    // The victim connected to nobody (it would, had A introduced it to the pinger).
+    while victim.next_line(Duration::ZERO).is_some() {}
+    let victim_connected: Vec<Value> = victim.json_lines().into_iter().filter(|v| v["event"] == "connected").collect();
+
+    let grew = |a: &Counts, b: &Counts, name: &str| b[name].0 - a[name].0;
+    let mut rows = Vec::new();
+    delivered.rows(&mut rows, false);
+    rows.push(row("  broker_dropped_bad_mac", "-", &after.since(&before, "broker_dropped_bad_mac").to_string()));
+    rows.push(row("  dropped_overload", "-", &after.since(&before, "dropped_overload").to_string()));
+    rows.push(row("A's CPU (% of a core)", &format!("{quiet_cpu:.1}"), &format!("{:.1}", delivered.cpu_pct)));
+    rows.push(row("ping: start -> connected (ms, held)", &ms(quiet.ping.to_connected), &ms(flooded.ping.to_connected)));
+    rows.push(row(
+        "ping: let through -> connected (ms)",
+        &ms(quiet.released_to_connected),
+        &ms(flooded.released_to_connected),
+    ));
+    rows.push(row(
+        "ping: RTT median (ms)",
+        &format!("{:.2}", quiet.ping.rtt_median()),
+        &format!("{:.2}", flooded.ping.rtt_median()),
+    ));
+    rows.push(row("ping: path / strategy", &quiet.ping.path(), &flooded.ping.path()));
+    rows.push(row(
+        "A -> the pinger's address: datagrams / introductions",
+        &format!("{} / {}", quiet.from_a, introductions(&quiet)),
+        &format!("{} / {}", flooded.from_a, introductions(&flooded)),
+    ));
+    rows.push(row(
+        "at the pinger's NAT: from the victim",
+        &quiet_at_pinger["from_victim"].0.to_string(),
+        &grew(&quiet_at_pinger, &flooded_at_pinger, "from_victim").to_string(),
+    ));
+    rows.push(row(
+        "at the victim's NAT: from the pinger",
+        &quiet_at_victim["from_pinger"].0.to_string(),
+        &grew(&quiet_at_victim, &flooded_at_victim, "from_pinger").to_string(),
+    ));
+    print_table(
+        &format!("IntroduceRequest flood (bad MACs) forged from the pinger's address {}", flooded.pinger),
+        &rows,
+    );
+    println!("quiet run's pinger address {}; whole test {:.1} s", quiet.pinger, t0.elapsed().as_secs_f64());
+
+    assert!(
+        delivered.arrived as f64 >= 0.5 * INTRODUCE_RATE as f64 * delivered.sent.secs,
+        "the flood was too thin to say anything: {} datagrams in {:.1} s",
+        delivered.arrived,
+        delivered.sent.secs
+    );
+    // Aimed nothing: no introduction but the pair's, no error for a made-up target, nothing
+    // between the victim and the pinger's NAT.
+    assert_eq!(after.since(&before, "broker_unknown_target"), 0, "{}", after.0);
+    for v in &introduced {
+        assert_eq!(v["target"], target_id.as_str(), "A introduced only the pair: {v}");
+    }
+    // After it registered, A sent the pinger's address nothing but the pair's introductions
+    // (one per request A took: its `introduced` events).
+    for run in [&quiet, &flooded] {
+        assert!(run.from_a <= introductions(run) as u64, "A sent {} more: {} datagrams", run.pinger, run.from_a);
+    }
+    assert_eq!(quiet_at_pinger["from_victim"].0, 0, "the victim never sends the pinger's NAT anything");
+    assert_eq!(flooded_at_pinger["from_victim"].0, 0, "the victim punched the pinger's NAT");
+    assert_eq!(flooded_at_victim["from_pinger"].0, 0, "the pinger punched the victim's NAT");
+    assert!(victim_connected.is_empty(), "the victim was introduced to someone: {victim_connected:?}");
 }
