@@ -10,6 +10,7 @@ use actix::prelude::*;
 use introducer_proto::frame::{self, Decoded};
 use introducer_proto::pb::envelope::Kind;
 use introducer_proto::MAX_DATAGRAM;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -134,6 +135,9 @@ pub struct SocketActor {
     sockets: HashMap<SocketId, (Rc<UdpSocket>, JoinHandle<()>)>,
     routes: HashMap<Route, Recipient<Inbound>>,
     stats: Stats,
+    /// Datagrams the receiving tasks dropped because this actor's mailbox was full (the
+    /// tasks share the actor's thread).
+    mailbox_full: Rc<Cell<u64>>,
 }
 
 /// Mailbox size of every actor on the datagram path.
@@ -151,11 +155,15 @@ impl SocketActor {
         }
         let actor = SocketActor::create(|ctx| {
             ctx.set_mailbox_capacity(MAILBOX);
+            let mailbox_full = Rc::new(Cell::new(0));
             let sockets = bound
                 .into_iter()
-                .map(|(id, socket)| (id, (socket.clone(), spawn_receiver(ctx.address(), id, socket))))
+                .map(|(id, socket)| {
+                    let receiver = spawn_receiver(ctx.address(), id, socket.clone(), mailbox_full.clone());
+                    (id, (socket, receiver))
+                })
                 .collect();
-            SocketActor { sockets, routes: HashMap::new(), stats: Stats::default() }
+            SocketActor { sockets, routes: HashMap::new(), stats: Stats::default(), mailbox_full }
         });
         Ok((actor, locals))
     }
@@ -163,7 +171,7 @@ impl SocketActor {
     fn bind_one(&mut self, id: SocketId, addr: SocketAddr, ctx: &mut Context<Self>) -> io::Result<SocketAddr> {
         let socket = Rc::new(bind_udp(addr)?);
         let local = socket.local_addr()?;
-        let receiver = spawn_receiver(ctx.address(), id, socket.clone());
+        let receiver = spawn_receiver(ctx.address(), id, socket.clone(), self.mailbox_full.clone());
         self.sockets.insert(id, (socket, receiver));
         Ok(local)
     }
@@ -225,7 +233,12 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket)
 }
 
-fn spawn_receiver(actor: Addr<SocketActor>, socket: SocketId, udp: Rc<UdpSocket>) -> JoinHandle<()> {
+fn spawn_receiver(
+    actor: Addr<SocketActor>,
+    socket: SocketId,
+    udp: Rc<UdpSocket>,
+    mailbox_full: Rc<Cell<u64>>,
+) -> JoinHandle<()> {
     actix::spawn(async move {
         // One byte more than we accept, so oversized datagrams are seen as such.
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
@@ -234,7 +247,8 @@ fn spawn_receiver(actor: Addr<SocketActor>, socket: SocketId, udp: Rc<UdpSocket>
                 Ok((n, src)) => {
                     let received = Received { socket, src, datagram: buf[..n].to_vec() };
                     match actor.try_send(received) {
-                        Ok(()) | Err(SendError::Full(_)) => {}
+                        Ok(()) => {}
+                        Err(SendError::Full(_)) => mailbox_full.set(mailbox_full.get() + 1),
                         Err(SendError::Closed(_)) => return,
                     }
                 }
@@ -327,6 +341,6 @@ impl Handler<SetRoute> for SocketActor {
 impl Handler<GetStats> for SocketActor {
     type Result = MessageResult<GetStats>;
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> MessageResult<GetStats> {
-        MessageResult(self.stats)
+        MessageResult(Stats { dropped_overload: self.stats.dropped_overload + self.mailbox_full.get(), ..self.stats })
     }
 }
