@@ -169,6 +169,17 @@ pub enum Place {
     BehindAt(NatId, Ipv4Addr),
 }
 
+/// A datagram as a machine sent it ([`Sim::record_sends`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub from: HostId,
+    /// The sending socket's own (possibly private) address.
+    pub src: SocketAddr,
+    /// Where the machine addressed it.
+    pub dst: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
 /// A live NAT mapping ([`Sim::nat_mappings`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NatMapping {
@@ -312,6 +323,8 @@ pub struct Sim {
     trace: Option<Vec<TraceEvent>>,
     /// Bytes looked for in every datagram, and in how many they were seen.
     sniffing: Option<(Vec<u8>, u64)>,
+    /// Every datagram handed to the network since the last [`Sim::take_sends`], when on.
+    sends: Option<Vec<Sent>>,
     dirty: Vec<HostId>,
     scratch: Vec<Transmit>,
 }
@@ -335,6 +348,7 @@ impl Sim {
             counters: Counters::default(),
             trace: None,
             sniffing: None,
+            sends: None,
             dirty: Vec::new(),
             scratch: Vec::new(),
         }
@@ -517,6 +531,11 @@ impl Sim {
         }
     }
 
+    /// Every socket `host` has bound now, in id order.
+    pub fn sockets(&self, host: HostId) -> Vec<(SocketId, SocketAddr)> {
+        self.host(host).sockets.iter().map(|(&id, &a)| (id, SocketAddr::V4(a))).collect()
+    }
+
     /// The host's first address.
     pub fn host_ip(&self, host: HostId) -> Ipv4Addr {
         self.host(host).ips[0]
@@ -656,6 +675,20 @@ impl Sim {
     /// Datagrams seen containing the needle since [`Sim::sniff`].
     pub fn sniffed(&self) -> u64 {
         self.sniffing.as_ref().map_or(0, |(_, seen)| *seen)
+    }
+
+    /// Starts recording every datagram a machine sends, as it sends it: before links, NATs or
+    /// routing decide its fate, so a datagram still in flight or dropped on its way is
+    /// there too. The trace, by contrast, records a datagram once its fate is known. For
+    /// checks on what a node *chose* to send (the fuzz targets' amplification bounds).
+    pub fn record_sends(&mut self) {
+        self.sends.get_or_insert_with(Vec::new);
+    }
+
+    /// The datagrams sent since [`Sim::record_sends`] or the last call (empty if never
+    /// turned on).
+    pub fn take_sends(&mut self) -> Vec<Sent> {
+        self.sends.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Starts recording a [`TraceEvent`] per datagram.
@@ -840,6 +873,9 @@ impl Sim {
         h.stats.sent += 1;
         let realm = h.realm;
         self.counters.sent += 1;
+        if let Some(sends) = &mut self.sends {
+            sends.push(Sent { from: host, src: SocketAddr::V4(src), dst: t.dst, payload: t.payload.clone() });
+        }
         let dst = match t.dst {
             SocketAddr::V4(d) => d,
             SocketAddr::V6(_) => {
