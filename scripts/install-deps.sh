@@ -11,6 +11,9 @@
 #              the independent referee of the lab's NAT behaviours
 #   procps     sysctl (per-namespace forwarding, rp_filter, conntrack timeouts)
 #   util-linux setsid/kill used by the scripts (present on every Debian, listed for clarity)
+#   g++        libFuzzer, which the fuzz targets link, is C++ (libfuzzer-sys compiles it)
+#
+# And cargo-fuzz, for scripts/fuzz.sh (from crates.io, built with cargo), unless FUZZ=0.
 #
 # coturn's Debian package may start a system-wide turnserver on install; the lab
 # starts its own inside network namespaces, so the service is kept from starting
@@ -26,7 +29,13 @@ declare -A NEED=(
   [turnutils_natdiscovery]=coturn
   [sysctl]=procps
   [setsid]=util-linux
+  [c++]=g++
 )
+
+if [ "${FUZZ:-1}" != 0 ] && ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi
 
 have() {
   command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] || [ -x "/usr/bin/$1" ]

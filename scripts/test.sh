@@ -5,6 +5,9 @@
 # to `cargo test` and skip the lints, e.g. `scripts/test.sh -p introducer-node --test
 # netns_lab -- --nocapture`.
 #
+# Then, without extra arguments, every fuzz target runs briefly on its corpus
+# (scripts/fuzz.sh, FUZZ_SECONDS each, default 10); FUZZ=0 skips that.
+#
 # Debug profile on purpose: on a 2-core machine an optimised build of the whole workspace
 # costs more than the tests gain (dependencies are built at opt-level 1, see Cargo.toml).
 set -euo pipefail
@@ -15,4 +18,7 @@ if [ $# -eq 0 ]; then
   cargo fmt --all --check
   cargo clippy --workspace --all-targets -- -D warnings
 fi
-exec cargo test --workspace "$@"
+cargo test --workspace "$@"
+if [ $# -eq 0 ] && [ "${FUZZ:-1}" != 0 ]; then
+  bash scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+fi
