@@ -7,7 +7,7 @@
 # Stable rustc: cargo-fuzz passes nightly-only flags (sanitizer coverage, -Zsanitizer),
 # which RUSTC_BOOTSTRAP=1 lets a stable compiler take. No sanitizer by default: every
 # target is safe Rust, so AddressSanitizer adds little that Rust's own checks do not, and
-# costs 3-4x the executions (FUZZ_SANITIZER=address turns it on; it works here). Debug
+# costs 3-8x the executions (FUZZ_SANITIZER=address turns it on; it works here). Debug
 # assertions and overflow checks are on, as cargo-fuzz builds by default.
 #
 # What libFuzzer finds goes to a working corpus, fuzz/target/corpus/TARGET (kept between
