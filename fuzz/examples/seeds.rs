@@ -138,8 +138,9 @@ fn steps(steps: &[Step]) -> Vec<u8> {
 }
 
 /// The machine targets' seeds: each datagram from a stranger (source 0) and from the first
-/// address the target knows (source 5, after the five attacker addresses), replays of
-/// what the fixture sent, and generated envelopes with time passing in between.
+/// address the target knows (source 5, after the five attacker addresses), the attacker
+/// registering and asking for an introduction, replays of what the fixture sent, and
+/// generated envelopes with time passing in between.
 fn machine(rng: &mut StdRng, datagrams: &[(&str, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     let raw = |source, payload| Step { what: 0, source, wait: 0, socket: 0, payload };
     let mut seeds: Vec<(String, Vec<u8>)> = datagrams
@@ -148,6 +149,11 @@ fn machine(rng: &mut StdRng, datagrams: &[(&str, Vec<u8>)]) -> Vec<(String, Vec<
             [(format!("{name}-stranger"), steps(&[raw(0, d)])), (format!("{name}-known"), steps(&[raw(5, d)]))]
         })
         .collect();
+    // The attacker registers at its own address (the challenge answered with the cookie),
+    // asks to be introduced to the fixture's peer, and lets the punch run.
+    let register = &datagrams.iter().find(|(n, _)| *n == "register").expect("a Register seed").1;
+    let answer = |wait| Step { what: 4, source: 0, wait, socket: 0, payload: &[1] };
+    seeds.push(("register-and-introduce".into(), steps(&[raw(0, register), answer(1), answer(1), answer(150)])));
     let replays: Vec<[u8; 3]> = (0..16).map(|i| [i, 0, 0]).collect();
     let replay: Vec<Step> =
         replays.iter().map(|r| Step { what: 1, source: r[0] % 8, wait: 1, socket: r[0], payload: r }).collect();

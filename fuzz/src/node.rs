@@ -16,21 +16,30 @@
 //! The fixture's own hosts (both introducer IPs, the NAT's public IP, the peer's private
 //! IP) proved where they receive, so what goes to them is not bounded; spoofing them is
 //! how the attacker reaches the protocol's deeper states. A panic anywhere is a crash too.
-//! The attacker is blind: it never sees what the nodes answer.
+//!
+//! The attacker is blind at every address but its own few ([`STRANGERS`]): there it reads
+//! what the target sends, and can answer a registration or relay challenge with the
+//! cookie (and then ask for introductions as a registered peer). An address that echoed a
+//! cookie proved it receives there, so from then on its IP is bounded no more than the
+//! fixture's (punch proofs, sprays at an introduced IP): what an honest stranger that
+//! registers gets.
 
 use crate::gen::{self, Ctx};
 use arbitrary::Unstructured;
+use introducer_actors::cookie::request_mac;
 use introducer_actors::identity::Identity;
 use introducer_actors::nat::NatBehavior;
 use introducer_actors::probe::server::full_answer_len;
+use introducer_actors::relay::sign_request;
 use introducer_actors::{Machine, SocketId};
 use introducer_proto::frame::{self, Decoded};
-use introducer_proto::pb::envelope::Kind;
+use introducer_proto::pb::{self, envelope::Kind};
 use introducer_proto::stun;
 use introducer_sim::node::SimNode;
 use introducer_sim::standard::{Standard, INTRODUCER_ALT_IP, INTRODUCER_IP, NAT_IPS, PEER_PORT};
 use introducer_sim::{HostId, Link, Place, Sent};
-use std::collections::HashMap;
+use libp2p_identity::{PeerId, PublicKey};
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -50,6 +59,18 @@ const REPLAYS: usize = 64;
 const STRANGERS: [&str; 5] =
     ["192.0.2.99:40000", "192.0.2.99:40001", "192.0.2.100:3478", "[2001:db8::99]:40000", "[::ffff:192.0.2.99]:40000"];
 
+/// What the attacker knows at one of its own addresses.
+#[derive(Debug, Default)]
+struct Mine {
+    /// What it last asked there (a challenge is answered by asking again with the cookie).
+    register: Option<pb::Register>,
+    relay: Option<pb::RelayRequest>,
+    /// The registration cookie it echoed.
+    cookie: Option<u64>,
+    /// What the target sent there lately, latest last.
+    inbox: Vec<Kind>,
+}
+
 pub struct Attack {
     standard: Standard,
     target: HostId,
@@ -64,6 +85,10 @@ pub struct Attack {
     /// STUN bytes each attacker IP may be answered with, and was.
     stun_allowed: HashMap<IpAddr, usize>,
     stun_out: HashMap<IpAddr, usize>,
+    /// The attacker's own addresses, and what it knows at each.
+    mine: HashMap<SocketAddr, Mine>,
+    /// IPs of the attacker's that proved they receive (echoed a cookie).
+    proven: HashSet<IpAddr>,
     /// Legitimate datagrams seen on the wire, for replays.
     heard: Vec<Vec<u8>>,
     heard_total: usize,
@@ -113,6 +138,11 @@ impl Attack {
             frames_out: HashMap::new(),
             stun_allowed: HashMap::new(),
             stun_out: HashMap::new(),
+            mine: STRANGERS
+                .iter()
+                .map(|a| (canonical(a.parse().expect("a socket address")), Mine::default()))
+                .collect(),
+            proven: HashSet::new(),
             heard: Vec::new(),
             heard_total: 0,
             sent: 0,
@@ -135,10 +165,21 @@ impl Attack {
         self.run(step.wait());
         let sources = self.sources();
         let src = sources[usize::from(step.source) % sources.len()];
-        let datagram = match step.what % 4 {
+        let datagram = match step.what % 5 {
+            4 => {
+                let own = STRANGERS[usize::from(step.source) % STRANGERS.len()].parse().expect("a socket address");
+                let Some(answer) = self.answer(own, step.payload) else {
+                    return;
+                };
+                let sockets = self.standard.sim.sockets(self.target);
+                let (socket, _) = sockets[usize::from(step.socket) % sockets.len()];
+                return self.deliver(socket, own, &answer);
+            }
             0 => step.payload.to_vec(),
             1 if !self.heard.is_empty() => {
-                let [pick, at, xor, ..] = *step.payload else { return };
+                let [pick, at, xor, ..] = *step.payload else {
+                    return;
+                };
                 let mut replay = self.heard[usize::from(pick) % self.heard.len()].clone();
                 if let Some(byte) = replay.get_mut(usize::from(at)) {
                     *byte ^= xor;
@@ -155,6 +196,42 @@ impl Attack {
         self.deliver(socket, src, &datagram);
     }
 
+    /// The attacker at its address `own` answers what it was last challenged with (the
+    /// cookie echoed, signed by the key it asked with), or, registered, asks for an
+    /// introduction to a peer the `payload` picks.
+    fn answer(&mut self, own: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+        let mine = self.mine.get_mut(&canonical(own))?;
+        let signer = |key: &[u8]| {
+            let peer = PublicKey::try_decode_protobuf(key).ok()?.to_peer_id();
+            gen::attackers().iter().find(|a| a.peer_id() == peer)
+        };
+        let kind = match mine.inbox.pop() {
+            Some(Kind::RegisterChallenge(c)) => {
+                let register = mine.register.clone()?;
+                let me = signer(&register.record.as_ref()?.public_key)?;
+                mine.cookie = Some(c.cookie);
+                let proof = me.register_proof(c.cookie, c.nonce).into();
+                Kind::Register(pb::Register { cookie: c.cookie, nonce: c.nonce, proof, ..register })
+            }
+            Some(Kind::RelayChallenge(c)) => {
+                let request = mine.relay.clone()?;
+                let me = signer(&request.public_key)?;
+                let target = PeerId::from_bytes(&request.target).ok()?;
+                Kind::RelayRequest(sign_request(me, &target, &request.nonce, c.cookie))
+            }
+            _ => {
+                let cookie = mine.cookie?;
+                let pick = usize::from(*payload.first()?);
+                let target = self.ctx.peers[pick % self.ctx.peers.len()].to_bytes().into();
+                let mut request = pb::IntroduceRequest { target, request_id: pick as u64, mac: 0 };
+                request.mac = request_mac(cookie, &request);
+                Kind::IntroduceRequest(request)
+            }
+        };
+        self.proven.insert(canonical(own).ip());
+        Some(frame::encode_envelope(&pb::Envelope { kind: Some(kind) }))
+    }
+
     /// Hands `datagram` from `src` to the target as its socket would, and checks what
     /// comes of it at once.
     pub fn deliver(&mut self, socket: SocketId, src: SocketAddr, datagram: &[u8]) {
@@ -166,6 +243,13 @@ impl Attack {
                 *self.stun_allowed.entry(from.ip()).or_default() += cap;
             } else {
                 *self.frames_in.entry(from).or_default() += datagram.len();
+            }
+        }
+        if let (Some(mine), Ok(Decoded::Envelope(e))) = (self.mine.get_mut(&from), frame::decode(datagram)) {
+            match e.kind {
+                Some(Kind::Register(r)) => mine.register = Some(r),
+                Some(Kind::RelayRequest(r)) => mine.relay = Some(r),
+                _ => {}
             }
         }
         let sim = &mut self.standard.sim;
@@ -205,10 +289,18 @@ impl Attack {
                 self.learn(envelope.kind.as_ref());
                 false
             }
-            Err(e) => panic!("{from} sent a datagram that does not decode ({e}) to {dst}: {payload:02x?}"),
+            Err(e) => {
+                panic!("{from} sent a datagram that does not decode ({e}) to {dst}: {payload:02x?}")
+            }
         };
         let to = canonical(dst);
-        if self.fixture.contains(&to.ip()) {
+        if let (Some(mine), Ok(Decoded::Envelope(e))) = (self.mine.get_mut(&to), &decoded) {
+            if mine.inbox.len() == 8 {
+                mine.inbox.remove(0);
+            }
+            mine.inbox.extend(e.kind.clone());
+        }
+        if self.fixture.contains(&to.ip()) || self.proven.contains(&to.ip()) {
             self.hear(payload);
             return;
         }
@@ -268,8 +360,8 @@ impl Attack {
 ///
 /// | byte | meaning |
 /// |---|---|
-/// | 0 | what the payload is: (mod 4) 0 the datagram itself; 1 a replay of a datagram the fixture sent (payload: which, at which byte, XOR what); 2, 3 input for [`gen::datagram`] |
-/// | 1 | the source: an index into the attacker's addresses, the target's known ones, and other ports at fixture IPs |
+/// | 0 | what the payload is: (mod 5) 0 the datagram itself; 1 a replay of a datagram the fixture sent (payload: which, at which byte, XOR what); 2, 3 input for [`gen::datagram`]; 4 none: the attacker answers at its own address (see [`Attack`]) |
+/// | 1 | the source: an index into the attacker's addresses, the target's known ones, and other ports at fixture IPs (for 4: into the attacker's own) |
 /// | 2 | how long virtual time runs first ([`Step::wait`]) |
 /// | 3 | the target's socket it arrives on (index) |
 /// | 4, 5 | the payload's length, little-endian (cut to what is left) |
