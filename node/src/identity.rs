@@ -1,4 +1,5 @@
-//! The node's key, kept in the data dir (mode 0600) and created on first use.
+//! The node's key, kept in the data dir (mode 0600) and created on first use; and the lock
+//! that keeps the data dir one node's.
 
 use introducer_actors::identity::Identity;
 use libp2p_identity::{ed25519, Keypair};
@@ -8,6 +9,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const KEY_FILE: &str = "identity.key";
+const LOCK_FILE: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -21,6 +23,34 @@ pub enum IdentityError {
     BadKey(PathBuf),
     #[error("{0} is readable by others (mode {1:o}); run: chmod 600 {0}")]
     Exposed(PathBuf, u32),
+    #[error("data dir {0} is in use by another introducer node (stop it, or pass another --data-dir)")]
+    InUse(PathBuf),
+}
+
+/// The data dir, held by this process: a second node on it would run under the same
+/// identity (and, with the mesh's store, write the same files). Released when dropped, or
+/// when the process dies, however it dies (an advisory lock on `lock`, not a pid file).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: fs::File,
+}
+
+/// Takes the data dir for this process, creating it if needed.
+pub fn lock(data_dir: &Path) -> Result<DataDirLock, IdentityError> {
+    fs::create_dir_all(data_dir).map_err(|e| IdentityError::DataDir(data_dir.to_owned(), e))?;
+    let path = data_dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| IdentityError::Write(path.clone(), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(fs::TryLockError::WouldBlock) => Err(IdentityError::InUse(data_dir.to_owned())),
+        Err(fs::TryLockError::Error(e)) => Err(IdentityError::Write(path, e)),
+    }
 }
 
 /// Loads the identity kept in `data_dir`, creating the dir and a fresh key if needed.

@@ -146,7 +146,8 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run { listen, no_serve, stats_every, keepalive, pool_idle, relay } => {
-            let mut config = Config::new(persistent_identity(g)?);
+            let (identity, _data_dir) = persistent_identity(g)?;
+            let mut config = Config::new(identity);
             config.listen = if listen.is_empty() {
                 vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))]
             } else {
@@ -296,9 +297,12 @@ async fn next(node: &mut Node, deadline: Instant, what: &str) -> Result<NodeEven
     }
 }
 
-/// The identity kept in the data dir: a node's name should outlive the process.
-fn persistent_identity(g: &Global) -> Result<Identity> {
-    Ok(identity::load_or_create(&g.data_dir.clone().unwrap_or_else(identity::default_data_dir))?)
+/// The identity kept in the data dir (a node's name should outlive the process), and the
+/// data dir held for as long as the node runs: a second node on it refuses to start.
+fn persistent_identity(g: &Global) -> Result<(Identity, identity::DataDirLock)> {
+    let dir = g.data_dir.clone().unwrap_or_else(identity::default_data_dir);
+    let lock = identity::lock(&dir)?;
+    Ok((identity::load_or_create(&dir)?, lock))
 }
 
 /// One-shot commands use a throwaway identity unless a data dir is named, so they never

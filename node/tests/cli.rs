@@ -46,6 +46,42 @@ fn id_is_created_private_and_stable() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// DESIGN's contract: `run` refuses to start on a data dir another node is using (it would
+/// run under the same identity). The lock goes with the process, however it ends.
+#[test]
+fn a_data_dir_runs_one_node_at_a_time() {
+    let dir = scratch("locked");
+    let dir_s = dir.to_str().unwrap();
+    let first = Node::start(&["run", "--listen", "127.0.0.1:0", "--json", "--data-dir", dir_s]);
+    first.wait(|v| v["event"] == "ready");
+    let mut second = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--data-dir", dir_s])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run introducer");
+    // It must give up at once; one still running after 20 s took the data dir too.
+    let gave_up = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        second.try_wait().expect("wait").is_some()
+    });
+    if !gave_up {
+        second.kill().expect("kill");
+    }
+    let second = second.wait_with_output().expect("output");
+    assert!(gave_up, "a second node started on a data dir in use");
+    assert_one_line_error(&second, "is in use by another introducer node");
+    let id = introducer(&["id", "--data-dir", dir_s]);
+    assert!(id.status.success(), "reading the id of a running node is fine");
+    drop(first); // killed: no clean shutdown
+    let again = Node::start(&["run", "--listen", "127.0.0.1:0", "--json", "--data-dir", dir_s]);
+    let ready = again.wait(|v| v["event"] == "ready");
+    assert_eq!(ready["peer_id"].as_str().unwrap(), String::from_utf8_lossy(&id.stdout).trim());
+    drop(again);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn misuse_gets_one_line_and_a_non_zero_exit() {
     let out = introducer(&["ping", "not-a-peer-id", "--bootstrap", "127.0.0.1:9"]);
