@@ -126,6 +126,27 @@ pub fn verify_new_mapping(m: &pb::NewMapping) -> Result<PeerId, SignatureError> 
     Ok(key.to_peer_id())
 }
 
+/// What precedes the key in every ed25519 PeerId: identity multihash of 36 bytes, then the
+/// protobuf key header (type Ed25519, 32 bytes of data).
+const ED25519_PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
+/// The ed25519 key that the bytes of an ed25519 PeerId inline (None for any other id).
+/// Not checked to be a valid point.
+pub fn inlined_ed25519_key(peer_id: &[u8]) -> Option<[u8; 32]> {
+    peer_id.strip_prefix(&ED25519_PEER_ID_PREFIX)?.try_into().ok()
+}
+
+/// The key of a libp2p protobuf-encoded ed25519 public key, as a signed message names its
+/// signer. Not checked to be a valid point, nor the signature: that comes later, if worth it.
+pub fn encoded_ed25519_key(public_key: &[u8]) -> Option<[u8; 32]> {
+    public_key.strip_prefix(&ED25519_PEER_ID_PREFIX[2..])?.try_into().ok()
+}
+
+/// The PeerId that inlines the ed25519 key `key`.
+pub fn ed25519_peer_id(key: &[u8; 32]) -> PeerId {
+    PeerId::from_bytes(&[&ED25519_PEER_ID_PREFIX[..], key].concat()).expect("an ed25519 PeerId")
+}
+
 fn punch_message(nonce: &[u8], to: &PeerId) -> Vec<u8> {
     [PUNCH_DOMAIN, nonce, &to.to_bytes()].concat()
 }

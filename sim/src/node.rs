@@ -104,8 +104,6 @@ pub struct Drops {
     pub registration: Vec<(SocketAddr, registration::Stats)>,
     pub punch_unknown_nonce: u64,
     pub session_unknown_source: u64,
-    /// Session datagrams that did not open: (did not authenticate, replayed).
-    pub session_unsealing: (u64, u64),
     /// Relay role (zero while not serving).
     pub relay: relay::Stats,
 }
@@ -357,7 +355,6 @@ impl SimNode {
             registration,
             punch_unknown_nonce: roles.punch.dropped_unknown_nonce,
             session_unknown_source: roles.sessions.dropped_unknown_source,
-            session_unsealing: roles.sessions.unsealing_drops(),
             relay,
         }
     }

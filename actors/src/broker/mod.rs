@@ -22,7 +22,10 @@
 
 use crate::bucket::TokenBucket;
 use crate::cookie::{introduction_mac, request_mac, Cookies};
-use crate::identity::{record_signer, verify_new_mapping, verify_record, verify_register_proof, SignatureError};
+use crate::identity::{
+    ed25519_peer_id, encoded_ed25519_key, inlined_ed25519_key, record_signer, verify_new_mapping, verify_record,
+    verify_register_proof, SignatureError,
+};
 use crate::{network_of, SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
@@ -122,29 +125,23 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct PeerKey([u8; 32]);
 
-/// What precedes the key in every ed25519 PeerId: identity multihash of 36 bytes, then the
-/// protobuf key header (type Ed25519, 32 bytes of data).
-const ED25519_PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
-
 impl PeerKey {
     /// None for a PeerId of another kind of key: no such peer can register here.
     fn of(peer: &PeerId) -> Option<PeerKey> {
-        let bytes = peer.to_bytes();
-        bytes.strip_prefix(&ED25519_PEER_ID_PREFIX)?.try_into().ok().map(PeerKey)
-    }
-
-    /// The key of a libp2p protobuf-encoded ed25519 public key, as a signed message names
-    /// its signer (not verified: that comes later, if it is worth it).
-    fn claimed(public_key: &[u8]) -> Option<PeerKey> {
-        public_key.strip_prefix(&ED25519_PEER_ID_PREFIX[2..])?.try_into().ok().map(PeerKey)
+        Self::of_bytes(&peer.to_bytes())
     }
 
     fn of_bytes(peer_id: &[u8]) -> Option<PeerKey> {
-        peer_id.strip_prefix(&ED25519_PEER_ID_PREFIX)?.try_into().ok().map(PeerKey)
+        inlined_ed25519_key(peer_id).map(PeerKey)
+    }
+
+    /// The signer a signed message names by its public key (not verified).
+    fn claimed(public_key: &[u8]) -> Option<PeerKey> {
+        encoded_ed25519_key(public_key).map(PeerKey)
     }
 
     fn peer_id(&self) -> PeerId {
-        PeerId::from_bytes(&[&ED25519_PEER_ID_PREFIX[..], &self.0].concat()).expect("an ed25519 PeerId")
+        ed25519_peer_id(&self.0)
     }
 }
 

@@ -15,10 +15,10 @@
 //! AES-256-GCM from `ring` (assembly, AES-NI): 1000-byte datagrams seal at GB/s, where the
 //! pure-Rust XChaCha20 that came before managed 150–190 MB/s.
 
-use crate::identity::Identity;
+use crate::identity::{inlined_ed25519_key, Identity};
 use curve25519_dalek::edwards::CompressedEdwardsY;
 use introducer_proto::pb;
-use libp2p_identity::{PeerId, PublicKey};
+use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -89,13 +89,8 @@ impl Statics {
     /// Both keys from the ed25519 identities: ours (hashed and clamped as ed25519 does) and
     /// the peer's, which its PeerId inlines.
     pub fn new(me: &Identity, peer: &PeerId) -> Result<Self, NoiseError> {
-        let bytes = peer.to_bytes();
-        let key = match bytes.as_slice() {
-            [0, len, key @ ..] if usize::from(*len) == key.len() => PublicKey::try_decode_protobuf(key).ok(),
-            _ => None,
-        };
-        let key = key.and_then(|k| k.try_into_ed25519().ok()).ok_or(NoiseError::NoKey)?;
-        let point = CompressedEdwardsY(key.to_bytes()).decompress().ok_or(NoiseError::NoKey)?;
+        let key = inlined_ed25519_key(&peer.to_bytes()).ok_or(NoiseError::NoKey)?;
+        let point = CompressedEdwardsY(key).decompress().ok_or(NoiseError::NoKey)?;
         if point.is_small_order() {
             return Err(NoiseError::NoKey);
         }
