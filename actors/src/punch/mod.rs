@@ -243,8 +243,10 @@ pub struct Attempt {
     handshake: Handshake,
     /// Keys the path tokens: local, so a peer cannot forge an echo.
     secret: [u8; 32],
-    /// The token last received from each address (what we echo back there).
-    echoes: HashMap<SocketAddr, u64>,
+    /// The token last received from each address on each of our sockets (what we echo back
+    /// there). Per socket: the peer's token names the address it saw us at, and each socket of
+    /// a birthday pool is a different one to it, though all send to the same address.
+    echoes: HashMap<(SocketId, SocketAddr), u64>,
     started: Instant,
     next_send: Instant,
     /// Rounds of proofs sent to the targets so far.
@@ -409,8 +411,8 @@ impl Attempt {
         // Does it echo our token for this very address, i.e. does the peer receive here?
         let verified = punch.echo == Some(self.token(src));
         tracing::debug!(peer = %self.peer, %src, ack = ?punch.ack, verified, state = ?self.state, "punch proof");
-        if self.echoes.len() < MAX_PROVEN || self.echoes.contains_key(&src) {
-            self.echoes.insert(src, punch.token.unwrap_or_default());
+        if self.echoes.len() < MAX_PROVEN + self.pool.len() || self.echoes.contains_key(&(socket, src)) {
+            self.echoes.insert((socket, src), punch.token.unwrap_or_default());
         }
         if verified && !self.proven.contains(&src) && self.proven.len() < MAX_PROVEN {
             self.proven.push(src);
@@ -421,7 +423,7 @@ impl Attempt {
         if punch.ack != Some(true) {
             // Answered 1:1 whatever the address, capped per attempt, and never larger than
             // the proof: a captured proof with its optional fields stripped earns nothing.
-            let answer = self.proof_to(src, true);
+            let answer = self.proof_to(socket, src, true);
             if answer.encoded_len() > punch.encoded_len() {
                 self.stats.dropped_short_proof += 1;
             } else if self.stats.acks >= self.config.max_acks {
@@ -488,7 +490,7 @@ impl Attempt {
 
     /// One proof (not an answer) to `dst`, from `socket`, outside the rounds.
     fn send_proof(&mut self, socket: SocketId, dst: SocketAddr) {
-        let payload = self.frame(dst, false);
+        let payload = self.frame(socket, dst, false);
         self.transmits.push_back(Transmit { socket, dst, payload });
         self.stats.probes += 1;
     }
@@ -499,26 +501,25 @@ impl Attempt {
         u64::from_le_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
     }
 
-    /// Our proof as a datagram for `dst`: its token and our echo of `dst`'s.
-    /// Our proof for `dst`: its path token, and the token it last sent us echoed (every
-    /// field always present, so every proof of ours has the same size).
+    /// Our proof for `dst` from `socket`: its path token, and the token `dst` last sent to
+    /// that socket echoed (every field always present, so every proof of ours has the same size).
     /// The responder's proofs are padded to an initiation's size: they may be answered by
     /// the initiator with one.
-    fn proof_to(&self, dst: SocketAddr, ack: bool) -> pb::Punch {
+    fn proof_to(&self, socket: SocketId, dst: SocketAddr, ack: bool) -> pb::Punch {
         let handshake = self.handshake.message().unwrap_or_default();
         let padding = if ack || self.initiator { 0 } else { INITIATION_LEN.saturating_sub(handshake.len()) };
         pb::Punch {
             ack: Some(ack),
             token: Some(self.token(dst)),
-            echo: Some(self.echoes.get(&dst).copied().unwrap_or_default()),
+            echo: Some(self.echoes.get(&(socket, dst)).copied().unwrap_or_default()),
             handshake: handshake.to_vec().into(),
             padding: vec![0; padding].into(),
             ..self.proof.clone()
         }
     }
 
-    fn frame(&self, dst: SocketAddr, ack: bool) -> Vec<u8> {
-        encode_envelope(&pb::Envelope { kind: Some(Kind::Punch(self.proof_to(dst, ack))) })
+    fn frame(&self, socket: SocketId, dst: SocketAddr, ack: bool) -> Vec<u8> {
+        encode_envelope(&pb::Envelope { kind: Some(Kind::Punch(self.proof_to(socket, dst, ack))) })
     }
 
     fn path_to(&self, addr: SocketAddr) -> Path {
@@ -571,9 +572,9 @@ impl Attempt {
                     self.send_spray(now);
                 }
                 if let Some(target) = self.pool_target.filter(|_| now >= self.next_pool_send) {
-                    let payload = self.frame(target, false);
                     for &socket in &self.pool {
-                        self.transmits.push_back(Transmit { socket, dst: target, payload: payload.clone() });
+                        let payload = self.frame(socket, target, false);
+                        self.transmits.push_back(Transmit { socket, dst: target, payload });
                     }
                     self.stats.probes += self.pool.len() as u32;
                     self.next_pool_send = now + self.config.pool_refresh;
@@ -593,7 +594,7 @@ impl Attempt {
     fn send_round(&mut self) {
         self.rounds += 1;
         for target in &self.targets {
-            let payload = self.frame(target.addr, false);
+            let payload = self.frame(target.socket, target.addr, false);
             self.transmits.push_back(Transmit { socket: target.socket, dst: target.addr, payload });
         }
         self.stats.probes += self.targets.len() as u32;
@@ -607,7 +608,7 @@ impl Attempt {
         let batch = self.config.spray_per_round.min(self.config.spray_max - self.stats.sprayed).min(untried);
         let guesses: Vec<SocketAddr> = (0..batch).map(|_| SocketAddr::new(spray.ip, spray.next_port())).collect();
         for dst in guesses {
-            let payload = self.frame(dst, false);
+            let payload = self.frame(SocketId::PRIMARY, dst, false);
             self.transmits.push_back(Transmit { socket: SocketId::PRIMARY, dst, payload });
         }
         self.stats.sprayed += batch;

@@ -497,6 +497,33 @@ fn a_lost_path_proving_proof_is_sent_again() {
     assert_eq!(remote, p.a_addr);
 }
 
+/// Each socket of a birthday pool is another address to the peer, with a token of its own:
+/// the proof that proves the winning path must echo the token sent to that socket, whatever
+/// came to the pool's other sockets since (the real-NAT matrix connected one side only, with
+/// the other's pings dropped, when the last token to arrive was echoed).
+#[test]
+fn each_socket_echoes_the_token_the_peer_sent_to_it() {
+    let now = Instant::now();
+    let mut p = pair(now, false);
+    p.a.handle_timeout(now);
+    let probe = p.a.poll_transmit().expect("a's first proof");
+    p.b.handle_punch(now, SocketId::PRIMARY, p.a_addr, &punch_of(&probe));
+    let ack = p.b.poll_transmit().expect("b acknowledges");
+    p.a.handle_punch(now, SocketId::PRIMARY, p.b_addr, &punch_of(&ack));
+    assert!(matches!(p.a.poll_event(), Some(Event::Connected { .. })));
+    let proving = punch_of(&p.a.poll_transmit().expect("the proof that proves the path to b"));
+    assert_eq!(proving.echo, Some(p.b.token(p.a_addr)));
+    // Meanwhile b's answer to another pool socket, seen by b at another address.
+    let other_socket = SocketId(7);
+    let elsewhere = pb::Punch { token: Some(p.b.token("203.0.113.1:1001".parse().unwrap())), ..punch_of(&ack) };
+    p.a.handle_punch(now, other_socket, p.b_addr, &elsewhere);
+    let again = p.a.poll_timeout().expect("a copy is due");
+    p.a.handle_timeout(again);
+    let copy = p.a.poll_transmit().expect("the copy");
+    assert_eq!(copy.socket, SocketId::PRIMARY);
+    assert_eq!(punch_of(&copy).echo, Some(p.b.token(p.a_addr)), "the winning socket's own token");
+}
+
 /// Identities cost nothing: one host introducing itself under hundreds of names gets a
 /// few punch attempts, one network a few more, and a peer elsewhere still gets one (the
 /// audit filled all 64 slots from one host, and a real connect failed).
