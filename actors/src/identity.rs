@@ -13,6 +13,8 @@ const RECORD_DOMAIN: &[u8] = b"introducer/peer-record/v1";
 const PUNCH_DOMAIN: &[u8] = b"introducer/punch/v1";
 const NEW_MAPPING_DOMAIN: &[u8] = b"introducer/new-mapping/v1";
 const REGISTER_DOMAIN: &[u8] = b"introducer/register/v1";
+const GOSSIP_DOMAIN: &[u8] = b"introducer/gossip/v1";
+const NODE_RECORD_DOMAIN: &[u8] = b"introducer/node-record/v1";
 
 fn register_message(cookie: u64, nonce: u64) -> Vec<u8> {
     [REGISTER_DOMAIN, &cookie.to_le_bytes(), &nonce.to_le_bytes()].concat()
@@ -115,6 +117,69 @@ impl Identity {
             peer: peer.to_bytes().into(),
         }
     }
+}
+
+impl Identity {
+    /// Signs a mesh datagram for member `to` (`token`/`echo` are left for the caller).
+    pub fn sign_gossip(&self, to: &PeerId, sent_ms: u64, payload: Vec<u8>, records: Vec<Vec<u8>>) -> pb::Gossip {
+        let to = to.to_bytes();
+        let signature = self.keypair.sign(&gossip_message(&to, sent_ms, &payload, &records));
+        pb::Gossip {
+            public_key: self.public_key.clone().into(),
+            to: to.into(),
+            sent_ms,
+            token: Some(0),
+            echo: Some(0),
+            payload: payload.into(),
+            signature: signature.into(),
+            records: records.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Signs what this node says about itself to the mesh; `peer_id` is set to ours.
+    pub fn sign_node_record(&self, mut record: pb::NodeRecord) -> pb::SignedNodeRecord {
+        record.peer_id = self.peer_id.to_bytes().into();
+        let record = record.encode_to_vec();
+        let signature = self.keypair.sign(&[NODE_RECORD_DOMAIN, &record].concat());
+        pb::SignedNodeRecord {
+            public_key: self.public_key.clone().into(),
+            record: record.into(),
+            signature: signature.into(),
+        }
+    }
+}
+
+fn gossip_message(to: &[u8], sent_ms: u64, payload: &[u8], records: &[impl AsRef<[u8]>]) -> Vec<u8> {
+    let mut message =
+        [GOSSIP_DOMAIN, to, &sent_ms.to_le_bytes(), &(payload.len() as u64).to_le_bytes(), payload].concat();
+    for record in records {
+        message.extend_from_slice(&(record.as_ref().len() as u64).to_le_bytes());
+        message.extend_from_slice(record.as_ref());
+    }
+    message
+}
+
+/// Checks a mesh datagram's signature; returns the sender.
+pub fn verify_gossip(g: &pb::Gossip) -> Result<PeerId, SignatureError> {
+    let key = decode_key(&g.public_key)?;
+    if !verify_strict(&key, &gossip_message(&g.to, g.sent_ms, &g.payload, &g.records), &g.signature) {
+        return Err(SignatureError::BadSignature);
+    }
+    Ok(key.to_peer_id())
+}
+
+/// Checks a node record's signature and that it names its signer; returns both.
+pub fn verify_node_record(signed: &pb::SignedNodeRecord) -> Result<(PeerId, pb::NodeRecord), SignatureError> {
+    let key = decode_key(&signed.public_key)?;
+    let record = pb::NodeRecord::decode(&signed.record[..]).map_err(|_| SignatureError::Malformed)?;
+    let peer_id = key.to_peer_id();
+    if record.peer_id[..] != peer_id.to_bytes()[..] {
+        return Err(SignatureError::PeerMismatch);
+    }
+    if !verify_strict(&key, &[NODE_RECORD_DOMAIN, &signed.record].concat(), &signed.signature) {
+        return Err(SignatureError::BadSignature);
+    }
+    Ok((peer_id, record))
 }
 
 /// Checks a [`pb::NewMapping`]'s signature; returns the signer.

@@ -13,6 +13,7 @@ pub mod bucket;
 pub mod cookie;
 pub mod driver;
 pub mod identity;
+pub mod mesh;
 pub mod nat;
 pub mod probe;
 pub mod punch;

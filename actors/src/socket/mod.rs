@@ -36,6 +36,8 @@ pub enum Route {
     Session,
     /// Circuit requests and data for this node as a relay.
     Relay,
+    /// Membership gossip between public nodes.
+    Mesh,
 }
 
 impl Route {
@@ -220,6 +222,7 @@ pub fn route_of(kind: &Kind) -> Route {
         }
         Kind::Punch(_) => Route::Punch,
         Kind::Handshake(_) | Kind::Sealed(_) => Route::Session,
+        Kind::Gossip(_) => Route::Mesh,
         // Relay frames toward a relay go to its server side; answers and deliveries to the
         // client side, which lives with the sessions it carries.
         relayed if crate::relay::to_relay(relayed) == Some(true) => Route::Relay,

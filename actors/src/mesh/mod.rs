@@ -1,0 +1,649 @@
+//! The mesh: the public nodes know each other by SWIM-style gossip, and each says what it
+//! is in a signed node record.
+//!
+//! Membership is foca's (sans-IO SWIM with suspicion and infection-style dissemination),
+//! chosen over writing SWIM by hand: it is maintained, fits this crate's machine style
+//! (`send_to` / `submit_after` / `notify`) and lets us bring our own identity, wire format
+//! and broadcasts. What foca leaves to us, and this module adds:
+//! - **Who speaks.** Every datagram is a [`pb::Gossip`] signed by its sender for one
+//!   receiver, fresh within `max_skew`; a datagram whose SWIM header names another sender
+//!   than the signer is dropped. So nobody speaks for a member but the member.
+//! - **Where we send.** A member is sent SWIM traffic at an address only once it echoed
+//!   our token from there (it receives there). Before that it gets a bare Gossip — no
+//!   payload, at most one a second per address, and as an answer never larger than what
+//!   came in — so no member can aim the mesh's traffic at an address nobody verified.
+//! - **Where members are.** Addresses come from a member's own signed record (or from
+//!   first contact with a seed), never from what one member says about another.
+//! - **Records** ([`record`]) ride foca's custom broadcasts; each member republishes its
+//!   own when it changes, every `record_refresh`, and when a member comes up (so a
+//!   newcomer learns every record within a few gossip rounds).
+
+pub mod actor;
+mod codec;
+pub mod record;
+
+use crate::bucket::TokenBucket;
+use crate::identity::{verify_gossip, Identity};
+use crate::{SocketId, Transmit};
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, Timer};
+use introducer_proto::pb::{self, envelope::Kind};
+use libp2p_identity::PeerId;
+use prost::Message;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use record::{NodeRecord, Records, Table};
+use sha2::{Digest, Sha256};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// A member as SWIM knows it. The generation (Unix ms at the node's start) makes a
+/// restarted node newer than its former self: foca keeps the newer of two ids of one peer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemberId {
+    pub peer: PeerId,
+    pub generation: u64,
+}
+
+impl foca::Identity for MemberId {
+    type Addr = PeerId;
+
+    /// Declared down while alive (a partition, say): rejoin as a newer generation.
+    fn renew(&self) -> Option<Self> {
+        Some(MemberId { peer: self.peer, generation: self.generation + 1 })
+    }
+
+    fn addr(&self) -> PeerId {
+        self.peer
+    }
+
+    fn win_addr_conflict(&self, other: &Self) -> bool {
+        self.generation > other.generation
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// SWIM's probe period and the wait for a direct answer.
+    pub probe_period: Duration,
+    pub probe_rtt: Duration,
+    /// A suspect not heard from this long is down.
+    pub suspect_to_down_after: Duration,
+    /// A down member is forgotten after this long (minutes, not a day).
+    pub remove_down_after: Duration,
+    /// How far a datagram's or record's clock may be from ours.
+    pub max_skew: Duration,
+    /// A record lives this long unless its member republishes it.
+    pub record_ttl: Duration,
+    pub record_refresh: Duration,
+    /// Most members (records) kept.
+    pub max_members: usize,
+    /// Datagrams per second (and burst) taken from one source IP before their signatures
+    /// are checked.
+    pub per_ip_rate: f64,
+    pub per_ip_burst: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            probe_period: Duration::from_secs(2),
+            probe_rtt: Duration::from_secs(1),
+            suspect_to_down_after: Duration::from_secs(6),
+            remove_down_after: Duration::from_secs(5 * 60),
+            max_skew: Duration::from_secs(30),
+            record_ttl: Duration::from_secs(20 * 60),
+            record_refresh: Duration::from_secs(5 * 60),
+            max_members: 4096,
+            per_ip_rate: 50.0,
+            per_ip_burst: 100.0,
+        }
+    }
+}
+
+/// The largest foca message: a signed Gossip around it stays within one datagram.
+const MAX_PAYLOAD: usize = 960;
+/// Source IPs with a rate budget tracked at once; beyond, new ones share one budget.
+const MAX_TRACKED_IPS: usize = 4096;
+/// Addresses with a path state kept at once.
+const MAX_PATHS: usize = 8192;
+/// Records handed over in one datagram (three of the largest fit beside the rest).
+const RECORDS_PER_DATAGRAM: usize = 3;
+
+/// What this node says about itself (its record, before signing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Advert {
+    pub addrs: Vec<SocketAddr>,
+    pub introducer: bool,
+    pub relay: bool,
+    pub relay_capacity: u32,
+    pub relay_load: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Become a member, saying `Advert` about ourselves.
+    Start(Advert),
+    /// Ask these nodes (PeerId, address from first contact) to let us in.
+    Join(Vec<(PeerId, SocketAddr)>),
+    /// Say something new about ourselves (load, addresses).
+    Publish(Advert),
+    /// Leave the mesh gracefully.
+    Leave,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A member is up (with its record, once we have it).
+    Joined(PeerId),
+    /// A member was declared down, or left.
+    Left(PeerId),
+    /// A new or newer record.
+    Record(NodeRecord),
+    /// We are part of a mesh (at least one member knows us).
+    Active,
+    /// Every member we knew is gone.
+    Alone,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub sent: u64,
+    pub received: u64,
+    pub knocks: u64,
+    pub dropped_rate_limited: u64,
+    pub dropped_malformed: u64,
+    pub dropped_bad_signature: u64,
+    pub dropped_not_for_us: u64,
+    pub dropped_stale: u64,
+    pub dropped_replayed: u64,
+    pub dropped_wrong_sender: u64,
+    pub dropped_unproven: u64,
+    pub dropped_unaddressed: u64,
+    pub dropped_foca: u64,
+    pub dropped_bad_record: u64,
+    pub dropped_table_full: u64,
+}
+
+/// What we know of one address of a member.
+#[derive(Debug, Clone)]
+struct PathState {
+    peer: PeerId,
+    /// The member's token for us there, to echo.
+    echo: u64,
+    /// It echoed our token from there: it receives there.
+    proven: bool,
+    last_knock: Option<Instant>,
+}
+
+/// foca's randomness, drawn from the role's seeded generator (so a simulated mesh replays).
+struct FocaRng(StdRng);
+
+impl rand_core_010::TryRng for FocaRng {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.0.next_u32())
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.0.next_u64())
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.fill_bytes(dst);
+        Ok(())
+    }
+}
+
+type Swim = Foca<MemberId, codec::Codec, FocaRng, Records>;
+
+pub struct Mesh {
+    config: Config,
+    me: Identity,
+    swim: Swim,
+    runtime: AccumulatingRuntime<MemberId>,
+    table: Rc<RefCell<Table>>,
+    /// foca's timers, in firing order (ties in submission order, so a seed replays).
+    timers: BTreeMap<(Instant, u64), Timer<MemberId>>,
+    timer_seq: u64,
+    /// Seeds' addresses from first contact, until their records come.
+    hints: BTreeMap<PeerId, SocketAddr>,
+    /// Where each member proved it receives (and signed from): preferred to its record.
+    proven: BTreeMap<PeerId, SocketAddr>,
+    /// Seeds to announce ourselves to once their address is proven.
+    announce: BTreeSet<PeerId>,
+    paths: BTreeMap<SocketAddr, PathState>,
+    buckets: BTreeMap<IpAddr, TokenBucket>,
+    shared_bucket: TokenBucket,
+    /// Signatures seen within `max_skew`, by the time they were sent (replays are dropped).
+    seen: BTreeSet<(u64, [u8; 8])>,
+    secret: [u8; 32],
+    advert: Option<Advert>,
+    next_refresh: Option<Instant>,
+    /// Unix ms at `epoch.0`.
+    epoch: (Instant, u64),
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl Mesh {
+    /// A node that may become a member: its generation is its start time, `epoch` ties
+    /// `now` to Unix time (ms).
+    pub fn new(config: Config, me: Identity, epoch: (Instant, u64), mut rng: StdRng) -> Self {
+        let id = MemberId { peer: me.peer_id(), generation: epoch.1 };
+        let mut swim_config = foca::Config::new_wan(NonZeroU32::new(32).expect("nonzero"));
+        swim_config.probe_period = config.probe_period;
+        swim_config.probe_rtt = config.probe_rtt;
+        swim_config.suspect_to_down_after = config.suspect_to_down_after;
+        swim_config.remove_down_after = Some(config.remove_down_after);
+        swim_config.max_packet_size = NonZeroUsize::new(MAX_PAYLOAD).expect("nonzero");
+        let table = Rc::new(RefCell::new(Table {
+            max_skew_ms: config.max_skew.as_millis() as u64,
+            ttl_ms: config.record_ttl.as_millis() as u64,
+            max_records: config.max_members,
+            now_ms: epoch.1,
+            ..Table::default()
+        }));
+        let mut secret = [0; 32];
+        rng.fill_bytes(&mut secret);
+        let foca_rng = FocaRng(StdRng::from_rng(&mut rng).expect("StdRng never fails"));
+        let swim = Foca::with_custom_broadcast(id, swim_config, foca_rng, codec::Codec, Records(table.clone()));
+        Mesh {
+            shared_bucket: TokenBucket::full(config.per_ip_rate, config.per_ip_burst, epoch.0),
+            config,
+            me,
+            swim,
+            runtime: AccumulatingRuntime::new(),
+            table,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            hints: BTreeMap::new(),
+            proven: BTreeMap::new(),
+            announce: BTreeSet::new(),
+            paths: BTreeMap::new(),
+            buckets: BTreeMap::new(),
+            seen: BTreeSet::new(),
+            secret,
+            advert: None,
+            next_refresh: None,
+            epoch,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let table = &self.table.borrow().stats;
+        Stats {
+            dropped_bad_record: table.dropped_bad_record,
+            dropped_table_full: table.dropped_table_full,
+            ..self.stats.clone()
+        }
+    }
+
+    /// Our SWIM identity.
+    pub fn id(&self) -> &MemberId {
+        self.swim.identity()
+    }
+
+    /// The members up now (alive or suspect), with their records when known.
+    pub fn members(&self) -> Vec<(MemberId, foca::State, Option<NodeRecord>)> {
+        let table = self.table.borrow();
+        let mut members: Vec<_> = self
+            .swim
+            .iter_membership_state()
+            .map(|m| (m.id().clone(), m.state(), table.records.get(&m.id().peer).cloned()))
+            .collect();
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        members
+    }
+
+    /// A member's record, if we hold one.
+    pub fn record(&self, peer: &PeerId) -> Option<NodeRecord> {
+        self.table.borrow().records.get(peer).cloned()
+    }
+
+    fn unix_ms(&self, now: Instant) -> u64 {
+        self.epoch.1 + now.saturating_duration_since(self.epoch.0).as_millis() as u64
+    }
+
+    pub fn command(&mut self, now: Instant, command: Command) {
+        self.tick(now);
+        match command {
+            Command::Start(advert) | Command::Publish(advert) => {
+                self.advert = Some(advert);
+                self.publish(now);
+            }
+            Command::Join(seeds) => {
+                for (peer, addr) in seeds {
+                    if peer == self.me.peer_id() {
+                        continue;
+                    }
+                    self.hints.insert(peer, addr);
+                    self.announce.insert(peer);
+                    if self.paths.get(&addr).is_some_and(|p| p.proven && p.peer == peer) {
+                        self.announce_to(peer);
+                    } else {
+                        self.knock(now, peer, addr, true);
+                    }
+                }
+            }
+            Command::Leave => {
+                let result = self.swim.leave_cluster(&mut self.runtime);
+                self.count(result);
+            }
+        }
+        self.drain(now);
+    }
+
+    /// Signs our record afresh and hands it to foca to spread.
+    fn publish(&mut self, now: Instant) {
+        let Some(advert) = self.advert.clone() else { return };
+        let record = pb::NodeRecord {
+            peer_id: Default::default(),
+            generation: self.id().generation,
+            issued_ms: self.unix_ms(now),
+            addrs: advert.addrs.iter().map(|a| pb::Addr::from(*a)).collect(),
+            introducer: advert.introducer,
+            relay: advert.relay,
+            relay_capacity: advert.relay_capacity,
+            relay_load: advert.relay_load,
+        };
+        let signed = self.me.sign_node_record(record).encode_to_vec();
+        let result = self.swim.add_broadcast(&signed);
+        self.count(result.map(|_| ()));
+        self.next_refresh = Some(now + self.config.record_refresh);
+    }
+
+    fn announce_to(&mut self, peer: PeerId) {
+        if self.announce.remove(&peer) {
+            // The seed's generation is not known yet: foca takes an announce for any
+            // generation of the right peer, and learns the real one from the answer.
+            let result = self.swim.announce(MemberId { peer, generation: 0 }, &mut self.runtime);
+            self.count(result);
+        }
+    }
+
+    fn count(&mut self, result: Result<(), foca::Error>) {
+        if let Err(e) = result {
+            tracing::debug!("mesh: {e}");
+            self.stats.dropped_foca += 1;
+        }
+    }
+
+    /// Our token for an address: a keyed hash only we can compute.
+    fn token(&self, addr: SocketAddr) -> u64 {
+        let digest = Sha256::new().chain_update(self.secret).chain_update(addr.to_string()).finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
+    }
+
+    fn gossip(&self, now: Instant, to: PeerId, dst: SocketAddr, payload: Vec<u8>, records: Vec<Vec<u8>>) -> pb::Gossip {
+        let echo = self.paths.get(&dst).filter(|p| p.peer == to).map_or(0, |p| p.echo);
+        pb::Gossip {
+            token: Some(self.token(dst)),
+            echo: Some(echo),
+            ..self.me.sign_gossip(&to, self.unix_ms(now), payload, records)
+        }
+    }
+
+    /// A bare Gossip to `addr`: it carries our token there, so the member can prove the
+    /// path by echoing it. At most one a second per address.
+    fn knock(&mut self, now: Instant, peer: PeerId, addr: SocketAddr, first: bool) -> bool {
+        if self.paths.len() >= MAX_PATHS && !self.paths.contains_key(&addr) {
+            return false;
+        }
+        let path = self.paths.entry(addr).or_insert(PathState { peer, echo: 0, proven: false, last_knock: None });
+        if path.peer != peer && !first {
+            return false;
+        }
+        if path.last_knock.is_some_and(|t| now < t + Duration::from_secs(1)) {
+            return false;
+        }
+        path.last_knock = Some(now);
+        let gossip = self.gossip(now, peer, addr, Vec::new(), Vec::new());
+        self.stats.knocks += 1;
+        self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::Gossip(gossip)));
+        true
+    }
+
+    /// Where a member is: where it proved it receives, else its record's first address,
+    /// else where first contact found it.
+    fn addr_of(&self, peer: &PeerId) -> Option<SocketAddr> {
+        let table = self.table.borrow();
+        let recorded = || table.records.get(peer).and_then(|r| r.addrs.first().copied());
+        self.proven.get(peer).copied().or_else(recorded).or_else(|| self.hints.get(peer).copied())
+    }
+
+    /// A datagram from another member.
+    pub fn handle(&mut self, now: Instant, src: SocketAddr, gossip: pb::Gossip) {
+        self.tick(now);
+        self.receive(now, src, gossip);
+        self.drain(now);
+    }
+
+    fn receive(&mut self, now: Instant, src: SocketAddr, gossip: pb::Gossip) {
+        // Cheap checks first: the budget of the source IP, the receiver, the clock.
+        if !self.take_budget(now, src.ip()) {
+            self.stats.dropped_rate_limited += 1;
+            return;
+        }
+        if gossip.to[..] != self.me.peer_id().to_bytes()[..] {
+            self.stats.dropped_not_for_us += 1;
+            return;
+        }
+        let now_ms = self.unix_ms(now);
+        let skew = self.config.max_skew.as_millis() as u64;
+        if gossip.sent_ms + skew < now_ms || gossip.sent_ms > now_ms + skew {
+            self.stats.dropped_stale += 1;
+            return;
+        }
+        let Ok(peer) = verify_gossip(&gossip) else {
+            self.stats.dropped_bad_signature += 1;
+            return;
+        };
+        let sig: [u8; 8] = gossip.signature.get(..8).and_then(|s| s.try_into().ok()).unwrap_or_default();
+        if !self.seen.insert((gossip.sent_ms, sig)) {
+            self.stats.dropped_replayed += 1;
+            return;
+        }
+        self.stats.received += 1;
+        let proven = gossip.echo == Some(self.token(src));
+        if self.paths.len() >= MAX_PATHS && !self.paths.contains_key(&src) {
+            self.stats.dropped_unproven += 1;
+            return;
+        }
+        let path = self.paths.entry(src).or_insert(PathState { peer, echo: 0, proven: false, last_knock: None });
+        if path.peer != peer {
+            // Another member at this address now (a restart elsewhere, a reused port).
+            *path = PathState { peer, echo: 0, proven: false, last_knock: None };
+        }
+        path.echo = gossip.token.unwrap_or_default();
+        let newly = proven && !path.proven;
+        path.proven |= proven;
+        let path_proven = path.proven;
+        if newly {
+            if self.proven.len() < self.config.max_members || self.proven.contains_key(&peer) {
+                self.proven.insert(peer, src);
+            }
+            if self.hints.get(&peer) == Some(&src) {
+                self.announce_to(peer);
+            }
+            // Two members that talk learn each other's records first hand.
+            if let Some(own) = self.record(&self.me.peer_id()) {
+                self.send_records(now, peer, src, vec![own.signed]);
+            }
+        }
+        if !path_proven {
+            // Answer with a bare Gossip, so the member can prove the path; never larger
+            // than what came in.
+            self.stats.dropped_unproven += u64::from(!gossip.payload.is_empty());
+            let answer = self.gossip(now, peer, src, Vec::new(), Vec::new());
+            if answer.encoded_len() <= gossip.encoded_len() && self.knock_allowed(now, src) {
+                self.stats.knocks += 1;
+                self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, src, Kind::Gossip(answer)));
+            }
+            return;
+        }
+        for record in gossip.records.iter().take(RECORDS_PER_DATAGRAM) {
+            self.table.borrow_mut().offer(record);
+        }
+        if gossip.payload.is_empty() {
+            return;
+        }
+        // foca trusts the header's sender: it must be the signer.
+        let mut read = &gossip.payload[..];
+        match <codec::Codec as foca::Codec<MemberId>>::decode_header(&mut codec::Codec, &mut read) {
+            Ok(header) if header.src.peer == peer => {}
+            Ok(_) => {
+                self.stats.dropped_wrong_sender += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        }
+        let result = self.swim.handle_data(&gossip.payload, &mut self.runtime);
+        self.count(result);
+    }
+
+    fn knock_allowed(&mut self, now: Instant, addr: SocketAddr) -> bool {
+        let Some(path) = self.paths.get_mut(&addr) else { return false };
+        if path.last_knock.is_some_and(|t| now < t + Duration::from_secs(1)) {
+            return false;
+        }
+        path.last_knock = Some(now);
+        true
+    }
+
+    fn take_budget(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let (rate, burst) = (self.config.per_ip_rate, self.config.per_ip_burst);
+        if self.buckets.len() >= MAX_TRACKED_IPS && !self.buckets.contains_key(&ip) {
+            // Forget the sources that are idle (full again) before sharing one budget.
+            self.buckets.retain(|_, b| b.available(now) < burst);
+            if self.buckets.len() >= MAX_TRACKED_IPS {
+                return self.shared_bucket.try_take(now, 1.0);
+            }
+        }
+        self.buckets.entry(ip).or_insert_with(|| TokenBucket::full(rate, burst, now)).try_take(now, 1.0)
+    }
+
+    /// Keeps the table's clock, forgets old replay entries and expired records.
+    fn tick(&mut self, now: Instant) {
+        let now_ms = self.unix_ms(now);
+        let skew = self.config.max_skew.as_millis() as u64;
+        self.table.borrow_mut().now_ms = now_ms;
+        let keep = self.seen.split_off(&(now_ms.saturating_sub(skew), [0; 8]));
+        self.seen = keep;
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            let result = self.swim.handle_timer(timer, &mut self.runtime);
+            self.count(result);
+        }
+        if self.next_refresh.is_some_and(|t| now >= t) {
+            self.publish(now);
+        }
+        let gone = self.table.borrow_mut().expire();
+        for peer in gone {
+            tracing::debug!(%peer, "node record expired");
+        }
+        self.drain(now);
+    }
+
+    /// Moves what foca asked for into our queues: datagrams (to proven paths only),
+    /// timers, and membership changes.
+    fn drain(&mut self, now: Instant) {
+        while let Some((to, data)) = self.runtime.to_send() {
+            self.send(now, to, data.to_vec());
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            self.timer_seq += 1;
+            self.timers.insert((now + after, self.timer_seq), timer);
+        }
+        while let Some(notification) = self.runtime.to_notify() {
+            match notification {
+                OwnedNotification::MemberUp(id) => {
+                    self.hand_records(now, id.peer);
+                    self.events.push_back(Event::Joined(id.peer));
+                }
+                OwnedNotification::MemberDown(id) => self.events.push_back(Event::Left(id.peer)),
+                OwnedNotification::Rename(old, new) => {
+                    tracing::debug!(?old, ?new, "member restarted");
+                }
+                OwnedNotification::Active => self.events.push_back(Event::Active),
+                OwnedNotification::Idle => self.events.push_back(Event::Alone),
+                OwnedNotification::Defunct | OwnedNotification::Rejoin(_) => {
+                    tracing::info!("declared down by the mesh: rejoining");
+                }
+            }
+        }
+        let fresh = std::mem::take(&mut self.table.borrow_mut().fresh);
+        for peer in fresh {
+            if let Some(record) = self.record(&peer) {
+                if peer != self.me.peer_id() {
+                    self.events.push_back(Event::Record(record));
+                }
+            }
+        }
+    }
+
+    /// A member that just came up over a proven path (it joined through us, mostly) gets
+    /// every record we hold: gossip spreads each record only for a while after it changes,
+    /// so a newcomer would otherwise wait up to `record_refresh` for the older ones.
+    fn hand_records(&mut self, now: Instant, peer: PeerId) {
+        let Some(addr) = self.proven.get(&peer).copied() else { return };
+        let records: Vec<Vec<u8>> =
+            self.table.borrow().records.values().filter(|r| r.peer != peer).map(|r| r.signed.clone()).collect();
+        for chunk in records.chunks(RECORDS_PER_DATAGRAM) {
+            self.send_records(now, peer, addr, chunk.to_vec());
+        }
+    }
+
+    fn send_records(&mut self, now: Instant, peer: PeerId, addr: SocketAddr, records: Vec<Vec<u8>>) {
+        let gossip = self.gossip(now, peer, addr, Vec::new(), records);
+        self.stats.sent += 1;
+        self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::Gossip(gossip)));
+    }
+
+    /// foca's datagram for a member: sent if the member proved its address, else a knock.
+    fn send(&mut self, now: Instant, to: MemberId, data: Vec<u8>) {
+        let Some(addr) = self.addr_of(&to.peer) else {
+            self.stats.dropped_unaddressed += 1;
+            return;
+        };
+        if self.paths.get(&addr).is_some_and(|p| p.proven && p.peer == to.peer) {
+            let gossip = self.gossip(now, to.peer, addr, data, Vec::new());
+            self.stats.sent += 1;
+            self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::Gossip(gossip)));
+        } else {
+            self.stats.dropped_unproven += 1;
+            self.knock(now, to.peer, addr, false);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let timers = self.timers.keys().next().map(|(t, _)| *t);
+        [timers, self.next_refresh].into_iter().flatten().min()
+    }
+}
+
+#[cfg(test)]
+mod tests;

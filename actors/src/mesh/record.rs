@@ -1,0 +1,172 @@
+//! Node records: what each public node says about itself (addresses, roles, relay load),
+//! signed by it and spread by foca as custom broadcasts. The table keeps one per member:
+//! a newer generation, or a newer record of the same generation, replaces the older;
+//! records older than their lifetime go; unsigned, oversized, future-dated or expired ones
+//! are dropped and counted. Addresses come only from here (signed by their owner) or from
+//! first contact, never from what one member says about another.
+
+use super::{MemberId, Stats};
+use crate::identity::{verify_node_record, SignatureError};
+use foca::{BroadcastHandler, Invalidates};
+use introducer_proto::pb;
+use libp2p_identity::PeerId;
+use prost::Message;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+/// Addresses a record may list (two IPs × two ports of an RFC 5780 server).
+pub const MAX_ADDRS: usize = 4;
+/// The largest encoded signed record accepted: four IPv6 addresses and every field at its
+/// largest come to about 270 bytes.
+pub const MAX_SIGNED_NODE_RECORD: usize = 320;
+
+/// A verified node record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub peer: PeerId,
+    pub generation: u64,
+    pub issued_ms: u64,
+    pub addrs: Vec<SocketAddr>,
+    pub introducer: bool,
+    pub relay: bool,
+    pub relay_capacity: u32,
+    pub relay_load: u32,
+    /// The bytes as signed, to pass on unchanged (and to store).
+    pub signed: Vec<u8>,
+}
+
+impl NodeRecord {
+    fn newer_than(&self, other: &NodeRecord) -> bool {
+        (self.generation, self.issued_ms) > (other.generation, other.issued_ms)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("record exceeds its bounds")]
+    Oversized,
+    #[error("record does not decode")]
+    Malformed,
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error("record issued in the future")]
+    Future,
+    #[error("record expired")]
+    Expired,
+}
+
+/// Decodes and checks a signed record (bounds first: they are cheap, a signature is not)
+/// against `now_ms` and the records' lifetime.
+pub fn verify(bytes: &[u8], now_ms: u64, max_skew_ms: u64, ttl_ms: u64) -> Result<NodeRecord, RecordError> {
+    if bytes.len() > MAX_SIGNED_NODE_RECORD {
+        return Err(RecordError::Oversized);
+    }
+    let signed = pb::SignedNodeRecord::decode(bytes).map_err(|_| RecordError::Malformed)?;
+    let (peer, r) = verify_node_record(&signed)?;
+    if r.addrs.len() > MAX_ADDRS {
+        return Err(RecordError::Oversized);
+    }
+    let addrs = r.addrs.iter().map(SocketAddr::try_from).collect::<Result<Vec<_>, _>>();
+    let addrs = addrs.map_err(|_| RecordError::Malformed)?;
+    if r.issued_ms > now_ms + max_skew_ms {
+        return Err(RecordError::Future);
+    }
+    if r.issued_ms + ttl_ms < now_ms {
+        return Err(RecordError::Expired);
+    }
+    Ok(NodeRecord {
+        peer,
+        generation: r.generation,
+        issued_ms: r.issued_ms,
+        addrs,
+        introducer: r.introducer,
+        relay: r.relay,
+        relay_capacity: r.relay_capacity,
+        relay_load: r.relay_load,
+        signed: bytes.to_vec(),
+    })
+}
+
+/// The records the mesh knows, one per member, shared with foca's broadcast handler.
+#[derive(Debug, Default)]
+pub struct Table {
+    pub records: BTreeMap<PeerId, NodeRecord>,
+    /// The clock as the mesh last saw it (Unix ms), for the handler's freshness checks.
+    pub now_ms: u64,
+    pub max_skew_ms: u64,
+    pub ttl_ms: u64,
+    /// Most records kept: beyond it, new members' records are dropped (and counted).
+    pub max_records: usize,
+    /// Records accepted since the mesh last looked (it reports them).
+    pub fresh: Vec<PeerId>,
+    pub stats: Stats,
+}
+
+impl Table {
+    /// Takes a record if it is valid and newer than what we hold; whether it was taken.
+    pub fn offer(&mut self, bytes: &[u8]) -> Option<NodeRecord> {
+        let record = match verify(bytes, self.now_ms, self.max_skew_ms, self.ttl_ms) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("node record dropped: {e}");
+                self.stats.dropped_bad_record += 1;
+                return None;
+            }
+        };
+        match self.records.get(&record.peer) {
+            Some(old) if !record.newer_than(old) => return None,
+            None if self.records.len() >= self.max_records => {
+                self.stats.dropped_table_full += 1;
+                return None;
+            }
+            _ => {}
+        }
+        self.records.insert(record.peer, record.clone());
+        self.fresh.push(record.peer);
+        Some(record)
+    }
+
+    /// Forgets records past their lifetime; the peers whose records went.
+    pub fn expire(&mut self) -> Vec<PeerId> {
+        let (now, ttl) = (self.now_ms, self.ttl_ms);
+        let gone: Vec<PeerId> = self.records.values().filter(|r| r.issued_ms + ttl < now).map(|r| r.peer).collect();
+        for peer in &gone {
+            self.records.remove(peer);
+        }
+        gone
+    }
+}
+
+/// Which record a broadcast carries: foca keeps spreading only the newest per member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordKey {
+    peer: PeerId,
+    version: (u64, u64),
+}
+
+impl Invalidates for RecordKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.peer == other.peer && self.version >= other.version
+    }
+}
+
+/// foca's view of the table: it asks whether a broadcast is news worth spreading.
+pub struct Records(pub Rc<RefCell<Table>>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+pub struct Never;
+
+impl BroadcastHandler<MemberId> for Records {
+    type Key = RecordKey;
+    type Error = Never;
+
+    /// Invalid records are dropped and counted here rather than failing the datagram, so
+    /// one bad record does not cost the rest of what came with it.
+    fn receive_item(&mut self, data: &[u8], _sender: Option<&MemberId>) -> Result<Option<RecordKey>, Never> {
+        let taken = self.0.borrow_mut().offer(data);
+        Ok(taken.map(|r| RecordKey { peer: r.peer, version: (r.generation, r.issued_ms) }))
+    }
+}

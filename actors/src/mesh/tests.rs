@@ -1,0 +1,331 @@
+use super::*;
+use introducer_proto::frame::{self, Decoded};
+
+const START_MS: u64 = 1_800_000_000_000;
+
+fn addr(i: usize) -> SocketAddr {
+    format!("198.51.100.{}:3478", i + 1).parse().unwrap()
+}
+
+fn gossip_of(t: &Transmit) -> pb::Gossip {
+    match frame::decode(&t.payload).unwrap() {
+        Decoded::Envelope(pb::Envelope { kind: Some(Kind::Gossip(g)) }) => g,
+        other => panic!("not gossip: {other:?}"),
+    }
+}
+
+/// Public nodes on a lossless network, on virtual time.
+struct Net {
+    now: Instant,
+    nodes: Vec<Option<Mesh>>,
+    events: Vec<Vec<Event>>,
+    /// Every datagram sent to an address no node has.
+    strays: Vec<(usize, Transmit)>,
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let now = Instant::now();
+        let nodes = (0..n)
+            .map(|i| {
+                let identity = Identity::from_seed(i as u64 + 1);
+                let rng = StdRng::seed_from_u64(i as u64);
+                Some(Mesh::new(Config::default(), identity, (now, START_MS + i as u64), rng))
+            })
+            .collect();
+        Net { now, nodes, events: vec![Vec::new(); n], strays: Vec::new() }
+    }
+
+    fn node(&mut self, i: usize) -> &mut Mesh {
+        self.nodes[i].as_mut().unwrap()
+    }
+
+    fn peer(&self, i: usize) -> PeerId {
+        Identity::from_seed(i as u64 + 1).peer_id()
+    }
+
+    fn advert(i: usize) -> Advert {
+        Advert { addrs: vec![addr(i)], introducer: true, relay: true, relay_capacity: 64, relay_load: 0 }
+    }
+
+    /// Node 0 starts a mesh, every other joins through it.
+    fn start_all(&mut self) {
+        let now = self.now;
+        for i in 0..self.nodes.len() {
+            self.node(i).command(now, Command::Start(Net::advert(i)));
+            if i > 0 {
+                let seed = (self.peer(0), addr(0));
+                self.node(i).command(now, Command::Join(vec![seed]));
+            }
+        }
+    }
+
+    /// Delivers everything queued, then moves time to the next deadline; until `until`.
+    fn run(&mut self, until: Instant) {
+        loop {
+            let mut moved = true;
+            while moved {
+                moved = false;
+                for i in 0..self.nodes.len() {
+                    let Some(node) = self.nodes[i].as_mut() else { continue };
+                    while let Some(e) = node.poll_event() {
+                        self.events[i].push(e);
+                    }
+                    let mut out = Vec::new();
+                    while let Some(t) = node.poll_transmit() {
+                        out.push(t);
+                    }
+                    for t in out {
+                        moved = true;
+                        let to = (0..self.nodes.len()).find(|&j| addr(j) == t.dst);
+                        match to.and_then(|j| self.nodes[j].as_mut()) {
+                            Some(dst) => dst.handle(self.now, addr(i), gossip_of(&t)),
+                            None => self.strays.push((i, t)),
+                        }
+                    }
+                }
+            }
+            let next = self.nodes.iter().flatten().filter_map(|n| n.poll_timeout()).min();
+            match next {
+                Some(t) if t <= until => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for node in self.nodes.iter_mut().flatten() {
+                        if node.poll_timeout().is_some_and(|d| d <= now) {
+                            node.handle_timeout(now);
+                        }
+                    }
+                }
+                _ => {
+                    self.now = until;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn up(&self, i: usize) -> BTreeSet<PeerId> {
+        let node = self.nodes[i].as_ref().unwrap();
+        node.members()
+            .into_iter()
+            .filter(|(_, s, r)| *s != foca::State::Down && r.is_some())
+            .map(|(id, ..)| id.peer)
+            .collect()
+    }
+}
+
+#[test]
+fn members_find_each_other_and_their_records_through_one_seed() {
+    let mut net = Net::new(6);
+    net.start_all();
+    let until = net.now + Duration::from_secs(20);
+    net.run(until);
+    for i in 0..6 {
+        let others: BTreeSet<PeerId> = (0..6).filter(|&j| j != i).map(|j| net.peer(j)).collect();
+        assert_eq!(net.up(i), others, "node {i} knows every other member and its record");
+        let record = net.nodes[i].as_ref().unwrap().record(&net.peer((i + 1) % 6)).unwrap();
+        assert_eq!(record.addrs, vec![addr((i + 1) % 6)]);
+        assert!(record.introducer && record.relay);
+    }
+    assert!(net.strays.is_empty(), "nothing went anywhere but to members");
+    for node in net.nodes.iter().flatten() {
+        let s = node.stats();
+        assert_eq!((s.dropped_bad_signature, s.dropped_bad_record, s.dropped_foca), (0, 0, 0), "{s:?}");
+    }
+}
+
+#[test]
+fn a_member_that_dies_is_declared_down_by_all_within_seconds() {
+    let mut net = Net::new(5);
+    net.start_all();
+    let until = net.now + Duration::from_secs(20);
+    net.run(until);
+    let dead = net.peer(3);
+    net.nodes[3] = None;
+    let killed = net.now;
+    net.run(killed + Duration::from_secs(20));
+    for i in [0, 1, 2, 4] {
+        assert!(!net.up(i).contains(&dead), "node {i} still counts the dead member");
+        assert!(net.events[i].contains(&Event::Left(dead)), "node {i} said it left");
+    }
+    // Only knocks or SWIM traffic went to the dead address, and little of it.
+    let to_dead = net.strays.iter().filter(|(_, t)| t.dst == addr(3)).count();
+    assert!(to_dead < 60, "{to_dead} datagrams to a dead member in 20 s from 4 members");
+}
+
+#[test]
+fn forged_stale_replayed_and_misaddressed_gossip_is_dropped_and_counted() {
+    let mut net = Net::new(2);
+    net.start_all();
+    let until = net.now + Duration::from_secs(5);
+    net.run(until);
+    let now = net.now;
+    let me = Identity::from_seed(2);
+    let victim = net.peer(0);
+    let fresh = || {
+        let mut g = me.sign_gossip(&victim, START_MS + 5_000, b"payload".to_vec(), Vec::new());
+        g.token = Some(1);
+        g.echo = Some(0);
+        g
+    };
+    let before = net.node(0).stats();
+    // A signature over other bytes.
+    let forged = pb::Gossip { payload: b"other".to_vec().into(), ..fresh() };
+    net.node(0).handle(now, addr(1), forged);
+    // For another member.
+    let elsewhere = me.sign_gossip(&net.peer(1), START_MS + 5_000, Vec::new(), Vec::new());
+    net.node(0).handle(now, addr(1), elsewhere);
+    // From long ago, and from the future.
+    net.node(0).handle(now, addr(1), me.sign_gossip(&victim, START_MS - 60_000, Vec::new(), Vec::new()));
+    net.node(0).handle(now, addr(1), me.sign_gossip(&victim, START_MS + 60_000, Vec::new(), Vec::new()));
+    // The same datagram twice.
+    net.node(0).handle(now, addr(1), fresh());
+    net.node(0).handle(now, addr(1), fresh());
+    let s = net.node(0).stats();
+    assert_eq!(s.dropped_bad_signature - before.dropped_bad_signature, 1);
+    assert_eq!(s.dropped_not_for_us - before.dropped_not_for_us, 1);
+    assert_eq!(s.dropped_stale - before.dropped_stale, 2);
+    assert_eq!(s.dropped_replayed - before.dropped_replayed, 1);
+}
+
+/// A member cannot speak for another: the SWIM header's sender must be the signer.
+#[test]
+fn a_header_naming_another_sender_is_dropped() {
+    let mut net = Net::new(3);
+    net.start_all();
+    let until = net.now + Duration::from_secs(10);
+    net.run(until);
+    let now = net.now;
+    let header = foca::Header {
+        src: MemberId { peer: net.peer(2), generation: START_MS + 2 },
+        src_incarnation: 0,
+        dst: net.node(0).id().clone(),
+        message: foca::Message::TurnUndead,
+    };
+    let mut payload = Vec::new();
+    foca::Codec::encode_header(&mut codec::Codec, &header, &mut payload).unwrap();
+    // Node 1 (proven at its address) signs a datagram that claims to be node 2's.
+    let mut g = Identity::from_seed(2).sign_gossip(&net.peer(0), START_MS + 10_000, payload, Vec::new());
+    let echo = net.node(0).token(addr(1));
+    g.echo = Some(echo);
+    let before = net.node(0).stats().dropped_wrong_sender;
+    net.node(0).handle(now, addr(1), g);
+    assert_eq!(net.node(0).stats().dropped_wrong_sender, before + 1);
+}
+
+/// A member may gossip that a member exists that does not (a sybil whose record, signed by
+/// the sybil's key, names a victim's address). What goes to that address before it proves
+/// itself is a bare Gossip, at most one a second from each member; the sybil, never
+/// answering, is declared down.
+#[test]
+fn an_address_nobody_verified_gets_only_knocks() {
+    let mut net = Net::new(3);
+    net.start_all();
+    let until = net.now + Duration::from_secs(10);
+    net.run(until);
+    let victim: SocketAddr = "192.0.2.99:53".parse().unwrap();
+    let sybil = Identity::from_seed(77);
+    let sybil_id = MemberId { peer: sybil.peer_id(), generation: START_MS };
+    let record = sybil
+        .sign_node_record(pb::NodeRecord {
+            generation: START_MS,
+            issued_ms: START_MS + 10_000,
+            addrs: vec![victim.into()],
+            ..Default::default()
+        })
+        .encode_to_vec();
+    // Node 2 tells node 0 the sybil is alive, with its record.
+    let header = foca::Header {
+        src: net.node(2).id().clone(),
+        src_incarnation: 0,
+        dst: net.node(0).id().clone(),
+        message: foca::Message::Gossip,
+    };
+    let mut payload = Vec::new();
+    foca::Codec::encode_header(&mut codec::Codec, &header, &mut payload).unwrap();
+    payload.extend_from_slice(&1u16.to_be_bytes());
+    foca::Codec::encode_member(&mut codec::Codec, &foca::Member::new(sybil_id, 0, foca::State::Alive), &mut payload)
+        .unwrap();
+    payload.extend_from_slice(&(record.len() as u16).to_be_bytes());
+    payload.extend_from_slice(&record);
+    let echo = net.node(0).token(addr(2));
+    let mut g = Identity::from_seed(3).sign_gossip(&net.peer(0), START_MS + 10_000, payload, Vec::new());
+    (g.token, g.echo) = (Some(1), Some(echo));
+    let now = net.now;
+    net.node(0).handle(now, addr(2), g);
+    assert!(net.node(0).record(&sybil.peer_id()).is_some(), "the lie was believed");
+    let until = net.now + Duration::from_secs(30);
+    net.run(until);
+    let to_victim: Vec<&(usize, Transmit)> = net.strays.iter().filter(|(_, t)| t.dst == victim).collect();
+    assert!(!to_victim.is_empty(), "the sybil was probed");
+    for (_, t) in &to_victim {
+        assert!(gossip_of(t).payload.is_empty(), "only bare Gossip goes to an unproven address");
+    }
+    for sender in 0..3 {
+        let n = to_victim.iter().filter(|(i, _)| *i == sender).count();
+        assert!(n <= 31, "node {sender} knocked {n} times in 30 s");
+    }
+    for i in 0..3 {
+        assert!(!net.up(i).contains(&sybil.peer_id()), "node {i} still counts the sybil");
+    }
+}
+
+#[test]
+fn a_bare_answer_is_never_larger_than_what_came_in() {
+    let mut net = Net::new(1);
+    let now = net.now;
+    net.node(0).command(now, Command::Start(Net::advert(0)));
+    let stranger = Identity::from_seed(50);
+    let spoofed: SocketAddr = "192.0.2.7:9".parse().unwrap();
+    let g = pb::Gossip {
+        token: Some(1),
+        echo: Some(0),
+        ..stranger.sign_gossip(&net.peer(0), START_MS, Vec::new(), Vec::new())
+    };
+    let len = g.encoded_len();
+    net.node(0).handle(now, spoofed, g);
+    let answer = net.node(0).poll_transmit().expect("a bare answer");
+    assert_eq!(answer.dst, spoofed);
+    let answer = gossip_of(&answer);
+    assert!(answer.payload.is_empty() && answer.encoded_len() <= len, "{} > {len}", answer.encoded_len());
+    // And a second within the second earns nothing.
+    let again = pb::Gossip {
+        token: Some(2),
+        echo: Some(0),
+        ..stranger.sign_gossip(&net.peer(0), START_MS + 1, Vec::new(), Vec::new())
+    };
+    net.node(0).handle(now, spoofed, again);
+    assert!(net.node(0).poll_transmit().is_none());
+}
+
+#[test]
+fn bad_records_are_dropped_and_counted_and_newer_replace_older() {
+    let now_ms = START_MS;
+    let mut table = Table { now_ms, max_skew_ms: 30_000, ttl_ms: 60_000, max_records: 2, ..Table::default() };
+    let node = Identity::from_seed(9);
+    let record = |issued_ms, generation| {
+        node.sign_node_record(pb::NodeRecord {
+            generation,
+            issued_ms,
+            addrs: vec![pb::Addr::from(addr(9))],
+            ..Default::default()
+        })
+        .encode_to_vec()
+    };
+    assert!(table.offer(&record(now_ms, 1)).is_some());
+    assert!(table.offer(&record(now_ms, 1)).is_none(), "the same record is no news");
+    assert!(table.offer(&record(now_ms - 1, 1)).is_none(), "an older one neither");
+    assert!(table.offer(&record(now_ms + 1, 1)).is_some(), "a newer one replaces it");
+    assert!(table.offer(&record(now_ms - 1, 2)).is_some(), "so does a newer generation");
+    assert!(table.offer(&record(now_ms + 60_000, 3)).is_none(), "future-dated");
+    assert!(table.offer(&record(now_ms - 120_000, 3)).is_none(), "expired");
+    let mut tampered = record(now_ms + 5, 2);
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert!(table.offer(&tampered).is_none(), "signature");
+    assert!(table.offer(&[0xff; 400]).is_none(), "oversized");
+    assert!(table.offer(&[0x0a, 0xff]).is_none(), "junk");
+    assert_eq!(table.stats.dropped_bad_record, 5);
+    table.now_ms += 61_000;
+    assert_eq!(table.expire(), vec![node.peer_id()]);
+}
