@@ -2,7 +2,7 @@
 
 use introducer_actors::identity::Identity;
 use introducer_actors::relay::server::RelayConfig;
-use introducer_actors::{broker, punch, registration, session};
+use introducer_actors::{broker, mesh, punch, registration, session};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -44,6 +44,8 @@ pub struct Config {
     pub session: session::Config,
     /// Limits of the relay this node runs when it serves.
     pub relay: RelayConfig,
+    /// Membership of the public nodes (when this node serves).
+    pub mesh: mesh::Config,
     pub bootstrap_timing: introducer_bootstrap::Config,
 }
 
@@ -65,6 +67,7 @@ impl Config {
             punch: Default::default(),
             session: Default::default(),
             relay: Default::default(),
+            mesh: Default::default(),
             bootstrap_timing: Default::default(),
         }
     }

@@ -15,9 +15,10 @@
 //! entry in one map ([`Peer`]), whose [`Phase`] says where the connection stands.
 
 use crate::config::{Config, Serve};
-use crate::event::{ConnectError, FatalError, NodeEvent};
+use crate::event::{ConnectError, FatalError, MeshChange, NodeEvent};
 use introducer_actors::broker::{self, Broker};
 use introducer_actors::driver::Protocol;
+use introducer_actors::mesh::{self, Advert, Mesh};
 use introducer_actors::nat::{NatReport, NatType};
 use introducer_actors::probe::actor::{self as probing, probe_socket, NatProbing, ProbeEvent};
 use introducer_actors::probe::{Layout, LifetimeReport, LocalSockets, Probe, ProbeConfig, Responder, Server};
@@ -46,6 +47,7 @@ pub struct Roles {
     pub punch: Attempts,
     pub sessions: Sessions,
     pub relay: Relay,
+    pub mesh: Mesh,
 }
 
 /// Something done to every role alike; see [`Roles::each`].
@@ -65,6 +67,7 @@ pub enum RoleId {
     Punch,
     Session,
     Relay,
+    Mesh,
 }
 
 /// Which role takes a kind of datagram. Every route is taken from the start; the broker
@@ -78,6 +81,7 @@ pub fn role_of(route: Route) -> RoleId {
         Route::Punch => RoleId::Punch,
         Route::Session => RoleId::Session,
         Route::Relay => RoleId::Relay,
+        Route::Mesh => RoleId::Mesh,
     }
 }
 
@@ -103,11 +107,14 @@ impl Roles {
         visit.role(&mut self.punch);
         visit.role(&mut self.sessions);
         visit.role(&mut self.relay);
+        visit.role(&mut self.mesh);
     }
 
     /// Every role of a node listening on `locals`. Keys, cookie secrets and nonce seeds
-    /// come from `rng`: the OS's on a real node, a seeded one on the simulator.
-    pub fn new(config: &Config, locals: &[SocketAddr], now: Instant, rng: &mut StdRng) -> Roles {
+    /// come from `rng`: the OS's on a real node, a seeded one on the simulator. `epoch`
+    /// ties `now` to Unix time (ms).
+    pub fn new(config: &Config, locals: &[SocketAddr], epoch: (Instant, u64), rng: &mut StdRng) -> Roles {
+        let now = epoch.0;
         let id = &config.identity;
         let mut child = || StdRng::from_rng(&mut *rng).expect("StdRng never fails");
         Roles {
@@ -118,6 +125,7 @@ impl Roles {
             sessions: Sessions::new(config.session.clone(), id.clone(), child()),
             relay: Relay::idle(config.relay.clone(), now, child()),
             probe: NatProbing::new(responder(locals), child()),
+            mesh: Mesh::new(config.mesh.clone(), id.clone(), epoch, child()),
         }
     }
 }
@@ -133,6 +141,7 @@ pub enum Report {
     Punch(punch::Event),
     Session(PeerId, session::Event),
     Relay(relay::Event),
+    Mesh(mesh::Event),
 }
 
 macro_rules! report_from {
@@ -156,6 +165,7 @@ report_from! {
     punch::Event => Punch;
     (PeerId, session::Event) => Session(p, e);
     relay::Event => Relay;
+    mesh::Event => Mesh;
 }
 
 /// What the core wants done: a command for one role, or an event for the user.
@@ -169,6 +179,7 @@ pub enum Order {
     Punch(punch::actor::Command),
     Session(session::actor::Command),
     Relay(relay::Command),
+    Mesh(mesh::Command),
     Emit(NodeEvent),
 }
 
@@ -397,6 +408,7 @@ impl NodeCore {
             Report::Session(peer, event) => self.on_session(now, peer, event),
             Report::Relay(relay::Event::Ready { peers, .. }) => self.emit(NodeEvent::Relaying { peers }),
             Report::Relay(other) => tracing::debug!(?other, "relay"),
+            Report::Mesh(event) => self.on_mesh(event),
         }
     }
 
@@ -405,11 +417,40 @@ impl NodeCore {
         self.emit(NodeEvent::Ready { peer_id, listen, public, nat });
     }
 
-    /// Takes the introducer and relay roles, and says so to those who say Hello.
+    /// Takes the introducer and relay roles, says so to those who say Hello, and joins the
+    /// mesh of public nodes through the seeds that serve (or starts one).
     fn serve(&mut self) {
         self.orders.push_back(Order::Broker(broker::Command::Serve));
         self.orders.push_back(Order::Relay(relay::Command::Serve));
         self.orders.push_back(Order::FirstContact(bootstrap::Command::Serve));
+        // Where others reach us: what probing saw, else where we listen (a node that
+        // starts a mesh on its own has nobody to ask).
+        let addrs = match self.nat {
+            Some(nat) => vec![nat.public_addr],
+            None => self.listen.iter().copied().filter(|a| !a.ip().is_unspecified()).take(1).collect(),
+        };
+        let advert = Advert {
+            addrs,
+            introducer: true,
+            relay: true,
+            relay_capacity: self.config.relay.max_circuits as u32,
+            relay_load: 0,
+        };
+        self.orders.push_back(Order::Mesh(mesh::Command::Start(advert)));
+        let seeds: Vec<(PeerId, SocketAddr)> =
+            self.seeds.iter().filter(|s| s.introducer).map(|s| (s.peer_id, s.addr)).collect();
+        if !seeds.is_empty() {
+            self.orders.push_back(Order::Mesh(mesh::Command::Join(seeds)));
+        }
+    }
+
+    fn on_mesh(&mut self, event: mesh::Event) {
+        match event {
+            mesh::Event::Joined(peer) => self.emit(NodeEvent::Mesh { change: MeshChange::Joined, peer }),
+            mesh::Event::Left(peer) => self.emit(NodeEvent::Mesh { change: MeshChange::Left, peer }),
+            mesh::Event::Record(record) => tracing::debug!(peer = %record.peer, addrs = ?record.addrs, "node record"),
+            mesh::Event::Active | mesh::Event::Alone => tracing::debug!(?event, "mesh"),
+        }
     }
 
     fn on_joined(&mut self, joined: Result<Vec<Seed>, BootstrapError>) {

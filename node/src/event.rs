@@ -12,6 +12,22 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// What happened to a member of the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshChange {
+    Joined,
+    Left,
+}
+
+impl MeshChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeshChange::Joined => "joined",
+            MeshChange::Left => "left",
+        }
+    }
+}
+
 /// What a node reports to its user.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeEvent {
@@ -76,6 +92,11 @@ pub enum NodeEvent {
     /// Relay role: we carry a circuit between two peers.
     Relaying {
         peers: [PeerId; 2],
+    },
+    /// A public node joined or left the mesh this node is a member of.
+    Mesh {
+        change: MeshChange,
+        peer: PeerId,
     },
     /// Our NAT kept idle mappings `at_least` long, not `below`; `keepalive` is what
     /// registrations and sessions now use (`None`: left as configured).
@@ -211,6 +232,9 @@ pub fn to_json(event: &NodeEvent) -> Value {
         }),
         NodeEvent::Relaying { peers } => json!({
             "event": "relaying", "peers": [peers[0].to_string(), peers[1].to_string()],
+        }),
+        NodeEvent::Mesh { change, peer } => json!({
+            "event": "mesh", "change": change.as_str(), "peer_id": peer.to_string(),
         }),
         NodeEvent::MappingLifetime { at_least, below, keepalive } => json!({
             "event": "mapping_lifetime",

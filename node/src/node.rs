@@ -8,6 +8,7 @@ use crate::event::NodeEvent;
 use actix::prelude::*;
 use introducer_actors::broker::{actor::BrokerActor, Broker};
 use introducer_actors::driver::{Call, Deliver, MachineActor, Protocol};
+use introducer_actors::mesh::actor::MeshActor;
 use introducer_actors::probe::actor::{NatProbing, ProbeActor};
 use introducer_actors::punch::actor::{Attempts, PunchActor};
 use introducer_actors::registration::actor::RegistrationActor;
@@ -204,6 +205,7 @@ struct NodeActor {
     punch: Addr<PunchActor>,
     sessions: Addr<SessionActor>,
     relay: Addr<RelayActor>,
+    mesh: Addr<MeshActor>,
     stats_interval: Option<std::time::Duration>,
     /// The core's own deadline, armed.
     timer: Option<(Instant, SpawnHandle)>,
@@ -232,7 +234,8 @@ impl NodeActor {
             let now = Instant::now();
             // Keys, cookie secrets and nonce seeds: full entropy from the OS.
             let mut rng = StdRng::from_entropy();
-            let roles = Roles::new(&config, &locals, now, &mut rng);
+            let epoch = (now, unix_ms());
+            let roles = Roles::new(&config, &locals, epoch, &mut rng);
             let contact = start_role(roles.contact, &socket, &me);
             let probe = start_role(roles.probe, &socket, &me);
             let broker = start_role(roles.broker, &socket, &me);
@@ -240,6 +243,7 @@ impl NodeActor {
             let punch = start_role(roles.punch, &socket, &me);
             let sessions = start_role(roles.sessions, &socket, &me);
             let relay = start_role(roles.relay, &socket, &me);
+            let mesh = start_role(roles.mesh, &socket, &me);
             for route in Route::ALL {
                 let to: Recipient<Inbound> = match role_of(route) {
                     RoleId::FirstContact => contact.clone().recipient(),
@@ -249,12 +253,13 @@ impl NodeActor {
                     RoleId::Punch => punch.clone().recipient(),
                     RoleId::Session => sessions.clone().recipient(),
                     RoleId::Relay => relay.clone().recipient(),
+                    RoleId::Mesh => mesh.clone().recipient(),
                 };
                 socket.do_send(SetRoute(route, to));
             }
             let lan = lan_addr(locals[0], config.bootstrap.iter().chain(&config.stun).next().copied());
             let stats_interval = config.stats_interval;
-            let core = NodeCore::new(config, locals, lan, (now, unix_ms()), StdRng::from_rng(&mut rng).expect("rng"));
+            let core = NodeCore::new(config, locals, lan, epoch, StdRng::from_rng(&mut rng).expect("rng"));
             NodeActor {
                 core,
                 events,
@@ -266,6 +271,7 @@ impl NodeActor {
                 punch,
                 sessions,
                 relay,
+                mesh,
                 stats_interval,
                 timer: None,
                 dropped_events: 0,
@@ -292,6 +298,7 @@ impl NodeActor {
                 Order::Punch(command) => self.punch.do_send(Deliver(command)),
                 Order::Session(command) => self.sessions.do_send(Deliver(command)),
                 Order::Relay(command) => self.relay.do_send(Deliver(command)),
+                Order::Mesh(command) => self.mesh.do_send(Deliver(command)),
                 Order::Emit(event) => self.emit(event),
             }
         }

@@ -226,9 +226,9 @@ impl SimNode {
 
     fn start(&mut self, now: Instant, seed: u64, listen: Vec<SocketAddr>) {
         let mut rng = StdRng::seed_from_u64(seed);
-        let roles = Roles::new(&self.config, &listen, now, &mut rng);
         // Simulated hosts have one address per network: the primary's is the LAN's.
         let (lan, epoch) = (Some(listen[0]), (now, 1_700_000_000_000));
+        let roles = Roles::new(&self.config, &listen, epoch, &mut rng);
         let core = NodeCore::new(self.config.clone(), listen, lan, epoch, rng);
         self.node = Some(Running { core, roles });
         self.running().core.start();
@@ -392,6 +392,7 @@ impl SimNode {
             Order::Punch(command) => roles.punch.handle_command(now, command),
             Order::Session(command) => roles.sessions.handle_command(now, command),
             Order::Relay(command) => roles.relay.handle_command(now, command),
+            Order::Mesh(command) => roles.mesh.handle_command(now, command),
             Order::Socket(command) => {
                 match &command {
                     socket::Command::Bind { purpose: Purpose::Pool, .. } => self.pools_bound += 1,
@@ -496,6 +497,7 @@ impl Machine for SimNode {
             RoleId::Punch => roles.punch.handle_inbound(inbound),
             RoleId::Session => roles.sessions.handle_inbound(inbound),
             RoleId::Relay => roles.relay.handle_inbound(inbound),
+            RoleId::Mesh => roles.mesh.handle_inbound(inbound),
         }
         self.pump(now);
     }

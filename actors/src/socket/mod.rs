@@ -41,7 +41,7 @@ pub enum Route {
 }
 
 impl Route {
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 9] = [
         Route::StunServer,
         Route::StunClient,
         Route::Bootstrap,
@@ -50,6 +50,7 @@ impl Route {
         Route::Punch,
         Route::Session,
         Route::Relay,
+        Route::Mesh,
     ];
 }
 

@@ -1,0 +1,68 @@
+//! The mesh on the simulated internet, run by whole nodes (the composition the binary
+//! runs): public nodes that bootstrap off a founder become members of one mesh, learn each
+//! other's records, and declare a member that goes silent down.
+
+use introducer_actors::identity::Identity;
+use introducer_node::event::{MeshChange, NodeEvent};
+use introducer_sim::node::SimNode;
+use introducer_sim::{for_each_seed, Link, Place, Sim};
+use libp2p_identity::PeerId;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn mesh_changes(sim: &Sim, host: introducer_sim::HostId, change: MeshChange) -> BTreeSet<PeerId> {
+    sim.machine_ref::<SimNode>(host)
+        .events()
+        .iter()
+        .filter_map(|(_, e)| match e {
+            NodeEvent::Mesh { change: c, peer } if *c == change => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn sim_public_nodes_form_one_mesh_and_declare_a_dead_member_left() {
+    for_each_seed(0..4, |seed| {
+        let mut sim = Sim::new(seed);
+        let ip = |i: u8| Ipv4Addr::new(198, 51, 100, 10 + i);
+        // The founder listens on two IPs (a full RFC 5780 server), so the others can tell
+        // they are public by probing against it.
+        let founder = SimNode::introducer(Identity::from_seed(100))
+            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
+            .spawn(&mut sim, Place::Public(ip(0)), 3478);
+        let seed_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
+        let mut hosts = vec![founder];
+        for i in 1..5u8 {
+            let node = SimNode::peer(Identity::from_seed(100 + u64::from(i)), vec![seed_addr]);
+            hosts.push(node.spawn(&mut sim, Place::Public(ip(i)), 3478));
+        }
+        let ids: Vec<PeerId> = hosts.iter().map(|&h| sim.machine_ref::<SimNode>(h).peer_id()).collect();
+        let everyone_joined = |sim: &Sim| {
+            hosts.iter().enumerate().all(|(i, &h)| {
+                let others: BTreeSet<PeerId> =
+                    ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| *p).collect();
+                mesh_changes(sim, h, MeshChange::Joined) == others
+            })
+        };
+        assert!(sim.run_until_cond(30 * SEC, everyone_joined), "seed {seed}: not one mesh after 30 s");
+        // Node 3 goes silent: every other member says it left, within SWIM's suspicion time.
+        let dead = hosts[3];
+        sim.set_host_link(dead, Link::IDEAL.loss(1.0));
+        let went = sim.now();
+        let all_saw_it = |sim: &Sim| {
+            hosts.iter().filter(|&&h| h != dead).all(|&h| mesh_changes(sim, h, MeshChange::Left).contains(&ids[3]))
+        };
+        assert!(sim.run_until_cond(30 * SEC, all_saw_it), "seed {seed}: the dead member is still counted");
+        let took = sim.now() - went;
+        eprintln!("seed {seed}: joined by {:?}, dead member left after {took:?}", went - sim.instant(Duration::ZERO));
+        assert!(took < 20 * SEC, "seed {seed}: {took:?} to declare a dead member left");
+        for &h in hosts.iter().filter(|&&h| h != dead) {
+            let left = mesh_changes(&sim, h, MeshChange::Left);
+            assert_eq!(left, BTreeSet::from([ids[3]]), "seed {seed}: only the dead member left");
+        }
+    });
+}
