@@ -1,0 +1,77 @@
+//! The mesh with the real binary across real network namespaces: public nodes that
+//! bootstrap off one another become members of one mesh, and a member killed with SIGKILL
+//! is declared left by every other.
+
+use introducer_lab::netns::{Lab, LabChild, Standard, PORT};
+use serde_json::Value;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+const INTRODUCER: &str = env!("CARGO_BIN_EXE_introducer");
+
+/// Waits until `node` has printed a mesh `change` for each of `peers`, in any order.
+fn wait_mesh(node: &mut LabChild, change: &str, peers: &[&String]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = node.json_lines();
+        let missing: Vec<&&String> = peers
+            .iter()
+            .filter(|p| !seen.iter().any(|v| v["event"] == "mesh" && v["change"] == change && v["peer_id"] == ***p))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{}: no mesh {change} for {missing:?}\n{}", node.label(), node.context());
+        node.next_line(left);
+    }
+}
+
+fn peer_id(node: &LabChild) -> String {
+    let ready = node.json_lines().into_iter().find(|v| v["event"] == "ready").expect("ready came first");
+    ready["peer_id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn public_nodes_form_one_mesh_and_a_killed_member_is_declared_left() {
+    if let Err(why) = Lab::check() {
+        panic!("the real-NAT lab needs root and nft/ip: {why}");
+    }
+    let std = Standard::new("mesh", INTRODUCER);
+    let (mut a, mut b) = std.start_introducers();
+    // Two more public nodes, one IP each: C bootstraps off A, D off A and B. (A single-IP
+    // node probed first cannot tell filtering, so D would not know it is public: dial-back,
+    // issue 9 item 2, is what lifts that.)
+    let ips = [Ipv4Addr::new(198, 51, 100, 20), Ipv4Addr::new(198, 51, 100, 21)];
+    let c_host = std.lab.public_host("c", &ips[..1]);
+    let d_host = std.lab.public_host("d", &ips[1..]);
+    let listen = |ip: Ipv4Addr| format!("{ip}:{PORT}");
+    let (c_listen, d_listen, bootstrap, b_addr) = (listen(ips[0]), listen(ips[1]), std.bootstrap(), std.b_addr());
+    let mut c = c_host.introducer(&["run", "--json", "--listen", &c_listen, "--bootstrap", &bootstrap]);
+    let mut d =
+        d_host.introducer(&["run", "--json", "--listen", &d_listen, "--bootstrap", &bootstrap, "--bootstrap", &b_addr]);
+    for node in [&mut c, &mut d] {
+        let ready = node.wait_json(|v| v["event"] == "ready", WAIT);
+        assert_eq!(ready["public"], true, "{ready}");
+    }
+    let ids: Vec<String> = [&a, &b, &c, &d].iter().map(|n| peer_id(n)).collect();
+    let started = Instant::now();
+    for (i, node) in [&mut a, &mut b, &mut c, &mut d].into_iter().enumerate() {
+        let others: Vec<&String> = ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, id)| id).collect();
+        wait_mesh(node, "joined", &others);
+    }
+    let joined = started.elapsed();
+    c.kill();
+    let killed = Instant::now();
+    for node in [&mut a, &mut b, &mut d] {
+        wait_mesh(node, "left", &[&ids[2]]);
+    }
+    let left = killed.elapsed();
+    println!("4 public nodes: one mesh {joined:?} after the last was ready; a SIGKILLed member declared left by all in {left:?}");
+    for node in [&a, &b, &d] {
+        let lefts: Vec<Value> =
+            node.json_lines().into_iter().filter(|v| v["event"] == "mesh" && v["change"] == "left").collect();
+        assert_eq!(lefts.len(), 1, "only the killed member left: {lefts:?}");
+    }
+}
