@@ -10,6 +10,7 @@ pub mod core;
 pub mod event;
 pub mod identity;
 mod node;
+pub mod store;
 pub mod telemetry;
 
 pub use config::Config;
