@@ -1,5 +1,6 @@
 //! Node configuration: where to listen, whom to ask, and every protocol timing.
 
+use crate::identity::DataDir;
 use introducer_actors::identity::Identity;
 use introducer_actors::relay::server::RelayConfig;
 use introducer_actors::{broker, mesh, punch, registration, session};
@@ -18,10 +19,16 @@ pub enum Serve {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub identity: Identity,
+    /// Where the node keeps its store (`DIR/store`: the members it met, its NAT report
+    /// per network, …), held for as long as the node runs. `None`: nothing is kept
+    /// across restarts.
+    pub data_dir: Option<DataDir>,
     /// Up to two addresses. Two addresses on different IPs (same port) make the node a
     /// full RFC 5780 STUN server: it also binds the next port on each. Empty: an
     /// ephemeral port on every interface.
     pub listen: Vec<SocketAddr>,
+    /// The nodes to join through. None: the members kept in the store, if any (a restart
+    /// rejoins the mesh it was in); else this node starts a new mesh.
     pub bootstrap: Vec<SocketAddr>,
     /// Standard STUN servers to probe with instead of the bootstrap nodes.
     pub stun: Vec<SocketAddr>,
@@ -53,6 +60,7 @@ impl Config {
     pub fn new(identity: Identity) -> Self {
         Config {
             identity,
+            data_dir: None,
             listen: Vec::new(),
             bootstrap: Vec::new(),
             stun: Vec::new(),

@@ -16,6 +16,7 @@
 
 use crate::config::{Config, Serve};
 use crate::event::{ConnectError, FatalError, MeshChange, NodeEvent};
+use crate::store::{MeasuredNat, Member, Network, StoreOp, Stored};
 use introducer_actors::broker::{self, Broker};
 use introducer_actors::driver::Protocol;
 use introducer_actors::mesh::{self, Advert, Mesh};
@@ -180,6 +181,10 @@ pub enum Order {
     Session(session::actor::Command),
     Relay(relay::Command),
     Mesh(mesh::Command),
+    /// A write to the node's store. The driver applies these in order, before the orders
+    /// that follow: an event emitted after a [`StoreOp::Flush`] is seen only once what
+    /// came before the flush is on disk.
+    Store(StoreOp),
     Emit(NodeEvent),
 }
 
@@ -256,6 +261,15 @@ pub struct NodeCore {
     /// Unix milliseconds at `epoch`, for the `issued_ms` of our records.
     epoch: (Instant, u64),
     rng: StdRng,
+    /// What the node keeps across restarts, as loaded at start and kept up to date: the
+    /// driver's store holds the same (see [`Order::Store`]).
+    table: Stored,
+    /// The addresses first contact asks: `--bootstrap`, or the stored members.
+    joining: Vec<SocketAddr>,
+    /// First contact asks the stored members (no `--bootstrap` was given).
+    rejoining: bool,
+    /// The introducer role is taken.
+    serving: bool,
     seeds: Vec<Seed>,
     nat: Option<NatReport>,
     /// Probing waits for its extra sockets.
@@ -285,6 +299,10 @@ impl NodeCore {
             lan,
             epoch,
             rng,
+            table: Stored::default(),
+            joining: Vec::new(),
+            rejoining: false,
+            serving: false,
             seeds: Vec::new(),
             nat: None,
             probing: None,
@@ -302,6 +320,11 @@ impl NodeCore {
 
     pub fn nat(&self) -> Option<&NatReport> {
         self.nat.as_ref()
+    }
+
+    /// What the node keeps across restarts (as its store holds it).
+    pub fn table(&self) -> &Stored {
+        &self.table
     }
 
     /// The introducers that accepted our registration.
@@ -326,20 +349,50 @@ impl NodeCore {
 
     // ----- the user -----
 
-    /// Starts the node: joins the seeds, or probes against STUN servers, or — with nobody
-    /// to ask — becomes the first node of a new mesh.
-    pub fn start(&mut self) {
-        if !self.config.bootstrap.is_empty() {
-            let (config, seeds) = (self.config.bootstrap_timing.clone(), self.config.bootstrap.clone());
-            self.orders.push_back(Order::FirstContact(bootstrap::Command::Join { config, seeds }));
-        } else if !self.config.stun.is_empty() {
-            self.on_joined(Ok(Vec::new()));
-        } else {
-            if self.config.serve == Serve::Auto {
-                self.serve();
-            }
-            self.ready(true);
+    /// Starts the node with what its store kept: joins the seeds, or probes against STUN
+    /// servers, or rejoins through the members it kept, or — with nobody to ask — becomes
+    /// the first node of a new mesh.
+    pub fn start(&mut self, now: Instant, mut stored: Stored) {
+        let now_ms = self.unix_ms(now);
+        if stored.prune(now_ms) > 0 {
+            self.orders.push_back(Order::Store(StoreOp::Prune(now_ms)));
         }
+        self.table = stored;
+        if !self.config.bootstrap.is_empty() {
+            self.join(self.config.bootstrap.clone());
+        } else if !self.config.stun.is_empty() {
+            self.on_joined(now, Ok(Vec::new()));
+        } else if !self.table.members.is_empty() {
+            // Restarted from the data dir alone: the members it met are its seeds. They
+            // are suspects until they answer, which first contact finds out.
+            self.rejoining = true;
+            self.join(self.table.rejoin_seeds());
+        } else if self.config.serve == Serve::Never {
+            self.emit(NodeEvent::Fatal(FatalError::NothingToJoin));
+        } else {
+            self.found(now);
+        }
+    }
+
+    fn join(&mut self, seeds: Vec<SocketAddr>) {
+        self.joining = seeds.clone();
+        let config = self.config.bootstrap_timing.clone();
+        self.orders.push_back(Order::FirstContact(bootstrap::Command::Join { config, seeds }));
+    }
+
+    /// The first node of a new mesh: nobody to ask, so it serves (unless told not to)
+    /// without probing.
+    fn found(&mut self, now: Instant) {
+        if self.config.serve == Serve::Auto {
+            self.serve(now);
+        }
+        self.ready(true);
+    }
+
+    /// Unix milliseconds at `now`.
+    fn unix_ms(&self, now: Instant) -> u64 {
+        let (at, unix_ms) = self.epoch;
+        unix_ms + now.saturating_duration_since(at).as_millis() as u64
     }
 
     /// The user wants to reach `peer`.
@@ -397,7 +450,7 @@ impl NodeCore {
     pub fn handle_report(&mut self, now: Instant, report: Report) {
         match report {
             Report::Socket(socket::Event::Bound { purpose, sockets }) => self.on_bound(purpose, sockets),
-            Report::FirstContact(bootstrap::Event::Joined(joined)) => self.on_joined(joined),
+            Report::FirstContact(bootstrap::Event::Joined(joined)) => self.on_joined(now, joined),
             Report::FirstContact(bootstrap::Event::Late(seed)) => self.on_late_seed(now, seed),
             Report::Probe(ProbeEvent::Classified(Ok(report))) => self.on_probed(now, report),
             Report::Probe(ProbeEvent::Classified(Err(e))) => self.emit(NodeEvent::Fatal(FatalError::Probe(e))),
@@ -419,7 +472,16 @@ impl NodeCore {
 
     /// Takes the introducer and relay roles, says so to those who say Hello, and joins the
     /// mesh of public nodes through the seeds that serve (or starts one).
-    fn serve(&mut self) {
+    /// The store remembers it: a public node whose stored members are all down when it
+    /// restarts serves on its own rather than exit.
+    fn serve(&mut self, now: Instant) {
+        if std::mem::replace(&mut self.serving, true) {
+            return;
+        }
+        let now_ms = self.unix_ms(now);
+        self.table.served_ms = Some(now_ms);
+        self.orders.push_back(Order::Store(StoreOp::Served(now_ms)));
+        self.orders.push_back(Order::Store(StoreOp::Flush));
         self.orders.push_back(Order::Broker(broker::Command::Serve));
         self.orders.push_back(Order::Relay(relay::Command::Serve));
         self.orders.push_back(Order::FirstContact(bootstrap::Command::Serve));
@@ -453,14 +515,47 @@ impl NodeCore {
         }
     }
 
-    fn on_joined(&mut self, joined: Result<Vec<Seed>, BootstrapError>) {
+    /// Keeps a seed that answered as a member (merged with what the store has of it), so a
+    /// restart without `--bootstrap` rejoins through it. Not flushed: the caller flushes
+    /// once for all.
+    fn remember(&mut self, now: Instant, seed: &Seed) {
+        let seen_ms = self.unix_ms(now);
+        let record = self.table.members.get(&seed.peer_id).map(|m| m.record.clone()).unwrap_or_default();
+        let member = Member {
+            peer_id: seed.peer_id,
+            addr: seed.addr,
+            listen: seed.listen.clone(),
+            introducer: seed.introducer,
+            record,
+            seen_ms,
+        };
+        self.table.members.insert(seed.peer_id, member.clone());
+        self.orders.push_back(Order::Store(StoreOp::PutMember(member)));
+    }
+
+    fn on_joined(&mut self, now: Instant, joined: Result<Vec<Seed>, BootstrapError>) {
         let seeds = match joined {
             Ok(seeds) => seeds,
+            // A public node serves on its own when none of its members is up: nodes that
+            // bootstrap off each other must be able to restart while the others are down.
+            Err(e) if self.rejoining && self.config.serve == Serve::Auto && self.table.served_ms.is_some() => {
+                tracing::warn!("none of the members kept in the store answered ({e}): serving on our own");
+                return self.found(now);
+            }
+            Err(e) if self.rejoining => return self.emit(NodeEvent::Fatal(FatalError::Rejoin(e))),
             Err(e) => return self.emit(NodeEvent::Fatal(FatalError::Bootstrap(e))),
         };
+        // Flushed before anything is acknowledged: a node killed once registered must
+        // find its members when it restarts.
+        for seed in &seeds {
+            self.remember(now, seed);
+        }
+        if !seeds.is_empty() {
+            self.orders.push_back(Order::Store(StoreOp::Flush));
+        }
         // Seeds that did not answer Hello are asked last: their answers may just have been lost.
         let answered: Vec<SocketAddr> = seeds.iter().map(|s| s.addr).collect();
-        let silent = self.config.bootstrap.iter().filter(|a| !answered.contains(a));
+        let silent = self.joining.iter().filter(|a| !answered.contains(a));
         let servers: Vec<Server> =
             answered.iter().chain(silent).chain(&self.config.stun).copied().map(Server::new).collect();
         self.seeds = seeds;
@@ -482,6 +577,8 @@ impl NodeCore {
             return;
         }
         self.seeds.push(seed.clone());
+        self.remember(now, &seed);
+        self.orders.push_back(Order::Store(StoreOp::Flush));
         if !seed.introducer || !self.config.register {
             return;
         }
@@ -520,9 +617,16 @@ impl NodeCore {
 
     fn on_probed(&mut self, now: Instant, report: NatReport) {
         self.nat = Some(report);
+        // Kept for the network it was measured on (not flushed: losing it costs a probe).
+        if let Some(lan) = self.lan {
+            let network = Network { lan: lan.ip(), public: report.public_addr.ip() };
+            let nat = MeasuredNat { report, measured_ms: self.unix_ms(now) };
+            self.table.nat.insert(network, nat);
+            self.orders.push_back(Order::Store(StoreOp::PutNat(network, nat)));
+        }
         let public = report.nat_type() == NatType::Public;
         if public && self.config.serve == Serve::Auto {
-            self.serve();
+            self.serve(now);
         }
         let hard = report.nat_type() == NatType::Hard;
         if hard {
@@ -562,13 +666,11 @@ impl NodeCore {
     }
 
     fn signed_record(&self, now: Instant) -> pb::SignedPeerRecord {
-        let (at, unix_ms) = self.epoch;
-        let since = now.saturating_duration_since(at).as_millis() as u64;
         let record = pb::PeerRecord {
             peer_id: Default::default(),
             private_addrs: self.lan.into_iter().map(Into::into).collect(),
             nat: self.nat.as_ref().map(Into::into),
-            issued_ms: unix_ms + since,
+            issued_ms: self.unix_ms(now),
         };
         self.config.identity.sign_record(record)
     }
@@ -1000,13 +1102,99 @@ mod tests {
             introducer,
         };
         c.handle_report(now, Report::FirstContact(bootstrap::Event::Late(late("198.51.100.20:3478", true))));
-        match c.poll_order() {
+        let (stored, mut others) = store_orders(&mut c);
+        assert!(matches!(&stored[..], [StoreOp::PutMember(m), StoreOp::Flush] if m.addr.port() == 3478), "{stored:?}");
+        match others.pop() {
             Some(Order::Registration(registration::actor::Command::Register { introducers, .. })) => {
                 assert_eq!(introducers, ["198.51.100.20:3478".parse::<SocketAddr>().unwrap()]);
             }
             other => panic!("expected a registration, got {other:?}"),
         }
         c.handle_report(now, Report::FirstContact(bootstrap::Event::Late(late("198.51.100.30:3478", false))));
-        assert!(c.poll_order().is_none());
+        assert!(store_orders(&mut c).1.is_empty());
+    }
+
+    /// The store orders, and the others.
+    fn store_orders(c: &mut NodeCore) -> (Vec<StoreOp>, Vec<Order>) {
+        let (mut stored, mut others) = (Vec::new(), Vec::new());
+        for order in orders(c) {
+            match order {
+                Order::Store(op) => stored.push(op),
+                other => others.push(other),
+            }
+        }
+        (stored, others)
+    }
+
+    fn seed(n: u64, addr: &str) -> Seed {
+        let addr = addr.parse().unwrap();
+        let peer_id = Identity::from_seed(n).peer_id();
+        Seed { addr, peer_id, listen: vec![addr], observed: "203.0.113.1:3478".parse().unwrap(), introducer: true }
+    }
+
+    /// The seeds that answered are kept as members, and flushed before probing starts (and
+    /// so before anything is registered or reported).
+    #[test]
+    fn the_seeds_that_answer_are_kept_and_flushed_before_anything_else() {
+        let now = Instant::now();
+        let mut config = Config::new(Identity::from_seed(1));
+        config.bootstrap = vec![INTRODUCER.parse().unwrap()];
+        let mut c = NodeCore::new(config, vec![], None, (now, 1_000_000), StdRng::seed_from_u64(1));
+        c.start(now, Stored::default());
+        assert!(matches!(&orders(&mut c)[..], [Order::FirstContact(bootstrap::Command::Join { .. })]));
+        let later = now + Duration::from_secs(2);
+        c.handle_report(later, Report::FirstContact(bootstrap::Event::Joined(Ok(vec![seed(100, INTRODUCER)]))));
+        let all = orders(&mut c);
+        let member = Member {
+            peer_id: Identity::from_seed(100).peer_id(),
+            addr: INTRODUCER.parse().unwrap(),
+            listen: vec![INTRODUCER.parse().unwrap()],
+            introducer: true,
+            record: vec![],
+            seen_ms: 1_002_000,
+        };
+        assert!(
+            matches!(&all[..], [Order::Store(StoreOp::PutMember(m)), Order::Store(StoreOp::Flush), Order::Socket(_)] if *m == member),
+            "{all:?}"
+        );
+        assert_eq!(c.table().members.values().collect::<Vec<_>>(), [&member]);
+    }
+
+    /// No bootstrap given: the stored members are the seeds, the most recently seen first;
+    /// without any, a node that may serve founds a mesh, one that may not cannot go on.
+    #[test]
+    fn without_bootstrap_the_stored_members_are_the_seeds() {
+        let now = Instant::now();
+        let mut stored = Stored::default();
+        for (n, addr, seen_ms) in [(100, "198.51.100.1:3478", 5), (101, "198.51.100.2:3478", 9)] {
+            let seed = seed(n, addr);
+            let member = Member {
+                peer_id: seed.peer_id,
+                addr: seed.addr,
+                listen: vec![],
+                introducer: true,
+                record: vec![],
+                seen_ms,
+            };
+            stored.members.insert(seed.peer_id, member);
+        }
+        let start = |serve, stored: Stored| {
+            let mut config = Config::new(Identity::from_seed(1));
+            config.serve = serve;
+            let mut c = NodeCore::new(config, vec![], None, (now, 0), StdRng::seed_from_u64(1));
+            c.start(now, stored);
+            orders(&mut c)
+        };
+        match &start(Serve::Auto, stored)[..] {
+            [Order::FirstContact(bootstrap::Command::Join { seeds, .. })] => {
+                assert_eq!(seeds, &["198.51.100.2:3478".parse().unwrap(), "198.51.100.1:3478".parse().unwrap()])
+            }
+            other => panic!("expected a join, got {other:?}"),
+        }
+        let founder = start(Serve::Auto, Stored::default());
+        assert!(founder.iter().any(|o| matches!(o, Order::Emit(NodeEvent::Ready { public: true, .. }))));
+        assert!(founder.iter().any(|o| matches!(o, Order::Store(StoreOp::Served(0)))), "a founder remembers it served");
+        let alone = start(Serve::Never, Stored::default());
+        assert!(matches!(&alone[..], [Order::Emit(NodeEvent::Fatal(FatalError::NothingToJoin))]), "{alone:?}");
     }
 }

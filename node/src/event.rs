@@ -162,6 +162,12 @@ impl ConnectError {
 pub enum FatalError {
     #[error(transparent)]
     Bootstrap(BootstrapError),
+    /// Started without bootstrap nodes: none of the members kept in the store answered.
+    #[error("cannot rejoin through the members kept in the data dir: {0}; pass --bootstrap ADDR to join through another node")]
+    Rejoin(BootstrapError),
+    /// Started without bootstrap nodes or stored members, and not allowed to serve.
+    #[error("nobody to ask: no bootstrap node given and no members kept in the data dir (pass --bootstrap ADDR)")]
+    NothingToJoin,
     #[error("NAT probing failed: {0}")]
     Probe(ProbeError),
 }

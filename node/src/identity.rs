@@ -7,9 +7,12 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const KEY_FILE: &str = "identity.key";
 const LOCK_FILE: &str = "lock";
+/// The node's store (sled) inside the data dir.
+const STORE_DIR: &str = "store";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -50,6 +53,36 @@ pub fn lock(data_dir: &Path) -> Result<DataDirLock, IdentityError> {
         Ok(()) => Ok(DataDirLock { _file: file }),
         Err(fs::TryLockError::WouldBlock) => Err(IdentityError::InUse(data_dir.to_owned())),
         Err(fs::TryLockError::Error(e)) => Err(IdentityError::Write(path, e)),
+    }
+}
+
+/// A data dir held by this process ([`lock`]): what a node needs to open the store in it,
+/// so no two processes ever write one store. Clones share the hold, which ends when the
+/// last is dropped.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    path: PathBuf,
+    _lock: Arc<DataDirLock>,
+}
+
+impl DataDir {
+    /// Takes `path` for this process, creating it if needed.
+    pub fn lock(path: &Path) -> Result<DataDir, IdentityError> {
+        Ok(DataDir { _lock: Arc::new(lock(path)?), path: path.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the node's store lives.
+    pub fn store(&self) -> PathBuf {
+        self.path.join(STORE_DIR)
+    }
+
+    /// The identity kept here ([`load_or_create`]).
+    pub fn identity(&self) -> Result<Identity, IdentityError> {
+        load_or_create(&self.path)
     }
 }
 

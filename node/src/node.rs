@@ -5,6 +5,9 @@
 use crate::config::Config;
 use crate::core::{role_of, NodeCore, Order, Report, RoleId, Roles};
 use crate::event::NodeEvent;
+use crate::identity::DataDir;
+use crate::store::sled::Opened;
+use crate::store::{MemStore, SledStore, Store, Stored};
 use actix::prelude::*;
 use introducer_actors::broker::{actor::BrokerActor, Broker};
 use introducer_actors::driver::{Call, Deliver, MachineActor, Protocol};
@@ -64,6 +67,7 @@ impl Node {
     /// Binds the sockets and starts the node's actors on a thread of their own.
     pub fn start(config: Config) -> Result<Node, NodeError> {
         let sockets = socket_plan(&config.listen)?;
+        let (store, stored) = open_store(config.data_dir.as_ref());
         let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (commands, mut command_rx) = mpsc::unbounded_channel::<Option<Command>>();
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
@@ -80,7 +84,7 @@ impl Node {
                             return;
                         }
                     };
-                    let node = NodeActor::launch(config, socket, locals.clone(), event_tx);
+                    let node = NodeActor::launch(config, (store, stored), socket, locals.clone(), event_tx);
                     let _ = bound_tx.send(Ok(locals));
                     while let Some(Some(command)) = command_rx.recv().await {
                         node.do_send(command);
@@ -169,6 +173,20 @@ fn socket_plan(listen: &[SocketAddr]) -> Result<Vec<(SocketId, SocketAddr)>, Nod
     }
 }
 
+/// The node's store: sled in the data dir, or — with no data dir, or if no store can be
+/// made there — one in memory, which keeps nothing across restarts. Never fatal: the store
+/// is a cache.
+fn open_store(data_dir: Option<&DataDir>) -> (Box<dyn Store>, Stored) {
+    let Some(dir) = data_dir else { return (Box::new(MemStore::new()), Stored::default()) };
+    match SledStore::open_or_rebuild(&dir.store()) {
+        Ok(Opened { store, stored, .. }) => (Box::new(store), stored),
+        Err(e) => {
+            tracing::warn!("{e}: running without a store (nothing is kept across restarts)");
+            (Box::new(MemStore::new()), Stored::default())
+        }
+    }
+}
+
 /// The local IP the OS would use toward `dst` (no packet is sent).
 fn route_ip(dst: SocketAddr) -> Option<IpAddr> {
     let probe = UdpSocket::bind(if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).ok()?;
@@ -206,6 +224,14 @@ struct NodeActor {
     sessions: Addr<SessionActor>,
     relay: Addr<RelayActor>,
     mesh: Addr<MeshActor>,
+    /// Where the core's [`Order::Store`] writes go, in order, inline: a flush returns
+    /// before the orders after it are delivered.
+    store: Box<dyn Store>,
+    /// What the store held at start, until the core starts with it.
+    stored: Option<Stored>,
+    /// Records the store skipped at load, and writes that failed (logged, never fatal).
+    store_skipped: u64,
+    store_errors: u64,
     stats_interval: Option<std::time::Duration>,
     /// The core's own deadline, armed.
     timer: Option<(Instant, SpawnHandle)>,
@@ -225,6 +251,7 @@ where
 impl NodeActor {
     fn launch(
         config: Config,
+        (store, stored): (Box<dyn Store>, Stored),
         socket: Addr<SocketActor>,
         locals: Vec<SocketAddr>,
         events: mpsc::Sender<NodeEvent>,
@@ -257,7 +284,8 @@ impl NodeActor {
                 };
                 socket.do_send(SetRoute(route, to));
             }
-            let lan = lan_addr(locals[0], config.bootstrap.iter().chain(&config.stun).next().copied());
+            let first_server = config.bootstrap.iter().chain(&config.stun).next().copied();
+            let lan = lan_addr(locals[0], first_server.or_else(|| stored.rejoin_seeds().first().copied()));
             let stats_interval = config.stats_interval;
             let core = NodeCore::new(config, locals, lan, epoch, StdRng::from_rng(&mut rng).expect("rng"));
             NodeActor {
@@ -272,6 +300,10 @@ impl NodeActor {
                 sessions,
                 relay,
                 mesh,
+                store,
+                store_skipped: stored.skipped,
+                stored: Some(stored),
+                store_errors: 0,
                 stats_interval,
                 timer: None,
                 dropped_events: 0,
@@ -299,6 +331,12 @@ impl NodeActor {
                 Order::Session(command) => self.sessions.do_send(Deliver(command)),
                 Order::Relay(command) => self.relay.do_send(Deliver(command)),
                 Order::Mesh(command) => self.mesh.do_send(Deliver(command)),
+                Order::Store(op) => {
+                    if let Err(e) = self.store.apply(op) {
+                        self.store_errors += 1;
+                        tracing::warn!("{e}");
+                    }
+                }
                 Order::Emit(event) => self.emit(event),
             }
         }
@@ -342,6 +380,7 @@ impl NodeActor {
         let relay = self.relay.send(Call::new(|r: &mut Relay, _| r.stats()));
         let events = self.events.clone();
         let dropped_events = self.dropped_events;
+        let (store_skipped, store_errors) = (self.store_skipped, self.store_errors);
         ctx.spawn(
             async move {
                 let (Ok(s), Ok(b), Ok(p), Ok((x, (forged, replayed))), Ok((stun_unanswered, stun_rate_limited)), Ok(r)) =
@@ -363,6 +402,8 @@ impl NodeActor {
                     ("stun_unanswered", stun_unanswered),
                     ("stun_rate_limited", stun_rate_limited),
                     ("dropped_events", dropped_events),
+                    ("store_skipped", store_skipped),
+                    ("store_errors", store_errors),
                     ("broker_registered", b.registered),
                     ("broker_refreshed", b.refreshed),
                     ("broker_challenged", b.challenged),
@@ -417,7 +458,8 @@ impl Actor for NodeActor {
         if let Some(every) = self.stats_interval {
             ctx.run_interval(every, |act, ctx| act.emit_stats(ctx));
         }
-        self.core.start();
+        let stored = self.stored.take().unwrap_or_default();
+        self.core.start(Instant::now(), stored);
         self.act(ctx);
     }
 }

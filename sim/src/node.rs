@@ -10,6 +10,9 @@
 //! - a **peer** ([`SimNode::peer`]) joins its seeds (Hello / ServerInfo), probes its NAT
 //!   against them, serves if public, registers, and connects when told to.
 //!
+//! A node keeps a [`MemStore`] — its data dir — across [`SimNode::stop`] (a clean stop,
+//! or a `kill -9` that loses what was not flushed) and [`SimNode::restart`].
+//!
 //! Besides the node, a `SimNode` plays its user, as the CLI does: it records every event
 //! (with when), connects at a given time ([`SimNode::connect_at`]) and pings what it
 //! connected to ([`SimNode::pings`]). The one difference in timing from the binary: there
@@ -59,6 +62,7 @@ use introducer_actors::socket::{self, classify, Inbound, Purpose};
 use introducer_actors::{Machine, SocketId, Transmit};
 use introducer_node::config::Config;
 use introducer_node::core::{role_of, NodeCore, Order, Report, RoleId, Roles, Visit};
+use introducer_node::store::{MemStore, Store};
 use introducer_node::NodeEvent;
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
@@ -122,6 +126,14 @@ pub struct SimNode {
     /// An introducer's second IP (RFC 5780).
     alternate: Option<Ipv4Addr>,
     node: Option<Running>,
+    /// The node's data dir: kept across restarts.
+    store: MemStore,
+    /// What a restart needs: the listening sockets, the RNG seed, restarts so far.
+    listen: Vec<SocketAddr>,
+    seed: u64,
+    restarts: u64,
+    /// When the node first started: Unix time on the simulator counts from there.
+    born: Option<Instant>,
 
     connections: Vec<Connected>,
     connect_at: Option<(Instant, PeerId)>,
@@ -147,6 +159,11 @@ impl SimNode {
             config,
             alternate: None,
             node: None,
+            store: MemStore::new(),
+            listen: Vec::new(),
+            seed: 0,
+            restarts: 0,
+            born: None,
             connections: Vec::new(),
             connect_at: None,
             ping_plan: None,
@@ -188,6 +205,12 @@ impl SimNode {
         self
     }
 
+    /// Starts the node with `store` as its data dir's store.
+    pub fn store(mut self, store: MemStore) -> Self {
+        self.store = store;
+        self
+    }
+
     /// Calls [`SimNode::connect`] at `at`.
     pub fn connect_at(mut self, at: Instant, target: PeerId) -> Self {
         self.connect_at = Some((at, target));
@@ -225,14 +248,50 @@ impl SimNode {
     }
 
     fn start(&mut self, now: Instant, seed: u64, listen: Vec<SocketAddr>) {
-        let mut rng = StdRng::seed_from_u64(seed);
-        // Simulated hosts have one address per network: the primary's is the LAN's.
-        let (lan, epoch) = (Some(listen[0]), (now, 1_700_000_000_000));
+        (self.seed, self.listen) = (seed, listen);
+        self.boot(now);
+    }
+
+    /// Runs the node on its sockets, from what its store holds (as the binary does from
+    /// its data dir).
+    fn boot(&mut self, now: Instant) {
+        // A restarted node draws new keys and nonces, as a new process does.
+        let mut rng = StdRng::seed_from_u64(self.seed ^ self.restarts.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let listen = self.listen.clone();
+        // Simulated hosts have one address per network: the primary's is the LAN's. Unix
+        // time runs on with virtual time, across restarts too.
+        let born = *self.born.get_or_insert(now);
+        let unix_ms = 1_700_000_000_000 + now.saturating_duration_since(born).as_millis() as u64;
+        let (lan, epoch) = (Some(listen[0]), (now, unix_ms));
         let roles = Roles::new(&self.config, &listen, epoch, &mut rng);
         let core = NodeCore::new(self.config.clone(), listen, lan, epoch, rng);
         self.node = Some(Running { core, roles });
-        self.running().core.start();
+        let stored = self.store.load().unwrap_or_default();
+        self.running().core.start(now, stored);
         self.pump(now);
+    }
+
+    /// Stops the node: it sends nothing more and drops what arrives. `crash`: as a
+    /// `kill -9`, which loses the store's writes since its last flush.
+    pub fn stop(&mut self, crash: bool) {
+        self.node = None;
+        self.out.clear();
+        self.sockets.clear();
+        self.pinging.clear();
+        (self.connect_at, self.roles_deadline) = (None, None);
+        if crash {
+            self.store.crash();
+        }
+    }
+
+    /// Starts the stopped node again on the same sockets, with what its store kept and
+    /// its configuration as `change` leaves it (`|c| c.bootstrap.clear()`: the binary's
+    /// `run --data-dir D` with no `--bootstrap`).
+    pub fn restart(&mut self, now: Instant, change: impl FnOnce(&mut Config)) {
+        assert!(self.node.is_none(), "stop the node first");
+        change(&mut self.config);
+        self.restarts += 1;
+        self.boot(now);
     }
 
     fn running(&mut self) -> &mut Running {
@@ -309,9 +368,21 @@ impl SimNode {
         !self.registered().is_empty()
     }
 
-    /// The introducers we are registered with.
+    /// The introducers we are registered with (none while stopped).
     pub fn registered(&self) -> &BTreeSet<SocketAddr> {
-        self.node.as_ref().expect("the node is spawned").core.registered()
+        static NONE: BTreeSet<SocketAddr> = BTreeSet::new();
+        self.node.as_ref().map_or(&NONE, |n| n.core.registered())
+    }
+
+    /// Whether the node runs (it is stopped between [`SimNode::stop`] and
+    /// [`SimNode::restart`]).
+    pub fn is_running(&self) -> bool {
+        self.node.is_some()
+    }
+
+    /// The node's store (its data dir).
+    pub fn stored(&self) -> &MemStore {
+        &self.store
     }
 
     /// Where the open session with `peer` sends now (it follows the controlling side).
@@ -401,6 +472,8 @@ impl SimNode {
                 }
                 self.sockets.push_back(command);
             }
+            // A MemStore never fails.
+            Order::Store(op) => drop(self.store.apply(op)),
             Order::Emit(event) => self.record(now, event),
         }
     }
@@ -482,6 +555,9 @@ impl Visit for Earliest {
 
 impl Machine for SimNode {
     fn handle_datagram(&mut self, now: Instant, socket: SocketId, src: SocketAddr, payload: &[u8]) {
+        if self.node.is_none() {
+            return;
+        }
         let len = payload.len();
         let Some((route, payload)) = classify(payload.to_vec()) else {
             self.malformed += 1;
@@ -504,7 +580,7 @@ impl Machine for SimNode {
 
     /// Like each role's actor, a role is called only when its own deadline is due.
     fn handle_timeout(&mut self, now: Instant) {
-        let Running { core, roles } = self.running();
+        let Some(Running { core, roles }) = self.node.as_mut() else { return };
         roles.each(&mut Tick(now));
         if due(core.poll_timeout(), now) {
             core.handle_timeout(now);
@@ -539,7 +615,8 @@ impl Machine for SimNode {
     }
 
     fn handle_socket_event(&mut self, now: Instant, event: socket::Event) {
-        self.running().core.handle_report(now, Report::Socket(event));
+        let Some(Running { core, .. }) = self.node.as_mut() else { return };
+        core.handle_report(now, Report::Socket(event));
         self.pump(now);
     }
 }
