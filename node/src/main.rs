@@ -6,6 +6,7 @@ use introducer_actors::identity::Identity;
 use introducer_bootstrap::{resolve, DEFAULT_PORT};
 use introducer_node::config::Serve;
 use introducer_node::event::{nat_json, to_json};
+use introducer_node::identity::{DataDir, IdentityError};
 use introducer_node::{identity, telemetry, Config, Node, NodeEvent};
 use libp2p_identity::PeerId;
 use serde_json::Value;
@@ -29,7 +30,7 @@ struct Global {
     /// A node to join through, HOST[:PORT] (repeatable).
     #[arg(long, global = true, value_name = "ADDR")]
     bootstrap: Vec<String>,
-    /// Where the node keeps its identity (default: $XDG_DATA_HOME/introducer).
+    /// Where the node keeps its identity and its store (default: $XDG_DATA_HOME/introducer).
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// One JSON object per line on stdout; logs stay on stderr.
@@ -146,8 +147,9 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run { listen, no_serve, stats_every, keepalive, pool_idle, relay } => {
-            let (identity, _data_dir) = persistent_identity(g)?;
-            let mut config = Config::new(identity);
+            let data_dir = DataDir::lock(&g.data_dir.clone().unwrap_or_else(identity::default_data_dir))?;
+            let mut config = Config::new(data_dir.identity()?);
+            config.data_dir = Some(data_dir);
             config.listen = if listen.is_empty() {
                 vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))]
             } else {
@@ -179,10 +181,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Nat { stun, timeout } => {
-            if bootstrap.is_empty() && stun.is_empty() {
+            if bootstrap.is_empty() && stun.is_empty() && g.data_dir.is_none() {
                 bail!("nat needs a server to ask: --bootstrap ADDR (an introducer node) or --stun HOST:PORT");
             }
-            let mut config = Config::new(session_identity(g)?);
+            let (identity, data_dir) = session_identity(g, !(bootstrap.is_empty() && stun.is_empty()))?;
+            let mut config = Config::new(identity);
+            config.data_dir = data_dir;
             config.stun = stun.iter().map(|a| resolve(a)).collect::<Result<_, _>>()?;
             config.bootstrap = bootstrap;
             config.register = false;
@@ -267,10 +271,12 @@ async fn connect(
     timeout: Duration,
     out: &Output,
 ) -> Result<Node> {
-    if bootstrap.is_empty() {
+    if bootstrap.is_empty() && g.data_dir.is_none() {
         bail!("reaching a peer needs an introducer: --bootstrap ADDR");
     }
-    let mut config = Config::new(session_identity(g)?);
+    let (identity, data_dir) = session_identity(g, !bootstrap.is_empty())?;
+    let mut config = Config::new(identity);
+    config.data_dir = data_dir;
     config.bootstrap = bootstrap;
     config.serve = Serve::Never;
     let mut node = Node::start(config)?;
@@ -297,20 +303,21 @@ async fn next(node: &mut Node, deadline: Instant, what: &str) -> Result<NodeEven
     }
 }
 
-/// The identity kept in the data dir (a node's name should outlive the process), and the
-/// data dir held for as long as the node runs: a second node on it refuses to start.
-fn persistent_identity(g: &Global) -> Result<(Identity, identity::DataDirLock)> {
-    let dir = g.data_dir.clone().unwrap_or_else(identity::default_data_dir);
-    let lock = identity::lock(&dir)?;
-    Ok((identity::load_or_create(&dir)?, lock))
-}
-
 /// One-shot commands use a throwaway identity unless a data dir is named, so they never
-/// collide with a node running from the default one.
-fn session_identity(g: &Global) -> Result<Identity> {
-    match &g.data_dir {
-        Some(dir) => Ok(identity::load_or_create(dir)?),
-        None => Ok(Identity::generate()),
+/// collide with a node running from the default one. With one, they use its identity and,
+/// when no node runs from it, its store: the members kept there are their seeds if no
+/// server is given (`has_servers`), and the members and NAT report they learn are kept.
+/// A node running from it holds the store; they do without unless they need its members.
+fn session_identity(g: &Global, has_servers: bool) -> Result<(Identity, Option<DataDir>)> {
+    let Some(dir) = &g.data_dir else { return Ok((Identity::generate(), None)) };
+    let identity = identity::load_or_create(dir)?;
+    match DataDir::lock(dir) {
+        Ok(held) => Ok((identity, Some(held))),
+        Err(IdentityError::InUse(_)) if has_servers => Ok((identity, None)),
+        Err(e @ IdentityError::InUse(_)) => {
+            bail!("{e}; the members kept there cannot be read while it runs: pass --bootstrap ADDR")
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
