@@ -90,6 +90,12 @@ impl DataDir {
 pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityError> {
     let path = data_dir.join(KEY_FILE);
     match fs::read(&path) {
+        // What a process killed while creating the key left before keys were written
+        // whole (below): nobody ever ran under it.
+        Ok(bytes) if bytes.is_empty() => {
+            fs::remove_file(&path).map_err(|e| IdentityError::Write(path.clone(), e))?;
+            load_or_create(data_dir)
+        }
         Ok(bytes) => {
             let mode = fs::metadata(&path).map_err(|e| IdentityError::Read(path.clone(), e))?.permissions().mode();
             if mode & 0o077 != 0 {
@@ -103,15 +109,22 @@ pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityError> {
             fs::create_dir_all(data_dir).map_err(|e| IdentityError::DataDir(data_dir.to_owned(), e))?;
             let ed = ed25519::Keypair::generate();
             let bytes = Keypair::from(ed.clone()).to_protobuf_encoding().expect("ed25519 keys always encode");
-            // create_new: never clobber a key another process wrote meanwhile.
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| IdentityError::Write(path.clone(), e))?;
-            file.write_all(&bytes).map_err(|e| IdentityError::Write(path.clone(), e))?;
-            Ok(Identity::from_keypair(ed))
+            // Written whole to a file of our own, then linked into place: a kill -9 at any
+            // moment leaves no key or a whole one, and linking never clobbers a key another
+            // process put there meanwhile (that one is used instead).
+            let tmp = data_dir.join(format!("{KEY_FILE}.{}.tmp", std::process::id()));
+            let written = (|| {
+                let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+                file.write_all(&bytes)?;
+                file.sync_all()?;
+                fs::hard_link(&tmp, &path)
+            })();
+            let _ = fs::remove_file(&tmp);
+            match written {
+                Ok(()) => Ok(Identity::from_keypair(ed)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create(data_dir),
+                Err(e) => Err(IdentityError::Write(path, e)),
+            }
         }
         Err(e) => Err(IdentityError::Read(path, e)),
     }
@@ -144,6 +157,12 @@ mod tests {
 
         fs::set_permissions(dir.join(KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(load_or_create(&dir), Err(IdentityError::Exposed(..))));
+        // An empty key is what a kill -9 during its creation left: a new one is made.
+        fs::write(dir.join(KEY_FILE), b"").unwrap();
+        let fresh = load_or_create(&dir).unwrap();
+        assert_ne!(fresh.peer_id(), first.peer_id());
+        assert_eq!(load_or_create(&dir).unwrap().peer_id(), fresh.peer_id());
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
         fs::write(dir.join(KEY_FILE), b"garbage").unwrap();
         fs::set_permissions(dir.join(KEY_FILE), fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(load_or_create(&dir), Err(IdentityError::BadKey(_))));
