@@ -42,6 +42,8 @@ pub enum StoreError {
     Open { path: PathBuf, source: ::sled::Error },
     #[error("the store {path} is in use by another process")]
     Locked { path: PathBuf },
+    #[error("cannot open the store {path}: {reason}")]
+    Denied { path: PathBuf, reason: String },
     #[error("the store {path} has format {found}; this node reads format {FORMAT}")]
     Format { path: PathBuf, found: String },
     #[error("the store {path} opened empty: sled recovered nothing from its log")]

@@ -48,6 +48,10 @@ impl SledStore {
             ::sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => {
                 StoreError::Locked { path: path.to_owned() }
             }
+            // Not ours to open: moving it aside would not make the next one ours either.
+            ::sled::Error::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                StoreError::Denied { path: path.to_owned(), reason: e.to_string() }
+            }
             _ => StoreError::Open { path: path.to_owned(), source },
         };
         // sled opens a store whose log is garbage as an empty one: a store that existed
@@ -84,12 +88,12 @@ impl SledStore {
     /// Opens and loads the store at `path`. One that does not open or load (corrupt, of
     /// another format, sled gave up on it) is moved aside to `PATH.corrupt-UNIXTIME` with
     /// a warning, and an empty one is made in its place. An error only when the store is
-    /// locked by another process or no store can be made at all (no space, no
-    /// permission): the node then runs without one.
+    /// locked by another process, not ours to open, or no store can be made at all (no
+    /// space): the node then runs without one.
     pub fn open_or_rebuild(path: &Path) -> Result<Opened, StoreError> {
         let failed = match Self::open(path).and_then(|mut store| Ok((store.guarded_load()?, store))) {
             Ok((stored, store)) => return Ok(Opened { store, stored, moved_aside: None }),
-            Err(e @ StoreError::Locked { .. }) => return Err(e),
+            Err(e @ (StoreError::Locked { .. } | StoreError::Denied { .. })) => return Err(e),
             Err(e) => e,
         };
         let aside = aside_path(path);
