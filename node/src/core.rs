@@ -461,7 +461,7 @@ impl NodeCore {
             Report::Session(peer, event) => self.on_session(now, peer, event),
             Report::Relay(relay::Event::Ready { peers, .. }) => self.emit(NodeEvent::Relaying { peers }),
             Report::Relay(other) => tracing::debug!(?other, "relay"),
-            Report::Mesh(event) => self.on_mesh(event),
+            Report::Mesh(event) => self.on_mesh(now, event),
         }
     }
 
@@ -506,13 +506,45 @@ impl NodeCore {
         }
     }
 
-    fn on_mesh(&mut self, event: mesh::Event) {
+    fn on_mesh(&mut self, now: Instant, event: mesh::Event) {
         match event {
-            mesh::Event::Joined(peer) => self.emit(NodeEvent::Mesh { change: MeshChange::Joined, peer }),
+            mesh::Event::Joined(peer) => {
+                // Up now: asked early when the node restarts.
+                let now_ms = self.unix_ms(now);
+                if let Some(member) = self.table.members.get_mut(&peer) {
+                    member.seen_ms = now_ms;
+                    let member = member.clone();
+                    self.orders.push_back(Order::Store(StoreOp::PutMember(member)));
+                }
+                self.emit(NodeEvent::Mesh { change: MeshChange::Joined, peer })
+            }
+            // Kept: a member that is down now is a suspect worth asking at the next start.
             mesh::Event::Left(peer) => self.emit(NodeEvent::Mesh { change: MeshChange::Left, peer }),
-            mesh::Event::Record(record) => tracing::debug!(peer = %record.peer, addrs = ?record.addrs, "node record"),
+            mesh::Event::Record(record) => {
+                tracing::debug!(peer = %record.peer, addrs = ?record.addrs, "node record");
+                self.remember_record(&record);
+            }
             mesh::Event::Active | mesh::Event::Alone => tracing::debug!(?event, "mesh"),
         }
+    }
+
+    /// Keeps a member's signed node record as it was gossiped (not flushed: the mesh hands
+    /// it on again). A member first contact met keeps the address it answered at; one
+    /// known only from gossip is reached at the first address of its record, and ranks
+    /// after those that answered us.
+    fn remember_record(&mut self, record: &mesh::record::NodeRecord) {
+        let known = self.table.members.get(&record.peer);
+        let Some(addr) = known.map(|m| m.addr).or(record.addrs.first().copied()) else { return };
+        let member = Member {
+            peer_id: record.peer,
+            addr,
+            listen: record.addrs.clone(),
+            introducer: record.introducer,
+            record: record.signed.clone(),
+            seen_ms: known.map_or(0, |m| m.seen_ms),
+        };
+        self.table.members.insert(record.peer, member.clone());
+        self.orders.push_back(Order::Store(StoreOp::PutMember(member)));
     }
 
     /// Keeps a seed that answered as a member (merged with what the store has of it), so a
@@ -950,7 +982,7 @@ mod tests {
         let mut config = Config::new(Identity::from_seed(1));
         (config.relay_only, config.punch.pool_size) = (relay_only, 4);
         config.bootstrap = vec![INTRODUCER.parse().unwrap()];
-        let mut c = NodeCore::new(config, vec![], None, (now, 0), StdRng::seed_from_u64(1));
+        let mut c = NodeCore::new(config, vec![], None, (now, 1_000_000), StdRng::seed_from_u64(1));
         let seed = Seed {
             addr: INTRODUCER.parse().unwrap(),
             peer_id: Identity::from_seed(100).peer_id(),
@@ -1158,6 +1190,46 @@ mod tests {
             "{all:?}"
         );
         assert_eq!(c.table().members.values().collect::<Vec<_>>(), [&member]);
+    }
+
+    /// A member's signed node record, as the mesh gossips it, is kept with the member: a
+    /// member first contact met keeps the address it answered at.
+    #[test]
+    fn node_records_from_the_mesh_are_kept_with_their_members() {
+        let now = Instant::now();
+        let mut c = joined(now, false);
+        let record = |n: u64, addr: &str| mesh::record::NodeRecord {
+            peer: Identity::from_seed(n).peer_id(),
+            generation: 1,
+            issued_ms: 5,
+            addrs: vec![addr.parse().unwrap()],
+            introducer: true,
+            relay: true,
+            relay_capacity: 8,
+            relay_load: 0,
+            signed: vec![n as u8; 100],
+        };
+        // The seed of `joined` (seed 100) at another address in its record; a new member.
+        for r in [record(100, "192.0.2.100:3478"), record(200, "192.0.2.200:3478")] {
+            c.handle_report(now, Report::Mesh(mesh::Event::Record(r)));
+        }
+        let (stored, _) = store_orders(&mut c);
+        let put: Vec<(PeerId, SocketAddr, u8)> = stored
+            .iter()
+            .filter_map(|op| match op {
+                StoreOp::PutMember(m) => Some((m.peer_id, m.addr, m.record[0])),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            put,
+            [
+                (Identity::from_seed(100).peer_id(), INTRODUCER.parse().unwrap(), 100),
+                (Identity::from_seed(200).peer_id(), "192.0.2.200:3478".parse().unwrap(), 200),
+            ]
+        );
+        let seeds = c.table().rejoin_seeds();
+        assert_eq!(seeds[0], INTRODUCER.parse::<SocketAddr>().unwrap(), "the member that answered us first: {seeds:?}");
     }
 
     /// No bootstrap given: the stored members are the seeds, the most recently seen first;
