@@ -6,11 +6,12 @@
 use introducer_actors::identity::Identity;
 use introducer_actors::nat::NatBehavior;
 use introducer_actors::SocketId;
-use introducer_node::event::FatalError;
+use introducer_node::event::{FatalError, MeshChange};
 use introducer_node::store::Store;
 use introducer_node::NodeEvent;
 use introducer_sim::node::SimNode;
 use introducer_sim::{for_each_seed, HostId, Place, Sim};
+use libp2p_identity::PeerId;
 use std::time::{Duration, Instant};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -81,6 +82,13 @@ fn sim_with_every_member_down_a_natted_node_fails_clearly_and_a_public_one_serve
     let up = |s: &Sim| [natted, public].iter().all(|&h| s.machine_ref::<SimNode>(h).is_registered());
     assert!(sim.run_until_cond(5 * SEC, up));
     assert!(sim.machine_ref::<SimNode>(public).is_serving(), "a public node serves");
+    // The public node is in X's mesh: X's signed node record is kept with the member.
+    let x_id = Identity::from_seed(100).peer_id();
+    let x_record = |s: &Sim| {
+        let kept = s.machine_ref::<SimNode>(public).stored().clone().load().unwrap();
+        kept.members.get(&x_id).is_some_and(|m| !m.record.is_empty() && m.addr == x_addr)
+    };
+    assert!(sim.run_until_cond(5 * SEC, x_record), "X's node record is kept");
 
     sim.machine::<SimNode>(x).stop(false);
     for node in [natted, public] {
@@ -104,4 +112,35 @@ fn sim_with_every_member_down_a_natted_node_fails_clearly_and_a_public_one_serve
     assert!(after.iter().any(|e| matches!(e, NodeEvent::Ready { public: true, .. })), "{after:?}");
     assert!(!after.iter().any(|e| matches!(e, NodeEvent::Fatal(_))), "{after:?}");
     assert!(sim.machine_ref::<SimNode>(public).is_serving(), "it serves on its own");
+}
+
+/// A public member of X's mesh, killed and restarted from its store alone before X
+/// declares it down: it rejoins the mesh through the member it kept (it sees X join), and
+/// X keeps it as a member. (Restarted after X declared it left, it is not taken back, with
+/// or without the store: the mesh's to fix.)
+#[test]
+fn sim_a_public_member_restarted_from_its_store_rejoins_the_mesh() {
+    let mut sim = Sim::new(3);
+    let (x, x_addr) = introducer(&mut sim);
+    let (x_id, p_id) = (Identity::from_seed(100).peer_id(), Identity::from_seed(2).peer_id());
+    let p =
+        SimNode::peer(Identity::from_seed(2), vec![x_addr]).spawn(&mut sim, Place::Public([192, 0, 2, 7].into()), 5000);
+    let joined = |s: &Sim, host: HostId, peer: PeerId, since: Instant| {
+        let events = events_since(s, host, since);
+        events.iter().any(|e| matches!(e, NodeEvent::Mesh { change: MeshChange::Joined, peer: p } if *p == peer))
+    };
+    let start = sim.now();
+    assert!(sim.run_until_cond(10 * SEC, |s| joined(s, x, p_id, start) && joined(s, p, x_id, start)));
+    sim.machine::<SimNode>(p).stop(true);
+    sim.run_for(SEC);
+    let restarted = sim.now();
+    sim.machine::<SimNode>(p).restart(restarted, |c| c.bootstrap.clear());
+    let rejoined = sim.run_until_cond(10 * SEC, |s| joined(s, p, x_id, restarted));
+    assert!(rejoined, "P rejoins X's mesh: {:#?}", events_since(&sim, p, restarted));
+    // X takes the restarted P (a newer generation) for the old one: it is never left.
+    sim.run_for(30 * SEC);
+    let left = events_since(&sim, x, restarted)
+        .into_iter()
+        .any(|e| matches!(e, NodeEvent::Mesh { change: MeshChange::Left, peer } if peer == p_id));
+    assert!(!left, "X keeps the restarted P as a member");
 }
