@@ -476,15 +476,17 @@ impl Mesh {
                 self.send_records(now, peer, src, vec![own.signed]);
             }
         }
-        if !path_proven {
-            // Answer with a bare Gossip, so the member can prove the path; never larger
-            // than what came in.
-            self.stats.dropped_unproven += u64::from(!gossip.payload.is_empty());
+        // The member does not know our token for it (it is new, or restarted and lost it):
+        // a bare Gossip tells it, never larger than what came in.
+        if !proven {
             let answer = self.gossip(now, peer, src, Vec::new(), Vec::new());
             if answer.encoded_len() <= gossip.encoded_len() && self.knock_allowed(now, src) {
                 self.stats.knocks += 1;
                 self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, src, Kind::Gossip(answer)));
             }
+        }
+        if !path_proven {
+            self.stats.dropped_unproven += u64::from(!gossip.payload.is_empty());
             return;
         }
         for record in gossip.records.iter().take(RECORDS_PER_DATAGRAM) {

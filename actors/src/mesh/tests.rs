@@ -16,6 +16,7 @@ fn gossip_of(t: &Transmit) -> pb::Gossip {
 
 /// Public nodes on a lossless network, on virtual time.
 struct Net {
+    start: Instant,
     now: Instant,
     nodes: Vec<Option<Mesh>>,
     events: Vec<Vec<Event>>,
@@ -33,7 +34,11 @@ impl Net {
                 Some(Mesh::new(Config::default(), identity, (now, START_MS + i as u64), rng))
             })
             .collect();
-        Net { now, nodes, events: vec![Vec::new(); n], strays: Vec::new() }
+        Net { start: now, now, nodes, events: vec![Vec::new(); n], strays: Vec::new() }
+    }
+
+    fn events_start(&self) -> Instant {
+        self.start
     }
 
     fn node(&mut self, i: usize) -> &mut Mesh {
@@ -328,4 +333,33 @@ fn bad_records_are_dropped_and_counted_and_newer_replace_older() {
     assert_eq!(table.stats.dropped_bad_record, 5);
     table.now_ms += 61_000;
     assert_eq!(table.expire(), vec![node.peer_id()]);
+}
+
+/// A member declared down that comes back (a restart: a newer generation, new secrets)
+/// is a member again for everyone.
+#[test]
+fn a_member_declared_down_that_restarts_is_taken_back() {
+    let mut net = Net::new(4);
+    net.start_all();
+    let until = net.now + Duration::from_secs(10);
+    net.run(until);
+    net.nodes[3] = None;
+    let until = net.now + Duration::from_secs(30);
+    net.run(until);
+    let back = net.peer(3);
+    for i in 0..3 {
+        assert!(!net.up(i).contains(&back), "node {i}: declared down first");
+    }
+    let now = net.now;
+    let restarted_ms = START_MS + (now - net.events_start()).as_millis() as u64;
+    let mut node = Mesh::new(Config::default(), Identity::from_seed(4), (now, restarted_ms), StdRng::seed_from_u64(99));
+    node.command(now, Command::Start(Net::advert(3)));
+    node.command(now, Command::Join(vec![(net.peer(0), addr(0))]));
+    net.nodes[3] = Some(node);
+    let until = net.now + Duration::from_secs(20);
+    net.run(until);
+    for i in 0..3 {
+        assert!(net.up(i).contains(&back), "node {i} took the restarted member back");
+    }
+    assert_eq!(net.up(3).len(), 3, "and it knows every other");
 }
