@@ -474,12 +474,9 @@ fn the_strategy_table_is_designs() {
     assert_eq!(strategy(&report(None), &report(None), true), D, "two public hosts on one IP need no LAN");
 }
 
-/// The proof that lets the peer trust our winning path is sent again when it is lost (the
-/// real-NAT grid saw a birthday burst overflow the peer's socket buffer): the peer then
-/// connects over the path we chose, not over one it finds later by itself.
-#[test]
-fn a_lost_path_proving_proof_is_sent_again() {
-    let now = Instant::now();
+/// A's first proof, B's acknowledgement: A connects. Returns the pair, B's acknowledgement
+/// and the proof A then sends to prove the path to B.
+fn a_connects(now: Instant) -> (Pair, Transmit, Transmit) {
     let mut p = pair(now, false);
     p.a.handle_timeout(now);
     let probe = p.a.poll_transmit().expect("a's first proof");
@@ -487,7 +484,17 @@ fn a_lost_path_proving_proof_is_sent_again() {
     let ack = p.b.poll_transmit().expect("b acknowledges");
     p.a.handle_punch(now, SocketId::PRIMARY, p.b_addr, &punch_of(&ack));
     assert!(matches!(p.a.poll_event(), Some(Event::Connected { .. })));
-    let lost = p.a.poll_transmit().expect("the proof that proves the path to b");
+    let proving = p.a.poll_transmit().expect("the proof that proves the path to b");
+    (p, ack, proving)
+}
+
+/// The proof that lets the peer trust our winning path is sent again when it is lost (the
+/// real-NAT grid saw a birthday burst overflow the peer's socket buffer): the peer then
+/// connects over the path we chose, not over one it finds later by itself.
+#[test]
+fn a_lost_path_proving_proof_is_sent_again() {
+    let now = Instant::now();
+    let (mut p, _, lost) = a_connects(now);
     assert_eq!(lost.dst, p.b_addr);
     let again = p.a.poll_timeout().expect("a copy is due");
     assert!(again < now + Config::default().linger, "the copy comes long before the linger ends");
@@ -504,14 +511,8 @@ fn a_lost_path_proving_proof_is_sent_again() {
 #[test]
 fn each_socket_echoes_the_token_the_peer_sent_to_it() {
     let now = Instant::now();
-    let mut p = pair(now, false);
-    p.a.handle_timeout(now);
-    let probe = p.a.poll_transmit().expect("a's first proof");
-    p.b.handle_punch(now, SocketId::PRIMARY, p.a_addr, &punch_of(&probe));
-    let ack = p.b.poll_transmit().expect("b acknowledges");
-    p.a.handle_punch(now, SocketId::PRIMARY, p.b_addr, &punch_of(&ack));
-    assert!(matches!(p.a.poll_event(), Some(Event::Connected { .. })));
-    let proving = punch_of(&p.a.poll_transmit().expect("the proof that proves the path to b"));
+    let (mut p, ack, proving) = a_connects(now);
+    let proving = punch_of(&proving);
     assert_eq!(proving.echo, Some(p.b.token(p.a_addr)));
     // Meanwhile b's answer to another pool socket, seen by b at another address.
     let other_socket = SocketId(7);
