@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let schema = "proto/introducer.proto";
     println!("cargo:rerun-if-changed={schema}");
     let descriptors = protox::compile([schema], ["proto"])?;
-    prost_build::Config::new().bytes(["."]).compile_fds(descriptors)?;
+    // Gossip is the largest message by far: boxed, it does not size every Envelope.
+    prost_build::Config::new().bytes(["."]).boxed(".introducer.v1.Envelope.kind.gossip").compile_fds(descriptors)?;
     Ok(())
 }

@@ -120,20 +120,20 @@ impl Identity {
 }
 
 impl Identity {
-    /// Signs a mesh datagram for member `to` (`token`/`echo` are left for the caller).
-    pub fn sign_gossip(&self, to: &PeerId, sent_ms: u64, payload: Vec<u8>, records: Vec<Vec<u8>>) -> pb::Gossip {
-        let to = to.to_bytes();
-        let signature = self.keypair.sign(&gossip_message(&to, sent_ms, &payload, &records));
-        pb::Gossip {
+    /// Signs a mesh datagram for member `to`; its `token` and `echo` are set after (they
+    /// are not signed: they bind to addresses, not to the sender).
+    pub fn sign_gossip(&self, to: &PeerId, sent_ms: u64, content: pb::Gossip) -> pb::Gossip {
+        let mut gossip = pb::Gossip {
             public_key: self.public_key.clone().into(),
-            to: to.into(),
+            to: to.to_bytes().into(),
             sent_ms,
-            token: Some(0),
-            echo: Some(0),
-            payload: payload.into(),
-            signature: signature.into(),
-            records: records.into_iter().map(Into::into).collect(),
-        }
+            token: None,
+            echo: None,
+            signature: Default::default(),
+            ..content
+        };
+        gossip.signature = self.keypair.sign(&gossip_message(&gossip)).into();
+        gossip
     }
 
     /// Signs what this node says about itself to the mesh; `peer_id` is set to ours.
@@ -149,20 +149,15 @@ impl Identity {
     }
 }
 
-fn gossip_message(to: &[u8], sent_ms: u64, payload: &[u8], records: &[impl AsRef<[u8]>]) -> Vec<u8> {
-    let mut message =
-        [GOSSIP_DOMAIN, to, &sent_ms.to_le_bytes(), &(payload.len() as u64).to_le_bytes(), payload].concat();
-    for record in records {
-        message.extend_from_slice(&(record.as_ref().len() as u64).to_le_bytes());
-        message.extend_from_slice(record.as_ref());
-    }
-    message
+fn gossip_message(gossip: &pb::Gossip) -> Vec<u8> {
+    let unsigned = pb::Gossip { signature: Default::default(), token: None, echo: None, ..gossip.clone() };
+    [GOSSIP_DOMAIN, &unsigned.encode_to_vec()].concat()
 }
 
 /// Checks a mesh datagram's signature; returns the sender.
 pub fn verify_gossip(g: &pb::Gossip) -> Result<PeerId, SignatureError> {
     let key = decode_key(&g.public_key)?;
-    if !verify_strict(&key, &gossip_message(&g.to, g.sent_ms, &g.payload, &g.records), &g.signature) {
+    if !verify_strict(&key, &gossip_message(g), &g.signature) {
         return Err(SignatureError::BadSignature);
     }
     Ok(key.to_peer_id())

@@ -6,14 +6,16 @@
 //! where it saw us — enough to start NAT probing and register.
 
 use introducer_actors::backoff::Backoff;
+use introducer_actors::cookie::Cookies;
 use introducer_actors::driver::Protocol;
 use introducer_actors::socket::{Inbound, Payload};
 use introducer_actors::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind};
 use libp2p_identity::PeerId;
 use prost::Message;
+use rand::RngCore;
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 /// Port a node listens on when none is given (STUN's, since every node answers STUN).
@@ -52,6 +54,8 @@ pub struct Seed {
     /// Our address as the seed saw it.
     pub observed: SocketAddr,
     pub introducer: bool,
+    /// What a [`pb::DialBackRequest`] to the seed echoes (0: none, e.g. a stored member).
+    pub cookie: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +117,7 @@ impl Join {
                 listen: info.listen.iter().map(SocketAddr::try_from).collect::<Result<_, _>>().ok()?,
                 observed: info.observed.as_ref().map(SocketAddr::try_from)?.ok()?,
                 introducer: info.introducer,
+                cookie: info.cookie,
             })
         })();
         match seed {
@@ -182,12 +187,14 @@ pub fn answer_hello(
     listen: &[SocketAddr],
     introducer: bool,
     src: SocketAddr,
+    cookie: u64,
 ) -> Option<pb::ServerInfo> {
     let mut info = pb::ServerInfo {
         peer_id: me.to_bytes().into(),
         listen: listen.iter().map(|&a| a.into()).collect(),
         observed: Some(src.into()),
         introducer,
+        cookie,
     };
     // Marker byte + envelope field tag and length prefix.
     let framed = |info: &pb::ServerInfo| 1 + 3 + info.encoded_len();
@@ -204,6 +211,8 @@ pub enum Command {
     Join { config: Config, seeds: Vec<SocketAddr> },
     /// Tell those who say Hello that we introduce (we serve now).
     Serve,
+    /// Ask `seed` to have another member of the mesh dial us back (with `nonce`).
+    DialBack { seed: Seed, nonce: u64 },
 }
 
 /// What first contact found.
@@ -214,6 +223,30 @@ pub enum Event {
     /// A seed that answered after the others were reported: its first answers were lost,
     /// or it came up late.
     Late(Seed),
+    /// Someone other than the seed we asked reached us unsolicited, from `from`: nothing in
+    /// front of us filters what comes in.
+    Reachable { from: SocketAddr },
+    /// No dial-back came within `DIAL_BACK_WAIT`.
+    NotReachable,
+    /// Serving: a node that proved it receives at `addr` asks to be dialed back.
+    DialBackAsked { addr: SocketAddr, nonce: u64 },
+}
+
+/// How long a node waits for its dial-back, and how often it asks meanwhile.
+pub const DIAL_BACK_WAIT: Duration = Duration::from_millis(1500);
+const DIAL_BACK_RETRY: Duration = Duration::from_millis(500);
+/// A seed takes one dial-back request per IP this often, and remembers this many IPs.
+const DIAL_BACK_INTERVAL: Duration = Duration::from_secs(2);
+const MAX_DIAL_BACK_IPS: usize = 4096;
+const COOKIE_DOMAIN: &[u8] = b"introducer/dial-back/v1";
+
+/// Our dial-back under way: the seed asked, the nonce, when to ask again and give up.
+#[derive(Debug, Clone)]
+struct DialingBack {
+    seed: Seed,
+    nonce: u64,
+    next: Instant,
+    until: Instant,
 }
 
 /// The bootstrap route of a node: answers every Hello, and runs a [`Join`] when asked.
@@ -233,12 +266,20 @@ pub struct FirstContact {
     joined: bool,
     events: VecDeque<Event>,
     answers: Vec<Transmit>,
+    /// Proves, in a dial-back request, that the asker receives where our ServerInfo went.
+    cookies: Cookies,
+    dialing_back: Option<DialingBack>,
+    /// When each IP last had a dial-back request taken.
+    asked: BTreeMap<IpAddr, Instant>,
     /// Hellos not answered because even a trimmed answer would be larger.
     pub dropped_small_hello: u64,
+    /// Dial-back requests without a valid cookie, or too soon after the last from their IP;
+    /// probes that were not ours or came from the seed we asked.
+    pub dropped_dial_back: u64,
 }
 
 impl FirstContact {
-    pub fn new(me: PeerId, listen: Vec<SocketAddr>, introducer: bool) -> Self {
+    pub fn new(me: PeerId, listen: Vec<SocketAddr>, introducer: bool, rng: &mut impl RngCore, now: Instant) -> Self {
         FirstContact {
             me,
             listen,
@@ -248,7 +289,50 @@ impl FirstContact {
             joined: false,
             events: VecDeque::new(),
             answers: Vec::new(),
+            cookies: Cookies::new(COOKIE_DOMAIN, rng, now, Duration::from_secs(60)),
+            dialing_back: None,
+            asked: BTreeMap::new(),
             dropped_small_hello: 0,
+            dropped_dial_back: 0,
+        }
+    }
+
+    /// Serving: a dial-back request with a cookie our ServerInfo gave its source is handed
+    /// to the mesh (one per IP every `DIAL_BACK_INTERVAL`).
+    fn dial_back_asked(&mut self, now: Instant, src: SocketAddr, request: &pb::DialBackRequest) {
+        self.asked.retain(|_, t| now < *t + DIAL_BACK_INTERVAL);
+        let fresh = !self.asked.contains_key(&src.ip()) && self.asked.len() < MAX_DIAL_BACK_IPS;
+        if !self.introducer || !fresh || !self.cookies.check(now, src, &self.me, request.cookie) {
+            self.dropped_dial_back += 1;
+            return;
+        }
+        self.asked.insert(src.ip(), now);
+        self.events.push_back(Event::DialBackAsked { addr: src, nonce: request.nonce });
+    }
+
+    /// A probe for our dial-back: it counts only with our nonce and from an IP that is not
+    /// the seed's (the seed reaching us proves nothing it did not already know).
+    fn dial_back_probe(&mut self, src: SocketAddr, probe: &pb::DialBackProbe) {
+        let ours = self.dialing_back.as_ref().is_some_and(|d| {
+            d.nonce == probe.nonce && d.seed.addr.ip() != src.ip() && d.seed.listen.iter().all(|a| a.ip() != src.ip())
+        });
+        if !ours {
+            self.dropped_dial_back += 1;
+            return;
+        }
+        self.dialing_back = None;
+        self.events.push_back(Event::Reachable { from: src });
+    }
+
+    fn dial_back_timeout(&mut self, now: Instant) {
+        let Some(d) = &mut self.dialing_back else { return };
+        if now >= d.until {
+            self.dialing_back = None;
+            self.events.push_back(Event::NotReachable);
+        } else if now >= d.next {
+            d.next = now + DIAL_BACK_RETRY;
+            let request = pb::DialBackRequest { cookie: d.seed.cookie, nonce: d.nonce };
+            self.answers.push(Transmit::envelope(SocketId::PRIMARY, d.seed.addr, Kind::DialBackRequest(request)));
         }
     }
 
@@ -288,13 +372,24 @@ impl Protocol for FirstContact {
         match command {
             Command::Join { config, seeds } => self.join(config, seeds, now),
             Command::Serve => self.set_introducer(true),
+            Command::DialBack { seed, nonce } => {
+                self.dialing_back = Some(DialingBack { seed, nonce, next: now, until: now + DIAL_BACK_WAIT });
+                self.dial_back_timeout(now);
+            }
         }
     }
 
     fn handle_inbound(&mut self, inbound: Inbound) {
         let Payload::Envelope(kind) = inbound.payload else { return };
         match kind {
-            Kind::Hello(_) => match answer_hello(inbound.len, self.me, &self.listen, self.introducer, inbound.src) {
+            Kind::Hello(_) => match answer_hello(
+                inbound.len,
+                self.me,
+                &self.listen,
+                self.introducer,
+                inbound.src,
+                self.cookies.mint(inbound.now, inbound.src, &self.me),
+            ) {
                 Some(info) => {
                     self.answers.push(Transmit::envelope(inbound.socket, inbound.src, Kind::ServerInfo(info)))
                 }
@@ -306,6 +401,8 @@ impl Protocol for FirstContact {
                     self.check(inbound.now);
                 }
             }
+            Kind::DialBackRequest(request) => self.dial_back_asked(inbound.now, inbound.src, &request),
+            Kind::DialBackProbe(probe) => self.dial_back_probe(inbound.src, &probe),
             _ => {}
         }
     }
@@ -315,6 +412,7 @@ impl Protocol for FirstContact {
             join.handle_timeout(now);
             self.check(now);
         }
+        self.dial_back_timeout(now);
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -326,7 +424,9 @@ impl Protocol for FirstContact {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.join.as_ref()?.0.poll_timeout()
+        let join = self.join.as_ref().and_then(|(join, _)| join.poll_timeout());
+        let dial_back = self.dialing_back.as_ref().map(|d| d.next.min(d.until));
+        join.into_iter().chain(dial_back).min()
     }
 }
 
@@ -335,6 +435,7 @@ mod tests {
     use super::*;
     use introducer_actors::identity::Identity;
     use introducer_proto::frame;
+    use rand::SeedableRng;
 
     fn seeds() -> Vec<SocketAddr> {
         vec!["198.51.100.1:3478".parse().unwrap(), "203.0.113.1:3478".parse().unwrap()]
@@ -355,11 +456,11 @@ mod tests {
         let me = Identity::from_seed(1).peer_id();
         let listen: Vec<SocketAddr> = (0..40).map(|i| SocketAddr::from(([198, 51, 100, i], 3478))).collect();
         let src = "203.0.113.7:4444".parse().unwrap();
-        let info = answer_hello(HELLO_SIZE, me, &listen, true, src).unwrap();
+        let info = answer_hello(HELLO_SIZE, me, &listen, true, src, 7).unwrap();
         let answer = frame::encode_envelope(&pb::Envelope { kind: Some(Kind::ServerInfo(info.clone())) });
         assert!(answer.len() <= HELLO_SIZE, "{} > {HELLO_SIZE}", answer.len());
         assert!(!info.listen.is_empty() && info.listen.len() < 40);
-        assert_eq!(answer_hello(20, me, &listen, true, src), None);
+        assert_eq!(answer_hello(20, me, &listen, true, src, 7), None);
     }
 
     #[test]
@@ -370,7 +471,7 @@ mod tests {
         assert_eq!(std::iter::from_fn(|| join.poll_transmit()).count(), 2);
         let me = Identity::from_seed(1).peer_id();
         let observed = "203.0.113.50:1000".parse().unwrap();
-        let info = answer_hello(HELLO_SIZE, me, &[seeds()[0]], true, observed).unwrap();
+        let info = answer_hello(HELLO_SIZE, me, &[seeds()[0]], true, observed, 7).unwrap();
         join.handle(now, "192.0.2.1:1".parse().unwrap(), info.clone());
         assert_eq!(join.dropped, 1, "answers from non-seeds are dropped");
         join.handle(now, seeds()[0], info);
@@ -393,14 +494,19 @@ mod tests {
 
     fn server_info(src: SocketAddr, now: Instant) -> Inbound {
         let seed = Identity::from_seed(9).peer_id();
-        let info = answer_hello(HELLO_SIZE, seed, &[src], true, "203.0.113.50:1000".parse().unwrap()).unwrap();
+        let info = answer_hello(HELLO_SIZE, seed, &[src], true, "203.0.113.50:1000".parse().unwrap(), 7).unwrap();
         Inbound { now, socket: SocketId::PRIMARY, src, len: 100, payload: Payload::Envelope(Kind::ServerInfo(info)) }
+    }
+
+    fn contact(now: Instant) -> FirstContact {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        FirstContact::new(Identity::from_seed(1).peer_id(), vec![], false, &mut rng, now)
     }
 
     #[test]
     fn a_seed_silent_in_the_first_round_is_asked_again_and_reported_late() {
         let now = Instant::now();
-        let mut contact = FirstContact::new(Identity::from_seed(1).peer_id(), vec![], false);
+        let mut contact = contact(now);
         contact.handle_command(now, Command::Join { config: Config::default(), seeds: seeds() });
         contact.handle_timeout(now);
         assert_eq!(std::iter::from_fn(|| contact.poll_transmit()).count(), 2);
@@ -422,5 +528,74 @@ mod tests {
         contact.handle_inbound(server_info(seeds()[1], t));
         assert!(matches!(contact.poll_event(), Some(Event::Late(seed)) if seed.addr == seeds()[1]));
         assert_eq!(contact.poll_timeout(), None, "everyone answered: no more rounds");
+    }
+
+    fn inbound(now: Instant, src: SocketAddr, kind: Kind) -> Inbound {
+        Inbound { now, socket: SocketId::PRIMARY, src, len: 100, payload: Payload::Envelope(kind) }
+    }
+
+    /// A seed takes a dial-back request only with the cookie its ServerInfo gave that very
+    /// address, and only one per IP every two seconds: nobody can have the mesh probe an
+    /// address that did not ask.
+    #[test]
+    fn a_dial_back_request_needs_the_askers_cookie_and_is_rate_limited() {
+        let now = Instant::now();
+        let mut seed = contact(now);
+        seed.handle_command(now, Command::Serve);
+        let asker: SocketAddr = "198.51.100.40:3478".parse().unwrap();
+        seed.handle_inbound(inbound(now, asker, Kind::Hello(hello())));
+        let Some(Transmit { payload, .. }) = seed.poll_transmit() else { panic!("no ServerInfo") };
+        let Ok(frame::Decoded::Envelope(pb::Envelope { kind: Some(Kind::ServerInfo(info)) })) = frame::decode(&payload)
+        else {
+            panic!("not a ServerInfo")
+        };
+        let request = |cookie| Kind::DialBackRequest(pb::DialBackRequest { cookie, nonce: 9 });
+        // Another address with that cookie (a spoofer that saw it), or a made-up cookie.
+        seed.handle_inbound(inbound(now, "192.0.2.1:53".parse().unwrap(), request(info.cookie)));
+        seed.handle_inbound(inbound(now, asker, request(info.cookie ^ 1)));
+        assert_eq!((seed.poll_event(), seed.dropped_dial_back), (None, 2));
+        seed.handle_inbound(inbound(now, asker, request(info.cookie)));
+        assert_eq!(seed.poll_event(), Some(Event::DialBackAsked { addr: asker, nonce: 9 }));
+        seed.handle_inbound(inbound(now + Duration::from_secs(1), asker, request(info.cookie)));
+        assert_eq!((seed.poll_event(), seed.dropped_dial_back), (None, 3), "one per IP every 2 s");
+        seed.handle_inbound(inbound(now + Duration::from_secs(2), asker, request(info.cookie)));
+        assert!(matches!(seed.poll_event(), Some(Event::DialBackAsked { .. })));
+    }
+
+    /// The asker counts only a probe with its nonce from an IP that is not the seed's; it
+    /// asks again while waiting and gives up after `DIAL_BACK_WAIT`.
+    #[test]
+    fn only_a_probe_from_elsewhere_with_our_nonce_says_reachable() {
+        let now = Instant::now();
+        let seed_addr: SocketAddr = "198.51.100.3:3478".parse().unwrap();
+        let seed = Seed {
+            addr: seed_addr,
+            peer_id: Identity::from_seed(9).peer_id(),
+            listen: vec![seed_addr, "198.51.100.4:3478".parse().unwrap()],
+            observed: "198.51.100.40:3478".parse().unwrap(),
+            introducer: true,
+            cookie: 77,
+        };
+        let mut node = contact(now);
+        node.handle_command(now, Command::DialBack { seed: seed.clone(), nonce: 5 });
+        let asked: Vec<Transmit> = std::iter::from_fn(|| node.poll_transmit()).collect();
+        assert!(matches!(&asked[..], [t] if t.dst == seed_addr), "{asked:?}");
+        let probe = |nonce| Kind::DialBackProbe(pb::DialBackProbe { nonce });
+        node.handle_inbound(inbound(now, "198.51.100.4:3478".parse().unwrap(), probe(5)));
+        node.handle_inbound(inbound(now, "198.51.100.1:3478".parse().unwrap(), probe(6)));
+        assert_eq!((node.poll_event(), node.dropped_dial_back), (None, 2), "the seed's own IP, a wrong nonce");
+        let elsewhere: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+        node.handle_inbound(inbound(now, elsewhere, probe(5)));
+        assert_eq!(node.poll_event(), Some(Event::Reachable { from: elsewhere }));
+
+        let mut silent = contact(now);
+        silent.handle_command(now, Command::DialBack { seed, nonce: 5 });
+        let mut requests = 0;
+        while let Some(t) = silent.poll_timeout() {
+            requests += std::iter::from_fn(|| silent.poll_transmit()).count();
+            silent.handle_timeout(t);
+        }
+        assert_eq!(silent.poll_event(), Some(Event::NotReachable));
+        assert_eq!(requests, 3, "asked at 0, 0.5 and 1 s");
     }
 }

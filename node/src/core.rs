@@ -20,7 +20,7 @@ use crate::store::{MeasuredNat, Member, Network, StoreOp, Stored};
 use introducer_actors::broker::{self, Broker};
 use introducer_actors::driver::Protocol;
 use introducer_actors::mesh::{self, Advert, Mesh};
-use introducer_actors::nat::{NatReport, NatType};
+use introducer_actors::nat::{Filtering, NatReport, NatType};
 use introducer_actors::probe::actor::{self as probing, probe_socket, NatProbing, ProbeEvent};
 use introducer_actors::probe::{Layout, LifetimeReport, LocalSockets, Probe, ProbeConfig, Responder, Server};
 use introducer_actors::punch::{self, actor::pool_socket, actor::Attempts, Path, Strategy};
@@ -119,7 +119,7 @@ impl Roles {
         let id = &config.identity;
         let mut child = || StdRng::from_rng(&mut *rng).expect("StdRng never fails");
         Roles {
-            contact: FirstContact::new(id.peer_id(), locals.to_vec(), false),
+            contact: FirstContact::new(id.peer_id(), locals.to_vec(), false, &mut child(), now),
             broker: Broker::idle(config.broker.clone(), now, child()),
             registrations: Registrations::new(config.registration.clone(), id.clone(), child()),
             punch: Attempts::new(config.punch.clone(), id.clone(), child()),
@@ -274,6 +274,8 @@ pub struct NodeCore {
     nat: Option<NatReport>,
     /// Probing waits for its extra sockets.
     probing: Option<ProbeConfig>,
+    /// A NAT report waiting for its dial-back (see `on_probed`).
+    dialing_back: Option<NatReport>,
     registered: BTreeSet<SocketAddr>,
     /// Behind a hard NAT nobody may be introduced to us before we can punch back: the
     /// registration waits for the pool.
@@ -306,6 +308,7 @@ impl NodeCore {
             seeds: Vec::new(),
             nat: None,
             probing: None,
+            dialing_back: None,
             registered: BTreeSet::new(),
             held_registration: None,
             pool: Pool::Closed,
@@ -452,6 +455,14 @@ impl NodeCore {
             Report::Socket(socket::Event::Bound { purpose, sockets }) => self.on_bound(purpose, sockets),
             Report::FirstContact(bootstrap::Event::Joined(joined)) => self.on_joined(now, joined),
             Report::FirstContact(bootstrap::Event::Late(seed)) => self.on_late_seed(now, seed),
+            Report::FirstContact(bootstrap::Event::Reachable { from }) => {
+                tracing::info!(%from, "dialed back: reachable unsolicited");
+                self.on_dial_back(now, true)
+            }
+            Report::FirstContact(bootstrap::Event::NotReachable) => self.on_dial_back(now, false),
+            Report::FirstContact(bootstrap::Event::DialBackAsked { addr, nonce }) => {
+                self.orders.push_back(Order::Mesh(mesh::Command::DialBack { addr, nonce }))
+            }
             Report::Probe(ProbeEvent::Classified(Ok(report))) => self.on_probed(now, report),
             Report::Probe(ProbeEvent::Classified(Err(e))) => self.emit(NodeEvent::Fatal(FatalError::Probe(e))),
             Report::Probe(ProbeEvent::Lifetime(report)) => self.on_lifetime(report),
@@ -647,7 +658,31 @@ impl NodeCore {
         }
     }
 
+    /// Probing found no NAT but could not test filtering (no server on a second IP): another
+    /// member of the mesh reaching us unsolicited is what tells we are public (dial-back).
     fn on_probed(&mut self, now: Instant, report: NatReport) {
+        let untested = report.no_nat && report.filtering != Some(Filtering::EndpointIndependent);
+        let seed = self.seeds.iter().find(|s| s.introducer && s.cookie != 0).cloned();
+        match seed.filter(|_| untested && self.config.serve == Serve::Auto && self.dialing_back.is_none()) {
+            Some(seed) => {
+                self.dialing_back = Some(report);
+                let nonce = self.rng.gen();
+                self.orders.push_back(Order::FirstContact(bootstrap::Command::DialBack { seed, nonce }));
+            }
+            None => self.classified(now, report),
+        }
+    }
+
+    /// The dial-back's outcome: whether someone reached us unsolicited.
+    fn on_dial_back(&mut self, now: Instant, reached: bool) {
+        let Some(mut report) = self.dialing_back.take() else { return };
+        if reached {
+            report.filtering = Some(Filtering::EndpointIndependent);
+        }
+        self.classified(now, report);
+    }
+
+    fn classified(&mut self, now: Instant, report: NatReport) {
         self.nat = Some(report);
         // Kept for the network it was measured on (not flushed: losing it costs a probe).
         if let Some(lan) = self.lan {
@@ -989,6 +1024,7 @@ mod tests {
             listen: vec![],
             observed: "203.0.113.1:3478".parse().unwrap(),
             introducer: true,
+            cookie: 7,
         };
         c.handle_report(now, Report::FirstContact(bootstrap::Event::Joined(Ok(vec![seed]))));
         c.handle_report(now, Report::Socket(socket::Event::Bound { purpose: Purpose::Probe, sockets: vec![] }));
@@ -1132,6 +1168,7 @@ mod tests {
             listen: vec![],
             observed: easy.public_addr,
             introducer,
+            cookie: 0,
         };
         c.handle_report(now, Report::FirstContact(bootstrap::Event::Late(late("198.51.100.20:3478", true))));
         let (stored, mut others) = store_orders(&mut c);
@@ -1161,7 +1198,14 @@ mod tests {
     fn seed(n: u64, addr: &str) -> Seed {
         let addr = addr.parse().unwrap();
         let peer_id = Identity::from_seed(n).peer_id();
-        Seed { addr, peer_id, listen: vec![addr], observed: "203.0.113.1:3478".parse().unwrap(), introducer: true }
+        Seed {
+            addr,
+            peer_id,
+            listen: vec![addr],
+            observed: "203.0.113.1:3478".parse().unwrap(),
+            introducer: true,
+            cookie: 7,
+        }
     }
 
     /// The seeds that answered are kept as members, and flushed before probing starts (and

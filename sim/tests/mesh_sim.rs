@@ -66,3 +66,39 @@ fn sim_public_nodes_form_one_mesh_and_declare_a_dead_member_left() {
         }
     });
 }
+
+/// A public node on one IP that knows only another single-IP node cannot test filtering by
+/// probing; another member dialing it back shows it is public, and it serves. A node
+/// behind a NAT asking the same is not reached, and does not serve.
+#[test]
+fn sim_a_single_ip_node_learns_it_is_public_by_dial_back() {
+    for_each_seed(0..4, |seed| {
+        let mut sim = Sim::new(seed);
+        let ip = |i: u8| Ipv4Addr::new(198, 51, 100, 10 + i);
+        let founder = SimNode::introducer(Identity::from_seed(100))
+            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
+            .spawn(&mut sim, Place::Public(ip(0)), 3478);
+        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
+        let b = SimNode::peer(Identity::from_seed(101), vec![founder_addr]).spawn(&mut sim, Place::Public(ip(1)), 3478);
+        let b_addr = sim.local_addr(b, introducer_actors::SocketId::PRIMARY);
+        assert!(sim.run_until_cond(10 * SEC, |sim| sim.machine_ref::<SimNode>(b).is_serving()));
+        // C knows only B (one IP): only a dial-back by the founder can tell it is public.
+        let c = SimNode::peer(Identity::from_seed(102), vec![b_addr]).spawn(&mut sim, Place::Public(ip(2)), 3478);
+        let nat = sim.add_nat(introducer_actors::nat::NatBehavior::FULL_CONE, Ipv4Addr::new(203, 0, 113, 1), None);
+        let behind = SimNode::peer(Identity::from_seed(103), vec![b_addr]).spawn(&mut sim, Place::Behind(nat), 3478);
+        let ready = |sim: &Sim, h| {
+            sim.machine_ref::<SimNode>(h).events().iter().find_map(|(_, e)| match e {
+                NodeEvent::Ready { public, .. } => Some(*public),
+                _ => None,
+            })
+        };
+        assert!(sim.run_until_cond(10 * SEC, |sim| ready(sim, c).is_some() && ready(sim, behind).is_some()));
+        assert_eq!(ready(&sim, c), Some(true), "seed {seed}: dialed back, C is public");
+        assert_eq!(ready(&sim, behind), Some(false), "seed {seed}: a NATed node is not");
+        let c_id = sim.machine_ref::<SimNode>(c).peer_id();
+        assert!(
+            sim.run_until_cond(10 * SEC, |sim| mesh_changes(sim, founder, MeshChange::Joined).contains(&c_id)),
+            "seed {seed}: C serves and joins the mesh"
+        );
+    });
+}

@@ -14,7 +14,7 @@ impl Protocol for Mesh {
     type Command = Command;
     fn handle_inbound(&mut self, inbound: Inbound) {
         if let Payload::Envelope(Kind::Gossip(gossip)) = inbound.payload {
-            self.handle(inbound.now, inbound.src, gossip);
+            self.handle(inbound.now, inbound.src, *gossip);
         }
     }
     fn handle_command(&mut self, now: Instant, command: Command) {

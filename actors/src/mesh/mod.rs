@@ -112,6 +112,9 @@ const MAX_TRACKED_IPS: usize = 4096;
 const MAX_PATHS: usize = 8192;
 /// Records handed over in one datagram (three of the largest fit beside the rest).
 const RECORDS_PER_DATAGRAM: usize = 3;
+/// One dial-back probe per IP this often, at most, and this many IPs remembered.
+const DIAL_BACK_INTERVAL: Duration = Duration::from_secs(2);
+const MAX_DIAL_BACK_IPS: usize = 4096;
 
 /// What this node says about itself (its record, before signing).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -131,6 +134,9 @@ pub enum Command {
     Join(Vec<(PeerId, SocketAddr)>),
     /// Say something new about ourselves (load, addresses).
     Publish(Advert),
+    /// Have another member dial `addr` back with `nonce` (a seed's part of dial-back:
+    /// `addr` proved it receives there with the seed's cookie).
+    DialBack { addr: SocketAddr, nonce: u64 },
     /// Leave the mesh gracefully.
     Leave,
 }
@@ -166,6 +172,13 @@ pub struct Stats {
     pub dropped_foca: u64,
     pub dropped_bad_record: u64,
     pub dropped_table_full: u64,
+    /// Dial-backs asked of another member, and probes sent for one.
+    pub dial_backs_asked: u64,
+    pub dial_backs_sent: u64,
+    /// Dial-backs not asked (no other member) or not sent (asked by a non-member, or the
+    /// address's IP had one lately, or over the budget).
+    pub dropped_dial_back_no_member: u64,
+    pub dropped_dial_back_rate: u64,
 }
 
 /// What we know of one address of a member.
@@ -219,6 +232,11 @@ pub struct Mesh {
     /// Signatures seen within `max_skew`, by the time they were sent (replays are dropped).
     seen: BTreeSet<(u64, [u8; 8])>,
     secret: [u8; 32],
+    /// Picks the member that dials back.
+    rng: StdRng,
+    /// When each IP was last dialed back, and the budget of all dial-backs (20 a second).
+    dialed: BTreeMap<IpAddr, Instant>,
+    dial_budget: TokenBucket,
     advert: Option<Advert>,
     next_refresh: Option<Instant>,
     /// Unix ms at `epoch.0`.
@@ -249,6 +267,7 @@ impl Mesh {
         let mut secret = [0; 32];
         rng.fill_bytes(&mut secret);
         let foca_rng = FocaRng(StdRng::from_rng(&mut rng).expect("StdRng never fails"));
+        let own_rng = StdRng::from_rng(&mut rng).expect("StdRng never fails");
         let swim = Foca::with_custom_broadcast(id, swim_config, foca_rng, codec::Codec, Records(table.clone()));
         Mesh {
             shared_bucket: TokenBucket::full(config.per_ip_rate, config.per_ip_burst, epoch.0),
@@ -266,6 +285,9 @@ impl Mesh {
             buckets: BTreeMap::new(),
             seen: BTreeSet::new(),
             secret,
+            rng: own_rng,
+            dialed: BTreeMap::new(),
+            dial_budget: TokenBucket::full(20.0, 20.0, epoch.0),
             advert: None,
             next_refresh: None,
             epoch,
@@ -331,6 +353,7 @@ impl Mesh {
                     }
                 }
             }
+            Command::DialBack { addr, nonce } => self.ask_dial_back(now, addr, nonce),
             Command::Leave => {
                 let result = self.swim.leave_cluster(&mut self.runtime);
                 self.count(result);
@@ -358,6 +381,47 @@ impl Mesh {
         self.next_refresh = Some(now + self.config.record_refresh);
     }
 
+    /// Asks a member other than us (and than the asker) to probe `addr`: one picked at
+    /// random among those that proved their address to us and are up.
+    fn ask_dial_back(&mut self, now: Instant, addr: SocketAddr, nonce: u64) {
+        let up: BTreeSet<PeerId> = self
+            .swim
+            .iter_members()
+            .map(|m| m.id().peer)
+            .filter(|p| self.proven.get(p).is_some_and(|a| a.ip() != addr.ip()))
+            .collect();
+        let Some(&peer) = up.iter().nth(self.rng.next_u32() as usize % up.len().max(1)) else {
+            self.stats.dropped_dial_back_no_member += 1;
+            return;
+        };
+        let to = self.proven[&peer];
+        let content =
+            pb::Gossip { dial_back: Some(pb::DialBack { addr: Some(addr.into()), nonce }), ..Default::default() };
+        let gossip = self.gossip(now, peer, to, content);
+        self.stats.dial_backs_asked += 1;
+        self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, to, Kind::Gossip(Box::new(gossip))));
+    }
+
+    /// A member asks us to dial a node back: a small probe, at most one per IP every
+    /// `DIAL_BACK_INTERVAL`, whoever asks.
+    fn dial_back(&mut self, now: Instant, dial: &pb::DialBack) {
+        let Some(addr) = dial.addr.as_ref().and_then(|a| SocketAddr::try_from(a).ok()) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        if self.dialed.get(&addr.ip()).is_some_and(|&t| now < t + DIAL_BACK_INTERVAL)
+            || (self.dialed.len() >= MAX_DIAL_BACK_IPS && !self.dialed.contains_key(&addr.ip()))
+            || !self.dial_budget.try_take(now, 1.0)
+        {
+            self.stats.dropped_dial_back_rate += 1;
+            return;
+        }
+        self.dialed.insert(addr.ip(), now);
+        self.stats.dial_backs_sent += 1;
+        let probe = pb::DialBackProbe { nonce: dial.nonce };
+        self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::DialBackProbe(probe)));
+    }
+
     fn announce_to(&mut self, peer: PeerId) {
         if self.announce.remove(&peer) {
             // The seed's generation is not known yet: foca takes an announce for any
@@ -380,12 +444,13 @@ impl Mesh {
         u64::from_le_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
     }
 
-    fn gossip(&self, now: Instant, to: PeerId, dst: SocketAddr, payload: Vec<u8>, records: Vec<Vec<u8>>) -> pb::Gossip {
+    /// `content` signed for `to`, with our token for `dst` and its token for us echoed.
+    fn gossip(&self, now: Instant, to: PeerId, dst: SocketAddr, content: pb::Gossip) -> pb::Gossip {
         let echo = self.paths.get(&dst).filter(|p| p.peer == to).map_or(0, |p| p.echo);
         pb::Gossip {
             token: Some(self.token(dst)),
             echo: Some(echo),
-            ..self.me.sign_gossip(&to, self.unix_ms(now), payload, records)
+            ..self.me.sign_gossip(&to, self.unix_ms(now), content)
         }
     }
 
@@ -403,9 +468,9 @@ impl Mesh {
             return false;
         }
         path.last_knock = Some(now);
-        let gossip = self.gossip(now, peer, addr, Vec::new(), Vec::new());
+        let gossip = self.gossip(now, peer, addr, pb::Gossip::default());
         self.stats.knocks += 1;
-        self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::Gossip(gossip)));
+        self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::Gossip(Box::new(gossip))));
         true
     }
 
@@ -479,10 +544,10 @@ impl Mesh {
         // The member does not know our token for it (it is new, or restarted and lost it):
         // a bare Gossip tells it, never larger than what came in.
         if !proven {
-            let answer = self.gossip(now, peer, src, Vec::new(), Vec::new());
+            let answer = self.gossip(now, peer, src, pb::Gossip::default());
             if answer.encoded_len() <= gossip.encoded_len() && self.knock_allowed(now, src) {
                 self.stats.knocks += 1;
-                self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, src, Kind::Gossip(answer)));
+                self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, src, Kind::Gossip(Box::new(answer))));
             }
         }
         if !path_proven {
@@ -491,6 +556,14 @@ impl Mesh {
         }
         for record in gossip.records.iter().take(RECORDS_PER_DATAGRAM) {
             self.table.borrow_mut().offer(record);
+        }
+        if let Some(dial) = &gossip.dial_back {
+            // Only a member may ask (joining takes a proven address and a signed announce).
+            if self.swim.iter_members().any(|m| m.id().peer == peer) {
+                self.dial_back(now, dial);
+            } else {
+                self.stats.dropped_dial_back_rate += 1;
+            }
         }
         if gossip.payload.is_empty() {
             return;
@@ -540,6 +613,7 @@ impl Mesh {
         self.table.borrow_mut().now_ms = now_ms;
         let keep = self.seen.split_off(&(now_ms.saturating_sub(skew), [0; 8]));
         self.seen = keep;
+        self.dialed.retain(|_, t| now < *t + DIAL_BACK_INTERVAL);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -612,9 +686,14 @@ impl Mesh {
     }
 
     fn send_records(&mut self, now: Instant, peer: PeerId, addr: SocketAddr, records: Vec<Vec<u8>>) {
-        let gossip = self.gossip(now, peer, addr, Vec::new(), records);
+        let gossip = self.gossip(
+            now,
+            peer,
+            addr,
+            pb::Gossip { records: records.into_iter().map(Into::into).collect(), ..Default::default() },
+        );
         self.stats.sent += 1;
-        self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::Gossip(gossip)));
+        self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::Gossip(Box::new(gossip))));
     }
 
     /// foca's datagram for a member: sent if the member proved its address, else a knock.
@@ -624,9 +703,9 @@ impl Mesh {
             return;
         };
         if self.paths.get(&addr).is_some_and(|p| p.proven && p.peer == to.peer) {
-            let gossip = self.gossip(now, to.peer, addr, data, Vec::new());
+            let gossip = self.gossip(now, to.peer, addr, pb::Gossip { payload: data.into(), ..Default::default() });
             self.stats.sent += 1;
-            self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::Gossip(gossip)));
+            self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::Gossip(Box::new(gossip))));
         } else {
             self.stats.dropped_unproven += 1;
             self.knock(now, to.peer, addr, false);

@@ -9,7 +9,7 @@ fn addr(i: usize) -> SocketAddr {
 
 fn gossip_of(t: &Transmit) -> pb::Gossip {
     match frame::decode(&t.payload).unwrap() {
-        Decoded::Envelope(pb::Envelope { kind: Some(Kind::Gossip(g)) }) => g,
+        Decoded::Envelope(pb::Envelope { kind: Some(Kind::Gossip(g)) }) => *g,
         other => panic!("not gossip: {other:?}"),
     }
 }
@@ -168,7 +168,11 @@ fn forged_stale_replayed_and_misaddressed_gossip_is_dropped_and_counted() {
     let me = Identity::from_seed(2);
     let victim = net.peer(0);
     let fresh = || {
-        let mut g = me.sign_gossip(&victim, START_MS + 5_000, b"payload".to_vec(), Vec::new());
+        let mut g = me.sign_gossip(
+            &victim,
+            START_MS + 5_000,
+            pb::Gossip { payload: b"payload".to_vec().into(), ..Default::default() },
+        );
         g.token = Some(1);
         g.echo = Some(0);
         g
@@ -178,11 +182,11 @@ fn forged_stale_replayed_and_misaddressed_gossip_is_dropped_and_counted() {
     let forged = pb::Gossip { payload: b"other".to_vec().into(), ..fresh() };
     net.node(0).handle(now, addr(1), forged);
     // For another member.
-    let elsewhere = me.sign_gossip(&net.peer(1), START_MS + 5_000, Vec::new(), Vec::new());
+    let elsewhere = me.sign_gossip(&net.peer(1), START_MS + 5_000, pb::Gossip::default());
     net.node(0).handle(now, addr(1), elsewhere);
     // From long ago, and from the future.
-    net.node(0).handle(now, addr(1), me.sign_gossip(&victim, START_MS - 60_000, Vec::new(), Vec::new()));
-    net.node(0).handle(now, addr(1), me.sign_gossip(&victim, START_MS + 60_000, Vec::new(), Vec::new()));
+    net.node(0).handle(now, addr(1), me.sign_gossip(&victim, START_MS - 60_000, pb::Gossip::default()));
+    net.node(0).handle(now, addr(1), me.sign_gossip(&victim, START_MS + 60_000, pb::Gossip::default()));
     // The same datagram twice.
     net.node(0).handle(now, addr(1), fresh());
     net.node(0).handle(now, addr(1), fresh());
@@ -210,7 +214,11 @@ fn a_header_naming_another_sender_is_dropped() {
     let mut payload = Vec::new();
     foca::Codec::encode_header(&mut codec::Codec, &header, &mut payload).unwrap();
     // Node 1 (proven at its address) signs a datagram that claims to be node 2's.
-    let mut g = Identity::from_seed(2).sign_gossip(&net.peer(0), START_MS + 10_000, payload, Vec::new());
+    let mut g = Identity::from_seed(2).sign_gossip(
+        &net.peer(0),
+        START_MS + 10_000,
+        pb::Gossip { payload: payload.into(), ..Default::default() },
+    );
     let echo = net.node(0).token(addr(1));
     g.echo = Some(echo);
     let before = net.node(0).stats().dropped_wrong_sender;
@@ -254,7 +262,11 @@ fn an_address_nobody_verified_gets_only_knocks() {
     payload.extend_from_slice(&(record.len() as u16).to_be_bytes());
     payload.extend_from_slice(&record);
     let echo = net.node(0).token(addr(2));
-    let mut g = Identity::from_seed(3).sign_gossip(&net.peer(0), START_MS + 10_000, payload, Vec::new());
+    let mut g = Identity::from_seed(3).sign_gossip(
+        &net.peer(0),
+        START_MS + 10_000,
+        pb::Gossip { payload: payload.into(), ..Default::default() },
+    );
     (g.token, g.echo) = (Some(1), Some(echo));
     let now = net.now;
     net.node(0).handle(now, addr(2), g);
@@ -285,7 +297,7 @@ fn a_bare_answer_is_never_larger_than_what_came_in() {
     let g = pb::Gossip {
         token: Some(1),
         echo: Some(0),
-        ..stranger.sign_gossip(&net.peer(0), START_MS, Vec::new(), Vec::new())
+        ..stranger.sign_gossip(&net.peer(0), START_MS, pb::Gossip::default())
     };
     let len = g.encoded_len();
     net.node(0).handle(now, spoofed, g);
@@ -297,7 +309,7 @@ fn a_bare_answer_is_never_larger_than_what_came_in() {
     let again = pb::Gossip {
         token: Some(2),
         echo: Some(0),
-        ..stranger.sign_gossip(&net.peer(0), START_MS + 1, Vec::new(), Vec::new())
+        ..stranger.sign_gossip(&net.peer(0), START_MS + 1, pb::Gossip::default())
     };
     net.node(0).handle(now, spoofed, again);
     assert!(net.node(0).poll_transmit().is_none());
@@ -362,4 +374,49 @@ fn a_member_declared_down_that_restarts_is_taken_back() {
         assert!(net.up(i).contains(&back), "node {i} took the restarted member back");
     }
     assert_eq!(net.up(3).len(), 3, "and it knows every other");
+}
+
+/// A seed asked to dial a node back has another member do it (never itself, never the
+/// node's own IP): one small probe per IP every two seconds, and only at a member's request.
+#[test]
+fn a_dial_back_is_made_by_another_member_and_rate_limited() {
+    let mut net = Net::new(3);
+    net.start_all();
+    let until = net.now + Duration::from_secs(10);
+    net.run(until);
+    let asker: SocketAddr = "192.0.2.50:3478".parse().unwrap();
+    let now = net.now;
+    net.node(0).command(now, Command::DialBack { addr: asker, nonce: 42 });
+    net.node(0).command(now, Command::DialBack { addr: asker, nonce: 43 });
+    net.run(now + Duration::from_millis(100));
+    let probes: Vec<(usize, u64)> = net
+        .strays
+        .iter()
+        .filter(|(_, t)| t.dst == asker)
+        .map(|(from, t)| match frame::decode(&t.payload).unwrap() {
+            Decoded::Envelope(pb::Envelope { kind: Some(Kind::DialBackProbe(p)) }) => (*from, p.nonce),
+            other => panic!("not a probe: {other:?}"),
+        })
+        .collect();
+    assert!(!probes.is_empty() && probes.iter().all(|(from, _)| *from != 0), "made by another member: {probes:?}");
+    let sent: u64 = (1..3).map(|i| net.node(i).stats().dial_backs_sent).sum();
+    let limited: u64 = (1..3).map(|i| net.node(i).stats().dropped_dial_back_rate).sum();
+    assert_eq!(sent as usize, probes.len());
+    assert!(sent + limited == 2 && probes[0].1 == 42, "{probes:?}, {limited} limited");
+    // A stranger (not a member) that proved its address to node 1 cannot ask.
+    let stranger = Identity::from_seed(60);
+    let content =
+        pb::Gossip { dial_back: Some(pb::DialBack { addr: Some(asker.into()), nonce: 1 }), ..Default::default() };
+    let mut g = stranger.sign_gossip(&net.peer(1), START_MS + 10_100, content);
+    let from: SocketAddr = "192.0.2.60:3478".parse().unwrap();
+    let echo = net.node(1).token(from);
+    (g.token, g.echo) = (Some(1), Some(echo));
+    let before = net.node(1).stats();
+    let now = net.now + Duration::from_secs(5);
+    net.node(1).handle(now, from, g);
+    let after = net.node(1).stats();
+    assert_eq!(
+        (after.dial_backs_sent, after.dropped_dial_back_rate),
+        (before.dial_backs_sent, before.dropped_dial_back_rate + 1)
+    );
 }

@@ -216,7 +216,7 @@ pub fn classify(datagram: Vec<u8>) -> Option<(Route, Payload)> {
 /// The route of an introducer message kind.
 pub fn route_of(kind: &Kind) -> Route {
     match kind {
-        Kind::Hello(_) | Kind::ServerInfo(_) => Route::Bootstrap,
+        Kind::Hello(_) | Kind::ServerInfo(_) | Kind::DialBackRequest(_) | Kind::DialBackProbe(_) => Route::Bootstrap,
         Kind::Register(_) | Kind::IntroduceRequest(_) | Kind::NewMapping(_) => Route::Broker,
         Kind::RegisterChallenge(_) | Kind::Registered(_) | Kind::Introduction(_) | Kind::IntroduceError(_) => {
             Route::Registration
