@@ -23,8 +23,10 @@ pub struct Config {
     /// per network, …), held for as long as the node runs. `None`: nothing is kept
     /// across restarts.
     pub data_dir: Option<DataDir>,
-    /// Up to two addresses. Two addresses on different IPs (same port) make the node a
-    /// full RFC 5780 STUN server: it also binds the next port on each. Empty: an
+    /// Up to two addresses. One address with a fixed port P also gets P+1 if it is free,
+    /// as the STUN alternate port: clients probing against one-IP nodes then see filtering
+    /// and port-dependent mapping. Two addresses on different IPs (same port) make the node
+    /// a full RFC 5780 STUN server: it also binds the next port on each. Empty: an
     /// ephemeral port on every interface.
     pub listen: Vec<SocketAddr>,
     /// The nodes to join through. None: the members kept in the store, if any (a restart

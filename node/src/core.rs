@@ -86,15 +86,20 @@ pub fn role_of(route: Route) -> RoleId {
     }
 }
 
-/// The STUN server side for the node's bound sockets: one address, or the full RFC 5780
-/// layout of two IPs × two ports.
+/// The STUN server side for the node's bound sockets (`locals[i]` is `SocketId(i)`): one
+/// address; one IP with the alternate port (what a node with one listen address binds,
+/// so that clients can test filtering against the other port and tell a mapping that
+/// depends on the port from one that does not); or the full RFC 5780 layout of two IPs ×
+/// two ports. A layout the addresses do not fit falls back to the primary alone: every
+/// node answers STUN.
 fn responder(locals: &[SocketAddr]) -> Option<Responder> {
+    let primary = *locals.first()?;
     let layout = match locals {
-        [one] => Layout::single(SocketId::PRIMARY, *one),
-        [a, _, _, d] => Layout::rfc5780(*a, *d, [SocketId::PRIMARY, SocketId(1), SocketId(2), SocketId(3)]).ok()?,
-        _ => return None,
+        [a, b] => Layout::two_ports((SocketId::PRIMARY, *a), (SocketId(1), *b)).ok(),
+        [a, _, _, d] => Layout::rfc5780(*a, *d, [SocketId::PRIMARY, SocketId(1), SocketId(2), SocketId(3)]).ok(),
+        _ => None,
     };
-    Some(Responder::new(layout))
+    Some(Responder::new(layout.unwrap_or_else(|| Layout::single(SocketId::PRIMARY, primary))))
 }
 
 impl Roles {
@@ -1154,6 +1159,33 @@ mod tests {
         }
         registration(&mut c, now, again);
         assert!(matches!(c.poll_order(), Some(Order::Punch(_))), "a new introduction is punched");
+    }
+
+    /// A node with one listen address that also bound the next port answers STUN there as
+    /// the alternate port: a CHANGE-REQUEST for another port is answered from it.
+    #[test]
+    fn one_ip_and_the_next_port_make_a_two_port_stun_server() {
+        use introducer_proto::stun::{ChangeRequest, Message};
+        let (p, alt): (SocketAddr, SocketAddr) =
+            ("198.51.100.1:3478".parse().unwrap(), "198.51.100.1:3479".parse().unwrap());
+        let client: SocketAddr = "203.0.113.7:40000".parse().unwrap();
+        let change_port = Message {
+            change_request: Some(ChangeRequest { change_ip: false, change_port: true }),
+            ..Message::binding_request([1; 12])
+        }
+        .encode();
+        let two = responder(&[p, alt]).expect("every node answers STUN");
+        let answer = two.respond(SocketId::PRIMARY, client, &change_port).expect("answered");
+        assert_eq!(answer.socket, SocketId(1));
+        assert_eq!(Message::decode(&answer.payload).unwrap().response_origin, Some(alt));
+        // One socket: the port change cannot be made (420), a plain request is answered.
+        let one = responder(&[p]).unwrap();
+        let refused = Message::decode(&one.respond(SocketId::PRIMARY, client, &change_port).unwrap().payload).unwrap();
+        assert_eq!(refused.error_code.map(|e| e.0), Some(420));
+        // Addresses that make no layout still leave the primary answering.
+        let odd = responder(&[p, "198.51.100.9:3479".parse().unwrap()]).unwrap();
+        assert!(odd.respond(SocketId::PRIMARY, client, &Message::binding_request([2; 12]).encode()).is_some());
+        assert_eq!(odd.respond(SocketId(1), client, &Message::binding_request([3; 12]).encode()), None);
     }
 
     /// A seed that answers first contact late (its first answers lost) is registered with

@@ -75,8 +75,9 @@ impl RelayLimits {
 enum Command {
     /// Join the mesh (or start one); if reachable, serve as introducer for others.
     Run {
-        /// IP[:PORT] to listen on (default 0.0.0.0:3478). Twice, on two IPs with one
-        /// port: a full RFC 5780 STUN server (the next port is bound too).
+        /// IP[:PORT] to listen on (default 0.0.0.0:3478); the next port is bound too, if
+        /// free, as STUN's alternate port. Twice, on two IPs with one port: a full
+        /// RFC 5780 STUN server (the next port is bound on each).
         #[arg(long, value_name = "ADDR")]
         listen: Vec<String>,
         /// Never act as introducer, even when reachable.

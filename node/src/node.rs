@@ -66,7 +66,7 @@ pub struct Node {
 impl Node {
     /// Binds the sockets and starts the node's actors on a thread of their own.
     pub fn start(config: Config) -> Result<Node, NodeError> {
-        let sockets = socket_plan(&config.listen)?;
+        let plan = socket_plan(&config.listen)?;
         let (store, stored) = open_store(config.data_dir.as_ref());
         let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (commands, mut command_rx) = mpsc::unbounded_channel::<Option<Command>>();
@@ -76,11 +76,18 @@ impl Node {
             .name("introducer-node".into())
             .spawn(move || {
                 actix_rt::System::new().block_on(async move {
-                    let binds: Vec<(SocketId, SocketAddr)> = sockets.iter().map(|&(id, addr)| (id, addr)).collect();
-                    let (socket, locals) = match SocketActor::bind(&binds) {
-                        Ok(bound) => bound,
+                    let optional: Vec<(SocketId, SocketAddr)> = plan.alternate.into_iter().collect();
+                    let (socket, locals) = match SocketActor::bind_some(&plan.required, &optional) {
+                        Ok(bound) => {
+                            if let Some((addr, e)) = bound.skipped {
+                                tracing::warn!(
+                                    "cannot bind {addr}, the STUN alternate port ({e}): answering STUN on the listen address only"
+                                );
+                            }
+                            (bound.actor, bound.locals)
+                        }
                         Err(source) => {
-                            let _ = bound_tx.send(Err(NodeError::Bind { addr: binds[0].1, source }));
+                            let _ = bound_tx.send(Err(NodeError::Bind { addr: plan.required[0].1, source }));
                             return;
                         }
                     };
@@ -144,30 +151,45 @@ impl Drop for Node {
     }
 }
 
-/// Which sockets to bind. Two listen addresses on two IPs (same port P) make the full
-/// RFC 5780 layout: (ip0,P) primary, (ip0,P+1), (ip1,P), (ip1,P+1).
-fn socket_plan(listen: &[SocketAddr]) -> Result<Vec<(SocketId, SocketAddr)>, NodeError> {
+/// Which sockets to bind: those the node cannot run without, and the STUN alternate port
+/// it runs without if that port is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SocketPlan {
+    required: Vec<(SocketId, SocketAddr)>,
+    alternate: Option<(SocketId, SocketAddr)>,
+}
+
+/// Two listen addresses on two IPs (same port P) make the full RFC 5780 layout: (ip0,P)
+/// primary, (ip0,P+1), (ip1,P), (ip1,P+1). One listen address IP:P also gets IP:P+1 if it
+/// is free: with that alternate port, clients can test filtering (CHANGE-REQUEST port) and
+/// tell a port-dependent mapping against one IP. Not bound: an ephemeral port (0: nothing
+/// to add one to) and no listen address (the ephemeral `ping` / `nat` clients).
+fn socket_plan(listen: &[SocketAddr]) -> Result<SocketPlan, NodeError> {
     match listen {
-        [] => Ok(vec![(SocketId::PRIMARY, "0.0.0.0:0".parse().expect("literal"))]),
-        [one] => Ok(vec![(SocketId::PRIMARY, *one)]),
+        [] => Ok(SocketPlan {
+            required: vec![(SocketId::PRIMARY, "0.0.0.0:0".parse().expect("literal"))],
+            alternate: None,
+        }),
+        [one] => Ok(SocketPlan {
+            required: vec![(SocketId::PRIMARY, *one)],
+            alternate: alternate_port(one.port()).map(|alt| (SocketId(1), SocketAddr::new(one.ip(), alt))),
+        }),
         [a, b] => {
-            if a.ip() == b.ip()
-                || a.port() != b.port()
-                || a.port() == 0
-                || a.port() == u16::MAX
-                || a.is_ipv4() != b.is_ipv4()
-            {
+            let fits = a.ip() != b.ip() && a.port() == b.port() && a.is_ipv4() == b.is_ipv4();
+            let Some(alt) = alternate_port(a.port()).filter(|_| fits) else {
                 return Err(NodeError::Listen(
                     "two --listen addresses must be two IPs of one family with the same fixed port (the next port is the RFC 5780 alternate)".into(),
                 ));
-            }
-            let alt = a.port() + 1;
-            Ok(vec![
-                (SocketId::PRIMARY, *a),
-                (SocketId(1), SocketAddr::new(a.ip(), alt)),
-                (SocketId(2), *b),
-                (SocketId(3), SocketAddr::new(b.ip(), alt)),
-            ])
+            };
+            Ok(SocketPlan {
+                required: vec![
+                    (SocketId::PRIMARY, *a),
+                    (SocketId(1), SocketAddr::new(a.ip(), alt)),
+                    (SocketId(2), *b),
+                    (SocketId(3), SocketAddr::new(b.ip(), alt)),
+                ],
+                alternate: None,
+            })
         }
         _ => Err(NodeError::Listen("at most two --listen addresses".into())),
     }
@@ -185,6 +207,11 @@ fn open_store(data_dir: Option<&DataDir>) -> (Box<dyn Store>, Stored) {
             (Box::new(MemStore::new()), Stored::default())
         }
     }
+}
+
+/// The STUN alternate port next to a fixed `port`.
+fn alternate_port(port: u16) -> Option<u16> {
+    port.checked_add(1).filter(|_| port != 0)
 }
 
 /// The local IP the OS would use toward `dst` (no packet is sent).
@@ -494,5 +521,40 @@ impl Handler<Command> for NodeActor {
             Command::Stats => self.emit_stats(ctx),
         }
         self.act(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn one_listen_address_gets_the_next_port_as_an_optional_stun_alternate() {
+        let plan = socket_plan(&[at("198.51.100.1:3478")]).unwrap();
+        assert_eq!(plan.required, [(SocketId::PRIMARY, at("198.51.100.1:3478"))]);
+        assert_eq!(plan.alternate, Some((SocketId(1), at("198.51.100.1:3479"))));
+        let any = socket_plan(&[at("0.0.0.0:3478")]).unwrap();
+        assert_eq!(any.alternate, Some((SocketId(1), at("0.0.0.0:3479"))));
+        // An ephemeral port has no next port; 65535 has none either.
+        for listen in [&[][..], &[at("127.0.0.1:0")], &[at("198.51.100.1:65535")]] {
+            assert_eq!(socket_plan(listen).unwrap().alternate, None, "{listen:?}");
+        }
+        // Two IPs: the full RFC 5780 layout, all four required.
+        let full = socket_plan(&[at("198.51.100.1:3478"), at("198.51.100.2:3478")]).unwrap();
+        let ids: Vec<SocketId> = full.required.iter().map(|&(id, _)| id).collect();
+        assert_eq!((ids, full.alternate), (vec![SocketId(0), SocketId(1), SocketId(2), SocketId(3)], None));
+        for bad in [
+            &[at("198.51.100.1:3478"), at("198.51.100.1:3478")][..],
+            &[at("198.51.100.1:3478"), at("198.51.100.2:3479")],
+            &[at("198.51.100.1:65535"), at("198.51.100.2:65535")],
+            &[at("198.51.100.1:0"), at("198.51.100.2:0")],
+            &[at("198.51.100.1:1"), at("198.51.100.2:1"), at("198.51.100.3:1")],
+        ] {
+            assert!(socket_plan(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -332,15 +332,19 @@ fn a_remapped_node_punches_again_and_data_flows() {
     assert_eq!(data["data"], "after the flush");
 }
 
-/// `introducer run` with no flags is the first node of a new mesh on the default port,
-/// and `--bootstrap HOST` (no port) finds it there.
+/// `introducer run` with no flags is the first node of a new mesh on the default port (and
+/// the next one, its STUN alternate port), and `--bootstrap HOST` (no port) finds it there.
 #[test]
 fn run_without_flags_starts_a_mesh_on_the_default_port() {
     let lab = Lab::new("dflt", INTRODUCER);
     let (a, b) = (lab.public_host("a", &[A_IP]), lab.public_host("b", &[B_IP]));
     let mut seed = a.introducer(&["run"]);
     let ready = seed.wait_json(|v| v["event"] == "ready", WAIT);
-    assert_eq!(ready["listen"], serde_json::json!([format!("0.0.0.0:{PORT}")]), "{ready}");
+    assert_eq!(
+        ready["listen"],
+        serde_json::json!([format!("0.0.0.0:{PORT}"), format!("0.0.0.0:{}", PORT + 1)]),
+        "{ready}"
+    );
     assert_eq!(ready["public"], true);
     let mut peer = b.introducer(&["run", "--bootstrap", &A_IP.to_string()]);
     let registered = peer.wait_json(|v| v["event"] == "registered", WAIT);

@@ -5,8 +5,8 @@
 //! binding the probe's sockets and the birthday pool: all as the binary does them.
 //!
 //! - an **introducer** ([`SimNode::introducer`]) has nobody to join: it serves from the
-//!   start and answers STUN on one address, or on 2 IPs × 2 ports (RFC 5780) with
-//!   [`SimNode::alternate_ip`];
+//!   start and answers STUN on one IP at its port and the next one, or on 2 IPs × 2 ports
+//!   (RFC 5780) with [`SimNode::alternate_ip`];
 //! - a **peer** ([`SimNode::peer`]) joins its seeds (Hello / ServerInfo), probes its NAT
 //!   against them, serves if public, registers, and connects when told to.
 //!
@@ -125,6 +125,8 @@ pub struct SimNode {
     config: Config,
     /// An introducer's second IP (RFC 5780).
     alternate: Option<Ipv4Addr>,
+    /// With one IP, whether the node also answers STUN on the next port.
+    alternate_port: bool,
     node: Option<Running>,
     /// The node's data dir: kept across restarts.
     store: MemStore,
@@ -158,6 +160,7 @@ impl SimNode {
         SimNode {
             config,
             alternate: None,
+            alternate_port: false,
             node: None,
             store: MemStore::new(),
             listen: Vec::new(),
@@ -179,9 +182,11 @@ impl SimNode {
         }
     }
 
-    /// A public node that starts a mesh: nobody to join, so it serves from the start.
+    /// A public node that starts a mesh: nobody to join, so it serves from the start. With
+    /// one IP it also answers STUN on the next port, as `introducer run --listen IP:PORT`
+    /// does (see [`SimNode::alternate_port`]).
     pub fn introducer(identity: Identity) -> Self {
-        SimNode::new(Config::new(identity))
+        SimNode { alternate_port: true, ..SimNode::new(Config::new(identity)) }
     }
 
     /// A node that joins `introducers`, probes against them, registers with them, and
@@ -196,6 +201,14 @@ impl SimNode {
     pub fn alternate_ip(mut self, ip: Ipv4Addr) -> Self {
         assert!(self.config.bootstrap.is_empty(), "only an introducer listens on two IPs");
         self.alternate = Some(ip);
+        self
+    }
+
+    /// Whether a node with one IP also binds the next port and answers STUN there (the
+    /// alternate port of `Layout::two_ports`): on for introducers, off for peers (the
+    /// binary's ephemeral clients). Off models a node that could not bind it.
+    pub fn alternate_port(mut self, on: bool) -> Self {
+        self.alternate_port = on;
         self
     }
 
@@ -227,9 +240,10 @@ impl SimNode {
     /// Adds the node to `sim` at `place`, binds its sockets and starts it; its RNG seed is
     /// derived from the simulation's. Primary socket on `port`; an introducer with an
     /// alternate IP also binds (ip0, port+1), (ip1, port), (ip1, port+1), as the real node
-    /// does for two `--listen` addresses.
+    /// does for two `--listen` addresses; one with the alternate port only (ip0, port+1),
+    /// as it does for one.
     pub fn spawn(self, sim: &mut Sim, place: Place, port: u16) -> HostId {
-        let alternate = self.alternate;
+        let (alternate, alternate_port) = (self.alternate, self.alternate_port);
         let host = sim.add_host(place, self);
         let seed = sim.derive_seed(host.index() as u32);
         let primary = sim.bind(host, SocketId::PRIMARY, port);
@@ -241,6 +255,8 @@ impl SimNode {
             for (id, ip, port) in [(1, ip0, alt), (2, ip1, port), (3, ip1, alt)] {
                 listen.push(sim.bind_addr(host, SocketId(id), SocketAddrV4::new(ip, port)));
             }
+        } else if let Some(alt) = port.checked_add(1).filter(|_| alternate_port) {
+            listen.push(sim.bind_addr(host, SocketId(1), SocketAddrV4::new(sim.host_ip(host), alt)));
         }
         let now = sim.now();
         sim.machine::<SimNode>(host).start(now, seed, listen);

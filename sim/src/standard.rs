@@ -1,7 +1,8 @@
 //! The standard topology every whole-node simulation starts from: an RFC 5780 introducer
-//! (two IPs × two ports), optionally a second one-address introducer, and peers on the
-//! internet or behind NATs of their own, at fixed documentation addresses. The simulator's
-//! NAT matrix, its replay test and the punch benchmarks all build on it.
+//! (two IPs × two ports), optionally a second one-IP introducer (its port and the next),
+//! and peers on the internet or behind NATs of their own, at fixed documentation
+//! addresses. The simulator's NAT matrix, its replay test and the punch benchmarks all
+//! build on it.
 
 use super::node::SimNode;
 use super::{HostId, Link, Place, Sim};
@@ -13,7 +14,7 @@ use std::time::Duration;
 /// The RFC 5780 introducer's two addresses.
 pub const INTRODUCER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const INTRODUCER_ALT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-/// The second introducer's one address.
+/// The second introducer's one IP.
 pub const SECOND_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
 /// Where introducers listen.
 pub const PORT: u16 = 3478;
@@ -30,7 +31,7 @@ pub struct Standard {
 }
 
 impl Standard {
-    /// The RFC 5780 introducer (identity seed 100) and, with `second`, the one-address
+    /// The RFC 5780 introducer (identity seed 100) and, with `second`, the one-IP
     /// introducer (seed 101), on an internet of `internet` links.
     pub fn new(seed: u64, internet: Link, second: bool) -> Standard {
         let mut sim = Sim::new(seed);

@@ -143,18 +143,47 @@ pub struct SocketActor {
     mailbox_full: Rc<Cell<u64>>,
 }
 
+/// What [`SocketActor::bind_some`] bound.
+pub struct Bound {
+    pub actor: Addr<SocketActor>,
+    /// The bound sockets' local addresses, in binding order.
+    pub locals: Vec<SocketAddr>,
+    /// The optional socket that could not be bound (it and those after it are left out),
+    /// and why, for the caller to report.
+    pub skipped: Option<(SocketAddr, io::Error)>,
+}
+
 /// Mailbox size of every actor on the datagram path.
 pub const MAILBOX: usize = 4096;
 
 impl SocketActor {
     /// Binds the primary socket (and any others given) and starts receiving.
     pub fn bind(addrs: &[(SocketId, SocketAddr)]) -> io::Result<(Addr<SocketActor>, Vec<SocketAddr>)> {
+        Self::bind_some(addrs, &[]).map(|b| (b.actor, b.locals))
+    }
+
+    /// Binds `required` (the primary first), then as many of `optional` as can be, in
+    /// order up to the first that fails; starts receiving.
+    pub fn bind_some(required: &[(SocketId, SocketAddr)], optional: &[(SocketId, SocketAddr)]) -> io::Result<Bound> {
+        let mut skipped = None;
         let mut bound = Vec::new();
         let mut locals = Vec::new();
-        for &(id, addr) in addrs {
+        for &(id, addr) in required {
             let socket = bind_udp(addr)?;
             locals.push(socket.local_addr()?);
             bound.push((id, Rc::new(socket)));
+        }
+        for &(id, addr) in optional {
+            match bind_udp(addr).and_then(|socket| Ok((socket.local_addr()?, socket))) {
+                Ok((local, socket)) => {
+                    locals.push(local);
+                    bound.push((id, Rc::new(socket)));
+                }
+                Err(e) => {
+                    skipped = Some((addr, e));
+                    break;
+                }
+            }
         }
         let actor = SocketActor::create(|ctx| {
             ctx.set_mailbox_capacity(MAILBOX);
@@ -168,7 +197,7 @@ impl SocketActor {
                 .collect();
             SocketActor { sockets, routes: HashMap::new(), stats: Stats::default(), mailbox_full }
         });
-        Ok((actor, locals))
+        Ok(Bound { actor, locals, skipped })
     }
 
     fn bind_one(&mut self, id: SocketId, addr: SocketAddr, ctx: &mut Context<Self>) -> io::Result<SocketAddr> {
