@@ -102,6 +102,24 @@ fn responder(locals: &[SocketAddr]) -> Option<Responder> {
     Some(Responder::new(layout.unwrap_or_else(|| Layout::single(SocketId::PRIMARY, primary))))
 }
 
+/// A seed's alternate STUN port, from the addresses its ServerInfo lists: another port on
+/// the IP of its first (primary) address, reached at the seed's IP. Our probe needs it to
+/// find a one-IP node's alternate port, which such a node does not advertise in STUN:
+/// RFC 5780 allows OTHER-ADDRESS only with a second IP, and standard clients (coturn's
+/// `turnutils_natdiscovery`) would run their "other IP" tests against the primary address
+/// and report every NAT as endpoint-independent. Only the port is taken, the IP stays the
+/// one we contacted, so a forged ServerInfo cannot aim our probes anywhere else; and only
+/// if we reached the seed at its primary port (behind a port-forward the next port may
+/// not be the seed's). An RFC 5780 node's OTHER-ADDRESS takes precedence in the probe.
+fn alternate_port(seed: &Seed) -> Option<SocketAddr> {
+    let primary = seed.listen.first()?;
+    if primary.port() != seed.addr.port() {
+        return None;
+    }
+    let alt = seed.listen.iter().skip(1).find(|a| a.ip() == primary.ip() && a.port() != primary.port())?;
+    Some(SocketAddr::new(seed.addr.ip(), alt.port()))
+}
+
 impl Roles {
     /// Visits every role, in one fixed order (the simulator drains, ticks and asks for
     /// deadlines this way; a new role is added here once).
@@ -604,8 +622,11 @@ impl NodeCore {
         // Seeds that did not answer Hello are asked last: their answers may just have been lost.
         let answered: Vec<SocketAddr> = seeds.iter().map(|s| s.addr).collect();
         let silent = self.joining.iter().filter(|a| !answered.contains(a));
-        let servers: Vec<Server> =
-            answered.iter().chain(silent).chain(&self.config.stun).copied().map(Server::new).collect();
+        let servers: Vec<Server> = seeds
+            .iter()
+            .map(|s| Server { addr: s.addr, other: alternate_port(s) })
+            .chain(silent.chain(&self.config.stun).copied().map(Server::new))
+            .collect();
         self.seeds = seeds;
         if servers.is_empty() {
             return;
@@ -1186,6 +1207,54 @@ mod tests {
         let odd = responder(&[p, "198.51.100.9:3479".parse().unwrap()]).unwrap();
         assert!(odd.respond(SocketId::PRIMARY, client, &Message::binding_request([2; 12]).encode()).is_some());
         assert_eq!(odd.respond(SocketId(1), client, &Message::binding_request([3; 12]).encode()), None);
+    }
+
+    /// Probing takes a one-IP seed's alternate port from the addresses its ServerInfo
+    /// lists, at the IP we reached it on; an RFC 5780 seed's OTHER-ADDRESS comes later.
+    #[test]
+    fn probing_learns_a_one_ip_seeds_alternate_port_from_its_server_info() {
+        let now = Instant::now();
+        let seed = |addr: &str, listen: &[&str]| Seed {
+            addr: addr.parse().unwrap(),
+            peer_id: Identity::from_seed(100).peer_id(),
+            listen: listen.iter().map(|a| a.parse().unwrap()).collect(),
+            observed: "203.0.113.1:3478".parse().unwrap(),
+            introducer: true,
+            cookie: 7,
+        };
+        let seeds = vec![
+            // Bound to every interface, reached at its public IP.
+            seed("198.51.100.1:3478", &["0.0.0.0:3478", "0.0.0.0:3479"]),
+            // No alternate port (an ephemeral one, or the next port was taken).
+            seed("198.51.100.3:3478", &["198.51.100.3:3478"]),
+            // Reached at another port than its primary (a port-forward): the next one is a guess.
+            seed("198.51.100.4:4000", &["10.0.0.4:3478", "10.0.0.4:3479"]),
+            // Behind a 1:1 NAT: listens on a private IP, reached at the public one.
+            seed("198.51.100.5:3478", &["10.0.0.5:3478", "10.0.0.5:3479"]),
+        ];
+        let mut config = Config::new(Identity::from_seed(1));
+        config.bootstrap = seeds.iter().map(|s| s.addr).chain(["198.51.100.6:3478".parse().unwrap()]).collect();
+        let mut c = NodeCore::new(config, vec![], None, (now, 1_000_000), StdRng::seed_from_u64(1));
+        c.start(now, Stored::default());
+        orders(&mut c);
+        c.handle_report(now, Report::FirstContact(bootstrap::Event::Joined(Ok(seeds))));
+        c.handle_report(now, Report::Socket(socket::Event::Bound { purpose: Purpose::Probe, sockets: vec![] }));
+        let servers = orders(&mut c).into_iter().find_map(|o| match o {
+            Order::Probe(probing::Command::Start { config, .. }) => Some(config.servers),
+            _ => None,
+        });
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            servers.expect("probing starts"),
+            vec![
+                Server { addr: at("198.51.100.1:3478"), other: Some(at("198.51.100.1:3479")) },
+                Server::new(at("198.51.100.3:3478")),
+                Server::new(at("198.51.100.4:4000")),
+                Server { addr: at("198.51.100.5:3478"), other: Some(at("198.51.100.5:3479")) },
+                // A seed that did not answer Hello: nothing known about it.
+                Server::new(at("198.51.100.6:3478")),
+            ]
+        );
     }
 
     /// A seed that answers first contact late (its first answers lost) is registered with

@@ -70,7 +70,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Its RFC 5780 alternate address (other IP *and* other port), if known in advance.
     /// The OTHER-ADDRESS of its first answer takes precedence. An alternate with the same IP
-    /// and another port is accepted too (a one-address server listening on two ports).
+    /// and another port is accepted too: a one-IP introducer node's alternate port, which
+    /// it lists in its ServerInfo but cannot advertise in STUN (see [`server`]).
     pub other: Option<SocketAddr>,
 }
 

@@ -17,8 +17,12 @@
 //!   the answer is error 420 from the receiving socket. RFC 5780 §6.1 says a server without
 //!   the full 2×2 layout answers 420 to *every* CHANGE-REQUEST; we deviate in two harmless
 //!   ways: a CHANGE-REQUEST with no flag set (RFC 3489 clients send one in their test I) is
-//!   answered normally, and with one IP and two ports a port-only change is honoured (no
-//!   OTHER-ADDRESS is advertised then, so RFC 5780 clients never ask).
+//!   answered normally, and with one IP and two ports a port-only change is honoured. No
+//!   OTHER-ADDRESS is advertised then (RFC 5780 §7.4 allows it only with a second IP, and
+//!   standard clients such as coturn's `turnutils_natdiscovery` would send their
+//!   "alternate IP" mapping test to the primary address itself and call every NAT
+//!   endpoint-independent), so RFC 5780 clients never ask; our own probe learns the
+//!   alternate port from the node's ServerInfo.
 //! - RESPONSE-PORT: the answer goes to the request's source IP at that port (same size
 //!   bound). RESPONSE-PORT together with PADDING, or port 0, is answered with 400
 //!   (RFC 5780 §6.1).
@@ -80,7 +84,8 @@ impl Layout {
         Layout { ips: [addr.ip(); 2], ports: [addr.port(); 2], sockets: [[Some(socket), None], [None, None]] }
     }
 
-    /// One IP, two ports: change-port is honoured, change-IP gets 420, no OTHER-ADDRESS.
+    /// One IP, two ports: change-port is honoured, change-IP gets 420, no OTHER-ADDRESS
+    /// (see the module docs). What a node with one listen address serves.
     pub fn two_ports(primary: (SocketId, SocketAddr), alternate: (SocketId, SocketAddr)) -> Result<Self, LayoutError> {
         let ((s0, a0), (s1, a1)) = (primary, alternate);
         if a0.ip() != a1.ip() {
@@ -348,6 +353,12 @@ mod tests {
         let m = decode(&t);
         assert_eq!(m.response_origin, Some(a("198.51.100.1:3479")));
         assert_eq!(m.other_address, None);
+        // Arrived on the alternate port: a port change answers from the primary one.
+        let t = ports.respond(S01, a(CLIENT), &request(14, Some((false, true)), 0)).unwrap();
+        assert_eq!((t.socket, decode(&t).response_origin), (S00, Some(a("198.51.100.1:3478"))));
+        let t = ports.respond(S01, a(CLIENT), &request(15, None, 0)).unwrap();
+        assert_eq!((t.socket, decode(&t).response_origin), (S01, Some(a("198.51.100.1:3479"))));
+        assert_eq!(decode(&t).other_address, None);
         // A no-op CHANGE-REQUEST is answered even by a single socket.
         let t = single.respond(S00, a(CLIENT), &request(7, Some((false, false)), 0)).unwrap();
         assert_eq!(decode(&t).class, Class::SuccessResponse);
