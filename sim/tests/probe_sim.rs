@@ -494,6 +494,31 @@ fn dead_servers_are_skipped_then_reported() {
     assert_eq!((report.mapping, report.filtering), (Some(EIM), None));
     assert_eq!(run.sent().iter().filter(|s| s.dst == A0).count(), 3);
     assert!(run.sent().iter().any(|s| s.dst == addr(IP3, PORT0)));
+    // With no other server of another IP, a first server whose Test I answers were all lost
+    // is asked once more, as the second IP of last resort: a one-IP server's two ports
+    // alone cannot prove endpoint-independence.
+    let (b0, b_alt) = (addr(IP2, PORT0), addr(IP2, PORT1));
+    let b = Layout::two_ports((SocketId(0), b0), (SocketId(1), b_alt)).unwrap();
+    let servers = || vec![Server::new(A0), Server { addr: b0, other: Some(b_alt) }];
+    let eim_apdf = nat(EIM, APDF, Allocation::Preserving);
+    let run = Net::new(1)
+        .stun(plain(IP0), Quirk::Misses(vec![1, 2, 3]))
+        .stun(b.clone(), Quirk::Faithful)
+        .behind(eim_apdf)
+        .probe(servers(), all_extra());
+    let report = run.report();
+    assert_eq!((report.mapping, report.filtering), (Some(EIM), Some(APDF)));
+    assert_eq!(run.sent().iter().filter(|s| s.dst == A0).count(), 4);
+    // Dead, it costs Test I's tries, spent while the filtering test waits anyway.
+    let run = Net::new(1)
+        .stun(plain(IP0), Quirk::Dead)
+        .stun(b, Quirk::Faithful)
+        .behind(eim_apdf)
+        .probe(servers(), all_extra());
+    let report = run.report();
+    assert_eq!((report.mapping, report.filtering), (None, Some(APDF)));
+    assert_eq!(run.sent().iter().filter(|s| s.dst == A0).count(), 6);
+    assert_eq!(run.elapsed, SILENCE + RTT + SILENCE);
 }
 
 #[test]

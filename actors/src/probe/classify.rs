@@ -111,9 +111,12 @@ enum Purpose {
     First {
         server: usize,
     },
-    /// A mapping test from the primary socket; `order` is the send order.
+    /// A mapping test from the primary socket; `order` is the send order. `silent`: to a
+    /// server that did not answer Test I (dead, or its answers lost), as the second IP of
+    /// last resort.
     Mapping {
         order: usize,
+        silent: bool,
     },
     Filter(FilterTest),
     /// Allocation sample `index` (0-based), from `SocketId(FIRST_ALLOC_SOCKET + index)`.
@@ -345,8 +348,8 @@ impl Probe {
         let payload = msg.encode();
         // Silence from a server that already answered is loss, not information: more tries.
         let max_tries = match purpose {
-            Purpose::Mapping { .. } | Purpose::Alloc { .. } => self.config.max_tries_answered,
-            Purpose::First { .. } | Purpose::Filter(_) => self.config.max_tries,
+            Purpose::Mapping { silent: false, .. } | Purpose::Alloc { .. } => self.config.max_tries_answered,
+            Purpose::Mapping { silent: true, .. } | Purpose::First { .. } | Purpose::Filter(_) => self.config.max_tries,
         };
         let mut backoff = Backoff::new(self.rto).give_up_after(max_tries.max(1));
         let deadline = backoff.next(now);
@@ -385,36 +388,40 @@ impl Probe {
         }
     }
 
-    /// Mapping-test destinations beyond A, in send order: one with another IP, one with the
-    /// same IP as another destination but another port.
-    fn mapping_destinations(&self, first: &First) -> Vec<SocketAddr> {
+    /// Mapping-test destinations beyond A, in send order, each with whether it is a server
+    /// that did not answer Test I: one with another IP, one with the same IP as another
+    /// destination but another port.
+    fn mapping_destinations(&self, first: &First) -> Vec<(SocketAddr, bool)> {
         let a = first.addr;
-        // Servers before A did not answer Test I: no use asking them again.
-        let other_server = self
-            .config
-            .servers
-            .iter()
-            .skip(first.server + 1)
-            .find(|s| s.addr.ip() != a.ip() && s.addr.is_ipv4() == a.is_ipv4());
+        let other_ip = |s: &&Server| s.addr.ip() != a.ip() && s.addr.is_ipv4() == a.is_ipv4();
+        let servers = &self.config.servers;
+        // Servers after A first. Those before it did not answer Test I, so one of them is
+        // asked (with Test I's tries, not a mapping test's) only when no other server has
+        // another IP: without a second IP the mapping stays unknown, and their silence may
+        // have been loss.
+        let other_server = match servers.iter().skip(first.server + 1).find(other_ip) {
+            Some(s) => Some((s, false)),
+            None => servers.iter().take(first.server).find(other_ip).map(|s| (s, true)),
+        };
         let mut dsts = Vec::new();
         match first.alt {
             Some(alt) if alt.ip() != a.ip() => {
-                dsts.push(SocketAddr::new(alt.ip(), a.port()));
+                dsts.push((SocketAddr::new(alt.ip(), a.port()), false));
                 if alt.port() != a.port() {
-                    dsts.push(alt);
+                    dsts.push((alt, false));
                 }
             }
             Some(alt) => {
                 // Same IP, another port: the port test against A itself.
-                dsts.push(alt);
-                dsts.extend(other_server.map(|s| s.addr));
+                dsts.push((alt, false));
+                dsts.extend(other_server.map(|(s, silent)| (s.addr, silent)));
             }
             None => {
-                if let Some(s) = other_server {
-                    dsts.push(s.addr);
+                if let Some((s, silent)) = other_server {
+                    dsts.push((s.addr, silent));
                     if let Some(o) = s.other.filter(|o| o.port() != s.addr.port()) {
                         // RFC 5780 servers listen on their alternate port at the primary IP.
-                        dsts.push(SocketAddr::new(s.addr.ip(), o.port()));
+                        dsts.push((SocketAddr::new(s.addr.ip(), o.port()), silent));
                     }
                 }
             }
@@ -439,11 +446,11 @@ impl Probe {
         let filter_done = self.filter.is_some_and(|f| f.concluded());
         if !self.mapping_started && (!filter_on_primary || filter_done) {
             self.mapping_started = true;
-            for dst in self.mapping_destinations(&first) {
+            for (dst, silent) in self.mapping_destinations(&first) {
                 self.mappings_sent += 1;
                 let order = self.mappings_sent;
                 let pad = self.pad;
-                self.send(now, Purpose::Mapping { order }, SocketId::PRIMARY, dst, None, pad);
+                self.send(now, Purpose::Mapping { order, silent }, SocketId::PRIMARY, dst, None, pad);
             }
         }
 
@@ -522,7 +529,7 @@ impl Probe {
                 }
                 Outcome::Error(_) | Outcome::Timeout => self.try_server(now, server + 1),
             },
-            Purpose::Mapping { order } => {
+            Purpose::Mapping { order, .. } => {
                 if let Outcome::Answer { mapped, .. } = outcome {
                     self.observed.push((order, txn.dst, canonical(mapped)));
                 }
