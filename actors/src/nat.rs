@@ -48,7 +48,8 @@ pub enum NatType {
     Public,
     /// Endpoint-independent mapping: what the introducer sees is what a peer will see.
     Easy,
-    /// The mapping depends on the destination: a peer sees a port nobody has observed.
+    /// The mapping depends on the destination (a peer sees a port nobody has observed),
+    /// or probing could not show that it does not.
     Hard,
 }
 
@@ -93,7 +94,9 @@ impl NatType {
 }
 
 /// What NAT probing concluded. `None` fields could not be determined (for example,
-/// filtering needs a server with an alternate address).
+/// filtering needs a server with an alternate address; telling endpoint-independent
+/// mapping from not needs two server IPs). An unknown mapping counts as hard
+/// ([`NatReport::nat_type`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NatReport {
     /// The node's public endpoint as the first server saw it.
@@ -117,13 +120,20 @@ impl NatReport {
         }
     }
 
-    /// Public only when nothing translates and nothing filters; easy when mapping is
-    /// endpoint-independent (or unknown but untranslated); hard otherwise.
+    /// Public only when nothing translates and nothing filters; easy only when mapping is
+    /// proven endpoint-independent (or nothing translates, so there is no mapping to
+    /// depend on anything); hard otherwise — an unknown mapping included.
+    ///
+    /// Why unknown is hard: "easy" promises that a peer reaches us at the port the
+    /// introducer saw. Taken on faith for a symmetric NAT, both sides plan a simultaneous
+    /// open that cannot work and fall back to the relay after seconds; taken as hard, an
+    /// easy peer is reached by the birthday punch (which works whatever our mapping is),
+    /// and two unknowns go to the relay at once.
     pub fn nat_type(&self) -> NatType {
         match (self.no_nat, self.mapping, self.filtering) {
             (true, _, Some(Filtering::EndpointIndependent)) => NatType::Public,
-            (_, Some(Mapping::AddressDependent | Mapping::AddressAndPortDependent), _) => NatType::Hard,
-            _ => NatType::Easy,
+            (_, Some(Mapping::EndpointIndependent), _) | (true, None, _) => NatType::Easy,
+            _ => NatType::Hard,
         }
     }
 }
@@ -318,5 +328,31 @@ mod tests {
             ..r
         };
         assert_eq!(firewalled.nat_type(), NatType::Easy);
+    }
+
+    /// Issue 9: a symmetric NAT probed against servers that could not tell its mapping
+    /// (`None`) was reported easy, so a birthday-punchable pair ended up relayed.
+    #[test]
+    fn an_unknown_mapping_is_never_easy() {
+        let unknown =
+            NatReport { mapping: None, ..NatBehavior::PORT_RESTRICTED.expected_report(([203, 0, 113, 1], 1).into()) };
+        for filtering in [None, Some(Filtering::EndpointIndependent), Some(Filtering::AddressAndPortDependent)] {
+            for allocation in [None, Some(Allocation::Preserving), Some(Allocation::Sequential { step: 1 })] {
+                let r = NatReport { filtering, allocation, ..unknown };
+                assert_eq!(r.nat_type(), NatType::Hard, "{r:?}");
+                // What a peer learns from our record says the same.
+                let heard = NatReport::try_from(&pb::NatReport::from(&r)).unwrap();
+                assert_eq!(heard.nat_type(), NatType::Hard, "{heard:?}");
+            }
+        }
+        // Untranslated, nothing depends on the destination: easy (public if unfiltered).
+        let untranslated = NatReport { no_nat: true, ..unknown };
+        assert_eq!(untranslated.nat_type(), NatType::Easy);
+        let open = NatReport { filtering: Some(Filtering::EndpointIndependent), ..untranslated };
+        assert_eq!(open.nat_type(), NatType::Public);
+        // Every NAT the model knows has a known mapping, and its type follows it.
+        for b in [NatBehavior::PORT_RESTRICTED, NatBehavior::SYMMETRIC_RANDOM, NatBehavior::RESTRICTED_CONE] {
+            assert_eq!(b.expected_report(unknown.public_addr).nat_type(), b.nat_type(), "{b:?}");
+        }
     }
 }

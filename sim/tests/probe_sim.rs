@@ -494,9 +494,10 @@ fn dead_servers_are_skipped_then_reported() {
     assert_eq!((report.mapping, report.filtering), (Some(EIM), None));
     assert_eq!(run.sent().iter().filter(|s| s.dst == A0).count(), 3);
     assert!(run.sent().iter().any(|s| s.dst == addr(IP3, PORT0)));
+
     // With no other server of another IP, a first server whose Test I answers were all lost
     // is asked once more, as the second IP of last resort: a one-IP server's two ports
-    // alone cannot prove endpoint-independence.
+    // alone cannot prove endpoint-independence, and unknown would count as hard.
     let (b0, b_alt) = (addr(IP2, PORT0), addr(IP2, PORT1));
     let b = Layout::two_ports((SocketId(0), b0), (SocketId(1), b_alt)).unwrap();
     let servers = || vec![Server::new(A0), Server { addr: b0, other: Some(b_alt) }];
@@ -507,7 +508,7 @@ fn dead_servers_are_skipped_then_reported() {
         .behind(eim_apdf)
         .probe(servers(), all_extra());
     let report = run.report();
-    assert_eq!((report.mapping, report.filtering), (Some(EIM), Some(APDF)));
+    assert_eq!((report.mapping, report.filtering, report.nat_type()), (Some(EIM), Some(APDF), NatType::Easy));
     assert_eq!(run.sent().iter().filter(|s| s.dst == A0).count(), 4);
     // Dead, it costs Test I's tries, spent while the filtering test waits anyway.
     let run = Net::new(1)
@@ -516,7 +517,7 @@ fn dead_servers_are_skipped_then_reported() {
         .behind(eim_apdf)
         .probe(servers(), all_extra());
     let report = run.report();
-    assert_eq!((report.mapping, report.filtering), (None, Some(APDF)));
+    assert_eq!((report.mapping, report.filtering, report.nat_type()), (None, Some(APDF), NatType::Hard));
     assert_eq!(run.sent().iter().filter(|s| s.dst == A0).count(), 6);
     assert_eq!(run.elapsed, SILENCE + RTT + SILENCE);
 }
@@ -528,11 +529,15 @@ fn plain_stun_servers_leave_filtering_unknown() {
         Net::new(1).stun(plain(IP0), Quirk::Faithful).behind(nat(APDM, APDF, SEQ1)).probe(ask(&[A0]), all_extra());
     let report = run.report();
     assert_eq!((report.mapping, report.filtering, report.allocation), (None, None, Some(SEQ1)));
+    assert_eq!(report.nat_type(), NatType::Hard, "an unknown mapping is never easy");
 
     let b0 = addr(IP2, PORT0);
     for_each_seed(0..4, |seed| {
-        // Two plain servers on different IPs: EIM is provable, ADM vs APDM is not.
-        for (mapping, expected) in [(EIM, Some(EIM)), (ADM, None), (APDM, None)] {
+        // Two plain servers on different IPs: EIM is provable, ADM vs APDM is not — but
+        // different public ports towards two IPs are enough to know the NAT is hard.
+        for (mapping, expected, nat_type) in
+            [(EIM, Some(EIM), NatType::Easy), (ADM, None, NatType::Hard), (APDM, None, NatType::Hard)]
+        {
             let report = Net::new(seed)
                 .stun(plain(IP0), Quirk::Faithful)
                 .stun(plain(IP2), Quirk::Faithful)
@@ -540,6 +545,7 @@ fn plain_stun_servers_leave_filtering_unknown() {
                 .probe(ask(&[A0, b0]), all_extra())
                 .report();
             assert_eq!((report.mapping, report.filtering), (expected, None), "{mapping:?}");
+            assert_eq!(report.nat_type(), nat_type, "{mapping:?}");
         }
         // ... unless the second server's alternate port is known: then it is.
         for mapping in [EIM, ADM, APDM] {
@@ -574,6 +580,34 @@ fn one_ip_server_with_two_ports() {
                 .probe(vec![Server { addr: A0, other: Some(alt) }], all_extra())
                 .report();
             assert_eq!((report.mapping, report.filtering), (want_m, want_f), "{mapping:?} {filtering:?}");
+            // Endpoint-independent or address-dependent: one IP cannot tell, so not easy.
+            assert_eq!(report.nat_type(), NatType::Hard, "{mapping:?} {filtering:?}");
+        }
+    });
+}
+
+/// Two one-IP servers, the first with its alternate port known (as a node's ServerInfo
+/// tells it): the port test on the first and the second IP together classify the mapping
+/// exactly; filtering shows only as port-restricted or not.
+#[test]
+fn two_one_ip_servers_with_an_alternate_port_classify_the_mapping() {
+    let alt = addr(IP0, PORT1);
+    let layout = Layout::two_ports((SocketId(0), A0), (SocketId(1), alt)).unwrap();
+    let b0 = addr(IP2, PORT0);
+    for_each_seed(0..4, |seed| {
+        for mapping in [EIM, ADM, APDM] {
+            for filtering in [EIF, ADF, APDF] {
+                let report = Net::new(seed)
+                    .stun(layout.clone(), Quirk::Faithful)
+                    .stun(plain(IP2), Quirk::Faithful)
+                    .behind(nat(mapping, filtering, Allocation::Random))
+                    .probe(vec![Server { addr: A0, other: Some(alt) }, Server::new(b0)], all_extra())
+                    .report();
+                let case = format!("{mapping:?} {filtering:?}");
+                assert_eq!(report.mapping, Some(mapping), "{case}");
+                assert_eq!(report.filtering, Some(filtering).filter(|&f| f == APDF), "{case}");
+                assert_eq!(report.nat_type(), if mapping == EIM { NatType::Easy } else { NatType::Hard }, "{case}");
+            }
         }
     });
 }

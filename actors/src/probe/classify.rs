@@ -26,7 +26,7 @@ pub struct ProbeConfig {
     pub max_tries: u32,
     /// Transmissions for the mapping and allocation tests, sent to servers that already
     /// answered: silence there is loss, not information, and an unknown mapping would
-    /// pass a hard NAT for an easy one (default 6: 0.2 % lost at 20 % loss each way).
+    /// count an easy NAT as hard (default 6: 0.2 % lost at 20 % loss each way).
     pub max_tries_answered: u32,
     /// Largest |step| reported as sequential allocation (default 16).
     pub max_step: u16,
@@ -397,8 +397,8 @@ impl Probe {
         let servers = &self.config.servers;
         // Servers after A first. Those before it did not answer Test I, so one of them is
         // asked (with Test I's tries, not a mapping test's) only when no other server has
-        // another IP: without a second IP the mapping stays unknown, and their silence may
-        // have been loss.
+        // another IP: without a second IP the mapping stays unknown, which counts as hard,
+        // and their silence may have been loss.
         let other_server = match servers.iter().skip(first.server + 1).find(other_ip) {
             Some(s) => Some((s, false)),
             None => servers.iter().take(first.server).find(other_ip).map(|s| (s, true)),
@@ -716,7 +716,10 @@ impl Machine for Probe {
 /// ports and different mappings ⇒ address-and-port-dependent. Different mappings towards
 /// different IPs *and* the same mapping towards two ports of one IP ⇒ address-dependent.
 /// Otherwise `None` (e.g. one destination only, or only different IPs with different
-/// mappings, which does not tell address- from address-and-port-dependent).
+/// mappings, which does not tell address- from address-and-port-dependent), which
+/// `NatReport::nat_type` counts as hard: different mappings towards two IPs are enough to
+/// know the NAT is not easy, and nothing less than the same mapping towards two IPs shows
+/// that it is.
 pub fn classify_mapping(observed: &[(SocketAddr, SocketAddr)]) -> Option<Mapping> {
     let (mut addr_dep, mut port_dep) = (None::<bool>, None::<bool>);
     for (i, &(dst_a, map_a)) in observed.iter().enumerate() {
@@ -797,6 +800,7 @@ pub fn classify_allocation(samples: &[(u16, u16)], max_step: u16) -> Option<Allo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nat::NatType;
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -921,6 +925,91 @@ mod tests {
             while probe.poll_transmit().is_some() {}
         }
         assert!(probe.stats().received == 5000);
+    }
+
+    /// A new public port per socket and destination (IPv4 destinations).
+    fn symmetric(socket: SocketId, dst: SocketAddr) -> u16 {
+        let last = match dst.ip() {
+            std::net::IpAddr::V4(v4) => u16::from(v4.octets()[3]),
+            std::net::IpAddr::V6(_) => unreachable!("IPv4 only"),
+        };
+        20000 + 100 * socket.0 + 10 * last + dst.port() % 10
+    }
+
+    /// One public port per socket, whatever the destination.
+    fn easy(socket: SocketId, _: SocketAddr) -> u16 {
+        30000 + socket.0
+    }
+
+    /// Runs a probe to its end against one-IP servers that answer every Binding request at
+    /// the address it was sent to, behind a NAT that maps `(socket, destination)` to a
+    /// public port with `map` and drops every answer from an address the socket never sent
+    /// to (port-restricted filtering).
+    fn probe_one_ip_servers(servers: Vec<Server>, map: impl Fn(SocketId, SocketAddr) -> u16) -> NatReport {
+        let start = Instant::now();
+        let locals = LocalSockets {
+            primary: Some(a("10.0.0.2:40000")),
+            extra: (1..=5).map(|i| SocketAddr::new("10.0.0.2".parse().unwrap(), 40000 + i)).collect(),
+        };
+        let mut probe = Probe::new(ProbeConfig::new(servers), locals, start, 3);
+        let mut now = start;
+        for _ in 0..1000 {
+            while let Some(t) = probe.poll_transmit() {
+                let request = Message::decode(&t.payload).unwrap();
+                if request.change_request.is_some_and(|c| c.change_port || c.change_ip) {
+                    continue; // answered from another port: filtered out
+                }
+                let mapped = SocketAddr::new("203.0.113.9".parse().unwrap(), map(t.socket, t.dst));
+                let answer = Message::binding_success(request.transaction_id, mapped).encode();
+                probe.handle_datagram(now, t.socket, t.dst, &answer);
+            }
+            if let Some(result) = probe.result() {
+                return result.expect("the servers answered");
+            }
+            now = probe.poll_timeout().expect("a running probe has a deadline");
+            probe.handle_timeout(now);
+        }
+        panic!("the probe never ended");
+    }
+
+    /// Issue 9: against two one-IP servers, a symmetric NAT's different public ports
+    /// towards them were "unknown", and unknown was easy.
+    #[test]
+    fn two_one_ip_servers_tell_a_symmetric_nat_from_an_easy_one() {
+        let servers = || vec![Server::new(a("198.51.100.1:3478")), Server::new(a("198.51.100.3:3478"))];
+        let symmetric = probe_one_ip_servers(servers(), symmetric);
+        assert_eq!(symmetric.mapping, None, "address- or address-and-port-dependent: no port test tells which");
+        assert_eq!(symmetric.nat_type(), NatType::Hard);
+        let easy = probe_one_ip_servers(servers(), easy);
+        assert_eq!((easy.mapping, easy.filtering), (Some(EIM), None));
+        assert_eq!(easy.nat_type(), NatType::Easy);
+    }
+
+    /// A one-IP server's alternate port (from its ServerInfo) gives the port test and the
+    /// filtering test; endpoint-independence still needs a second IP.
+    #[test]
+    fn a_one_ip_servers_alternate_port_tells_port_dependence_and_filtering() {
+        let (x, x_alt, y) = (a("198.51.100.1:3478"), a("198.51.100.1:3479"), a("198.51.100.3:3478"));
+        let with_alt = || Server { addr: x, other: Some(x_alt) };
+
+        let r = probe_one_ip_servers(vec![with_alt(), Server::new(y)], symmetric);
+        assert_eq!(
+            (r.mapping, r.filtering, r.nat_type()),
+            (Some(APDM), Some(Filtering::AddressAndPortDependent), NatType::Hard)
+        );
+        let r = probe_one_ip_servers(vec![with_alt(), Server::new(y)], easy);
+        assert_eq!(
+            (r.mapping, r.filtering, r.nat_type()),
+            (Some(EIM), Some(Filtering::AddressAndPortDependent), NatType::Easy)
+        );
+        // One server alone: port-dependence shows, endpoint-independence cannot.
+        let r = probe_one_ip_servers(vec![with_alt()], symmetric);
+        assert_eq!((r.mapping, r.nat_type()), (Some(APDM), NatType::Hard));
+        let r = probe_one_ip_servers(vec![with_alt()], easy);
+        assert_eq!(
+            (r.mapping, r.filtering, r.nat_type()),
+            (None, Some(Filtering::AddressAndPortDependent), NatType::Hard)
+        );
     }
 
     #[test]

@@ -16,11 +16,15 @@
 //! 1. **Mapping** (primary socket): Binding to A's alternate IP with A's port, and to A's
 //!    alternate IP with the alternate port (RFC 5780 tests II and III, sent together instead
 //!    of one after the other: one RTT saved, one extra packet). Without an alternate IP, a
-//!    second configured server with another IP stands in. Classification compares the mapped
-//!    endpoints: same mapping towards two different IPs ⇒ endpoint-independent; different
-//!    mappings towards two ports of one IP ⇒ address-and-port-dependent; different mappings
-//!    towards different IPs but the same towards two ports of one IP ⇒ address-dependent;
-//!    anything less conclusive ⇒ `None`.
+//!    second configured server with another IP stands in, and a one-IP server's alternate
+//!    port (`Server::other` on its own IP) gives the two ports of one IP. Classification
+//!    compares the mapped endpoints: same mapping towards two different IPs ⇒
+//!    endpoint-independent; different mappings towards two ports of one IP ⇒
+//!    address-and-port-dependent; different mappings towards different IPs but the same
+//!    towards two ports of one IP ⇒ address-dependent; anything less conclusive ⇒ `None`,
+//!    which counts as hard (`NatReport::nat_type`): different mappings towards two IPs
+//!    without a port test, or one IP only (an address-dependent NAT keeps one mapping per
+//!    IP, so one IP cannot prove endpoint-independence).
 //! 2. **Filtering** (its own socket, `SocketId(1)`, which sends to A's primary address only,
 //!    so no hole opened by another test can let an answer in): CHANGE-REQUEST ip+port and
 //!    CHANGE-REQUEST port, both to A, in parallel. The ip+port answer arriving ⇒

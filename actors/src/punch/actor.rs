@@ -131,7 +131,8 @@ impl Attempts {
             return Err(Unpunchable::Busy(from_ip.max(from_network)));
         }
         let peer_nat = introduced.peer.record.nat.as_ref().and_then(|n| NatReport::try_from(n).ok());
-        // A peer that could not probe is taken as easy, at the address the introducer saw.
+        // A peer that could not probe has an unknown mapping, so it is taken as hard, at
+        // the address the introducer saw.
         let peer_nat = peer_nat.unwrap_or(NatReport {
             public_addr: introduced.peer_public,
             no_nat: false,

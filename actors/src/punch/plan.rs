@@ -135,7 +135,7 @@ pub struct Plan {
 pub enum Unpunchable {
     /// The two NATs, by how they allocate ports (`None`: probing could not tell).
     #[error(
-        "both sides are behind hard NATs (destination-dependent mapping; ports allocated {} here, {} there), \
+        "both sides are behind hard NATs (destination-dependent or unknown mapping; ports allocated {} here, {} there), \
          not both sequential: only a relay connects them",
         allocation_str(*ours), allocation_str(*theirs)
     )]
@@ -180,10 +180,11 @@ fn admits_anyone(report: &NatReport) -> bool {
 
 /// DESIGN.md's strategy table, the one copy of it: how two NATs, as probed, connect.
 /// Mapping decides what can be punched: a public side is simply reached; two
-/// endpoint-independent mappings open each other; a hard (destination-dependent) mapping
-/// facing an easy one is found by the birthday paradox, or predicted where it allocates in
-/// sequence — unless the easy side filters nothing, then the hard side just sends; two
-/// hard mappings meet only when both allocate in sequence, else the relay carries them.
+/// endpoint-independent mappings open each other; a hard mapping (destination-dependent,
+/// or not known to be endpoint-independent: see `NatReport::nat_type`) facing an easy one
+/// is found by the birthday paradox, or predicted where it allocates in sequence — unless
+/// the easy side filters nothing, then the hard side just sends; two hard mappings meet
+/// only when both allocate in sequence, else the relay carries them.
 /// Peers behind one public IP (`same_ip`) try their LAN first. [`plan`] follows it, and
 /// so do the simulator's and the real-NAT lab's expectations.
 pub fn strategy(me: &NatReport, peer: &NatReport, same_ip: bool) -> Strategy {
@@ -241,4 +242,63 @@ pub fn plan(
             plan(strategy, true, Some(Birthday::Spray { ip: peer_public.ip(), predict }))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::{Filtering, Mapping};
+
+    fn report(addr: &str, mapping: Option<Mapping>, filtering: Filtering, allocation: Allocation) -> NatReport {
+        let public_addr = addr.parse().unwrap();
+        NatReport { public_addr, no_nat: false, mapping, filtering: Some(filtering), allocation: Some(allocation) }
+    }
+
+    const APDF: Filtering = Filtering::AddressAndPortDependent;
+    const EIM: Option<Mapping> = Some(Mapping::EndpointIndependent);
+    const APDM: Option<Mapping> = Some(Mapping::AddressAndPortDependent);
+
+    /// Issue 9: probing that cannot tell a NAT's mapping (one-IP servers) must not make
+    /// it easy: a side with an unknown mapping is planned exactly as a hard one.
+    #[test]
+    fn an_unknown_mapping_is_planned_as_hard() {
+        let (me_at, peer_at) = ("203.0.113.1:1000", "203.0.113.2:2000");
+        let peer_public: SocketAddr = peer_at.parse().unwrap();
+        let unknown = |at| report(at, None, APDF, Allocation::Random);
+        let easy = |at| report(at, EIM, APDF, Allocation::Preserving);
+        let hard = |at| report(at, APDM, APDF, Allocation::Random);
+        let public = |at: &str| NatReport::public(at.parse().unwrap());
+
+        // Against an easy peer: we open the birthday pool toward it...
+        let p = plan(&unknown(me_at), &easy(peer_at), peer_public, &[]).unwrap();
+        assert_eq!(p.strategy, Strategy::Birthday);
+        assert_eq!(p.birthday, Some(Birthday::Pool { target: peer_public }));
+        assert!(p.send_first);
+        // ...and an easy side sprays at an unknown peer's IP.
+        let p = plan(&easy(me_at), &unknown(peer_at), peer_public, &[]).unwrap();
+        assert_eq!(p.strategy, Strategy::Birthday);
+        assert_eq!(p.birthday, Some(Birthday::Spray { ip: peer_public.ip(), predict: None }));
+        // Against a hard peer, or another unknown one: the relay, at once.
+        for peer in [hard(peer_at), unknown(peer_at)] {
+            let refused = plan(&unknown(me_at), &peer, peer_public, &[]);
+            assert_eq!(
+                refused,
+                Err(Unpunchable::BothHard { ours: Some(Allocation::Random), theirs: Some(Allocation::Random) })
+            );
+            let refused = plan(&peer, &unknown(me_at), me_at.parse().unwrap(), &[]);
+            assert!(matches!(refused, Err(Unpunchable::BothHard { .. })), "{refused:?}");
+        }
+        // Two sequential allocators predict each other, as two hard ones do.
+        let seq = |at| report(at, None, APDF, Allocation::Sequential { step: 1 });
+        assert_eq!(strategy(&seq(me_at), &seq(peer_at), false), Strategy::Predict);
+        // Against a public peer: direct, and the unknown side sends first.
+        let p = plan(&unknown(me_at), &public(peer_at), peer_public, &[]).unwrap();
+        assert_eq!((p.strategy, p.send_first), (Strategy::Direct, true));
+        let p = plan(&public(me_at), &unknown(peer_at), peer_public, &[]).unwrap();
+        assert_eq!((p.strategy, p.send_first), (Strategy::Direct, false));
+        // An easy peer that filters nothing is just sent to, the unknown side first.
+        let open = report(peer_at, EIM, Filtering::EndpointIndependent, Allocation::Preserving);
+        let p = plan(&unknown(me_at), &open, peer_public, &[]).unwrap();
+        assert_eq!((p.strategy, p.send_first, p.birthday), (Strategy::Direct, true, None));
+    }
 }
