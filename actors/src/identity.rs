@@ -15,6 +15,7 @@ const NEW_MAPPING_DOMAIN: &[u8] = b"introducer/new-mapping/v1";
 const REGISTER_DOMAIN: &[u8] = b"introducer/register/v1";
 const GOSSIP_DOMAIN: &[u8] = b"introducer/gossip/v1";
 const NODE_RECORD_DOMAIN: &[u8] = b"introducer/node-record/v1";
+const HOSTING_DOMAIN: &[u8] = b"introducer/hosting/v1";
 
 fn register_message(cookie: u64, nonce: u64) -> Vec<u8> {
     [REGISTER_DOMAIN, &cookie.to_le_bytes(), &nonce.to_le_bytes()].concat()
@@ -147,6 +148,29 @@ impl Identity {
             signature: signature.into(),
         }
     }
+}
+
+impl Identity {
+    /// Claims, as a home, that `peer` is registered with us until `expires_ms`.
+    pub fn sign_hosting(&self, peer: &PeerId, issued_ms: u64, expires_ms: u64) -> pb::SignedHosting {
+        let hosting = pb::Hosting { peer_id: peer.to_bytes().into(), issued_ms, expires_ms }.encode_to_vec();
+        let signature = self.keypair.sign(&[HOSTING_DOMAIN, &hosting].concat());
+        pb::SignedHosting {
+            public_key: self.public_key.clone().into(),
+            hosting: hosting.into(),
+            signature: signature.into(),
+        }
+    }
+}
+
+/// Checks a hosting claim's signature; returns the home and the claim.
+pub fn verify_hosting(signed: &pb::SignedHosting) -> Result<(PeerId, pb::Hosting), SignatureError> {
+    let key = decode_key(&signed.public_key)?;
+    let hosting = pb::Hosting::decode(&signed.hosting[..]).map_err(|_| SignatureError::Malformed)?;
+    if !verify_strict(&key, &[HOSTING_DOMAIN, &signed.hosting].concat(), &signed.signature) {
+        return Err(SignatureError::BadSignature);
+    }
+    Ok((key.to_peer_id(), hosting))
 }
 
 fn gossip_message(gossip: &pb::Gossip) -> Vec<u8> {

@@ -230,6 +230,9 @@ enum Phase {
     AwaitingRegistration,
     /// An introduction is asked for; none has come.
     Asked,
+    /// The peer is registered with other members: we register with this one of its homes
+    /// to ask it for the introduction.
+    AwaitingHome(SocketAddr),
     /// Punching under an introduction; a relay circuit is asked for too at `relay_at`.
     Punching { intro: Intro, relay_at: Option<Instant> },
     /// The relay circuit is being set up (the punch may go on: if it wins, it takes over).
@@ -253,17 +256,20 @@ struct Peer {
     /// `None` when the peer reached us, or we punch again on our own.
     asked: Option<Instant>,
     session: Option<Open>,
+    /// This connect followed one introducer's word that the peer is registered elsewhere:
+    /// it follows no second (two members each naming the other would be a loop).
+    redirected: bool,
 }
 
 impl Default for Peer {
     fn default() -> Self {
-        Peer { phase: Phase::Idle, asked: None, session: None }
+        Peer { phase: Phase::Idle, asked: None, session: None, redirected: false }
     }
 }
 
 impl Peer {
     fn is_empty(&self) -> bool {
-        self.phase == Phase::Idle && self.asked.is_none() && self.session.is_none()
+        self.phase == Phase::Idle && self.asked.is_none() && self.session.is_none() && !self.redirected
     }
 }
 
@@ -423,6 +429,7 @@ impl NodeCore {
 
     /// The user wants to reach `peer`.
     pub fn connect(&mut self, now: Instant, peer: PeerId) {
+        self.peer(peer).redirected = false;
         if self.registered.is_empty() {
             self.peer(peer).phase = Phase::AwaitingRegistration;
         } else {
@@ -557,6 +564,9 @@ impl NodeCore {
             mesh::Event::Record(record) => {
                 tracing::debug!(peer = %record.peer, addrs = ?record.addrs, "node record");
                 self.remember_record(&record);
+            }
+            mesh::Event::Homes { peer, homes } => {
+                self.orders.push_back(Order::Broker(broker::Command::Homes { peer, homes }))
             }
             mesh::Event::Active | mesh::Event::Alone => tracing::debug!(?event, "mesh"),
         }
@@ -791,7 +801,7 @@ impl NodeCore {
     /// The connection the user asked for cannot be made.
     fn fail(&mut self, peer: PeerId, error: ConnectError) {
         let p = self.peer(peer);
-        (p.phase, p.asked) = (Phase::Idle, None);
+        (p.phase, p.asked, p.redirected) = (Phase::Idle, None, false);
         self.settle(peer);
         self.tidy(&peer);
         self.emit(NodeEvent::ConnectFailed { peer, error });
@@ -804,14 +814,21 @@ impl NodeCore {
 
     fn on_broker(&mut self, event: broker::Event) {
         match event {
-            broker::Event::Registered { peer, addr } => self.emit(NodeEvent::PeerRegistered { peer, addr }),
+            broker::Event::Registered { peer, addr } => {
+                // We are its home: the mesh hears so, and lookups for it anywhere end here.
+                self.orders.push_back(Order::Mesh(mesh::Command::Host(peer)));
+                self.emit(NodeEvent::PeerRegistered { peer, addr })
+            }
             broker::Event::Introduced { requester, target, nonce } => {
                 // Our relay carries their circuit if their punch needs one.
                 let peers = [requester, target];
                 self.orders.push_back(Order::Relay(relay::Command::Authorize { nonce, peers }));
                 self.emit(NodeEvent::Introduced { requester, target })
             }
-            broker::Event::Expired { peer } => tracing::info!(%peer, "registration expired"),
+            broker::Event::Expired { peer } => {
+                tracing::info!(%peer, "registration expired");
+                self.orders.push_back(Order::Mesh(mesh::Command::Unhost(peer)));
+            }
         }
     }
 
@@ -827,6 +844,17 @@ impl NodeCore {
                 for peer in self.awaiting_registration() {
                     self.ask_introduction(now, peer);
                 }
+                let at_home: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.phase == Phase::AwaitingHome(introducer))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for peer in at_home {
+                    self.peer(peer).phase = Phase::Asked;
+                    self.orders
+                        .push_back(Order::Registration(registration::actor::Command::IntroduceVia(peer, introducer)));
+                }
             }
             R::Unreachable => {
                 self.registered.remove(&introducer);
@@ -838,8 +866,31 @@ impl NodeCore {
                 }
             }
             R::Introduced(introduced) => self.on_introduced(now, introducer, introduced),
+            R::IntroduceFailed { target, error: registration::IntroduceError::Elsewhere { homes, .. } }
+                if !homes.is_empty()
+                    && self.peers.get(&target).is_some_and(|p| p.phase == Phase::Asked && !p.redirected) =>
+            {
+                self.ask_home(now, target, homes)
+            }
             R::IntroduceFailed { target, error } => self.fail(target, ConnectError::Introduce(error)),
         }
+    }
+
+    /// The peer is registered with other members (`homes`): ask the first for the
+    /// introduction, registering with it first if need be. A second redirect for the same
+    /// connect is a failure (see the guard in `on_registration`), so this never loops.
+    fn ask_home(&mut self, now: Instant, peer: PeerId, homes: Vec<SocketAddr>) {
+        let home = *homes.iter().find(|h| self.registered.contains(h)).unwrap_or(&homes[0]);
+        self.peer(peer).redirected = true;
+        tracing::info!(%peer, %home, "registered elsewhere: asking its home");
+        if self.registered.contains(&home) {
+            self.orders.push_back(Order::Registration(registration::actor::Command::IntroduceVia(peer, home)));
+            return;
+        }
+        self.peer(peer).phase = Phase::AwaitingHome(home);
+        let record = self.signed_record(now);
+        let register = registration::actor::Command::Register { introducers: vec![home], record };
+        self.orders.push_back(Order::Registration(register));
     }
 
     /// The peers whose connect waits for a registration.
@@ -911,7 +962,7 @@ impl NodeCore {
                 // A circuit still being set up closes when the session moves (Sessions::open).
                 let before = p.session.replace(Open { path, nonce }).map(|s| s.path);
                 let asked = p.asked.take();
-                p.phase = Phase::Idle;
+                (p.phase, p.redirected) = (Phase::Idle, false);
                 self.settle(peer);
                 let keys = Some(keys);
                 let opened = ProvenPath { peer, socket, remote, proven, controlling: initiator, path, strategy, keys };

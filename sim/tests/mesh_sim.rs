@@ -102,3 +102,45 @@ fn sim_a_single_ip_node_learns_it_is_public_by_dial_back() {
         );
     });
 }
+
+/// Two NATed peers homed at different members: the requester's home knows (from the
+/// mesh) where the target is homed, sends it there, and that home introduces them, with
+/// every proof a registration gives. They punch and ping.
+#[test]
+fn sim_peers_homed_at_different_members_connect_through_the_targets_home() {
+    for_each_seed(0..8, |seed| {
+        let mut sim = Sim::new(seed);
+        let founder = SimNode::introducer(Identity::from_seed(100))
+            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
+            .spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10)), 3478);
+        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
+        let b = SimNode::peer(Identity::from_seed(101), vec![founder_addr]).spawn(
+            &mut sim,
+            Place::Public(Ipv4Addr::new(198, 51, 100, 11)),
+            3478,
+        );
+        let b_addr = sim.local_addr(b, introducer_actors::SocketId::PRIMARY);
+        assert!(sim.run_until_cond(10 * SEC, |sim| sim.machine_ref::<SimNode>(b).is_serving()));
+        let nat = |sim: &mut Sim, i: u8| {
+            sim.add_nat(introducer_actors::nat::NatBehavior::PORT_RESTRICTED, Ipv4Addr::new(203, 0, 113, i), None)
+        };
+        let (nat_p, nat_q) = (nat(&mut sim, 1), nat(&mut sim, 2));
+        let target = Identity::from_seed(200);
+        let p = SimNode::peer(target.clone(), vec![founder_addr]).spawn(&mut sim, Place::Behind(nat_p), 4000);
+        assert!(sim.run_until_cond(10 * SEC, |sim| sim.machine_ref::<SimNode>(p).is_registered()));
+        // B hears from the mesh that the founder hosts P.
+        let at = sim.now() + 3 * SEC;
+        let q = SimNode::peer(Identity::from_seed(201), vec![b_addr])
+            .connect_at(at, target.peer_id())
+            .pings(3, Duration::from_millis(200))
+            .spawn(&mut sim, Place::Behind(nat_q), 4000);
+        let pinged = |sim: &Sim| sim.machine_ref::<SimNode>(q).pongs(&target.peer_id()).len() >= 3;
+        let ok = sim.run_until_cond(30 * SEC, pinged);
+        let node = sim.machine_ref::<SimNode>(q);
+        assert!(ok, "seed {seed}: {:?}", node.failure(&target.peer_id()));
+        let connected = node.connected(&target.peer_id()).expect("connected");
+        assert_eq!(connected.path, introducer_actors::punch::Path::Direct, "seed {seed}");
+        assert!(node.registered().contains(&founder_addr), "seed {seed}: registered with the target's home");
+        eprintln!("seed {seed}: connected across homes in {:.0} ms", connected.connect_ms());
+    });
+}

@@ -661,7 +661,7 @@ fn a_whole_cell_replays_byte_for_byte_from_its_seed() {
             .collect::<Vec<_>>();
         (world.sim.trace().to_vec(), events)
     };
-    let ((trace, events), (again, events_again)) = (run(7), run(7));
+    let ((trace, events), (again, events_again)) = (run(9), run(9));
     let first_difference = trace.iter().zip(&again).position(|(a, b)| a != b);
     assert!(again.len() == trace.len() && first_difference.is_none(), "traces differ at {first_difference:?}");
     assert!(events_again == events, "events differ");

@@ -19,6 +19,7 @@ impl Protocol for Broker {
     fn handle_command(&mut self, _: Instant, command: Command) {
         match command {
             Command::Serve => self.serving = true,
+            Command::Homes { peer, homes } => self.set_homes(&peer, homes),
         }
     }
     fn handle_timeout(&mut self, now: Instant) {

@@ -32,7 +32,7 @@ use libp2p_identity::PeerId;
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::Rng;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU16;
@@ -105,11 +105,19 @@ pub struct Stats {
 }
 
 /// What the node tells its broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Take registrations and introduction requests from now on.
     Serve,
+    /// Where the homes of a peer registered elsewhere answer (from the mesh): a request
+    /// for it is answered with them. Empty: none any more.
+    Homes { peer: PeerId, homes: Vec<SocketAddr> },
 }
+
+/// Peers registered elsewhere whose homes we keep, at most (a lookup past it finds none).
+const MAX_ELSEWHERE: usize = 1 << 20;
+/// Homes named in one answer.
+const MAX_HOMES: usize = 3;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -260,6 +268,8 @@ pub struct Broker {
     /// Expiry is checked in sweeps (every quarter TTL), not per registration, so that
     /// `poll_timeout` stays O(1) with many registrations.
     next_sweep: Option<Instant>,
+    /// The homes of peers registered with other members, as the mesh says.
+    elsewhere: BTreeMap<PeerKey, Vec<SocketAddr>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -275,6 +285,7 @@ impl Broker {
             by_peer: HashMap::new(),
             by_addr: HashMap::new(),
             hosts: Hosts::default(),
+            elsewhere: BTreeMap::new(),
             next_sweep: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -448,11 +459,22 @@ impl Broker {
         let target = target_id.as_ref().and_then(PeerKey::of).filter(|t| self.by_peer.contains_key(t));
         let Some(target) = target else {
             self.stats.unknown_target += 1;
-            let (reason, message) = match target_id {
-                Some(t) => (IntroduceErrorReason::TargetNotRegistered, format!("{t} is not registered here")),
-                None => (IntroduceErrorReason::BadRequest, "target is not a valid PeerId".to_owned()),
+            // Registered with other members: the requester asks one of its homes (the home
+            // that holds the peer's pinhole introduces, with everything a registration proves).
+            let homes = target_id.as_ref().and_then(PeerKey::of).and_then(|t| self.elsewhere.get(&t));
+            let (reason, message, homes) = match (target_id, homes) {
+                (Some(t), Some(homes)) => {
+                    let message = format!("{t} is registered with other members");
+                    let homes = homes.iter().map(|&h| h.into()).collect();
+                    (IntroduceErrorReason::TargetElsewhere, message, homes)
+                }
+                (Some(t), None) => {
+                    (IntroduceErrorReason::TargetNotRegistered, format!("{t} is not registered here"), vec![])
+                }
+                (None, _) => (IntroduceErrorReason::BadRequest, "target is not a valid PeerId".to_owned(), vec![]),
             };
-            let error = pb::IntroduceError { request_id, target: request.target, reason: reason as i32, message };
+            let error =
+                pb::IntroduceError { request_id, target: request.target, reason: reason as i32, message, homes };
             self.send(socket, src, Kind::IntroduceError(error));
             return;
         };
@@ -531,6 +553,17 @@ impl Broker {
         list.iter_mut().filter(|r| r.nonce == recent.nonce).for_each(|r| *r = recent);
         self.introduce(requester, &recent, side == 1);
         self.stats.new_mappings += 1;
+    }
+
+    /// The mesh's word on where a peer registered elsewhere can be found.
+    pub fn set_homes(&mut self, peer: &PeerId, mut homes: Vec<SocketAddr>) {
+        let Some(key) = PeerKey::of(peer) else { return };
+        homes.truncate(MAX_HOMES);
+        if homes.is_empty() {
+            self.elsewhere.remove(&key);
+        } else if self.elsewhere.len() < MAX_ELSEWHERE || self.elsewhere.contains_key(&key) {
+            self.elsewhere.insert(key, homes);
+        }
     }
 
     fn send(&mut self, socket: SocketId, dst: SocketAddr, kind: Kind) {

@@ -81,6 +81,10 @@ pub struct Config {
     pub record_refresh: Duration,
     /// Most members (records) kept.
     pub max_members: usize,
+    /// How long a hosting claim runs; it is renewed at half of it while the peer stays.
+    pub hosting_ttl: Duration,
+    /// Most peers one home's claims may name in our table.
+    pub max_hosted_per_home: usize,
     /// Datagrams per second (and burst) taken from one source IP before their signatures
     /// are checked.
     pub per_ip_rate: f64,
@@ -98,6 +102,8 @@ impl Default for Config {
             record_ttl: Duration::from_secs(20 * 60),
             record_refresh: Duration::from_secs(5 * 60),
             max_members: 4096,
+            hosting_ttl: Duration::from_secs(120),
+            max_hosted_per_home: 65_536,
             per_ip_rate: 50.0,
             per_ip_burst: 100.0,
         }
@@ -137,6 +143,10 @@ pub enum Command {
     /// Have another member dial `addr` back with `nonce` (a seed's part of dial-back:
     /// `addr` proved it receives there with the seed's cookie).
     DialBack { addr: SocketAddr, nonce: u64 },
+    /// A peer registered with us: claim to be its home (and renew the claim while it stays).
+    Host(PeerId),
+    /// Its registration lapsed: stop renewing the claim (it lapses at the others).
+    Unhost(PeerId),
     /// Leave the mesh gracefully.
     Leave,
 }
@@ -153,6 +163,8 @@ pub enum Event {
     Active,
     /// Every member we knew is gone.
     Alone,
+    /// Where a peer's homes (other than us) answer now; empty once none claims it.
+    Homes { peer: PeerId, homes: Vec<SocketAddr> },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -239,6 +251,8 @@ pub struct Mesh {
     dial_budget: TokenBucket,
     advert: Option<Advert>,
     next_refresh: Option<Instant>,
+    /// Peers we are a home of, and when to renew each claim.
+    hosted: BTreeMap<PeerId, Instant>,
     /// Unix ms at `epoch.0`.
     epoch: (Instant, u64),
     transmits: VecDeque<Transmit>,
@@ -261,6 +275,7 @@ impl Mesh {
             max_skew_ms: config.max_skew.as_millis() as u64,
             ttl_ms: config.record_ttl.as_millis() as u64,
             max_records: config.max_members,
+            max_hosted_per_home: config.max_hosted_per_home,
             now_ms: epoch.1,
             ..Table::default()
         }));
@@ -290,6 +305,7 @@ impl Mesh {
             dial_budget: TokenBucket::full(20.0, 20.0, epoch.0),
             advert: None,
             next_refresh: None,
+            hosted: BTreeMap::new(),
             epoch,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -354,6 +370,14 @@ impl Mesh {
                 }
             }
             Command::DialBack { addr, nonce } => self.ask_dial_back(now, addr, nonce),
+            Command::Host(peer) => {
+                if !self.hosted.contains_key(&peer) {
+                    self.claim(now, peer);
+                }
+            }
+            Command::Unhost(peer) => {
+                self.hosted.remove(&peer);
+            }
             Command::Leave => {
                 let result = self.swim.leave_cluster(&mut self.runtime);
                 self.count(result);
@@ -375,8 +399,9 @@ impl Mesh {
             relay_capacity: advert.relay_capacity,
             relay_load: advert.relay_load,
         };
-        let signed = self.me.sign_node_record(record).encode_to_vec();
-        let result = self.swim.add_broadcast(&signed);
+        let signed = self.me.sign_node_record(record);
+        let broadcast = pb::Broadcast { item: Some(pb::broadcast::Item::Record(signed)) }.encode_to_vec();
+        let result = self.swim.add_broadcast(&broadcast);
         self.count(result.map(|_| ()));
         self.next_refresh = Some(now + self.config.record_refresh);
     }
@@ -420,6 +445,17 @@ impl Mesh {
         self.stats.dial_backs_sent += 1;
         let probe = pb::DialBackProbe { nonce: dial.nonce };
         self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::DialBackProbe(probe)));
+    }
+
+    /// Claims (again) to be `peer`'s home, for `hosting_ttl`; renewed at half of it.
+    fn claim(&mut self, now: Instant, peer: PeerId) {
+        let issued_ms = self.unix_ms(now);
+        let expires_ms = issued_ms + self.config.hosting_ttl.as_millis() as u64;
+        let hosting = self.me.sign_hosting(&peer, issued_ms, expires_ms);
+        let broadcast = pb::Broadcast { item: Some(pb::broadcast::Item::Hosting(hosting)) }.encode_to_vec();
+        let result = self.swim.add_broadcast(&broadcast);
+        self.count(result.map(|_| ()));
+        self.hosted.insert(peer, now + self.config.hosting_ttl / 2);
     }
 
     fn announce_to(&mut self, peer: PeerId) {
@@ -629,6 +665,10 @@ impl Mesh {
         if self.next_refresh.is_some_and(|t| now >= t) {
             self.publish(now);
         }
+        let due: Vec<PeerId> = self.hosted.iter().filter(|(_, &t)| now >= t).map(|(p, _)| *p).collect();
+        for peer in due {
+            self.claim(now, peer);
+        }
         let gone = self.table.borrow_mut().expire();
         for peer in gone {
             tracing::debug!(%peer, "node record expired");
@@ -662,6 +702,13 @@ impl Mesh {
                     tracing::info!("declared down by the mesh: rejoining");
                 }
             }
+        }
+        let rehomed: BTreeSet<PeerId> = std::mem::take(&mut self.table.borrow_mut().rehomed).into_iter().collect();
+        for peer in rehomed {
+            let me = self.me.peer_id();
+            let homes = self.table.borrow().homes(&peer);
+            let homes = homes.iter().filter(|h| **h != me).filter_map(|h| self.addr_of(h)).collect();
+            self.events.push_back(Event::Homes { peer, homes });
         }
         let fresh = std::mem::take(&mut self.table.borrow_mut().fresh);
         for peer in fresh {
@@ -722,7 +769,8 @@ impl Mesh {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timers = self.timers.keys().next().map(|(t, _)| *t);
-        [timers, self.next_refresh].into_iter().flatten().min()
+        let renew = self.hosted.values().min().copied();
+        [timers, self.next_refresh, renew].into_iter().flatten().min()
     }
 }
 

@@ -6,7 +6,7 @@
 //! first contact, never from what one member says about another.
 
 use super::{MemberId, Stats};
-use crate::identity::{verify_node_record, SignatureError};
+use crate::identity::{verify_hosting, verify_node_record, SignatureError};
 use foca::{BroadcastHandler, Invalidates};
 use introducer_proto::pb;
 use libp2p_identity::PeerId;
@@ -89,10 +89,25 @@ pub fn verify(bytes: &[u8], now_ms: u64, max_skew_ms: u64, ttl_ms: u64) -> Resul
     })
 }
 
+/// The largest encoded signed hosting claim accepted (an honest one is about 170 bytes).
+pub const MAX_SIGNED_HOSTING: usize = 200;
+/// The longest a hosting claim may run before its home renews it.
+pub const MAX_HOSTING_MS: u64 = 10 * 60 * 1000;
+
+/// A peer's homes as their claims say: home → (issued, expires), Unix ms.
+pub type Homes = BTreeMap<PeerId, (u64, u64)>;
+
 /// The records the mesh knows, one per member, shared with foca's broadcast handler.
 #[derive(Debug, Default)]
 pub struct Table {
     pub records: BTreeMap<PeerId, NodeRecord>,
+    /// Who hosts each peer, by the homes' own claims.
+    pub hosting: BTreeMap<PeerId, Homes>,
+    /// Peers each home claims, so no home's claims can crowd out another's.
+    pub hosted_by: BTreeMap<PeerId, usize>,
+    pub max_hosted_per_home: usize,
+    /// Peers whose homes changed since the mesh last looked (it reports them).
+    pub rehomed: Vec<PeerId>,
     /// The clock as the mesh last saw it (Unix ms), for the handler's freshness checks.
     pub now_ms: u64,
     pub max_skew_ms: u64,
@@ -105,6 +120,54 @@ pub struct Table {
 }
 
 impl Table {
+    /// Takes a broadcast (a node record or a hosting claim) if it is valid and news.
+    pub fn offer_broadcast(&mut self, bytes: &[u8]) -> Option<RecordKey> {
+        let item = pb::Broadcast::decode(bytes).ok().and_then(|b| b.item);
+        match item {
+            Some(pb::broadcast::Item::Record(r)) => {
+                let r = self.offer(&r.encode_to_vec())?;
+                Some(RecordKey::Record { peer: r.peer, version: (r.generation, r.issued_ms) })
+            }
+            Some(pb::broadcast::Item::Hosting(h)) => self.offer_hosting(&h),
+            None => {
+                self.stats.dropped_bad_record += 1;
+                None
+            }
+        }
+    }
+
+    /// Takes a hosting claim signed by its home, current, not too long, within the home's
+    /// quota, and newer than the home's last claim for that peer.
+    fn offer_hosting(&mut self, signed: &pb::SignedHosting) -> Option<RecordKey> {
+        let checked = (signed.encoded_len() <= MAX_SIGNED_HOSTING)
+            .then(|| verify_hosting(signed).ok())
+            .flatten()
+            .and_then(|(home, h)| Some((home, PeerId::from_bytes(&h.peer_id).ok()?, h)));
+        let Some((home, peer, h)) = checked.filter(|(_, _, h)| {
+            h.issued_ms <= self.now_ms + self.max_skew_ms
+                && h.expires_ms > self.now_ms
+                && h.expires_ms.saturating_sub(h.issued_ms) <= MAX_HOSTING_MS
+        }) else {
+            self.stats.dropped_bad_record += 1;
+            return None;
+        };
+        let known = self.hosting.get(&peer).and_then(|homes| homes.get(&home)).copied();
+        if known.is_some_and(|(issued, _)| issued >= h.issued_ms) {
+            return None;
+        }
+        if known.is_none() {
+            let count = self.hosted_by.entry(home).or_default();
+            if *count >= self.max_hosted_per_home {
+                self.stats.dropped_table_full += 1;
+                return None;
+            }
+            *count += 1;
+            self.rehomed.push(peer);
+        }
+        self.hosting.entry(peer).or_default().insert(home, (h.issued_ms, h.expires_ms));
+        Some(RecordKey::Hosting { home, peer, issued_ms: h.issued_ms })
+    }
+
     /// Takes a record if it is valid and newer than what we hold; whether it was taken.
     pub fn offer(&mut self, bytes: &[u8]) -> Option<NodeRecord> {
         let record = match verify(bytes, self.now_ms, self.max_skew_ms, self.ttl_ms) {
@@ -128,27 +191,56 @@ impl Table {
         Some(record)
     }
 
-    /// Forgets records past their lifetime; the peers whose records went.
+    /// Forgets records past their lifetime (the peers whose records went) and lapsed
+    /// hosting claims (their peers are reported rehomed).
     pub fn expire(&mut self) -> Vec<PeerId> {
         let (now, ttl) = (self.now_ms, self.ttl_ms);
         let gone: Vec<PeerId> = self.records.values().filter(|r| r.issued_ms + ttl < now).map(|r| r.peer).collect();
         for peer in &gone {
             self.records.remove(peer);
         }
+        let (hosted_by, rehomed) = (&mut self.hosted_by, &mut self.rehomed);
+        self.hosting.retain(|peer, homes| {
+            let before = homes.len();
+            homes.retain(|home, (_, expires)| {
+                let live = *expires > now;
+                if !live {
+                    hosted_by.entry(*home).and_modify(|count| *count = count.saturating_sub(1));
+                }
+                live
+            });
+            if homes.len() != before {
+                rehomed.push(*peer);
+            }
+            !homes.is_empty()
+        });
         gone
+    }
+
+    /// The homes hosting `peer` now.
+    pub fn homes(&self, peer: &PeerId) -> Vec<PeerId> {
+        self.hosting.get(peer).map(|homes| homes.keys().copied().collect()).unwrap_or_default()
     }
 }
 
-/// Which record a broadcast carries: foca keeps spreading only the newest per member.
+/// What a broadcast carries: foca keeps spreading only the newest record per member and
+/// the newest claim per home and peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordKey {
-    peer: PeerId,
-    version: (u64, u64),
+pub enum RecordKey {
+    Record { peer: PeerId, version: (u64, u64) },
+    Hosting { home: PeerId, peer: PeerId, issued_ms: u64 },
 }
 
 impl Invalidates for RecordKey {
     fn invalidates(&self, other: &Self) -> bool {
-        self.peer == other.peer && self.version >= other.version
+        use RecordKey::*;
+        match (self, other) {
+            (Record { peer, version }, Record { peer: p, version: v }) => peer == p && version >= v,
+            (Hosting { home, peer, issued_ms }, Hosting { home: h, peer: p, issued_ms: i }) => {
+                home == h && peer == p && issued_ms >= i
+            }
+            _ => false,
+        }
     }
 }
 
@@ -166,7 +258,6 @@ impl BroadcastHandler<MemberId> for Records {
     /// Invalid records are dropped and counted here rather than failing the datagram, so
     /// one bad record does not cost the rest of what came with it.
     fn receive_item(&mut self, data: &[u8], _sender: Option<&MemberId>) -> Result<Option<RecordKey>, Never> {
-        let taken = self.0.borrow_mut().offer(data);
-        Ok(taken.map(|r| RecordKey { peer: r.peer, version: (r.generation, r.issued_ms) }))
+        Ok(self.0.borrow_mut().offer_broadcast(data))
     }
 }

@@ -239,14 +239,13 @@ fn an_address_nobody_verified_gets_only_knocks() {
     let victim: SocketAddr = "192.0.2.99:53".parse().unwrap();
     let sybil = Identity::from_seed(77);
     let sybil_id = MemberId { peer: sybil.peer_id(), generation: START_MS };
-    let record = sybil
-        .sign_node_record(pb::NodeRecord {
-            generation: START_MS,
-            issued_ms: START_MS + 10_000,
-            addrs: vec![victim.into()],
-            ..Default::default()
-        })
-        .encode_to_vec();
+    let record = sybil.sign_node_record(pb::NodeRecord {
+        generation: START_MS,
+        issued_ms: START_MS + 10_000,
+        addrs: vec![victim.into()],
+        ..Default::default()
+    });
+    let record = pb::Broadcast { item: Some(pb::broadcast::Item::Record(record)) }.encode_to_vec();
     // Node 2 tells node 0 the sybil is alive, with its record.
     let header = foca::Header {
         src: net.node(2).id().clone(),
@@ -419,4 +418,75 @@ fn a_dial_back_is_made_by_another_member_and_rate_limited() {
         (after.dial_backs_sent, after.dropped_dial_back_rate),
         (before.dial_backs_sent, before.dropped_dial_back_rate + 1)
     );
+}
+
+/// A home's claim reaches every member, which then reports where the peer's homes
+/// answer; the claim lapses unless renewed, and stays renewed while the peer does.
+#[test]
+fn hosting_claims_spread_are_renewed_and_lapse() {
+    let mut net = Net::new(4);
+    net.start_all();
+    let until = net.now + Duration::from_secs(5);
+    net.run(until);
+    let peer = Identity::from_seed(40).peer_id();
+    let now = net.now;
+    net.node(2).command(now, Command::Host(peer));
+    let until = net.now + Duration::from_secs(5);
+    net.run(until);
+    let homes_at = |net: &Net, i: usize| {
+        net.events[i].iter().rev().find_map(|e| match e {
+            Event::Homes { peer: p, homes } if *p == peer => Some(homes.clone()),
+            _ => None,
+        })
+    };
+    for i in [0, 1, 3] {
+        assert_eq!(homes_at(&net, i), Some(vec![addr(2)]), "node {i} knows node 2 hosts the peer");
+    }
+    // Renewed while hosted: still there well past one claim's lifetime.
+    let until = net.now + Duration::from_secs(300);
+    net.run(until);
+    assert_eq!(homes_at(&net, 0), Some(vec![addr(2)]));
+    // Unhosted: the claim lapses everywhere.
+    let now = net.now;
+    net.node(2).command(now, Command::Unhost(peer));
+    let until = net.now + Duration::from_secs(130);
+    net.run(until);
+    for i in [0, 1, 3] {
+        assert_eq!(homes_at(&net, i), Some(vec![]), "node {i}: the claim lapsed");
+    }
+}
+
+/// Claims are the homes' own: a forged one, one too long, and one past a home's quota
+/// are dropped and counted, so no member can point lookups for a peer at another member,
+/// nor crowd out the other homes' claims.
+#[test]
+fn hosting_claims_are_signed_bounded_and_quota_limited() {
+    let now_ms = START_MS;
+    let mut table = Table {
+        now_ms,
+        max_skew_ms: 30_000,
+        ttl_ms: 60_000,
+        max_records: 8,
+        max_hosted_per_home: 2,
+        ..Table::default()
+    };
+    let home = Identity::from_seed(5);
+    let claim = |seed: u64, issued: u64, expires: u64| {
+        let hosting = home.sign_hosting(&Identity::from_seed(seed).peer_id(), issued, expires);
+        pb::Broadcast { item: Some(pb::broadcast::Item::Hosting(hosting)) }.encode_to_vec()
+    };
+    assert!(table.offer_broadcast(&claim(50, now_ms, now_ms + 60_000)).is_some());
+    assert!(table.offer_broadcast(&claim(50, now_ms, now_ms + 60_000)).is_none(), "no news");
+    assert!(table.offer_broadcast(&claim(51, now_ms, now_ms + 11 * 60_000)).is_none(), "too long");
+    assert!(table.offer_broadcast(&claim(51, now_ms - 120_000, now_ms - 1)).is_none(), "lapsed");
+    let mut forged = pb::Broadcast::decode(&claim(51, now_ms, now_ms + 60_000)[..]).unwrap();
+    if let Some(pb::broadcast::Item::Hosting(h)) = &mut forged.item {
+        h.public_key =
+            libp2p_identity::PublicKey::from(Identity::from_seed(6).keypair().public()).encode_protobuf().into();
+    }
+    assert!(table.offer_broadcast(&forged.encode_to_vec()).is_none(), "signed by another key");
+    assert!(table.offer_broadcast(&claim(52, now_ms, now_ms + 60_000)).is_some());
+    assert!(table.offer_broadcast(&claim(53, now_ms, now_ms + 60_000)).is_none(), "over the home's quota");
+    assert_eq!((table.stats.dropped_bad_record, table.stats.dropped_table_full), (3, 1));
+    assert_eq!(table.homes(&Identity::from_seed(50).peer_id()), vec![home.peer_id()]);
 }

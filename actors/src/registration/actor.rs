@@ -22,6 +22,8 @@ pub enum Command {
     Register { introducers: Vec<SocketAddr>, record: pb::SignedPeerRecord },
     /// Ask an introducer we are registered with to introduce us to this peer.
     Introduce(PeerId),
+    /// Ask this introducer (a home of the peer we registered with for it).
+    IntroduceVia(PeerId, SocketAddr),
     /// The punch with this peer is over: stop re-asking its introduction.
     Settle(PeerId),
     /// Refresh every registration this often, at most.
@@ -91,6 +93,11 @@ impl Protocol for Registrations {
             }
             Command::Introduce(peer) => {
                 self.introduce(now, peer);
+            }
+            Command::IntroduceVia(peer, introducer) => {
+                if let Some(r) = self.by_introducer.get_mut(&introducer).filter(|r| r.observed().is_some()) {
+                    r.introduce(now, peer);
+                }
             }
             Command::Settle(peer) => self.settle(&peer),
             Command::Keepalive(keepalive) => self.set_keepalive(now, keepalive),

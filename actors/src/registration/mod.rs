@@ -90,6 +90,9 @@ pub enum IntroduceError {
     Refused { introducer: SocketAddr, message: String },
     #[error("introducer {introducer} did not answer the introduction request")]
     NoAnswer { introducer: SocketAddr },
+    /// The target is registered with other members of the mesh (its homes).
+    #[error("peer {target} is registered with {homes:?}, not with introducer {introducer}")]
+    Elsewhere { target: PeerId, introducer: SocketAddr, homes: Vec<SocketAddr> },
 }
 
 /// Settled request ids remembered.
@@ -281,6 +284,10 @@ impl Registration {
                     }
                     IntroduceErrorReason::RequesterNotRegistered => {
                         IntroduceError::RequesterNotRegistered { introducer }
+                    }
+                    IntroduceErrorReason::TargetElsewhere => {
+                        let homes = error.homes.iter().filter_map(|a| SocketAddr::try_from(a).ok()).take(3).collect();
+                        IntroduceError::Elsewhere { target, introducer, homes }
                     }
                     _ => IntroduceError::Refused { introducer, message: error.message },
                 };
