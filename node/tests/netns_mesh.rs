@@ -2,6 +2,7 @@
 //! bootstrap off one another become members of one mesh, and a member killed with SIGKILL
 //! is declared left by every other.
 
+use introducer_actors::nat::NatBehavior;
 use introducer_lab::netns::{Lab, LabChild, Standard, PORT};
 use serde_json::Value;
 use std::net::Ipv4Addr;
@@ -72,4 +73,46 @@ fn public_nodes_form_one_mesh_and_a_killed_member_is_declared_left() {
             node.json_lines().into_iter().filter(|v| v["event"] == "mesh" && v["change"] == "left").collect();
         assert_eq!(lefts.len(), 1, "only the killed member left: {lefts:?}");
     }
+}
+
+/// Peers homed at opposite ends of the mesh: P registers with A only, Q asks B only. B
+/// knows from the mesh that A hosts P, sends Q there, and A introduces them: they punch
+/// and ping (the real binary, real NATs).
+#[test]
+fn peers_homed_at_different_members_ping_each_other() {
+    if let Err(why) = Lab::check() {
+        panic!("the real-NAT lab needs root and nft/ip: {why}");
+    }
+    let std = Standard::new("homes", INTRODUCER);
+    let (_a, mut b) = std.start_introducers();
+    let (_, p_host) = std.natted_host("p", NatBehavior::PORT_RESTRICTED);
+    let (_, q_host) = std.natted_host("q", NatBehavior::PORT_RESTRICTED);
+    let (_p, p_id) = std.peer(&p_host, &[]);
+    // B learns that A hosts P by gossip: a ping that comes before may find P nowhere (and
+    // says so at once); the first that comes after connects.
+    let b_addr = std.b_addr();
+    let started = Instant::now();
+    let connected = loop {
+        let out = q_host.run_timeout(
+            INTRODUCER,
+            ["ping", &p_id, "--bootstrap", &b_addr, "--json", "--count", "2", "--interval", "0.1"],
+            Duration::from_secs(40),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() {
+            break stdout;
+        }
+        assert!(
+            stdout.contains("not registered"),
+            "ping failed otherwise: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(started.elapsed() < WAIT, "B never learned where P is homed\n{}", b.context());
+    };
+    let events: Vec<Value> = connected.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events[0]["event"], "connected", "{connected}");
+    assert_eq!(events[0]["path"], "direct", "{connected}");
+    assert_eq!(events.iter().filter(|e| e["event"] == "pong").count(), 2, "{connected}");
+    println!("Q (asking B) connected to P (homed at A): {}", events[0]);
+    b.kill();
 }
