@@ -128,13 +128,14 @@ pub fn signed_record(u: &mut Unstructured) -> Result<pb::SignedPeerRecord> {
 /// An envelope kind, any of them, with fields from `u`.
 pub fn kind(u: &mut Unstructured, ctx: &Ctx) -> Result<Kind> {
     let me = u.choose(attackers())?;
-    Ok(match u.int_in_range(0..=19u8)? {
+    Ok(match u.int_in_range(0..=22u8)? {
         0 => Kind::Hello(pb::Hello { padding: bytes(u, 300)? }),
         1 => Kind::ServerInfo(pb::ServerInfo {
             peer_id: peer_id(u, ctx)?,
             listen: addrs(u, 4)?,
             observed: opt_addr(u)?,
             introducer: u.arbitrary()?,
+            cookie: u.arbitrary()?,
         }),
         2 => {
             let record = signed_record(u)?;
@@ -143,9 +144,12 @@ pub fn kind(u: &mut Unstructured, ctx: &Ctx) -> Result<Kind> {
             Kind::Register(pb::Register { record: Some(record), cookie, nonce, proof })
         }
         3 => Kind::RegisterChallenge(pb::RegisterChallenge { cookie: u.arbitrary()?, nonce: u.arbitrary()? }),
-        4 => {
-            Kind::Registered(pb::Registered { observed: opt_addr(u)?, ttl_secs: u.arbitrary()?, nonce: u.arbitrary()? })
-        }
+        4 => Kind::Registered(pb::Registered {
+            observed: opt_addr(u)?,
+            ttl_secs: u.arbitrary()?,
+            nonce: u.arbitrary()?,
+            members: (0..u.int_in_range(0..=3u8)?).map(|_| node_record(u).map(Into::into)).collect::<Result<_>>()?,
+        }),
         5 => Kind::IntroduceRequest(pb::IntroduceRequest {
             target: peer_id(u, ctx)?,
             request_id: u.arbitrary()?,
@@ -163,8 +167,9 @@ pub fn kind(u: &mut Unstructured, ctx: &Ctx) -> Result<Kind> {
         7 => Kind::IntroduceError(pb::IntroduceError {
             request_id: u.arbitrary()?,
             target: peer_id(u, ctx)?,
-            reason: enumeration(u, 3)?,
+            reason: enumeration(u, 4)?,
             message: u.arbitrary()?,
+            homes: addrs(u, 4)?,
         }),
         8 => {
             let to = pick(u, &ctx.peers)?.copied().unwrap_or_else(|| me.peer_id());
@@ -206,6 +211,9 @@ pub fn kind(u: &mut Unstructured, ctx: &Ctx) -> Result<Kind> {
         16 => Kind::RelayDeliver(relay_data(u)?),
         17 => Kind::RelayClose(pb::RelayClose { circuit: u.arbitrary()? }),
         18 => Kind::RelayClosed(pb::RelayClose { circuit: u.arbitrary()? }),
+        19 => Kind::Gossip(Box::new(gossip(u, ctx, me)?)),
+        20 => Kind::DialBackRequest(pb::DialBackRequest { cookie: u.arbitrary()?, nonce: u.arbitrary()? }),
+        21 => Kind::DialBackProbe(pb::DialBackProbe { nonce: u.arbitrary()? }),
         _ => {
             let peer = pick(u, &ctx.peers)?.copied().unwrap_or_else(|| me.peer_id());
             let signed = me.new_mapping(&nonce(u, ctx)?, &peer);
@@ -216,6 +224,41 @@ pub fn kind(u: &mut Unstructured, ctx: &Ctx) -> Result<Kind> {
             }
         }
     })
+}
+
+/// A signed node record of an attacker's (encoded), sometimes tampered with.
+fn node_record(u: &mut Unstructured) -> Result<Vec<u8>> {
+    let me = u.choose(attackers())?;
+    let record = pb::NodeRecord {
+        generation: u.arbitrary()?,
+        issued_ms: u.arbitrary()?,
+        addrs: addrs(u, 5)?,
+        introducer: u.arbitrary()?,
+        relay: u.arbitrary()?,
+        relay_capacity: u.arbitrary()?,
+        relay_load: u.arbitrary()?,
+        ..Default::default()
+    };
+    let mut signed = prost::Message::encode_to_vec(&me.sign_node_record(record));
+    if u.ratio(1, 4)? && !signed.is_empty() {
+        let i = u.choose_index(signed.len())?;
+        signed[i] ^= 1;
+    }
+    Ok(signed)
+}
+
+/// A mesh datagram signed by an attacker for a member: a SWIM payload of junk, records,
+/// a dial-back request, or nothing; its token and echo guessed.
+fn gossip(u: &mut Unstructured, ctx: &Ctx, me: &Identity) -> Result<pb::Gossip> {
+    let to = pick(u, &ctx.peers)?.copied().unwrap_or_else(|| me.peer_id());
+    let content = pb::Gossip {
+        payload: bytes(u, 200)?,
+        records: (0..u.int_in_range(0..=3u8)?).map(|_| node_record(u).map(Into::into)).collect::<Result<_>>()?,
+        dial_back: if u.arbitrary()? { Some(pb::DialBack { addr: opt_addr(u)?, nonce: u.arbitrary()? }) } else { None },
+        ..Default::default()
+    };
+    let signed = me.sign_gossip(&to, u.arbitrary()?, content);
+    Ok(pb::Gossip { token: u.arbitrary()?, echo: u.arbitrary()?, ..signed })
 }
 
 /// A session handshake message: usually of a Noise IK message's length, forged.

@@ -230,9 +230,9 @@ enum Phase {
     AwaitingRegistration,
     /// An introduction is asked for; none has come.
     Asked,
-    /// The peer is registered with other members: we register with this one of its homes
-    /// to ask it for the introduction.
-    AwaitingHome(SocketAddr),
+    /// The peer is registered with other members: we register with its homes (all at once,
+    /// so a dead one costs nothing) and ask the first that answers for the introduction.
+    AwaitingHomes(Vec<SocketAddr>),
     /// Punching under an introduction; a relay circuit is asked for too at `relay_at`.
     Punching { intro: Intro, relay_at: Option<Instant> },
     /// The relay circuit is being set up (the punch may go on: if it wins, it takes over).
@@ -259,11 +259,13 @@ struct Peer {
     /// This connect followed one introducer's word that the peer is registered elsewhere:
     /// it follows no second (two members each naming the other would be a loop).
     redirected: bool,
+    /// The peer's other homes, tried in turn if the one asked fails.
+    homes_left: Vec<SocketAddr>,
 }
 
 impl Default for Peer {
     fn default() -> Self {
-        Peer { phase: Phase::Idle, asked: None, session: None, redirected: false }
+        Peer { phase: Phase::Idle, asked: None, session: None, redirected: false, homes_left: Vec::new() }
     }
 }
 
@@ -272,6 +274,9 @@ impl Peer {
         self.phase == Phase::Idle && self.asked.is_none() && self.session.is_none() && !self.redirected
     }
 }
+
+/// Homes a node keeps registrations with: one failing leaves two that reach it.
+const HOMES: usize = 3;
 
 /// The birthday pool's sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +310,13 @@ pub struct NodeCore {
     probing: Option<ProbeConfig>,
     /// A NAT report waiting for its dial-back (see `on_probed`).
     dialing_back: Option<NatReport>,
+    /// Members of the mesh up now (serving nodes).
+    mesh_up: BTreeSet<PeerId>,
+    /// Introducers we register with (registered or not yet): our homes. Kept at
+    /// `HOMES` from what introducers suggest, as homes fail.
+    homes: BTreeSet<SocketAddr>,
+    /// Homes introducers suggested, not taken yet.
+    suggested: BTreeSet<SocketAddr>,
     registered: BTreeSet<SocketAddr>,
     /// Behind a hard NAT nobody may be introduced to us before we can punch back: the
     /// registration waits for the pool.
@@ -338,6 +350,9 @@ impl NodeCore {
             nat: None,
             probing: None,
             dialing_back: None,
+            mesh_up: BTreeSet::new(),
+            homes: BTreeSet::new(),
+            suggested: BTreeSet::new(),
             registered: BTreeSet::new(),
             held_registration: None,
             pool: Pool::Closed,
@@ -557,13 +572,20 @@ impl NodeCore {
                     let member = member.clone();
                     self.orders.push_back(Order::Store(StoreOp::PutMember(member)));
                 }
+                self.mesh_up.insert(peer);
+                self.offer_members();
                 self.emit(NodeEvent::Mesh { change: MeshChange::Joined, peer })
             }
             // Kept: a member that is down now is a suspect worth asking at the next start.
-            mesh::Event::Left(peer) => self.emit(NodeEvent::Mesh { change: MeshChange::Left, peer }),
+            mesh::Event::Left(peer) => {
+                self.mesh_up.remove(&peer);
+                self.offer_members();
+                self.emit(NodeEvent::Mesh { change: MeshChange::Left, peer })
+            }
             mesh::Event::Record(record) => {
                 tracing::debug!(peer = %record.peer, addrs = ?record.addrs, "node record");
                 self.remember_record(&record);
+                self.offer_members();
             }
             mesh::Event::Homes { peer, homes } => {
                 self.orders.push_back(Order::Broker(broker::Command::Homes { peer, homes }))
@@ -576,6 +598,19 @@ impl NodeCore {
     /// it on again). A member first contact met keeps the address it answered at; one
     /// known only from gossip is reached at the first address of its record, and ranks
     /// after those that answered us.
+    /// The members up now that introduce, with their records: our broker offers a few to
+    /// each new registrant as further homes.
+    fn offer_members(&mut self) {
+        let members = self
+            .mesh_up
+            .iter()
+            .filter_map(|p| self.table.members.get(p))
+            .filter(|m| m.introducer && !m.record.is_empty())
+            .map(|m| (m.peer_id, m.record.clone()))
+            .collect();
+        self.orders.push_back(Order::Broker(broker::Command::Members(members)));
+    }
+
     fn remember_record(&mut self, record: &mesh::record::NodeRecord) {
         let known = self.table.members.get(&record.peer);
         let Some(addr) = known.map(|m| m.addr).or(record.addrs.first().copied()) else { return };
@@ -665,13 +700,38 @@ impl NodeCore {
         if self.nat.is_none() {
             return;
         }
+        self.register_with(now, vec![seed.addr]);
+    }
+
+    /// Registers with `introducers` (our homes from now on), or adds them to the
+    /// registration that waits for the birthday pool.
+    fn register_with(&mut self, now: Instant, introducers: Vec<SocketAddr>) {
+        self.homes.extend(&introducers);
         match &mut self.held_registration {
-            Some(registration::actor::Command::Register { introducers, .. }) => introducers.push(seed.addr),
+            Some(registration::actor::Command::Register { introducers: held, .. }) => held.extend(introducers),
             _ => {
                 let record = self.signed_record(now);
-                let register = registration::actor::Command::Register { introducers: vec![seed.addr], record };
+                let register = registration::actor::Command::Register { introducers, record };
                 self.orders.push_back(Order::Registration(register));
             }
+        }
+    }
+
+    /// Keeps `HOMES` homes: takes suggested ones while there are fewer (some failed, or
+    /// the user gave fewer seeds).
+    fn rehome(&mut self, now: Instant) {
+        if !self.config.register || self.nat.is_none() {
+            return;
+        }
+        let wanted = HOMES.saturating_sub(self.homes.len());
+        let new: Vec<SocketAddr> =
+            self.suggested.iter().filter(|a| !self.homes.contains(a)).take(wanted).copied().collect();
+        for addr in &new {
+            self.suggested.remove(addr);
+        }
+        if !new.is_empty() {
+            tracing::info!(homes = ?new, "adding homes");
+            self.register_with(now, new);
         }
     }
 
@@ -738,12 +798,14 @@ impl NodeCore {
         self.ready(public);
         let introducers: Vec<SocketAddr> = self.seeds.iter().filter(|s| s.introducer).map(|s| s.addr).collect();
         if self.config.register && !introducers.is_empty() {
+            self.homes.extend(&introducers);
             let record = self.signed_record(now);
             let register = registration::actor::Command::Register { introducers, record };
             match hard {
                 true => self.held_registration = Some(register),
                 false => self.orders.push_back(Order::Registration(register)),
             }
+            self.rehome(now);
         }
     }
 
@@ -802,6 +864,7 @@ impl NodeCore {
     fn fail(&mut self, peer: PeerId, error: ConnectError) {
         let p = self.peer(peer);
         (p.phase, p.asked, p.redirected) = (Phase::Idle, None, false);
+        p.homes_left.clear();
         self.settle(peer);
         self.tidy(&peer);
         self.emit(NodeEvent::ConnectFailed { peer, error });
@@ -844,20 +907,31 @@ impl NodeCore {
                 for peer in self.awaiting_registration() {
                     self.ask_introduction(now, peer);
                 }
-                let at_home: Vec<PeerId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.phase == Phase::AwaitingHome(introducer))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for peer in at_home {
-                    self.peer(peer).phase = Phase::Asked;
-                    self.orders
-                        .push_back(Order::Registration(registration::actor::Command::IntroduceVia(peer, introducer)));
+                for peer in self.awaiting_home(introducer) {
+                    let p = self.peer(peer);
+                    if let Phase::AwaitingHomes(homes) = std::mem::replace(&mut p.phase, Phase::Asked) {
+                        // The others, registered with too, are where to ask next.
+                        p.homes_left = homes.into_iter().filter(|h| *h != introducer).collect();
+                    }
+                    let ask = registration::actor::Command::IntroduceVia(peer, introducer);
+                    self.orders.push_back(Order::Registration(ask));
                 }
+            }
+            R::Suggested(homes) => {
+                self.suggested.extend(homes.into_iter().filter(|h| !self.homes.contains(h)));
+                self.rehome(now);
             }
             R::Unreachable => {
                 self.registered.remove(&introducer);
+                self.homes.remove(&introducer);
+                self.rehome(now);
+                for peer in self.awaiting_home(introducer) {
+                    let Phase::AwaitingHomes(homes) = &mut self.peer(peer).phase else { continue };
+                    homes.retain(|h| *h != introducer);
+                    if homes.is_empty() {
+                        self.next_home(now, peer, ConnectError::IntroducerUnreachable { introducer });
+                    }
+                }
                 self.emit(NodeEvent::IntroducerUnreachable { introducer });
                 if self.registered.is_empty() {
                     for peer in self.awaiting_registration() {
@@ -872,25 +946,46 @@ impl NodeCore {
             {
                 self.ask_home(now, target, homes)
             }
-            R::IntroduceFailed { target, error } => self.fail(target, ConnectError::Introduce(error)),
+            R::IntroduceFailed { target, error } => self.next_home(now, target, ConnectError::Introduce(error)),
         }
+    }
+
+    /// Asking one of the peer's homes failed: the next, if any is left; else the error.
+    fn next_home(&mut self, now: Instant, peer: PeerId, error: ConnectError) {
+        let left = self.peers.get_mut(&peer).map(|p| std::mem::take(&mut p.homes_left)).unwrap_or_default();
+        if left.is_empty() {
+            return self.fail(peer, error);
+        }
+        tracing::info!(%peer, "{error}: asking its next home");
+        self.peer(peer).phase = Phase::Asked;
+        self.ask_home(now, peer, left);
     }
 
     /// The peer is registered with other members (`homes`): ask the first for the
     /// introduction, registering with it first if need be. A second redirect for the same
     /// connect is a failure (see the guard in `on_registration`), so this never loops.
-    fn ask_home(&mut self, now: Instant, peer: PeerId, homes: Vec<SocketAddr>) {
-        let home = *homes.iter().find(|h| self.registered.contains(h)).unwrap_or(&homes[0]);
+    fn ask_home(&mut self, now: Instant, peer: PeerId, mut homes: Vec<SocketAddr>) {
         self.peer(peer).redirected = true;
-        tracing::info!(%peer, %home, "registered elsewhere: asking its home");
-        if self.registered.contains(&home) {
+        // A home we are registered with: ask it now, the others after it.
+        if let Some(i) = homes.iter().position(|h| self.registered.contains(h)) {
+            let home = homes.remove(i);
+            tracing::info!(%peer, %home, "registered elsewhere: asking its home");
+            self.peer(peer).homes_left = homes;
             self.orders.push_back(Order::Registration(registration::actor::Command::IntroduceVia(peer, home)));
             return;
         }
-        self.peer(peer).phase = Phase::AwaitingHome(home);
-        let record = self.signed_record(now);
-        let register = registration::actor::Command::Register { introducers: vec![home], record };
-        self.orders.push_back(Order::Registration(register));
+        tracing::info!(%peer, ?homes, "registered elsewhere: registering with its homes");
+        let new: Vec<SocketAddr> = homes.iter().filter(|h| !self.homes.contains(h)).copied().collect();
+        self.peer(peer).phase = Phase::AwaitingHomes(homes);
+        if !new.is_empty() {
+            self.register_with(now, new);
+        }
+    }
+
+    /// The peers waiting for `introducer` among their target's homes.
+    fn awaiting_home(&self, introducer: SocketAddr) -> Vec<PeerId> {
+        let waiting = |p: &Peer| matches!(&p.phase, Phase::AwaitingHomes(homes) if homes.contains(&introducer));
+        self.peers.iter().filter(|(_, p)| waiting(p)).map(|(id, _)| *id).collect()
     }
 
     /// The peers whose connect waits for a registration.

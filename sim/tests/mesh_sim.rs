@@ -144,3 +144,63 @@ fn sim_peers_homed_at_different_members_connect_through_the_targets_home() {
         eprintln!("seed {seed}: connected across homes in {:.0} ms", connected.connect_ms());
     });
 }
+
+/// A NATed peer that knows one member registers with three (the others suggested by the
+/// mesh). When two of its homes die at once, a peer asking a member that is not its home
+/// still reaches it within 10 s — the lookup moves on from a home that does not answer to
+/// the next — and the peer takes new homes to keep three.
+#[test]
+fn sim_a_peer_keeps_three_homes_and_stays_reachable_when_one_dies() {
+    for_each_seed(0..6, |seed| {
+        let mut sim = Sim::new(seed);
+        let founder = SimNode::introducer(Identity::from_seed(100))
+            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
+            .spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10)), 3478);
+        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
+        let mut members = vec![founder];
+        for i in 1..5u8 {
+            let node = SimNode::peer(Identity::from_seed(100 + u64::from(i)), vec![founder_addr]);
+            members.push(node.spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10 + i)), 3478));
+        }
+        let all_serving = |sim: &Sim| members.iter().all(|&m| sim.machine_ref::<SimNode>(m).is_serving());
+        assert!(sim.run_until_cond(10 * SEC, all_serving));
+        sim.run_for(3 * SEC);
+        let addr_of = |sim: &Sim, h| sim.local_addr(h, introducer_actors::SocketId::PRIMARY);
+        let nat = |sim: &mut Sim, i: u8| {
+            sim.add_nat(introducer_actors::nat::NatBehavior::PORT_RESTRICTED, Ipv4Addr::new(203, 0, 113, i), None)
+        };
+        let nat_p = nat(&mut sim, 1);
+        let target = Identity::from_seed(200);
+        let p = SimNode::peer(target.clone(), vec![founder_addr]).spawn(&mut sim, Place::Behind(nat_p), 4000);
+        let three = |sim: &Sim| sim.machine_ref::<SimNode>(p).registered().len() == 3;
+        assert!(sim.run_until_cond(10 * SEC, three), "seed {seed}: P has three homes");
+        let homes = sim.machine_ref::<SimNode>(p).registered().clone();
+        let elsewhere =
+            *members.iter().find(|&&m| !homes.contains(&addr_of(&sim, m))).expect("a member that is not a home");
+        // Let the claims spread, then kill two of its three homes.
+        sim.run_for(3 * SEC);
+        let dead: Vec<_> = members.iter().copied().filter(|&m| homes.contains(&addr_of(&sim, m))).take(2).collect();
+        for &home in &dead {
+            sim.set_host_link(home, Link::IDEAL.loss(1.0));
+        }
+        let killed = sim.now();
+        let nat_q = nat(&mut sim, 2);
+        let q = SimNode::peer(Identity::from_seed(201), vec![addr_of(&sim, elsewhere)])
+            .connect_at(killed, target.peer_id())
+            .pings(1, Duration::from_millis(100))
+            .spawn(&mut sim, Place::Behind(nat_q), 4000);
+        let reached = |sim: &Sim| !sim.machine_ref::<SimNode>(q).pongs(&target.peer_id()).is_empty();
+        let ok = sim.run_until_cond(30 * SEC, reached);
+        assert!(ok, "seed {seed}: {:?}", sim.machine_ref::<SimNode>(q).failure(&target.peer_id()));
+        let took = sim.now() - killed;
+        eprintln!("seed {seed}: reachable again {took:?} after two of its three homes died");
+        assert!(took <= 10 * SEC, "seed {seed}: {took:?}");
+        // And P keeps three live homes.
+        let dead_addrs: Vec<_> = dead.iter().map(|&h| addr_of(&sim, h)).collect();
+        let rehomed = |sim: &Sim| {
+            let r = sim.machine_ref::<SimNode>(p).registered();
+            r.len() == 3 && dead_addrs.iter().all(|d| !r.contains(d))
+        };
+        assert!(sim.run_until_cond(60 * SEC, rehomed), "seed {seed}: {:?}", sim.machine_ref::<SimNode>(p).registered());
+    });
+}

@@ -20,6 +20,7 @@ impl Protocol for Broker {
         match command {
             Command::Serve => self.serving = true,
             Command::Homes { peer, homes } => self.set_homes(&peer, homes),
+            Command::Members(members) => self.set_members(members),
         }
     }
     fn handle_timeout(&mut self, now: Instant) {

@@ -32,6 +32,7 @@ use libp2p_identity::PeerId;
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::Rng;
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
@@ -112,7 +113,14 @@ pub enum Command {
     /// Where the homes of a peer registered elsewhere answer (from the mesh): a request
     /// for it is answered with them. Empty: none any more.
     Homes { peer: PeerId, homes: Vec<SocketAddr> },
+    /// Other members that introduce (their signed node records): a new registrant hears of
+    /// a few, as further homes.
+    Members(Vec<(PeerId, Vec<u8>)>),
 }
+
+/// Members offered to a new registrant as further homes: two to make three, and spares
+/// for when one fails (every member ranks them alike for a peer, so spares must come now).
+const SUGGESTED_HOMES: usize = 4;
 
 /// Peers registered elsewhere whose homes we keep, at most (a lookup past it finds none).
 const MAX_ELSEWHERE: usize = 1 << 20;
@@ -270,6 +278,8 @@ pub struct Broker {
     next_sweep: Option<Instant>,
     /// The homes of peers registered with other members, as the mesh says.
     elsewhere: BTreeMap<PeerKey, Vec<SocketAddr>>,
+    /// Other members that introduce, with their signed records, to suggest as homes.
+    members: Vec<(PeerId, Vec<u8>)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -286,6 +296,7 @@ impl Broker {
             by_addr: HashMap::new(),
             hosts: Hosts::default(),
             elsewhere: BTreeMap::new(),
+            members: Vec::new(),
             next_sweep: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -404,6 +415,7 @@ impl Broker {
                 self.events.push_back(Event::Registered { peer, addr: src });
             }
         }
+        let new = self.by_peer.get(&key).is_none_or(|r| r.addr != src);
         // One registration per address: a host cannot fill the table by minting identities.
         if let Some(other) = self.by_addr.get(&src).copied().filter(|p| *p != key) {
             self.by_peer.remove(&other);
@@ -434,7 +446,8 @@ impl Broker {
         }
         self.next_sweep.get_or_insert(now + self.config.registration_ttl / 4);
         let ttl_secs = self.config.registration_ttl.as_secs() as u32;
-        let registered = pb::Registered { observed: Some(src.into()), ttl_secs, nonce: register.nonce };
+        let members = if new { self.suggest(&peer) } else { Vec::new() };
+        let registered = pb::Registered { observed: Some(src.into()), ttl_secs, nonce: register.nonce, members };
         self.send(socket, src, Kind::Registered(registered));
     }
 
@@ -553,6 +566,23 @@ impl Broker {
         list.iter_mut().filter(|r| r.nonce == recent.nonce).for_each(|r| *r = recent);
         self.introduce(requester, &recent, side == 1);
         self.stats.new_mappings += 1;
+    }
+
+    /// A few other members for `peer` to add as homes: the ones rendezvous hashing ranks
+    /// first for it, so registrants spread over the mesh and each gets the same answer.
+    fn suggest(&self, peer: &PeerId) -> Vec<bytes::Bytes> {
+        let rank = |member: &PeerId| {
+            let digest = Sha256::new().chain_update(peer.to_bytes()).chain_update(member.to_bytes()).finalize();
+            u64::from_le_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
+        };
+        let mut ranked: Vec<&(PeerId, Vec<u8>)> = self.members.iter().filter(|(m, _)| m != peer).collect();
+        ranked.sort_by_key(|(m, _)| rank(m));
+        ranked.into_iter().take(SUGGESTED_HOMES).map(|(_, record)| record.clone().into()).collect()
+    }
+
+    pub fn set_members(&mut self, mut members: Vec<(PeerId, Vec<u8>)>) {
+        members.truncate(64);
+        self.members = members;
     }
 
     /// The mesh's word on where a peer registered elsewhere can be found.

@@ -692,7 +692,10 @@ impl Mesh {
                     self.hand_records(now, id.peer);
                     self.events.push_back(Event::Joined(id.peer));
                 }
-                OwnedNotification::MemberDown(id) => self.events.push_back(Event::Left(id.peer)),
+                OwnedNotification::MemberDown(id) => {
+                    self.table.borrow_mut().drop_home(&id.peer);
+                    self.events.push_back(Event::Left(id.peer));
+                }
                 OwnedNotification::Rename(old, new) => {
                     tracing::debug!(?old, ?new, "member restarted");
                 }
@@ -706,8 +709,17 @@ impl Mesh {
         let rehomed: BTreeSet<PeerId> = std::mem::take(&mut self.table.borrow_mut().rehomed).into_iter().collect();
         for peer in rehomed {
             let me = self.me.peer_id();
-            let homes = self.table.borrow().homes(&peer);
-            let homes = homes.iter().filter(|h| **h != me).filter_map(|h| self.addr_of(h)).collect();
+            let mut homes = self.table.borrow().homes(&peer);
+            homes.retain(|h| *h != me);
+            // Suspected homes last: a lookup tries the likely live ones first.
+            let suspect: BTreeSet<PeerId> = self
+                .swim
+                .iter_membership_state()
+                .filter(|m| m.state() != foca::State::Alive)
+                .map(|m| m.id().peer)
+                .collect();
+            homes.sort_by_key(|h| suspect.contains(h));
+            let homes = homes.iter().filter_map(|h| self.addr_of(h)).collect();
             self.events.push_back(Event::Homes { peer, homes });
         }
         let fresh = std::mem::take(&mut self.table.borrow_mut().fresh);

@@ -217,6 +217,21 @@ impl Table {
         gone
     }
 
+    /// A member is down: lookups skip it at once (its claims go; its peers are reported
+    /// rehomed), rather than when its claims lapse.
+    pub fn drop_home(&mut self, home: &PeerId) {
+        if self.hosted_by.remove(home).is_none() {
+            return;
+        }
+        let rehomed = &mut self.rehomed;
+        self.hosting.retain(|peer, homes| {
+            if homes.remove(home).is_some() {
+                rehomed.push(*peer);
+            }
+            !homes.is_empty()
+        });
+    }
+
     /// The homes hosting `peer` now.
     pub fn homes(&self, peer: &PeerId) -> Vec<PeerId> {
         self.hosting.get(peer).map(|homes| homes.keys().copied().collect()).unwrap_or_default()

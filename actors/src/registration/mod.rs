@@ -4,10 +4,11 @@
 
 use crate::backoff::Backoff;
 use crate::cookie::{introduction_mac, request_mac};
-use crate::identity::{verify_record, Identity, VerifiedRecord};
+use crate::identity::{verify_node_record, verify_record, Identity, VerifiedRecord};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
+use prost::Message;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::{BTreeMap, VecDeque};
@@ -71,6 +72,9 @@ pub enum Event {
     },
     /// No answer after every retransmission.
     Unreachable,
+    /// The introducer named other members (their signed records checked) that introduce:
+    /// further homes.
+    Suggested(Vec<SocketAddr>),
     Introduced(Box<Introduced>),
     IntroduceFailed {
         target: PeerId,
@@ -272,6 +276,18 @@ impl Registration {
                 if self.observed != Some(observed) {
                     self.observed = Some(observed);
                     self.events.push_back(Event::Registered { observed });
+                }
+                let suggested: Vec<SocketAddr> = registered
+                    .members
+                    .iter()
+                    .filter_map(|bytes| pb::SignedNodeRecord::decode(&bytes[..]).ok())
+                    .filter_map(|signed| verify_node_record(&signed).ok())
+                    .filter(|(_, record)| record.introducer)
+                    .filter_map(|(_, record)| record.addrs.first().and_then(|a| SocketAddr::try_from(a).ok()))
+                    .take(4)
+                    .collect();
+                if !suggested.is_empty() {
+                    self.events.push_back(Event::Suggested(suggested));
                 }
             }
             Kind::Introduction(intro) => self.on_introduction(now, intro),

@@ -150,7 +150,7 @@ fn messages_from_others_than_the_introducer_are_dropped() {
     let now = Instant::now();
     let mut a = client(&Identity::from_seed(1), now);
     let observed = Some(pb::Addr::from("203.0.113.66:1".parse::<SocketAddr>().unwrap()));
-    let registered = pb::Registered { observed, ttl_secs: 60, nonce: a.nonce };
+    let registered = pb::Registered { observed, ttl_secs: 60, nonce: a.nonce, members: vec![] };
     a.handle(now, "203.0.113.66:1".parse().unwrap(), Kind::Registered(registered));
     assert_eq!(a.poll_event(), None);
     assert_eq!(a.stats().dropped_foreign, 1);
@@ -172,7 +172,11 @@ fn spoofed_control_from_the_introducers_address_is_ignored() {
     for guess in [0, 1, 2, u64::MAX] {
         a.handle(now, introducer, Kind::RegisterChallenge(pb::RegisterChallenge { cookie: 99, nonce: guess }));
         let elsewhere = Some(pb::Addr::from("198.51.100.66:1".parse::<SocketAddr>().unwrap()));
-        a.handle(now, introducer, Kind::Registered(pb::Registered { observed: elsewhere, ttl_secs: 60, nonce: guess }));
+        a.handle(
+            now,
+            introducer,
+            Kind::Registered(pb::Registered { observed: elsewhere, ttl_secs: 60, nonce: guess, members: vec![] }),
+        );
     }
     assert_eq!((a.cookie, a.poll_transmit(), a.poll_event()), (cookie, None, None));
     assert_eq!(a.stats().dropped_unanswered, 8);
