@@ -116,3 +116,72 @@ fn peers_homed_at_different_members_ping_each_other() {
     println!("Q (asking B) connected to P (homed at A): {}", events[0]);
     b.kill();
 }
+
+/// `kill -9` of a NATed peer's homes, one after another: after each, a peer asking a member
+/// reaches it again (the real binary, real NATs), and the peer keeps three homes.
+#[test]
+fn a_peer_stays_reachable_as_its_homes_are_killed_one_after_another() {
+    if let Err(why) = Lab::check() {
+        panic!("the real-NAT lab needs root and nft/ip: {why}");
+    }
+    let std = Standard::new("failover", INTRODUCER);
+    let (a, b) = std.start_introducers();
+    let bootstrap = std.bootstrap();
+    let mut members = vec![(std.bootstrap(), a), (std.b_addr(), b)];
+    for (i, ip) in [Ipv4Addr::new(198, 51, 100, 20), Ipv4Addr::new(198, 51, 100, 21)].into_iter().enumerate() {
+        let host = std.lab.public_host(&format!("m{i}"), &[ip]);
+        let listen = format!("{ip}:{PORT}");
+        let mut node = host.introducer(&["run", "--json", "--listen", &listen, "--bootstrap", &bootstrap]);
+        let ready = node.wait_json(|v| v["event"] == "ready", WAIT);
+        assert_eq!(ready["public"], true, "{ready}");
+        members.push((listen, node));
+    }
+    let (_, p_host) = std.natted_host("p", NatBehavior::PORT_RESTRICTED);
+    let (_, q_host) = std.natted_host("q", NatBehavior::PORT_RESTRICTED);
+    let (mut p, p_id) = std.peer(&p_host, &[]);
+    let homes_of = |p: &mut LabChild, n: usize| -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let homes: Vec<String> = p
+                .json_lines()
+                .iter()
+                .filter(|v| v["event"] == "registered")
+                .map(|v| v["introducer"].as_str().unwrap().to_owned())
+                .collect();
+            if homes.len() >= n {
+                return homes;
+            }
+            assert!(Instant::now() < deadline, "P has {homes:?}\n{}", p.context());
+            p.next_line(deadline.saturating_duration_since(Instant::now()));
+        }
+    };
+    let homes = homes_of(&mut p, 3);
+    // Ping P through whichever member is alive and asks first, until it answers.
+    let ping_through = |members: &[(String, LabChild)]| -> Duration {
+        let started = Instant::now();
+        loop {
+            for (addr, _) in members.iter().filter(|(_, node)| node.is_running()) {
+                let out = q_host.run_timeout(
+                    INTRODUCER,
+                    ["ping", &p_id, "--bootstrap", addr, "--json", "--count", "1", "--timeout", "8"],
+                    Duration::from_secs(40),
+                );
+                if out.status.success() {
+                    return started.elapsed();
+                }
+            }
+            assert!(started.elapsed() < 2 * WAIT, "P unreachable for {:?}", started.elapsed());
+        }
+    };
+    let mut times = Vec::new();
+    for (round, home) in homes.iter().take(2).enumerate() {
+        let (_, node) = members.iter_mut().find(|(addr, _)| addr == home).expect("a member");
+        node.kill();
+        let took = ping_through(&members);
+        println!("round {round}: home {home} killed; P reached again after {took:?}");
+        times.push(took);
+    }
+    let now_homes = homes_of(&mut p, 4);
+    println!("P registered with {now_homes:?} over the test");
+    assert!(now_homes.len() >= 4, "P took a new home as its homes died: {now_homes:?}");
+}

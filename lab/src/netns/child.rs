@@ -275,6 +275,11 @@ impl LabChild {
         }
     }
 
+    /// Whether it was not killed or seen to exit (by this handle).
+    pub fn is_running(&self) -> bool {
+        self.status.is_none()
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if self.status.is_none() {
