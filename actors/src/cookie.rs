@@ -61,6 +61,11 @@ pub fn request_mac(cookie: u64, request: &pb::IntroduceRequest) -> u64 {
     mac(b"introducer/introduce-request", cookie, &pb::IntroduceRequest { mac: 0, ..request.clone() })
 }
 
+/// The MAC a peer that registered with `cookie` puts on its topic requests.
+pub fn topic_mac(cookie: u64, request: &pb::TopicRequest) -> u64 {
+    mac(b"introducer/topic-request", cookie, &pb::TopicRequest { mac: 0, ..request.clone() })
+}
+
 /// The MAC an introducer puts on an introduction for a peer that registered with `cookie`.
 pub fn introduction_mac(cookie: u64, introduction: &pb::Introduction) -> u64 {
     mac(b"introducer/introduction", cookie, &pb::Introduction { mac: 0, ..introduction.clone() })

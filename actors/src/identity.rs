@@ -152,8 +152,15 @@ impl Identity {
 
 impl Identity {
     /// Claims, as a home, that `peer` is registered with us until `expires_ms`.
-    pub fn sign_hosting(&self, peer: &PeerId, issued_ms: u64, expires_ms: u64) -> pb::SignedHosting {
-        let hosting = pb::Hosting { peer_id: peer.to_bytes().into(), issued_ms, expires_ms }.encode_to_vec();
+    pub fn sign_hosting(
+        &self,
+        peer: &PeerId,
+        issued_ms: u64,
+        expires_ms: u64,
+        topics: &[Vec<u8>],
+    ) -> pb::SignedHosting {
+        let topics = topics.iter().map(|t| t.clone().into()).collect();
+        let hosting = pb::Hosting { peer_id: peer.to_bytes().into(), issued_ms, expires_ms, topics }.encode_to_vec();
         let signature = self.keypair.sign(&[HOSTING_DOMAIN, &hosting].concat());
         pb::SignedHosting {
             public_key: self.public_key.clone().into(),

@@ -141,7 +141,8 @@ pub fn kind(u: &mut Unstructured, ctx: &Ctx) -> Result<Kind> {
             let record = signed_record(u)?;
             let (cookie, nonce) = (u.arbitrary()?, u.arbitrary()?);
             let proof = if u.arbitrary()? { me.register_proof(cookie, nonce).into() } else { bytes(u, 64)? };
-            Kind::Register(pb::Register { record: Some(record), cookie, nonce, proof })
+            let topics = (0..u.int_in_range(0..=9u8)?).map(|_| bytes(u, 70)).collect::<Result<_>>()?;
+            Kind::Register(pb::Register { record: Some(record), cookie, nonce, proof, topics })
         }
         3 => Kind::RegisterChallenge(pb::RegisterChallenge { cookie: u.arbitrary()?, nonce: u.arbitrary()? }),
         4 => Kind::Registered(pb::Registered {

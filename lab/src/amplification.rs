@@ -28,6 +28,10 @@ fn envelope(kind: Kind) -> Vec<u8> {
     encode_envelope(&pb::Envelope { kind: Some(kind) })
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// One datagram of every kind, as an attacker would send it: well-formed, and signed
 /// where a signature is asked for (keys cost nothing). `victim` is the peer the datagrams
 /// name (an introduction's target, a punch's recipient, a circuit's other side): a real
@@ -55,6 +59,7 @@ pub fn datagrams(victim: &PeerId) -> Vec<(&'static str, Vec<u8>)> {
                 cookie: 42,
                 nonce: 1,
                 proof: vec![0; 64].into(),
+                topics: vec![],
             })),
         ),
         ("RegisterChallenge", envelope(Kind::RegisterChallenge(pb::RegisterChallenge { cookie: 1, nonce: 2 }))),
@@ -105,5 +110,41 @@ pub fn datagrams(victim: &PeerId) -> Vec<(&'static str, Vec<u8>)> {
         ("RelayClose", envelope(Kind::RelayClose(pb::RelayClose { circuit: 7 }))),
         ("RelayClosed", envelope(Kind::RelayClosed(pb::RelayClose { circuit: 7 }))),
         ("NewMapping", envelope(Kind::NewMapping(mallory.new_mapping(&[5; 16], &victim)))),
+        (
+            "Gossip (bare)",
+            envelope(Kind::Gossip(Box::new(pb::Gossip {
+                token: Some(1),
+                echo: Some(2),
+                ..mallory.sign_gossip(&victim, unix_ms(), pb::Gossip::default())
+            }))),
+        ),
+        (
+            "Gossip (dial-back)",
+            envelope(Kind::Gossip(Box::new(pb::Gossip {
+                token: Some(1),
+                echo: Some(2),
+                ..mallory.sign_gossip(
+                    &victim,
+                    unix_ms(),
+                    pb::Gossip {
+                        dial_back: Some(pb::DialBack {
+                            addr: Some(std::net::SocketAddr::from(([192, 0, 2, 1], 53)).into()),
+                            nonce: 1,
+                        }),
+                        ..Default::default()
+                    },
+                )
+            }))),
+        ),
+        (
+            "DialBackRequest (guessed cookie)",
+            envelope(Kind::DialBackRequest(pb::DialBackRequest { cookie: 42, nonce: 1 })),
+        ),
+        ("DialBackProbe", envelope(Kind::DialBackProbe(pb::DialBackProbe { nonce: 1 }))),
+        (
+            "TopicRequest",
+            envelope(Kind::TopicRequest(pb::TopicRequest { topic: b"chat".to_vec().into(), request_id: 1, mac: 3 })),
+        ),
+        ("TopicMembers", envelope(Kind::TopicMembers(pb::TopicMembers::default()))),
     ]
 }

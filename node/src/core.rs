@@ -277,6 +277,8 @@ impl Peer {
 
 /// Homes a node keeps registrations with: one failing leaves two that reach it.
 const HOMES: usize = 3;
+/// How often a node on topics asks who is on them.
+const TOPIC_LOOKUP: Duration = Duration::from_secs(3);
 
 /// The birthday pool's sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,6 +319,10 @@ pub struct NodeCore {
     homes: BTreeSet<SocketAddr>,
     /// Homes introducers suggested, not taken yet.
     suggested: BTreeSet<SocketAddr>,
+    /// The topics we joined, and the members we know on each.
+    topics: BTreeMap<Vec<u8>, BTreeSet<PeerId>>,
+    /// When to ask our homes who is on our topics next.
+    next_topic_lookup: Option<Instant>,
     registered: BTreeSet<SocketAddr>,
     /// Behind a hard NAT nobody may be introduced to us before we can punch back: the
     /// registration waits for the pool.
@@ -353,6 +359,8 @@ impl NodeCore {
             mesh_up: BTreeSet::new(),
             homes: BTreeSet::new(),
             suggested: BTreeSet::new(),
+            topics: BTreeMap::new(),
+            next_topic_lookup: None,
             registered: BTreeSet::new(),
             held_registration: None,
             pool: Pool::Closed,
@@ -464,13 +472,11 @@ impl NodeCore {
 
     /// When [`NodeCore::handle_timeout`] wants to be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers
-            .values()
-            .filter_map(|p| match p.phase {
-                Phase::Punching { relay_at, .. } => relay_at,
-                _ => None,
-            })
-            .min()
+        let relays = self.peers.values().filter_map(|p| match p.phase {
+            Phase::Punching { relay_at, .. } => relay_at,
+            _ => None,
+        });
+        relays.chain(self.next_topic_lookup).min()
     }
 
     /// Punches that have taken too long get a relay circuit as well.
@@ -488,6 +494,54 @@ impl NodeCore {
             }
             if p.session.is_none() {
                 self.relay(peer);
+            }
+        }
+        if self.next_topic_lookup.is_some_and(|t| now >= t) {
+            self.lookup_topics(now);
+        }
+    }
+
+    /// The user joins `topic`: our homes say so to the mesh, and we look up and connect to
+    /// everyone on it, again every `TOPIC_LOOKUP` (to find newcomers and members that
+    /// come back).
+    pub fn join_topic(&mut self, now: Instant, topic: Vec<u8>) {
+        if self.topics.contains_key(&topic) {
+            return;
+        }
+        self.topics.insert(topic, BTreeSet::new());
+        let topics = self.topics.keys().cloned().collect();
+        self.orders.push_back(Order::Registration(registration::actor::Command::Topics(topics)));
+        self.lookup_topics(now);
+    }
+
+    fn lookup_topics(&mut self, now: Instant) {
+        self.next_topic_lookup = (!self.topics.is_empty()).then_some(now + TOPIC_LOOKUP);
+        if self.registered.is_empty() {
+            return;
+        }
+        for topic in self.topics.keys() {
+            self.orders.push_back(Order::Registration(registration::actor::Command::LookupTopic(topic.clone())));
+        }
+    }
+
+    /// Who is on a topic we joined: newcomers are connected to (by the side with the
+    /// smaller PeerId, so that two members do not introduce themselves to each other
+    /// twice at once); those no longer listed have left.
+    fn on_topic_members(&mut self, now: Instant, topic: Vec<u8>, peers: Vec<PeerId>) {
+        let me = self.config.identity.peer_id();
+        let Some(known) = self.topics.get_mut(&topic) else { return };
+        let listed: BTreeSet<PeerId> = peers.into_iter().filter(|p| *p != me).collect();
+        let gone: Vec<PeerId> = known.difference(&listed).copied().collect();
+        let new: Vec<PeerId> = listed.difference(known).copied().collect();
+        *known = listed;
+        for peer in gone {
+            self.emit(NodeEvent::TopicLeft { peer, topic: topic.clone() });
+        }
+        for peer in new {
+            self.emit(NodeEvent::TopicMember { peer, topic: topic.clone() });
+            let idle = self.peers.get(&peer).is_none_or(|p| p.phase == Phase::Idle && p.session.is_none());
+            if idle && me < peer {
+                self.connect(now, peer);
             }
         }
     }
@@ -589,6 +643,9 @@ impl NodeCore {
             }
             mesh::Event::Homes { peer, homes } => {
                 self.orders.push_back(Order::Broker(broker::Command::Homes { peer, homes }))
+            }
+            mesh::Event::Topic { topic, peers } => {
+                self.orders.push_back(Order::Broker(broker::Command::Topic { topic, peers }))
             }
             mesh::Event::Active | mesh::Event::Alone => tracing::debug!(?event, "mesh"),
         }
@@ -877,16 +934,17 @@ impl NodeCore {
 
     fn on_broker(&mut self, event: broker::Event) {
         match event {
-            broker::Event::Registered { peer, addr } => {
-                // We are its home: the mesh hears so, and lookups for it anywhere end here.
-                self.orders.push_back(Order::Mesh(mesh::Command::Host(peer)));
-                self.emit(NodeEvent::PeerRegistered { peer, addr })
-            }
+            broker::Event::Registered { peer, addr } => self.emit(NodeEvent::PeerRegistered { peer, addr }),
             broker::Event::Introduced { requester, target, nonce } => {
                 // Our relay carries their circuit if their punch needs one.
                 let peers = [requester, target];
                 self.orders.push_back(Order::Relay(relay::Command::Authorize { nonce, peers }));
                 self.emit(NodeEvent::Introduced { requester, target })
+            }
+            // We are its home: the mesh hears so (with its topics), and lookups for it
+            // anywhere end here.
+            broker::Event::Topics { peer, topics } => {
+                self.orders.push_back(Order::Mesh(mesh::Command::Host { peer, topics }));
             }
             broker::Event::Expired { peer } => {
                 tracing::info!(%peer, "registration expired");
@@ -907,6 +965,9 @@ impl NodeCore {
                 for peer in self.awaiting_registration() {
                     self.ask_introduction(now, peer);
                 }
+                if self.registered.len() == 1 && !self.topics.is_empty() {
+                    self.lookup_topics(now);
+                }
                 for peer in self.awaiting_home(introducer) {
                     let p = self.peer(peer);
                     if let Phase::AwaitingHomes(homes) = std::mem::replace(&mut p.phase, Phase::Asked) {
@@ -917,6 +978,7 @@ impl NodeCore {
                     self.orders.push_back(Order::Registration(ask));
                 }
             }
+            R::TopicMembers { topic, peers } => self.on_topic_members(now, topic, peers),
             R::Suggested(homes) => {
                 self.suggested.extend(homes.into_iter().filter(|h| !self.homes.contains(h)));
                 self.rehome(now);
@@ -1151,6 +1213,15 @@ impl NodeCore {
                     p.session = None;
                 }
                 self.tidy(&peer);
+                // A topic member gone silent has left; if it comes back, a lookup finds it.
+                let left: Vec<Vec<u8>> = self
+                    .topics
+                    .iter_mut()
+                    .filter_map(|(t, members)| members.remove(&peer).then(|| t.clone()))
+                    .collect();
+                for topic in left {
+                    self.emit(NodeEvent::TopicLeft { peer, topic });
+                }
                 NodeEvent::Disconnected { peer, reason }
             }
         };

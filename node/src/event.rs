@@ -93,6 +93,16 @@ pub enum NodeEvent {
     Relaying {
         peers: [PeerId; 2],
     },
+    /// Someone is on a topic we joined (we connect to it, or it to us).
+    TopicMember {
+        peer: PeerId,
+        topic: Vec<u8>,
+    },
+    /// A member of a topic we joined left it (or went silent).
+    TopicLeft {
+        peer: PeerId,
+        topic: Vec<u8>,
+    },
     /// A public node joined or left the mesh this node is a member of.
     Mesh {
         change: MeshChange,
@@ -238,6 +248,12 @@ pub fn to_json(event: &NodeEvent) -> Value {
         }),
         NodeEvent::Relaying { peers } => json!({
             "event": "relaying", "peers": [peers[0].to_string(), peers[1].to_string()],
+        }),
+        NodeEvent::TopicMember { peer, topic } => json!({
+            "event": "member", "peer_id": peer.to_string(), "topic": String::from_utf8_lossy(topic),
+        }),
+        NodeEvent::TopicLeft { peer, topic } => json!({
+            "event": "left", "peer_id": peer.to_string(), "topic": String::from_utf8_lossy(topic),
         }),
         NodeEvent::Mesh { change, peer } => json!({
             "event": "mesh", "change": change.as_str(), "peer_id": peer.to_string(),

@@ -41,6 +41,7 @@ pub enum NodeError {
 #[rtype(result = "()")]
 enum Command {
     Connect(PeerId),
+    Join(Vec<u8>),
     Ping(PeerId),
     Send(PeerId, Vec<u8>),
     Stats,
@@ -124,6 +125,13 @@ impl Node {
     /// `ConnectFailed` event.
     pub fn connect(&self, peer: PeerId) {
         let _ = self.commands.send(Some(Command::Connect(peer)));
+    }
+
+    /// Joins `topic`: the node connects to everyone on it (a `TopicMember`, then a
+    /// `Connected`, per member), again to members that come back, and reports those that
+    /// leave (`TopicLeft`).
+    pub fn join(&self, topic: impl Into<Vec<u8>>) {
+        let _ = self.commands.send(Some(Command::Join(topic.into())));
     }
 
     /// Pings a connected peer; the answer is a `Pong` event.
@@ -516,6 +524,7 @@ impl Handler<Command> for NodeActor {
     fn handle(&mut self, command: Command, ctx: &mut Context<Self>) {
         match command {
             Command::Connect(peer) => self.core.connect(Instant::now(), peer),
+            Command::Join(topic) => self.core.join_topic(Instant::now(), topic),
             Command::Ping(peer) => self.core.ping(peer),
             Command::Send(peer, payload) => self.core.send(peer, payload),
             Command::Stats => self.emit_stats(ctx),

@@ -427,7 +427,7 @@ fn register_flood(spoofer: &Spoofer, to: SocketAddrV4) -> Vec<Vec<u8>> {
             } else {
                 let cookie = rng.gen();
                 let proof = identity.register_proof(cookie, nonce).into();
-                pb::Register { record: Some(record.clone()), cookie, nonce, proof }
+                pb::Register { record: Some(record.clone()), cookie, nonce, proof, topics: vec![] }
             };
             let src = SocketAddrV4::new(forged_ip(n % REGISTER_SOURCES), rng.gen_range(1024..=65535));
             spoofer.packet(src, to, n as u16, &encode_envelope(&pb::Envelope { kind: Some(Kind::Register(register)) }))

@@ -328,6 +328,12 @@ impl SimNode {
         self.pump(now);
     }
 
+    /// Joins a topic (`Node::join`).
+    pub fn join(&mut self, now: Instant, topic: &[u8]) {
+        self.running().core.join_topic(now, topic.to_vec());
+        self.pump(now);
+    }
+
     /// Pings a connected peer (`Node::ping`); the answer is a [`NodeEvent::Pong`].
     pub fn ping(&mut self, now: Instant, peer: &PeerId) -> Result<(), SendError> {
         self.running().core.ping(*peer);

@@ -204,3 +204,73 @@ fn sim_a_peer_keeps_three_homes_and_stays_reachable_when_one_dies() {
         assert!(sim.run_until_cond(60 * SEC, rehomed), "seed {seed}: {:?}", sim.machine_ref::<SimNode>(p).registered());
     });
 }
+
+/// Three peers behind NATs (one of them hard), homed at different members, join a topic:
+/// each connects to the two others; one goes silent and the others see it leave; it comes
+/// back and they connect to it again.
+#[test]
+fn sim_a_topic_connects_its_members_notices_one_leave_and_come_back() {
+    use introducer_actors::nat::NatBehavior;
+    for_each_seed(0..4, |seed| {
+        let mut sim = Sim::new(seed);
+        let founder = SimNode::introducer(Identity::from_seed(100))
+            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
+            .spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10)), 3478);
+        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
+        let b = SimNode::peer(Identity::from_seed(101), vec![founder_addr]).spawn(
+            &mut sim,
+            Place::Public(Ipv4Addr::new(198, 51, 100, 11)),
+            3478,
+        );
+        let b_addr = sim.local_addr(b, introducer_actors::SocketId::PRIMARY);
+        assert!(sim.run_until_cond(10 * SEC, |sim| sim.machine_ref::<SimNode>(b).is_serving()));
+        let kinds = [
+            (NatBehavior::PORT_RESTRICTED, founder_addr),
+            (NatBehavior::PORT_RESTRICTED, b_addr),
+            (NatBehavior::SYMMETRIC_RANDOM, founder_addr),
+        ];
+        let mut peers = Vec::new();
+        for (i, (behavior, seed_addr)) in kinds.into_iter().enumerate() {
+            let nat = sim.add_nat(behavior, Ipv4Addr::new(203, 0, 113, 1 + i as u8), None);
+            let node = SimNode::peer(Identity::from_seed(300 + i as u64), vec![seed_addr]);
+            peers.push(node.spawn(&mut sim, Place::Behind(nat), 4000));
+        }
+        let registered = |sim: &Sim| peers.iter().all(|&p| sim.machine_ref::<SimNode>(p).is_registered());
+        assert!(sim.run_until_cond(10 * SEC, registered), "seed {seed}");
+        let now = sim.now();
+        for &p in &peers {
+            sim.machine::<SimNode>(p).join(now, b"chat");
+        }
+        let ids: Vec<PeerId> = peers.iter().map(|&p| sim.machine_ref::<SimNode>(p).peer_id()).collect();
+        let all_connected = |sim: &Sim| {
+            peers.iter().enumerate().all(|(i, &p)| {
+                ids.iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .all(|(_, id)| sim.machine_ref::<SimNode>(p).session_remote(id).is_some())
+            })
+        };
+        assert!(sim.run_until_cond(20 * SEC, all_connected), "seed {seed}: not everyone connected");
+        let joined = sim.now() - now;
+        // The second goes silent: the others see it leave.
+        let events_of = |sim: &Sim, h, want: &dyn Fn(&NodeEvent) -> bool| {
+            sim.machine_ref::<SimNode>(h).events().iter().filter(|(_, e)| want(e)).count()
+        };
+        let left = |e: &NodeEvent| matches!(e, NodeEvent::TopicLeft { peer, .. } if *peer == ids[1]);
+        sim.set_host_link(peers[1], Link::IDEAL.loss(1.0));
+        let silenced = sim.now();
+        let saw_leave = |sim: &Sim| [0, 2].iter().all(|&i| events_of(sim, peers[i], &left) > 0);
+        assert!(sim.run_until_cond(120 * SEC, saw_leave), "seed {seed}: nobody saw it leave");
+        let leave = sim.now() - silenced;
+        // It comes back: they connect to it again.
+        sim.set_host_link(peers[1], Link::IDEAL);
+        let back = sim.now();
+        let reconnected =
+            |sim: &Sim| [0, 2].iter().all(|&i| sim.machine_ref::<SimNode>(peers[i]).session_remote(&ids[1]).is_some());
+        assert!(sim.run_until_cond(60 * SEC, reconnected), "seed {seed}: not reconnected");
+        eprintln!(
+            "seed {seed}: topic of 3 connected in {joined:?}; a leave seen after {leave:?}; back after {:?}",
+            sim.now() - back
+        );
+    });
+}

@@ -21,6 +21,7 @@ impl Protocol for Broker {
             Command::Serve => self.serving = true,
             Command::Homes { peer, homes } => self.set_homes(&peer, homes),
             Command::Members(members) => self.set_members(members),
+            Command::Topic { topic, peers } => self.set_topic(topic, peers),
         }
     }
     fn handle_timeout(&mut self, now: Instant) {

@@ -21,7 +21,7 @@
 //! for lately (a nonce-table entry at the table's load).
 
 use crate::bucket::TokenBucket;
-use crate::cookie::{introduction_mac, request_mac, Cookies};
+use crate::cookie::{introduction_mac, request_mac, topic_mac, Cookies};
 use crate::identity::{
     ed25519_peer_id, encoded_ed25519_key, inlined_ed25519_key, record_signer, verify_new_mapping, verify_record,
     verify_register_proof, SignatureError,
@@ -116,7 +116,14 @@ pub enum Command {
     /// Other members that introduce (their signed node records): a new registrant hears of
     /// a few, as further homes.
     Members(Vec<(PeerId, Vec<u8>)>),
+    /// Who is on a topic now (from the mesh): a registered peer asking hears it.
+    Topic { topic: Vec<u8>, peers: Vec<PeerId> },
 }
+
+/// Members of a topic named in one answer, at most.
+const MAX_TOPIC_ANSWER: usize = 64;
+/// Topics whose members we keep, at most.
+const MAX_TOPICS_KEPT: usize = 1 << 16;
 
 /// Members offered to a new registrant as further homes: two to make three, and spares
 /// for when one fails (every member ranks them alike for a peer, so spares must come now).
@@ -129,9 +136,23 @@ const MAX_HOMES: usize = 3;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Registered { peer: PeerId, addr: SocketAddr },
-    Introduced { requester: PeerId, target: PeerId, nonce: [u8; 16] },
-    Expired { peer: PeerId },
+    Registered {
+        peer: PeerId,
+        addr: SocketAddr,
+    },
+    /// A peer registered anew here, or its topics changed: what we host it with.
+    Topics {
+        peer: PeerId,
+        topics: Vec<Vec<u8>>,
+    },
+    Introduced {
+        requester: PeerId,
+        target: PeerId,
+        nonce: [u8; 16],
+    },
+    Expired {
+        peer: PeerId,
+    },
 }
 
 /// A registered peer's name in the tables: its ed25519 key. A [`PeerId`] (an identity
@@ -174,8 +195,10 @@ struct Registration {
     expires: Instant,
     /// The cookie it proved its address with: the key of the introductions it receives.
     cookie: u64,
-    /// Introduction requests it may still make.
+    /// Introduction (and topic) requests it may still make.
     introductions: TokenBucket,
+    /// The topics it is on.
+    topics: Vec<Vec<u8>>,
     /// The last introductions this peer asked for. A repeat gets the same nonce, so the
     /// target's copy can be lost without orphaning the punch.
     recent: Recents,
@@ -280,6 +303,8 @@ pub struct Broker {
     elsewhere: BTreeMap<PeerKey, Vec<SocketAddr>>,
     /// Other members that introduce, with their signed records, to suggest as homes.
     members: Vec<(PeerId, Vec<u8>)>,
+    /// Who is on each topic, as the mesh says.
+    topic_members: BTreeMap<Vec<u8>, Vec<PeerId>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -297,6 +322,7 @@ impl Broker {
             hosts: Hosts::default(),
             elsewhere: BTreeMap::new(),
             members: Vec::new(),
+            topic_members: BTreeMap::new(),
             next_sweep: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -352,6 +378,7 @@ impl Broker {
             Kind::Register(register) => self.on_register(now, socket, src, register),
             Kind::IntroduceRequest(request) => self.on_introduce(now, src, socket, request),
             Kind::NewMapping(m) => self.on_new_mapping(src, &m),
+            Kind::TopicRequest(request) => self.on_topic_request(now, socket, src, request),
             _ => {}
         }
     }
@@ -395,6 +422,11 @@ impl Broker {
             return;
         }
         let (peer, issued_ms) = (record.peer_id, record.record.issued_ms);
+        if !crate::mesh::record::topics_ok(&register.topics) {
+            self.stats.dropped_oversized += 1;
+            return;
+        }
+        let topics: Vec<Vec<u8>> = register.topics.iter().map(|t| t.to_vec()).collect();
         // A new address takes a share of its host's and its network's.
         if !self.by_addr.contains_key(&src) && self.hosts.full(src.ip(), &self.config) {
             self.stats.dropped_host_full += 1;
@@ -416,6 +448,9 @@ impl Broker {
             }
         }
         let new = self.by_peer.get(&key).is_none_or(|r| r.addr != src);
+        if new || self.by_peer.get(&key).is_some_and(|r| r.topics != topics) {
+            self.events.push_back(Event::Topics { peer, topics: topics.clone() });
+        }
         // One registration per address: a host cannot fill the table by minting identities.
         if let Some(other) = self.by_addr.get(&src).copied().filter(|p| *p != key) {
             self.by_peer.remove(&other);
@@ -429,15 +464,24 @@ impl Broker {
                 if r.addr != src && self.by_addr.remove(&r.addr).is_some() {
                     self.hosts.remove(r.addr.ip());
                 }
-                (r.addr, r.socket, r.signed, r.issued_ms, r.expires, r.cookie) =
-                    (src, socket, signed, issued_ms, expires, cookie);
+                (r.addr, r.socket, r.signed, r.issued_ms, r.expires, r.cookie, r.topics) =
+                    (src, socket, signed, issued_ms, expires, cookie, topics);
             }
             None => {
                 let (rate, burst) = (self.config.introductions_per_sec, self.config.introduction_burst);
                 let introductions = TokenBucket::full(rate, burst, now);
                 let recent = Recents::default();
-                let registration =
-                    Registration { addr: src, socket, signed, issued_ms, expires, cookie, introductions, recent };
+                let registration = Registration {
+                    addr: src,
+                    socket,
+                    signed,
+                    issued_ms,
+                    expires,
+                    cookie,
+                    introductions,
+                    recent,
+                    topics,
+                };
                 self.by_peer.insert(key, Box::new(registration));
             }
         }
@@ -566,6 +610,37 @@ impl Broker {
         list.iter_mut().filter(|r| r.nonce == recent.nonce).for_each(|r| *r = recent);
         self.introduce(requester, &recent, side == 1);
         self.stats.new_mappings += 1;
+    }
+
+    /// A registered peer asks who is on a topic: answered from what the mesh says, MAC'd
+    /// with its cookie like an introduction request and paid from the same budget.
+    fn on_topic_request(&mut self, now: Instant, socket: SocketId, src: SocketAddr, request: pb::TopicRequest) {
+        let Some(requester) = self.by_addr.get(&src).copied() else {
+            self.stats.dropped_unregistered += 1;
+            return;
+        };
+        let reg = self.by_peer.get_mut(&requester).expect("by_addr and by_peer agree");
+        if request.mac != topic_mac(reg.cookie, &request) {
+            self.stats.dropped_bad_mac += 1;
+            return;
+        }
+        if !reg.introductions.try_take(now, 1.0) {
+            self.stats.dropped_rate_limited += 1;
+            return;
+        }
+        let me = requester.peer_id();
+        let members = self.topic_members.get(&request.topic[..]).map(Vec::as_slice).unwrap_or_default();
+        let peers = members.iter().filter(|p| **p != me).take(MAX_TOPIC_ANSWER).map(|p| p.to_bytes().into()).collect();
+        let answer = pb::TopicMembers { request_id: request.request_id, topic: request.topic, peers };
+        self.send(socket, src, Kind::TopicMembers(answer));
+    }
+
+    pub fn set_topic(&mut self, topic: Vec<u8>, peers: Vec<PeerId>) {
+        if peers.is_empty() {
+            self.topic_members.remove(&topic);
+        } else if self.topic_members.len() < MAX_TOPICS_KEPT || self.topic_members.contains_key(&topic) {
+            self.topic_members.insert(topic, peers);
+        }
     }
 
     /// A few other members for `peer` to add as homes: the ones rendezvous hashing ranks

@@ -19,7 +19,7 @@ fn decode(t: &Transmit) -> Kind {
 fn register(id: &Identity, issued_ms: u64, cookie: u64) -> Kind {
     let record = pb::PeerRecord { issued_ms, ..Default::default() };
     let proof = id.register_proof(cookie, 5).into();
-    Kind::Register(pb::Register { record: Some(id.sign_record(record)), cookie, nonce: 5, proof })
+    Kind::Register(pb::Register { record: Some(id.sign_record(record)), cookie, nonce: 5, proof, topics: vec![] })
 }
 
 /// Runs the challenge round trip and returns the Registered reply.
@@ -333,7 +333,7 @@ mod measure {
 fn register_record(b: &mut Broker, now: Instant, src: SocketAddr, id: &Identity, record: &pb::SignedPeerRecord) {
     let register = |cookie| {
         let proof = id.register_proof(cookie, 5).into();
-        Kind::Register(pb::Register { record: Some(record.clone()), cookie, nonce: 5, proof })
+        Kind::Register(pb::Register { record: Some(record.clone()), cookie, nonce: 5, proof, topics: vec![] })
     };
     b.handle(now, SocketId::PRIMARY, src, register(0));
     if let Some(Kind::RegisterChallenge(ch)) = b.poll_transmit().as_ref().map(decode) {

@@ -143,9 +143,10 @@ pub enum Command {
     /// Have another member dial `addr` back with `nonce` (a seed's part of dial-back:
     /// `addr` proved it receives there with the seed's cookie).
     DialBack { addr: SocketAddr, nonce: u64 },
-    /// A peer registered with us: claim to be its home (and renew the claim while it stays).
-    Host(PeerId),
-    /// Its registration lapsed: stop renewing the claim (it lapses at the others).
+    /// A peer registered with us (on these topics): claim to be its home, and renew the
+    /// claim while it stays.
+    Host { peer: PeerId, topics: Vec<Vec<u8>> },
+    /// Its registration ended: the claim is withdrawn.
     Unhost(PeerId),
     /// Leave the mesh gracefully.
     Leave,
@@ -165,6 +166,8 @@ pub enum Event {
     Alone,
     /// Where a peer's homes (other than us) answer now; empty once none claims it.
     Homes { peer: PeerId, homes: Vec<SocketAddr> },
+    /// Who is on a topic now, by its members' homes' claims.
+    Topic { topic: Vec<u8>, peers: Vec<PeerId> },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -251,8 +254,9 @@ pub struct Mesh {
     dial_budget: TokenBucket,
     advert: Option<Advert>,
     next_refresh: Option<Instant>,
-    /// Peers we are a home of, and when to renew each claim.
-    hosted: BTreeMap<PeerId, Instant>,
+    /// Peers we are a home of: their topics, and when to renew each claim.
+    hosted: BTreeMap<PeerId, (Vec<Vec<u8>>, Instant)>,
+    last_claim_ms: u64,
     /// Unix ms at `epoch.0`.
     epoch: (Instant, u64),
     transmits: VecDeque<Transmit>,
@@ -306,6 +310,7 @@ impl Mesh {
             advert: None,
             next_refresh: None,
             hosted: BTreeMap::new(),
+            last_claim_ms: 0,
             epoch,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -370,13 +375,16 @@ impl Mesh {
                 }
             }
             Command::DialBack { addr, nonce } => self.ask_dial_back(now, addr, nonce),
-            Command::Host(peer) => {
-                if !self.hosted.contains_key(&peer) {
-                    self.claim(now, peer);
+            Command::Host { peer, topics } => {
+                if self.hosted.get(&peer).is_none_or(|(known, _)| *known != topics) {
+                    self.claim(now, peer, topics, self.config.hosting_ttl);
                 }
             }
             Command::Unhost(peer) => {
-                self.hosted.remove(&peer);
+                if self.hosted.remove(&peer).is_some() {
+                    self.claim(now, peer, Vec::new(), Duration::ZERO);
+                    self.hosted.remove(&peer);
+                }
             }
             Command::Leave => {
                 let result = self.swim.leave_cluster(&mut self.runtime);
@@ -447,15 +455,18 @@ impl Mesh {
         self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::DialBackProbe(probe)));
     }
 
-    /// Claims (again) to be `peer`'s home, for `hosting_ttl`; renewed at half of it.
-    fn claim(&mut self, now: Instant, peer: PeerId) {
-        let issued_ms = self.unix_ms(now);
-        let expires_ms = issued_ms + self.config.hosting_ttl.as_millis() as u64;
-        let hosting = self.me.sign_hosting(&peer, issued_ms, expires_ms);
+    /// Claims (again) to be `peer`'s home for `ttl`, renewed at half of it; a zero `ttl`
+    /// withdraws the claim.
+    fn claim(&mut self, now: Instant, peer: PeerId, topics: Vec<Vec<u8>>, ttl: Duration) {
+        // Each claim newer than the last, even within a millisecond: the newer replaces.
+        let issued_ms = self.unix_ms(now).max(self.last_claim_ms + 1);
+        self.last_claim_ms = issued_ms;
+        let expires_ms = issued_ms + ttl.as_millis() as u64;
+        let hosting = self.me.sign_hosting(&peer, issued_ms, expires_ms, &topics);
         let broadcast = pb::Broadcast { item: Some(pb::broadcast::Item::Hosting(hosting)) }.encode_to_vec();
         let result = self.swim.add_broadcast(&broadcast);
         self.count(result.map(|_| ()));
-        self.hosted.insert(peer, now + self.config.hosting_ttl / 2);
+        self.hosted.insert(peer, (topics, now + ttl / 2));
     }
 
     fn announce_to(&mut self, peer: PeerId) {
@@ -665,9 +676,10 @@ impl Mesh {
         if self.next_refresh.is_some_and(|t| now >= t) {
             self.publish(now);
         }
-        let due: Vec<PeerId> = self.hosted.iter().filter(|(_, &t)| now >= t).map(|(p, _)| *p).collect();
-        for peer in due {
-            self.claim(now, peer);
+        let due: Vec<(PeerId, Vec<Vec<u8>>)> =
+            self.hosted.iter().filter(|(_, (_, t))| now >= *t).map(|(p, (topics, _))| (*p, topics.clone())).collect();
+        for (peer, topics) in due {
+            self.claim(now, peer, topics, self.config.hosting_ttl);
         }
         let gone = self.table.borrow_mut().expire();
         for peer in gone {
@@ -721,6 +733,11 @@ impl Mesh {
             homes.sort_by_key(|h| suspect.contains(h));
             let homes = homes.iter().filter_map(|h| self.addr_of(h)).collect();
             self.events.push_back(Event::Homes { peer, homes });
+        }
+        let retopiced: BTreeSet<Vec<u8>> = std::mem::take(&mut self.table.borrow_mut().retopiced).into_iter().collect();
+        for topic in retopiced {
+            let peers = self.table.borrow().on_topic(&topic);
+            self.events.push_back(Event::Topic { topic, peers });
         }
         let fresh = std::mem::take(&mut self.table.borrow_mut().fresh);
         for peer in fresh {
@@ -781,7 +798,7 @@ impl Mesh {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timers = self.timers.keys().next().map(|(t, _)| *t);
-        let renew = self.hosted.values().min().copied();
+        let renew = self.hosted.values().map(|(_, t)| *t).min();
         [timers, self.next_refresh, renew].into_iter().flatten().min()
     }
 }

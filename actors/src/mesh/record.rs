@@ -89,13 +89,22 @@ pub fn verify(bytes: &[u8], now_ms: u64, max_skew_ms: u64, ttl_ms: u64) -> Resul
     })
 }
 
-/// The largest encoded signed hosting claim accepted (an honest one is about 170 bytes).
-pub const MAX_SIGNED_HOSTING: usize = 200;
+/// The largest encoded signed hosting claim accepted: about 170 bytes, and 8 topics of at
+/// most 64 bytes.
+pub const MAX_SIGNED_HOSTING: usize = 720;
+/// Topics one registration may be on, and the longest topic.
+pub const MAX_TOPICS: usize = 8;
+pub const MAX_TOPIC_LEN: usize = 64;
 /// The longest a hosting claim may run before its home renews it.
 pub const MAX_HOSTING_MS: u64 = 10 * 60 * 1000;
 
 /// A peer's homes as their claims say: home → (issued, expires), Unix ms.
 pub type Homes = BTreeMap<PeerId, (u64, u64)>;
+
+/// Whether topics are within bounds: how many, how long.
+pub fn topics_ok<T: AsRef<[u8]>>(topics: &[T]) -> bool {
+    topics.len() <= MAX_TOPICS && topics.iter().all(|t| (1..=MAX_TOPIC_LEN).contains(&t.as_ref().len()))
+}
 
 /// The records the mesh knows, one per member, shared with foca's broadcast handler.
 #[derive(Debug, Default)]
@@ -108,6 +117,10 @@ pub struct Table {
     pub max_hosted_per_home: usize,
     /// Peers whose homes changed since the mesh last looked (it reports them).
     pub rehomed: Vec<PeerId>,
+    /// Each hosted peer's topics, by its newest claim.
+    pub topics: BTreeMap<PeerId, Vec<Vec<u8>>>,
+    /// Topics whose members changed since the mesh last looked.
+    pub retopiced: Vec<Vec<u8>>,
     /// The clock as the mesh last saw it (Unix ms), for the handler's freshness checks.
     pub now_ms: u64,
     pub max_skew_ms: u64,
@@ -145,8 +158,9 @@ impl Table {
             .and_then(|(home, h)| Some((home, PeerId::from_bytes(&h.peer_id).ok()?, h)));
         let Some((home, peer, h)) = checked.filter(|(_, _, h)| {
             h.issued_ms <= self.now_ms + self.max_skew_ms
-                && h.expires_ms > self.now_ms
+                && (h.expires_ms > self.now_ms || h.expires_ms == h.issued_ms)
                 && h.expires_ms.saturating_sub(h.issued_ms) <= MAX_HOSTING_MS
+                && topics_ok(&h.topics)
         }) else {
             self.stats.dropped_bad_record += 1;
             return None;
@@ -154,6 +168,18 @@ impl Table {
         let known = self.hosting.get(&peer).and_then(|homes| homes.get(&home)).copied();
         if known.is_some_and(|(issued, _)| issued >= h.issued_ms) {
             return None;
+        }
+        if h.expires_ms == h.issued_ms {
+            // A withdrawal: the registration ended.
+            if known.is_some() {
+                self.remove_claim(&peer, &home);
+            }
+            return Some(RecordKey::Hosting { home, peer, issued_ms: h.issued_ms });
+        }
+        let topics: Vec<Vec<u8>> = h.topics.iter().map(|t| t.to_vec()).collect();
+        if self.topics.get(&peer) != Some(&topics) {
+            let old = self.topics.insert(peer, topics.clone()).unwrap_or_default();
+            self.retopiced.extend(old.into_iter().chain(topics));
         }
         if known.is_none() {
             let count = self.hosted_by.entry(home).or_default();
@@ -214,7 +240,40 @@ impl Table {
             }
             !homes.is_empty()
         });
+        self.forget_unhosted_topics();
         gone
+    }
+
+    /// Topics of peers no home claims any more go (and their topics are reported).
+    fn forget_unhosted_topics(&mut self) {
+        let hosting = &self.hosting;
+        let retopiced = &mut self.retopiced;
+        self.topics.retain(|peer, topics| {
+            let hosted = hosting.contains_key(peer);
+            if !hosted {
+                retopiced.append(topics);
+            }
+            hosted
+        });
+    }
+
+    /// Forgets `home`'s claim on `peer` (and the peer's topics once no home claims it).
+    fn remove_claim(&mut self, peer: &PeerId, home: &PeerId) {
+        let Some(homes) = self.hosting.get_mut(peer) else { return };
+        if homes.remove(home).is_none() {
+            return;
+        }
+        self.hosted_by.entry(*home).and_modify(|count| *count = count.saturating_sub(1));
+        self.rehomed.push(*peer);
+        if homes.is_empty() {
+            self.hosting.remove(peer);
+            self.retopiced.extend(self.topics.remove(peer).unwrap_or_default());
+        }
+    }
+
+    /// The peers on `topic`, by their claims.
+    pub fn on_topic(&self, topic: &[u8]) -> Vec<PeerId> {
+        self.topics.iter().filter(|(_, topics)| topics.iter().any(|t| t == topic)).map(|(p, _)| *p).collect()
     }
 
     /// A member is down: lookups skip it at once (its claims go; its peers are reported
@@ -230,6 +289,7 @@ impl Table {
             }
             !homes.is_empty()
         });
+        self.forget_unhosted_topics();
     }
 
     /// The homes hosting `peer` now.

@@ -430,7 +430,7 @@ fn hosting_claims_spread_are_renewed_and_lapse() {
     net.run(until);
     let peer = Identity::from_seed(40).peer_id();
     let now = net.now;
-    net.node(2).command(now, Command::Host(peer));
+    net.node(2).command(now, Command::Host { peer, topics: vec![] });
     let until = net.now + Duration::from_secs(5);
     net.run(until);
     let homes_at = |net: &Net, i: usize| {
@@ -472,7 +472,7 @@ fn hosting_claims_are_signed_bounded_and_quota_limited() {
     };
     let home = Identity::from_seed(5);
     let claim = |seed: u64, issued: u64, expires: u64| {
-        let hosting = home.sign_hosting(&Identity::from_seed(seed).peer_id(), issued, expires);
+        let hosting = home.sign_hosting(&Identity::from_seed(seed).peer_id(), issued, expires, &[]);
         pb::Broadcast { item: Some(pb::broadcast::Item::Hosting(hosting)) }.encode_to_vec()
     };
     assert!(table.offer_broadcast(&claim(50, now_ms, now_ms + 60_000)).is_some());

@@ -28,6 +28,10 @@ pub enum Command {
     Settle(PeerId),
     /// Refresh every registration this often, at most.
     Keepalive(Duration),
+    /// The topics we are on (every registration, current and future, says so).
+    Topics(Vec<Vec<u8>>),
+    /// Ask an introducer we are registered with who is on this topic.
+    LookupTopic(Vec<u8>),
 }
 
 /// Every introducer this node registers with.
@@ -38,19 +42,24 @@ pub struct Registrations {
     /// Each registration's request ids and nonces come from here.
     rng: StdRng,
     by_introducer: BTreeMap<SocketAddr, Registration>,
+    topics: Vec<Vec<u8>>,
 }
 
 impl Registrations {
     /// `rng`: from the OS on a real node (seeded on the simulator).
     pub fn new(config: Config, identity: Identity, rng: StdRng) -> Self {
-        Registrations { config, identity, rng, by_introducer: BTreeMap::new() }
+        Registrations { config, identity, rng, by_introducer: BTreeMap::new(), topics: Vec::new() }
     }
 
     pub fn add(&mut self, now: Instant, introducer: SocketAddr, record: pb::SignedPeerRecord) {
         let (config, identity, rng) = (self.config.clone(), self.identity.clone(), &mut self.rng);
+        let topics = &self.topics;
         self.by_introducer.entry(introducer).or_insert_with(|| {
             let rng = StdRng::from_rng(rng).expect("StdRng never fails");
-            Registration::new(config, introducer, SocketId::PRIMARY, (identity, record), now, rng)
+            let mut registration =
+                Registration::new(config, introducer, SocketId::PRIMARY, (identity, record), now, rng);
+            registration.set_topics(now, topics.clone());
+            registration
         });
     }
 
@@ -101,6 +110,15 @@ impl Protocol for Registrations {
             }
             Command::Settle(peer) => self.settle(&peer),
             Command::Keepalive(keepalive) => self.set_keepalive(now, keepalive),
+            Command::Topics(topics) => {
+                self.topics = topics.clone();
+                self.by_introducer.values_mut().for_each(|r| r.set_topics(now, topics.clone()));
+            }
+            Command::LookupTopic(topic) => {
+                if let Some(r) = self.by_introducer.values_mut().find(|r| r.observed().is_some()) {
+                    r.lookup_topic(topic);
+                }
+            }
         }
     }
     fn handle_inbound(&mut self, inbound: Inbound) {

@@ -3,7 +3,7 @@
 //! introductions, and check what comes back before anyone punches on its strength.
 
 use crate::backoff::Backoff;
-use crate::cookie::{introduction_mac, request_mac};
+use crate::cookie::{introduction_mac, request_mac, topic_mac};
 use crate::identity::{verify_node_record, verify_record, Identity, VerifiedRecord};
 use crate::{SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
@@ -75,6 +75,11 @@ pub enum Event {
     /// The introducer named other members (their signed records checked) that introduce:
     /// further homes.
     Suggested(Vec<SocketAddr>),
+    /// Who is on a topic, as the introducer knows from the mesh.
+    TopicMembers {
+        topic: Vec<u8>,
+        peers: Vec<PeerId>,
+    },
     Introduced(Box<Introduced>),
     IntroduceFailed {
         target: PeerId,
@@ -147,6 +152,10 @@ pub struct Registration {
     nonce: u64,
     /// Signs the proof that we hold our key, for each cookie.
     identity: Identity,
+    /// The topics we are on (our homes tell the mesh).
+    topics: Vec<Vec<u8>>,
+    /// Topic requests awaiting their answer: request id → topic.
+    topic_requests: BTreeMap<u64, Vec<u8>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -178,6 +187,8 @@ impl Registration {
             pending: BTreeMap::new(),
             settled: VecDeque::new(),
             rng,
+            topics: Vec::new(),
+            topic_requests: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -204,6 +215,29 @@ impl Registration {
     /// Replaces the record we register (a newer `issued_ms`), sent with the next refresh.
     pub fn set_record(&mut self, record: pb::SignedPeerRecord) {
         self.record = record;
+    }
+
+    /// The topics we are on from now on: the introducer hears at once, if we are registered.
+    pub fn set_topics(&mut self, now: Instant, topics: Vec<Vec<u8>>) {
+        if self.topics != topics {
+            self.topics = topics;
+            if self.cookie != 0 {
+                self.send_register(now);
+            }
+        }
+    }
+
+    /// Asks the introducer who is on `topic` (the answer is an [`Event::TopicMembers`]).
+    pub fn lookup_topic(&mut self, topic: Vec<u8>) {
+        let request_id = self.rng.gen();
+        let mut request = pb::TopicRequest { topic: topic.clone().into(), request_id, mac: 0 };
+        request.mac = topic_mac(self.cookie, &request);
+        // A few outstanding at most: an unanswered request is simply asked again later.
+        while self.topic_requests.len() >= 4 {
+            self.topic_requests.pop_first();
+        }
+        self.topic_requests.insert(request_id, topic);
+        self.transmits.push_back(Transmit::envelope(self.socket, self.introducer, Kind::TopicRequest(request)));
     }
 
     /// Asks the introducer to introduce us to `target`.
@@ -239,7 +273,8 @@ impl Registration {
         // Without a cookie the introducer only challenges: no proof to sign yet.
         let proof = if self.cookie == 0 { Vec::new() } else { self.identity.register_proof(self.cookie, self.nonce) };
         let (record, cookie, nonce) = (Some(self.record.clone()), self.cookie, self.nonce);
-        let register = pb::Register { record, cookie, nonce, proof: proof.into() };
+        let topics = self.topics.iter().map(|t| t.clone().into()).collect();
+        let register = pb::Register { record, cookie, nonce, proof: proof.into(), topics };
         self.transmits.push_back(Transmit::envelope(self.socket, self.introducer, Kind::Register(register)));
         self.answered = false;
         self.next_send = Some(self.backoff.next(now));
@@ -291,6 +326,14 @@ impl Registration {
                 }
             }
             Kind::Introduction(intro) => self.on_introduction(now, intro),
+            Kind::TopicMembers(members) => {
+                let Some(topic) = self.topic_requests.remove(&members.request_id) else { return };
+                if members.topic[..] != topic[..] {
+                    return;
+                }
+                let peers = members.peers.iter().take(64).filter_map(|p| PeerId::from_bytes(p).ok()).collect();
+                self.events.push_back(Event::TopicMembers { topic, peers });
+            }
             Kind::IntroduceError(error) => {
                 let Some(pending) = self.pending.remove(&error.request_id) else { return };
                 let (target, introducer) = (pending.target, self.introducer);

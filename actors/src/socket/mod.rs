@@ -246,10 +246,12 @@ pub fn classify(datagram: Vec<u8>) -> Option<(Route, Payload)> {
 pub fn route_of(kind: &Kind) -> Route {
     match kind {
         Kind::Hello(_) | Kind::ServerInfo(_) | Kind::DialBackRequest(_) | Kind::DialBackProbe(_) => Route::Bootstrap,
-        Kind::Register(_) | Kind::IntroduceRequest(_) | Kind::NewMapping(_) => Route::Broker,
-        Kind::RegisterChallenge(_) | Kind::Registered(_) | Kind::Introduction(_) | Kind::IntroduceError(_) => {
-            Route::Registration
-        }
+        Kind::Register(_) | Kind::IntroduceRequest(_) | Kind::NewMapping(_) | Kind::TopicRequest(_) => Route::Broker,
+        Kind::RegisterChallenge(_)
+        | Kind::Registered(_)
+        | Kind::Introduction(_)
+        | Kind::IntroduceError(_)
+        | Kind::TopicMembers(_) => Route::Registration,
         Kind::Punch(_) => Route::Punch,
         Kind::Handshake(_) | Kind::Sealed(_) => Route::Session,
         Kind::Gossip(_) => Route::Mesh,
