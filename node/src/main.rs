@@ -9,7 +9,8 @@ use introducer_node::event::{nat_json, to_json};
 use introducer_node::identity::{DataDir, IdentityError};
 use introducer_node::{identity, telemetry, Config, Node, NodeEvent};
 use libp2p_identity::PeerId;
-use serde_json::Value;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -123,6 +124,9 @@ enum Command {
         #[arg(long, default_value_t = 15.0, value_name = "SECS")]
         timeout: f64,
     },
+    /// Meet everyone on a topic: connect to each member; each stdin line goes to all of
+    /// them, what arrives is printed.
+    Join { topic: String },
     /// Print this node's PeerId (creating its identity if needed).
     Id,
 }
@@ -239,6 +243,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Join { topic } => join(g, bootstrap, topic, &out).await,
         Command::Connect { peer_id, timeout } => {
             let peer = parse_peer(&peer_id)?;
             let mut node = connect(g, bootstrap, peer, secs(timeout)?, &out).await?;
@@ -260,6 +265,83 @@ async fn run(cli: Cli) -> Result<()> {
                     },
                 }
             }
+        }
+    }
+}
+
+/// `join TOPIC`: connects to every member of the topic as it finds them, prints who
+/// connects and leaves and what they say, and sends each stdin line to every member.
+async fn join(g: &Global, bootstrap: Vec<SocketAddr>, topic: String, out: &Output) -> Result<()> {
+    if topic.is_empty() || topic.len() > 64 {
+        bail!("a topic is 1 to 64 bytes, not {}", topic.len());
+    }
+    if bootstrap.is_empty() && g.data_dir.is_none() {
+        bail!("joining a topic needs an introducer: --bootstrap ADDR");
+    }
+    let (identity, data_dir) = session_identity(g, !bootstrap.is_empty())?;
+    let mut config = Config::new(identity);
+    config.data_dir = data_dir;
+    config.bootstrap = bootstrap;
+    config.serve = Serve::Never;
+    let mut node = Node::start(config)?;
+    node.join(topic.clone());
+    let mut members = BTreeSet::new();
+    let mut connected = BTreeSet::new();
+    // Connections that came before we knew the peer is on the topic (it asked first).
+    let mut early: std::collections::BTreeMap<PeerId, NodeEvent> = Default::default();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    let with_topic = |event: &NodeEvent| {
+        let mut json = to_json(event);
+        json["topic"] = Value::from(topic.as_str());
+        json
+    };
+    loop {
+        tokio::select! {
+            line = stdin.next_line(), if stdin_open => match line.context("reading stdin")? {
+                Some(line) => {
+                    for peer in &connected {
+                        node.send(*peer, line.clone().into_bytes());
+                    }
+                }
+                None => stdin_open = false,
+            },
+            event = node.next_event() => match event {
+                Some(NodeEvent::Fatal(error)) => return Err(error.into()),
+                Some(NodeEvent::TopicMember { peer, .. }) => {
+                    members.insert(peer);
+                    if let Some(event) = early.remove(&peer) {
+                        connected.insert(peer);
+                        let json = with_topic(&event);
+                        out.line(json.clone(), || human(&json));
+                    }
+                }
+                Some(event @ NodeEvent::TopicLeft { peer, .. }) => {
+                    members.remove(&peer);
+                    connected.remove(&peer);
+                    out.event(&event);
+                }
+                Some(event @ NodeEvent::Connected { peer, .. }) => {
+                    if members.contains(&peer) {
+                        connected.insert(peer);
+                        let json = with_topic(&event);
+                        out.line(json.clone(), || human(&json));
+                    } else {
+                        early.insert(peer, event);
+                    }
+                }
+                Some(NodeEvent::Data { peer, payload }) if connected.contains(&peer) => {
+                    let text = String::from_utf8_lossy(&payload);
+                    let json = json!({"event": "data", "peer_id": peer.to_string(), "topic": topic, "data": text});
+                    out.line(json, || format!("{peer}: {text}"));
+                }
+                Some(NodeEvent::Disconnected { peer, .. }) => {
+                    connected.remove(&peer);
+                    early.remove(&peer);
+                }
+                Some(_) => {}
+                None => bail!("node stopped"),
+            },
         }
     }
 }
@@ -392,6 +474,7 @@ fn human(v: &Value) -> String {
         }
         "pong" => format!("pong seq={} rtt={} ms ({})", v["seq"], v["rtt_ms"], s("path")),
         "data" => format!("{}: {}", s("peer_id"), s("data")),
+        "left" => format!("{} left {}", s("peer_id"), s("topic")),
         "peer_registered" => format!("peer {} registered from {}", s("peer_id"), s("addr")),
         "introduced" => format!("introduced {} to {}", s("requester"), s("target")),
         _ => v.to_string(),

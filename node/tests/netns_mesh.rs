@@ -185,3 +185,62 @@ fn a_peer_stays_reachable_as_its_homes_are_killed_one_after_another() {
     println!("P registered with {now_homes:?} over the test");
     assert!(now_homes.len() >= 4, "P took a new home as its homes died: {now_homes:?}");
 }
+
+/// `introducer join chat` on three NATed hosts (one behind a symmetric NAT), homed at
+/// different members: each connects to the two others and says so with the topic; a line
+/// on one's stdin reaches both others; one killed, the others print that it left.
+#[test]
+fn a_topic_connects_its_members_carries_their_lines_and_notices_a_leave() {
+    use std::io::Write;
+    if let Err(why) = Lab::check() {
+        panic!("the real-NAT lab needs root and nft/ip: {why}");
+    }
+    let std = Standard::new("topic", INTRODUCER);
+    let (_a, _b) = std.start_introducers();
+    let hosts = [
+        ("t1", NatBehavior::PORT_RESTRICTED, std.bootstrap()),
+        ("t2", NatBehavior::PORT_RESTRICTED, std.b_addr()),
+        ("t3", NatBehavior::SYMMETRIC_RANDOM, std.bootstrap()),
+    ];
+    let mut nodes = Vec::new();
+    for (name, behavior, seed) in &hosts {
+        let (_, host) = std.natted_host(name, *behavior);
+        let mut command = host.introducer_command(&["join", "chat", "--json", "--bootstrap", seed]);
+        command.stdin(std::process::Stdio::piped());
+        let node = host.spawn_command(name, command);
+        nodes.push((host, node));
+    }
+    // Each prints `connected` twice, with the topic, for two different peers.
+    let started = Instant::now();
+    let mut peers_of = Vec::new();
+    for i in 0..nodes.len() {
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < 2 {
+            let found = nodes[i].1.try_wait_json(|v| v["event"] == "connected", Duration::from_secs(40));
+            let v = found.unwrap_or_else(|e| {
+                let all: Vec<String> = nodes.iter().map(|(_, n)| n.context()).collect();
+                panic!("{e}\n{}", all.join("\n"))
+            });
+            assert_eq!(v["topic"], "chat", "{v}");
+            seen.insert(v["peer_id"].as_str().unwrap().to_owned());
+        }
+        peers_of.push(seen);
+    }
+    println!("3 members connected to each other {:?} after start", started.elapsed());
+    // A line from the first reaches both others.
+    writeln!(nodes[0].1.stdin().unwrap(), "hello from t1").unwrap();
+    for (_, node) in nodes.iter_mut().skip(1) {
+        let v = node.wait_json(|v| v["event"] == "data", Duration::from_secs(20));
+        assert_eq!((v["data"].as_str(), v["topic"].as_str()), (Some("hello from t1"), Some("chat")), "{v}");
+    }
+    // The second is killed: the two others say it left.
+    let gone = peers_of[0].intersection(&peers_of[2]).next().expect("t2 is known to both").clone();
+    nodes[1].1.kill();
+    let killed = Instant::now();
+    for i in [0, 2] {
+        let v =
+            nodes[i].1.wait_json(|v| v["event"] == "left" && v["peer_id"] == gone.as_str(), Duration::from_secs(60));
+        assert_eq!(v["topic"], "chat", "{v}");
+    }
+    println!("a killed member was seen to leave after {:?}", killed.elapsed());
+}
