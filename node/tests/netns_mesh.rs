@@ -41,19 +41,24 @@ fn public_nodes_form_one_mesh_and_a_killed_member_is_declared_left() {
     }
     let std = Standard::new("mesh", INTRODUCER);
     let (mut a, mut b) = std.start_introducers();
-    // Two more public nodes, one IP each: C bootstraps off A, D off B alone. Probing against
-    // one IP cannot test D's filtering: another member dialing D back shows it is public.
+    // Two more public nodes, one IP each, in a chain: C bootstraps off B alone, D off C alone.
+    // Probing against one IP cannot test their filtering: another member dialing each back
+    // shows it is public.
     let ips = [Ipv4Addr::new(198, 51, 100, 20), Ipv4Addr::new(198, 51, 100, 21)];
     let c_host = std.lab.public_host("c", &ips[..1]);
     let d_host = std.lab.public_host("d", &ips[1..]);
     let listen = |ip: Ipv4Addr| format!("{ip}:{PORT}");
-    let (c_listen, d_listen, bootstrap, b_addr) = (listen(ips[0]), listen(ips[1]), std.bootstrap(), std.b_addr());
-    let mut c = c_host.introducer(&["run", "--json", "--listen", &c_listen, "--bootstrap", &bootstrap]);
-    let mut d = d_host.introducer(&["run", "--json", "--listen", &d_listen, "--bootstrap", &b_addr]);
-    for node in [&mut c, &mut d] {
-        let ready = node.wait_json(|v| v["event"] == "ready", WAIT);
-        assert_eq!(ready["public"], true, "{ready}");
-    }
+    let (c_listen, d_listen, b_addr) = (listen(ips[0]), listen(ips[1]), std.b_addr());
+    // C's data dir outlives its first run.
+    let c_tmp = tempfile::tempdir().unwrap();
+    let c_dir = c_tmp.path().to_str().unwrap().to_owned();
+    let mut c =
+        c_host.introducer(&["run", "--json", "--listen", &c_listen, "--bootstrap", &b_addr, "--data-dir", &c_dir]);
+    let ready = c.wait_json(|v| v["event"] == "ready", WAIT);
+    assert_eq!(ready["public"], true, "{ready}");
+    let mut d = d_host.introducer(&["run", "--json", "--listen", &d_listen, "--bootstrap", &c_listen]);
+    let ready = d.wait_json(|v| v["event"] == "ready", WAIT);
+    assert_eq!(ready["public"], true, "{ready}");
     let ids: Vec<String> = [&a, &b, &c, &d].iter().map(|n| peer_id(n)).collect();
     let started = Instant::now();
     for (i, node) in [&mut a, &mut b, &mut c, &mut d].into_iter().enumerate() {
@@ -73,6 +78,25 @@ fn public_nodes_form_one_mesh_and_a_killed_member_is_declared_left() {
             node.json_lines().into_iter().filter(|v| v["event"] == "mesh" && v["change"] == "left").collect();
         assert_eq!(lefts.len(), 1, "only the killed member left: {lefts:?}");
     }
+    // C restarted from its data dir alone (no --bootstrap): it rejoins through the members
+    // it kept, and the others take it back.
+    let mut c = c_host.introducer(&["run", "--json", "--listen", &c_listen, "--data-dir", &c_dir]);
+    let ready = c.wait_json(|v| v["event"] == "ready", WAIT);
+    assert_eq!((ready["peer_id"].as_str(), ready["public"].as_bool()), (Some(ids[2].as_str()), Some(true)), "{ready}");
+    let restarted = Instant::now();
+    let joined = |node: &LabChild| {
+        let c_joined = |v: &Value| v["event"] == "mesh" && v["change"] == "joined" && v["peer_id"] == ids[2].as_str();
+        node.json_lines().iter().filter(|v| c_joined(v)).count()
+    };
+    for node in [&mut a, &mut b, &mut d] {
+        let deadline = Instant::now() + WAIT;
+        while joined(node) < 2 {
+            assert!(Instant::now() < deadline, "{}: C not taken back\n{}", node.label(), node.context());
+            node.next_line(deadline.saturating_duration_since(Instant::now()));
+        }
+    }
+    println!("C restarted from its data dir alone is a member again after {:?}", restarted.elapsed());
+    drop(c);
 }
 
 /// Peers homed at opposite ends of the mesh: P registers with A only, Q asks B only. B
