@@ -15,7 +15,7 @@
 //! entry in one map ([`Peer`]), whose [`Phase`] says where the connection stands.
 
 use crate::config::{Config, Serve};
-use crate::event::{ConnectError, FatalError, MeshChange, NodeEvent};
+use crate::event::{ConnectError, FatalError, MeshChange, NodeEvent, PeerState};
 use crate::store::{MeasuredNat, Member, Network, StoreOp, Stored};
 use introducer_actors::broker::{self, Broker};
 use introducer_actors::driver::Protocol;
@@ -279,6 +279,9 @@ impl Peer {
 const HOMES: usize = 3;
 /// How often a node on topics asks who is on them.
 const TOPIC_LOOKUP: Duration = Duration::from_secs(3);
+/// The core's tick, and how late one may come before the node counts it as a wakeup.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+const WAKEUP_GAP: Duration = Duration::from_secs(10);
 
 /// The birthday pool's sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +326,9 @@ pub struct NodeCore {
     topics: BTreeMap<Vec<u8>, BTreeSet<PeerId>>,
     /// When to ask our homes who is on our topics next.
     next_topic_lookup: Option<Instant>,
+    /// A tick every `HEARTBEAT` once registered: one that comes much later than due means
+    /// the machine slept (or the process was stopped), and every mapping may be gone.
+    next_heartbeat: Option<Instant>,
     registered: BTreeSet<SocketAddr>,
     /// Behind a hard NAT nobody may be introduced to us before we can punch back: the
     /// registration waits for the pool.
@@ -361,6 +367,7 @@ impl NodeCore {
             suggested: BTreeSet::new(),
             topics: BTreeMap::new(),
             next_topic_lookup: None,
+            next_heartbeat: None,
             registered: BTreeSet::new(),
             held_registration: None,
             pool: Pool::Closed,
@@ -476,7 +483,7 @@ impl NodeCore {
             Phase::Punching { relay_at, .. } => relay_at,
             _ => None,
         });
-        relays.chain(self.next_topic_lookup).min()
+        relays.chain(self.next_topic_lookup).chain(self.next_heartbeat).min()
     }
 
     /// Punches that have taken too long get a relay circuit as well.
@@ -497,6 +504,32 @@ impl NodeCore {
             }
         }
         if self.next_topic_lookup.is_some_and(|t| now >= t) {
+            self.lookup_topics(now);
+        }
+        if let Some(due) = self.next_heartbeat.filter(|t| now >= *t) {
+            self.next_heartbeat = Some(now + HEARTBEAT);
+            if now > due + WAKEUP_GAP {
+                self.woke_up(now, now - due);
+            }
+        }
+    }
+
+    /// The machine slept: NATs have likely forgotten every mapping. Register again now
+    /// (our homes see where we are), punch every session anew, look our topics up.
+    fn woke_up(&mut self, now: Instant, late: Duration) {
+        tracing::info!(?late, "woke up: registering and punching again");
+        self.emit(NodeEvent::Woke { late });
+        self.orders.push_back(Order::Registration(registration::actor::Command::Refresh));
+        let sessions: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.phase == Phase::Idle && p.session.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in sessions {
+            self.punch_again(peer);
+        }
+        if !self.topics.is_empty() {
             self.lookup_topics(now);
         }
     }
@@ -912,9 +945,15 @@ impl NodeCore {
         let peers: Vec<PeerId> = self.peers.iter().filter(|(_, p)| direct(p)).map(|(id, _)| *id).collect();
         for peer in peers {
             tracing::info!(%peer, "mapped anew: punching again");
-            self.peer(peer).phase = Phase::Asked;
-            self.orders.push_back(Order::Registration(registration::actor::Command::Introduce(peer)));
+            self.punch_again(peer);
         }
+    }
+
+    /// Asks for a new introduction to a peer we have a session with: the punch (or relay)
+    /// that follows moves the session onto whatever path works now.
+    fn punch_again(&mut self, peer: PeerId) {
+        self.peer(peer).phase = Phase::Asked;
+        self.orders.push_back(Order::Registration(registration::actor::Command::Introduce(peer)));
     }
 
     /// The connection the user asked for cannot be made.
@@ -957,6 +996,7 @@ impl NodeCore {
         use registration::Event as R;
         match event {
             R::Registered { observed } => {
+                self.next_heartbeat.get_or_insert(now + HEARTBEAT);
                 let remapped = !self.registered.insert(introducer);
                 self.emit(NodeEvent::Registered { introducer, observed });
                 if remapped {
@@ -1206,6 +1246,18 @@ impl NodeCore {
                 return self.tidy(&peer);
             }
             session::Event::Pong { seq, rtt } => NodeEvent::Pong { peer, seq, rtt, path },
+            session::Event::Active(true) => NodeEvent::PeerState { peer, state: PeerState::Active },
+            // Keepalives go unanswered: its path may have died (a NAT that forgot us, an
+            // address that changed, a relay that went, a machine that slept): punch anew.
+            session::Event::Active(false) => {
+                // Both sides notice: the one with the smaller PeerId asks, as on topics.
+                let asks = self.config.identity.peer_id() < peer;
+                if asks && self.peers.get(&peer).is_some_and(|p| p.phase == Phase::Idle && p.session.is_some()) {
+                    tracing::info!(%peer, "peer inactive: punching again");
+                    self.punch_again(peer);
+                }
+                NodeEvent::PeerState { peer, state: PeerState::Inactive }
+            }
             session::Event::Data(payload) => NodeEvent::Data { peer, payload },
             session::Event::NotSent { error } => NodeEvent::NotSent { peer, error },
             session::Event::Closed { reason } => {
@@ -1222,6 +1274,7 @@ impl NodeCore {
                 for topic in left {
                     self.emit(NodeEvent::TopicLeft { peer, topic });
                 }
+                self.emit(NodeEvent::PeerState { peer, state: PeerState::Gone });
                 NodeEvent::Disconnected { peer, reason }
             }
         };
@@ -1287,10 +1340,64 @@ mod tests {
         c.handle_report(now, Report::Registration(INTRODUCER.parse().unwrap(), event));
     }
 
+    /// The keys a punch between `me` (initiating) and `peer` ends with.
+    fn punch_keys(me: &Identity, peer: &Identity) -> introducer_actors::session::noise::Keys {
+        use introducer_actors::session::noise::Handshake;
+        let hs = |a: &Identity, b: &Identity, initiator| {
+            Handshake::punch(a, &b.peer_id(), &[9; 16], initiator, StdRng::seed_from_u64(1)).unwrap()
+        };
+        let (mut ours, mut theirs) = (hs(me, peer, true), hs(peer, me, false));
+        theirs.handle(ours.message().unwrap()).unwrap();
+        ours.handle(theirs.message().unwrap()).unwrap().unwrap()
+    }
+
     /// Now, a port-restricted NAT's report, and two peers.
     fn easy_peers() -> (Instant, NatReport, Identity, Identity) {
         let easy = NatBehavior::PORT_RESTRICTED.expected_report("203.0.113.1:3478".parse().unwrap());
         (Instant::now(), easy, Identity::from_seed(1), Identity::from_seed(2))
+    }
+
+    /// A tick far later than due means the machine slept: the node says so, registers
+    /// again at once and punches every session anew. A tick on time does nothing of that.
+    #[test]
+    fn a_late_tick_is_a_wakeup_that_registers_and_punches_again() {
+        let (now, easy, me, peer) = easy_peers();
+        let mut c = probed(now, false, easy);
+        registration(&mut c, now, registration::Event::Registered { observed: easy.public_addr });
+        registration(&mut c, now, introduced(&me, &peer, &easy));
+        orders(&mut c);
+        let keys = punch_keys(&me, &peer);
+        let connected = punch::Event::Connected {
+            peer: peer.peer_id(),
+            socket: SocketId::PRIMARY,
+            remote: "203.0.113.2:3478".parse().unwrap(),
+            proven: vec![],
+            initiator: true,
+            path: Path::Direct,
+            strategy: Strategy::SimultaneousOpen,
+            probes: 1,
+            elapsed: Duration::from_millis(5),
+            keys,
+        };
+        c.handle_report(now, Report::Punch(connected));
+        orders(&mut c);
+        let due = c.poll_timeout().expect("a tick");
+        c.handle_timeout(due);
+        let on_time = orders(&mut c);
+        assert!(!on_time.iter().any(|o| matches!(o, Order::Emit(NodeEvent::Woke { .. }))), "{on_time:?}");
+        let due = c.poll_timeout().expect("the next tick");
+        c.handle_timeout(due + Duration::from_secs(60));
+        let woke = orders(&mut c);
+        assert!(woke
+            .iter()
+            .any(|o| matches!(o, Order::Emit(NodeEvent::Woke { late }) if *late >= Duration::from_secs(60))));
+        assert!(woke.iter().any(|o| matches!(o, Order::Registration(registration::actor::Command::Refresh))));
+        assert!(
+            woke.iter().any(
+                |o| matches!(o, Order::Registration(registration::actor::Command::Introduce(p)) if *p == peer.peer_id())
+            ),
+            "{woke:?}"
+        );
     }
 
     #[test]
@@ -1376,15 +1483,7 @@ mod tests {
             strategy: Strategy::SimultaneousOpen,
             probes: 3,
             elapsed: Duration::from_secs(6),
-            keys: {
-                use introducer_actors::session::noise::Handshake;
-                let hs = |a: &Identity, b: &Identity, initiator| {
-                    Handshake::punch(a, &b.peer_id(), &[9; 16], initiator, StdRng::seed_from_u64(1)).unwrap()
-                };
-                let (mut ours, mut theirs) = (hs(&me, &peer, true), hs(&peer, &me, false));
-                theirs.handle(ours.message().unwrap()).unwrap();
-                ours.handle(theirs.message().unwrap()).unwrap().unwrap()
-            },
+            keys: punch_keys(&me, &peer),
         };
         c.handle_report(now + Duration::from_secs(6), Report::Punch(connected));
         orders(&mut c);

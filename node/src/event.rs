@@ -12,6 +12,27 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// How a connected peer is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Heard from within the session's `inactive_after`.
+    Active,
+    /// Silent for longer: its path is being punched anew.
+    Inactive,
+    /// Silent past the idle timeout: the session is closed.
+    Gone,
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Active => "active",
+            PeerState::Inactive => "inactive",
+            PeerState::Gone => "gone",
+        }
+    }
+}
+
 /// What happened to a member of the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MeshChange {
@@ -102,6 +123,16 @@ pub enum NodeEvent {
     TopicLeft {
         peer: PeerId,
         topic: Vec<u8>,
+    },
+    /// The node's tick came `late` after it was due: the machine slept. It registers and
+    /// punches anew.
+    Woke {
+        late: Duration,
+    },
+    /// A connected peer became inactive, active again, or gone.
+    PeerState {
+        peer: PeerId,
+        state: PeerState,
     },
     /// A public node joined or left the mesh this node is a member of.
     Mesh {
@@ -254,6 +285,10 @@ pub fn to_json(event: &NodeEvent) -> Value {
         }),
         NodeEvent::TopicLeft { peer, topic } => json!({
             "event": "left", "peer_id": peer.to_string(), "topic": String::from_utf8_lossy(topic),
+        }),
+        NodeEvent::Woke { late } => json!({ "event": "woke", "late_s": late.as_secs_f64() }),
+        NodeEvent::PeerState { peer, state } => json!({
+            "event": "peer", "peer_id": peer.to_string(), "state": state.as_str(),
         }),
         NodeEvent::Mesh { change, peer } => json!({
             "event": "mesh", "change": change.as_str(), "peer_id": peer.to_string(),

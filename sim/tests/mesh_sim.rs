@@ -274,3 +274,50 @@ fn sim_a_topic_connects_its_members_notices_one_leave_and_come_back() {
         );
     });
 }
+
+/// A NAT forgets a connected peer's mappings (a router reboot, `conntrack -F`, a machine
+/// that slept): its session goes silent, both sides call it inactive, one punches anew, and
+/// the session is active again on the new mappings, without the user reconnecting.
+#[test]
+fn sim_a_session_whose_nat_forgot_it_becomes_active_again() {
+    use introducer_actors::nat::NatBehavior;
+    use introducer_node::event::PeerState;
+    for_each_seed(0..4, |seed| {
+        let mut sim = Sim::new(seed);
+        let founder = SimNode::introducer(Identity::from_seed(100))
+            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
+            .spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10)), 3478);
+        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
+        let nat_a = sim.add_nat(NatBehavior::EIM_RANDOM_PORT, Ipv4Addr::new(203, 0, 113, 1), None);
+        let nat_b = sim.add_nat(NatBehavior::EIM_RANDOM_PORT, Ipv4Addr::new(203, 0, 113, 2), None);
+        let b_id = Identity::from_seed(301);
+        let b = SimNode::peer(b_id.clone(), vec![founder_addr]).spawn(&mut sim, Place::Behind(nat_b), 4000);
+        assert!(sim.run_until_cond(10 * SEC, |sim| sim.machine_ref::<SimNode>(b).is_registered()));
+        let now = sim.now();
+        let a = SimNode::peer(Identity::from_seed(300), vec![founder_addr]).connect_at(now, b_id.peer_id()).spawn(
+            &mut sim,
+            Place::Behind(nat_a),
+            4000,
+        );
+        let connected = |sim: &Sim| sim.machine_ref::<SimNode>(a).connected(&b_id.peer_id()).is_some();
+        assert!(sim.run_until_cond(10 * SEC, connected), "seed {seed}");
+        sim.flush_nat(nat_b);
+        let flushed = sim.now();
+        let state = |sim: &Sim, s: PeerState| {
+            sim.machine_ref::<SimNode>(a)
+                .events()
+                .iter()
+                .filter(|(t, e)| *t > flushed && matches!(e, NodeEvent::PeerState { state, .. } if *state == s))
+                .count()
+        };
+        let back = |sim: &Sim| state(sim, PeerState::Inactive) > 0 && state(sim, PeerState::Active) > 0;
+        assert!(sim.run_until_cond(60 * SEC, back), "seed {seed}: not active again");
+        let took = sim.now() - flushed;
+        assert_eq!(state(&sim, PeerState::Gone), 0, "seed {seed}: never gone");
+        let now = sim.now();
+        sim.machine::<SimNode>(a).ping(now, &b_id.peer_id()).expect("session open");
+        let pongs = sim.machine_ref::<SimNode>(a).pongs(&b_id.peer_id()).len();
+        assert!(sim.run_until_cond(5 * SEC, |sim| sim.machine_ref::<SimNode>(a).pongs(&b_id.peer_id()).len() > pongs));
+        eprintln!("seed {seed}: active again {took:?} after the NAT forgot the session");
+    });
+}

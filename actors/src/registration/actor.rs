@@ -32,6 +32,8 @@ pub enum Command {
     Topics(Vec<Vec<u8>>),
     /// Ask an introducer we are registered with who is on this topic.
     LookupTopic(Vec<u8>),
+    /// Register again with every introducer now (after a sleep: our mappings may be new).
+    Refresh,
 }
 
 /// Every introducer this node registers with.
@@ -114,6 +116,7 @@ impl Protocol for Registrations {
                 self.topics = topics.clone();
                 self.by_introducer.values_mut().for_each(|r| r.set_topics(now, topics.clone()));
             }
+            Command::Refresh => self.by_introducer.values_mut().for_each(|r| r.refresh(now)),
             Command::LookupTopic(topic) => {
                 if let Some(r) = self.by_introducer.values_mut().find(|r| r.observed().is_some()) {
                     r.lookup_topic(topic);

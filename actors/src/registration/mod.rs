@@ -227,6 +227,11 @@ impl Registration {
         }
     }
 
+    /// Registers again now, whatever the schedule.
+    pub fn refresh(&mut self, now: Instant) {
+        self.send_register(now);
+    }
+
     /// Asks the introducer who is on `topic` (the answer is an [`Event::TopicMembers`]).
     pub fn lookup_topic(&mut self, topic: Vec<u8>) {
         let request_id = self.rng.gen();

@@ -32,6 +32,9 @@ use noise::{Binding, Handshake, Keyring, Keys, NoiseError, OpenError, Statics};
 pub struct Config {
     /// Send something at least this often; must stay inside the NAT mapping lifetime.
     pub keepalive: Duration,
+    /// Call the peer inactive after this long without hearing from it (keepalives missed:
+    /// its path may have died, so the node punches anew), gone after `idle_timeout`.
+    pub inactive_after: Duration,
     /// Declare the peer gone after this long without hearing from it.
     pub idle_timeout: Duration,
     /// Pings awaiting a pong, at most; older ones are forgotten.
@@ -45,6 +48,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             keepalive: Duration::from_secs(10),
+            inactive_after: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(35),
             max_pings_in_flight: 64,
             rekey_after: Duration::from_secs(120),
@@ -66,6 +70,9 @@ pub enum Event {
     Relayed {
         relay: SocketAddr,
     },
+    /// Nothing authentic from the peer for `inactive_after` (`false`), or again something
+    /// after that (`true`).
+    Active(bool),
     /// The relay refused or dropped the circuit before it carried anything.
     RelayFailed {
         error: RelayError,
@@ -192,6 +199,8 @@ pub struct Session {
     next_seq: u64,
     pings: BTreeMap<u64, Instant>,
     closed: bool,
+    /// Nothing authentic came for `inactive_after` (reported once, until something does).
+    inactive: bool,
     /// Largest payload `send_data` takes (less through a relay, which wraps it).
     max_payload: usize,
     keys: Keyring,
@@ -243,6 +252,7 @@ impl Session {
             next_seq: 0,
             pings: BTreeMap::new(),
             closed: false,
+            inactive: false,
             max_payload: max_payload(path),
             keys: Keyring::default(),
             statics,
@@ -422,6 +432,9 @@ impl Session {
         }
         self.last_rx = now;
         self.stats.datagrams_in += 1;
+        if std::mem::replace(&mut self.inactive, false) {
+            self.events.push_back(Event::Active(true));
+        }
     }
 
     fn handle_inner(&mut self, now: Instant, src: SocketAddr, inner: Inner) {
@@ -528,6 +541,10 @@ impl Session {
             self.events.push_back(Event::Closed { reason: Closed::Idle(self.config.idle_timeout) });
             return;
         }
+        if !self.inactive && now >= self.last_rx + self.config.inactive_after {
+            self.inactive = true;
+            self.events.push_back(Event::Active(false));
+        }
         self.keys.expire(now, KEY_GRACE);
         if self.ours.as_ref().is_some_and(|o| now >= o.next) {
             self.resend(now);
@@ -551,7 +568,11 @@ impl Session {
         let keepalive = (!self.keys.is_empty()).then_some(self.last_tx + self.config.keepalive);
         let resend = self.ours.as_ref().map(|o| o.next);
         let idle = self.last_rx + self.config.idle_timeout;
-        [keepalive, resend, self.rekey_due(), self.keys.expiry(KEY_GRACE), Some(idle)].into_iter().flatten().min()
+        let inactive = (!self.inactive).then_some(self.last_rx + self.config.inactive_after);
+        [keepalive, resend, self.rekey_due(), self.keys.expiry(KEY_GRACE), Some(idle), inactive]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
@@ -711,6 +732,7 @@ mod tests {
             b.handle(t, lan, Kind::Sealed(forged.clone()));
             while b.poll_transmit().is_some() {}
         }
+        assert_eq!(b.poll_event(), Some(Event::Active(false)), "forgeries do not keep it active either");
         assert!(matches!(b.poll_event(), Some(Event::Closed { reason: Closed::Idle(_) })));
         assert_eq!(t, now + idle, "closed when the last authentic datagram was idle_timeout ago");
     }
@@ -760,8 +782,31 @@ mod tests {
             }
         }
         assert_eq!(keepalives as u32, (config.idle_timeout.as_secs() / config.keepalive.as_secs()) as u32);
+        assert_eq!(a.poll_event(), Some(Event::Active(false)), "inactive first, once");
         assert!(matches!(a.poll_event(), Some(Event::Closed { .. })));
         assert!(a.is_closed());
+    }
+
+    /// Silence past `inactive_after` is reported once; the next authentic datagram says the
+    /// peer is active again.
+    #[test]
+    fn a_silent_peer_is_inactive_once_and_active_again_when_heard() {
+        let start = Instant::now();
+        let (mut a, mut b) = pair(start);
+        let inactive_at = start + Config::default().inactive_after;
+        let mut now = start;
+        while let Some(t) = a.poll_timeout().filter(|t| *t <= inactive_at) {
+            now = t;
+            a.handle_timeout(now);
+            while a.poll_transmit().is_some() {}
+        }
+        assert_eq!(a.poll_event(), Some(Event::Active(false)));
+        a.handle_timeout(now + Duration::from_secs(1));
+        assert_eq!(a.poll_event(), None, "reported once");
+        b.send_data(now, b"back").unwrap();
+        exchange(&mut a, &mut b, now);
+        assert_eq!(a.poll_event(), Some(Event::Active(true)));
+        assert_eq!(a.poll_event(), Some(Event::Data(b"back".to_vec())));
     }
 
     #[test]
