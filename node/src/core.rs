@@ -959,11 +959,16 @@ impl NodeCore {
     /// The connection the user asked for cannot be made.
     fn fail(&mut self, peer: PeerId, error: ConnectError) {
         let p = self.peer(peer);
+        // A session the user did not ask to (re)connect just stays as it is.
+        let background = p.asked.is_none() && p.session.is_some();
         (p.phase, p.asked, p.redirected) = (Phase::Idle, None, false);
         p.homes_left.clear();
         self.settle(peer);
         self.tidy(&peer);
-        self.emit(NodeEvent::ConnectFailed { peer, error });
+        match background {
+            true => tracing::info!(%peer, "punching again failed: {error}"),
+            false => self.emit(NodeEvent::ConnectFailed { peer, error }),
+        }
     }
 
     /// The punch with `peer` is over: its introducer may stop repeating the introduction.
@@ -1048,7 +1053,18 @@ impl NodeCore {
             {
                 self.ask_home(now, target, homes)
             }
-            R::IntroduceFailed { target, error } => self.next_home(now, target, ConnectError::Introduce(error)),
+            R::IntroduceFailed { target, error } => {
+                // Punching again for a session the user did not ask for (it went inactive):
+                // an introducer that fails is passed over for our other ones.
+                let introducers: Vec<SocketAddr> =
+                    self.registered.iter().filter(|h| **h != introducer).copied().collect();
+                if let Some(p) = self.peers.get_mut(&target).filter(|p| p.asked.is_none() && p.session.is_some()) {
+                    if p.homes_left.is_empty() && !p.redirected {
+                        (p.homes_left, p.redirected) = (introducers, true);
+                    }
+                }
+                self.next_home(now, target, ConnectError::Introduce(error))
+            }
         }
     }
 

@@ -321,3 +321,64 @@ fn sim_a_session_whose_nat_forgot_it_becomes_active_again() {
         eprintln!("seed {seed}: active again {took:?} after the NAT forgot the session");
     });
 }
+
+/// Two peers behind symmetric NATs talk through a relay (no punch gets through); the relay
+/// dies: their session goes inactive, is introduced anew through a live home, and carries
+/// on over another relay — the user does not reconnect.
+#[test]
+fn sim_a_relayed_session_moves_to_another_relay_when_its_relay_dies() {
+    use introducer_actors::nat::NatBehavior;
+    use introducer_actors::punch::Path;
+    for_each_seed(0..4, |seed| {
+        let mut sim = Sim::new(seed);
+        let founder = SimNode::introducer(Identity::from_seed(100))
+            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
+            .spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10)), 3478);
+        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
+        let mut members = vec![founder];
+        for i in 1..4u8 {
+            let node = SimNode::peer(Identity::from_seed(100 + u64::from(i)), vec![founder_addr]);
+            members.push(node.spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10 + i)), 3478));
+        }
+        let serving = |sim: &Sim| members.iter().all(|&m| sim.machine_ref::<SimNode>(m).is_serving());
+        assert!(sim.run_until_cond(10 * SEC, serving));
+        sim.run_for(3 * SEC);
+        let nat_a = sim.add_nat(NatBehavior::SYMMETRIC_RANDOM, Ipv4Addr::new(203, 0, 113, 1), None);
+        let nat_b = sim.add_nat(NatBehavior::SYMMETRIC_RANDOM, Ipv4Addr::new(203, 0, 113, 2), None);
+        let b_id = Identity::from_seed(301);
+        let b = SimNode::peer(b_id.clone(), vec![founder_addr]).spawn(&mut sim, Place::Behind(nat_b), 4000);
+        let three = |sim: &Sim, h| sim.machine_ref::<SimNode>(h).registered().len() == 3;
+        assert!(sim.run_until_cond(10 * SEC, |sim| three(sim, b)), "seed {seed}");
+        let now = sim.now();
+        let a = SimNode::peer(Identity::from_seed(300), vec![founder_addr]).connect_at(now, b_id.peer_id()).spawn(
+            &mut sim,
+            Place::Behind(nat_a),
+            4000,
+        );
+        let connected = |sim: &Sim| sim.machine_ref::<SimNode>(a).connected(&b_id.peer_id()).is_some();
+        assert!(sim.run_until_cond(20 * SEC, connected), "seed {seed}");
+        assert_eq!(sim.machine_ref::<SimNode>(a).connected(&b_id.peer_id()).unwrap().path, Path::Relayed);
+        let relay = sim.machine_ref::<SimNode>(a).session_remote(&b_id.peer_id()).expect("relayed via");
+        let dead =
+            *members.iter().find(|&&m| sim.local_addr(m, introducer_actors::SocketId::PRIMARY) == relay).unwrap();
+        sim.set_host_link(dead, Link::IDEAL.loss(1.0));
+        let killed = sim.now();
+        let moved = |sim: &Sim| {
+            let node = sim.machine_ref::<SimNode>(a);
+            node.session_remote(&b_id.peer_id()).is_some_and(|r| r != relay)
+        };
+        assert!(sim.run_until_cond(60 * SEC, moved), "seed {seed}: still on the dead relay");
+        let failed = |e: &NodeEvent| matches!(e, NodeEvent::ConnectFailed { .. });
+        assert!(
+            !sim.machine_ref::<SimNode>(b).events().iter().any(|(_, e)| failed(e)),
+            "seed {seed}: the user hears no failure"
+        );
+        let took = sim.now() - killed;
+        let now = sim.now();
+        let before = sim.machine_ref::<SimNode>(a).pongs(&b_id.peer_id()).len();
+        sim.machine::<SimNode>(a).ping(now, &b_id.peer_id()).expect("session open");
+        let pong = |sim: &Sim| sim.machine_ref::<SimNode>(a).pongs(&b_id.peer_id()).len() > before;
+        assert!(sim.run_until_cond(5 * SEC, pong), "seed {seed}: no pong over the new relay");
+        eprintln!("seed {seed}: on another relay {took:?} after its relay died");
+    });
+}

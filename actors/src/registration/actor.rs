@@ -75,9 +75,13 @@ impl Registrations {
         self.by_introducer.values_mut().for_each(|r| r.set_record(record.clone()));
     }
 
-    /// Asks the first introducer we are registered with; `None` if there is none.
+    /// Asks an introducer we are registered with; `None` if there is none.
     pub fn introduce(&mut self, now: Instant, target: PeerId) -> Option<SocketAddr> {
-        let registration = self.by_introducer.values_mut().find(|r| r.observed().is_some())?;
+        // One that answered our last refresh first: a dead introducer stops answering.
+        let live = self.by_introducer.values().position(|r| r.observed().is_some() && r.answering());
+        let any = || self.by_introducer.values().position(|r| r.observed().is_some());
+        let index = live.or_else(any)?;
+        let registration = self.by_introducer.values_mut().nth(index)?;
         registration.introduce(now, target);
         Some(registration.introducer())
     }

@@ -199,6 +199,11 @@ impl Registration {
         self.introducer
     }
 
+    /// Whether the introducer answered our last Register (a dead one stops soon after).
+    pub fn answering(&self) -> bool {
+        self.answered
+    }
+
     /// Our public address as the introducer sees it, once registered.
     pub fn observed(&self) -> Option<SocketAddr> {
         self.observed
