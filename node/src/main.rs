@@ -269,21 +269,27 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// `join TOPIC`: connects to every member of the topic as it finds them, prints who
-/// connects and leaves and what they say, and sends each stdin line to every member.
-async fn join(g: &Global, bootstrap: Vec<SocketAddr>, topic: String, out: &Output) -> Result<()> {
-    if topic.is_empty() || topic.len() > 64 {
-        bail!("a topic is 1 to 64 bytes, not {}", topic.len());
-    }
+/// A node that asks, never serves (`connect`, `ping`, `join`): it needs introducers, given
+/// or kept in the data dir.
+fn client(g: &Global, bootstrap: Vec<SocketAddr>, what: &str) -> Result<Node> {
     if bootstrap.is_empty() && g.data_dir.is_none() {
-        bail!("joining a topic needs an introducer: --bootstrap ADDR");
+        bail!("{what} needs an introducer: --bootstrap ADDR");
     }
     let (identity, data_dir) = session_identity(g, !bootstrap.is_empty())?;
     let mut config = Config::new(identity);
     config.data_dir = data_dir;
     config.bootstrap = bootstrap;
     config.serve = Serve::Never;
-    let mut node = Node::start(config)?;
+    Ok(Node::start(config)?)
+}
+
+/// `join TOPIC`: connects to every member of the topic as it finds them, prints who
+/// connects and leaves and what they say, and sends each stdin line to every member.
+async fn join(g: &Global, bootstrap: Vec<SocketAddr>, topic: String, out: &Output) -> Result<()> {
+    if topic.is_empty() || topic.len() > 64 {
+        bail!("a topic is 1 to 64 bytes, not {}", topic.len());
+    }
+    let mut node = client(g, bootstrap, "joining a topic")?;
     node.join(topic.clone());
     let mut members = BTreeSet::new();
     let mut connected = BTreeSet::new();
@@ -354,15 +360,7 @@ async fn connect(
     timeout: Duration,
     out: &Output,
 ) -> Result<Node> {
-    if bootstrap.is_empty() && g.data_dir.is_none() {
-        bail!("reaching a peer needs an introducer: --bootstrap ADDR");
-    }
-    let (identity, data_dir) = session_identity(g, !bootstrap.is_empty())?;
-    let mut config = Config::new(identity);
-    config.data_dir = data_dir;
-    config.bootstrap = bootstrap;
-    config.serve = Serve::Never;
-    let mut node = Node::start(config)?;
+    let mut node = client(g, bootstrap, "reaching a peer")?;
     node.connect(peer);
     let deadline = Instant::now() + timeout;
     loop {

@@ -3,12 +3,13 @@
 //! other's records, and declare a member that goes silent down.
 
 use introducer_actors::identity::Identity;
+use introducer_actors::SocketId;
 use introducer_node::event::{MeshChange, NodeEvent};
 use introducer_sim::node::SimNode;
-use introducer_sim::{for_each_seed, Link, Place, Sim};
+use introducer_sim::{for_each_seed, HostId, Link, Place, Sim};
 use libp2p_identity::PeerId;
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -24,6 +25,26 @@ fn mesh_changes(sim: &Sim, host: introducer_sim::HostId, change: MeshChange) -> 
         .collect()
 }
 
+/// A founder on two IPs (a full RFC 5780 server, so the others can tell they are public)
+/// and `n - 1` more public nodes that joined through it, all serving; the founder's
+/// address and every member, the founder first.
+fn public_mesh(sim: &mut Sim, n: u8) -> (SocketAddr, Vec<HostId>) {
+    let founder = SimNode::introducer(Identity::from_seed(100)).alternate_ip(Ipv4Addr::new(198, 51, 100, 99)).spawn(
+        sim,
+        Place::Public(Ipv4Addr::new(198, 51, 100, 10)),
+        3478,
+    );
+    let founder_addr = sim.local_addr(founder, SocketId::PRIMARY);
+    let mut members = vec![founder];
+    for i in 1..n {
+        let node = SimNode::peer(Identity::from_seed(100 + u64::from(i)), vec![founder_addr]);
+        members.push(node.spawn(sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10 + i)), 3478));
+    }
+    let serving = |sim: &Sim| members.iter().all(|&m| sim.machine_ref::<SimNode>(m).is_serving());
+    assert!(sim.run_until_cond(10 * SEC, serving), "the mesh serves");
+    (founder_addr, members)
+}
+
 #[test]
 fn sim_public_nodes_form_one_mesh_and_declare_a_dead_member_left() {
     for_each_seed(0..4, |seed| {
@@ -34,7 +55,7 @@ fn sim_public_nodes_form_one_mesh_and_declare_a_dead_member_left() {
         let founder = SimNode::introducer(Identity::from_seed(100))
             .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
             .spawn(&mut sim, Place::Public(ip(0)), 3478);
-        let seed_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
+        let seed_addr = sim.local_addr(founder, SocketId::PRIMARY);
         let mut hosts = vec![founder];
         for i in 1..5u8 {
             let node = SimNode::peer(Identity::from_seed(100 + u64::from(i)), vec![seed_addr]);
@@ -78,9 +99,9 @@ fn sim_a_single_ip_node_learns_it_is_public_by_dial_back() {
         let founder = SimNode::introducer(Identity::from_seed(100))
             .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
             .spawn(&mut sim, Place::Public(ip(0)), 3478);
-        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
+        let founder_addr = sim.local_addr(founder, SocketId::PRIMARY);
         let b = SimNode::peer(Identity::from_seed(101), vec![founder_addr]).spawn(&mut sim, Place::Public(ip(1)), 3478);
-        let b_addr = sim.local_addr(b, introducer_actors::SocketId::PRIMARY);
+        let b_addr = sim.local_addr(b, SocketId::PRIMARY);
         assert!(sim.run_until_cond(10 * SEC, |sim| sim.machine_ref::<SimNode>(b).is_serving()));
         // C knows only B (one IP): only a dial-back by the founder can tell it is public.
         let c = SimNode::peer(Identity::from_seed(102), vec![b_addr]).spawn(&mut sim, Place::Public(ip(2)), 3478);
@@ -110,17 +131,8 @@ fn sim_a_single_ip_node_learns_it_is_public_by_dial_back() {
 fn sim_peers_homed_at_different_members_connect_through_the_targets_home() {
     for_each_seed(0..8, |seed| {
         let mut sim = Sim::new(seed);
-        let founder = SimNode::introducer(Identity::from_seed(100))
-            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
-            .spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10)), 3478);
-        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
-        let b = SimNode::peer(Identity::from_seed(101), vec![founder_addr]).spawn(
-            &mut sim,
-            Place::Public(Ipv4Addr::new(198, 51, 100, 11)),
-            3478,
-        );
-        let b_addr = sim.local_addr(b, introducer_actors::SocketId::PRIMARY);
-        assert!(sim.run_until_cond(10 * SEC, |sim| sim.machine_ref::<SimNode>(b).is_serving()));
+        let (founder_addr, members) = public_mesh(&mut sim, 2);
+        let b_addr = sim.local_addr(members[1], SocketId::PRIMARY);
         let nat = |sim: &mut Sim, i: u8| {
             sim.add_nat(introducer_actors::nat::NatBehavior::PORT_RESTRICTED, Ipv4Addr::new(203, 0, 113, i), None)
         };
@@ -153,19 +165,9 @@ fn sim_peers_homed_at_different_members_connect_through_the_targets_home() {
 fn sim_a_peer_keeps_three_homes_and_stays_reachable_when_one_dies() {
     for_each_seed(0..6, |seed| {
         let mut sim = Sim::new(seed);
-        let founder = SimNode::introducer(Identity::from_seed(100))
-            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
-            .spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10)), 3478);
-        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
-        let mut members = vec![founder];
-        for i in 1..5u8 {
-            let node = SimNode::peer(Identity::from_seed(100 + u64::from(i)), vec![founder_addr]);
-            members.push(node.spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10 + i)), 3478));
-        }
-        let all_serving = |sim: &Sim| members.iter().all(|&m| sim.machine_ref::<SimNode>(m).is_serving());
-        assert!(sim.run_until_cond(10 * SEC, all_serving));
+        let (founder_addr, members) = public_mesh(&mut sim, 5);
         sim.run_for(3 * SEC);
-        let addr_of = |sim: &Sim, h| sim.local_addr(h, introducer_actors::SocketId::PRIMARY);
+        let addr_of = |sim: &Sim, h| sim.local_addr(h, SocketId::PRIMARY);
         let nat = |sim: &mut Sim, i: u8| {
             sim.add_nat(introducer_actors::nat::NatBehavior::PORT_RESTRICTED, Ipv4Addr::new(203, 0, 113, i), None)
         };
@@ -213,17 +215,8 @@ fn sim_a_topic_connects_its_members_notices_one_leave_and_come_back() {
     use introducer_actors::nat::NatBehavior;
     for_each_seed(0..4, |seed| {
         let mut sim = Sim::new(seed);
-        let founder = SimNode::introducer(Identity::from_seed(100))
-            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
-            .spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10)), 3478);
-        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
-        let b = SimNode::peer(Identity::from_seed(101), vec![founder_addr]).spawn(
-            &mut sim,
-            Place::Public(Ipv4Addr::new(198, 51, 100, 11)),
-            3478,
-        );
-        let b_addr = sim.local_addr(b, introducer_actors::SocketId::PRIMARY);
-        assert!(sim.run_until_cond(10 * SEC, |sim| sim.machine_ref::<SimNode>(b).is_serving()));
+        let (founder_addr, members) = public_mesh(&mut sim, 2);
+        let b_addr = sim.local_addr(members[1], SocketId::PRIMARY);
         let kinds = [
             (NatBehavior::PORT_RESTRICTED, founder_addr),
             (NatBehavior::PORT_RESTRICTED, b_addr),
@@ -284,10 +277,7 @@ fn sim_a_session_whose_nat_forgot_it_becomes_active_again() {
     use introducer_node::event::PeerState;
     for_each_seed(0..4, |seed| {
         let mut sim = Sim::new(seed);
-        let founder = SimNode::introducer(Identity::from_seed(100))
-            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
-            .spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10)), 3478);
-        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
+        let (founder_addr, _) = public_mesh(&mut sim, 1);
         let nat_a = sim.add_nat(NatBehavior::EIM_RANDOM_PORT, Ipv4Addr::new(203, 0, 113, 1), None);
         let nat_b = sim.add_nat(NatBehavior::EIM_RANDOM_PORT, Ipv4Addr::new(203, 0, 113, 2), None);
         let b_id = Identity::from_seed(301);
@@ -331,17 +321,7 @@ fn sim_a_relayed_session_moves_to_another_relay_when_its_relay_dies() {
     use introducer_actors::punch::Path;
     for_each_seed(0..4, |seed| {
         let mut sim = Sim::new(seed);
-        let founder = SimNode::introducer(Identity::from_seed(100))
-            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
-            .spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10)), 3478);
-        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
-        let mut members = vec![founder];
-        for i in 1..4u8 {
-            let node = SimNode::peer(Identity::from_seed(100 + u64::from(i)), vec![founder_addr]);
-            members.push(node.spawn(&mut sim, Place::Public(Ipv4Addr::new(198, 51, 100, 10 + i)), 3478));
-        }
-        let serving = |sim: &Sim| members.iter().all(|&m| sim.machine_ref::<SimNode>(m).is_serving());
-        assert!(sim.run_until_cond(10 * SEC, serving));
+        let (founder_addr, members) = public_mesh(&mut sim, 4);
         sim.run_for(3 * SEC);
         let nat_a = sim.add_nat(NatBehavior::SYMMETRIC_RANDOM, Ipv4Addr::new(203, 0, 113, 1), None);
         let nat_b = sim.add_nat(NatBehavior::SYMMETRIC_RANDOM, Ipv4Addr::new(203, 0, 113, 2), None);
@@ -359,8 +339,7 @@ fn sim_a_relayed_session_moves_to_another_relay_when_its_relay_dies() {
         assert!(sim.run_until_cond(20 * SEC, connected), "seed {seed}");
         assert_eq!(sim.machine_ref::<SimNode>(a).connected(&b_id.peer_id()).unwrap().path, Path::Relayed);
         let relay = sim.machine_ref::<SimNode>(a).session_remote(&b_id.peer_id()).expect("relayed via");
-        let dead =
-            *members.iter().find(|&&m| sim.local_addr(m, introducer_actors::SocketId::PRIMARY) == relay).unwrap();
+        let dead = *members.iter().find(|&&m| sim.local_addr(m, SocketId::PRIMARY) == relay).unwrap();
         sim.set_host_link(dead, Link::IDEAL.loss(1.0));
         let killed = sim.now();
         let moved = |sim: &Sim| {
