@@ -669,6 +669,8 @@ impl NodeCore {
                 self.offer_members();
                 self.emit(NodeEvent::Mesh { change: MeshChange::Left, peer })
             }
+            mesh::Event::Suspect(peer) => self.emit(NodeEvent::Mesh { change: MeshChange::Suspect, peer }),
+            mesh::Event::Alive(peer) => self.emit(NodeEvent::Mesh { change: MeshChange::Alive, peer }),
             mesh::Event::Record(record) => {
                 tracing::debug!(peer = %record.peer, addrs = ?record.addrs, "node record");
                 self.remember_record(&record);

@@ -38,6 +38,11 @@ impl PeerState {
 pub enum MeshChange {
     Joined,
     Left,
+    /// It did not answer a probe (ours or another member's): reported once per suspicion,
+    /// which ends as `Left` or, if it answers again in time, `Alive`.
+    Suspect,
+    /// A suspect answered again.
+    Alive,
 }
 
 impl MeshChange {
@@ -45,6 +50,8 @@ impl MeshChange {
         match self {
             MeshChange::Joined => "joined",
             MeshChange::Left => "left",
+            MeshChange::Suspect => "suspect",
+            MeshChange::Alive => "alive",
         }
     }
 }
@@ -134,7 +141,8 @@ pub enum NodeEvent {
         peer: PeerId,
         state: PeerState,
     },
-    /// A public node joined or left the mesh this node is a member of.
+    /// A public node joined or left the mesh this node is a member of, or is suspected of
+    /// having gone (and perhaps answered again).
     Mesh {
         change: MeshChange,
         peer: PeerId,

@@ -1,6 +1,6 @@
 //! The mesh on the simulated internet, run by whole nodes (the composition the binary
 //! runs): public nodes that bootstrap off a founder become members of one mesh, learn each
-//! other's records, and declare a member that goes silent down.
+//! other's records, and suspect a member that goes silent, then declare it down.
 
 use introducer_actors::identity::Identity;
 use introducer_actors::SocketId;
@@ -84,6 +84,17 @@ fn sim_public_nodes_form_one_mesh_and_declare_a_dead_member_left() {
         for &h in hosts.iter().filter(|&&h| h != dead) {
             let left = mesh_changes(&sim, h, MeshChange::Left);
             assert_eq!(left, BTreeSet::from([ids[3]]), "seed {seed}: only the dead member left");
+            // Suspected first, once, and nobody else (the links lose nothing).
+            let changes: Vec<(MeshChange, PeerId)> = sim
+                .machine_ref::<SimNode>(h)
+                .events()
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    NodeEvent::Mesh { change, peer } if *change != MeshChange::Joined => Some((*change, *peer)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(changes, [(MeshChange::Suspect, ids[3]), (MeshChange::Left, ids[3])], "seed {seed}");
         }
     });
 }

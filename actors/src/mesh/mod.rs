@@ -158,6 +158,12 @@ pub enum Event {
     Joined(PeerId),
     /// A member was declared down, or left.
     Left(PeerId),
+    /// A member is suspected down: it did not answer a probe (ours, or another member's
+    /// whose gossip reached us). Reported once per suspicion; it ends as [`Event::Left`], or
+    /// as [`Event::Alive`] if the member refutes it.
+    Suspect(PeerId),
+    /// A suspect answered again (it refuted the suspicion): alive after all.
+    Alive(PeerId),
     /// A new or newer record.
     Record(NodeRecord),
     /// We are part of a mesh (at least one member knows us).
@@ -257,6 +263,8 @@ pub struct Mesh {
     /// Peers we are a home of: their topics, and when to renew each claim.
     hosted: BTreeMap<PeerId, (Vec<Vec<u8>>, Instant)>,
     last_claim_ms: u64,
+    /// The members suspect when we last looked (see [`Mesh::track_suspicion`]).
+    suspected: BTreeSet<MemberId>,
     /// Unix ms at `epoch.0`.
     epoch: (Instant, u64),
     transmits: VecDeque<Transmit>,
@@ -311,6 +319,7 @@ impl Mesh {
             next_refresh: None,
             hosted: BTreeMap::new(),
             last_claim_ms: 0,
+            suspected: BTreeSet::new(),
             epoch,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -718,6 +727,7 @@ impl Mesh {
                 }
             }
         }
+        self.track_suspicion();
         let rehomed: BTreeSet<PeerId> = std::mem::take(&mut self.table.borrow_mut().rehomed).into_iter().collect();
         for peer in rehomed {
             let me = self.me.peer_id();
@@ -747,6 +757,33 @@ impl Mesh {
                 }
             }
         }
+    }
+
+    /// Reports the members that became suspect since the last input, and the suspects that
+    /// are alive again. foca notifies only members up and down; its `ProbeFailed`
+    /// (behind the `unstable-notifications` feature, which may change in any release) fires
+    /// only when *our* probe fails, while a member also turns suspect here when another
+    /// member's gossip says it did not answer *its* probe. So we compare states after each
+    /// input instead: one pass over the membership, and a suspicion is reported once however
+    /// many members gossip it (the member's state stays suspect until it is refuted or down).
+    fn track_suspicion(&mut self) {
+        let (mut suspect, mut refuted) = (BTreeSet::new(), Vec::new());
+        for member in self.swim.iter_membership_state() {
+            match member.state() {
+                foca::State::Suspect => {
+                    suspect.insert(member.id().clone());
+                }
+                // A suspect that is down now was reported `Left` by foca; one that is gone
+                // (renamed by a restart) says nothing.
+                foca::State::Alive if self.suspected.contains(member.id()) => refuted.push(member.id().peer),
+                _ => {}
+            }
+        }
+        for id in suspect.difference(&self.suspected) {
+            self.events.push_back(Event::Suspect(id.peer));
+        }
+        self.events.extend(refuted.into_iter().map(Event::Alive));
+        self.suspected = suspect;
     }
 
     /// A member that just came up over a proven path (it joined through us, mostly) gets

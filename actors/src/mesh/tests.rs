@@ -158,6 +158,64 @@ fn a_member_that_dies_is_declared_down_by_all_within_seconds() {
     assert!(to_dead < 60, "{to_dead} datagrams to a dead member in 20 s from 4 members");
 }
 
+fn suspects(events: &[Event]) -> Vec<PeerId> {
+    events.iter().filter_map(|e| if let Event::Suspect(p) = e { Some(*p) } else { None }).collect()
+}
+
+/// A member that stops answering is reported suspect once by each member — however many
+/// members probe it and gossip the suspicion — and then left; no live member is ever
+/// reported suspect.
+#[test]
+fn a_silent_member_is_suspected_once_then_left_and_live_ones_never() {
+    let mut net = Net::new(5);
+    net.start_all();
+    let until = net.now + Duration::from_secs(20);
+    net.run(until);
+    for i in 0..5 {
+        assert!(suspects(&net.events[i]).is_empty(), "node {i}: nobody is suspect on a lossless net");
+    }
+    let dead = net.peer(3);
+    net.nodes[3] = None;
+    let until = net.now + Duration::from_secs(30);
+    net.run(until);
+    for i in [0, 1, 2, 4] {
+        let events = &net.events[i];
+        assert_eq!(suspects(events), vec![dead], "node {i}: the silent member, once: {events:?}");
+        let suspected = events.iter().position(|e| *e == Event::Suspect(dead)).unwrap();
+        let left = events.iter().position(|e| *e == Event::Left(dead)).expect("declared down");
+        assert!(suspected < left, "node {i}: suspect before left");
+        assert!(!events.iter().any(|e| matches!(e, Event::Alive(_))), "node {i}: nothing refuted");
+    }
+}
+
+/// A member silent for a moment is suspected, answers again before the suspicion runs out
+/// and refutes it: it is reported alive, never left.
+#[test]
+fn a_suspect_that_answers_again_is_reported_alive() {
+    let mut net = Net::new(4);
+    net.start_all();
+    let until = net.now + Duration::from_secs(10);
+    net.run(until);
+    let back = net.peer(2);
+    let away = net.nodes[2].take();
+    let suspected_by = |net: &Net| (0..4).find(|&i| suspects(&net.events[i]).contains(&back));
+    let mut waited = Duration::ZERO;
+    while suspected_by(&net).is_none() {
+        assert!(waited < Duration::from_secs(10), "nobody suspected the silent member");
+        let until = net.now + Duration::from_millis(100);
+        net.run(until);
+        waited += Duration::from_millis(100);
+    }
+    let i = suspected_by(&net).unwrap();
+    net.nodes[2] = away;
+    let until = net.now + Duration::from_secs(20);
+    net.run(until);
+    let events = &net.events[i];
+    assert_eq!(suspects(events), vec![back], "{events:?}");
+    assert!(events.contains(&Event::Alive(back)), "node {i}: the suspicion was refuted: {events:?}");
+    assert!(!events.contains(&Event::Left(back)), "node {i}: never declared down");
+}
+
 #[test]
 fn forged_stale_replayed_and_misaddressed_gossip_is_dropped_and_counted() {
     let mut net = Net::new(2);
