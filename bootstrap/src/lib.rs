@@ -6,6 +6,7 @@
 //! where it saw us — enough to start NAT probing and register.
 
 use introducer_actors::backoff::Backoff;
+use introducer_actors::bucket::TokenBucket;
 use introducer_actors::cookie::Cookies;
 use introducer_actors::driver::Protocol;
 use introducer_actors::socket::{Inbound, Payload};
@@ -230,6 +231,9 @@ pub enum Event {
     NotReachable,
     /// Serving: a node that proved it receives at `addr` asks to be dialed back.
     DialBackAsked { addr: SocketAddr, nonce: u64 },
+    /// Serving: a node that proved it receives at `addr` asks (on `socket`) for the members
+    /// we know, from the `offset`-th on; within its IP's budget.
+    MembersAsked { socket: SocketId, addr: SocketAddr, request_id: u64, offset: u32 },
 }
 
 /// How long a node waits for its dial-back, and how often it asks meanwhile.
@@ -238,7 +242,17 @@ const DIAL_BACK_RETRY: Duration = Duration::from_millis(500);
 /// A seed takes one dial-back request per IP this often, and remembers this many IPs.
 const DIAL_BACK_INTERVAL: Duration = Duration::from_secs(2);
 const MAX_DIAL_BACK_IPS: usize = 4096;
+/// The cookie of our ServerInfo: echoed in a dial-back or members request, it proves the
+/// asker receives at its source address (the domain's name is older than its second use).
 const COOKIE_DOMAIN: &[u8] = b"introducer/dial-back/v1";
+/// Members requests taken per source IP (a second, and burst) and from all sources: one
+/// request earns up to 8 datagrams (`mesh::listing::MAX_REPLIES`), to a cookie-proven
+/// address only; 20 a second list 4,096 members in about 4 s.
+const MEMBERS_PER_IP: (f64, f64) = (20.0, 40.0);
+const MEMBERS_TOTAL: (f64, f64) = (100.0, 200.0);
+/// Source IPs with a members budget tracked at once; beyond, idle ones are forgotten and
+/// then new ones are refused.
+const MAX_MEMBERS_IPS: usize = 4096;
 
 /// Our dial-back under way: the seed asked, the nonce, when to ask again and give up.
 #[derive(Debug, Clone)]
@@ -271,11 +285,17 @@ pub struct FirstContact {
     dialing_back: Option<DialingBack>,
     /// When each IP last had a dial-back request taken.
     asked: BTreeMap<IpAddr, Instant>,
+    /// Members requests: each source IP's budget, and everyone's.
+    members_budget: BTreeMap<IpAddr, TokenBucket>,
+    members_total: TokenBucket,
     /// Hellos not answered because even a trimmed answer would be larger.
     pub dropped_small_hello: u64,
     /// Dial-back requests without a valid cookie, or too soon after the last from their IP;
     /// probes that were not ours or came from the seed we asked.
     pub dropped_dial_back: u64,
+    /// Members requests not taken: we do not serve, the cookie is not the source's, or the
+    /// source IP (or everyone) is over budget.
+    pub dropped_members_request: u64,
 }
 
 impl FirstContact {
@@ -292,9 +312,45 @@ impl FirstContact {
             cookies: Cookies::new(COOKIE_DOMAIN, rng, now, Duration::from_secs(60)),
             dialing_back: None,
             asked: BTreeMap::new(),
+            members_budget: BTreeMap::new(),
+            members_total: TokenBucket::full(MEMBERS_TOTAL.0, MEMBERS_TOTAL.1, now),
             dropped_small_hello: 0,
             dropped_dial_back: 0,
+            dropped_members_request: 0,
         }
+    }
+
+    /// Serving: a members request with a cookie our ServerInfo gave its source is handed to
+    /// the mesh (which answers it), within the source IP's budget and everyone's. The
+    /// cookie is checked first, so requests forged from an asker's IP cannot spend its budget.
+    fn members_asked(&mut self, now: Instant, socket: SocketId, src: SocketAddr, request: &pb::MembersRequest) {
+        if !self.introducer
+            || !self.cookies.check(now, src, &self.me, request.cookie)
+            || !self.members_budget(now, src.ip())
+        {
+            self.dropped_members_request += 1;
+            return;
+        }
+        let (request_id, offset) = (request.request_id, request.offset);
+        self.events.push_back(Event::MembersAsked { socket, addr: src, request_id, offset });
+    }
+
+    fn members_budget(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let (rate, burst) = MEMBERS_PER_IP;
+        if self.members_budget.len() >= MAX_MEMBERS_IPS && !self.members_budget.contains_key(&ip) {
+            // Sources idle long enough to be full again need not be remembered.
+            self.members_budget.retain(|_, b| b.available(now) < burst);
+            if self.members_budget.len() >= MAX_MEMBERS_IPS {
+                return false;
+            }
+        }
+        let bucket = self.members_budget.entry(ip).or_insert_with(|| TokenBucket::full(rate, burst, now));
+        if bucket.available(now) < 1.0 || self.members_total.available(now) < 1.0 {
+            return false;
+        }
+        bucket.take(1.0);
+        self.members_total.take(1.0);
+        true
     }
 
     /// Serving: a dial-back request with a cookie our ServerInfo gave its source is handed
@@ -403,6 +459,7 @@ impl Protocol for FirstContact {
             }
             Kind::DialBackRequest(request) => self.dial_back_asked(inbound.now, inbound.src, &request),
             Kind::DialBackProbe(probe) => self.dial_back_probe(inbound.src, &probe),
+            Kind::MembersRequest(request) => self.members_asked(inbound.now, inbound.socket, inbound.src, &request),
             _ => {}
         }
     }
@@ -560,6 +617,66 @@ mod tests {
         assert_eq!((seed.poll_event(), seed.dropped_dial_back), (None, 3), "one per IP every 2 s");
         seed.handle_inbound(inbound(now + Duration::from_secs(2), asker, request(info.cookie)));
         assert!(matches!(seed.poll_event(), Some(Event::DialBackAsked { .. })));
+    }
+
+    /// Our ServerInfo to `asker`, from a seed that serves.
+    fn cookie_for(seed: &mut FirstContact, now: Instant, asker: SocketAddr) -> u64 {
+        seed.handle_inbound(inbound(now, asker, Kind::Hello(hello())));
+        let Some(Transmit { payload, .. }) = seed.poll_transmit() else { panic!("no ServerInfo") };
+        match frame::decode(&payload) {
+            Ok(frame::Decoded::Envelope(pb::Envelope { kind: Some(Kind::ServerInfo(info)) })) => info.cookie,
+            other => panic!("not a ServerInfo: {other:?}"),
+        }
+    }
+
+    /// A member takes a members request only with the cookie its ServerInfo gave that very
+    /// address, only while it serves, and within a budget per source IP; it answers nothing
+    /// itself (the mesh does, to the address the event names: the proven one). Requests
+    /// with a wrong cookie from the asker's IP do not spend the asker's budget.
+    #[test]
+    fn a_members_request_needs_the_askers_cookie_and_a_budget() {
+        let now = Instant::now();
+        let mut seed = contact(now);
+        let asker: SocketAddr = "198.51.100.40:3478".parse().unwrap();
+        let cookie = cookie_for(&mut seed, now, asker);
+        let request = |cookie, offset| Kind::MembersRequest(pb::MembersRequest { cookie, request_id: 5, offset });
+        seed.handle_inbound(inbound(now, asker, request(cookie, 0)));
+        assert_eq!((seed.poll_event(), seed.dropped_members_request), (None, 1), "not serving: no member");
+        seed.handle_command(now, Command::Serve);
+        // The cookie from another address (a spoofer that saw it), a made-up one, none.
+        seed.handle_inbound(inbound(now, "192.0.2.1:53".parse().unwrap(), request(cookie, 0)));
+        seed.handle_inbound(inbound(now, asker, request(cookie ^ 1, 0)));
+        seed.handle_inbound(inbound(now, asker, request(0, 0)));
+        assert_eq!((seed.poll_event(), seed.dropped_members_request), (None, 4));
+        assert!(seed.poll_transmit().is_none(), "first contact answers no members request itself");
+        for _ in 0..100 {
+            seed.handle_inbound(inbound(now, asker, request(cookie ^ 2, 0)));
+        }
+        let mut taken = 0;
+        for _ in 0..100 {
+            seed.handle_inbound(inbound(now, asker, request(cookie, 3)));
+            while let Some(event) = seed.poll_event() {
+                assert_eq!(
+                    event,
+                    Event::MembersAsked { socket: SocketId::PRIMARY, addr: asker, request_id: 5, offset: 3 }
+                );
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, MEMBERS_PER_IP.1 as usize, "a burst per IP, whatever was forged before");
+        // Another IP has a budget of its own; a second later the asker has some again.
+        let other: SocketAddr = "198.51.100.41:3478".parse().unwrap();
+        let other_cookie = cookie_for(&mut seed, now, other);
+        seed.handle_inbound(inbound(now, other, request(other_cookie, 0)));
+        assert!(matches!(seed.poll_event(), Some(Event::MembersAsked { addr, .. }) if addr == other));
+        let later = now + Duration::from_secs(1);
+        let again: usize = (0..100)
+            .map(|_| {
+                seed.handle_inbound(inbound(later, asker, request(cookie, 0)));
+                std::iter::from_fn(|| seed.poll_event()).count()
+            })
+            .sum();
+        assert_eq!(again, MEMBERS_PER_IP.0 as usize);
     }
 
     /// The asker counts only a probe with its nonce from an IP that is not the seed's; it

@@ -146,5 +146,18 @@ pub fn datagrams(victim: &PeerId) -> Vec<(&'static str, Vec<u8>)> {
             envelope(Kind::TopicRequest(pb::TopicRequest { topic: b"chat".to_vec().into(), request_id: 1, mac: 3 })),
         ),
         ("TopicMembers", envelope(Kind::TopicMembers(pb::TopicMembers::default()))),
+        // A listing is answered only to an address that echoes its ServerInfo cookie.
+        (
+            "MembersRequest (no cookie)",
+            envelope(Kind::MembersRequest(pb::MembersRequest { cookie: 0, request_id: 1, offset: 0 })),
+        ),
+        (
+            "MembersRequest (guessed cookie)",
+            envelope(Kind::MembersRequest(pb::MembersRequest { cookie: 42, request_id: 1, offset: 0 })),
+        ),
+        (
+            "MembersReply",
+            envelope(Kind::MembersReply(pb::MembersReply { request_id: 1, offset: 0, total: 1, members: vec![] })),
+        ),
     ]
 }

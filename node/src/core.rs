@@ -595,6 +595,12 @@ impl NodeCore {
             Report::FirstContact(bootstrap::Event::DialBackAsked { addr, nonce }) => {
                 self.orders.push_back(Order::Mesh(mesh::Command::DialBack { addr, nonce }))
             }
+            // First contact holds the cookies that prove the asker's address; the mesh holds
+            // the members and answers.
+            Report::FirstContact(bootstrap::Event::MembersAsked { socket, addr, request_id, offset }) => {
+                let list = mesh::Command::ListMembers { socket, to: addr, request_id, offset };
+                self.orders.push_back(Order::Mesh(list))
+            }
             Report::Probe(ProbeEvent::Classified(Ok(report))) => self.on_probed(now, report),
             Report::Probe(ProbeEvent::Classified(Err(e))) => self.emit(NodeEvent::Fatal(FatalError::Probe(e))),
             Report::Probe(ProbeEvent::Lifetime(report)) => self.on_lifetime(report),
@@ -1616,6 +1622,23 @@ mod tests {
         }
         c.handle_report(now, Report::FirstContact(bootstrap::Event::Late(late("198.51.100.30:3478", false))));
         assert!(store_orders(&mut c).1.is_empty());
+    }
+
+    /// A members request first contact took (cookie-proven, within budget) goes to the mesh,
+    /// which holds the members, addressed to that very source and socket — nowhere else.
+    #[test]
+    fn a_members_request_first_contact_took_is_answered_by_the_mesh_to_its_source() {
+        let now = Instant::now();
+        let mut c = joined(now, false);
+        let addr: SocketAddr = "203.0.113.9:4000".parse().unwrap();
+        let asked = bootstrap::Event::MembersAsked { socket: SocketId(1), addr, request_id: 3, offset: 6 };
+        c.handle_report(now, Report::FirstContact(asked));
+        match &orders(&mut c)[..] {
+            [Order::Mesh(mesh::Command::ListMembers { socket, to, request_id, offset })] => {
+                assert_eq!((*socket, *to, *request_id, *offset), (SocketId(1), addr, 3, 6))
+            }
+            other => panic!("expected the mesh to list, got {other:?}"),
+        }
     }
 
     /// The store orders, and the others.

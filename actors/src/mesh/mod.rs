@@ -20,6 +20,7 @@
 
 pub mod actor;
 mod codec;
+pub mod listing;
 pub mod record;
 
 use crate::bucket::TokenBucket;
@@ -148,6 +149,10 @@ pub enum Command {
     Host { peer: PeerId, topics: Vec<Vec<u8>> },
     /// Its registration ended: the claim is withdrawn.
     Unhost(PeerId),
+    /// List the members we know to `to` (from `offset` on), answering its
+    /// [`pb::MembersRequest`] on `socket`: first contact checked that `to` proved it
+    /// receives there (cookie) and that its IP has budget left. See [`listing`].
+    ListMembers { socket: SocketId, to: SocketAddr, request_id: u64, offset: u32 },
     /// Leave the mesh gracefully.
     Leave,
 }
@@ -200,6 +205,10 @@ pub struct Stats {
     /// address's IP had one lately, or over the budget).
     pub dropped_dial_back_no_member: u64,
     pub dropped_dial_back_rate: u64,
+    /// Listings sent (requests answered), and requests not answered because we are no
+    /// member (yet).
+    pub members_listed: u64,
+    pub dropped_list_not_member: u64,
 }
 
 /// What we know of one address of a member.
@@ -395,12 +404,46 @@ impl Mesh {
                     self.hosted.remove(&peer);
                 }
             }
+            Command::ListMembers { socket, to, request_id, offset } => {
+                self.list_members(socket, to, request_id, offset)
+            }
             Command::Leave => {
                 let result = self.swim.leave_cluster(&mut self.runtime);
                 self.count(result);
             }
         }
         self.drain(now);
+    }
+
+    /// Every member we hold a record of, ourselves included, ordered by PeerId, with its
+    /// state as we see it: down members stay listed (as down) until foca forgets them.
+    pub fn listing(&self) -> Vec<listing::Entry> {
+        let table = self.table.borrow();
+        let mut list: BTreeMap<PeerId, listing::Entry> = BTreeMap::new();
+        // By MemberId: a newer generation of one peer comes later and wins.
+        let mut members: Vec<_> = self.swim.iter_membership_state().map(|m| (m.id(), m.state())).collect();
+        members.sort_by(|a, b| a.0.cmp(b.0));
+        for (id, state) in members {
+            if let Some(record) = table.records.get(&id.peer) {
+                list.insert(id.peer, listing::Entry { state: state.into(), signed: record.signed.clone() });
+            }
+        }
+        if let Some(own) = table.records.get(&self.me.peer_id()) {
+            let entry = listing::Entry { state: listing::MemberState::Alive, signed: own.signed.clone() };
+            list.insert(own.peer, entry);
+        }
+        list.into_values().collect()
+    }
+
+    fn list_members(&mut self, socket: SocketId, to: SocketAddr, request_id: u64, offset: u32) {
+        if self.advert.is_none() {
+            self.stats.dropped_list_not_member += 1;
+            return;
+        }
+        self.stats.members_listed += 1;
+        for reply in listing::replies(&self.listing(), request_id, offset) {
+            self.transmits.push_back(Transmit::envelope(socket, to, Kind::MembersReply(reply)));
+        }
     }
 
     /// Signs our record afresh and hands it to foca to spread.

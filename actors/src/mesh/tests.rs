@@ -548,3 +548,144 @@ fn hosting_claims_are_signed_bounded_and_quota_limited() {
     assert_eq!((table.stats.dropped_bad_record, table.stats.dropped_table_full), (3, 1));
     assert_eq!(table.homes(&Identity::from_seed(50).peer_id()), vec![home.peer_id()]);
 }
+
+fn replies_of(transmits: &[Transmit]) -> Vec<pb::MembersReply> {
+    transmits
+        .iter()
+        .map(|t| match frame::decode(&t.payload).unwrap() {
+            Decoded::Envelope(pb::Envelope { kind: Some(Kind::MembersReply(r)) }) => r,
+            other => panic!("not a members reply: {other:?}"),
+        })
+        .collect()
+}
+
+/// A member lists every member it holds a record of — itself included — with its state
+/// as it sees it, to the address it was told (first contact proved it) and from the socket
+/// the request came in on; every record verifies. A node that is no member lists nothing.
+#[test]
+fn a_member_lists_the_members_with_their_signed_records_and_states() {
+    let mut net = Net::new(5);
+    net.start_all();
+    let until = net.now + Duration::from_secs(20);
+    net.run(until);
+    let asker: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+    let list = |net: &mut Net, request_id| {
+        let now = net.now;
+        let command = Command::ListMembers { socket: SocketId(1), to: asker, request_id, offset: 0 };
+        net.node(0).command(now, command);
+        let out: Vec<Transmit> = std::iter::from_fn(|| net.node(0).poll_transmit()).collect();
+        assert!(out.iter().all(|t| t.dst == asker && t.socket == SocketId(1)), "{out:?}");
+        let replies = replies_of(&out);
+        let now_ms = START_MS + (net.now - net.start).as_millis() as u64;
+        let mut checked = listing::Checked::new();
+        for reply in &replies {
+            assert_eq!(reply.request_id, request_id);
+            let (c, bad) = listing::check_reply(reply, now_ms, 30_000, 20 * 60_000).unwrap();
+            assert!(bad.is_empty(), "{bad:?}");
+            checked.extend(c);
+        }
+        assert_eq!(checked.len() as u32, replies[0].total);
+        listing::by_peer(&checked)
+    };
+    let members = list(&mut net, 7);
+    let everyone: BTreeSet<PeerId> = (0..5).map(|i| net.peer(i)).collect();
+    assert_eq!(members.keys().copied().collect::<BTreeSet<_>>(), everyone, "itself included");
+    for i in 0..5 {
+        let m = &members[&net.peer(i)];
+        assert_eq!((m.state, &m.record.addrs), (listing::MemberState::Alive, &vec![addr(i)]));
+        assert!(m.record.introducer && m.record.relay && m.record.relay_capacity == 64);
+    }
+    // Node 3 goes silent: node 0 lists it as it sees it, suspect then down.
+    net.nodes[3] = None;
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        let until = net.now + Duration::from_millis(500);
+        net.run(until);
+        seen.insert(list(&mut net, 8)[&net.peer(3)].state);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from([listing::MemberState::Alive, listing::MemberState::Suspect, listing::MemberState::Down])
+    );
+
+    let mut outsider =
+        Mesh::new(Config::default(), Identity::from_seed(70), (net.now, START_MS), StdRng::seed_from_u64(70));
+    let command = Command::ListMembers { socket: SocketId::PRIMARY, to: asker, request_id: 1, offset: 0 };
+    outsider.command(net.now, command);
+    assert!(outsider.poll_transmit().is_none(), "no member, no listing");
+    assert_eq!(outsider.stats().dropped_list_not_member, 1);
+}
+
+/// A record at its largest: four IPv6 addresses and every field set.
+fn largest_record(seed: u64) -> Vec<u8> {
+    let v6 = |i: u16| SocketAddr::from(([0x2001, 0xdb8, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, i], 65535));
+    Identity::from_seed(seed)
+        .sign_node_record(pb::NodeRecord {
+            generation: u64::MAX,
+            issued_ms: START_MS,
+            addrs: (0..4).map(|i| v6(i).into()).collect(),
+            introducer: true,
+            relay: true,
+            relay_capacity: u32::MAX,
+            relay_load: u32::MAX,
+            ..Default::default()
+        })
+        .encode_to_vec()
+}
+
+/// One request earns at most a few datagrams, each within one datagram's limit, however
+/// long the list; paging from where it stopped lists every member exactly once; an offset
+/// past the end gets one empty reply that says how long the list is.
+#[test]
+fn a_listing_is_bounded_per_request_and_pages_through_the_rest() {
+    let list: Vec<listing::Entry> = (0..100)
+        .map(|i| listing::Entry { state: listing::MemberState::Alive, signed: largest_record(1000 + i) })
+        .collect();
+    assert!(list.iter().all(|e| e.signed.len() <= record::MAX_SIGNED_NODE_RECORD), "{}", list[0].signed.len());
+    let mut offset = 0;
+    let mut seen = Vec::new();
+    let mut requests = 0;
+    while offset < 100 {
+        let replies = listing::replies(&list, 9, offset);
+        requests += 1;
+        assert!(!replies.is_empty() && replies.len() <= listing::MAX_REPLIES, "{} replies", replies.len());
+        for reply in &replies {
+            let datagram = frame::encode_envelope(&pb::Envelope { kind: Some(Kind::MembersReply(reply.clone())) });
+            assert!(datagram.len() <= introducer_proto::MAX_DATAGRAM, "{} bytes", datagram.len());
+            assert_eq!((reply.offset, reply.total), (offset, 100));
+            seen.extend(reply.members.iter().map(|m| m.record.to_vec()));
+            offset += reply.members.len() as u32;
+        }
+    }
+    assert_eq!(seen, list.iter().map(|e| e.signed.clone()).collect::<Vec<_>>(), "every member once, in order");
+    assert!(requests >= 100 / (3 * listing::MAX_REPLIES), "{requests} requests");
+    let past = listing::replies(&list, 9, 500);
+    assert_eq!(past.len(), 1);
+    assert_eq!((past[0].offset, past[0].total, past[0].members.len()), (100, 100, 0));
+}
+
+/// The asker takes what verifies: a record tampered with is dropped (and said why), a
+/// listing longer than any mesh keeps or running past its own total is refused.
+#[test]
+fn a_reply_is_checked_record_by_record() {
+    let mut tampered = largest_record(2000);
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let member = |record: Vec<u8>| pb::ListedMember { record: record.into(), state: 1 };
+    let reply = pb::MembersReply {
+        request_id: 1,
+        offset: 4,
+        total: 6,
+        members: vec![member(largest_record(2001)), member(tampered)],
+    };
+    let (checked, bad) = listing::check_reply(&reply, START_MS, 30_000, 60_000).unwrap();
+    assert_eq!(checked.keys().copied().collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(checked[&4].as_ref().map(|l| l.state), Some(listing::MemberState::Suspect));
+    assert_eq!((checked[&5].as_ref(), bad.len()), (None, 1));
+    let stale = listing::check_reply(&reply, START_MS + 120_000, 30_000, 60_000).unwrap();
+    assert!(stale.0.values().all(Option::is_none), "expired records are dropped");
+    let long = pb::MembersReply { total: listing::MAX_LISTED + 1, ..reply.clone() };
+    assert!(listing::check_reply(&long, START_MS, 30_000, 60_000).is_err());
+    let past = pb::MembersReply { total: 5, ..reply };
+    assert!(listing::check_reply(&past, START_MS, 30_000, 60_000).is_err());
+}

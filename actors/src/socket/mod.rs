@@ -26,7 +26,8 @@ pub enum Route {
     StunServer,
     /// STUN responses, for NAT probing.
     StunClient,
-    /// Hello / ServerInfo.
+    /// Hello / ServerInfo, dial-back, and members listings (asked of a member after first
+    /// contact, whose cookie proves the asker's address).
     Bootstrap,
     /// Register / IntroduceRequest: the introducer role.
     Broker,
@@ -245,7 +246,12 @@ pub fn classify(datagram: Vec<u8>) -> Option<(Route, Payload)> {
 /// The route of an introducer message kind.
 pub fn route_of(kind: &Kind) -> Route {
     match kind {
-        Kind::Hello(_) | Kind::ServerInfo(_) | Kind::DialBackRequest(_) | Kind::DialBackProbe(_) => Route::Bootstrap,
+        Kind::Hello(_)
+        | Kind::ServerInfo(_)
+        | Kind::DialBackRequest(_)
+        | Kind::DialBackProbe(_)
+        | Kind::MembersRequest(_)
+        | Kind::MembersReply(_) => Route::Bootstrap,
         Kind::Register(_) | Kind::IntroduceRequest(_) | Kind::NewMapping(_) | Kind::TopicRequest(_) => Route::Broker,
         Kind::RegisterChallenge(_)
         | Kind::Registered(_)
