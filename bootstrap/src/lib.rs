@@ -4,6 +4,10 @@
 //! the Hello (so a spoofed Hello cannot make a node an amplifier). The answer names the
 //! seed's PeerId, every address it listens on (the RFC 5780 alternates among them) and
 //! where it saw us — enough to start NAT probing and register.
+//!
+//! [`members`] asks a member, after first contact, for the members of its mesh.
+
+pub mod members;
 
 use introducer_actors::backoff::Backoff;
 use introducer_actors::bucket::TokenBucket;

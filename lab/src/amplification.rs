@@ -157,7 +157,13 @@ pub fn datagrams(victim: &PeerId) -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "MembersReply",
-            envelope(Kind::MembersReply(pb::MembersReply { request_id: 1, offset: 0, total: 1, members: vec![] })),
+            envelope(Kind::MembersReply(pb::MembersReply {
+                request_id: 1,
+                offset: 0,
+                total: 1,
+                members: vec![],
+                last: true,
+            })),
         ),
     ]
 }

@@ -79,7 +79,7 @@ pub fn replies(list: &[Entry], request_id: u64, offset: u32) -> Vec<pb::MembersR
         encode_envelope(&pb::Envelope { kind: Some(Kind::MembersReply(reply.clone())) }).len()
     };
     while replies.len() < MAX_REPLIES {
-        let mut reply = pb::MembersReply { request_id, offset: next, total, members: Vec::new() };
+        let mut reply = pb::MembersReply { request_id, offset: next, total, members: Vec::new(), last: false };
         while next < total {
             let entry = &list[next as usize];
             let state: member_update::State = entry.state.into();
@@ -98,6 +98,9 @@ pub fn replies(list: &[Entry], request_id: u64, offset: u32) -> Vec<pb::MembersR
         if next >= total || empty {
             break;
         }
+    }
+    if let Some(last) = replies.last_mut() {
+        last.last = true;
     }
     replies
 }

@@ -649,6 +649,8 @@ fn a_listing_is_bounded_per_request_and_pages_through_the_rest() {
         let replies = listing::replies(&list, 9, offset);
         requests += 1;
         assert!(!replies.is_empty() && replies.len() <= listing::MAX_REPLIES, "{} replies", replies.len());
+        let lasts: Vec<bool> = replies.iter().map(|r| r.last).collect();
+        assert!(lasts.last() == Some(&true) && lasts.iter().filter(|l| **l).count() == 1, "{lasts:?}");
         for reply in &replies {
             let datagram = frame::encode_envelope(&pb::Envelope { kind: Some(Kind::MembersReply(reply.clone())) });
             assert!(datagram.len() <= introducer_proto::MAX_DATAGRAM, "{} bytes", datagram.len());
@@ -677,6 +679,7 @@ fn a_reply_is_checked_record_by_record() {
         offset: 4,
         total: 6,
         members: vec![member(largest_record(2001)), member(tampered)],
+        last: true,
     };
     let (checked, bad) = listing::check_reply(&reply, START_MS, 30_000, 60_000).unwrap();
     assert_eq!(checked.keys().copied().collect::<Vec<_>>(), [4, 5]);
