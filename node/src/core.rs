@@ -38,6 +38,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// A serving node republishes its node record when the relay circuits it carries change,
+/// at most this often: every record is a broadcast each member hears, and a count that
+/// flaps (circuits come and go within seconds) is worth one record per interval, not one per
+/// circuit. `peers` shows the load at most this stale (plus gossip's spread).
+pub const LOAD_PUBLISH_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The roles of a node, one machine each: the actix node runs each in an actor of its
 /// own, the simulator calls them in place.
 pub struct Roles {
@@ -335,6 +341,13 @@ pub struct NodeCore {
     held_registration: Option<registration::actor::Command>,
     pool: Pool,
     peers: BTreeMap<PeerId, Peer>,
+    /// Serving: what our node record says (its relay load as last published), when it was
+    /// last published, and when a changed load is due to be (see [`LOAD_PUBLISH_INTERVAL`]).
+    advert: Option<Advert>,
+    published: Option<Instant>,
+    publish_due: Option<Instant>,
+    /// The relay circuits we carry (ready: both sides asked).
+    carrying: BTreeSet<u64>,
     orders: VecDeque<Order>,
 }
 
@@ -372,6 +385,10 @@ impl NodeCore {
             held_registration: None,
             pool: Pool::Closed,
             peers: BTreeMap::new(),
+            advert: None,
+            published: None,
+            publish_due: None,
+            carrying: BTreeSet::new(),
             orders: VecDeque::new(),
         }
     }
@@ -483,11 +500,16 @@ impl NodeCore {
             Phase::Punching { relay_at, .. } => relay_at,
             _ => None,
         });
-        relays.chain(self.next_topic_lookup).chain(self.next_heartbeat).min()
+        relays.chain(self.next_topic_lookup).chain(self.next_heartbeat).chain(self.publish_due).min()
     }
 
-    /// Punches that have taken too long get a relay circuit as well.
+    /// Punches that have taken too long get a relay circuit as well; a relay load that
+    /// changed is published once its interval is over.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.publish_due.is_some_and(|t| t <= now) {
+            self.publish_due = None;
+            self.publish_load(now);
+        }
         let due: Vec<PeerId> = self
             .peers
             .iter()
@@ -608,7 +630,15 @@ impl NodeCore {
             Report::Registration(introducer, event) => self.on_registration(now, introducer, event),
             Report::Punch(event) => self.on_punch(now, event),
             Report::Session(peer, event) => self.on_session(now, peer, event),
-            Report::Relay(relay::Event::Ready { peers, .. }) => self.emit(NodeEvent::Relaying { peers }),
+            Report::Relay(relay::Event::Ready { circuit, peers }) => {
+                self.carrying.insert(circuit);
+                self.publish_load(now);
+                self.emit(NodeEvent::Relaying { peers })
+            }
+            Report::Relay(relay::Event::Closed { circuit, .. }) => {
+                self.carrying.remove(&circuit);
+                self.publish_load(now);
+            }
             Report::Relay(other) => tracing::debug!(?other, "relay"),
             Report::Mesh(event) => self.on_mesh(now, event),
         }
@@ -647,12 +677,34 @@ impl NodeCore {
             relay_capacity: self.config.relay.max_circuits as u32,
             relay_load: 0,
         };
+        self.advert = Some(advert.clone());
+        self.published = Some(now);
         self.orders.push_back(Order::Mesh(mesh::Command::Start(advert)));
         let seeds: Vec<(PeerId, SocketAddr)> =
             self.seeds.iter().filter(|s| s.introducer).map(|s| (s.peer_id, s.addr)).collect();
         if !seeds.is_empty() {
             self.orders.push_back(Order::Mesh(mesh::Command::Join(seeds)));
         }
+    }
+
+    /// Publishes our node record again if the relay circuits we carry are not what it says,
+    /// at most once per [`LOAD_PUBLISH_INTERVAL`] (a change within it is published when it
+    /// ends, if the count has not come back by then).
+    fn publish_load(&mut self, now: Instant) {
+        let load = self.carrying.len().try_into().unwrap_or(u32::MAX);
+        let Some(advert) = self.advert.as_mut().filter(|a| a.relay_load != load) else {
+            self.publish_due = None;
+            return;
+        };
+        let due = self.published.map_or(now, |t| t + LOAD_PUBLISH_INTERVAL);
+        if now < due {
+            self.publish_due = Some(due);
+            return;
+        }
+        advert.relay_load = load;
+        let advert = advert.clone();
+        (self.published, self.publish_due) = (Some(now), None);
+        self.orders.push_back(Order::Mesh(mesh::Command::Publish(advert)));
     }
 
     fn on_mesh(&mut self, now: Instant, event: mesh::Event) {
@@ -1639,6 +1691,54 @@ mod tests {
             }
             other => panic!("expected the mesh to list, got {other:?}"),
         }
+    }
+
+    /// The relay load our node record says, each time the core publishes it.
+    fn published_loads(c: &mut NodeCore) -> Vec<u32> {
+        orders(c)
+            .into_iter()
+            .filter_map(|o| match o {
+                Order::Mesh(mesh::Command::Start(a) | mesh::Command::Publish(a)) => Some(a.relay_load),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A serving node republishes its record when the circuits it carries change — at most
+    /// once every 30 s, and not at all if the count is back to what was published.
+    #[test]
+    fn the_relay_load_is_published_when_it_changes_at_most_every_30_s() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let listen = vec!["198.51.100.1:3478".parse().unwrap()];
+        let mut c = NodeCore::new(Config::new(Identity::from_seed(1)), listen, None, (t0, 0), StdRng::seed_from_u64(1));
+        c.start(t0, Stored::default());
+        assert_eq!(published_loads(&mut c), [0], "a founder serves at once, carrying nothing");
+        let peers = [Identity::from_seed(2).peer_id(), Identity::from_seed(3).peer_id()];
+        let ready = |circuit| Report::Relay(relay::Event::Ready { circuit, peers });
+        let closed = |circuit| Report::Relay(relay::Event::Closed { circuit, peers, reason: relay::CloseReason::Idle });
+        c.handle_report(s(10), ready(1));
+        assert_eq!(published_loads(&mut c), [] as [u32; 0], "not within 30 s of the last record");
+        assert_eq!(c.poll_timeout(), Some(s(30)));
+        c.handle_timeout(s(30));
+        assert_eq!(published_loads(&mut c), [1]);
+        // Up and back down within the interval: nothing to say.
+        c.handle_report(s(31), ready(2));
+        c.handle_report(s(40), closed(2));
+        assert_eq!(c.poll_timeout(), None);
+        c.handle_timeout(s(60));
+        assert_eq!(published_loads(&mut c), [] as [u32; 0]);
+        // Long after the last record: at once.
+        c.handle_report(s(100), closed(1));
+        assert_eq!(published_loads(&mut c), [0]);
+        // A node that does not serve publishes nothing.
+        let mut config = Config::new(Identity::from_seed(4));
+        config.serve = Serve::Never;
+        config.bootstrap = vec![INTRODUCER.parse().unwrap()];
+        let mut peer = NodeCore::new(config, vec![], None, (t0, 0), StdRng::seed_from_u64(1));
+        peer.start(t0, Stored::default());
+        peer.handle_report(s(100), ready(1));
+        assert_eq!(published_loads(&mut peer), [] as [u32; 0]);
     }
 
     /// The store orders, and the others.
