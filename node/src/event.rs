@@ -221,6 +221,18 @@ pub enum FatalError {
     Probe(ProbeError),
 }
 
+impl FatalError {
+    /// A short, stable word for scripts (`--json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FatalError::Bootstrap(BootstrapError::BadAddress { .. }) => "bad_address",
+            FatalError::Bootstrap(BootstrapError::Unreachable { .. }) | FatalError::Rejoin(_) => "unreachable",
+            FatalError::NothingToJoin => "nothing_to_join",
+            FatalError::Probe(_) => "probe_failed",
+        }
+    }
+}
+
 /// The JSON words of a NAT report, as `introducer nat` and the `ready` event print them.
 pub fn nat_json(report: &NatReport) -> Value {
     json!({
@@ -312,7 +324,7 @@ pub fn to_json(event: &NodeEvent) -> Value {
                 stats.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
             json!({ "event": "stats", "stats": stats })
         }
-        NodeEvent::Fatal(error) => json!({ "event": "error", "message": error.to_string() }),
+        NodeEvent::Fatal(error) => json!({ "event": "error", "kind": error.kind(), "message": error.to_string() }),
     }
 }
 

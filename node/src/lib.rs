@@ -9,6 +9,7 @@ pub mod config;
 pub mod core;
 pub mod event;
 pub mod identity;
+pub mod members;
 mod node;
 pub mod store;
 pub mod telemetry;

@@ -7,7 +7,7 @@ use introducer_bootstrap::{resolve, DEFAULT_PORT};
 use introducer_node::config::Serve;
 use introducer_node::event::{nat_json, to_json};
 use introducer_node::identity::{DataDir, IdentityError};
-use introducer_node::{identity, telemetry, Config, Node, NodeEvent};
+use introducer_node::{identity, members, telemetry, Config, Node, NodeEvent};
 use libp2p_identity::PeerId;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -129,16 +129,60 @@ enum Command {
     Join { topic: String },
     /// Print this node's PeerId (creating its identity if needed).
     Id,
+    /// List the public members of the mesh (peer id, addresses, roles, state, relay load),
+    /// as a member sees them: the first `--bootstrap` node that serves, or — without any —
+    /// the first member kept in `--data-dir` that answers (when no node runs from it).
+    Peers,
 }
 
 fn main() {
     let cli = Cli::parse();
     telemetry::init(cli.global.verbose);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let json = cli.global.json;
     if let Err(e) = runtime.block_on(run(cli)) {
+        // The contract: under --json, the error is one JSON line on stdout too.
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "event": "error", "kind": error_kind(&e), "message": format!("{e:#}") })
+            );
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// A short, stable word for what went wrong (`--json`'s `kind`), from the typed error
+/// behind the message; `error` for the rest (usage mistakes the command caught itself).
+fn error_kind(e: &anyhow::Error) -> &'static str {
+    use introducer_bootstrap::BootstrapError;
+    use introducer_node::members::PeersError;
+    use introducer_node::FatalError;
+    for cause in e.chain() {
+        if let Some(e) = cause.downcast_ref::<PeersError>() {
+            return e.kind();
+        }
+        if let Some(e) = cause.downcast_ref::<FatalError>() {
+            return e.kind();
+        }
+        if let Some(e) = cause.downcast_ref::<BootstrapError>() {
+            return match e {
+                BootstrapError::BadAddress { .. } => "bad_address",
+                BootstrapError::Unreachable { .. } => "unreachable",
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<IdentityError>() {
+            return match e {
+                IdentityError::InUse(_) => "data_dir_in_use",
+                _ => "data_dir",
+            };
+        }
+        if cause.downcast_ref::<introducer_node::NodeError>().is_some() {
+            return "listen";
+        }
+    }
+    "error"
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -184,6 +228,24 @@ async fn run(cli: Cli) -> Result<()> {
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                 }
             }
+        }
+        Command::Peers => {
+            let seeds = match (&g.data_dir, bootstrap.is_empty()) {
+                (_, false) => bootstrap,
+                (Some(dir), true) => members::kept_members(dir)?,
+                (None, true) => bail!(
+                    "peers needs a member to ask: --bootstrap ADDR (any public node of the mesh), or --data-dir DIR of a node that kept members"
+                ),
+            };
+            let listing = members::list(seeds).await?;
+            if out.json {
+                for member in listing.members.values() {
+                    println!("{}", members::member_json(member));
+                }
+            } else {
+                println!("{}", members::table(&listing));
+            }
+            Ok(())
         }
         Command::Nat { stun, timeout } => {
             if bootstrap.is_empty() && stun.is_empty() && g.data_dir.is_none() {
@@ -475,6 +537,13 @@ fn human(v: &Value) -> String {
         "left" => format!("{} left {}", s("peer_id"), s("topic")),
         "peer_registered" => format!("peer {} registered from {}", s("peer_id"), s("addr")),
         "introduced" => format!("introduced {} to {}", s("requester"), s("target")),
+        "mesh" => match s("change").as_str() {
+            "joined" => format!("member {} joined the mesh", s("peer_id")),
+            "left" => format!("member {} left the mesh", s("peer_id")),
+            "suspect" => format!("member {} is suspect (did not answer a probe)", s("peer_id")),
+            "alive" => format!("member {} answers again", s("peer_id")),
+            _ => v.to_string(),
+        },
         _ => v.to_string(),
     }
 }

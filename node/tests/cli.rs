@@ -255,3 +255,87 @@ fn a_stun_flood_from_one_address_gets_a_bounded_burst_of_answers() {
     assert!(stats["stats"]["stun_rate_limited"].as_u64().unwrap() <= 160, "{stats}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Asserts a failed `--json` run: one JSON error line on stdout (with its `kind`), one
+/// line on stderr, a non-zero exit.
+fn assert_json_error(out: &Output, kind: &str, needle: &str) -> Value {
+    assert!(!out.status.success(), "expected failure, got {:?}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "one JSON line on stdout: {stdout}");
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON: {stdout}: {e}"));
+    assert_eq!((v["event"].as_str(), v["kind"].as_str()), (Some("error"), Some(kind)), "{v}");
+    assert!(v["message"].as_str().unwrap().contains(needle), "{needle:?} not in {v}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line on stderr: {stderr}");
+    v
+}
+
+/// `peers` asks a member for the members it knows: one JSON object per member with the
+/// contract's keys, or a table for people; a node that is no member says so.
+#[test]
+fn peers_lists_the_members_a_member_knows() {
+    let dir = scratch("peers");
+    let data = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let seed = Node::start(&["run", "--listen", "127.0.0.1:0", "--json", "--data-dir", &data("seed")]);
+    let ready = seed.wait(|v| v["event"] == "ready");
+    let (seed_addr, seed_id) = (ready["listen"][0].as_str().unwrap().to_owned(), ready["peer_id"].clone());
+    let out = introducer(&["peers", "--bootstrap", &seed_addr, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "the member itself: {lines:?}");
+    let member = &lines[0];
+    assert_eq!(member["peer_id"], seed_id);
+    assert_eq!(member["addrs"], serde_json::json!([seed_addr]));
+    assert_eq!(member["roles"], serde_json::json!(["introducer", "relay"]));
+    assert_eq!((member["state"].as_str(), member["relay_load"].as_u64()), (Some("alive"), Some(0)), "{member}");
+    assert_eq!(member["relay_capacity"].as_u64(), Some(256), "{member}");
+
+    let human = introducer(&["peers", "--bootstrap", &seed_addr]);
+    let table = String::from_utf8_lossy(&human.stdout);
+    assert!(human.status.success() && table.starts_with("PEER ID"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with(seed_id.as_str().unwrap()) && l.contains("alive")), "{table}");
+
+    // A node behind no NAT on loopback cannot be dialed back, so it does not serve: it is
+    // no member, and says so. Stopped, its store still names the seed: asked through it.
+    let peer = Node::start(&[
+        "run",
+        "--listen",
+        "127.0.0.2:0",
+        "--bootstrap",
+        &seed_addr,
+        "--json",
+        "--data-dir",
+        &data("peer"),
+    ]);
+    let peer_addr = peer.wait(|v| v["event"] == "ready")["listen"][0].as_str().unwrap().to_owned();
+    peer.wait(|v| v["event"] == "registered");
+    let out = introducer(&["peers", "--bootstrap", &peer_addr, "--json"]);
+    assert_json_error(&out, "not_a_member", "no member of a mesh");
+    let out = introducer(&["peers", "--data-dir", &data("peer"), "--json"]);
+    assert_json_error(&out, "data_dir_in_use", "--bootstrap");
+    drop(peer);
+    let out = introducer(&["peers", "--data-dir", &data("peer"), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["peer_id"], seed_id, "asked through the member kept in the data dir");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Mistakes with `peers`: one line and a non-zero exit (a JSON error line under `--json`),
+/// and a data dir that is not there is not created.
+#[test]
+fn peers_mistakes_get_one_line_and_a_non_zero_exit() {
+    let out = introducer(&["peers", "--bootstrap", "127.0.0.1:9", "--json"]);
+    assert_json_error(&out, "unreachable", "no bootstrap node answered (127.0.0.1:9)");
+    let out = introducer(&["peers", "--bootstrap", "127.0.0.1:9"]);
+    assert_one_line_error(&out, "no bootstrap node answered (127.0.0.1:9)");
+    let out = introducer(&["peers", "--json"]);
+    assert_json_error(&out, "error", "--bootstrap ADDR");
+    let out = introducer(&["peers", "--bootstrap", "no such host:x", "--json"]);
+    assert_json_error(&out, "bad_address", "bad bootstrap address");
+    let dir = scratch("peers-none");
+    let out = introducer(&["peers", "--data-dir", dir.to_str().unwrap()]);
+    assert_one_line_error(&out, "no members kept in");
+    assert!(!dir.exists(), "nothing created");
+}
