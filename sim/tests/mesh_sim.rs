@@ -370,5 +370,82 @@ fn sim_a_relayed_session_moves_to_another_relay_when_its_relay_dies() {
         let pong = |sim: &Sim| sim.machine_ref::<SimNode>(a).pongs(&b_id.peer_id()).len() > before;
         assert!(sim.run_until_cond(5 * SEC, pong), "seed {seed}: no pong over the new relay");
         eprintln!("seed {seed}: on another relay {took:?} after its relay died");
+
+/// `introducer peers` on the simulated internet: a one-shot asker behind a NAT (no member)
+/// asks one member, which lists every member — itself included — with its addresses, roles,
+/// state and relay load: the founder relays two symmetric-NAT peers, and its record says so
+/// once the core republished it (at most 30 s after the last) and gossip spread it. A member
+/// that goes silent is listed as suspect, then down.
+#[test]
+fn sim_peers_lists_every_member_with_its_state_and_relay_load() {
+    use introducer_actors::mesh::listing::MemberState;
+    use introducer_actors::nat::NatBehavior;
+    use introducer_actors::SocketId;
+    use introducer_bootstrap::members::{Listing, MembersQuery, QueryConfig};
+
+    for_each_seed(0..4, |seed| {
+        let mut sim = Sim::new(seed);
+        let ip = |i: u8| Ipv4Addr::new(198, 51, 100, 10 + i);
+        let founder = SimNode::introducer(Identity::from_seed(100))
+            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
+            .spawn(&mut sim, Place::Public(ip(0)), 3478);
+        let founder_addr = sim.local_addr(founder, SocketId::PRIMARY);
+        let b = SimNode::peer(Identity::from_seed(101), vec![founder_addr]).spawn(&mut sim, Place::Public(ip(1)), 3478);
+        let c = SimNode::peer(Identity::from_seed(102), vec![founder_addr]).spawn(&mut sim, Place::Public(ip(2)), 3478);
+        let ids: Vec<PeerId> = [founder, b, c].iter().map(|&h| sim.machine_ref::<SimNode>(h).peer_id()).collect();
+        let b_addr = sim.local_addr(b, SocketId::PRIMARY);
+        let one_mesh = |sim: &Sim| mesh_changes(sim, b, MeshChange::Joined) == BTreeSet::from([ids[0], ids[2]]);
+        assert!(sim.run_until_cond(30 * SEC, one_mesh), "seed {seed}: no mesh");
+        // Two peers behind symmetric NATs: nothing punches them, the founder relays.
+        let hard =
+            |sim: &mut Sim, i: u8| sim.add_nat(NatBehavior::SYMMETRIC_RANDOM, Ipv4Addr::new(203, 0, 113, i), None);
+        let (nat_a, nat_b) = (hard(&mut sim, 1), hard(&mut sim, 2));
+        let bob = Identity::from_seed(201);
+        let alice = SimNode::peer(Identity::from_seed(200), vec![founder_addr])
+            .connect_at(sim.now() + 3 * SEC, bob.peer_id())
+            .spawn(&mut sim, Place::Behind(nat_a), 4000);
+        SimNode::peer(bob.clone(), vec![founder_addr]).spawn(&mut sim, Place::Behind(nat_b), 4000);
+        let relayed = |sim: &Sim| sim.machine_ref::<SimNode>(alice).connected(&bob.peer_id()).is_some();
+        assert!(sim.run_until_cond(30 * SEC, relayed), "seed {seed}: not relayed");
+        let path = sim.machine_ref::<SimNode>(alice).connected(&bob.peer_id()).unwrap().path;
+        assert_eq!(path, introducer_actors::punch::Path::Relayed, "seed {seed}");
+        sim.run_for(35 * SEC);
+
+        let asker_nat = sim.add_nat(NatBehavior::PORT_RESTRICTED, Ipv4Addr::new(203, 0, 113, 9), None);
+        let ask = |sim: &mut Sim, port: u16| -> Listing {
+            let unix_ms = 1_700_000_000_000 + sim.elapsed().as_millis() as u64;
+            let now = sim.now();
+            let query = MembersQuery::new(QueryConfig::default(), vec![b_addr], seed, (now, unix_ms));
+            let host = sim.add_host(Place::Behind(asker_nat), query);
+            sim.bind(host, SocketId::PRIMARY, port);
+            let done = |sim: &Sim| sim.machine_ref::<MembersQuery>(host).result().is_some();
+            assert!(sim.run_until_cond(10 * SEC, done), "seed {seed}: the query never ended");
+            sim.machine_ref::<MembersQuery>(host).result().unwrap().clone().expect("listed")
+        };
+        let listing = ask(&mut sim, 6000);
+        assert_eq!(listing.from.peer_id, ids[1], "seed {seed}: B answered");
+        assert_eq!(listing.members.keys().copied().collect::<BTreeSet<_>>(), BTreeSet::from_iter(ids.clone()));
+        for (i, id) in ids.iter().enumerate() {
+            let m = &listing.members[id];
+            assert_eq!(m.state, MemberState::Alive, "seed {seed}: member {i}");
+            assert_eq!(m.record.addrs.first(), Some(&std::net::SocketAddr::from((ip(i as u8), 3478))), "seed {seed}");
+            assert!(m.record.introducer && m.record.relay && m.record.relay_capacity == 256, "seed {seed}");
+            let load = if i == 0 { 1 } else { 0 };
+            assert_eq!(m.record.relay_load, load, "seed {seed}: member {i}'s relay load");
+        }
+        // C goes silent: B lists it as suspect, then as down.
+        sim.set_host_link(c, Link::IDEAL.loss(1.0));
+        let mut states = BTreeSet::new();
+        for port in 6001..6031 {
+            sim.run_for(SEC);
+            states.insert(ask(&mut sim, port).members[&ids[2]].state);
+            if states.contains(&MemberState::Down) {
+                break;
+            }
+        }
+        assert!(
+            states.contains(&MemberState::Suspect) && states.contains(&MemberState::Down),
+            "seed {seed}: {states:?}"
+        );
     });
 }
