@@ -1,6 +1,7 @@
 //! The mesh with the real binary across real network namespaces: public nodes that
-//! bootstrap off one another become members of one mesh, and a member killed with SIGKILL
-//! is declared left by every other.
+//! bootstrap off one another become members of one mesh, a member killed with SIGKILL is
+//! suspected and then declared left by every other, and `introducer peers` from behind a
+//! NAT lists the members as one of them sees them.
 
 use introducer_actors::nat::NatBehavior;
 use introducer_lab::netns::{Lab, LabChild, Standard, PORT};
@@ -73,11 +74,25 @@ fn public_nodes_form_one_mesh_and_a_killed_member_is_declared_left() {
     }
     let left = killed.elapsed();
     println!("4 public nodes: one mesh {joined:?} after the last was ready; a SIGKILLed member declared left by all in {left:?}");
+    let mut suspected_by = 0;
     for node in [&a, &b, &d] {
         let lefts: Vec<Value> =
             node.json_lines().into_iter().filter(|v| v["event"] == "mesh" && v["change"] == "left").collect();
         assert_eq!(lefts.len(), 1, "only the killed member left: {lefts:?}");
+        // Suspected first — once, and nobody else — unless the verdict reached this member
+        // before the suspicion did (SWIM allows it; the simulator checks the order strictly).
+        let changes: Vec<(String, String)> = node
+            .json_lines()
+            .into_iter()
+            .filter(|v| v["event"] == "mesh" && v["change"] != "joined")
+            .map(|v| (v["change"].as_str().unwrap().to_owned(), v["peer_id"].as_str().unwrap().to_owned()))
+            .collect();
+        let c_left = ("left".to_owned(), ids[2].clone());
+        let c_suspect = ("suspect".to_owned(), ids[2].clone());
+        assert!(changes == [c_suspect.clone(), c_left.clone()] || changes == [c_left], "{}: {changes:?}", node.label());
+        suspected_by += usize::from(changes.contains(&c_suspect));
     }
+    assert!(suspected_by > 0, "nobody printed the killed member suspect");
     // C restarted from its data dir alone (no --bootstrap): it rejoins through the members
     // it kept, and the others take it back.
     let mut c = c_host.introducer(&["run", "--json", "--listen", &c_listen, "--data-dir", &c_dir]);
@@ -97,6 +112,67 @@ fn public_nodes_form_one_mesh_and_a_killed_member_is_declared_left() {
     }
     println!("C restarted from its data dir alone is a member again after {:?}", restarted.elapsed());
     drop(c);
+}
+
+/// `introducer peers --json --bootstrap B`, run behind a NAT (a one-shot process, no
+/// member), lists A, B and C with the addresses their records name, their roles and state
+/// alive as B sees them; the human form is a table.
+#[test]
+fn peers_from_behind_a_nat_lists_every_member() {
+    if let Err(why) = Lab::check() {
+        panic!("the real-NAT lab needs root and nft/ip: {why}");
+    }
+    let std = Standard::new("peers", INTRODUCER);
+    let (mut a, mut b) = std.start_introducers();
+    let c_ip = Ipv4Addr::new(198, 51, 100, 20);
+    let c_host = std.lab.public_host("c", &[c_ip]);
+    let c_listen = format!("{c_ip}:{PORT}");
+    let mut c = c_host.introducer(&["run", "--json", "--listen", &c_listen, "--bootstrap", &std.bootstrap()]);
+    assert_eq!(c.wait_json(|v| v["event"] == "ready", WAIT)["public"], true);
+    let ids: Vec<String> = [&a, &b, &c].iter().map(|n| peer_id(n)).collect();
+    for (i, node) in [&mut a, &mut b, &mut c].into_iter().enumerate() {
+        let others: Vec<&String> = ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, id)| id).collect();
+        wait_mesh(node, "joined", &others);
+    }
+    let (_, q_host) = std.natted_host("q", NatBehavior::PORT_RESTRICTED);
+    let b_addr = std.b_addr();
+    // Records spread by gossip within a few rounds of a member joining: ask until B holds all.
+    let started = Instant::now();
+    let members: Vec<Value> = loop {
+        let out = q_host.run_timeout(INTRODUCER, ["peers", "--json", "--bootstrap", &b_addr], WAIT);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "peers failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let members: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON lines")).collect();
+        if members.len() == 3 || started.elapsed() > WAIT {
+            break members;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("peers via B, {:?} after the mesh formed:", started.elapsed());
+    for m in &members {
+        println!("{m}");
+    }
+    let listed: Vec<&str> = members.iter().map(|m| m["peer_id"].as_str().unwrap()).collect();
+    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "A, B and C, ordered by PeerId");
+    let addrs = [std.bootstrap(), b_addr.clone(), c_listen.clone()];
+    for (id, addr) in ids.iter().zip(&addrs) {
+        let m = members.iter().find(|m| m["peer_id"] == **id).unwrap();
+        assert_eq!(m["addrs"][0].as_str(), Some(addr.as_str()), "{m}");
+        assert_eq!(m["roles"], serde_json::json!(["introducer", "relay"]), "{m}");
+        assert_eq!((m["state"].as_str(), m["relay_load"].as_u64()), (Some("alive"), Some(0)), "{m}");
+    }
+    let human = q_host.run_timeout(INTRODUCER, ["peers", "--bootstrap", &b_addr], WAIT);
+    let table = String::from_utf8_lossy(&human.stdout);
+    assert!(human.status.success() && table.starts_with("PEER ID"), "{table}");
+    assert_eq!(table.lines().filter(|l| l.contains(" alive ")).count(), 3, "{table}");
+    // Nobody at the address: one JSON error line, a non-zero exit.
+    let out = q_host.run_timeout(INTRODUCER, ["peers", "--json", "--bootstrap", "198.51.100.77"], WAIT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && stdout.lines().count() == 1, "{stdout}");
+    let error: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((error["event"].as_str(), error["kind"].as_str()), (Some("error"), Some("unreachable")), "{error}");
 }
 
 /// Peers homed at opposite ends of the mesh: P registers with A only, Q asks B only. B
