@@ -61,17 +61,18 @@ impl From<MemberState> for member_update::State {
     }
 }
 
-/// One member as a listing carries it: its signed record, as its member signed it.
+/// One member as a listing carries it: its signed record, as its member signed it (borrowed
+/// from the table while a reply is made: only what goes out is copied).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct Entry<B = Vec<u8>> {
     pub state: MemberState,
-    pub signed: Vec<u8>,
+    pub signed: B,
 }
 
 /// The replies to a request for the list from `offset` on: as many members as fit, one
 /// datagram after another, [`MAX_REPLIES`] datagrams at most. An `offset` past the end gets
 /// one reply with no members (the asker learns the list is shorter than it thought).
-pub fn replies(list: &[Entry], request_id: u64, offset: u32) -> Vec<pb::MembersReply> {
+pub fn replies<B: AsRef<[u8]>>(list: &[Entry<B>], request_id: u64, offset: u32) -> Vec<pb::MembersReply> {
     let total = list.len().min(MAX_LISTED as usize) as u32;
     let mut replies = Vec::new();
     let mut next = offset.min(total);
@@ -83,7 +84,8 @@ pub fn replies(list: &[Entry], request_id: u64, offset: u32) -> Vec<pb::MembersR
         while next < total {
             let entry = &list[next as usize];
             let state: member_update::State = entry.state.into();
-            reply.members.push(pb::ListedMember { record: entry.signed.clone().into(), state: state.into() });
+            let record = entry.signed.as_ref().to_vec().into();
+            reply.members.push(pb::ListedMember { record, state: state.into() });
             // Sizes are summed, not guessed: a record may be up to 320 bytes.
             if framed(&reply) > MAX_DATAGRAM {
                 reply.members.pop();

@@ -415,33 +415,32 @@ impl Mesh {
         self.drain(now);
     }
 
-    /// Every member we hold a record of, ourselves included, ordered by PeerId, with its
-    /// state as we see it: down members stay listed (as down) until foca forgets them.
-    pub fn listing(&self) -> Vec<listing::Entry> {
-        let table = self.table.borrow();
-        let mut list: BTreeMap<PeerId, listing::Entry> = BTreeMap::new();
-        // By MemberId: a newer generation of one peer comes later and wins.
-        let mut members: Vec<_> = self.swim.iter_membership_state().map(|m| (m.id(), m.state())).collect();
-        members.sort_by(|a, b| a.0.cmp(b.0));
-        for (id, state) in members {
-            if let Some(record) = table.records.get(&id.peer) {
-                list.insert(id.peer, listing::Entry { state: state.into(), signed: record.signed.clone() });
-            }
-        }
-        if let Some(own) = table.records.get(&self.me.peer_id()) {
-            let entry = listing::Entry { state: listing::MemberState::Alive, signed: own.signed.clone() };
-            list.insert(own.peer, entry);
-        }
-        list.into_values().collect()
-    }
-
+    /// Answers a members request with every member we hold a record of, ourselves
+    /// included, ordered by PeerId, each with its state as we see it: down members stay
+    /// listed (as down) until foca forgets them. See [`listing`].
     fn list_members(&mut self, socket: SocketId, to: SocketAddr, request_id: u64, offset: u32) {
         if self.advert.is_none() {
             self.stats.dropped_list_not_member += 1;
             return;
         }
         self.stats.members_listed += 1;
-        for reply in listing::replies(&self.listing(), request_id, offset) {
+        let replies = {
+            let table = self.table.borrow();
+            // By MemberId: a newer generation of one peer comes later and wins.
+            let mut members: Vec<_> = self.swim.iter_membership_state().map(|m| (m.id(), m.state())).collect();
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            let mut list: BTreeMap<PeerId, listing::Entry<&[u8]>> = BTreeMap::new();
+            for (id, state) in members {
+                if let Some(record) = table.records.get(&id.peer) {
+                    list.insert(id.peer, listing::Entry { state: state.into(), signed: &record.signed });
+                }
+            }
+            if let Some(own) = table.records.get(&self.me.peer_id()) {
+                list.insert(own.peer, listing::Entry { state: listing::MemberState::Alive, signed: &own.signed });
+            }
+            listing::replies(&list.into_values().collect::<Vec<_>>(), request_id, offset)
+        };
+        for reply in replies {
             self.transmits.push_back(Transmit::envelope(socket, to, Kind::MembersReply(reply)));
         }
     }
