@@ -7,7 +7,7 @@
 //! source IP), so the answer, larger than the question, goes only where someone asked from
 //! and receives. One request earns at most [`MAX_REPLIES`] datagrams, each within
 //! [`MAX_DATAGRAM`]; the asker pages through longer lists (`offset`). A member of 4,096
-//! records (the most it keeps) lists them in about 70 requests.
+//! records (the most it keeps) lists them in 86 requests of one-address records, 171 at most.
 
 use super::record::{self, NodeRecord, RecordError};
 use introducer_proto::frame::encode_envelope;

@@ -661,6 +661,30 @@ fn a_listing_is_bounded_per_request_and_pages_through_the_rest() {
     }
     assert_eq!(seen, list.iter().map(|e| e.signed.clone()).collect::<Vec<_>>(), "every member once, in order");
     assert!(requests >= 100 / (3 * listing::MAX_REPLIES), "{requests} requests");
+    // Records of one IPv4 address (the usual) pack 6 to a datagram, 48 to a request.
+    let usual: Vec<listing::Entry> = (0..4096)
+        .map(|i| listing::Entry {
+            state: listing::MemberState::Alive,
+            signed: Identity::from_seed(i % 64 + 1)
+                .sign_node_record(pb::NodeRecord {
+                    generation: START_MS,
+                    issued_ms: START_MS,
+                    addrs: vec![addr(i as usize % 200).into()],
+                    introducer: true,
+                    relay: true,
+                    relay_capacity: 256,
+                    relay_load: 3,
+                    ..Default::default()
+                })
+                .encode_to_vec(),
+        })
+        .collect();
+    let (mut offset, mut requests) = (0, 0);
+    while offset < 4096 {
+        offset += listing::replies(&usual, 1, offset).iter().map(|r| r.members.len() as u32).sum::<u32>();
+        requests += 1;
+    }
+    assert!((80..=90).contains(&requests), "4,096 usual records in {requests} requests");
     let past = listing::replies(&list, 9, 500);
     assert_eq!(past.len(), 1);
     assert_eq!((past[0].offset, past[0].total, past[0].members.len()), (100, 100, 0));
