@@ -128,7 +128,7 @@ pub fn signed_record(u: &mut Unstructured) -> Result<pb::SignedPeerRecord> {
 /// An envelope kind, any of them, with fields from `u`.
 pub fn kind(u: &mut Unstructured, ctx: &Ctx) -> Result<Kind> {
     let me = u.choose(attackers())?;
-    Ok(match u.int_in_range(0..=22u8)? {
+    Ok(match u.int_in_range(0..=24u8)? {
         0 => Kind::Hello(pb::Hello { padding: bytes(u, 300)? }),
         1 => Kind::ServerInfo(pb::ServerInfo {
             peer_id: peer_id(u, ctx)?,
@@ -215,6 +215,20 @@ pub fn kind(u: &mut Unstructured, ctx: &Ctx) -> Result<Kind> {
         19 => Kind::Gossip(Box::new(gossip(u, ctx, me)?)),
         20 => Kind::DialBackRequest(pb::DialBackRequest { cookie: u.arbitrary()?, nonce: u.arbitrary()? }),
         21 => Kind::DialBackProbe(pb::DialBackProbe { nonce: u.arbitrary()? }),
+        22 => Kind::MembersRequest(pb::MembersRequest {
+            cookie: u.arbitrary()?,
+            request_id: u.arbitrary()?,
+            offset: u.arbitrary()?,
+        }),
+        23 => Kind::MembersReply(pb::MembersReply {
+            request_id: u.arbitrary()?,
+            offset: u.arbitrary()?,
+            total: u.arbitrary()?,
+            members: (0..u.int_in_range(0..=4)?)
+                .map(|_| Ok(pb::ListedMember { record: node_record(u)?.into(), state: enumeration(u, 3)? }))
+                .collect::<Result<_>>()?,
+            last: u.arbitrary()?,
+        }),
         _ => {
             let peer = pick(u, &ctx.peers)?.copied().unwrap_or_else(|| me.peer_id());
             let signed = me.new_mapping(&nonce(u, ctx)?, &peer);
