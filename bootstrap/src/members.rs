@@ -27,6 +27,9 @@ pub struct QueryConfig {
     /// Each members request is sent again after this (doubling), this many times in all.
     pub retransmit: Duration,
     pub max_tries: u32,
+    /// A member not done listing within this is given up for the next (whatever it sends:
+    /// one that keeps answering without ever completing its list cannot hold us).
+    pub member_timeout: Duration,
     /// Records issued further ahead of our clock than this, or older than `record_ttl`,
     /// are dropped (the mesh's own bounds: members republish every 5 minutes).
     pub max_skew: Duration,
@@ -39,6 +42,7 @@ impl Default for QueryConfig {
             join: Config::default(),
             retransmit: Duration::from_millis(250),
             max_tries: 4,
+            member_timeout: Duration::from_secs(60),
             max_skew: Duration::from_secs(30),
             record_ttl: Duration::from_secs(20 * 60),
         }
@@ -74,6 +78,8 @@ struct Asking {
     total: Option<u32>,
     backoff: Backoff,
     next: Instant,
+    /// Given up at this time, done or not.
+    until: Instant,
 }
 
 impl Asking {
@@ -157,7 +163,8 @@ impl MembersQuery {
             return;
         };
         let backoff = Backoff::new(self.config.retransmit).give_up_after(self.config.max_tries);
-        self.asking = Some(Asking { seed, checked: Checked::new(), total: None, backoff, next: now });
+        let until = now + self.config.member_timeout;
+        self.asking = Some(Asking { seed, checked: Checked::new(), total: None, backoff, next: now, until });
         self.request(now, 0);
     }
 
@@ -189,9 +196,15 @@ impl MembersQuery {
         };
         // A list that shrank between pages: what lies past its end now is gone.
         asking.checked.retain(|i, _| *i < reply.total);
+        let before = asking.checked.len();
         asking.checked.extend(checked);
         asking.total = Some(reply.total);
-        asking.backoff.reset();
+        // Only a reply that brought members counts as an answer: one that brings none (a
+        // member that says its list goes on, and never sends it) runs the retries out.
+        let progressed = asking.checked.len() > before;
+        if progressed {
+            asking.backoff.reset();
+        }
         match asking.first_missing() {
             None => {
                 let asking = self.asking.take().expect("asking");
@@ -200,7 +213,7 @@ impl MembersQuery {
                 self.result = Some(Ok(Listing { from: asking.seed, members, dropped_records }));
             }
             // The member is done with this request: ask for the rest at once.
-            Some(missing) if reply.last => self.request(now, missing),
+            Some(missing) if reply.last && progressed => self.request(now, missing),
             Some(_) => {}
         }
     }
@@ -240,6 +253,9 @@ impl Machine for MembersQuery {
             return;
         }
         let Some(asking) = &self.asking else { return };
+        if now >= asking.until {
+            return self.ask_next(now);
+        }
         if now < asking.next {
             return;
         }
@@ -260,7 +276,7 @@ impl Machine for MembersQuery {
         }
         match &self.join {
             Some(join) => join.poll_timeout(),
-            None => self.asking.as_ref().map(|a| a.next),
+            None => self.asking.as_ref().map(|a| a.next.min(a.until)),
         }
     }
 }
@@ -310,6 +326,8 @@ mod tests {
         replies: usize,
         lose: Vec<usize>,
         silent_to_requests: bool,
+        /// Answers every request with no members and a total that is never reached.
+        endless: bool,
     }
 
     impl FakeMember {
@@ -323,6 +341,7 @@ mod tests {
                 replies: 0,
                 lose: Vec::new(),
                 silent_to_requests: false,
+                endless: false,
             }
         }
 
@@ -340,6 +359,16 @@ mod tests {
                     self.requests.push(r);
                     if r.cookie != COOKIE || self.silent_to_requests {
                         return Vec::new();
+                    }
+                    if self.endless {
+                        let reply = pb::MembersReply {
+                            request_id: r.request_id,
+                            offset: r.offset,
+                            total: 8192,
+                            members: vec![],
+                            last: true,
+                        };
+                        return vec![envelope(Kind::MembersReply(reply))];
                     }
                     let mut out = Vec::new();
                     for reply in listing::replies(&self.list, r.request_id, r.offset) {
@@ -443,6 +472,15 @@ mod tests {
         let (mut q, mut now) = query(&["198.51.100.1:3478"]);
         run(&mut q, &mut now, &mut [mute]);
         assert!(matches!(q.result(), Some(Err(MembersError::NoListing { .. }))), "{:?}", q.result());
+
+        // A member that keeps saying its list goes on, and never sends it, is given up.
+        let mut liar = FakeMember::new("198.51.100.1:3478", 3);
+        liar.endless = true;
+        let (mut q, mut now) = query(&["198.51.100.1:3478"]);
+        let started = now;
+        run(&mut q, &mut now, &mut [liar]);
+        assert!(matches!(q.result(), Some(Err(MembersError::NoListing { .. }))), "{:?}", q.result());
+        assert!(now - started < Duration::from_secs(61), "{:?}", now - started);
 
         let (mut q, mut now) = query(&["198.51.100.9:3478"]);
         run(&mut q, &mut now, &mut []);
