@@ -370,6 +370,8 @@ fn sim_a_relayed_session_moves_to_another_relay_when_its_relay_dies() {
         let pong = |sim: &Sim| sim.machine_ref::<SimNode>(a).pongs(&b_id.peer_id()).len() > before;
         assert!(sim.run_until_cond(5 * SEC, pong), "seed {seed}: no pong over the new relay");
         eprintln!("seed {seed}: on another relay {took:?} after its relay died");
+    });
+}
 
 /// `introducer peers` on the simulated internet: a one-shot asker behind a NAT (no member)
 /// asks one member, which lists every member — itself included — with its addresses, roles,
