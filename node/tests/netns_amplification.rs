@@ -61,10 +61,11 @@ const OBSERVE: Duration = Duration::from_secs(3);
 /// targets: one of each per row in a round, so these set how many rounds there are.
 const SOURCES: usize = 4;
 const TARGETS: usize = 7;
-/// Peers refresh their registrations this often (`--keepalive`, seconds): above the whole
-/// measurement, so no refresh (a Register and its answer) lands in a row's count, and
-/// under the introducer's 60 s registration lifetime, so no registration lapses.
-const KEEPALIVE_S: u64 = 55;
+/// Peers refresh their registrations this often (`--keepalive`, seconds; a refresh comes by
+/// three quarters of the introducer's 60 s registration lifetime at the latest, so 45 s):
+/// above the whole measurement, so no refresh (a Register and its answer) lands in a row's
+/// count, and under the lifetime, so no registration lapses.
+const KEEPALIVE_S: u64 = 45;
 /// NAT mappings outlive the test without traffic: a mapping that timed out would drop the
 /// forged datagrams (and the answers) at the NAT.
 const MAPPING_LIFETIME: Duration = Duration::from_secs(300);

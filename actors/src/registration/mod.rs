@@ -317,7 +317,9 @@ impl Registration {
                 let ttl = Duration::from_secs(registered.ttl_secs.into());
                 self.answered = true;
                 self.backoff.reset();
-                self.next_send = Some(now + self.config.keepalive.min(ttl / 2));
+                // Refreshed by three quarters of its lifetime at the latest: the last quarter
+                // (15 s of the default 60) leaves room for every retransmission.
+                self.next_send = Some(now + self.config.keepalive.min(ttl * 3 / 4));
                 if self.observed != Some(observed) {
                     self.observed = Some(observed);
                     self.events.push_back(Event::Registered { observed });
