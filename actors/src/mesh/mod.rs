@@ -554,22 +554,20 @@ impl Mesh {
 
     /// A bare Gossip to `addr`: it carries our token there, so the member can prove the
     /// path by echoing it. At most one a second per address.
-    fn knock(&mut self, now: Instant, peer: PeerId, addr: SocketAddr, first: bool) -> bool {
+    fn knock(&mut self, now: Instant, peer: PeerId, addr: SocketAddr, first: bool) {
         if self.paths.len() >= MAX_PATHS && !self.paths.contains_key(&addr) {
-            return false;
+            return;
         }
         let path = self.paths.entry(addr).or_insert(PathState { peer, echo: 0, proven: false, last_knock: None });
-        if path.peer != peer && !first {
-            return false;
+        if (path.peer == peer || first) && self.knock_allowed(now, addr) {
+            let gossip = self.gossip(now, peer, addr, pb::Gossip::default());
+            self.send_knock(addr, gossip);
         }
-        if path.last_knock.is_some_and(|t| now < t + Duration::from_secs(1)) {
-            return false;
-        }
-        path.last_knock = Some(now);
-        let gossip = self.gossip(now, peer, addr, pb::Gossip::default());
+    }
+
+    fn send_knock(&mut self, addr: SocketAddr, gossip: pb::Gossip) {
         self.stats.knocks += 1;
         self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::Gossip(Box::new(gossip))));
-        true
     }
 
     /// Where a member is: where it proved it receives, else its record's first address,
@@ -644,8 +642,7 @@ impl Mesh {
         if !proven {
             let answer = self.gossip(now, peer, src, pb::Gossip::default());
             if answer.encoded_len() <= gossip.encoded_len() && self.knock_allowed(now, src) {
-                self.stats.knocks += 1;
-                self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, src, Kind::Gossip(Box::new(answer))));
+                self.send_knock(src, answer);
             }
         }
         if !path_proven {
