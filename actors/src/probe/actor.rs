@@ -170,6 +170,11 @@ impl AnswerBudget {
 /// What probing found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProbeEvent {
+    /// The mapping and port allocation are known, filtering is not yet (usually `None`;
+    /// see [`Probe::mapped`]): enough to be introduced with, a few round trips in, while
+    /// the filtering tests behind a filtering NAT wait 700 ms for answers that never come.
+    /// At most once per probe, before `Classified`; not at all when both are known at once.
+    Mapped(NatReport),
     Classified(Result<NatReport, ProbeError>),
     /// Later, behind a NAT: how long it keeps idle mappings.
     Lifetime(LifetimeReport),
@@ -185,6 +190,8 @@ pub struct NatProbing {
     lifetime: Option<Lifetime>,
     seed: u64,
     answers: VecDeque<Transmit>,
+    /// `Mapped` and `Classified` reported for the current probe.
+    mapped_reported: bool,
     reported: bool,
     /// STUN requests this node did not answer (malformed, or nothing to answer with).
     pub unanswered: u64,
@@ -204,6 +211,7 @@ impl NatProbing {
             lifetime: None,
             seed: 0,
             answers: VecDeque::new(),
+            mapped_reported: false,
             reported: false,
             unanswered: 0,
             rate_limited: 0,
@@ -216,7 +224,7 @@ impl NatProbing {
         let sockets = usize::from(ASKER.0.max(KEEPER.0));
         self.lifetime_server = config.servers.first().map(|s| s.addr).filter(|_| locals.extra.len() >= sockets);
         self.probe = Some(Probe::new(config, locals, now, seed));
-        (self.seed, self.reported, self.lifetime) = (seed, false, None);
+        (self.seed, self.mapped_reported, self.reported, self.lifetime) = (seed, false, false, None);
     }
 
     /// Once the probe has its result, and only behind a NAT, starts timing its mappings.
@@ -299,8 +307,12 @@ impl Protocol for NatProbing {
 
     fn poll_event(&mut self) -> Option<Self::Event> {
         if let Some(result) = self.probe.as_ref().and_then(Probe::result).filter(|_| !self.reported) {
-            self.reported = true;
+            (self.mapped_reported, self.reported) = (true, true);
             return Some(ProbeEvent::Classified(result));
+        }
+        if let Some(mapped) = self.probe.as_ref().and_then(Probe::mapped).filter(|_| !self.mapped_reported) {
+            self.mapped_reported = true;
+            return Some(ProbeEvent::Mapped(mapped));
         }
         // Reported once; the tests are over.
         let report = self.lifetime.as_ref()?.result()?;

@@ -249,6 +249,9 @@ pub struct Probe {
     out: VecDeque<Transmit>,
     stats: ProbeStats,
     result: Option<Result<NatReport, ProbeError>>,
+    /// The report as soon as the mapping and allocation tests are over, with filtering as
+    /// far as known (see [`Probe::mapped`]).
+    mapped: Option<NatReport>,
 
     first: Option<First>,
     mapping_started: bool,
@@ -285,6 +288,7 @@ impl Probe {
             out: VecDeque::new(),
             stats: ProbeStats::default(),
             result: None,
+            mapped: None,
             first: None,
             mapping_started: false,
             mappings_sent: 0,
@@ -306,6 +310,15 @@ impl Probe {
 
     pub fn is_done(&self) -> bool {
         self.result.is_some()
+    }
+
+    /// The report as soon as the mapping and port-allocation tests are over — a few round
+    /// trips — while the filtering tests may still wait for answers that a filtering NAT
+    /// drops (their silence is concluded only after every retransmission, 700 ms): its
+    /// `filtering` is what is known by then, usually `None`. Mapping and allocation are
+    /// final, the same as in [`Probe::result`]'s report. `None` before.
+    pub fn mapped(&self) -> Option<NatReport> {
+        self.mapped
     }
 
     pub fn stats(&self) -> ProbeStats {
@@ -475,12 +488,16 @@ impl Probe {
             self.send(now, Purpose::Alloc { index }, socket, first.addr, None, pad);
         }
 
-        if self.mapping_started
-            && self.filter.is_some_and(|f| f.concluded())
+        let mapped = self.mapping_started
             && self.alloc_next >= self.alloc_total()
-            && self.pending.is_empty()
-        {
-            self.finish(&first);
+            && self.pending.iter().all(|t| matches!(t.purpose, Purpose::Filter(_)));
+        if mapped && self.mapped.is_none() {
+            let filtering = self.filter.filter(FilterState::concluded).and_then(|f| f.result());
+            self.mapped = Some(self.report(&first, filtering));
+        }
+        if mapped && self.filter.is_some_and(|f| f.concluded()) && self.pending.is_empty() {
+            let filtering = self.filter.and_then(|f| f.result());
+            self.result = Some(Ok(self.report(&first, filtering)));
         }
     }
 
@@ -584,7 +601,8 @@ impl Probe {
         }
     }
 
-    fn finish(&mut self, first: &First) {
+    /// The report from the mapping and allocation tests' results, with `filtering`.
+    fn report(&self, first: &First, filtering: Option<Filtering>) -> NatReport {
         let no_nat = self.no_nat(first);
         let pairs: Vec<(SocketAddr, SocketAddr)> =
             self.observed.iter().map(|&(_, dst, mapped)| (dst, mapped)).collect();
@@ -592,9 +610,8 @@ impl Probe {
         if no_nat && mapping.is_none() {
             mapping = Some(Mapping::EndpointIndependent);
         }
-        let filtering = self.filter.and_then(|f| f.result());
         let allocation = if no_nat { Some(Allocation::Preserving) } else { self.infer_allocation(first, mapping) };
-        self.result = Some(Ok(NatReport { public_addr: first.m1, no_nat, mapping, filtering, allocation }));
+        NatReport { public_addr: first.m1, no_nat, mapping, filtering, allocation }
     }
 
     fn infer_allocation(&self, first: &First, mapping: Option<Mapping>) -> Option<Allocation> {
@@ -970,6 +987,58 @@ mod tests {
             probe.handle_timeout(now);
         }
         panic!("the probe never ended");
+    }
+
+    /// Behind a port-restricted NAT (easy mapping, change requests filtered) 20 ms from an
+    /// RFC 5780 server: the mapping and allocation are known once the last allocation
+    /// sample is answered (Test I, then a round trip per sample), the filtering only once
+    /// its tests' silence is concluded, 700 ms after they were sent. `mapped` comes that
+    /// much earlier and says all the final report says but the filtering.
+    #[test]
+    fn the_mapping_is_known_long_before_the_filtering_silence_ends() {
+        let start = Instant::now();
+        let locals = LocalSockets {
+            primary: Some(a("10.0.0.2:40000")),
+            extra: (1..=5).map(|i| SocketAddr::new("10.0.0.2".parse().unwrap(), 40000 + i)).collect(),
+        };
+        let mut probe = Probe::new(ProbeConfig::new(vec![Server::new(a("198.51.100.1:3478"))]), locals, start, 3);
+        let rtt = Duration::from_millis(20);
+        let (mut now, mut answers, mut mapped_at) =
+            (start, VecDeque::<(Instant, SocketId, SocketAddr, Vec<u8>)>::new(), None);
+        let result = loop {
+            while let Some(t) = probe.poll_transmit() {
+                let request = Message::decode(&t.payload).unwrap();
+                if request.change_request.is_some_and(|c| c.change_port || c.change_ip) {
+                    continue; // answered from another address: filtered out
+                }
+                let mapped = SocketAddr::new("203.0.113.9".parse().unwrap(), easy(t.socket, t.dst));
+                let answer = Message {
+                    other_address: Some(a("198.51.100.2:3479")),
+                    ..Message::binding_success(request.transaction_id, mapped)
+                };
+                answers.push_back((now + rtt, t.socket, t.dst, answer.encode()));
+            }
+            if mapped_at.is_none() && probe.mapped().is_some() {
+                mapped_at = Some(now);
+            }
+            if let Some(result) = probe.result() {
+                break result.expect("the server answered");
+            }
+            let next_answer = answers.front().map(|(at, ..)| *at);
+            now = next_answer.into_iter().chain(probe.poll_timeout()).min().expect("a running probe has a deadline");
+            if next_answer == Some(now) {
+                let (_, socket, src, answer) = answers.pop_front().unwrap();
+                probe.handle_datagram(now, socket, src, &answer);
+            } else {
+                probe.handle_timeout(now);
+            }
+        };
+        assert_eq!(mapped_at, Some(start + 5 * rtt), "Test I, then four allocation samples one after another");
+        assert_eq!(now, start + rtt + Duration::from_millis(700), "the filtering tests' three tries, unanswered");
+        let mapped = probe.mapped().unwrap();
+        assert_eq!(mapped, NatReport { filtering: None, ..result });
+        assert_eq!((result.mapping, result.filtering), (Some(EIM), Some(Filtering::AddressAndPortDependent)));
+        assert_eq!(mapped.nat_type(), NatType::Easy);
     }
 
     /// Issue 9: against two one-IP servers, a symmetric NAT's different public ports
