@@ -20,6 +20,9 @@ pub type RegistrationActor = MachineActor<Registrations>;
 pub enum Command {
     /// Register this record with each introducer (and keep it registered).
     Register { introducers: Vec<SocketAddr>, record: pb::SignedPeerRecord },
+    /// Register this record instead, with every introducer, at once (what we said about
+    /// ourselves changed: our NAT is classified).
+    Record(pb::SignedPeerRecord),
     /// Ask an introducer we are registered with to introduce us to this peer.
     Introduce(PeerId),
     /// Ask this introducer (a home of the peer we registered with for it).
@@ -75,6 +78,11 @@ impl Registrations {
         self.by_introducer.values_mut().for_each(|r| r.set_record(record.clone()));
     }
 
+    /// Every registration registers `record` from now on, and refreshes with it now.
+    pub fn update_record(&mut self, now: Instant, record: pb::SignedPeerRecord) {
+        self.by_introducer.values_mut().for_each(|r| r.update_record(now, record.clone()));
+    }
+
     /// Asks an introducer we are registered with; `None` if there is none.
     pub fn introduce(&mut self, now: Instant, target: PeerId) -> Option<SocketAddr> {
         // One that answered our last refresh first: a dead introducer stops answering.
@@ -106,6 +114,7 @@ impl Protocol for Registrations {
                     self.add(now, introducer, record.clone());
                 }
             }
+            Command::Record(record) => self.update_record(now, record),
             Command::Introduce(peer) => {
                 self.introduce(now, peer);
             }

@@ -250,6 +250,16 @@ impl Registration {
         self.transmits.push_back(Transmit::envelope(self.socket, self.introducer, Kind::TopicRequest(request)));
     }
 
+    /// Replaces the record we register and, if we hold a cookie, registers it at once (a
+    /// registration still being challenged carries it from its next Register on): the
+    /// introducer introduces us with the new one from then on.
+    pub fn update_record(&mut self, now: Instant, record: pb::SignedPeerRecord) {
+        self.record = record;
+        if self.cookie != 0 {
+            self.send_register(now);
+        }
+    }
+
     /// Asks the introducer to introduce us to `target`.
     pub fn introduce(&mut self, now: Instant, target: PeerId) -> u64 {
         let request_id = self.rng.gen();

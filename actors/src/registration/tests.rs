@@ -231,3 +231,42 @@ fn a_spoofed_introduction_without_our_cookies_mac_is_dropped() {
     assert_eq!(a.poll_event(), None, "no punch toward the victim");
     assert_eq!(a.stats().dropped_bad_introduction, 1);
 }
+
+/// A record updated once registered (the node's NAT was classified after it registered
+/// with a provisional report) goes out at once, cookie-proven, and the introducer
+/// introduces us with it from then on; no second `Registered` is reported.
+#[test]
+fn an_updated_record_is_registered_at_once_and_introduced_from_then_on() {
+    let now = Instant::now();
+    let mut broker = Broker::new(broker::Config::default(), now, StdRng::seed_from_u64(3));
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    let (mut a, mut b) = (client(&alice, now), client(&bob, now));
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+        ("203.0.113.5:4000".parse().unwrap(), "203.0.113.9:5000".parse().unwrap());
+    a.handle_timeout(now);
+    b.handle_timeout(now);
+    exchange(now, &mut broker, &mut [(&mut a, a_addr), (&mut b, b_addr)]);
+    assert!(matches!(a.poll_event(), Some(Event::Registered { .. })));
+    assert!(matches!(b.poll_event(), Some(Event::Registered { .. })));
+
+    let later = now + Duration::from_millis(700);
+    let nat = pb::NatReport { mapping: pb::Mapping::EndpointIndependent as i32, ..Default::default() };
+    a.update_record(
+        later,
+        alice.sign_record(pb::PeerRecord { nat: Some(nat.clone()), issued_ms: 2, ..Default::default() }),
+    );
+    let register = a.poll_transmit().expect("a Register, now rather than at the next keepalive");
+    match kind(&register) {
+        Kind::Register(r) => assert!(r.cookie != 0 && !r.proof.is_empty(), "proven with the cookie it holds"),
+        other => panic!("expected a Register, got {other:?}"),
+    }
+    broker.handle(later, SocketId::PRIMARY, a_addr, kind(&register));
+    exchange(later, &mut broker, &mut [(&mut a, a_addr), (&mut b, b_addr)]);
+    assert_eq!(a.poll_event(), None, "the same address: nothing new to report");
+    assert_eq!(broker.stats().refreshed, 1);
+
+    b.introduce(later, alice.peer_id());
+    exchange(later, &mut broker, &mut [(&mut a, a_addr), (&mut b, b_addr)]);
+    let Some(Event::Introduced(ib)) = b.poll_event() else { panic!("bob not introduced") };
+    assert_eq!(ib.peer.record.nat, Some(nat), "bob hears of alice's new record");
+}
