@@ -47,6 +47,10 @@ pub struct Config {
     pub adapt_keepalive: bool,
     /// How often a `stats` event is emitted (`None`: never).
     pub stats_interval: Option<Duration>,
+    /// A connect before probing ends is introduced with the NAT report stored for the
+    /// network the node is on (easy or public ones) if it was measured within this long
+    /// (default 7 days); probing goes on and its report replaces it.
+    pub stored_nat_max_age: Duration,
     pub registration: registration::Config,
     pub broker: broker::Config,
     pub punch: punch::Config,
@@ -72,6 +76,7 @@ impl Config {
             relay_after: Duration::from_secs(5),
             adapt_keepalive: true,
             stats_interval: None,
+            stored_nat_max_age: Duration::from_secs(7 * 24 * 3600),
             registration: Default::default(),
             broker: Default::default(),
             punch: Default::default(),

@@ -317,6 +317,12 @@ pub struct NodeCore {
     serving: bool,
     seeds: Vec<Seed>,
     nat: Option<NatReport>,
+    /// Until classification ends, the report a connect that waits is introduced with: the
+    /// one stored for this network, or probing's verdict on the mapping (see
+    /// [`NodeCore::register_early`]).
+    provisional: Option<NatReport>,
+    /// The report in the record our registrations carry (`None`: not registering yet).
+    registered_nat: Option<NatReport>,
     /// Probing waits for its extra sockets.
     probing: Option<ProbeConfig>,
     /// A NAT report waiting for its dial-back (see `on_probed`).
@@ -337,8 +343,8 @@ pub struct NodeCore {
     next_heartbeat: Option<Instant>,
     registered: BTreeSet<SocketAddr>,
     /// Behind a hard NAT nobody may be introduced to us before we can punch back: the
-    /// registration waits for the pool.
-    held_registration: Option<registration::actor::Command>,
+    /// registration (and what follows it) waits for the pool.
+    held_registration: Vec<registration::actor::Command>,
     pool: Pool,
     peers: BTreeMap<PeerId, Peer>,
     /// Serving: what our node record says (its relay load as last published), when it was
@@ -373,6 +379,8 @@ impl NodeCore {
             serving: false,
             seeds: Vec::new(),
             nat: None,
+            provisional: None,
+            registered_nat: None,
             probing: None,
             dialing_back: None,
             mesh_up: BTreeSet::new(),
@@ -382,7 +390,7 @@ impl NodeCore {
             next_topic_lookup: None,
             next_heartbeat: None,
             registered: BTreeSet::new(),
-            held_registration: None,
+            held_registration: Vec::new(),
             pool: Pool::Closed,
             peers: BTreeMap::new(),
             advert: None,
@@ -432,6 +440,7 @@ impl NodeCore {
     /// servers, or rejoins through the members it kept, or — with nobody to ask — becomes
     /// the first node of a new mesh.
     pub fn start(&mut self, now: Instant, mut stored: Stored) {
+        tracing::debug!(nat_reports = stored.nat.len(), members = stored.members.len(), "starting");
         let now_ms = self.unix_ms(now);
         if stored.prune(now_ms) > 0 {
             self.orders.push_back(Order::Store(StoreOp::Prune(now_ms)));
@@ -479,6 +488,7 @@ impl NodeCore {
         self.peer(peer).redirected = false;
         if self.registered.is_empty() {
             self.peer(peer).phase = Phase::AwaitingRegistration;
+            self.register_early(now);
         } else {
             self.ask_introduction(now, peer);
         }
@@ -623,6 +633,7 @@ impl NodeCore {
                 let list = mesh::Command::ListMembers { socket, to: addr, request_id, offset };
                 self.orders.push_back(Order::Mesh(list))
             }
+            Report::Probe(ProbeEvent::Mapped(report)) => self.on_mapped(now, report),
             Report::Probe(ProbeEvent::Classified(Ok(report))) => self.on_probed(now, report),
             Report::Probe(ProbeEvent::Classified(Err(e))) => self.emit(NodeEvent::Fatal(FatalError::Probe(e))),
             Report::Probe(ProbeEvent::Lifetime(report)) => self.on_lifetime(report),
@@ -796,7 +807,10 @@ impl NodeCore {
 
     fn on_joined(&mut self, now: Instant, joined: Result<Vec<Seed>, BootstrapError>) {
         let seeds = match joined {
-            Ok(seeds) => seeds,
+            Ok(seeds) => {
+                tracing::debug!(seeds = seeds.len(), "first contact answered");
+                seeds
+            }
             // A public node serves on its own when none of its members is up: nodes that
             // bootstrap off each other must be able to restart while the others are down.
             Err(e) if self.rejoining && self.config.serve == Serve::Auto && self.table.served_ms.is_some() => {
@@ -833,6 +847,63 @@ impl NodeCore {
         let sockets = (1..=Probe::sockets_needed(&config)).map(probe_socket).collect();
         self.probing = Some(config);
         self.orders.push_back(Order::Socket(socket::Command::Bind { purpose: Purpose::Probe, sockets }));
+        // The network we are on is known now: what we measured on it last time can stand in
+        // until probing ends.
+        self.provisional = self.stored_nat(now);
+        if let Some(report) = self.provisional {
+            tracing::debug!(?report, "NAT report stored for this network");
+        }
+        self.register_early(now);
+    }
+
+    /// The NAT report stored for the network we are on — our LAN IP and the public IP the
+    /// first seed saw us at, both known one round trip after start — if it was measured
+    /// within [`Config::stored_nat_max_age`] and says easy or public, at the address the
+    /// seed sees us at now. A stored hard report is not used: a hard node's pool would open
+    /// mappings while probing samples how the NAT allocates ports (probing's own mapping
+    /// verdict comes a few round trips later, see `on_mapped`).
+    fn stored_nat(&self, now: Instant) -> Option<NatReport> {
+        let (lan, seed) = (self.lan?, self.seeds.first()?);
+        let stored = self.table.nat.get(&Network { lan: lan.ip(), public: seed.observed.ip() })?;
+        let age = Duration::from_millis(self.unix_ms(now).saturating_sub(stored.measured_ms));
+        let report = NatReport { public_addr: seed.observed, ..stored.report };
+        (age <= self.config.stored_nat_max_age && report.nat_type() != NatType::Hard).then_some(report)
+    }
+
+    /// A connect waits for a registration, and classification has not ended: register with
+    /// the provisional report now, so the introduction is asked for at once rather than
+    /// after the filtering tests (whose silence behind a filtering NAT takes 700 ms). The
+    /// record is re-registered once classified if the report changed. A node nobody waits
+    /// on registers once classified, as it always did: its `ready` (the measured report)
+    /// comes first.
+    fn register_early(&mut self, now: Instant) {
+        let Some(report) = self.provisional else { return };
+        if self.nat.is_none() && self.registered_nat.is_none() && !self.awaiting_registration().is_empty() {
+            tracing::debug!(?report, "registering before classification ends: a connect waits");
+            self.register(now, report);
+        }
+    }
+
+    /// Probing knows our mapping and port allocation; filtering may take 700 ms more. A
+    /// connect that waits is introduced with that (an unknown filtering counts as the most
+    /// restrictive: nothing relies on the peer getting in unsolicited). Not with no NAT in
+    /// front: whether something filters decides whether we are public, and a public node
+    /// plans otherwise (it waits for the peer's first proof), so that waits for the end.
+    fn on_mapped(&mut self, now: Instant, report: NatReport) {
+        tracing::debug!(?report, "NAT mapping known");
+        if report.no_nat || self.nat.is_some() {
+            return;
+        }
+        // A stored report that agrees stands: it knows the filtering too.
+        let key = |r: &NatReport| (r.no_nat, r.mapping, r.allocation);
+        if self.provisional.is_some_and(|p| key(&p) == key(&report)) {
+            return;
+        }
+        self.provisional = Some(report);
+        match self.registered_nat {
+            Some(_) => self.update_record(now, report),
+            None => self.register_early(now),
+        }
     }
 
     /// A seed that answered first contact late: register with it too.
@@ -846,8 +917,8 @@ impl NodeCore {
         if !seed.introducer || !self.config.register {
             return;
         }
-        // Not probed yet: it is registered with along with the others.
-        if self.nat.is_none() {
+        // Not registering yet: it is registered with along with the others.
+        if self.registered_nat.is_none() {
             return;
         }
         self.register_with(now, vec![seed.addr]);
@@ -856,13 +927,17 @@ impl NodeCore {
     /// Registers with `introducers` (our homes from now on), or adds them to the
     /// registration that waits for the birthday pool.
     fn register_with(&mut self, now: Instant, introducers: Vec<SocketAddr>) {
+        let Some(report) = self.registered_nat else { return };
         self.homes.extend(&introducers);
-        match &mut self.held_registration {
-            Some(registration::actor::Command::Register { introducers: held, .. }) => held.extend(introducers),
-            _ => {
+        let held = self.held_registration.iter_mut().find_map(|c| match c {
+            registration::actor::Command::Register { introducers, .. } => Some(introducers),
+            _ => None,
+        });
+        match held {
+            Some(held) => held.extend(introducers),
+            None => {
                 let record = self.signed_record(now);
-                let register = registration::actor::Command::Register { introducers, record };
-                self.orders.push_back(Order::Registration(register));
+                self.registration(report, registration::actor::Command::Register { introducers, record });
             }
         }
     }
@@ -870,7 +945,7 @@ impl NodeCore {
     /// Keeps `HOMES` homes: takes suggested ones while there are fewer (some failed, or
     /// the user gave fewer seeds).
     fn rehome(&mut self, now: Instant) {
-        if !self.config.register || self.nat.is_none() {
+        if !self.config.register || self.registered_nat.is_none() {
             return;
         }
         let wanted = HOMES.saturating_sub(self.homes.len());
@@ -897,8 +972,8 @@ impl NodeCore {
                 self.pool = Pool::Open;
                 let pool = sockets.into_iter().map(|(id, _)| id).collect();
                 self.orders.push_back(Order::Punch(punch::actor::Command::Pool(pool)));
-                if let Some(register) = self.held_registration.take() {
-                    self.orders.push_back(Order::Registration(register));
+                for held in std::mem::take(&mut self.held_registration) {
+                    self.orders.push_back(Order::Registration(held));
                 }
             }
         }
@@ -907,6 +982,7 @@ impl NodeCore {
     /// Probing found no NAT but could not test filtering (no server on a second IP): another
     /// member of the mesh reaching us unsolicited is what tells we are public (dial-back).
     fn on_probed(&mut self, now: Instant, report: NatReport) {
+        tracing::debug!(?report, "NAT classified");
         let untested = report.no_nat && report.filtering != Some(Filtering::EndpointIndependent);
         let seed = self.seeds.iter().find(|s| s.introducer && s.cookie != 0).cloned();
         match seed.filter(|_| untested && self.config.serve == Serve::Auto && self.dialing_back.is_none()) {
@@ -929,7 +1005,7 @@ impl NodeCore {
     }
 
     fn classified(&mut self, now: Instant, report: NatReport) {
-        self.nat = Some(report);
+        (self.nat, self.provisional) = (Some(report), None);
         // Kept for the network it was measured on (not flushed: losing it costs a probe).
         if let Some(lan) = self.lan {
             let network = Network { lan: lan.ip(), public: report.public_addr.ip() };
@@ -946,16 +1022,52 @@ impl NodeCore {
             self.bind_pool();
         }
         self.ready(public);
+        match self.registered_nat {
+            None => self.register(now, report),
+            // Registered early with what we now measured (the address aside: peers are
+            // introduced at the one the introducer sees).
+            Some(old) if NatReport { public_addr: report.public_addr, ..old } == report => {}
+            Some(_) => self.update_record(now, report),
+        }
+    }
+
+    /// Registers with every seed that introduces, our record saying `report`.
+    fn register(&mut self, now: Instant, report: NatReport) {
         let introducers: Vec<SocketAddr> = self.seeds.iter().filter(|s| s.introducer).map(|s| s.addr).collect();
-        if self.config.register && !introducers.is_empty() {
-            self.homes.extend(&introducers);
-            let record = self.signed_record(now);
-            let register = registration::actor::Command::Register { introducers, record };
-            match hard {
-                true => self.held_registration = Some(register),
-                false => self.orders.push_back(Order::Registration(register)),
+        if !self.config.register || introducers.is_empty() {
+            return;
+        }
+        self.registered_nat = Some(report);
+        self.register_with(now, introducers);
+        self.rehome(now);
+    }
+
+    /// What we registered said another NAT than we know now (registered early, then
+    /// classified): every registration registers the new record at once, so later
+    /// introductions plan with it. A Register still held for the pool takes it too.
+    fn update_record(&mut self, now: Instant, report: NatReport) {
+        tracing::debug!(?report, "NAT report changed since we registered: registering the new record");
+        self.registered_nat = Some(report);
+        let record = self.signed_record(now);
+        for held in &mut self.held_registration {
+            if let registration::actor::Command::Register { record: r, .. } = held {
+                *r = record.clone();
             }
-            self.rehome(now);
+        }
+        self.registration(report, registration::actor::Command::Record(record));
+    }
+
+    /// A command to the registrations, made under `report`: behind a hard NAT it waits for
+    /// the birthday pool (and so does everything after it, to keep their order).
+    fn registration(&mut self, report: NatReport, command: registration::actor::Command) {
+        if report.nat_type() == NatType::Hard {
+            self.bind_pool();
+        }
+        let wait = report.nat_type() == NatType::Hard && self.pool != Pool::Open;
+        if wait || !self.held_registration.is_empty() {
+            self.held_registration.push(command);
+        } else {
+            self.orders.push_back(Order::Registration(command));
         }
     }
 
@@ -973,18 +1085,19 @@ impl NodeCore {
     }
 
     fn bind_pool(&mut self) {
-        if self.pool != Pool::Binding {
+        if self.pool == Pool::Closed {
             self.pool = Pool::Binding;
             let sockets = (0..self.config.punch.pool_size).map(pool_socket).collect();
             self.orders.push_back(Order::Socket(socket::Command::Bind { purpose: Purpose::Pool, sockets }));
         }
     }
 
+    /// Our signed record: our LAN address and the NAT report our registrations carry.
     fn signed_record(&self, now: Instant) -> pb::SignedPeerRecord {
         let record = pb::PeerRecord {
             peer_id: Default::default(),
             private_addrs: self.lan.into_iter().map(Into::into).collect(),
-            nat: self.nat.as_ref().map(Into::into),
+            nat: self.registered_nat.as_ref().map(Into::into),
             issued_ms: self.unix_ms(now),
         };
         self.config.identity.sign_record(record)
@@ -1061,6 +1174,7 @@ impl NodeCore {
         use registration::Event as R;
         match event {
             R::Registered { observed } => {
+                tracing::debug!(%introducer, %observed, "registered");
                 self.next_heartbeat.get_or_insert(now + HEARTBEAT);
                 let remapped = !self.registered.insert(introducer);
                 self.emit(NodeEvent::Registered { introducer, observed });
@@ -1173,7 +1287,9 @@ impl NodeCore {
     }
 
     fn on_introduced(&mut self, now: Instant, introducer: SocketAddr, introduced: Box<Introduced>) {
-        let Some(nat) = self.nat else { return };
+        tracing::debug!(peer = %introduced.peer.peer_id, %introducer, "introduced");
+        // Before classification ends, the provisional report we registered with.
+        let Some(nat) = self.nat.or(self.provisional) else { return };
         let peer = introduced.peer.peer_id;
         let intro = Intro { relay: introducer, nonce: introduced.nonce.clone(), controlling: introduced.initiator };
         let (relay_only, relay_after) = (self.config.relay_only, self.config.relay_after);
@@ -1739,6 +1855,211 @@ mod tests {
         peer.start(t0, Stored::default());
         peer.handle_report(s(100), ready(1));
         assert_eq!(published_loads(&mut peer), [] as [u32; 0]);
+    }
+
+    // ----- cold start -----
+
+    const LAN: &str = "10.0.0.2:5000";
+    const OBSERVED: &str = "203.0.113.1:40000";
+
+    /// A node on LAN address `LAN` that starts with `stored`, is asked to connect to
+    /// `peer` (unless `None`) before first contact answers, hears from its seed that it is
+    /// seen at `OBSERVED`, and starts probing; with its orders since the start.
+    fn cold(now: Instant, stored: Stored, peer: Option<PeerId>) -> (NodeCore, Vec<Order>) {
+        let mut config = Config::new(Identity::from_seed(1));
+        config.bootstrap = vec![INTRODUCER.parse().unwrap()];
+        config.punch.pool_size = 4;
+        let lan = Some(LAN.parse().unwrap());
+        let mut c =
+            NodeCore::new(config, vec![LAN.parse().unwrap()], lan, (now, 1_000_000_000), StdRng::seed_from_u64(1));
+        c.start(now, stored);
+        if let Some(peer) = peer {
+            c.connect(now, peer);
+        }
+        let seed = Seed { observed: OBSERVED.parse().unwrap(), ..seed(100, INTRODUCER) };
+        c.handle_report(now, Report::FirstContact(bootstrap::Event::Joined(Ok(vec![seed]))));
+        c.handle_report(now, Report::Socket(socket::Event::Bound { purpose: Purpose::Probe, sockets: vec![] }));
+        let all = orders(&mut c);
+        (c, all)
+    }
+
+    /// The NAT reports the registration orders among `orders` carry: (Register or Record, report).
+    fn registered_nats(orders: &[Order]) -> Vec<(&'static str, NatReport)> {
+        let nat = |record: &pb::SignedPeerRecord| {
+            let nat = verify_record(record).expect("signed by us").record.nat.expect("a NAT report");
+            NatReport::try_from(&nat).expect("a whole report")
+        };
+        orders
+            .iter()
+            .filter_map(|o| match o {
+                Order::Registration(registration::actor::Command::Register { record, .. }) => {
+                    Some(("register", nat(record)))
+                }
+                Order::Registration(registration::actor::Command::Record(record)) => Some(("record", nat(record))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ready(orders: &[Order]) -> bool {
+        orders.iter().any(|o| matches!(o, Order::Emit(NodeEvent::Ready { .. })))
+    }
+
+    fn probe(c: &mut NodeCore, now: Instant, event: ProbeEvent) -> Vec<Order> {
+        c.handle_report(now, Report::Probe(event));
+        orders(c)
+    }
+
+    /// A port-restricted NAT at `OBSERVED`: as classified, and as known before the
+    /// filtering tests end.
+    fn port_restricted() -> (NatReport, NatReport) {
+        let full = NatBehavior::PORT_RESTRICTED.expected_report(OBSERVED.parse().unwrap());
+        (full, NatReport { filtering: None, ..full })
+    }
+
+    /// Issue 9, fast cold start, nothing stored: a connect that waits is registered for as
+    /// soon as probing knows the mapping (filtering still unknown, which counts as the most
+    /// restrictive), asks for its introduction once registered and punches with that
+    /// report; the classification 700 ms later re-registers the record with the filtering.
+    /// Before, nothing was registered until classification ended.
+    #[test]
+    fn a_waiting_connect_registers_once_the_mapping_is_known_and_re_registers_when_classified() {
+        let (now, me, peer) = (Instant::now(), Identity::from_seed(1), Identity::from_seed(2));
+        let (full, mapped) = port_restricted();
+        let (mut c, first) = cold(now, Stored::default(), Some(peer.peer_id()));
+        assert!(registered_nats(&first).is_empty(), "nothing known of our NAT yet: {first:?}");
+
+        let at = now + Duration::from_millis(100);
+        let early = probe(&mut c, at, ProbeEvent::Mapped(mapped));
+        assert_eq!(registered_nats(&early), [("register", mapped)]);
+        assert_eq!(mapped.nat_type(), NatType::Easy);
+        assert!(!ready(&early), "ready waits for the whole report");
+
+        registration(&mut c, at, registration::Event::Registered { observed: OBSERVED.parse().unwrap() });
+        let asked = orders(&mut c);
+        assert!(
+            asked.iter().any(
+                |o| matches!(o, Order::Registration(registration::actor::Command::Introduce(p)) if *p == peer.peer_id())
+            ),
+            "{asked:?}"
+        );
+        let peer_nat = NatBehavior::PORT_RESTRICTED.expected_report("203.0.113.2:3478".parse().unwrap());
+        registration(&mut c, at, introduced(&me, &peer, &peer_nat));
+        match c.poll_order() {
+            Some(Order::Punch(punch::actor::Command::Start { nat, .. })) => assert_eq!(nat, mapped),
+            other => panic!("expected a punch, got {other:?}"),
+        }
+
+        let classified = probe(&mut c, now + Duration::from_millis(720), ProbeEvent::Classified(Ok(full)));
+        assert!(ready(&classified));
+        assert_eq!(registered_nats(&classified), [("record", full)], "the filtering is registered, once");
+        assert_eq!(c.nat(), Some(&full));
+    }
+
+    /// Nobody waiting: the node registers once classified, after `ready`, as it always did
+    /// (the mapping known early changes nothing); a node with no NAT in front waits for
+    /// the filtering even when a connect waits (it decides whether the node is public).
+    #[test]
+    fn without_a_waiting_connect_or_behind_no_nat_the_node_registers_once_classified() {
+        let now = Instant::now();
+        let (full, mapped) = port_restricted();
+        let (mut c, _) = cold(now, Stored::default(), None);
+        assert!(registered_nats(&probe(&mut c, now, ProbeEvent::Mapped(mapped))).is_empty());
+        let classified = probe(&mut c, now, ProbeEvent::Classified(Ok(full)));
+        let ready_at = classified.iter().position(|o| matches!(o, Order::Emit(NodeEvent::Ready { .. })));
+        let register_at = classified.iter().position(|o| matches!(o, Order::Registration(_)));
+        assert!(ready_at.is_some() && ready_at < register_at, "{classified:?}");
+        assert_eq!(registered_nats(&classified), [("register", full)]);
+
+        let (mut c, _) = cold(now, Stored::default(), Some(Identity::from_seed(2).peer_id()));
+        let no_nat = NatReport { filtering: None, ..NatReport::public(LAN.parse().unwrap()) };
+        assert!(registered_nats(&probe(&mut c, now, ProbeEvent::Mapped(no_nat))).is_empty());
+    }
+
+    /// A mapping known early to be hard — or not known to be easy — is hard: the pool is
+    /// bound and the registration waits for it, as after classification.
+    #[test]
+    fn an_early_mapping_that_is_not_proven_easy_registers_after_the_pool() {
+        let now = Instant::now();
+        let unknown = NatReport { mapping: None, ..port_restricted().1 };
+        let (mut c, _) = cold(now, Stored::default(), Some(Identity::from_seed(2).peer_id()));
+        let early = probe(&mut c, now, ProbeEvent::Mapped(unknown));
+        assert!(early.iter().any(|o| matches!(o, Order::Socket(socket::Command::Bind { purpose: Purpose::Pool, .. }))));
+        assert!(registered_nats(&early).is_empty(), "no registration before the pool: {early:?}");
+        let bound = (0..4).map(|i| (pool_socket(i), "10.0.0.2:1".parse().unwrap())).collect();
+        c.handle_report(now, Report::Socket(socket::Event::Bound { purpose: Purpose::Pool, sockets: bound }));
+        assert_eq!(registered_nats(&orders(&mut c)), [("register", unknown)]);
+        // Classified the same but for the filtering: the record again, and no second pool.
+        let full = NatReport { filtering: Some(Filtering::AddressAndPortDependent), ..unknown };
+        let classified = probe(&mut c, now, ProbeEvent::Classified(Ok(full)));
+        assert_eq!(registered_nats(&classified), [("record", full)]);
+        assert!(!classified.iter().any(|o| matches!(o, Order::Socket(socket::Command::Bind { .. }))), "{classified:?}");
+    }
+
+    fn stored_nat(network_public: &str, report: NatReport, measured_ms: u64) -> Stored {
+        let mut stored = Stored::default();
+        let network = Network { lan: LAN.parse::<SocketAddr>().unwrap().ip(), public: network_public.parse().unwrap() };
+        stored.nat.insert(network, MeasuredNat { report, measured_ms });
+        stored
+    }
+
+    /// Issue 9, fast cold start, a report stored for this network: a connect that waits is
+    /// registered for right after first contact, with the stored report at the address the
+    /// seed sees now; probing goes on, and a classification that agrees changes nothing.
+    /// A report of another network, a stale one or a hard one is not used.
+    #[test]
+    fn a_waiting_connect_registers_at_first_contact_with_the_report_stored_for_this_network() {
+        let now = Instant::now();
+        let peer = Identity::from_seed(2).peer_id();
+        let (full, mapped) = port_restricted();
+        let stored = NatReport { public_addr: "203.0.113.1:55555".parse().unwrap(), ..full };
+        let an_hour_ago = 1_000_000_000 - 3_600_000;
+        let (mut c, first) = cold(now, stored_nat("203.0.113.1", stored, an_hour_ago), Some(peer));
+        assert_eq!(registered_nats(&first), [("register", full)], "at the address first contact saw");
+        assert!(!ready(&first), "ready waits for the measured report");
+        assert!(registered_nats(&probe(&mut c, now, ProbeEvent::Mapped(mapped))).is_empty(), "it agrees");
+        let classified = probe(&mut c, now, ProbeEvent::Classified(Ok(full)));
+        assert!(ready(&classified));
+        assert!(registered_nats(&classified).is_empty(), "what we registered holds: {classified:?}");
+
+        let week = 7 * 24 * 3_600_000;
+        let hard = NatBehavior::SYMMETRIC_RANDOM.expected_report(OBSERVED.parse().unwrap());
+        for (public, report, measured_ms, what) in [
+            ("203.0.113.77", full, an_hour_ago, "another network"),
+            ("203.0.113.1", full, 1_000_000_000 - week - 1, "stale"),
+            ("203.0.113.1", hard, an_hour_ago, "hard"),
+        ] {
+            let (_, first) = cold(now, stored_nat(public, report, measured_ms), Some(peer));
+            assert!(registered_nats(&first).is_empty(), "{what}: {first:?}");
+        }
+        let (_, first) = cold(now, stored_nat("203.0.113.1", full, an_hour_ago), None);
+        assert!(registered_nats(&first).is_empty(), "nobody waits");
+    }
+
+    /// A stored report that probing contradicts (the NAT behind this network changed) is
+    /// replaced as soon as the mapping is known: here by a hard one, whose record waits
+    /// for the pool; meanwhile introductions are punched with the new report.
+    #[test]
+    fn a_stored_report_that_probing_contradicts_is_replaced_by_the_mapping() {
+        let (now, me, peer) = (Instant::now(), Identity::from_seed(1), Identity::from_seed(2));
+        let (full, _) = port_restricted();
+        let (mut c, first) = cold(now, stored_nat("203.0.113.1", full, 1_000_000_000), Some(peer.peer_id()));
+        assert_eq!(registered_nats(&first), [("register", full)]);
+        let hard =
+            NatReport { filtering: None, ..NatBehavior::SYMMETRIC_RANDOM.expected_report(OBSERVED.parse().unwrap()) };
+        let changed = probe(&mut c, now, ProbeEvent::Mapped(hard));
+        assert!(changed
+            .iter()
+            .any(|o| matches!(o, Order::Socket(socket::Command::Bind { purpose: Purpose::Pool, .. }))));
+        assert!(registered_nats(&changed).is_empty(), "the new record waits for the pool");
+        registration(&mut c, now, introduced(&me, &peer, &full));
+        match c.poll_order() {
+            Some(Order::Punch(punch::actor::Command::Start { nat, .. })) => assert_eq!(nat, hard),
+            other => panic!("expected a punch, got {other:?}"),
+        }
+        let bound = (0..4).map(|i| (pool_socket(i), "10.0.0.2:1".parse().unwrap())).collect();
+        c.handle_report(now, Report::Socket(socket::Event::Bound { purpose: Purpose::Pool, sockets: bound }));
+        assert_eq!(registered_nats(&orders(&mut c)), [("record", hard)]);
     }
 
     /// The store orders, and the others.

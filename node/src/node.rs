@@ -209,7 +209,10 @@ fn socket_plan(listen: &[SocketAddr]) -> Result<SocketPlan, NodeError> {
 fn open_store(data_dir: Option<&DataDir>) -> (Box<dyn Store>, Stored) {
     let Some(dir) = data_dir else { return (Box::new(MemStore::new()), Stored::default()) };
     match SledStore::open_or_rebuild(&dir.store()) {
-        Ok(Opened { store, stored, .. }) => (Box::new(store), stored),
+        Ok(Opened { store, stored, .. }) => {
+            tracing::debug!(path = %dir.store().display(), "store opened");
+            (Box::new(store), stored)
+        }
         Err(e) => {
             tracing::warn!("{e}: running without a store (nothing is kept across restarts)");
             (Box::new(MemStore::new()), Stored::default())
