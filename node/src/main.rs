@@ -138,6 +138,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     telemetry::init(cli.global.verbose);
+    tracing::debug!("launched");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let json = cli.global.json;
     if let Err(e) = runtime.block_on(run(cli)) {
@@ -273,7 +274,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Ping { peer_id, count, timeout, interval } => {
             let peer = parse_peer(&peer_id)?;
-            let mut node = connect(g, bootstrap, peer, secs(timeout)?, &out).await?;
+            let (mut node, mut keeping) = connect(g, bootstrap, peer, secs(timeout)?, &out).await?;
             let mut pongs = 0;
             for seq in 0..count {
                 node.ping(peer);
@@ -288,6 +289,7 @@ async fn run(cli: Cli) -> Result<()> {
                         }
                         Ok(Some(NodeEvent::Disconnected { reason, .. })) => bail!("peer disconnected: {reason}"),
                         Ok(Some(event @ (NodeEvent::Moved { .. } | NodeEvent::Upgraded { .. }))) => out.event(&event),
+                        Ok(Some(NodeEvent::Ready { .. })) => keeping.classified = true,
                         Ok(Some(_)) => {}
                         Ok(None) => bail!("node stopped"),
                         Err(_) => {
@@ -303,18 +305,22 @@ async fn run(cli: Cli) -> Result<()> {
             if pongs == 0 {
                 bail!("connected to {peer} but no pong came back");
             }
+            keeping.wait(&mut node).await;
             Ok(())
         }
         Command::Join { topic } => join(g, bootstrap, topic, &out).await,
         Command::Connect { peer_id, timeout } => {
             let peer = parse_peer(&peer_id)?;
-            let mut node = connect(g, bootstrap, peer, secs(timeout)?, &out).await?;
+            let (mut node, mut keeping) = connect(g, bootstrap, peer, secs(timeout)?, &out).await?;
             let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
             loop {
                 tokio::select! {
                     line = stdin.next_line() => match line.context("reading stdin")? {
                         Some(line) => node.send(peer, line.into_bytes()),
-                        None => return Ok(()),
+                        None => {
+                            keeping.wait(&mut node).await;
+                            return Ok(());
+                        }
                     },
                     event = node.next_event() => match event {
                         Some(NodeEvent::Data { payload, .. }) if !out.json => println!("{}", String::from_utf8_lossy(&payload)),
@@ -322,6 +328,7 @@ async fn run(cli: Cli) -> Result<()> {
                         Some(event @ (NodeEvent::Data { .. } | NodeEvent::Moved { .. } | NodeEvent::Upgraded { .. })) => {
                             out.event(&event)
                         }
+                        Some(NodeEvent::Ready { .. }) => keeping.classified = true,
                         Some(_) => {}
                         None => bail!("node stopped"),
                     },
@@ -332,17 +339,18 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// A node that asks, never serves (`connect`, `ping`, `join`): it needs introducers, given
-/// or kept in the data dir.
-fn client(g: &Global, bootstrap: Vec<SocketAddr>, what: &str) -> Result<Node> {
+/// or kept in the data dir. With whether it keeps what it learns (see [`Keeping`]).
+fn client(g: &Global, bootstrap: Vec<SocketAddr>, what: &str) -> Result<(Node, Keeping)> {
     if bootstrap.is_empty() && g.data_dir.is_none() {
         bail!("{what} needs an introducer: --bootstrap ADDR");
     }
     let (identity, data_dir) = session_identity(g, !bootstrap.is_empty())?;
     let mut config = Config::new(identity);
+    let keeping = Keeping { store: data_dir.is_some(), classified: false };
     config.data_dir = data_dir;
     config.bootstrap = bootstrap;
     config.serve = Serve::Never;
-    Ok(Node::start(config)?)
+    Ok((Node::start(config)?, keeping))
 }
 
 /// `join TOPIC`: connects to every member of the topic as it finds them, prints who
@@ -351,7 +359,7 @@ async fn join(g: &Global, bootstrap: Vec<SocketAddr>, topic: String, out: &Outpu
     if topic.is_empty() || topic.len() > 64 {
         bail!("a topic is 1 to 64 bytes, not {}", topic.len());
     }
-    let mut node = client(g, bootstrap, "joining a topic")?;
+    let (mut node, _) = client(g, bootstrap, "joining a topic")?;
     node.join(topic.clone());
     let mut members = BTreeSet::new();
     let mut connected = BTreeSet::new();
@@ -415,25 +423,59 @@ async fn join(g: &Global, bootstrap: Vec<SocketAddr>, topic: String, out: &Outpu
 }
 
 /// Starts a node, asks for `peer` and waits until a path is proven; prints `connected`.
+/// The introduction is asked for before the NAT is fully classified (see `NodeCore`), so
+/// the classification usually ends later: what [`Keeping`] waits for.
 async fn connect(
     g: &Global,
     bootstrap: Vec<SocketAddr>,
     peer: PeerId,
     timeout: Duration,
     out: &Output,
-) -> Result<Node> {
-    let mut node = client(g, bootstrap, "reaching a peer")?;
+) -> Result<(Node, Keeping)> {
+    let (mut node, mut keeping) = client(g, bootstrap, "reaching a peer")?;
     node.connect(peer);
     let deadline = Instant::now() + timeout;
     loop {
         match next(&mut node, deadline, "connecting").await? {
             event @ NodeEvent::Connected { .. } => {
                 out.event(&event);
-                return Ok(node);
+                return Ok((node, keeping));
             }
             NodeEvent::ConnectFailed { error, .. } => bail!("cannot reach {peer}: {error}"),
+            NodeEvent::Ready { .. } => keeping.classified = true,
             _ => {}
         }
+    }
+}
+
+/// How long a one-shot command that is done waits, at most, for its NAT's classification
+/// to end so that its store keeps the report (behind a filtering NAT it ends 0.7 s after
+/// first contact, more on a slow link).
+const KEEP_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether a one-shot command keeps what it learns (it holds its data dir's store), and
+/// whether its NAT is classified yet.
+struct Keeping {
+    store: bool,
+    classified: bool,
+}
+
+impl Keeping {
+    /// With a store, waits (up to [`KEEP_WAIT`]) for the classification to end before the
+    /// command exits: the next launch on this network then reuses the report and asks for
+    /// its introduction right after first contact. Without one there is nothing to keep.
+    async fn wait(&mut self, node: &mut Node) {
+        if !self.store || self.classified {
+            return;
+        }
+        let deadline = Instant::now() + KEEP_WAIT;
+        while let Ok(Some(event)) = timeout_at(deadline, node.next_event()).await {
+            if matches!(event, NodeEvent::Ready { .. } | NodeEvent::Fatal(_)) {
+                self.classified = true;
+                return;
+            }
+        }
+        tracing::warn!("NAT not classified within {KEEP_WAIT:?}: the next launch probes it again");
     }
 }
 
