@@ -11,8 +11,11 @@
 //! ([`Roles::new`], [`role_of`]).
 //!
 //! A node's life: first contact → NAT probing → serving (if public) and registering →
-//! introductions → punching (or relaying) → sessions. Each peer it deals with has one
-//! entry in one map ([`Peer`]), whose [`Phase`] says where the connection stands.
+//! introductions → punching (or relaying) → sessions. A connect asked for early does not
+//! wait for the whole probe: the node registers with the NAT report stored for its network,
+//! or with probing's early verdict on the mapping, and re-registers once classified
+//! (`register_early`). Each peer it deals with has one entry in one map ([`Peer`]), whose
+//! [`Phase`] says where the connection stands.
 
 use crate::config::{Config, Serve};
 use crate::event::{ConnectError, FatalError, MeshChange, NodeEvent, PeerState};
