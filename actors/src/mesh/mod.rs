@@ -211,6 +211,16 @@ pub struct Stats {
     pub dropped_list_not_member: u64,
 }
 
+/// How much a member holds: node records, peers some home claims, hosting claims (one per
+/// home and peer), and broadcasts (records, claims) foca has yet to pass on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    pub records: usize,
+    pub hosted_peers: usize,
+    pub claims: usize,
+    pub backlog: usize,
+}
+
 /// What we know of one address of a member.
 #[derive(Debug, Clone)]
 struct PathState {
@@ -365,6 +375,25 @@ impl Mesh {
     /// A member's record, if we hold one.
     pub fn record(&self, peer: &PeerId) -> Option<NodeRecord> {
         self.table.borrow().records.get(peer).cloned()
+    }
+
+    /// The homes our table names for `peer` (us included), by their claims, each with the
+    /// address we know it at (none without its record or a proven path, and then a lookup
+    /// asked of us cannot point there). For measurement: the node hears [`Event::Homes`].
+    pub fn homes(&self, peer: &PeerId) -> Vec<(PeerId, Option<SocketAddr>)> {
+        let homes = self.table.borrow().homes(peer);
+        homes.into_iter().map(|h| (h, self.addr_of(&h))).collect()
+    }
+
+    /// What we hold and still have to spread, for measurement.
+    pub fn load(&self) -> Load {
+        let table = self.table.borrow();
+        Load {
+            records: table.records.len(),
+            hosted_peers: table.hosting.len(),
+            claims: table.hosted_by.values().sum(),
+            backlog: self.swim.custom_broadcast_backlog(),
+        }
     }
 
     fn unix_ms(&self, now: Instant) -> u64 {
