@@ -79,6 +79,7 @@
 //! ```
 
 mod link;
+pub mod mesh_scale;
 mod nat_box;
 pub mod node;
 mod seeds;
