@@ -291,6 +291,9 @@ const TOPIC_LOOKUP: Duration = Duration::from_secs(3);
 /// The core's tick, and how late one may come before the node counts it as a wakeup.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const WAKEUP_GAP: Duration = Duration::from_secs(10);
+/// The NAT is classified again after a wakeup or a move at most this often: a flapping
+/// link must not turn into a stream of probes.
+const REPROBE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The birthday pool's sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +331,10 @@ pub struct NodeCore {
     registered_nat: Option<NatReport>,
     /// Probing waits for its extra sockets.
     probing: Option<ProbeConfig>,
+    /// The sockets probing classified from (kept to classify again), and when the NAT was
+    /// last classified again.
+    probe_locals: Option<LocalSockets>,
+    last_probe: Option<Instant>,
     /// A NAT report waiting for its dial-back (see `on_probed`).
     dialing_back: Option<NatReport>,
     /// Members of the mesh up now (serving nodes).
@@ -385,6 +392,8 @@ impl NodeCore {
             provisional: None,
             registered_nat: None,
             probing: None,
+            probe_locals: None,
+            last_probe: None,
             dialing_back: None,
             mesh_up: BTreeSet::new(),
             homes: BTreeSet::new(),
@@ -549,12 +558,14 @@ impl NodeCore {
         }
     }
 
-    /// The machine slept: NATs have likely forgotten every mapping. Register again now
-    /// (our homes see where we are), punch every session anew, look our topics up.
+    /// The machine slept: NATs have likely forgotten every mapping, and the machine may
+    /// have woken on another network. Register again now (our homes see where we are),
+    /// classify the NAT again, punch every session anew, look our topics up.
     fn woke_up(&mut self, now: Instant, late: Duration) {
         tracing::info!(?late, "woke up: registering and punching again");
         self.emit(NodeEvent::Woke { late });
         self.orders.push_back(Order::Registration(registration::actor::Command::Refresh));
+        self.reprobe(now);
         let sessions: Vec<PeerId> = self
             .peers
             .iter()
@@ -579,6 +590,7 @@ impl NodeCore {
         self.topics.insert(topic, BTreeSet::new());
         let topics = self.topics.keys().cloned().collect();
         self.orders.push_back(Order::Registration(registration::actor::Command::Topics(topics)));
+        self.register_early(now);
         self.lookup_topics(now);
     }
 
@@ -638,6 +650,11 @@ impl NodeCore {
             }
             Report::Probe(ProbeEvent::Mapped(report)) => self.on_mapped(now, report),
             Report::Probe(ProbeEvent::Classified(Ok(report))) => self.on_probed(now, report),
+            // Classifying again (after a wakeup or a move) may fail while the network settles:
+            // the last report stands.
+            Report::Probe(ProbeEvent::Classified(Err(e))) if self.nat.is_some() => {
+                tracing::warn!("classifying the NAT again failed: {e}")
+            }
             Report::Probe(ProbeEvent::Classified(Err(e))) => self.emit(NodeEvent::Fatal(FatalError::Probe(e))),
             Report::Probe(ProbeEvent::Lifetime(report)) => self.on_lifetime(report),
             Report::Broker(event) => self.on_broker(event),
@@ -831,22 +848,8 @@ impl NodeCore {
         if !seeds.is_empty() {
             self.orders.push_back(Order::Store(StoreOp::Flush));
         }
-        // Seeds that did not answer Hello are asked last: their answers may just have been lost.
-        let answered: Vec<SocketAddr> = seeds.iter().map(|s| s.addr).collect();
-        let silent = self.joining.iter().filter(|a| !answered.contains(a));
-        let servers: Vec<Server> = seeds
-            .iter()
-            .map(|s| Server { addr: s.addr, other: alternate_port(s) })
-            .chain(silent.chain(&self.config.stun).copied().map(Server::new))
-            .collect();
         self.seeds = seeds;
-        if servers.is_empty() {
-            return;
-        }
-        let mut config = ProbeConfig::new(servers);
-        // Padding keeps our nodes' answers no larger than the question, but standard
-        // servers (coturn) answer it with a path-MTU-sized datagram.
-        config.pad_requests = self.config.stun.is_empty();
+        let Some(config) = self.probe_config() else { return };
         let sockets = (1..=Probe::sockets_needed(&config)).map(probe_socket).collect();
         self.probing = Some(config);
         self.orders.push_back(Order::Socket(socket::Command::Bind { purpose: Purpose::Probe, sockets }));
@@ -857,6 +860,61 @@ impl NodeCore {
             tracing::debug!(?report, "NAT report stored for this network");
         }
         self.register_early(now);
+    }
+
+    /// What probing asks: the seeds that answered first contact (with their alternate
+    /// ports), then those that did not (their answers may just have been lost), then the
+    /// STUN servers given.
+    fn probe_config(&self) -> Option<ProbeConfig> {
+        let answered: Vec<SocketAddr> = self.seeds.iter().map(|s| s.addr).collect();
+        let silent = self.joining.iter().filter(|a| !answered.contains(a));
+        let servers: Vec<Server> = self
+            .seeds
+            .iter()
+            .map(|s| Server { addr: s.addr, other: alternate_port(s) })
+            .chain(silent.chain(&self.config.stun).copied().map(Server::new))
+            .collect();
+        if servers.is_empty() {
+            return None;
+        }
+        let mut config = ProbeConfig::new(servers);
+        // Padding keeps our nodes' answers no larger than the question, but standard
+        // servers (coturn) answer it with a path-MTU-sized datagram.
+        config.pad_requests = self.config.stun.is_empty();
+        Some(config)
+    }
+
+    /// Classifies the NAT again: after a wakeup or a move the node may sit behind another
+    /// NAT (or none), and its record must say so before peers plan punches with it. Not
+    /// while the first classification runs, and at most every [`REPROBE_INTERVAL`].
+    fn reprobe(&mut self, now: Instant) {
+        let Some(locals) = self.probe_locals.clone() else { return };
+        if self.nat.is_none()
+            || self.dialing_back.is_some()
+            || self.last_probe.is_some_and(|t| now < t + REPROBE_INTERVAL)
+        {
+            return;
+        }
+        let Some(config) = self.probe_config() else { return };
+        tracing::info!("classifying the NAT again");
+        self.last_probe = Some(now);
+        let locals = LocalSockets { primary: self.lan, ..locals };
+        let seed = self.rng.gen();
+        self.orders.push_back(Order::Probe(probing::Command::Start { config, locals, seed }));
+    }
+
+    /// The driver saw the address the OS sends from change (another network, a new DHCP
+    /// lease): our record's private address is stale and the NAT may be another one.
+    pub fn local_address(&mut self, now: Instant, lan: SocketAddr) {
+        if self.lan == Some(lan) {
+            return;
+        }
+        tracing::info!(old = ?self.lan, new = %lan, "local address changed");
+        self.lan = Some(lan);
+        if let Some(report) = self.registered_nat {
+            self.update_record(now, report);
+        }
+        self.reprobe(now);
     }
 
     /// The NAT report stored for the network we are on — our LAN IP and the public IP the
@@ -873,15 +931,16 @@ impl NodeCore {
         (age <= self.config.stored_nat_max_age && report.nat_type() != NatType::Hard).then_some(report)
     }
 
-    /// A connect waits for a registration, and classification has not ended: register with
-    /// the provisional report now, so the introduction is asked for at once rather than
+    /// A connect (or a topic lookup) waits for a registration, and classification has not
+    /// ended: register with the provisional report now, so the introduction is asked for at once rather than
     /// after the filtering tests (whose silence behind a filtering NAT takes 700 ms). The
     /// record is re-registered once classified if the report changed. A node nobody waits
     /// on registers once classified, as it always did: its `ready` (the measured report)
     /// comes first.
     fn register_early(&mut self, now: Instant) {
         let Some(report) = self.provisional else { return };
-        if self.nat.is_none() && self.registered_nat.is_none() && !self.awaiting_registration().is_empty() {
+        let waiting = !self.awaiting_registration().is_empty() || !self.topics.is_empty();
+        if self.nat.is_none() && self.registered_nat.is_none() && waiting {
             tracing::debug!(?report, "registering before classification ends: a connect waits");
             self.register(now, report);
         }
@@ -968,6 +1027,7 @@ impl NodeCore {
             Purpose::Probe => {
                 let Some(config) = self.probing.take() else { return };
                 let locals = LocalSockets { primary: self.lan, extra: sockets.into_iter().map(|(_, a)| a).collect() };
+                self.probe_locals = Some(locals.clone());
                 let seed = self.rng.gen();
                 self.orders.push_back(Order::Probe(probing::Command::Start { config, locals, seed }));
             }
@@ -1008,7 +1068,8 @@ impl NodeCore {
     }
 
     fn classified(&mut self, now: Instant, report: NatReport) {
-        (self.nat, self.provisional) = (Some(report), None);
+        let again = self.nat.replace(report).is_some();
+        self.provisional = None;
         // Kept for the network it was measured on (not flushed: losing it costs a probe).
         if let Some(lan) = self.lan {
             let network = Network { lan: lan.ip(), public: report.public_addr.ip() };
@@ -1024,7 +1085,11 @@ impl NodeCore {
         if hard {
             self.bind_pool();
         }
-        self.ready(public);
+        if again {
+            self.emit(NodeEvent::Nat { public, nat: report });
+        } else {
+            self.ready(public);
+        }
         match self.registered_nat {
             None => self.register(now, report),
             // Registered early with what we now measured (the address aside: peers are
@@ -1181,8 +1246,11 @@ impl NodeCore {
                 self.next_heartbeat.get_or_insert(now + HEARTBEAT);
                 let remapped = !self.registered.insert(introducer);
                 self.emit(NodeEvent::Registered { introducer, observed });
+                // Our homes see us elsewhere: the NAT forgot us (a reboot, a move), and may
+                // be another NAT now.
                 if remapped {
                     self.repunch();
+                    self.reprobe(now);
                 }
                 for peer in self.awaiting_registration() {
                     self.ask_introduction(now, peer);
@@ -1595,6 +1663,88 @@ mod tests {
         );
     }
 
+    fn reprobes(orders: &[Order]) -> usize {
+        orders.iter().filter(|o| matches!(o, Order::Probe(probing::Command::Start { .. }))).count()
+    }
+
+    /// Woken on what is now a symmetric NAT: the node classifies again (once, however many
+    /// homes see it moved), says what it is behind now, binds its birthday pool and
+    /// registers the new record once the pool is up. A failed second classification is
+    /// not fatal: the last report stands.
+    #[test]
+    fn a_wakeup_or_a_remap_classifies_the_nat_again_at_most_every_30_s() {
+        let (now, easy, _, _) = easy_peers();
+        let mut c = probed(now, false, easy);
+        registration(&mut c, now, registration::Event::Registered { observed: easy.public_addr });
+        orders(&mut c);
+        let due = c.poll_timeout().expect("a tick");
+        c.handle_timeout(due + Duration::from_secs(60));
+        let woke = orders(&mut c);
+        assert_eq!(reprobes(&woke), 1, "{woke:?}");
+
+        let moved = "198.51.100.7:40001".parse().unwrap();
+        let hard = NatBehavior::SYMMETRIC_RANDOM.expected_report(moved);
+        let later = due + Duration::from_secs(61);
+        c.handle_report(later, Report::Probe(ProbeEvent::Classified(Ok(hard))));
+        let after = orders(&mut c);
+        assert!(
+            after.iter().any(|o| matches!(o, Order::Emit(NodeEvent::Nat { public: false, nat }) if *nat == hard)),
+            "{after:?}"
+        );
+        assert!(!after.iter().any(|o| matches!(o, Order::Emit(NodeEvent::Ready { .. }))), "{after:?}");
+        assert!(
+            after.iter().any(|o| matches!(o, Order::Socket(socket::Command::Bind { purpose: Purpose::Pool, .. }))),
+            "{after:?}"
+        );
+        c.handle_report(later, Report::Socket(socket::Event::Bound { purpose: Purpose::Pool, sockets: vec![] }));
+        let pooled = orders(&mut c);
+        assert!(
+            pooled.iter().any(|o| matches!(o, Order::Registration(registration::actor::Command::Record(_)))),
+            "{pooled:?}"
+        );
+
+        // Two homes see us at the new address within the interval: no second probe.
+        let seen = |c: &mut NodeCore, at, observed| {
+            registration(c, at, registration::Event::Registered { observed });
+            reprobes(&orders(c))
+        };
+        assert_eq!(seen(&mut c, later + Duration::from_secs(5), moved), 0);
+        // Our home sees us elsewhere again, the interval over: classified again, and a
+        // failure then leaves the last report in place.
+        let elsewhere = "198.51.100.7:40777".parse().unwrap();
+        assert_eq!(seen(&mut c, later + Duration::from_secs(40), elsewhere), 1);
+        let failed = introducer_actors::probe::ProbeError::NoServerAnswered;
+        c.handle_report(later + Duration::from_secs(41), Report::Probe(ProbeEvent::Classified(Err(failed))));
+        let after = orders(&mut c);
+        assert!(!after.iter().any(|o| matches!(o, Order::Emit(NodeEvent::Fatal(_)))), "{after:?}");
+        assert_eq!(c.nat(), Some(&hard));
+    }
+
+    /// The OS now sends from another address: the record (its private address) is
+    /// registered anew and the NAT classified again.
+    #[test]
+    fn a_new_local_address_registers_the_new_record_and_classifies_again() {
+        use prost::Message as _;
+        let (now, easy, _, _) = easy_peers();
+        let mut c = probed(now, false, easy);
+        registration(&mut c, now, registration::Event::Registered { observed: easy.public_addr });
+        orders(&mut c);
+        c.local_address(now + Duration::from_secs(5), LAN.parse().unwrap());
+        orders(&mut c);
+        c.local_address(now + Duration::from_secs(6), LAN.parse().unwrap());
+        assert!(orders(&mut c).is_empty(), "the same address changes nothing");
+        let later = now + Duration::from_secs(40);
+        c.local_address(later, "192.168.7.9:4000".parse().unwrap());
+        let moved = orders(&mut c);
+        assert_eq!(reprobes(&moved), 1, "{moved:?}");
+        let record = moved.iter().find_map(|o| match o {
+            Order::Registration(registration::actor::Command::Record(r)) => Some(r.clone()),
+            _ => None,
+        });
+        let record = pb::PeerRecord::decode(&record.expect("a new record").record[..]).unwrap();
+        assert_eq!(record.private_addrs, vec![pb::Addr::from("192.168.7.9:4000".parse::<SocketAddr>().unwrap())]);
+    }
+
     #[test]
     fn an_introduction_is_punched_or_relayed_as_configured() {
         let (now, easy, me, peer) = easy_peers();
@@ -1957,6 +2107,26 @@ mod tests {
         assert!(ready(&classified));
         assert_eq!(registered_nats(&classified), [("record", full)], "the filtering is registered, once");
         assert_eq!(c.nat(), Some(&full));
+    }
+
+    /// A joined topic waits on a registration as a connect does: registered as soon as the
+    /// mapping is known, and the topic looked up once registered.
+    #[test]
+    fn a_joined_topic_registers_once_the_mapping_is_known() {
+        let now = Instant::now();
+        let (_, mapped) = port_restricted();
+        let (mut c, _) = cold(now, Stored::default(), None);
+        c.join_topic(now, b"chat".to_vec());
+        let at = now + Duration::from_millis(100);
+        assert_eq!(registered_nats(&probe(&mut c, at, ProbeEvent::Mapped(mapped))), [("register", mapped)]);
+        registration(&mut c, at, registration::Event::Registered { observed: OBSERVED.parse().unwrap() });
+        let lookup = orders(&mut c);
+        assert!(
+            lookup.iter().any(
+                |o| matches!(o, Order::Registration(registration::actor::Command::LookupTopic(t)) if t == b"chat")
+            ),
+            "{lookup:?}"
+        );
     }
 
     /// Nobody waiting: the node registers once classified, after `ready`, as it always did

@@ -131,6 +131,12 @@ pub enum NodeEvent {
         peer: PeerId,
         topic: Vec<u8>,
     },
+    /// The NAT was classified again (after a wakeup, a move, or our homes seeing us at
+    /// another address): what it is now. The first classification is [`NodeEvent::Ready`].
+    Nat {
+        public: bool,
+        nat: NatReport,
+    },
     /// The node's tick came `late` after it was due: the machine slept. It registers and
     /// punches anew.
     Woke {
@@ -306,6 +312,7 @@ pub fn to_json(event: &NodeEvent) -> Value {
         NodeEvent::TopicLeft { peer, topic } => json!({
             "event": "left", "peer_id": peer.to_string(), "topic": String::from_utf8_lossy(topic),
         }),
+        NodeEvent::Nat { public, nat } => json!({ "event": "nat", "public": public, "nat": nat_json(nat) }),
         NodeEvent::Woke { late } => json!({ "event": "woke", "late_s": late.as_secs_f64() }),
         NodeEvent::PeerState { peer, state } => json!({
             "event": "peer", "peer_id": peer.to_string(), "state": state.as_str(),

@@ -418,6 +418,8 @@ async fn join(g: &Global, bootstrap: Vec<SocketAddr>, topic: String, out: &Outpu
                 Some(_) => {}
                 None => bail!("node stopped"),
             },
+            // Dropping the node says goodbye to every member: they see us leave at once.
+            _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
 }
@@ -561,6 +563,7 @@ fn human(v: &Value) -> String {
             let role = if v["public"].as_bool() == Some(true) { "public" } else { "behind NAT" };
             format!("ready: peer {}  listening on {}  ({role})\n{nat}", s("peer_id"), listen.join(", "))
         }
+        "nat" => format!("NAT classified again: {}", human_nat(&v["nat"])),
         "registered" => format!("registered with {} (seen as {})", s("introducer"), s("observed")),
         "connected" => format!(
             "connected to {} via {} path {} (strategy {}, {} ms, {} probes)",

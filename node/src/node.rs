@@ -16,7 +16,7 @@ use introducer_actors::probe::actor::{NatProbing, ProbeActor};
 use introducer_actors::punch::actor::{Attempts, PunchActor};
 use introducer_actors::registration::actor::RegistrationActor;
 use introducer_actors::relay::{actor::RelayActor, server::Relay};
-use introducer_actors::session::actor::{SessionActor, Sessions};
+use introducer_actors::session::actor::{self as sessions, SessionActor, Sessions};
 use introducer_actors::socket::{self, Inbound, Route, SetRoute, SocketActor};
 use introducer_actors::SocketId;
 use introducer_bootstrap::FirstContact;
@@ -275,7 +275,13 @@ struct NodeActor {
     timer: Option<(Instant, SpawnHandle)>,
     /// Events the user did not take in time.
     dropped_events: u64,
+    /// Bound to every interface: the primary socket, and where the OS is asked which
+    /// address it routes from (to notice a move to another network).
+    routed: Option<(SocketAddr, SocketAddr)>,
 }
+
+/// How often a node bound to every interface asks the OS which address it sends from.
+const LAN_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts a role's actor; its events come back to the node actor as reports.
 fn start_role<P: Protocol>(machine: P, socket: &Addr<SocketActor>, node: &Addr<NodeActor>) -> Addr<MachineActor<P>>
@@ -323,7 +329,9 @@ impl NodeActor {
                 socket.do_send(SetRoute(route, to));
             }
             let first_server = config.bootstrap.iter().chain(&config.stun).next().copied();
-            let lan = lan_addr(locals[0], first_server.or_else(|| stored.rejoin_seeds().first().copied()));
+            let first_server = first_server.or_else(|| stored.rejoin_seeds().first().copied());
+            let lan = lan_addr(locals[0], first_server);
+            let routed = first_server.filter(|_| locals[0].ip().is_unspecified()).map(|s| (locals[0], s));
             let stats_interval = config.stats_interval;
             let core = NodeCore::new(config, locals, lan, epoch, StdRng::from_rng(&mut rng).expect("rng"));
             NodeActor {
@@ -345,6 +353,7 @@ impl NodeActor {
                 stats_interval,
                 timer: None,
                 dropped_events: 0,
+                routed,
             }
         })
     }
@@ -496,6 +505,14 @@ impl Actor for NodeActor {
         if let Some(every) = self.stats_interval {
             ctx.run_interval(every, |act, ctx| act.emit_stats(ctx));
         }
+        if let Some((primary, toward)) = self.routed {
+            ctx.run_interval(LAN_CHECK, move |act, ctx| {
+                if let Some(lan) = lan_addr(primary, Some(toward)) {
+                    act.core.local_address(Instant::now(), lan);
+                    act.act(ctx);
+                }
+            });
+        }
         let stored = self.stored.take().unwrap_or_default();
         self.core.start(Instant::now(), stored);
         self.act(ctx);
@@ -512,8 +529,11 @@ impl Handler<Reported> for NodeActor {
 impl Handler<Flush> for NodeActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> ResponseFuture<()> {
-        // Mailboxes are FIFO: once the sessions answered a no-op, their sends are queued
-        // at the socket actor, and once it answered, they are on the wire.
+        // Peers and relays hear we go (a sealed goodbye, circuit closes) rather than find
+        // out at their timeouts. Mailboxes are FIFO: once the sessions answered a no-op,
+        // their sends are queued at the socket actor, and once it answered, they are on
+        // the wire.
+        self.sessions.do_send(Deliver(sessions::Command::CloseAll));
         let (sessions, socket) = (self.sessions.clone(), self.socket.clone());
         Box::pin(async move {
             let _ = sessions.send(Call::new(|_: &mut Sessions, _| ())).await;

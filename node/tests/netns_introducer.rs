@@ -332,6 +332,43 @@ fn a_remapped_node_punches_again_and_data_flows() {
     assert_eq!(data["data"], "after the flush");
 }
 
+/// A node that sleeps (SIGSTOP) while the network changes under it — its NAT turns
+/// symmetric and forgets every mapping — wakes, says so, classifies the NAT again and
+/// registers its new record: a peer reaches it by birthday punch from then on.
+#[test]
+fn a_node_that_wakes_behind_another_nat_classifies_it_again() {
+    let mesh = Mesh::new("wk");
+    let (nat, h1) = mesh.std.natted_host("p1", NatBehavior::PORT_RESTRICTED);
+    let (_, h2) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
+    let mut sleeper = mesh.peer(&h1);
+    sleeper.0.signal(libc::SIGSTOP);
+    nat.set_behavior(NatBehavior::SYMMETRIC_RANDOM);
+    // The suspend itself: its length is what the node must notice (ticks every 5 s, a
+    // tick 10 s late is a wakeup).
+    std::thread::sleep(Duration::from_secs(18));
+    sleeper.0.signal(libc::SIGCONT);
+    sleeper.0.wait_json(|v| v["event"] == "woke", WAIT);
+    let again = sleeper.0.wait_json(|v| v["event"] == "nat", WAIT);
+    assert_eq!(again["nat"]["nat_type"], "hard", "{again}");
+    assert_eq!(
+        again["nat"]["public_addr"].as_str().unwrap().split(':').next(),
+        Some(nat.wan_ip().to_string().as_str())
+    );
+    // The new record goes out once the birthday pool is bound, a few ms after the event; a
+    // ping launched in that window is introduced with the old one (and relayed).
+    let mut strategies = vec![];
+    for _ in 0..3 {
+        let connected = mesh.ping(&h2, &sleeper);
+        strategies.push(connected["strategy"].as_str().unwrap_or_default().to_owned());
+        if connected["strategy"] == "birthday" {
+            assert_eq!(connected["path"], "direct", "{connected}");
+            break;
+        }
+    }
+    println!("pings after the wakeup: {strategies:?}");
+    assert_eq!(strategies.last().map(String::as_str), Some("birthday"), "{strategies:?}");
+}
+
 /// `introducer run` with no flags is the first node of a new mesh on the default port (and
 /// the next one, its STUN alternate port), and `--bootstrap HOST` (no port) finds it there.
 #[test]

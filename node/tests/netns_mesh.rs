@@ -288,7 +288,8 @@ fn a_peer_stays_reachable_as_its_homes_are_killed_one_after_another() {
 
 /// `introducer join chat` on three NATed hosts (one behind a symmetric NAT), homed at
 /// different members: each connects to the two others and says so with the topic; a line
-/// on one's stdin reaches both others; one killed, the others print that it left.
+/// on one's stdin reaches both others; one killed, the others print that it left; one
+/// stopped, the last sees it leave at once.
 #[test]
 fn a_topic_connects_its_members_carries_their_lines_and_notices_a_leave() {
     use std::io::Write;
@@ -343,4 +344,12 @@ fn a_topic_connects_its_members_carries_their_lines_and_notices_a_leave() {
         assert_eq!(v["topic"], "chat", "{v}");
     }
     println!("a killed member was seen to leave after {:?}", killed.elapsed());
+    // The first stops cleanly (SIGINT): its goodbye reaches the third, which sees it leave
+    // at once rather than after the 35 s a silent session takes.
+    let first = peers_of[2].iter().find(|p| **p != gone).expect("t1 is known to t3").clone();
+    nodes[0].1.signal(libc::SIGINT);
+    let stopped = Instant::now();
+    let v = nodes[2].1.wait_json(|v| v["event"] == "left" && v["peer_id"] == first.as_str(), Duration::from_secs(10));
+    assert_eq!(v["topic"], "chat", "{v}");
+    println!("a member that stopped was seen to leave after {:?}", stopped.elapsed());
 }

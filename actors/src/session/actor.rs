@@ -40,6 +40,9 @@ pub enum Command {
     Keepalive(Duration),
     Ping(PeerId),
     Send(PeerId, Vec<u8>),
+    /// The node stops: every session says goodbye to its peer and every relay circuit is
+    /// torn down, so peers and relays free their state now rather than at their timeouts.
+    CloseAll,
 }
 
 /// Datagrams held for a session about to open, at most, and for how long.
@@ -288,6 +291,16 @@ impl Sessions {
         Ok(())
     }
 
+    fn close_all(&mut self, now: Instant) {
+        self.sessions_mut().for_each(|s| s.goodbye(now));
+        // Relayed goodbyes into their circuits first, then the circuits' own closes.
+        self.pump_relayed(now);
+        for circuit in self.peers.values_mut().filter_map(|p| p.circuit.as_mut()) {
+            circuit.client.close(now);
+        }
+        self.pump_relayed(now);
+    }
+
     fn replay_early(&mut self, now: Instant) {
         for early in std::mem::take(&mut self.early) {
             let session = self.routes.get(&early.src).and_then(|p| self.peers.get_mut(p)?.session.as_mut());
@@ -338,6 +351,7 @@ impl Protocol for Sessions {
                     self.news.push_back((peer, Event::NotSent { error }));
                 }
             }
+            Command::CloseAll => self.close_all(now),
         }
     }
     fn handle_inbound(&mut self, inbound: Inbound) {

@@ -90,6 +90,10 @@ pub enum Closed {
     Idle(Duration),
     #[error("relay circuit closed: {0}")]
     Circuit(crate::relay::client::CircuitClosed),
+    #[error("the peer closed the session")]
+    ByPeer,
+    #[error("closed by us")]
+    ByUs,
 }
 
 /// Why a relay did not carry a session.
@@ -327,6 +331,15 @@ impl Session {
         self.closed
     }
 
+    /// Ends the session telling the peer, whose side then closes at once rather than after
+    /// the idle timeout (a topic member that exits is seen to leave at once).
+    pub fn goodbye(&mut self, now: Instant) {
+        if !self.closed {
+            let _ = self.send(now, Inner::Close(pb::Close {}));
+            self.close(Closed::ByUs);
+        }
+    }
+
     /// Ends the session (its relay circuit closed, say), reporting why.
     pub fn close(&mut self, reason: Closed) {
         if !self.closed {
@@ -449,6 +462,7 @@ impl Session {
             },
             Inner::Data(data) => self.events.push_back(Event::Data(data.to_vec())),
             Inner::Rekey(h) => self.handle_handshake(now, self.socket, src, true, h),
+            Inner::Close(_) => self.close(Closed::ByPeer),
         }
     }
 
@@ -766,6 +780,28 @@ mod tests {
         b.handle(now, relay, Kind::Sealed(theirs.seal(&ping).unwrap()));
         assert_eq!(b.poll_transmit().unwrap().dst, addr(A), "the pong goes over the direct path");
         assert_eq!(b.remote(), addr(A));
+    }
+
+    /// A goodbye closes both sides at once; the same Close unsealed (forged) closes nothing.
+    #[test]
+    fn a_goodbye_closes_the_peer_at_once_and_a_forged_one_does_not() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let forged = pb::SessionMessage { kind: Some(Inner::Close(pb::Close {})) }.encode_to_vec();
+        let forged = pb::Sealed {
+            ciphertext: forged.into(),
+            ..sealed(&{
+                a.ping(now).unwrap();
+                a.poll_transmit().unwrap()
+            })
+        };
+        b.handle(now, addr(A), Kind::Sealed(forged));
+        assert!(!b.is_closed() && b.stats().dropped_forged == 1);
+        a.goodbye(now);
+        assert_eq!(a.poll_event(), Some(Event::Closed { reason: Closed::ByUs }));
+        exchange(&mut a, &mut b, now);
+        assert_eq!(b.poll_event(), Some(Event::Closed { reason: Closed::ByPeer }));
+        assert!(b.is_closed());
     }
 
     #[test]
