@@ -369,6 +369,29 @@ fn a_node_that_wakes_behind_another_nat_classifies_it_again() {
     assert_eq!(strategies.last().map(String::as_str), Some("birthday"), "{strategies:?}");
 }
 
+/// The host is given another address on its LAN (a new DHCP lease): the node notices
+/// within its 5 s check, registers its new record, classifies the NAT again, and a peer
+/// reaches it directly at its new mapping.
+#[test]
+fn a_node_whose_local_address_changes_registers_again_and_stays_reachable() {
+    let mesh = Mesh::new("mv");
+    let (nat, h1) = mesh.std.natted_host("p1", NatBehavior::PORT_RESTRICTED);
+    let (_, h2) = mesh.std.natted_host("p2", NatBehavior::PORT_RESTRICTED);
+    let mut mover = mesh.peer(&h1);
+    let gateway = nat.lan_gateway().to_string();
+    let g = nat.lan_gateway().octets();
+    let new_ip = std::net::Ipv4Addr::new(g[0], g[1], g[2], 200);
+    let (old, new) = (format!("{}/24", h1.ip()), format!("{new_ip}/24"));
+    h1.run_ok("ip", ["addr", "del", &old, "dev", "eth0"]);
+    h1.run_ok("ip", ["addr", "add", &new, "dev", "eth0"]);
+    h1.run_ok("ip", ["route", "replace", "default", "via", &gateway]);
+    let again = mover.0.wait_json(|v| v["event"] == "nat", WAIT);
+    assert_eq!(again["nat"]["nat_type"], "easy", "{again}");
+    let connected = mesh.ping(&h2, &mover);
+    assert_eq!(connected["path"], "direct", "{connected}");
+    assert_eq!(connected["remote"].as_str().unwrap().split(':').next(), Some(nat.wan_ip().to_string().as_str()));
+}
+
 /// `introducer run` with no flags is the first node of a new mesh on the default port (and
 /// the next one, its STUN alternate port), and `--bootstrap HOST` (no port) finds it there.
 #[test]
