@@ -14,3 +14,21 @@ pub mod amplification;
 pub mod netns;
 pub mod nft;
 pub mod stun;
+
+/// Overwrites every file under `dir` with garbage of the same length (64 bytes at least),
+/// as a disk that went bad would; returns how many files it wrote. For tests of a corrupt
+/// store.
+pub fn overwrite_with_garbage(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).expect("a readable directory") {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            n += overwrite_with_garbage(&path);
+        } else {
+            let len = std::fs::metadata(&path).expect("a file").len().max(64) as usize;
+            std::fs::write(&path, (0..len).map(|i| (i * 31 + 7) as u8).collect::<Vec<u8>>()).expect("writable");
+            n += 1;
+        }
+    }
+    n
+}

@@ -1,6 +1,7 @@
 //! The mesh with the real binary across real network namespaces: public nodes that
 //! bootstrap off one another become members of one mesh, a member killed with SIGKILL is
-//! suspected and then declared left by every other, and `introducer peers` from behind a
+//! suspected and then declared left by every other (and taken back when it restarts from
+//! its data dir, or with a corrupt store), and `introducer peers` from behind a
 //! NAT lists the members as one of them sees them.
 
 use introducer_actors::nat::NatBehavior;
@@ -111,6 +112,19 @@ fn public_nodes_form_one_mesh_and_a_killed_member_is_declared_left() {
         }
     }
     println!("C restarted from its data dir alone is a member again after {:?}", restarted.elapsed());
+    // C killed again and its store overwritten with garbage: restarted (through B, as the
+    // store keeps nobody now), it warns, moves the store aside and is a member once more.
+    c.kill();
+    let store = c_tmp.path().join("store");
+    assert!(introducer_lab::overwrite_with_garbage(&store) > 0, "C has a store");
+    let mut c =
+        c_host.introducer(&["run", "--json", "--listen", &c_listen, "--bootstrap", &b_addr, "--data-dir", &c_dir]);
+    c.wait_json(|v| v["event"] == "ready", WAIT);
+    // Back before the others declared it down, C is a newer generation of a member they
+    // hold (no `left`, no `joined` there); C itself meets every member again.
+    wait_mesh(&mut c, "joined", &[&ids[0], &ids[1], &ids[3]]);
+    // Written at start, long before C met the others.
+    assert!(c.stderr_tail().contains("moved it aside"), "{}", c.context());
     drop(c);
 }
 

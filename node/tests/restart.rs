@@ -6,6 +6,7 @@
 //! Every wait is on a line of output (an event, a log line, the end of stderr), never on
 //! a sleep, so the tests hold on a loaded machine.
 
+use introducer_lab::overwrite_with_garbage;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
@@ -280,19 +281,4 @@ fn free_port_pair() -> u16 {
             return port;
         }
     }
-}
-
-fn overwrite_with_garbage(dir: &Path) -> usize {
-    let mut n = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            n += overwrite_with_garbage(&path);
-        } else {
-            let len = std::fs::metadata(&path).unwrap().len().max(64) as usize;
-            std::fs::write(&path, (0..len).map(|i| (i * 31 + 7) as u8).collect::<Vec<u8>>()).unwrap();
-            n += 1;
-        }
-    }
-    n
 }
