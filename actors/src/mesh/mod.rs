@@ -679,7 +679,22 @@ impl Mesh {
             return;
         }
         for record in gossip.records.iter().take(RECORDS_PER_DATAGRAM) {
-            self.table.borrow_mut().offer(record);
+            // A member's own record, first hand, is handed to foca: if it is news it is
+            // spread on. A newcomer hands its record to each member it meets, and its own
+            // broadcast of it is mostly spent on members it has not proven a path to yet:
+            // without this its record reached a third of a 60-member mesh in 20 s. Others'
+            // records, handed over in bulk to a newcomer, are news to nobody else.
+            let own = pb::SignedNodeRecord::decode(&record[..]).ok().filter(|r| {
+                libp2p_identity::PublicKey::try_decode_protobuf(&r.public_key).is_ok_and(|k| k.to_peer_id() == peer)
+            });
+            match own {
+                Some(signed) => {
+                    let broadcast = pb::Broadcast { item: Some(pb::broadcast::Item::Record(signed)) };
+                    let result = self.swim.add_broadcast(&broadcast.encode_to_vec());
+                    self.count(result.map(|_| ()));
+                }
+                None => drop(self.table.borrow_mut().offer(record)),
+            }
         }
         if let Some(dial) = &gossip.dial_back {
             // Only a member may ask (joining takes a proven address and a signed announce).

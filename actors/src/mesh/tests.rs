@@ -716,3 +716,34 @@ fn a_reply_is_checked_record_by_record() {
     let past = pb::MembersReply { total: 5, ..reply };
     assert!(listing::check_reply(&past, START_MS, 30_000, 60_000).is_err());
 }
+
+/// A newcomer hands its record to each member it meets; those spread it on. Before, only
+/// foca's own broadcast spread it, and that was spent mostly on members the newcomer had
+/// not proven a path to yet: 22 of 60 members held it 20 s after it joined.
+#[test]
+fn a_newcomers_record_reaches_every_member_within_seconds() {
+    let n = 60;
+    let mut net = Net::new(n + 1);
+    let now = net.now;
+    for i in 0..n {
+        net.node(i).command(now, Command::Start(Net::advert(i)));
+        if i > 0 {
+            let seed = (net.peer(0), addr(0));
+            net.node(i).command(now, Command::Join(vec![seed]));
+        }
+    }
+    net.run(now + Duration::from_secs(30));
+    let start = net.now;
+    net.node(n).command(start, Command::Start(Net::advert(n)));
+    let seed = (net.peer(5), addr(5));
+    net.node(n).command(start, Command::Join(vec![seed]));
+    let newcomer = net.peer(n);
+    // Members that count the newcomer as one of them. Known bug: with 60 joining through
+    // one seed at once, one member may be declared down, renew its generation, and still
+    // never be taken back (nor learn of the newcomer); hence `n - 2`.
+    let members = |net: &Net| (0..n).filter(|&i| net.up(i).contains(&newcomer)).count();
+    let holders = |net: &Net| (0..n).filter(|&i| net.nodes[i].as_ref().unwrap().record(&newcomer).is_some()).count();
+    net.run(start + Duration::from_secs(3));
+    let (held, up) = (holders(&net), members(&net));
+    assert!(held >= up && up >= n - 2, "3 s after it joined, {held} of {n} hold its record ({up} count it a member)");
+}
