@@ -747,3 +747,22 @@ fn a_newcomers_record_reaches_every_member_within_seconds() {
     let (held, up) = (holders(&net), members(&net));
     assert!(held >= up && up >= n - 2, "3 s after it joined, {held} of {n} hold its record ({up} count it a member)");
 }
+
+/// Known bug, not fixed yet (run with `--ignored`): 60 members joining through one seed
+/// at once on a lossless network; 40 s later some are not up at every other. In one run a
+/// member stopped sending at about 10 s — no probes, no acks, though it still received —
+/// was declared down by all at 22 s, renewed its generation and was never taken back. Its
+/// own `Mesh` dropped nothing (its counters stood still), so foca itself went quiet: look
+/// at its connection state and timer token (`change_identity` / `reset`) next.
+#[test]
+#[ignore]
+fn no_member_falls_silent_while_many_join_at_once() {
+    let n = 60;
+    let mut net = Net::new(n);
+    net.start_all();
+    net.run(net.now + Duration::from_secs(40));
+    for m in 0..n {
+        let up_at = (0..n).filter(|&i| i != m && net.up(i).contains(&net.peer(m))).count();
+        assert_eq!(up_at, n - 1, "member {m} is up at {up_at} of the others");
+    }
+}
