@@ -119,6 +119,10 @@ const MAX_TRACKED_IPS: usize = 4096;
 const MAX_PATHS: usize = 8192;
 /// Records handed over in one datagram (three of the largest fit beside the rest).
 const RECORDS_PER_DATAGRAM: usize = 3;
+/// How long foca's datagram for an unproven address waits for the proof.
+const HOLD_UNPROVEN: Duration = Duration::from_secs(2);
+/// Members a rejoining node announces itself to.
+const REANNOUNCE_TO: usize = 3;
 /// One dial-back probe per IP this often, at most, and this many IPs remembered.
 const DIAL_BACK_INTERVAL: Duration = Duration::from_secs(2);
 const MAX_DIAL_BACK_IPS: usize = 4096;
@@ -267,6 +271,12 @@ pub struct Mesh {
     /// Seeds to announce ourselves to once their address is proven.
     announce: BTreeSet<PeerId>,
     paths: BTreeMap<SocketAddr, PathState>,
+    /// foca's newest datagram for each address not proven yet, and since when: sent once
+    /// the address is proven (within [`HOLD_UNPROVEN`]), so that what it carries — member
+    /// updates, records — is not lost while a path is being proven. Dropped, it cost foca
+    /// one of the few times each update is passed on: after 60 members joined at once,
+    /// some were still unknown to others 40 s later.
+    held: BTreeMap<SocketAddr, (Instant, PeerId, Vec<u8>)>,
     buckets: BTreeMap<IpAddr, TokenBucket>,
     shared_bucket: TokenBucket,
     /// Signatures seen within `max_skew`, by the time they were sent (replays are dropped).
@@ -328,6 +338,7 @@ impl Mesh {
             proven: BTreeMap::new(),
             announce: BTreeSet::new(),
             paths: BTreeMap::new(),
+            held: BTreeMap::new(),
             buckets: BTreeMap::new(),
             seen: BTreeSet::new(),
             secret,
@@ -665,6 +676,11 @@ impl Mesh {
             if let Some(own) = self.record(&self.me.peer_id()) {
                 self.send_records(now, peer, src, vec![own.signed]);
             }
+            if let Some((_, for_peer, data)) = self.held.remove(&src) {
+                if for_peer == peer {
+                    self.send_payload(now, peer, src, data);
+                }
+            }
         }
         // The member does not know our token for it (it is new, or restarted and lost it):
         // a bare Gossip tells it, never larger than what came in.
@@ -753,6 +769,9 @@ impl Mesh {
         let keep = self.seen.split_off(&(now_ms.saturating_sub(skew), [0; 8]));
         self.seen = keep;
         self.dialed.retain(|_, t| now < *t + DIAL_BACK_INTERVAL);
+        let before = self.held.len();
+        self.held.retain(|_, (at, _, _)| now < *at + HOLD_UNPROVEN);
+        self.stats.dropped_unproven += (before - self.held.len()) as u64;
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -805,9 +824,11 @@ impl Mesh {
                 }
                 OwnedNotification::Active => self.events.push_back(Event::Active),
                 OwnedNotification::Idle => self.events.push_back(Event::Alone),
-                OwnedNotification::Defunct | OwnedNotification::Rejoin(_) => {
-                    tracing::info!("declared down by the mesh: rejoining");
+                OwnedNotification::Rejoin(_) => {
+                    tracing::info!("declared down by the mesh: rejoining as a newer generation");
+                    self.reannounce();
                 }
+                OwnedNotification::Defunct => tracing::warn!("declared down by the mesh"),
             }
         }
         self.track_suspicion();
@@ -839,6 +860,22 @@ impl Mesh {
                     self.events.push_back(Event::Record(record));
                 }
             }
+        }
+    }
+
+    /// After a rejoin under a newer generation, foca is disconnected and its timers are
+    /// reset; the others still address our old generation (foca drops what is not
+    /// addressed to the current one), so nobody would ever speak to us again. An announce
+    /// is taken whatever generation it names: a few members we proved a path to learn the
+    /// new one, and gossip spreads it.
+    fn reannounce(&mut self) {
+        let members: Vec<PeerId> = self.proven.keys().copied().collect();
+        let picks =
+            (0..REANNOUNCE_TO.min(members.len())).map(|_| members[self.rng.next_u32() as usize % members.len()]);
+        let picks: BTreeSet<PeerId> = picks.collect();
+        for peer in picks {
+            let result = self.swim.announce(MemberId { peer, generation: 0 }, &mut self.runtime);
+            self.count(result);
         }
     }
 
@@ -899,13 +936,24 @@ impl Mesh {
             return;
         };
         if self.paths.get(&addr).is_some_and(|p| p.proven && p.peer == to.peer) {
-            let gossip = self.gossip(now, to.peer, addr, pb::Gossip { payload: data.into(), ..Default::default() });
-            self.stats.sent += 1;
-            self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::Gossip(Box::new(gossip))));
+            self.send_payload(now, to.peer, addr, data);
         } else {
-            self.stats.dropped_unproven += 1;
+            if self.held.len() < MAX_PATHS || self.held.contains_key(&addr) {
+                // A newer datagram replaces the one held: the older is lost.
+                if self.held.insert(addr, (now, to.peer, data)).is_some() {
+                    self.stats.dropped_unproven += 1;
+                }
+            } else {
+                self.stats.dropped_unproven += 1;
+            }
             self.knock(now, to.peer, addr, false);
         }
+    }
+
+    fn send_payload(&mut self, now: Instant, peer: PeerId, addr: SocketAddr, data: Vec<u8>) {
+        let gossip = self.gossip(now, peer, addr, pb::Gossip { payload: data.into(), ..Default::default() });
+        self.stats.sent += 1;
+        self.transmits.push_back(Transmit::envelope(SocketId::PRIMARY, addr, Kind::Gossip(Box::new(gossip))));
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {

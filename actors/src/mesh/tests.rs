@@ -749,11 +749,13 @@ fn a_newcomers_record_reaches_every_member_within_seconds() {
 }
 
 /// Known bug, not fixed yet (run with `--ignored`): 60 members joining through one seed
-/// at once on a lossless network; 40 s later some are not up at every other. In one run a
-/// member stopped sending at about 10 s — no probes, no acks, though it still received —
-/// was declared down by all at 22 s, renewed its generation and was never taken back. Its
-/// own `Mesh` dropped nothing (its counters stood still), so foca itself went quiet: look
-/// at its connection state and timer token (`change_identity` / `reset`) next.
+/// at once on a lossless network; 40 s later a few members are still unknown to one or
+/// two others (each member up at 57–59 of 59). Found: members were declared down during
+/// the join (first pings went to unproven paths) and rejoined under a newer generation;
+/// foca drops what is addressed to an old generation, and a rejoined foca is silent until
+/// spoken to. Datagrams to unproven paths are now held until the proof, and a rejoined
+/// member announces itself (was 55–59, with one member silenced for good). Next: why a
+/// member that pings another is not learnt by it.
 #[test]
 #[ignore]
 fn no_member_falls_silent_while_many_join_at_once() {
@@ -761,8 +763,19 @@ fn no_member_falls_silent_while_many_join_at_once() {
     let mut net = Net::new(n);
     net.start_all();
     net.run(net.now + Duration::from_secs(40));
-    for m in 0..n {
-        let up_at = (0..n).filter(|&i| i != m && net.up(i).contains(&net.peer(m))).count();
-        assert_eq!(up_at, n - 1, "member {m} is up at {up_at} of the others");
-    }
+    let up_at: Vec<usize> =
+        (0..n).map(|m| (0..n).filter(|&i| i != m && net.up(i).contains(&net.peer(m))).count()).collect();
+    let alive_at: Vec<usize> = (0..n)
+        .map(|m| {
+            let alive = |i: usize| {
+                let members = net.nodes[i].as_ref().unwrap().members();
+                members.iter().any(|(id, st, _)| id.peer == net.peer(m) && *st != foca::State::Down)
+            };
+            (0..n).filter(|&i| i != m && alive(i)).count()
+        })
+        .collect();
+    assert!(
+        up_at.iter().all(|&u| u == n - 1),
+        "each member is up at this many others: {up_at:?}, alive (record or not) at {alive_at:?}"
+    );
 }
