@@ -812,6 +812,7 @@ impl Mesh {
         while let Some(notification) = self.runtime.to_notify() {
             match notification {
                 OwnedNotification::MemberUp(id) => {
+                    self.table.borrow_mut().down_homes.remove(&id.peer);
                     self.hand_records(now, id.peer);
                     self.events.push_back(Event::Joined(id.peer));
                 }
@@ -821,6 +822,8 @@ impl Mesh {
                 }
                 OwnedNotification::Rename(old, new) => {
                     tracing::debug!(?old, ?new, "member restarted");
+                    // Its claims (renewed within a minute) count again.
+                    self.table.borrow_mut().down_homes.remove(&new.peer);
                 }
                 OwnedNotification::Active => self.events.push_back(Event::Active),
                 OwnedNotification::Idle => self.events.push_back(Event::Alone),

@@ -98,6 +98,9 @@ pub const MAX_TOPIC_LEN: usize = 64;
 /// The longest a hosting claim may run before its home renews it.
 pub const MAX_HOSTING_MS: u64 = 10 * 60 * 1000;
 
+/// How long a home declared down is remembered: longer than any claim runs.
+pub const DOWN_HOME_MEMORY_MS: u64 = 10 * 60_000;
+
 /// A peer's homes as their claims say: home → (issued, expires), Unix ms.
 pub type Homes = BTreeMap<PeerId, (u64, u64)>;
 
@@ -114,6 +117,10 @@ pub struct Table {
     pub hosting: BTreeMap<PeerId, Homes>,
     /// Peers each home claims, so no home's claims can crowd out another's.
     pub hosted_by: BTreeMap<PeerId, usize>,
+    /// Homes declared down, and when (Unix ms): their claims still being gossiped are not
+    /// taken again — a dead home named for minutes after its members dropped it — until
+    /// it is up again or [`DOWN_HOME_MEMORY_MS`] passed.
+    pub down_homes: BTreeMap<PeerId, u64>,
     pub max_hosted_per_home: usize,
     /// Peers whose homes changed since the mesh last looked (it reports them).
     pub rehomed: Vec<PeerId>,
@@ -165,6 +172,9 @@ impl Table {
             self.stats.dropped_bad_record += 1;
             return None;
         };
+        if self.down_homes.contains_key(&home) {
+            return None;
+        }
         let known = self.hosting.get(&peer).and_then(|homes| homes.get(&home)).copied();
         if known.is_some_and(|(issued, _)| issued >= h.issued_ms) {
             return None;
@@ -225,6 +235,7 @@ impl Table {
         for peer in &gone {
             self.records.remove(peer);
         }
+        self.down_homes.retain(|_, at| *at + DOWN_HOME_MEMORY_MS > now);
         let (hosted_by, rehomed) = (&mut self.hosted_by, &mut self.rehomed);
         self.hosting.retain(|peer, homes| {
             let before = homes.len();
@@ -279,6 +290,9 @@ impl Table {
     /// A member is down: lookups skip it at once (its claims go; its peers are reported
     /// rehomed), rather than when its claims lapse.
     pub fn drop_home(&mut self, home: &PeerId) {
+        if self.down_homes.len() < self.max_records {
+            self.down_homes.insert(*home, self.now_ms);
+        }
         if self.hosted_by.remove(home).is_none() {
             return;
         }

@@ -549,6 +549,40 @@ fn hosting_claims_are_signed_bounded_and_quota_limited() {
     assert_eq!(table.homes(&Identity::from_seed(50).peer_id()), vec![home.peer_id()]);
 }
 
+/// A home declared down loses its claims, and its claims still being gossiped are not
+/// taken back: before, a dead home stayed named for as long as its claims went round
+/// (the scale bench saw it still named 30 s later). Up again, its claims count again.
+#[test]
+fn a_down_homes_claims_in_flight_are_not_taken_back() {
+    let now_ms = START_MS;
+    let mut table = Table {
+        now_ms,
+        max_skew_ms: 30_000,
+        ttl_ms: 60_000,
+        max_records: 8,
+        max_hosted_per_home: 8,
+        ..Table::default()
+    };
+    let (home, peer) = (Identity::from_seed(5), Identity::from_seed(50).peer_id());
+    let claim = |issued: u64| {
+        let hosting = home.sign_hosting(&peer, issued, issued + 60_000, &[]);
+        pb::Broadcast { item: Some(pb::broadcast::Item::Hosting(hosting)) }.encode_to_vec()
+    };
+    assert!(table.offer_broadcast(&claim(now_ms)).is_some());
+    table.drop_home(&home.peer_id());
+    assert!(table.homes(&peer).is_empty());
+    assert!(table.offer_broadcast(&claim(now_ms + 1)).is_none(), "a dead home's claim in flight");
+    assert!(table.homes(&peer).is_empty());
+    table.down_homes.remove(&home.peer_id());
+    assert!(table.offer_broadcast(&claim(now_ms + 2)).is_some(), "up again");
+    assert_eq!(table.homes(&peer), vec![home.peer_id()]);
+    // Forgotten after a while: the memory of dead homes is bounded in time.
+    table.drop_home(&home.peer_id());
+    table.now_ms += record::DOWN_HOME_MEMORY_MS + 1;
+    table.expire();
+    assert!(table.down_homes.is_empty());
+}
+
 fn replies_of(transmits: &[Transmit]) -> Vec<pb::MembersReply> {
     transmits
         .iter()
