@@ -5,6 +5,8 @@
 //! and a separate "row" NAT of the same kind with a pinger host (so row X × column X are two
 //! NATs of one kind, not one NAT; a double-NAT kind gets its own CGNAT and home NAT on each
 //! side). Every row host pings every column peer in turn, `MATRIX_RUNS` times (default 1);
+//! `MATRIX_ROWS` and `MATRIX_COLS` (comma-separated kind labels, say `sym-seq,sym-random`)
+//! keep only those rows and columns;
 //! each run records the `connected` event (path, strategy, connect_ms, probes) or the
 //! one-line error. The grid is printed (`-- --nocapture` shows it) and every run of every
 //! cell must be what [`expected`] says.
@@ -227,17 +229,30 @@ fn runs_per_cell() -> usize {
     }
 }
 
+/// The kinds named in `var` (comma-separated labels), in grid order; every kind when unset.
+fn kinds_from_env(var: &str) -> Vec<Kind> {
+    let Ok(v) = std::env::var(var) else { return KINDS.to_vec() };
+    let labels: Vec<&str> = v.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
+    for l in &labels {
+        assert!(KINDS.iter().any(|k| k.label == *l), "{var}: unknown kind {l:?}");
+    }
+    KINDS.iter().copied().filter(|k| labels.contains(&k.label)).collect()
+}
+
 #[test]
 fn nat_pair_matrix() {
     let runs = runs_per_cell();
+    let (row_kinds, col_kinds) = (kinds_from_env("MATRIX_ROWS"), kinds_from_env("MATRIX_COLS"));
     let t0 = Instant::now();
     let std = Standard::new("mx", INTRODUCER);
     let (_a, _b) = std.start_introducers();
 
     // One host per row and per column; public ones get addresses of their own.
-    let rows: Vec<(Kind, Host)> =
-        KINDS.iter().map(|&k| (k, k.host(&std, &format!("r-{}", k.label), Ipv4Addr::new(198, 51, 100, 10)))).collect();
-    let mut columns: Vec<Column> = KINDS
+    let rows: Vec<(Kind, Host)> = row_kinds
+        .iter()
+        .map(|&k| (k, k.host(&std, &format!("r-{}", k.label), Ipv4Addr::new(198, 51, 100, 10))))
+        .collect();
+    let mut columns: Vec<Column> = col_kinds
         .iter()
         .map(|&kind| {
             let h = kind.host(&std, &format!("c-{}", kind.label), Ipv4Addr::new(198, 51, 100, 11));
