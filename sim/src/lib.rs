@@ -42,12 +42,17 @@
 //!   NAT's inside network and on each host's access link ([`Link`]). NAT translation
 //!   happens when a datagram reaches the NAT, not when it is sent, so simultaneous open
 //!   behaves as on real networks.
+//! - **Slow hosts**, when asked for: a receiver that reads one datagram per fixed time,
+//!   with a bounded receive buffer per socket (`SO_RCVBUF`), dropping what arrives at a
+//!   full buffer ([`Sim::set_receiver`]); a sender that puts one datagram on the wire per
+//!   fixed time, so a burst leaves over a while and what it sends next waits behind it
+//!   ([`Sim::set_sender`]). Other hosts read and send in no time.
 //!
 //! # What is not
 //!
 //! No ICMP (a closed port or an unreachable address just drops the datagram, counted); no
 //! IPv6 (datagrams to IPv6 destinations are dropped as unroutable); no fragmentation or
-//! MTU; no bandwidth or queueing; no TCP; no router addresses inside NATs (the NAT has no
+//! MTU; no bandwidth or queueing (but for slow hosts); no TCP; no router addresses inside NATs (the NAT has no
 //! inside address a host could send to); no Linux conntrack quirks such as the clash
 //! resolution that re-maps a port when two flows race for it, or port reuse for different
 //! destinations under one external port (here every mapping owns its external port); no
@@ -238,6 +243,17 @@ enum Event {
         hop: Hop,
         packet: Packet,
     },
+    /// A slow receiver reads the next datagram from a socket's buffer.
+    Read {
+        host: HostId,
+        socket: SocketId,
+        packet: Packet,
+    },
+    /// A slow sender's datagram leaves.
+    Depart {
+        host: HostId,
+        packet: Packet,
+    },
 }
 
 struct Scheduled {
@@ -282,6 +298,21 @@ struct Host {
     dirty: bool,
     next_ephemeral: u16,
     stats: HostStats,
+    receiver: Option<Receiver>,
+    /// A slow sender's time per datagram, and when what it sent so far has left.
+    sender: Option<(Duration, Duration)>,
+}
+
+/// A slow receiver ([`Sim::set_receiver`]) and its state.
+struct Receiver {
+    /// Datagrams one socket buffers, at most.
+    capacity: usize,
+    /// Time to read and handle one datagram.
+    per_datagram: Duration,
+    /// When the host is done with what it has read or will read so far.
+    busy_until: Duration,
+    /// Per socket, when each buffered datagram will be read.
+    buffered: HashMap<SocketId, std::collections::VecDeque<Duration>>,
 }
 
 struct Nat {
@@ -463,6 +494,8 @@ impl Sim {
             dirty: false,
             next_ephemeral: EPHEMERAL_START,
             stats: HostStats::default(),
+            receiver: None,
+            sender: None,
         });
         self.mark_dirty(id);
         id
@@ -586,6 +619,22 @@ impl Sim {
     /// (default [`Link::IDEAL`]).
     pub fn set_host_link(&mut self, host: HostId, link: Link) {
         self.host_mut(host).link = link;
+    }
+
+    /// Makes `host` a slow receiver: it reads one datagram per `per_datagram`, in the
+    /// order they arrive, and each socket buffers `capacity` datagrams not yet read; one
+    /// arriving at a full buffer is dropped ([`Fate::Overflow`]), as by a full `SO_RCVBUF`.
+    /// What the host sends and its timers take no time.
+    pub fn set_receiver(&mut self, host: HostId, capacity: usize, per_datagram: Duration) {
+        let (busy_until, buffered) = (self.now, HashMap::new());
+        self.host_mut(host).receiver = Some(Receiver { capacity, per_datagram, busy_until, buffered });
+    }
+
+    /// Makes `host` a slow sender: its datagrams leave one per `per_datagram`, in the order
+    /// its machine sent them.
+    pub fn set_sender(&mut self, host: HostId, per_datagram: Duration) {
+        let now = self.now;
+        self.host_mut(host).sender = Some((per_datagram, now));
     }
 
     // ----- machines -----
@@ -818,6 +867,11 @@ impl Sim {
                 Hop::NatFromInside(nat) => self.nat_outbound(nat, packet),
                 Hop::NatFromOutside(nat) => self.nat_inbound(nat, packet),
             },
+            Event::Read { host, socket, packet } => self.read(host, socket, packet),
+            Event::Depart { host, packet } => {
+                let realm = self.hosts[host.0].realm;
+                self.forward(realm, packet, Some(host));
+            }
         }
     }
 
@@ -903,6 +957,13 @@ impl Sim {
             orig_dst: t.dst,
             sent: self.now,
         };
+        if let Some((per_datagram, busy_until)) = &mut self.hosts[host.0].sender {
+            let leaves = (*busy_until).max(self.now);
+            *busy_until = leaves + *per_datagram;
+            if leaves > self.now {
+                return self.schedule(leaves, Event::Depart { host, packet });
+            }
+        }
         self.forward(realm, packet, Some(host));
     }
 
@@ -943,10 +1004,35 @@ impl Sim {
     }
 
     fn arrive_at_host(&mut self, host: HostId, packet: Packet) {
+        let now = self.now;
         let h = &mut self.hosts[host.0];
         let Some(&socket) = h.by_addr.get(&packet.dst) else {
             return self.finish(&packet, Fate::NoSocket(host));
         };
+        if let Some(r) = &mut h.receiver {
+            let buffered = r.buffered.entry(socket).or_default();
+            while buffered.front().is_some_and(|&read| read <= now) {
+                buffered.pop_front();
+            }
+            if buffered.len() >= r.capacity {
+                return self.finish(&packet, Fate::Overflow(host));
+            }
+            let read = r.busy_until.max(now);
+            r.busy_until = read + r.per_datagram;
+            if read > now {
+                buffered.push_back(read);
+                return self.schedule(read, Event::Read { host, socket, packet });
+            }
+        }
+        self.read(host, socket, packet);
+    }
+
+    /// `host`'s machine handles a datagram that arrived on `socket`.
+    fn read(&mut self, host: HostId, socket: SocketId, packet: Packet) {
+        let h = &mut self.hosts[host.0];
+        if h.sockets.get(&socket) != Some(&packet.dst) {
+            return self.finish(&packet, Fate::NoSocket(host));
+        }
         h.stats.received += 1;
         let now = self.base + self.now;
         h.machine.handle_datagram(now, socket, SocketAddr::V4(packet.src), &packet.payload);
@@ -1004,6 +1090,7 @@ impl Sim {
             Fate::PortsExhausted(_) => c.dropped_ports_exhausted += 1,
             Fate::NoRoute => c.dropped_no_route += 1,
             Fate::NoSocket(_) => c.dropped_no_socket += 1,
+            Fate::Overflow(_) => c.dropped_overflow += 1,
         }
         if !matches!(fate, Fate::Delivered { .. }) {
             tracing::trace!(from = %packet.from, src = %packet.orig_src, dst = %packet.orig_dst, ?fate, "sim: datagram dropped");

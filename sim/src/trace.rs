@@ -31,6 +31,10 @@ pub struct Counters {
     /// Reached the destination host, but nothing is bound to the destination port
     /// (a real host would answer with ICMP port unreachable; nothing is sent here).
     pub dropped_no_socket: u64,
+    /// Reached a slow receiver whose socket buffer was full ([`Sim::set_receiver`]).
+    ///
+    /// [`Sim::set_receiver`]: super::Sim::set_receiver
+    pub dropped_overflow: u64,
     /// Mappings created, summed over all NATs.
     pub mappings_created: u64,
     /// Mappings found expired, summed over all NATs (counted when the NAT notices: on a
@@ -48,6 +52,7 @@ impl Counters {
             + self.dropped_ports_exhausted
             + self.dropped_no_route
             + self.dropped_no_socket
+            + self.dropped_overflow
     }
 }
 
@@ -93,6 +98,8 @@ pub enum Fate {
     PortsExhausted(NatId),
     NoRoute,
     NoSocket(HostId),
+    /// A slow receiver's socket buffer was full.
+    Overflow(HostId),
 }
 
 /// One datagram's journey, recorded when its fate is known (see [`Sim::enable_trace`]).
@@ -150,6 +157,7 @@ impl fmt::Display for TraceEvent {
             Fate::PortsExhausted(n) => write!(f, "no free port at {n}"),
             Fate::NoRoute => write!(f, "no route"),
             Fate::NoSocket(h) => write!(f, "port closed on {h}"),
+            Fate::Overflow(h) => write!(f, "receive buffer full on {h}"),
         }
     }
 }
