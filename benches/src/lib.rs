@@ -361,8 +361,13 @@ impl LoopbackSpray {
             Attempt::new(config, me, peer.peer_id(), nonce.clone(), initiator, plan, pool, &secret, handshake, start)
         };
         let easy = attempt(easy_id, hard_id, true, plan(self.seen, spray), &[]);
-        let hard =
-            attempt(hard_id, easy_id, false, plan(easy_addr, Birthday::Pool { target: easy_addr }), &self.hard.pool);
+        let hard = attempt(
+            hard_id,
+            easy_id,
+            false,
+            plan(easy_addr, Birthday::Pool { target: easy_addr, paced: false }),
+            &self.hard.pool,
+        );
         let settled = watch::channel([false; 2]).0;
         let (easy, hard) = std::thread::scope(|s| {
             let easy = s.spawn(|| self.easy.drive(easy, &nonce, start, 0, &settled));

@@ -80,7 +80,12 @@ pub struct Candidate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Birthday {
     /// We are the hard side: every pool socket sends to the easy side's public address.
-    Pool { target: SocketAddr },
+    /// `paced` when the easy side's NAT filters by address only: once the easy side has
+    /// sent to our IP, every pool proof gets through to its one socket, so the pool sends
+    /// a few at a time ([`super::Config::pool_burst`]) rather than a burst that overflows
+    /// the peer's receive buffer and takes the first datagrams after it with it. Other
+    /// filtering lets only the sprayed mapping through: the whole pool opens at once.
+    Pool { target: SocketAddr, paced: bool },
     /// We are the easy side: spray ports of the hard side's public IP — first where a
     /// sequential allocator must have put its pool, then at random.
     Spray { ip: IpAddr, predict: Option<Prediction> },
@@ -234,7 +239,10 @@ pub fn plan(
         Strategy::Direct => plan(Strategy::Direct, peer.nat_type() == NatType::Public || hard(me), None),
         Strategy::SimultaneousOpen => plan(Strategy::SimultaneousOpen, true, None),
         // Birthday or prediction. The hard side sends from its pool...
-        strategy if hard(me) && !hard(peer) => plan(strategy, true, Some(Birthday::Pool { target: peer_public })),
+        strategy if hard(me) && !hard(peer) => {
+            let paced = peer.filtering == Some(crate::nat::Filtering::AddressDependent);
+            plan(strategy, true, Some(Birthday::Pool { target: peer_public, paced }))
+        }
         // ...the easy side (or either of two sequential sides) aims at the peer's ports.
         strategy => {
             let walk = if hard(me) { Walk::Both } else { Walk::Pool };
@@ -272,7 +280,7 @@ mod tests {
         // Against an easy peer: we open the birthday pool toward it...
         let p = plan(&unknown(me_at), &easy(peer_at), peer_public, &[]).unwrap();
         assert_eq!(p.strategy, Strategy::Birthday);
-        assert_eq!(p.birthday, Some(Birthday::Pool { target: peer_public }));
+        assert_eq!(p.birthday, Some(Birthday::Pool { target: peer_public, paced: false }));
         assert!(p.send_first);
         // ...and an easy side sprays at an unknown peer's IP.
         let p = plan(&easy(me_at), &unknown(peer_at), peer_public, &[]).unwrap();

@@ -565,3 +565,48 @@ fn one_host_or_network_takes_only_its_share_of_punch_attempts() {
     let elsewhere = SocketAddr::from(([192, 0, 2, 44], 5000));
     assert_eq!(attempts.start(now, &mine, easy(999, elsewhere)), Ok(()), "a real peer is not locked out");
 }
+
+/// A birthday pool whose every proof reaches the peer's one socket (its NAT filters by
+/// address only, so once it sent to our IP all our mappings get through) goes out a few
+/// sockets at a time: the real-NAT grid's 256-proof burst overflowed a restricted-cone
+/// peer's receive buffer and took the first ping after the punch with it, about 1 run in
+/// 12. Against a port-restricted peer only the sprayed mapping gets through: the whole
+/// pool opens at once, as the spray's first guesses expect.
+#[test]
+fn a_pool_the_peer_receives_whole_goes_a_few_sockets_at_a_time() {
+    let config = Config::default();
+    let pool: Vec<SocketId> = (0..config.pool_size).map(actor::pool_socket).collect();
+    let (alice, bob) = (Identity::from_seed(1), Identity::from_seed(2));
+    let peer_public: SocketAddr = "198.51.100.9:2000".parse().unwrap();
+    let hard = report("203.0.113.1:1000", NatType::Hard);
+    let cone = |filtering| NatReport { filtering: Some(filtering), ..report("198.51.100.9:2000", NatType::Easy) };
+    // The pool's sends per instant over its first pass, and every socket it sent from.
+    let first_pass = |filtering| {
+        let plan = plan(&hard, &cone(filtering), peer_public, &[]).unwrap();
+        let now = Instant::now();
+        let nonce = vec![5u8; 16];
+        let handshake = handshake(&alice, &bob, &nonce, true);
+        let mut a =
+            Attempt::new(config.clone(), &alice, bob.peer_id(), nonce, true, plan, &pool, &[1; 32], handshake, now);
+        let (mut bursts, mut sockets) = (Vec::new(), HashSet::new());
+        while let Some(t) = a.poll_timeout().filter(|&t| t < now + config.pool_refresh) {
+            a.handle_timeout(t);
+            let from_pool: Vec<Transmit> =
+                std::iter::from_fn(|| a.poll_transmit()).filter(|x| x.socket != SocketId::PRIMARY).collect();
+            assert!(from_pool.iter().all(|x| x.dst == peer_public));
+            if !from_pool.is_empty() {
+                bursts.push((t - now, from_pool.len()));
+                sockets.extend(from_pool.iter().map(|x| x.socket));
+            }
+        }
+        (bursts, sockets.len())
+    };
+    let (bursts, sockets) = first_pass(Filtering::AddressDependent);
+    let burst = usize::from(config.pool_burst);
+    assert!(bursts.iter().all(|&(_, n)| n <= burst), "{bursts:?}");
+    assert_eq!(sockets, pool.len(), "every mapping opens within the pass");
+    let last = bursts.last().unwrap().0;
+    assert_eq!(last, config.pool_pace * (pool.len().div_ceil(burst) as u32 - 1), "{bursts:?}");
+    let (bursts, sockets) = first_pass(Filtering::AddressAndPortDependent);
+    assert_eq!((bursts, sockets), (vec![(Duration::ZERO, pool.len())], pool.len()));
+}
