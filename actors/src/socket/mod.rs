@@ -268,9 +268,17 @@ pub fn route_of(kind: &Kind) -> Route {
     }
 }
 
+/// What each socket asks the kernel to buffer: a birthday pool's burst (or a flood) must
+/// not overflow the default (about 200 kB) before the receiver reads it. The kernel caps
+/// it at `net.core.rmem_max`; a refusal is not fatal.
+const RECV_BUFFER: usize = 4 << 20;
+
 fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = std::net::UdpSocket::bind(addr)?;
     socket.set_nonblocking(true)?;
+    if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(RECV_BUFFER) {
+        tracing::debug!(%addr, "receive buffer left as it was: {e}");
+    }
     UdpSocket::from_std(socket)
 }
 
