@@ -9,10 +9,12 @@
 //!    Each member republishes its record once at a time spread over the next 280 s (then
 //!    every 5 min at that phase), as in a mesh whose members started apart;
 //! 2. three new members join 5 s apart: time until 50 / 90 / 100 % of the members hold
-//!    each one's record (followed through step 3);
+//!    each one's record; then three members already in the mesh republish theirs 5 s
+//!    apart, likewise (both followed through step 3);
 //! 3. the peers register, spread over 60 s (one claim renewal period); the next 60 s are
 //!    steady state: bytes/s per member, lookups (a random member, a random peer: does the
-//!    member's table name a live home, with its address?), what each member holds;
+//!    member's table name a live home, with its address?), what each member holds and the
+//!    heap it takes, CPU per member;
 //! 4. one member is killed: time until the members that had it up declare it down, and
 //!    until no table names it as a home;
 //! 5. churn for 60 s: 10 % of the members per minute are killed and replaced (a new
@@ -20,7 +22,7 @@
 //!    spread of each, and lookups right after.
 //!
 //! Memory per record and per claim is measured apart, with a counting allocator, on a
-//! member's table fed many of them.
+//! member's table fed many of them, and the CPU a new claim takes (decode, verify, insert).
 //!
 //! `cargo bench -p introducer-benches --bench mesh_scale` runs the default scenarios;
 //! `MESH_SCALE=1000x0,1000x1000` picks others, `MESH_SCALE_SEED` the seed,
@@ -86,10 +88,15 @@ struct Figures {
     /// Share of (member, other member) records held 20 s after the last member joined.
     formed: f64,
     converged: Vec<Spread>,
+    republished: Vec<Spread>,
     idle: Traffic,
     steady: Lookups,
     claims_held: f64,
+    records_held: f64,
     backlog: f64,
+    /// CPU seconds the steady-state minute took (every member's work, the harness's too).
+    steady_cpu: f64,
+    steady_secs: f64,
     failover: Vec<Spread>,
     claims_dropped: Vec<Option<Duration>>,
     churn_claims_dropped: Vec<Option<Duration>>,
@@ -121,10 +128,17 @@ fn run(s: Scenario, seed: u64) -> Figures {
     let (pairs, known) = sim.records_known();
     f.formed = known as f64 / pairs.max(1) as f64;
 
-    // 2. New members (their records' spread is followed through step 3).
+    // 2. New members, then members already in the mesh republish (each record's spread
+    // is followed through step 3).
     for _ in 0..3 {
         let via = sim.random_live();
         sim.spawn(via, true);
+        sim.run_for(Duration::from_secs(5));
+    }
+    for _ in 0..3 {
+        let old = sim.live()[sim.live().len() / 2];
+        let member = sim.random_live().filter(|&m| sim.members[m].born + Duration::from_secs(30) < sim.now);
+        sim.republish(member.unwrap_or(old));
         sim.run_for(Duration::from_secs(5));
     }
 
@@ -133,17 +147,22 @@ fn run(s: Scenario, seed: u64) -> Figures {
     sim.run_for(Duration::from_secs(60));
     let snap = sim.snapshot();
     let mut steady = Lookups::default();
+    let steady_cpu = cpu_secs();
     for _ in 0..4 {
         sim.run_for(Duration::from_secs(15));
         steady = add(steady, sim.lookups(500, Duration::ZERO));
     }
+    f.steady_cpu = cpu_secs() - steady_cpu;
+    f.steady_secs = 60.0;
     f.idle = sim.traffic_since(&snap);
     f.steady = steady;
     let loads = sim.loads();
     f.claims_held = loads.iter().map(|l| l.claims).sum::<usize>() as f64 / loads.len() as f64;
+    f.records_held = loads.iter().map(|l| l.records).sum::<usize>() as f64 / loads.len() as f64;
     f.backlog = loads.iter().map(|l| l.backlog).sum::<usize>() as f64 / loads.len() as f64;
     sim.close_tracks();
     f.converged = std::mem::take(&mut sim.converged);
+    f.republished = std::mem::take(&mut sim.republished);
 
     // 4. One member killed.
     let victim = sim.random_live().expect("members");
@@ -189,8 +208,21 @@ fn add(a: Lookups, b: Lookups) -> Lookups {
     }
 }
 
-/// Heap bytes a member's table takes per node record and per hosting claim.
-fn memory_per_entry() -> (f64, f64, usize, usize) {
+/// What one entry of a member's table costs.
+struct Costs {
+    /// Heap bytes per node record and per hosting claim.
+    per_record: f64,
+    per_claim: f64,
+    /// Their signed sizes.
+    record_len: usize,
+    claim_len: usize,
+    /// CPU µs to take one new claim (decode, ed25519 verify, insert).
+    claim_us: f64,
+}
+
+/// Heap bytes a member's table takes per node record and per hosting claim, and the CPU a
+/// new claim takes.
+fn memory_per_entry() -> Costs {
     const START_MS: u64 = 1_800_000_000_000;
     let table = || Table {
         now_ms: START_MS,
@@ -239,14 +271,16 @@ fn memory_per_entry() -> (f64, f64, usize, usize) {
         .collect();
     let before = heap();
     let mut t = table();
+    let cpu = cpu_secs();
     for c in &claims {
         t.offer_broadcast(c).expect("valid claim");
     }
+    let claim_us = (cpu_secs() - cpu) * 1e6 / claims.len() as f64;
     t.rehomed = Vec::new();
     let per_claim = (heap() - before) as f64 / claims.len() as f64;
     let record_len = records.iter().map(Vec::len).max().unwrap_or(0);
     assert!(record_len <= MAX_SIGNED_NODE_RECORD);
-    (per_record, per_claim, record_len, claims[0].len())
+    Costs { per_record, per_claim, record_len, claim_len: claims[0].len(), claim_us }
 }
 
 fn secs(d: Option<Duration>) -> String {
@@ -296,24 +330,41 @@ fn claims_gone(v: &[Option<Duration>]) -> String {
     secs(v.iter().flatten().max().copied())
 }
 
-fn print(all: &[Figures]) {
+fn print(all: &[Figures], costs: &Costs) {
     println!(
         "\nrecords (virtual time): share of (member, other member) records held 20 s after the last member joined; \
-         a new member's record held by 50 / 90 / 100 % of the members, s (median over new members; the worst, or how many never reached all)"
+         a new member's record held by 50 / 90 / 100 % of the members, s (median over new members; the worst, or how many never reached all); \
+         likewise a republished record of a member already in the mesh, and new members' records under churn"
     );
     println!(
-        "{:>7} {:>7} | {:>7} | {:>6} {:>6} {:>9} | {:>8} {:>6} {:>9} | {:>6} {:>6}",
-        "members", "peers", "formed", "new 50", "90", "100", "churn 50", "90", "100", "cpu s", "wall s"
+        "{:>7} {:>7} | {:>7} | {:>6} {:>6} {:>9} | {:>6} {:>6} {:>9} | {:>8} {:>6} {:>9} | {:>6} {:>6}",
+        "members",
+        "peers",
+        "formed",
+        "new 50",
+        "90",
+        "100",
+        "rep 50",
+        "90",
+        "100",
+        "churn 50",
+        "90",
+        "100",
+        "cpu s",
+        "wall s"
     );
     for f in all {
         println!(
-            "{:>7} {:>7} | {:>6.2}% | {:>6} {:>6} {:>9} | {:>8} {:>6} {:>9} | {:>6.0} {:>6.0}",
+            "{:>7} {:>7} | {:>6.2}% | {:>6} {:>6} {:>9} | {:>6} {:>6} {:>9} | {:>8} {:>6} {:>9} | {:>6.0} {:>6.0}",
             f.members,
             f.peers,
             100.0 * f.formed,
             median_until(&f.converged, 0.5),
             median_until(&f.converged, 0.9),
             worst_until_all(&f.converged),
+            median_until(&f.republished, 0.5),
+            median_until(&f.republished, 0.9),
+            worst_until_all(&f.republished),
             median_until(&f.churn_converged, 0.5),
             median_until(&f.churn_converged, 0.9),
             worst_until_all(&f.churn_converged),
@@ -346,6 +397,30 @@ fn print(all: &[Figures]) {
             pct(&f.after_churn_old),
             100.0 * f.steady.direct as f64 / f.steady.asked.max(1) as f64,
             100.0 * f.steady.unaddressed as f64 / f.steady.asked.max(1) as f64,
+        );
+    }
+    println!(
+        "\nper member at steady state: records and claims held and the heap they take (MB, by the per-entry figures above); \
+         CPU, ms per s (the steady minute's CPU, harness included, over the members: an upper bound); lookup hops: \
+         round trips before a home is named (1: the asked member answers from its own table; 0 when it is a home), \
+         mean over lookups that found one"
+    );
+    println!(
+        "{:>7} {:>7} | {:>7} {:>7} {:>7} | {:>8} | {:>5}",
+        "members", "peers", "records", "claims", "MB", "cpu ms/s", "hops"
+    );
+    for f in all {
+        let mb = (f.records_held * costs.per_record + f.claims_held * costs.per_claim) / 1e6;
+        let hops = 1.0 - f.steady.direct as f64 / f.steady.asked.max(1) as f64;
+        println!(
+            "{:>7} {:>7} | {:>7.0} {:>7.0} {:>7.2} | {:>8.2} | {:>5.2}",
+            f.members,
+            f.peers,
+            f.records_held,
+            f.claims_held,
+            mb,
+            1000.0 * f.steady_cpu / f.steady_secs / f.members as f64,
+            hops,
         );
     }
     println!(
@@ -388,10 +463,11 @@ fn main() {
         })
         .collect();
 
-    let (per_record, per_claim, record_len, claim_len) = memory_per_entry();
+    let costs = memory_per_entry();
     println!(
-        "memory (counting allocator, one member's table): {per_record:.0} B per node record ({record_len} B signed), \
-         {per_claim:.0} B per hosting claim ({claim_len} B signed broadcast)"
+        "memory (counting allocator, one member's table): {:.0} B per node record ({} B signed), \
+         {:.0} B per hosting claim ({} B signed broadcast); a new claim takes {:.0} us of CPU (decode, verify, insert)",
+        costs.per_record, costs.record_len, costs.per_claim, costs.claim_len, costs.claim_us
     );
 
     let mut figures: Vec<Option<Figures>> = (0..scenarios.len()).map(|_| None).collect();
@@ -409,7 +485,7 @@ fn main() {
         }
     });
     let all: Vec<Figures> = figures.into_iter().flatten().collect();
-    print(&all);
+    print(&all, &costs);
     println!(
         "\nanchors: hyperdht O(log n) lookup hops, records on the 3 closest nodes, 20 min record expiry, \
          20-30 min before a new node is used; iroh one home relay, a stale record stranded a node 15 h; \

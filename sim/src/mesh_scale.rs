@@ -212,12 +212,15 @@ pub struct MeshSim {
     pub rehome_delay: Duration,
     by_peer: BTreeMap<PeerId, usize>,
     records: BTreeMap<PeerId, Track>,
+    republishes: BTreeMap<PeerId, Track>,
     downs: BTreeMap<PeerId, Track>,
     claim_tracks: Vec<ClaimTrack>,
     checking: bool,
     /// How each tracked new member's record spread (`Event::Record`), once every member
     /// held it or once [`MeshSim::close_tracks`] was called.
     pub converged: Vec<Spread>,
+    /// Likewise, each tracked republished record of a member already in the mesh.
+    pub republished: Vec<Spread>,
     /// How each killed member came to be declared down (`Event::Left`, which also drops
     /// its claims), likewise: by the members that had reported it up.
     pub failovers: Vec<Spread>,
@@ -249,10 +252,12 @@ impl MeshSim {
             rehome_delay: Duration::from_secs(2),
             by_peer: BTreeMap::new(),
             records: BTreeMap::new(),
+            republishes: BTreeMap::new(),
             downs: BTreeMap::new(),
             claim_tracks: Vec::new(),
             checking: false,
             converged: Vec::new(),
+            republished: Vec::new(),
             failovers: Vec::new(),
             claims_dropped: Vec::new(),
             strays: 0,
@@ -360,7 +365,7 @@ impl MeshSim {
         let knew: Vec<usize> = self.live.iter().copied().filter(|&m| self.members[m].up.contains(&i)).collect();
         self.downs.insert(peer, Track::new(self.now, &knew));
         // It will never see anything now.
-        for track in self.records.values_mut().chain(self.downs.values_mut()) {
+        for track in self.records.values_mut().chain(self.republishes.values_mut()).chain(self.downs.values_mut()) {
             track.need.remove(&i);
             track.seen.remove(&i);
         }
@@ -374,6 +379,11 @@ impl MeshSim {
             let t = self.records.remove(&p).expect("listed");
             self.converged.push(t.spread());
         }
+        let done: Vec<PeerId> = self.republishes.iter().filter(|(_, t)| t.need.is_empty()).map(|(p, _)| *p).collect();
+        for p in done {
+            let t = self.republishes.remove(&p).expect("listed");
+            self.republished.push(t.spread());
+        }
         let done: Vec<PeerId> = self.downs.iter().filter(|(_, t)| t.need.is_empty()).map(|(p, _)| *p).collect();
         for p in done {
             let t = self.downs.remove(&p).expect("listed");
@@ -386,6 +396,9 @@ impl MeshSim {
         self.settle();
         for (_, t) in std::mem::take(&mut self.records) {
             self.converged.push(t.spread());
+        }
+        for (_, t) in std::mem::take(&mut self.republishes) {
+            self.republished.push(t.spread());
         }
         for (_, t) in std::mem::take(&mut self.downs) {
             self.failovers.push(t.spread());
@@ -426,6 +439,14 @@ impl MeshSim {
             let key = (self.now + over.mul_f64(k as f64 / live.len() as f64), self.next_seq());
             self.actions.insert(key, Action::Publish { member });
         }
+    }
+
+    /// A live member signs and spreads its record afresh now; the time until every other
+    /// live member holds this version is measured (into [`MeshSim::republished`]).
+    pub fn republish(&mut self, member: usize) {
+        let others: Vec<usize> = self.live.iter().copied().filter(|&m| m != member).collect();
+        self.republishes.insert(self.members[member].peer, Track::new(self.now, &others));
+        self.act(Action::Publish { member });
     }
 
     /// The live members a peer ranks first, skipping `except`.
@@ -572,7 +593,8 @@ impl MeshSim {
         let mut settle = false;
         for e in events {
             let track = match e {
-                Event::Record(r) => self.records.get_mut(&r.peer),
+                Event::Record(r) if self.records.contains_key(&r.peer) => self.records.get_mut(&r.peer),
+                Event::Record(r) => self.republishes.get_mut(&r.peer),
                 Event::Joined(p) => {
                     if let Some(&j) = self.by_peer.get(&p) {
                         self.members[i].up.insert(j);
