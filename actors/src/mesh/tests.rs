@@ -514,25 +514,34 @@ fn hosting_claims_spread_are_renewed_and_lapse() {
     }
 }
 
+/// A table at `START_MS` taking `quota` claims per home.
+fn claims_table(quota: usize) -> Table {
+    Table {
+        now_ms: START_MS,
+        max_skew_ms: 30_000,
+        ttl_ms: 60_000,
+        max_records: 8,
+        max_hosted_per_home: quota,
+        ..Table::default()
+    }
+}
+
+/// `home`'s claim on `peer`, as a broadcast.
+fn claim_by(home: &Identity, peer: &PeerId, issued: u64, expires: u64) -> Vec<u8> {
+    let hosting = home.sign_hosting(peer, issued, expires, &[]);
+    pb::Broadcast { item: Some(pb::broadcast::Item::Hosting(hosting)) }.encode_to_vec()
+}
+
 /// Claims are the homes' own: a forged one, one too long, and one past a home's quota
 /// are dropped and counted, so no member can point lookups for a peer at another member,
 /// nor crowd out the other homes' claims.
 #[test]
 fn hosting_claims_are_signed_bounded_and_quota_limited() {
     let now_ms = START_MS;
-    let mut table = Table {
-        now_ms,
-        max_skew_ms: 30_000,
-        ttl_ms: 60_000,
-        max_records: 8,
-        max_hosted_per_home: 2,
-        ..Table::default()
-    };
+    let mut table = claims_table(2);
     let home = Identity::from_seed(5);
-    let claim = |seed: u64, issued: u64, expires: u64| {
-        let hosting = home.sign_hosting(&Identity::from_seed(seed).peer_id(), issued, expires, &[]);
-        pb::Broadcast { item: Some(pb::broadcast::Item::Hosting(hosting)) }.encode_to_vec()
-    };
+    let claim =
+        |seed: u64, issued: u64, expires: u64| claim_by(&home, &Identity::from_seed(seed).peer_id(), issued, expires);
     assert!(table.offer_broadcast(&claim(50, now_ms, now_ms + 60_000)).is_some());
     assert!(table.offer_broadcast(&claim(50, now_ms, now_ms + 60_000)).is_none(), "no news");
     assert!(table.offer_broadcast(&claim(51, now_ms, now_ms + 11 * 60_000)).is_none(), "too long");
@@ -555,19 +564,9 @@ fn hosting_claims_are_signed_bounded_and_quota_limited() {
 #[test]
 fn a_down_homes_claims_in_flight_are_not_taken_back() {
     let now_ms = START_MS;
-    let mut table = Table {
-        now_ms,
-        max_skew_ms: 30_000,
-        ttl_ms: 60_000,
-        max_records: 8,
-        max_hosted_per_home: 8,
-        ..Table::default()
-    };
+    let mut table = claims_table(8);
     let (home, peer) = (Identity::from_seed(5), Identity::from_seed(50).peer_id());
-    let claim = |issued: u64| {
-        let hosting = home.sign_hosting(&peer, issued, issued + 60_000, &[]);
-        pb::Broadcast { item: Some(pb::broadcast::Item::Hosting(hosting)) }.encode_to_vec()
-    };
+    let claim = |issued: u64| claim_by(&home, &peer, issued, issued + 60_000);
     assert!(table.offer_broadcast(&claim(now_ms)).is_some());
     table.drop_home(&home.peer_id());
     assert!(table.homes(&peer).is_empty());
