@@ -12,6 +12,7 @@
 //!   our token from there (it receives there). Before that it gets a bare Gossip — no
 //!   payload, at most one a second per address, and as an answer never larger than what
 //!   came in — so no member can aim the mesh's traffic at an address nobody verified.
+//!   What foca sends there meanwhile waits for the proof (2 s) instead of being lost.
 //! - **Where members are.** Addresses come from a member's own signed record (or from
 //!   first contact with a seed), never from what one member says about another.
 //! - **Records** ([`record`]) ride foca's custom broadcasts; each member republishes its
