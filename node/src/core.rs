@@ -1087,6 +1087,13 @@ impl NodeCore {
         }
         if again {
             self.emit(NodeEvent::Nat { public, nat: report });
+            // A serving node that moved says where it is now.
+            if let Some(advert) = self.advert.as_mut().filter(|a| a.addrs != [report.public_addr]) {
+                advert.addrs = vec![report.public_addr];
+                let advert = advert.clone();
+                self.published = Some(now);
+                self.orders.push_back(Order::Mesh(mesh::Command::Publish(advert)));
+            }
         } else {
             self.ready(public);
         }
@@ -1718,6 +1725,32 @@ mod tests {
         let after = orders(&mut c);
         assert!(!after.iter().any(|o| matches!(o, Order::Emit(NodeEvent::Fatal(_)))), "{after:?}");
         assert_eq!(c.nat(), Some(&hard));
+    }
+
+    /// A public node that serves and is classified again at another address republishes
+    /// its node record with it; the same address publishes nothing.
+    #[test]
+    fn a_serving_node_that_moved_publishes_its_new_address() {
+        let now = Instant::now();
+        let mut c = joined(now, false);
+        let old = "198.51.100.7:3478".parse().unwrap();
+        c.handle_report(now, Report::Probe(ProbeEvent::Classified(Ok(NatReport::public(old)))));
+        let addrs = |orders: Vec<Order>| -> Vec<Vec<SocketAddr>> {
+            orders
+                .into_iter()
+                .filter_map(|o| match o {
+                    Order::Mesh(mesh::Command::Start(a) | mesh::Command::Publish(a)) => Some(a.addrs),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(addrs(orders(&mut c)), [vec![old]]);
+        let later = now + Duration::from_secs(60);
+        c.handle_report(later, Report::Probe(ProbeEvent::Classified(Ok(NatReport::public(old)))));
+        assert!(addrs(orders(&mut c)).is_empty());
+        let new = "198.51.100.9:3478".parse().unwrap();
+        c.handle_report(later, Report::Probe(ProbeEvent::Classified(Ok(NatReport::public(new)))));
+        assert_eq!(addrs(orders(&mut c)), [vec![new]]);
     }
 
     /// The OS now sends from another address: the record (its private address) is
