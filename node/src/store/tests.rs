@@ -137,6 +137,22 @@ fn a_mem_store_loses_what_was_not_flushed_when_it_crashes() {
     assert_eq!(store.load().unwrap().members.keys().collect::<Vec<_>>(), [&peer(1)]);
 }
 
+/// Waits until sled lets go of the store's files after its last handle was dropped: its
+/// flusher thread holds the lock a moment longer (in one process only; one that exits
+/// frees it at once). Reopening at once failed as `Locked` on a loaded machine.
+fn released(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path.join("db")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // SAFETY: flock(2) on a file this function opened and keeps open.
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        assert!(std::time::Instant::now() < deadline, "sled still holds {path:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: as above; closing the file would release it too.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+}
+
 #[test]
 fn a_reopened_sled_store_sees_what_was_flushed() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,6 +163,7 @@ fn a_reopened_sled_store_sees_what_was_flushed() {
         store.put_topic("t", &peer(1), &expiring(1, 99)).unwrap();
         store.flush().unwrap();
     }
+    released(&path);
     let Opened { mut store, stored, moved_aside } = SledStore::open_or_rebuild(&path).unwrap();
     assert_eq!(moved_aside, None);
     assert_eq!(stored.members[&peer(1)], member(1, 1));
@@ -171,6 +188,7 @@ fn garbage_is_moved_aside(overwrite: impl Fn(&std::path::Path) -> bool) {
         store.put_member(&member(1, 1)).unwrap();
         store.flush().unwrap();
     }
+    released(&path);
     let mut files = 0;
     for entry in walk(&path).into_iter().filter(|f| overwrite(f)) {
         let len = std::fs::metadata(&entry).unwrap().len().max(64) as usize;
@@ -195,7 +213,9 @@ fn a_store_of_another_format_is_moved_aside() {
         store.insert(Tree::Meta, codec::FORMAT, 2u32.to_be_bytes().to_vec()).unwrap();
         store.flush().unwrap();
     }
+    released(&path);
     assert!(matches!(SledStore::open(&path), Err(StoreError::Format { found, .. }) if found == "2"));
+    released(&path);
     let opened = SledStore::open_or_rebuild(&path).unwrap();
     assert!(opened.moved_aside.is_some());
 }
