@@ -122,6 +122,10 @@ const MAX_PATHS: usize = 8192;
 const RECORDS_PER_DATAGRAM: usize = 3;
 /// How long foca's datagram for an unproven address waits for the proof.
 const HOLD_UNPROVEN: Duration = Duration::from_secs(2);
+/// Records handed over to one member: this many datagrams every `HAND_INTERVAL`, well
+/// within the rate a member takes from one IP (`per_ip_rate`, 50 a second by default).
+const HAND_BATCH: usize = 10;
+const HAND_INTERVAL: Duration = Duration::from_millis(500);
 /// Members a rejoining node announces itself to.
 const REANNOUNCE_TO: usize = 3;
 /// One dial-back probe per IP this often, at most, and this many IPs remembered.
@@ -290,6 +294,11 @@ pub struct Mesh {
     dial_budget: TokenBucket,
     advert: Option<Advert>,
     next_refresh: Option<Instant>,
+    /// Records still to hand over to members that just came up (where, what), and when the
+    /// next batch goes: a newcomer to a mesh of 1,000 gets 334 datagrams, and the burst a
+    /// member takes from one IP is 100 — sent at once, most were dropped there.
+    handing: BTreeMap<PeerId, (SocketAddr, VecDeque<Vec<u8>>)>,
+    next_hand: Option<Instant>,
     /// Peers we are a home of: their topics, and when to renew each claim.
     hosted: BTreeMap<PeerId, (Vec<Vec<u8>>, Instant)>,
     last_claim_ms: u64,
@@ -348,6 +357,8 @@ impl Mesh {
             dial_budget: TokenBucket::full(20.0, 20.0, epoch.0),
             advert: None,
             next_refresh: None,
+            handing: BTreeMap::new(),
+            next_hand: None,
             hosted: BTreeMap::new(),
             last_claim_ms: 0,
             suspected: BTreeSet::new(),
@@ -785,6 +796,9 @@ impl Mesh {
             let result = self.swim.handle_timer(timer, &mut self.runtime);
             self.count(result);
         }
+        if self.next_hand.is_some_and(|t| now >= t) {
+            self.hand_some(now);
+        }
         if self.next_refresh.is_some_and(|t| now >= t) {
             self.publish(now);
         }
@@ -913,13 +927,37 @@ impl Mesh {
     /// A member that just came up over a proven path (it joined through us, mostly) gets
     /// every record we hold: gossip spreads each record only for a while after it changes,
     /// so a newcomer would otherwise wait up to `record_refresh` for the older ones.
+    /// They go in batches (see [`Mesh::hand_some`]).
     fn hand_records(&mut self, now: Instant, peer: PeerId) {
         let Some(addr) = self.proven.get(&peer).copied() else { return };
-        let records: Vec<Vec<u8>> =
+        let records: VecDeque<Vec<u8>> =
             self.table.borrow().records.values().filter(|r| r.peer != peer).map(|r| r.signed.clone()).collect();
-        for chunk in records.chunks(RECORDS_PER_DATAGRAM) {
-            self.send_records(now, peer, addr, chunk.to_vec());
+        if self.handing.len() < self.config.max_members || self.handing.contains_key(&peer) {
+            self.handing.insert(peer, (addr, records));
         }
+        self.hand_some(now);
+    }
+
+    /// The next batch of records to each member we are handing records over to.
+    fn hand_some(&mut self, now: Instant) {
+        if self.next_hand.is_some_and(|t| now < t) {
+            return;
+        }
+        let mut batches = Vec::new();
+        for (peer, (addr, records)) in &mut self.handing {
+            for _ in 0..HAND_BATCH {
+                let n = records.len().min(RECORDS_PER_DATAGRAM);
+                if n == 0 {
+                    break;
+                }
+                batches.push((*peer, *addr, records.drain(..n).collect::<Vec<_>>()));
+            }
+        }
+        self.handing.retain(|_, (_, records)| !records.is_empty());
+        for (peer, addr, records) in batches {
+            self.send_records(now, peer, addr, records);
+        }
+        self.next_hand = (!self.handing.is_empty()).then_some(now + HAND_INTERVAL);
     }
 
     fn send_records(&mut self, now: Instant, peer: PeerId, addr: SocketAddr, records: Vec<Vec<u8>>) {
@@ -971,7 +1009,7 @@ impl Mesh {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timers = self.timers.keys().next().map(|(t, _)| *t);
         let renew = self.hosted.values().map(|(_, t)| *t).min();
-        [timers, self.next_refresh, renew].into_iter().flatten().min()
+        [timers, self.next_refresh, renew, self.next_hand].into_iter().flatten().min()
     }
 }
 
