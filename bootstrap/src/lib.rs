@@ -240,8 +240,10 @@ pub enum Event {
     MembersAsked { socket: SocketId, addr: SocketAddr, request_id: u64, offset: u32 },
 }
 
-/// How long a node waits for its dial-back, and how often it asks meanwhile.
-pub const DIAL_BACK_WAIT: Duration = Duration::from_millis(1500);
+/// How long a node waits for its dial-back, and how often it asks meanwhile: longer than
+/// the interval seeds and members keep between two dial-backs of one IP, so a node that
+/// restarts right after one (say, its store lost) is still dialed back.
+pub const DIAL_BACK_WAIT: Duration = Duration::from_millis(2500);
 const DIAL_BACK_RETRY: Duration = Duration::from_millis(500);
 /// A seed takes one dial-back request per IP this often, and remembers this many IPs.
 const DIAL_BACK_INTERVAL: Duration = Duration::from_secs(2);
@@ -717,6 +719,6 @@ mod tests {
             silent.handle_timeout(t);
         }
         assert_eq!(silent.poll_event(), Some(Event::NotReachable));
-        assert_eq!(requests, 3, "asked at 0, 0.5 and 1 s");
+        assert_eq!(requests, 5, "asked at 0, 0.5, 1, 1.5 and 2 s: once past a seed's 2 s between two of one IP");
     }
 }
