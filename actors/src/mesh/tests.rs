@@ -59,14 +59,26 @@ impl Net {
 
     /// Node 0 starts a mesh, every other joins through it.
     fn start_all(&mut self) {
+        self.start_first(self.nodes.len());
+    }
+
+    /// Node 0 starts a mesh, nodes 1..count join through it at once; the rest wait.
+    fn start_first(&mut self, count: usize) {
         let now = self.now;
-        for i in 0..self.nodes.len() {
+        for i in 0..count {
             self.node(i).command(now, Command::Start(Net::advert(i)));
             if i > 0 {
                 let seed = (self.peer(0), addr(0));
                 self.node(i).command(now, Command::Join(vec![seed]));
             }
         }
+    }
+
+    /// Node `i` starts and joins through node `via`, now.
+    fn join_late(&mut self, i: usize, via: usize) {
+        let (now, seed) = (self.now, (self.peer(via), addr(via)));
+        self.node(i).command(now, Command::Start(Net::advert(i)));
+        self.node(i).command(now, Command::Join(vec![seed]));
     }
 
     /// Delivers everything queued, then moves time to the next deadline; until `until`.
@@ -762,22 +774,13 @@ fn a_newcomers_record_reaches_every_member_within_seconds() {
     let n = 60;
     let mut net = Net::new(n + 1);
     let now = net.now;
-    for i in 0..n {
-        net.node(i).command(now, Command::Start(Net::advert(i)));
-        if i > 0 {
-            let seed = (net.peer(0), addr(0));
-            net.node(i).command(now, Command::Join(vec![seed]));
-        }
-    }
+    net.start_first(n);
     net.run(now + Duration::from_secs(30));
     let start = net.now;
-    net.node(n).command(start, Command::Start(Net::advert(n)));
-    let seed = (net.peer(5), addr(5));
-    net.node(n).command(start, Command::Join(vec![seed]));
+    net.join_late(n, 5);
     let newcomer = net.peer(n);
-    // Members that count the newcomer as one of them. Known bug: with 60 joining through
-    // one seed at once, one member may be declared down, renew its generation, and still
-    // never be taken back (nor learn of the newcomer); hence `n - 2`.
+    // Members that count the newcomer as one of them: 30 s after 60 joined at once, a
+    // member or two may not know every other yet (see the mass-join test); hence `n - 2`.
     let members = |net: &Net| (0..n).filter(|&i| net.up(i).contains(&newcomer)).count();
     let holders = |net: &Net| (0..n).filter(|&i| net.nodes[i].as_ref().unwrap().record(&newcomer).is_some()).count();
     net.run(start + Duration::from_secs(3));
@@ -794,18 +797,10 @@ fn a_newcomer_gets_every_record_within_its_per_ip_budget() {
     let config = Config { per_ip_burst: 20.0, ..Config::default() };
     let mut net = Net::with_config(n + 1, config);
     let now = net.now;
-    for i in 0..n {
-        net.node(i).command(now, Command::Start(Net::advert(i)));
-        if i > 0 {
-            let seed = (net.peer(0), addr(0));
-            net.node(i).command(now, Command::Join(vec![seed]));
-        }
-    }
+    net.start_first(n);
     net.run(now + Duration::from_secs(150));
     let start = net.now;
-    net.node(n).command(start, Command::Start(Net::advert(n)));
-    let seed = (net.peer(5), addr(5));
-    net.node(n).command(start, Command::Join(vec![seed]));
+    net.join_late(n, 5);
     net.run(start + Duration::from_secs(3));
     let newcomer = net.nodes[n].as_ref().unwrap();
     let held = (0..n).filter(|&i| newcomer.record(&net.peer(i)).is_some()).count();
