@@ -12,9 +12,9 @@
 //!    each one's record; then three members already in the mesh republish theirs 5 s
 //!    apart, likewise (both followed through step 3);
 //! 3. the peers register, spread over 60 s (one claim renewal period); the next 60 s are
-//!    steady state: bytes/s per member, lookups (a random member, a random peer: does the
-//!    member's table name a live home, with its address?), what each member holds and the
-//!    heap it takes, CPU per member;
+//!    steady state: bytes/s per member, lookups (a random member asks the directory for a
+//!    random peer: does the answer name a live home, with its address, and how soon?),
+//!    what each member holds and the heap it takes, CPU per member;
 //! 4. one member is killed: time until the members that had it up declare it down, and
 //!    until no table names it as a home;
 //! 5. churn for 60 s: 10 % of the members per minute are killed and replaced (a new
@@ -150,7 +150,7 @@ fn run(s: Scenario, seed: u64) -> Figures {
     let steady_cpu = cpu_secs();
     for _ in 0..4 {
         sim.run_for(Duration::from_secs(15));
-        steady = add(steady, sim.lookups(500, Duration::ZERO));
+        steady = steady.merge(sim.lookups(500, Duration::ZERO));
     }
     f.steady_cpu = cpu_secs() - steady_cpu;
     f.steady_secs = 60.0;
@@ -196,16 +196,6 @@ fn run(s: Scenario, seed: u64) -> Figures {
     f.cpu = cpu_secs() - cpu;
     f.wall = wall.elapsed();
     f
-}
-
-fn add(a: Lookups, b: Lookups) -> Lookups {
-    Lookups {
-        asked: a.asked + b.asked,
-        found: a.found + b.found,
-        direct: a.direct + b.direct,
-        unaddressed: a.unaddressed + b.unaddressed,
-        named_dead: a.named_dead + b.named_dead,
-    }
 }
 
 /// What one entry of a member's table costs.
@@ -264,8 +254,7 @@ fn memory_per_entry() -> Costs {
             let homes = &homes;
             (0..3).map(move |k| {
                 let home = &homes[((p * 7 + k * 31) % 100) as usize];
-                let hosting = home.sign_hosting(&peer, START_MS, START_MS + 120_000, &[]);
-                pb::Broadcast { item: Some(pb::broadcast::Item::Hosting(hosting)) }.encode_to_vec()
+                home.sign_hosting(&peer, START_MS, START_MS + 120_000, &[]).encode_to_vec()
             })
         })
         .collect();
@@ -273,7 +262,8 @@ fn memory_per_entry() -> Costs {
     let mut t = table();
     let cpu = cpu_secs();
     for c in &claims {
-        t.offer_broadcast(c).expect("valid claim");
+        let claim = t.check_claim(c).expect("valid claim");
+        assert!(t.offer_claim(claim));
     }
     let claim_us = (cpu_secs() - cpu) * 1e6 / claims.len() as f64;
     t.rehomed = Vec::new();
@@ -375,16 +365,30 @@ fn print(all: &[Figures], costs: &Costs) {
     println!(
         "\nbytes/s per member (UDP payload, kB/s: mean at steady state, the most one member sent, mean under churn); \
          claims held and broadcasts still to spread per member; lookups: share of (random member, random peer) where the \
-         member's table names a live home it has an address for, at steady state, right after churn, and there asking only \
-         members older than 2 min; asked member is a home itself; table names a live home without an address"
+         member's lookup (to the peer's directory) named a live home at its address, at steady state, right after churn, \
+         and there asking only members older than 2 min; asked member is a home itself; answer time at steady state, \
+         ms, 50 / 90 %"
     );
     println!(
-        "{:>7} {:>7} | {:>6} {:>6} {:>6} | {:>7} {:>7} | {:>8} {:>8} {:>8} {:>6} {:>7}",
-        "members", "peers", "idle", "max", "churn", "claims", "backlog", "steady", "churn", "old", "direct", "no addr"
+        "{:>7} {:>7} | {:>6} {:>6} {:>6} | {:>7} {:>7} | {:>8} {:>8} {:>8} {:>6} | {:>5} {:>5}",
+        "members",
+        "peers",
+        "idle",
+        "max",
+        "churn",
+        "claims",
+        "backlog",
+        "steady",
+        "churn",
+        "old",
+        "direct",
+        "ms 50",
+        "90"
     );
+    let ms = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.0}", d.as_secs_f64() * 1000.0));
     for f in all {
         println!(
-            "{:>7} {:>7} | {:>6} {:>6.1} {:>6} | {:>7.0} {:>7.0} | {:>8} {:>8} {:>8} {:>5.1}% {:>6.2}%",
+            "{:>7} {:>7} | {:>6} {:>6.1} {:>6} | {:>7.0} {:>7.0} | {:>8} {:>8} {:>8} {:>5.1}% | {:>5} {:>5}",
             f.members,
             f.peers,
             kb(&f.idle),
@@ -396,14 +400,15 @@ fn print(all: &[Figures], costs: &Costs) {
             pct(&f.after_churn),
             pct(&f.after_churn_old),
             100.0 * f.steady.direct as f64 / f.steady.asked.max(1) as f64,
-            100.0 * f.steady.unaddressed as f64 / f.steady.asked.max(1) as f64,
+            ms(f.steady.time(0.5)),
+            ms(f.steady.time(0.9)),
         );
     }
     println!(
         "\nper member at steady state: records and claims held and the heap they take (MB, by the per-entry figures above); \
          CPU, ms per s (the steady minute's CPU, harness included, over the members: an upper bound); lookup hops: \
-         round trips before a home is named (1: the asked member answers from its own table; 0 when it is a home), \
-         mean over lookups that found one"
+         round trips before a home is named (1: to the directory; 0 when the member asked keeps the directory or is a \
+         home), mean over the lookups"
     );
     println!(
         "{:>7} {:>7} | {:>7} {:>7} {:>7} | {:>8} | {:>5}",
@@ -411,7 +416,7 @@ fn print(all: &[Figures], costs: &Costs) {
     );
     for f in all {
         let mb = (f.records_held * costs.per_record + f.claims_held * costs.per_claim) / 1e6;
-        let hops = 1.0 - f.steady.direct as f64 / f.steady.asked.max(1) as f64;
+        let hops = f.steady.times.len() as f64 / f.steady.asked.max(1) as f64;
         println!(
             "{:>7} {:>7} | {:>7.0} {:>7.0} {:>7.2} | {:>8.2} | {:>5.2}",
             f.members,
@@ -466,7 +471,7 @@ fn main() {
     let costs = memory_per_entry();
     println!(
         "memory (counting allocator, one member's table): {:.0} B per node record ({} B signed), \
-         {:.0} B per hosting claim ({} B signed broadcast); a new claim takes {:.0} us of CPU (decode, verify, insert)",
+         {:.0} B per hosting claim ({} B signed); a new claim takes {:.0} us of CPU (decode, verify, insert)",
         costs.per_record, costs.record_len, costs.per_claim, costs.claim_len, costs.claim_us
     );
 

@@ -1242,6 +1242,7 @@ impl NodeCore {
                 tracing::info!(%peer, "registration expired");
                 self.orders.push_back(Order::Mesh(mesh::Command::Unhost(peer)));
             }
+            broker::Event::Lookup(key) => self.orders.push_back(Order::Mesh(mesh::Command::Lookup(key))),
         }
     }
 

@@ -14,6 +14,7 @@
 //! Everything replays from the seed: ordered maps, a seeded generator, virtual time.
 
 use introducer_actors::identity::Identity;
+use introducer_actors::mesh::directory::{Key, LOOKUP_TIMEOUT};
 use introducer_actors::mesh::{Advert, Command, Config, Event, Load, Mesh};
 use introducer_proto::frame::{self, Decoded};
 use introducer_proto::pb::envelope::Kind;
@@ -159,22 +160,44 @@ impl Spread {
 }
 
 /// What the samples of lookups found.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Lookups {
     pub asked: usize,
-    /// The asked member's table named at least one live home of the peer.
+    /// The answer named a live home of the peer at its address (or the member asked is a
+    /// home itself).
     pub found: usize,
-    /// The asked member was itself a home (no hop to a home needed).
+    /// The member asked was itself a home: it needs no lookup.
     pub direct: usize,
-    /// The table named a live home but knew no address for it (no record): useless.
-    pub unaddressed: usize,
-    /// The table also named a home that is dead (a lookup may try it, suspected last).
+    /// Answered from the member's own table (it keeps the peer's directory): no round trip.
+    pub local: usize,
+    /// The answer also named a home that is dead (a connect may try it, suspected last).
     pub named_dead: usize,
+    /// From asking to the answer, for each lookup that asked the directory.
+    pub times: Vec<Duration>,
 }
 
 impl Lookups {
     pub fn success(&self) -> f64 {
         self.found as f64 / self.asked.max(1) as f64
+    }
+
+    pub fn merge(mut self, other: Lookups) -> Lookups {
+        self.asked += other.asked;
+        self.found += other.found;
+        self.direct += other.direct;
+        self.local += other.local;
+        self.named_dead += other.named_dead;
+        self.times.extend(other.times);
+        self
+    }
+
+    /// The time by which this fraction of the lookups that asked the directory had their
+    /// answer.
+    pub fn time(&self, fraction: f64) -> Option<Duration> {
+        let mut times = self.times.clone();
+        times.sort();
+        let n = ((times.len() as f64 * fraction).ceil() as usize).max(1);
+        times.get(n - 1).copied()
     }
 }
 
@@ -231,6 +254,10 @@ pub struct MeshSim {
     /// Datagrams to an address no member ever had, and to killed members.
     pub strays: u64,
     pub dead_letters: u64,
+    /// Lookups asked (by member, of a peer) and when; and the answers: how long they took
+    /// and the homes they named.
+    asking: BTreeMap<(usize, PeerId), Instant>,
+    answers: BTreeMap<(usize, PeerId), (Duration, Vec<SocketAddr>)>,
 }
 
 impl MeshSim {
@@ -262,6 +289,8 @@ impl MeshSim {
             claims_dropped: Vec::new(),
             strays: 0,
             dead_letters: 0,
+            asking: BTreeMap::new(),
+            answers: BTreeMap::new(),
         }
     }
 
@@ -607,6 +636,12 @@ impl MeshSim {
                     }
                     self.downs.get_mut(&p)
                 }
+                Event::Homes { peer, homes } => {
+                    if let Some(at) = self.asking.remove(&(i, peer)) {
+                        self.answers.insert((i, peer), (self.now - at, homes));
+                    }
+                    None
+                }
                 _ => None,
             };
             if let Some(track) = track {
@@ -645,8 +680,10 @@ impl MeshSim {
         (pairs, known)
     }
 
-    /// Asks `samples` random (live member at least `min_age` old, peer with a live home)
-    /// pairs whether the member's table names a live home of the peer.
+    /// `samples` random (live member at least `min_age` old, peer with a live home) pairs:
+    /// the member asks the directory for the peer's homes (`Command::Lookup`, as its
+    /// broker does for a peer registered elsewhere); the sim runs until the answers are in.
+    /// Did the answer name a live home at its address?
     pub fn lookups(&mut self, samples: usize, min_age: Duration) -> Lookups {
         let askers: Vec<usize> =
             self.live.iter().copied().filter(|&m| self.now - self.members[m].born >= min_age).collect();
@@ -655,21 +692,38 @@ impl MeshSim {
         if askers.is_empty() || wanted.is_empty() {
             return l;
         }
+        let mut pairs = BTreeMap::new();
         for _ in 0..samples {
             let m = askers[self.rng.gen_range(0..askers.len())];
             let p = wanted[self.rng.gen_range(0..wanted.len())];
-            let peer = &self.peers[p];
-            let named = self.members[m].mesh.as_ref().expect("live").homes(&peer.id);
-            let live = |h: &PeerId| peer.homes.iter().find(|&&home| self.members[home].peer == *h);
-            let answers = |(h, addr): &(PeerId, Option<SocketAddr>)| {
-                live(h).is_some_and(|&home| *addr == Some(self.members[home].addr))
-            };
+            if self.peers[p].homes.contains(&m) {
+                l.asked += 1;
+                l.direct += 1;
+                l.found += 1;
+            } else {
+                pairs.insert((m, self.peers[p].id), p);
+            }
+        }
+        let now = self.now;
+        for &(m, peer) in pairs.keys() {
+            self.asking.insert((m, peer), now);
+            let key = Key::Peer(peer);
+            self.members[m].mesh.as_mut().expect("live").command(now, Command::Lookup(key));
+            self.after(m);
+        }
+        self.run_for(LOOKUP_TIMEOUT + Duration::from_millis(100));
+        for ((m, peer), p) in pairs {
             l.asked += 1;
-            let found = named.iter().any(answers);
-            l.found += usize::from(found);
-            l.unaddressed += usize::from(!found && named.iter().any(|(h, _)| live(h).is_some()));
-            l.direct += usize::from(peer.homes.contains(&m));
-            l.named_dead += usize::from(named.iter().any(|(h, _)| live(h).is_none()));
+            self.asking.remove(&(m, peer));
+            let Some((took, named)) = self.answers.remove(&(m, peer)) else { continue };
+            let live_at = |a: &SocketAddr| self.peers[p].homes.iter().any(|&h| self.members[h].addr == *a);
+            let dead_at = |a: &SocketAddr| self.by_addr.get(a).is_some_and(|&h| self.members[h].mesh.is_none());
+            l.found += usize::from(named.iter().any(live_at));
+            l.named_dead += usize::from(named.iter().any(dead_at));
+            match took.is_zero() {
+                true => l.local += 1,
+                false => l.times.push(took),
+            }
         }
         l
     }

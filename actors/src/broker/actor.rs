@@ -16,12 +16,12 @@ impl Protocol for Broker {
             self.handle(inbound.now, inbound.socket, inbound.src, kind);
         }
     }
-    fn handle_command(&mut self, _: Instant, command: Command) {
+    fn handle_command(&mut self, now: Instant, command: Command) {
         match command {
             Command::Serve => self.serving = true,
-            Command::Homes { peer, homes } => self.set_homes(&peer, homes),
+            Command::Homes { peer, homes } => self.set_homes(now, &peer, homes),
             Command::Members(members) => self.set_members(members),
-            Command::Topic { topic, peers } => self.set_topic(topic, peers),
+            Command::Topic { topic, peers } => self.set_topic(now, topic, peers),
         }
     }
     fn handle_timeout(&mut self, now: Instant) {

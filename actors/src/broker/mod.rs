@@ -26,20 +26,23 @@ use crate::identity::{
     ed25519_peer_id, encoded_ed25519_key, inlined_ed25519_key, record_signer, verify_new_mapping, verify_record,
     verify_register_proof, SignatureError,
 };
+use crate::mesh::directory::Key;
 use crate::{network_of, SocketId, Transmit};
+use answers::{Answers, Outcome};
 use introducer_proto::pb::{self, envelope::Kind, IntroduceErrorReason};
 use libp2p_identity::PeerId;
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
 pub mod actor;
+mod answers;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -130,7 +133,10 @@ const MAX_TOPICS_KEPT: usize = 1 << 16;
 const SUGGESTED_HOMES: usize = 4;
 
 /// Peers registered elsewhere whose homes we keep, at most (a lookup past it finds none).
-const MAX_ELSEWHERE: usize = 1 << 20;
+const MAX_ELSEWHERE: usize = 1 << 16;
+
+/// A request waiting for a lookup: the socket and address it came on, and itself.
+type Held = (SocketId, SocketAddr, Kind);
 /// Homes named in one answer.
 const MAX_HOMES: usize = 3;
 
@@ -150,6 +156,9 @@ pub enum Event {
         target: PeerId,
         nonce: [u8; 16],
     },
+    /// Ask the mesh's directory (a peer registered elsewhere, or a topic): requests for
+    /// it wait for [`Command::Homes`] or [`Command::Topic`].
+    Lookup(Key),
     Expired {
         peer: PeerId,
     },
@@ -300,11 +309,11 @@ pub struct Broker {
     /// `poll_timeout` stays O(1) with many registrations.
     next_sweep: Option<Instant>,
     /// The homes of peers registered with other members, as the mesh says.
-    elsewhere: BTreeMap<PeerKey, Vec<SocketAddr>>,
+    elsewhere: Answers<PeerKey, Vec<SocketAddr>, Held>,
     /// Other members that introduce, with their signed records, to suggest as homes.
     members: Vec<(PeerId, Vec<u8>)>,
     /// Who is on each topic, as the mesh says.
-    topic_members: BTreeMap<Vec<u8>, Vec<PeerId>>,
+    topic_members: Answers<Vec<u8>, Vec<PeerId>, Held>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -320,9 +329,9 @@ impl Broker {
             by_peer: HashMap::new(),
             by_addr: HashMap::new(),
             hosts: Hosts::default(),
-            elsewhere: BTreeMap::new(),
+            elsewhere: Answers::new(MAX_ELSEWHERE),
             members: Vec::new(),
-            topic_members: BTreeMap::new(),
+            topic_members: Answers::new(MAX_TOPICS_KEPT),
             next_sweep: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -376,9 +385,9 @@ impl Broker {
         }
         match kind {
             Kind::Register(register) => self.on_register(now, socket, src, register),
-            Kind::IntroduceRequest(request) => self.on_introduce(now, src, socket, request),
+            Kind::IntroduceRequest(request) => self.on_introduce(now, src, socket, request, false),
             Kind::NewMapping(m) => self.on_new_mapping(src, &m),
-            Kind::TopicRequest(request) => self.on_topic_request(now, socket, src, request),
+            Kind::TopicRequest(request) => self.on_topic_request(now, socket, src, request, false),
             _ => {}
         }
     }
@@ -495,7 +504,15 @@ impl Broker {
         self.send(socket, src, Kind::Registered(registered));
     }
 
-    fn on_introduce(&mut self, now: Instant, src: SocketAddr, socket: SocketId, request: pb::IntroduceRequest) {
+    /// An introduction request; `paid` when it waited for a lookup (its budget was taken).
+    fn on_introduce(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        socket: SocketId,
+        request: pb::IntroduceRequest,
+        paid: bool,
+    ) {
         let request_id = request.request_id;
         let Some(requester) = self.by_addr.get(&src).copied() else {
             // Unproven address: even a short error would be more than a bare request.
@@ -508,17 +525,36 @@ impl Broker {
             self.stats.dropped_bad_mac += 1;
             return;
         }
-        if !reg.introductions.try_take(now, 1.0) {
+        if !paid && !reg.introductions.try_take(now, 1.0) {
             self.stats.dropped_rate_limited += 1;
             return;
         }
         let target_id = PeerId::from_bytes(&request.target).ok();
         let target = target_id.as_ref().and_then(PeerKey::of).filter(|t| self.by_peer.contains_key(t));
         let Some(target) = target else {
-            self.stats.unknown_target += 1;
             // Registered with other members: the requester asks one of its homes (the home
             // that holds the peer's pinhole introduces, with everything a registration proves).
-            let homes = target_id.as_ref().and_then(PeerKey::of).and_then(|t| self.elsewhere.get(&t));
+            // Where they are, the directory says: the request waits for its answer.
+            let homes = match target_id.as_ref().and_then(|t| Some((*t, PeerKey::of(t)?))) {
+                Some((t, key)) => {
+                    let held = (socket, src, Kind::IntroduceRequest(request.clone()));
+                    match self.elsewhere.request(now, &key, held) {
+                        Outcome::Known(homes, again) => {
+                            if again {
+                                self.events.push_back(Event::Lookup(Key::Peer(t)));
+                            }
+                            Some(homes).filter(|h| !h.is_empty())
+                        }
+                        Outcome::Ask => {
+                            self.events.push_back(Event::Lookup(Key::Peer(t)));
+                            return;
+                        }
+                        Outcome::Wait => return,
+                    }
+                }
+                None => None,
+            };
+            self.stats.unknown_target += 1;
             let (reason, message, homes) = match (target_id, homes) {
                 (Some(t), Some(homes)) => {
                     let message = format!("{t} is registered with other members");
@@ -614,7 +650,14 @@ impl Broker {
 
     /// A registered peer asks who is on a topic: answered from what the mesh says, MAC'd
     /// with its cookie like an introduction request and paid from the same budget.
-    fn on_topic_request(&mut self, now: Instant, socket: SocketId, src: SocketAddr, request: pb::TopicRequest) {
+    fn on_topic_request(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        request: pb::TopicRequest,
+        paid: bool,
+    ) {
         let Some(requester) = self.by_addr.get(&src).copied() else {
             self.stats.dropped_unregistered += 1;
             return;
@@ -624,22 +667,45 @@ impl Broker {
             self.stats.dropped_bad_mac += 1;
             return;
         }
-        if !reg.introductions.try_take(now, 1.0) {
+        if !paid && !reg.introductions.try_take(now, 1.0) {
             self.stats.dropped_rate_limited += 1;
             return;
         }
         let me = requester.peer_id();
-        let members = self.topic_members.get(&request.topic[..]).map(Vec::as_slice).unwrap_or_default();
+        let topic = request.topic.to_vec();
+        let held = (socket, src, Kind::TopicRequest(request.clone()));
+        let members = match self.topic_members.request(now, &topic, held) {
+            Outcome::Known(members, again) => {
+                if again {
+                    self.events.push_back(Event::Lookup(Key::Topic(topic)));
+                }
+                members
+            }
+            Outcome::Ask => {
+                self.events.push_back(Event::Lookup(Key::Topic(topic)));
+                return;
+            }
+            Outcome::Wait => return,
+        };
         let peers = members.iter().filter(|p| **p != me).take(MAX_TOPIC_ANSWER).map(|p| p.to_bytes().into()).collect();
         let answer = pb::TopicMembers { request_id: request.request_id, topic: request.topic, peers };
         self.send(socket, src, Kind::TopicMembers(answer));
     }
 
-    pub fn set_topic(&mut self, topic: Vec<u8>, peers: Vec<PeerId>) {
-        if peers.is_empty() {
-            self.topic_members.remove(&topic);
-        } else if self.topic_members.len() < MAX_TOPICS_KEPT || self.topic_members.contains_key(&topic) {
-            self.topic_members.insert(topic, peers);
+    /// The mesh's word on who is on a topic: requests that waited for it are answered.
+    pub fn set_topic(&mut self, now: Instant, topic: Vec<u8>, peers: Vec<PeerId>) {
+        let woken = self.topic_members.answer(now, topic, peers);
+        self.wake(now, woken);
+    }
+
+    /// Requests that waited for a lookup, handled again now that it is answered.
+    fn wake(&mut self, now: Instant, woken: Vec<Held>) {
+        for (socket, src, kind) in woken {
+            match kind {
+                Kind::IntroduceRequest(request) => self.on_introduce(now, src, socket, request, true),
+                Kind::TopicRequest(request) => self.on_topic_request(now, socket, src, request, true),
+                _ => {}
+            }
         }
     }
 
@@ -660,15 +726,13 @@ impl Broker {
         self.members = members;
     }
 
-    /// The mesh's word on where a peer registered elsewhere can be found.
-    pub fn set_homes(&mut self, peer: &PeerId, mut homes: Vec<SocketAddr>) {
+    /// The mesh's word on where a peer registered elsewhere can be found: requests that
+    /// waited for it are answered.
+    pub fn set_homes(&mut self, now: Instant, peer: &PeerId, mut homes: Vec<SocketAddr>) {
         let Some(key) = PeerKey::of(peer) else { return };
         homes.truncate(MAX_HOMES);
-        if homes.is_empty() {
-            self.elsewhere.remove(&key);
-        } else if self.elsewhere.len() < MAX_ELSEWHERE || self.elsewhere.contains_key(&key) {
-            self.elsewhere.insert(key, homes);
-        }
+        let woken = self.elsewhere.answer(now, key, homes);
+        self.wake(now, woken);
     }
 
     fn send(&mut self, socket: SocketId, dst: SocketAddr, kind: Kind) {
@@ -676,6 +740,10 @@ impl Broker {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        let woken = self.elsewhere.sweep(now);
+        self.wake(now, woken);
+        let woken = self.topic_members.sweep(now);
+        self.wake(now, woken);
         if self.next_sweep.is_none_or(|t| t > now) {
             return;
         }
@@ -711,7 +779,7 @@ impl Broker {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_sweep
+        [self.next_sweep, self.elsewhere.poll_timeout(), self.topic_members.poll_timeout()].into_iter().flatten().min()
     }
 }
 

@@ -134,6 +134,10 @@ fn unknown_target_gets_a_clear_error_and_strangers_get_nothing() {
     let ghost = Identity::from_seed(9).peer_id();
     let request = Kind::IntroduceRequest(ask(cookie_at(&b, a_addr), ghost.to_bytes(), 1));
     b.handle(now, SocketId::PRIMARY, a_addr, request.clone());
+    // The directory is asked first, and finds nobody.
+    assert_eq!(lookups(&mut b), vec![Key::Peer(ghost)]);
+    assert_eq!(b.poll_transmit(), None, "the request waits for the directory");
+    b.set_homes(now, &ghost, vec![]);
     let Kind::IntroduceError(e) = decode(&b.poll_transmit().unwrap()) else { panic!() };
     assert_eq!(e.reason(), IntroduceErrorReason::TargetNotRegistered);
     assert!(e.message.contains(&ghost.to_string()));
@@ -142,6 +146,66 @@ fn unknown_target_gets_a_clear_error_and_strangers_get_nothing() {
     b.handle(now, SocketId::PRIMARY, stranger, request);
     assert_eq!(b.poll_transmit(), None, "an unproven address gets nothing");
     assert_eq!(b.stats().dropped_unregistered, 1);
+}
+
+fn lookups(b: &mut Broker) -> Vec<Key> {
+    std::iter::from_fn(|| b.poll_event())
+        .filter_map(|e| if let Event::Lookup(k) = e { Some(k) } else { None })
+        .collect()
+}
+
+/// A request for a peer registered elsewhere waits for the directory's answer (not
+/// "not registered" before the mesh could say), repeats are answered from it for a while
+/// without asking again, and a directory that never answers counts as "nobody".
+#[test]
+fn a_peer_registered_elsewhere_is_looked_up_once_and_the_request_waits() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let alice = Identity::from_seed(1);
+    let a_addr: SocketAddr = "203.0.113.5:4000".parse().unwrap();
+    register_fully(&mut b, now, &alice, a_addr);
+    lookups(&mut b);
+    let carol = Identity::from_seed(9).peer_id();
+    let cookie = cookie_at(&b, a_addr);
+    let request = |id| Kind::IntroduceRequest(ask(cookie, carol.to_bytes(), id));
+    let (r1, r2) = (request(1), request(2));
+    b.handle(now, SocketId::PRIMARY, a_addr, r1.clone());
+    b.handle(now, SocketId::PRIMARY, a_addr, r2);
+    assert_eq!(lookups(&mut b), vec![Key::Peer(carol)], "asked once");
+    assert_eq!(b.poll_transmit(), None);
+    let homes: Vec<SocketAddr> = vec!["198.51.100.2:3478".parse().unwrap(), "198.51.100.3:3478".parse().unwrap()];
+    b.set_homes(now, &carol, homes.clone());
+    let answers: Vec<pb::IntroduceError> = std::iter::from_fn(|| b.poll_transmit())
+        .map(|t| if let Kind::IntroduceError(e) = decode(&t) { e } else { panic!() })
+        .collect();
+    assert_eq!(answers.iter().map(|e| e.request_id).collect::<Vec<_>>(), vec![1, 2], "both waited");
+    for e in &answers {
+        assert_eq!(e.reason(), IntroduceErrorReason::TargetElsewhere);
+        assert_eq!(e.homes.iter().map(|h| SocketAddr::try_from(h).unwrap()).collect::<Vec<_>>(), homes);
+    }
+    // Fresh: answered at once, nobody asked.
+    let later = now + Duration::from_millis(1500);
+    b.handle(later, SocketId::PRIMARY, a_addr, request(3));
+    assert!(b.poll_transmit().is_some());
+    assert!(lookups(&mut b).is_empty());
+    // Older: answered at once, and asked again behind it.
+    let later = now + Duration::from_millis(2500);
+    b.handle(later, SocketId::PRIMARY, a_addr, request(4));
+    assert!(b.poll_transmit().is_some());
+    assert_eq!(lookups(&mut b), vec![Key::Peer(carol)]);
+
+    // A directory that never answers: "not registered" after 3 s.
+    let dave = Identity::from_seed(10).peer_id();
+    let r = Kind::IntroduceRequest(ask(cookie, dave.to_bytes(), 5));
+    b.handle(later, SocketId::PRIMARY, a_addr, r);
+    assert_eq!(lookups(&mut b), vec![Key::Peer(dave)]);
+    let mut t = later;
+    while b.poll_transmit().is_none() {
+        t = b.poll_timeout().expect("a sweep is due");
+        b.handle_timeout(t);
+    }
+    assert!(t >= later + Duration::from_secs(3));
+    assert_eq!(b.stats().unknown_target, 5);
 }
 
 #[test]

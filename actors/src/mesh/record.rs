@@ -1,5 +1,6 @@
 //! Node records: what each public node says about itself (addresses, roles, relay load),
-//! signed by it and spread by foca as custom broadcasts. The table keeps one per member:
+//! signed by it and spread by foca as custom broadcasts; and the hosting claims this member
+//! keeps (as a home, or for the directory: see [`super::directory`]). The table keeps one per member:
 //! a newer generation, or a newer record of the same generation, replaces the older;
 //! records older than their lifetime go; unsigned, oversized, future-dated or expired ones
 //! are dropped and counted. Addresses come only from here (signed by their owner) or from
@@ -101,8 +102,29 @@ pub const MAX_HOSTING_MS: u64 = 10 * 60 * 1000;
 /// How long a home declared down is remembered: longer than any claim runs.
 pub const DOWN_HOME_MEMORY_MS: u64 = 10 * 60_000;
 
-/// A peer's homes as their claims say: home → (issued, expires), Unix ms.
-pub type Homes = BTreeMap<PeerId, (u64, u64)>;
+/// A peer's homes as their claims say.
+pub type Homes = BTreeMap<PeerId, Held>;
+
+/// A claim as a table holds it: when issued and when it lapses (Unix ms), and its bytes as
+/// signed, to hand to a member that looks the peer up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub issued_ms: u64,
+    pub expires_ms: u64,
+    pub signed: Vec<u8>,
+}
+
+/// A checked hosting claim: `home` holds a live registration of `peer` (until
+/// `expires_ms`; a claim with `expires_ms == issued_ms` withdraws the home's earlier ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub home: PeerId,
+    pub peer: PeerId,
+    pub issued_ms: u64,
+    pub expires_ms: u64,
+    pub topics: Vec<Vec<u8>>,
+    pub signed: Vec<u8>,
+}
 
 /// Whether topics are within bounds: how many, how long.
 pub fn topics_ok<T: AsRef<[u8]>>(topics: &[T]) -> bool {
@@ -140,53 +162,57 @@ pub struct Table {
 }
 
 impl Table {
-    /// Takes a broadcast (a node record or a hosting claim) if it is valid and news.
+    /// Takes a broadcast (a node record) if it is valid and news.
     pub fn offer_broadcast(&mut self, bytes: &[u8]) -> Option<RecordKey> {
         let item = pb::Broadcast::decode(bytes).ok().and_then(|b| b.item);
-        match item {
-            Some(pb::broadcast::Item::Record(r)) => {
-                let r = self.offer(&r.encode_to_vec())?;
-                Some(RecordKey::Record { peer: r.peer, version: (r.generation, r.issued_ms) })
-            }
-            Some(pb::broadcast::Item::Hosting(h)) => self.offer_hosting(&h),
-            None => {
-                self.stats.dropped_bad_record += 1;
-                None
-            }
-        }
-    }
-
-    /// Takes a hosting claim signed by its home, current, not too long, within the home's
-    /// quota, and newer than the home's last claim for that peer.
-    fn offer_hosting(&mut self, signed: &pb::SignedHosting) -> Option<RecordKey> {
-        let checked = (signed.encoded_len() <= MAX_SIGNED_HOSTING)
-            .then(|| verify_hosting(signed).ok())
-            .flatten()
-            .and_then(|(home, h)| Some((home, PeerId::from_bytes(&h.peer_id).ok()?, h)));
-        let Some((home, peer, h)) = checked.filter(|(_, _, h)| {
-            h.issued_ms <= self.now_ms + self.max_skew_ms
-                && (h.expires_ms > self.now_ms || h.expires_ms == h.issued_ms)
-                && h.expires_ms.saturating_sub(h.issued_ms) <= MAX_HOSTING_MS
-                && topics_ok(&h.topics)
-        }) else {
+        let Some(pb::broadcast::Item::Record(r)) = item else {
             self.stats.dropped_bad_record += 1;
             return None;
         };
+        let r = self.offer(&r.encode_to_vec())?;
+        Some(RecordKey { peer: r.peer, version: (r.generation, r.issued_ms) })
+    }
+
+    /// Decodes and checks a hosting claim: signed by its home, current, not too long, its
+    /// topics within bounds. Counted when not.
+    pub fn check_claim(&mut self, bytes: &[u8]) -> Option<Claim> {
+        let checked = (bytes.len() <= MAX_SIGNED_HOSTING)
+            .then(|| pb::SignedHosting::decode(bytes).ok())
+            .flatten()
+            .and_then(|signed| verify_hosting(&signed).ok())
+            .and_then(|(home, h)| Some((home, PeerId::from_bytes(&h.peer_id).ok()?, h)))
+            .filter(|(_, _, h)| {
+                h.issued_ms <= self.now_ms + self.max_skew_ms
+                    && (h.expires_ms > self.now_ms || h.expires_ms == h.issued_ms)
+                    && h.expires_ms.saturating_sub(h.issued_ms) <= MAX_HOSTING_MS
+                    && topics_ok(&h.topics)
+            });
+        let Some((home, peer, h)) = checked else {
+            self.stats.dropped_bad_record += 1;
+            return None;
+        };
+        let topics = h.topics.iter().map(|t| t.to_vec()).collect();
+        Some(Claim { home, peer, issued_ms: h.issued_ms, expires_ms: h.expires_ms, topics, signed: bytes.to_vec() })
+    }
+
+    /// Takes a checked claim if it is newer than the home's last claim for that peer and
+    /// within the home's quota; a withdrawal removes the home's claim. Whether it was news.
+    pub fn offer_claim(&mut self, claim: Claim) -> bool {
+        let Claim { home, peer, issued_ms, expires_ms, topics, signed } = claim;
         if self.down_homes.contains_key(&home) {
-            return None;
+            return false;
         }
-        let known = self.hosting.get(&peer).and_then(|homes| homes.get(&home)).copied();
-        if known.is_some_and(|(issued, _)| issued >= h.issued_ms) {
-            return None;
+        let known = self.hosting.get(&peer).and_then(|homes| homes.get(&home)).map(|c| c.issued_ms);
+        if known.is_some_and(|issued| issued >= issued_ms) {
+            return false;
         }
-        if h.expires_ms == h.issued_ms {
+        if expires_ms == issued_ms {
             // A withdrawal: the registration ended.
             if known.is_some() {
                 self.remove_claim(&peer, &home);
             }
-            return Some(RecordKey::Hosting { home, peer, issued_ms: h.issued_ms });
+            return true;
         }
-        let topics: Vec<Vec<u8>> = h.topics.iter().map(|t| t.to_vec()).collect();
         if self.topics.get(&peer) != Some(&topics) {
             let old = self.topics.insert(peer, topics.clone()).unwrap_or_default();
             self.retopiced.extend(old.into_iter().chain(topics));
@@ -195,13 +221,20 @@ impl Table {
             let count = self.hosted_by.entry(home).or_default();
             if *count >= self.max_hosted_per_home {
                 self.stats.dropped_table_full += 1;
-                return None;
+                return false;
             }
             *count += 1;
             self.rehomed.push(peer);
         }
-        self.hosting.entry(peer).or_default().insert(home, (h.issued_ms, h.expires_ms));
-        Some(RecordKey::Hosting { home, peer, issued_ms: h.issued_ms })
+        self.hosting.entry(peer).or_default().insert(home, Held { issued_ms, expires_ms, signed });
+        true
+    }
+
+    /// The claims we hold on `peer`, newest first (at most `max`).
+    pub fn claims_on(&self, peer: &PeerId, max: usize) -> Vec<Vec<u8>> {
+        let mut held: Vec<&Held> = self.hosting.get(peer).map(|h| h.values().collect()).unwrap_or_default();
+        held.sort_by_key(|c| std::cmp::Reverse(c.issued_ms));
+        held.into_iter().take(max).map(|c| c.signed.clone()).collect()
     }
 
     /// Takes a record if it is valid and newer than what we hold; whether it was taken.
@@ -239,8 +272,8 @@ impl Table {
         let (hosted_by, rehomed) = (&mut self.hosted_by, &mut self.rehomed);
         self.hosting.retain(|peer, homes| {
             let before = homes.len();
-            homes.retain(|home, (_, expires)| {
-                let live = *expires > now;
+            homes.retain(|home, claim| {
+                let live = claim.expires_ms > now;
                 if !live {
                     hosted_by.entry(*home).and_modify(|count| *count = count.saturating_sub(1));
                 }
@@ -312,24 +345,16 @@ impl Table {
     }
 }
 
-/// What a broadcast carries: foca keeps spreading only the newest record per member and
-/// the newest claim per home and peer.
+/// What a broadcast carries: foca keeps spreading only the newest record per member.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecordKey {
-    Record { peer: PeerId, version: (u64, u64) },
-    Hosting { home: PeerId, peer: PeerId, issued_ms: u64 },
+pub struct RecordKey {
+    peer: PeerId,
+    version: (u64, u64),
 }
 
 impl Invalidates for RecordKey {
     fn invalidates(&self, other: &Self) -> bool {
-        use RecordKey::*;
-        match (self, other) {
-            (Record { peer, version }, Record { peer: p, version: v }) => peer == p && version >= v,
-            (Hosting { home, peer, issued_ms }, Hosting { home: h, peer: p, issued_ms: i }) => {
-                home == h && peer == p && issued_ms >= i
-            }
-            _ => false,
-        }
+        self.peer == other.peer && self.version >= other.version
     }
 }
 

@@ -23,6 +23,12 @@ fn exchange(now: Instant, broker: &mut Broker, clients: &mut [(&mut Registration
                 moved = true;
             }
         }
+        // A mesh of one: the directory knows of nobody registered elsewhere.
+        while let Some(e) = broker.poll_event() {
+            if let broker::Event::Lookup(crate::mesh::directory::Key::Peer(p)) = e {
+                broker.set_homes(now, &p, Vec::new());
+            }
+        }
         while let Some(t) = broker.poll_transmit() {
             let (client, _) = clients.iter_mut().find(|(_, a)| *a == t.dst).expect("reply to a known client");
             client.handle(now, INTRODUCER.parse().unwrap(), kind(&t));
