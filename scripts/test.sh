@@ -5,8 +5,10 @@
 # to `cargo test` and skip the lints, e.g. `scripts/test.sh -p introducer-node --test
 # netns_lab -- --nocapture`.
 #
-# Then, without extra arguments, every fuzz target runs briefly on its corpus
-# (scripts/fuzz.sh, FUZZ_SECONDS each, default 10); FUZZ=0 skips that.
+# Then, without extra arguments, the docker-compose testbed runs once (scripts/testbed.sh:
+# builds its image, brings it up, checks every pair, tears it down; it says so and skips
+# where no Docker daemon runs; TESTBED=0 skips it), and every fuzz target runs briefly on
+# its corpus (scripts/fuzz.sh, FUZZ_SECONDS each, default 10); FUZZ=0 skips that.
 #
 # Debug profile on purpose: on a 2-core machine an optimised build of the whole workspace
 # costs more than the tests gain (dependencies are built at opt-level 1, see Cargo.toml).
@@ -19,6 +21,9 @@ if [ $# -eq 0 ]; then
   cargo clippy --workspace --all-targets -- -D warnings
 fi
 cargo test --workspace "$@"
+if [ $# -eq 0 ] && [ "${TESTBED:-1}" != 0 ]; then
+  timeout 1200 bash scripts/testbed.sh --timeout 180
+fi
 if [ $# -eq 0 ] && [ "${FUZZ:-1}" != 0 ]; then
   bash scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
 fi
