@@ -441,6 +441,7 @@ impl NodeActor {
                     ("dropped_malformed", s.dropped_malformed),
                     ("dropped_unrouted", s.dropped_unrouted),
                     ("dropped_overload", s.dropped_overload),
+                    ("dropped_kernel", s.dropped_kernel),
                     ("send_errors", s.send_errors),
                     ("dropped_punch_unknown_nonce", p),
                     ("dropped_session_unknown_source", x),

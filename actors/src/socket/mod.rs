@@ -5,6 +5,8 @@
 //! Everything is bounded: mailboxes have a capacity and a full one drops (and counts)
 //! rather than queueing without limit, so a flood costs CPU, not memory.
 
+pub mod overflow;
+
 use crate::{SocketId, Transmit};
 use actix::prelude::*;
 use introducer_proto::frame::{self, Decoded};
@@ -16,6 +18,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -123,6 +126,9 @@ pub struct Stats {
     pub dropped_malformed: u64,
     pub dropped_unrouted: u64,
     pub dropped_overload: u64,
+    /// Datagrams the kernel dropped before we read them (a full receive buffer), as far
+    /// as the datagrams read since tell (see [`overflow`]).
+    pub dropped_kernel: u64,
     pub send_errors: u64,
 }
 
@@ -139,9 +145,15 @@ pub struct SocketActor {
     sockets: HashMap<SocketId, (Rc<UdpSocket>, JoinHandle<()>)>,
     routes: HashMap<Route, Recipient<Inbound>>,
     stats: Stats,
-    /// Datagrams the receiving tasks dropped because this actor's mailbox was full (the
-    /// tasks share the actor's thread).
-    mailbox_full: Rc<Cell<u64>>,
+    drops: Rc<Drops>,
+}
+
+/// What the receiving tasks count (they share the actor's thread): datagrams dropped
+/// because this actor's mailbox was full, and those the kernel says it dropped.
+#[derive(Default)]
+struct Drops {
+    mailbox_full: Cell<u64>,
+    kernel: Cell<u64>,
 }
 
 /// What [`SocketActor::bind_some`] bound.
@@ -188,15 +200,15 @@ impl SocketActor {
         }
         let actor = SocketActor::create(|ctx| {
             ctx.set_mailbox_capacity(MAILBOX);
-            let mailbox_full = Rc::new(Cell::new(0));
+            let drops = Rc::new(Drops::default());
             let sockets = bound
                 .into_iter()
                 .map(|(id, socket)| {
-                    let receiver = spawn_receiver(ctx.address(), id, socket.clone(), mailbox_full.clone());
+                    let receiver = spawn_receiver(ctx.address(), id, socket.clone(), drops.clone());
                     (id, (socket, receiver))
                 })
                 .collect();
-            SocketActor { sockets, routes: HashMap::new(), stats: Stats::default(), mailbox_full }
+            SocketActor { sockets, routes: HashMap::new(), stats: Stats::default(), drops }
         });
         Ok(Bound { actor, locals, skipped })
     }
@@ -204,7 +216,7 @@ impl SocketActor {
     fn bind_one(&mut self, id: SocketId, addr: SocketAddr, ctx: &mut Context<Self>) -> io::Result<SocketAddr> {
         let socket = Rc::new(bind_udp(addr)?);
         let local = socket.local_addr()?;
-        let receiver = spawn_receiver(ctx.address(), id, socket.clone(), self.mailbox_full.clone());
+        let receiver = spawn_receiver(ctx.address(), id, socket.clone(), self.drops.clone());
         self.sockets.insert(id, (socket, receiver));
         Ok(local)
     }
@@ -279,25 +291,29 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(RECV_BUFFER) {
         tracing::debug!(%addr, "receive buffer left as it was: {e}");
     }
+    if let Err(e) = overflow::enable(&socket) {
+        tracing::debug!(%addr, "kernel drops not counted: {e}");
+    }
     UdpSocket::from_std(socket)
 }
 
-fn spawn_receiver(
-    actor: Addr<SocketActor>,
-    socket: SocketId,
-    udp: Rc<UdpSocket>,
-    mailbox_full: Rc<Cell<u64>>,
-) -> JoinHandle<()> {
+fn spawn_receiver(actor: Addr<SocketActor>, socket: SocketId, udp: Rc<UdpSocket>, drops: Rc<Drops>) -> JoinHandle<()> {
     actix::spawn(async move {
         // One byte more than we accept, so oversized datagrams are seen as such.
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        // This socket's count of kernel drops, as last seen.
+        let mut seen = 0u32;
         loop {
-            match udp.recv_from(&mut buf).await {
-                Ok((n, src)) => {
+            match udp.async_io(Interest::READABLE, || overflow::recv(&*udp, &mut buf)).await {
+                Ok((n, src, count)) => {
+                    if let Some(count) = count {
+                        drops.kernel.set(drops.kernel.get() + u64::from(count.wrapping_sub(seen)));
+                        seen = count;
+                    }
                     let received = Received { socket, src, datagram: buf[..n].to_vec() };
                     match actor.try_send(received) {
                         Ok(()) => {}
-                        Err(SendError::Full(_)) => mailbox_full.set(mailbox_full.get() + 1),
+                        Err(SendError::Full(_)) => drops.mailbox_full.set(drops.mailbox_full.get() + 1),
                         Err(SendError::Closed(_)) => return,
                     }
                 }
@@ -390,6 +406,10 @@ impl Handler<SetRoute> for SocketActor {
 impl Handler<GetStats> for SocketActor {
     type Result = MessageResult<GetStats>;
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> MessageResult<GetStats> {
-        MessageResult(Stats { dropped_overload: self.stats.dropped_overload + self.mailbox_full.get(), ..self.stats })
+        MessageResult(Stats {
+            dropped_overload: self.stats.dropped_overload + self.drops.mailbox_full.get(),
+            dropped_kernel: self.drops.kernel.get(),
+            ..self.stats
+        })
     }
 }
