@@ -38,7 +38,7 @@ use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// A serving node republishes its node record when the relay circuits it carries change,
@@ -335,6 +335,9 @@ pub struct NodeCore {
     /// last classified again.
     probe_locals: Option<LocalSockets>,
     last_probe: Option<Instant>,
+    /// Whether the NAT was classified again with our homes as servers, because the seeds
+    /// (one IP) left the mapping unknown: once.
+    probed_with_homes: bool,
     /// A NAT report waiting for its dial-back (see `on_probed`).
     dialing_back: Option<NatReport>,
     /// Members of the mesh up now (serving nodes).
@@ -394,6 +397,7 @@ impl NodeCore {
             probing: None,
             probe_locals: None,
             last_probe: None,
+            probed_with_homes: false,
             dialing_back: None,
             mesh_up: BTreeSet::new(),
             homes: BTreeSet::new(),
@@ -868,12 +872,17 @@ impl NodeCore {
     fn probe_config(&self) -> Option<ProbeConfig> {
         let answered: Vec<SocketAddr> = self.seeds.iter().map(|s| s.addr).collect();
         let silent = self.joining.iter().filter(|a| !answered.contains(a));
-        let servers: Vec<Server> = self
+        let mut servers: Vec<Server> = self
             .seeds
             .iter()
             .map(|s| Server { addr: s.addr, other: alternate_port(s) })
             .chain(silent.chain(&self.config.stun).copied().map(Server::new))
             .collect();
+        // Homes on other IPs serve probing too: a second IP is what tells an
+        // endpoint-independent mapping from a symmetric one.
+        let ips: BTreeSet<IpAddr> = servers.iter().map(|s| s.addr.ip()).collect();
+        let homes = self.homes.iter().filter(|h| !ips.contains(&h.ip()));
+        servers.extend(homes.copied().map(Server::new).take(1));
         if servers.is_empty() {
             return None;
         }
@@ -1019,7 +1028,22 @@ impl NodeCore {
         if !new.is_empty() {
             tracing::info!(homes = ?new, "adding homes");
             self.register_with(now, new);
+            self.probe_with_homes(now);
         }
+    }
+
+    /// The seeds (a single IP) could not tell our mapping: classified as hard, a full-cone
+    /// NAT would be birthday-punched or relayed. A home on another IP can tell it: classify
+    /// again at once with it (once; later changes are [`NodeCore::reprobe`]'s).
+    fn probe_with_homes(&mut self, now: Instant) {
+        let unknown = self.nat.is_some_and(|r| !r.no_nat && r.mapping.is_none());
+        let seed_ips: BTreeSet<IpAddr> = self.seeds.iter().map(|s| s.addr.ip()).collect();
+        if !unknown || self.probed_with_homes || self.homes.iter().all(|h| seed_ips.contains(&h.ip())) {
+            return;
+        }
+        self.probed_with_homes = true;
+        self.last_probe = None;
+        self.reprobe(now);
     }
 
     fn on_bound(&mut self, purpose: Purpose, sockets: Vec<(SocketId, SocketAddr)>) {
@@ -1104,6 +1128,7 @@ impl NodeCore {
             Some(old) if NatReport { public_addr: report.public_addr, ..old } == report => {}
             Some(_) => self.update_record(now, report),
         }
+        self.probe_with_homes(now);
     }
 
     /// Registers with every seed that introduces, our record saying `report`.

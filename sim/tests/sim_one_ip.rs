@@ -10,6 +10,7 @@
 use introducer_actors::identity::Identity;
 use introducer_actors::nat::{Filtering, Mapping, NatBehavior, NatReport, NatType};
 use introducer_actors::punch::{Path, Strategy};
+use introducer_node::event::NodeEvent;
 use introducer_sim::node::{Connected, SimNode};
 use introducer_sim::standard::{NAT_IPS, PEER_PORT, PORT};
 use introducer_sim::{for_each_seed, HostId, Link, Place, Sim};
@@ -135,4 +136,33 @@ fn a_birthday_pair_homed_at_one_ip_nodes_is_punched_not_relayed() {
             assert!(connected.connect < 5 * SEC, "before the relay fallback: {connected:?}");
         });
     }
+}
+
+/// A peer that knows only one single-IP node cannot tell an endpoint-independent mapping
+/// from a symmetric one, and plans as hard (a full-cone peer was birthday-punched or
+/// relayed in the docker-compose testbed). Once it has a home on another IP (suggested
+/// when it registers), it classifies again with that home as a second server: easy.
+#[test]
+fn a_peer_seeded_by_one_single_ip_node_classifies_again_with_its_homes() {
+    for_each_seed(0..4, |seed| {
+        let mut sim = Sim::new(seed);
+        let founder = SimNode::introducer(Identity::from_seed(100))
+            .alternate_ip(Ipv4Addr::new(198, 51, 100, 99))
+            .spawn(&mut sim, Place::Public(X), PORT);
+        let founder_addr = sim.local_addr(founder, introducer_actors::SocketId::PRIMARY);
+        let y = SimNode::peer(Identity::from_seed(101), vec![founder_addr]).spawn(&mut sim, Place::Public(Y), PORT);
+        let y_serves = |s: &Sim| s.machine_ref::<SimNode>(y).nat().is_some_and(|r| r.nat_type() == NatType::Public);
+        assert!(sim.run_until_cond(10 * SEC, y_serves), "seed {seed}: Y serves");
+        sim.run_for(3 * SEC);
+        let nat = sim.add_nat(NatBehavior::FULL_CONE, NAT_IPS[0], None);
+        let peer = SimNode::peer(Identity::from_seed(1), vec![SocketAddr::from((Y, PORT))]);
+        let peer = peer.spawn(&mut sim, Place::Behind(nat), PEER_PORT);
+        let easy = |s: &Sim| s.machine_ref::<SimNode>(peer).nat().is_some_and(|r| r.nat_type() == NatType::Easy);
+        assert!(sim.run_until_cond(20 * SEC, easy), "seed {seed}: {:?}", sim.machine_ref::<SimNode>(peer).nat());
+        let node = sim.machine_ref::<SimNode>(peer);
+        let report = node.nat().unwrap();
+        assert_eq!(report.mapping, Some(Mapping::EndpointIndependent), "seed {seed}");
+        let reclassified = node.events().iter().any(|(_, e)| matches!(e, NodeEvent::Nat { .. }));
+        assert!(reclassified, "seed {seed}: first classified hard, then again");
+    });
 }
