@@ -37,8 +37,11 @@ trap 'rm -rf "$context"' EXIT
 cp "$target/debug/introducer" "$target/debug/introducer-lab-nft" testbed/entry.sh "$context/"
 cat >"$context/Dockerfile" <<EOF
 FROM $BASE
+LABEL introducer.testbed=1
 COPY introducer introducer-lab-nft entry.sh /usr/local/bin/
 ENTRYPOINT ["/bin/bash", "/usr/local/bin/entry.sh"]
 EOF
 docker build -q -t "$IMAGE" "$context" >/dev/null
+# The image it replaces, untagged now.
+docker image prune -f --filter label=introducer.testbed=1 >/dev/null
 echo "testbed-images: $IMAGE ready"

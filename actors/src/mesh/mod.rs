@@ -16,8 +16,8 @@
 //! - **Where members are.** Addresses come from a member's own signed record (or from
 //!   first contact with a seed), never from what one member says about another.
 //! - **Records** ([`record`]) ride foca's custom broadcasts; each member republishes its
-//!   own when it changes, every `record_refresh`, and when a member comes up (so a
-//!   newcomer learns every record within a few gossip rounds).
+//!   own when it changes and every `record_refresh`, and a newcomer is handed every record
+//!   by the member it joined through.
 //! - **Hosting claims** go to a directory of a few members per peer and per topic, not to
 //!   all ([`directory`]); a member that does not keep a key asks them.
 
@@ -205,7 +205,8 @@ pub enum Event {
     Active,
     /// Every member we knew is gone.
     Alone,
-    /// Where a peer's homes (other than us) answer now; empty once none claims it.
+    /// Where a peer's homes (other than us) answer: a lookup's answer, or news in the claims
+    /// we keep; empty when none claims it.
     Homes { peer: PeerId, homes: Vec<SocketAddr> },
     /// Who is on a topic now, by its members' homes' claims.
     Topic { topic: Vec<u8>, peers: Vec<PeerId> },
