@@ -135,9 +135,9 @@ pub struct Done {
     pub found: BTreeSet<(PeerId, PeerId)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Directory {
-    me: Option<PeerId>,
+    me: PeerId,
     /// Members up that introduce (us included, once we serve), with their hashes.
     members: BTreeMap<PeerId, u64>,
     hosted: BTreeMap<PeerId, Hosted>,
@@ -150,11 +150,14 @@ pub struct Directory {
 
 impl Directory {
     pub fn new(me: PeerId) -> Directory {
-        Directory { me: Some(me), ..Directory::default() }
-    }
-
-    fn me(&self) -> PeerId {
-        self.me.expect("set at creation")
+        Directory {
+            me,
+            members: BTreeMap::new(),
+            hosted: BTreeMap::new(),
+            lookups: BTreeMap::new(),
+            outbox: BTreeMap::new(),
+            dropped_unsent: 0,
+        }
     }
 
     /// The members ranked first for `key`, best first.
@@ -174,10 +177,6 @@ impl Directory {
     /// The members that keep `key`'s claims, best first.
     pub fn directory(&self, key: &Key) -> Vec<PeerId> {
         self.rank(key.hash()).into_iter().map(|(_, m)| m).collect()
-    }
-
-    pub fn is_member(&self, peer: &PeerId) -> bool {
-        self.members.contains_key(peer)
     }
 
     /// A member that introduces is up (or we serve): it ranks for every key, and gets the
@@ -265,7 +264,7 @@ impl Directory {
     }
 
     fn queue(&mut self, now: Instant, member: PeerId, claim: Vec<u8>) {
-        if member == self.me() {
+        if member == self.me {
             return;
         }
         let (_, claims) = self.outbox.entry(member).or_insert_with(|| (now, Vec::new()));
@@ -293,7 +292,7 @@ impl Directory {
         if self.lookups.contains_key(&key) {
             return;
         }
-        let me = self.me();
+        let me = self.me;
         let mut asked: BTreeSet<PeerId> = self.directory(&key).into_iter().filter(|m| *m != me).collect();
         if self.lookups.len() >= MAX_LOOKUPS {
             asked.clear();

@@ -243,7 +243,8 @@ pub struct Stats {
     /// Lookups asked of the directory (one per member asked), and answered for others.
     pub lookups_sent: u64,
     pub lookups_answered: u64,
-    /// Lookups from non-members, and answers nobody awaited.
+    /// Lookups from non-members, answers nobody awaited, and claims sent by anyone but
+    /// their home (a member).
     pub dropped_unasked: u64,
     /// Claims for a directory member that never proved a path in time.
     pub dropped_claims_unsent: u64,
@@ -696,10 +697,15 @@ impl Mesh {
     /// Claims a member sent us, to keep or (`answer`) as the answer to our lookup.
     fn take_claims(&mut self, peer: PeerId, claims: &[bytes::Bytes], answer: Option<&pb::Lookup>) {
         let Some(lookup) = answer else {
+            // A home sends its own claims, and only a member (or one whose record we hold)
+            // is taken as a home: a stranger with a proven path cannot fill our table.
             let mut table = self.table.borrow_mut();
+            let known = self.up.contains(&peer) || table.records.contains_key(&peer);
             for bytes in claims {
-                if let Some(claim) = table.check_claim(bytes) {
-                    table.offer_claim(claim);
+                match table.check_claim(bytes) {
+                    Some(claim) if known && claim.home == peer => drop(table.offer_claim(claim)),
+                    Some(_) => self.stats.dropped_unasked += 1,
+                    None => {}
                 }
             }
             return;

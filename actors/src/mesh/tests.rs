@@ -611,7 +611,7 @@ fn claims_go_to_a_directory_that_any_member_asks() {
     }
 }
 
-/// Only members ask the directory, and only answers asked for are taken.
+/// Only members ask the directory or push claims, and only answers asked for are taken.
 #[test]
 fn lookups_from_strangers_and_answers_nobody_asked_are_dropped() {
     let mut net = Net::new(3);
@@ -632,6 +632,13 @@ fn lookups_from_strangers_and_answers_nobody_asked_are_dropped() {
     let ask = pb::Gossip { token: Some(1), echo, ..stranger.sign_gossip(&net.peer(1), START_MS + 5_001, ask) };
     let before = net.node(1).stats();
     net.node(1).handle(now, addr(2), ask);
+    // Nor does it get its claims kept: it is no member.
+    let other = Identity::from_seed(41).peer_id();
+    let own = stranger.sign_hosting(&other, START_MS + 5_000, START_MS + 65_000, &[]).encode_to_vec();
+    let push = pb::Gossip { claims: vec![own.into()], ..Default::default() };
+    let push = pb::Gossip { token: Some(1), echo, ..stranger.sign_gossip(&net.peer(1), START_MS + 5_002, push) };
+    net.node(1).handle(now, addr(2), push);
+    assert!(net.node(1).homes(&other).is_empty(), "a stranger's claim is not kept");
     // An answer node 0 never asked for, from node 1.
     let claim = Identity::from_seed(2).sign_hosting(&peer, START_MS + 5_000, START_MS + 65_000, &[]);
     let answer = pb::Gossip {
@@ -646,7 +653,7 @@ fn lookups_from_strangers_and_answers_nobody_asked_are_dropped() {
     net.node(0).handle(now, addr(1), answer);
     let after = net.node(1).stats();
     assert_eq!(after.lookups_answered, before.lookups_answered, "no answer to a stranger");
-    assert_eq!(after.dropped_unasked, before.dropped_unasked + 1);
+    assert_eq!(after.dropped_unasked, before.dropped_unasked + 2);
     assert_eq!(net.node(0).stats().dropped_unasked, 1, "an answer nobody asked for");
     assert_eq!(net.node(0).homes(&peer).len(), 1, "only our own claim");
 }
