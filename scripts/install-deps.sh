@@ -12,6 +12,8 @@
 #   procps     sysctl (per-namespace forwarding, rp_filter, conntrack timeouts)
 #   util-linux setsid/kill used by the scripts (present on every Debian, listed for clarity)
 #   g++        libFuzzer, which the fuzz targets link, is C++ (libfuzzer-sys compiles it)
+#   python3    runs oteltap (PyPI), the real OTLP/HTTP receiver of the telemetry test,
+#              installed in a venv of its own ($OTELTAP_VENV, default /opt/introducer/oteltap)
 #
 # And cargo-fuzz, for scripts/fuzz.sh (from crates.io, built with cargo), unless FUZZ=0.
 #
@@ -30,7 +32,19 @@ declare -A NEED=(
   [sysctl]=procps
   [setsid]=util-linux
   [c++]=g++
+  [python3]=python3
 )
+
+OTELTAP_VENV=${OTELTAP_VENV:-/opt/introducer/oteltap}
+oteltap() {
+  if "$OTELTAP_VENV/bin/python3" -c "import oteltap" 2>/dev/null; then return; fi
+  echo "install-deps: installing oteltap in $OTELTAP_VENV"
+  if ! python3 -m venv "$OTELTAP_VENV" 2>/dev/null; then
+    "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends python3-venv </dev/null
+    python3 -m venv "$OTELTAP_VENV"
+  fi
+  "$OTELTAP_VENV/bin/pip" install -q --disable-pip-version-check "oteltap==1.0.0"
+}
 
 if [ "${FUZZ:-1}" != 0 ] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "install-deps: installing cargo-fuzz"
@@ -49,12 +63,13 @@ for cmd in "${!NEED[@]}"; do
   fi
 done
 
+SUDO=()
 if [ "${#missing[@]}" -eq 0 ]; then
+  oteltap
   echo "install-deps: all test dependencies present"
   exit 0
 fi
 
-SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); else
     echo "install-deps: need root to install: ${missing[*]}" >&2
@@ -98,4 +113,5 @@ for cmd in "${!NEED[@]}"; do
     exit 1
   fi
 done
+oteltap
 echo "install-deps: done"

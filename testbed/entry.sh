@@ -7,6 +7,11 @@
 #   seed IP [IP2] [-- RUN_ARGS]    a public node listening on IP (and IP2, added here: two
 #                                  IPs make the first node a full RFC 5780 server)
 #   peer GATEWAY [-- JOIN_ARGS]    a node behind the router at GATEWAY that joins a topic
+#
+# DELAY_MS (routers, seeds): what leaves through the interface toward the internet waits that
+# long (NFQUEUE to introducer-lab-delay: this kernel has no netem). Routers delay 100 ms and
+# seeds 50 ms by default (docker-compose.yml), so a relayed round trip (through a seed, twice)
+# takes 100 ms longer than a direct one.
 set -euo pipefail
 
 PORT=3478
@@ -15,6 +20,14 @@ PORT=3478
 iface_of() {
   local prefix=${1%.*}.
   ip -o -4 addr show | awk -v p="$prefix" 'index($4, p) == 1 { print $2; exit }'
+}
+
+# Delays UDP leaving through interface $1 by $DELAY_MS, if set; in the background.
+delay() {
+  [ "${DELAY_MS:-0}" -gt 0 ] || return 0
+  iptables-legacy -t mangle -A POSTROUTING -o "$1" -p udp -j NFQUEUE --queue-num 0 --queue-bypass
+  introducer-lab-delay --queue 0 --ms "$DELAY_MS" &
+  echo "delay: ${DELAY_MS} ms out of $1" >&2
 }
 
 role=${1:?usage: entry.sh router|seed|peer ...}
@@ -26,6 +39,7 @@ case "$role" in
     lan=$(ip -o -4 addr show | awk -v w="$wan" '$2 != "lo" && $2 != w { print $2; exit }')
     introducer-lab-nft --kind "$kind" --wan-ip "$wan_ip" --wan-if "$wan" --lan-if "$lan" | nft -f -
     if [ -n "$gateway" ]; then ip route replace default via "$gateway"; fi
+    delay "$wan"
     echo "router: $kind, WAN $wan_ip on $wan, LAN on $lan"
     exec sleep infinity
     ;;
@@ -39,6 +53,7 @@ case "$role" in
       shift
     fi
     [ "${1:-}" = -- ] && shift
+    delay "$(iface_of "$ip")"
     exec introducer run --json "${listen[@]}" "$@"
     ;;
   peer)

@@ -20,6 +20,7 @@
 use crate::config::{Config, Serve};
 use crate::event::{ConnectError, FatalError, MeshChange, NodeEvent, PeerState};
 use crate::store::{MeasuredNat, Member, Network, StoreOp, Stored};
+use crate::telemetry::spans::Spans;
 use introducer_actors::broker::{self, Broker};
 use introducer_actors::driver::Protocol;
 use introducer_actors::mesh::{self, Advert, Mesh};
@@ -368,6 +369,8 @@ pub struct NodeCore {
     /// The relay circuits we carry (ready: both sides asked).
     carrying: BTreeSet<u64>,
     orders: VecDeque<Order>,
+    /// The spans of what the node does, from its orders and its roles' reports.
+    spans: Spans,
 }
 
 impl NodeCore {
@@ -414,11 +417,21 @@ impl NodeCore {
             publish_due: None,
             carrying: BTreeSet::new(),
             orders: VecDeque::new(),
+            spans: Spans::default(),
         }
     }
 
     pub fn poll_order(&mut self) -> Option<Order> {
-        self.orders.pop_front()
+        let order = self.orders.pop_front();
+        match &order {
+            Some(order) => self.spans.order(order),
+            None => self.spans.drained(),
+        }
+        order
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.config.identity.peer_id()
     }
 
     pub fn nat(&self) -> Option<&NatReport> {
@@ -634,6 +647,7 @@ impl NodeCore {
 
     /// What a role reported.
     pub fn handle_report(&mut self, now: Instant, report: Report) {
+        self.spans.report(&report);
         match report {
             Report::Socket(socket::Event::Bound { purpose, sockets }) => self.on_bound(purpose, sockets),
             Report::FirstContact(bootstrap::Event::Joined(joined)) => self.on_joined(now, joined),

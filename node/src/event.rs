@@ -1,6 +1,7 @@
 //! What a node reports, with typed reasons for what went wrong, and its JSON form (the
 //! CLI contract's keys, exactly).
 
+pub use crate::telemetry::stats::Stats;
 use introducer_actors::nat::NatReport;
 use introducer_actors::probe::ProbeError;
 use introducer_actors::punch::{self, Path, Strategy, Unpunchable};
@@ -175,8 +176,8 @@ pub enum NodeEvent {
         path: Path,
         strategy: Strategy,
     },
-    /// Named counters of what was received, sent and dropped (the driver's).
-    Stats(Vec<(&'static str, u64)>),
+    /// Counters of what was received, sent and dropped, by every role.
+    Stats(Box<Stats>),
     /// The node cannot go on.
     Fatal(FatalError),
 }
@@ -326,11 +327,7 @@ pub fn to_json(event: &NodeEvent) -> Value {
             "below_s": below.map(|d| d.as_secs_f64()),
             "keepalive_s": keepalive.map(|d| d.as_secs_f64()),
         }),
-        NodeEvent::Stats(stats) => {
-            let stats: serde_json::Map<String, Value> =
-                stats.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
-            json!({ "event": "stats", "stats": stats })
-        }
+        NodeEvent::Stats(stats) => json!({ "event": "stats", "stats": stats }),
         NodeEvent::Fatal(error) => json!({ "event": "error", "kind": error.kind(), "message": error.to_string() }),
     }
 }

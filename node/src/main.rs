@@ -137,11 +137,18 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    telemetry::init(cli.global.verbose);
+    let (telemetry, error) = telemetry::init(cli.global.verbose);
+    if let Some(e) = error {
+        tracing::warn!("telemetry: {e}");
+    }
     tracing::debug!("launched");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let json = cli.global.json;
-    if let Err(e) = runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    drop(runtime);
+    // The node has stopped (its spans are closed): what they hold goes out before exit.
+    telemetry.shutdown();
+    if let Err(e) = result {
         // The contract: under --json, the error is one JSON line on stdout too.
         if json {
             println!(
@@ -151,6 +158,21 @@ fn main() {
         }
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Ctrl-C, or SIGTERM (what `docker stop` and service managers send): the node stops
+/// cleanly either way, saying goodbye to the mesh and flushing its telemetry.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -226,7 +248,7 @@ async fn run(cli: Cli) -> Result<()> {
                         Some(event) => out.event(&event),
                         None => bail!("node stopped"),
                     },
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    _ = interrupted() => return Ok(()),
                 }
             }
         }
@@ -354,7 +376,8 @@ fn client(g: &Global, bootstrap: Vec<SocketAddr>, what: &str) -> Result<(Node, K
 }
 
 /// `join TOPIC`: connects to every member of the topic as it finds them, prints who
-/// connects and leaves and what they say, and sends each stdin line to every member.
+/// connects (and, pinged once, its round-trip time) and leaves and what they say, and sends
+/// each stdin line to every member.
 async fn join(g: &Global, bootstrap: Vec<SocketAddr>, topic: String, out: &Output) -> Result<()> {
     if topic.is_empty() || topic.len() > 64 {
         bail!("a topic is 1 to 64 bytes, not {}", topic.len());
@@ -390,6 +413,7 @@ async fn join(g: &Global, bootstrap: Vec<SocketAddr>, topic: String, out: &Outpu
                         connected.insert(peer);
                         let json = with_topic(&event);
                         out.line(json.clone(), || human(&json));
+                        node.ping(peer);
                     }
                 }
                 Some(event @ NodeEvent::TopicLeft { peer, .. }) => {
@@ -402,9 +426,15 @@ async fn join(g: &Global, bootstrap: Vec<SocketAddr>, topic: String, out: &Outpu
                         connected.insert(peer);
                         let json = with_topic(&event);
                         out.line(json.clone(), || human(&json));
+                        node.ping(peer);
                     } else {
                         early.insert(peer, event);
                     }
+                }
+                // Each member is pinged once as it connects: its round-trip time on this path.
+                Some(event @ NodeEvent::Pong { peer, .. }) if connected.contains(&peer) => {
+                    let json = with_topic(&event);
+                    out.line(json.clone(), || human(&json));
                 }
                 Some(NodeEvent::Data { peer, payload }) if connected.contains(&peer) => {
                     let text = String::from_utf8_lossy(&payload);
@@ -419,7 +449,7 @@ async fn join(g: &Global, bootstrap: Vec<SocketAddr>, topic: String, out: &Outpu
                 None => bail!("node stopped"),
             },
             // Dropping the node says goodbye to every member: they see us leave at once.
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = interrupted() => return Ok(()),
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::event::NodeEvent;
 use crate::identity::DataDir;
 use crate::store::sled::Opened;
 use crate::store::{MemStore, SledStore, Store, Stored};
+use crate::telemetry::stats::{self, Stats};
 use actix::prelude::*;
 use introducer_actors::broker::{actor::BrokerActor, Broker};
 use introducer_actors::driver::{Call, Deliver, MachineActor, Protocol};
@@ -46,6 +47,10 @@ enum Command {
     Send(PeerId, Vec<u8>),
     Stats,
 }
+
+/// How often the counters are gathered for the metric exporter (when metrics are exported;
+/// it sends them at its own pace, `OTEL_METRIC_EXPORT_INTERVAL`).
+const METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Events waiting for the user, at most (a burst of received datagrams fits).
 const EVENT_QUEUE: usize = 4096;
@@ -417,7 +422,9 @@ impl NodeActor {
         }
     }
 
-    fn emit_stats(&mut self, ctx: &mut Context<Self>) {
+    /// Gathers every role's counters: for the user (a `Stats` event) if `emit`, and for
+    /// the metric exporter if metrics are exported.
+    fn gather_stats(&mut self, ctx: &mut Context<Self>, emit: bool) {
         let socket = self.socket.send(socket::GetStats);
         let broker = self.broker.send(Call::new(|b: &mut Broker, _| b.stats()));
         let punch = self.punch.send(Call::new(|a: &mut Attempts, _| a.dropped_unknown_nonce));
@@ -426,8 +433,9 @@ impl NodeActor {
         let stun = self.probe.send(Call::new(|p: &mut NatProbing, _| (p.unanswered, p.rate_limited)));
         let relay = self.relay.send(Call::new(|r: &mut Relay, _| r.stats()));
         let events = self.events.clone();
-        let dropped_events = self.dropped_events;
-        let (store_skipped, store_errors) = (self.store_skipped, self.store_errors);
+        let (dropped_events, store_skipped, store_errors) =
+            (self.dropped_events, self.store_skipped, self.store_errors);
+        let peer_id = self.core.peer_id().to_string();
         ctx.spawn(
             async move {
                 let (Ok(s), Ok(b), Ok(p), Ok((x, (forged, replayed))), Ok((stun_unanswered, stun_rate_limited)), Ok(r)) =
@@ -435,64 +443,24 @@ impl NodeActor {
                 else {
                     return;
                 };
-                let stats = vec![
-                    ("received", s.received),
-                    ("sent", s.sent),
-                    ("dropped_malformed", s.dropped_malformed),
-                    ("dropped_unrouted", s.dropped_unrouted),
-                    ("dropped_overload", s.dropped_overload),
-                    ("dropped_kernel", s.dropped_kernel),
-                    ("send_errors", s.send_errors),
-                    ("dropped_punch_unknown_nonce", p),
-                    ("dropped_session_unknown_source", x),
-                    ("dropped_data_forged", forged),
-                    ("dropped_data_replayed", replayed),
-                    ("stun_unanswered", stun_unanswered),
-                    ("stun_rate_limited", stun_rate_limited),
-                    ("dropped_events", dropped_events),
-                    ("store_skipped", store_skipped),
-                    ("store_errors", store_errors),
-                    ("broker_registered", b.registered),
-                    ("broker_refreshed", b.refreshed),
-                    ("broker_challenged", b.challenged),
-                    ("broker_introduced", b.introduced),
-                    ("broker_unknown_target", b.unknown_target),
-                    ("broker_dropped_bad_signature", b.dropped_bad_signature),
-                    ("broker_dropped_oversized", b.dropped_oversized),
-                    ("broker_dropped_unregistered", b.dropped_unregistered),
-                    ("broker_dropped_rate_limited", b.dropped_rate_limited),
-                    ("broker_dropped_not_serving", b.dropped_not_serving),
-                    ("broker_dropped_no_possession", b.dropped_no_possession),
-                    ("broker_dropped_bad_mac", b.dropped_bad_mac),
-                    ("broker_dropped_host_full", b.dropped_host_full),
-                    ("relay_challenged", r.challenged),
-                    ("relay_circuits_opened", r.circuits_opened),
-                    ("relay_circuits_ready", r.circuits_ready),
-                    ("relay_circuits_closed", r.circuits_closed),
-                    ("relay_circuits_expired", r.circuits_expired),
-                    ("relay_forwarded_packets", r.forwarded_packets),
-                    ("relay_forwarded_bytes", r.forwarded_bytes),
-                    ("relay_dropped_rate_limited", r.dropped_rate_limited),
-                    ("relay_dropped_relay_busy", r.dropped_relay_busy),
-                    ("relay_dropped_bad_signature", r.dropped_bad_signature),
-                    ("relay_dropped_malformed", r.dropped_malformed),
-                    ("relay_dropped_unknown_circuit", r.dropped_unknown_circuit),
-                    ("relay_dropped_wrong_source", r.dropped_wrong_source),
-                    ("relay_dropped_not_ready", r.dropped_not_ready),
-                    ("relay_dropped_not_serving", r.dropped_not_serving),
-                    ("relay_refused_not_introduced", r.refused_not_introduced),
-                    ("relay_refused_host_limit", r.refused_host_limit),
-                    (
-                        "relay_refused",
-                        r.refused_full
-                            + r.refused_pending
-                            + r.refused_peer_limit
-                            + r.refused_bad_request
-                            + r.refused_not_introduced
-                            + r.refused_host_limit,
-                    ),
-                ];
-                let _ = events.try_send(NodeEvent::Stats(stats));
+                let driver = stats::Driver {
+                    dropped_punch_unknown_nonce: p,
+                    dropped_session_unknown_source: x,
+                    dropped_data_forged: forged,
+                    dropped_data_replayed: replayed,
+                    stun_unanswered,
+                    stun_rate_limited,
+                    dropped_events,
+                    store_skipped,
+                    store_errors,
+                };
+                let stats = Stats::new(s, b, r, driver);
+                if stats::exported() {
+                    stats::publish(&peer_id, &stats);
+                }
+                if emit {
+                    let _ = events.try_send(NodeEvent::Stats(Box::new(stats)));
+                }
             }
             .into_actor(self),
         );
@@ -504,7 +472,10 @@ impl Actor for NodeActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(every) = self.stats_interval {
-            ctx.run_interval(every, |act, ctx| act.emit_stats(ctx));
+            ctx.run_interval(every, |act, ctx| act.gather_stats(ctx, true));
+        }
+        if stats::exported() {
+            ctx.run_interval(METRICS_EVERY, |act, ctx| act.gather_stats(ctx, false));
         }
         if let Some((primary, toward)) = self.routed {
             ctx.run_interval(LAN_CHECK, move |act, ctx| {
@@ -551,7 +522,7 @@ impl Handler<Command> for NodeActor {
             Command::Join(topic) => self.core.join_topic(Instant::now(), topic),
             Command::Ping(peer) => self.core.ping(peer),
             Command::Send(peer, payload) => self.core.send(peer, payload),
-            Command::Stats => self.emit_stats(ctx),
+            Command::Stats => self.gather_stats(ctx, true),
         }
         self.act(ctx);
     }

@@ -1,6 +1,7 @@
 //! Runs the docker-compose testbed's scenario and reports it: brings the compose project up,
 //! waits until every peer (a container labelled `introducer.nat`) has connected to every
-//! other on the topic, prints the grid (row connected to column: path/strategy connect_ms),
+//! other on the topic and timed one round trip, prints the grid (row connected to column:
+//! path/strategy connect_ms and the round-trip time),
 //! and tears the project down. Exit status 0 only when every pair connected as the strategy
 //! table expects for the NATs the labels name; 1 when not; 2 for a usage or Docker error
 //! (one line on stderr).
@@ -84,8 +85,10 @@ struct Peer {
     /// Peers of one service sit behind one router (`--scale`).
     service: String,
     peer_id: Option<String>,
-    /// Connected events by the other side's PeerId.
+    /// Connected events by the other side's PeerId, and the round-trip time of the one
+    /// ping `join` sends each (ms).
     connected: BTreeMap<String, Value>,
+    rtt: BTreeMap<String, f64>,
     stderr: String,
 }
 
@@ -107,6 +110,7 @@ fn peers(args: &Args) -> Result<Vec<Peer>, String> {
             service: service.to_owned(),
             peer_id: None,
             connected: BTreeMap::new(),
+            rtt: BTreeMap::new(),
             stderr: String::new(),
         })
         .collect();
@@ -126,6 +130,11 @@ fn read(peer: &mut Peer) {
             Some("connected") => {
                 if let Some(other) = v["peer_id"].as_str() {
                     peer.connected.insert(other.to_owned(), v.clone());
+                }
+            }
+            Some("pong") => {
+                if let (Some(other), Some(rtt)) = (v["peer_id"].as_str(), v["rtt_ms"].as_f64()) {
+                    peer.rtt.insert(other.to_owned(), rtt);
                 }
             }
             _ => {}
@@ -197,7 +206,8 @@ fn scenario(args: &Args) -> Result<bool, String> {
         peers.iter_mut().for_each(read);
         let ids: Vec<Option<String>> = peers.iter().map(|p| p.peer_id.clone()).collect();
         let done = peers.iter().all(|p| {
-            ids.iter().flatten().filter(|id| Some(*id) != p.peer_id.as_ref()).all(|id| p.connected.contains_key(id))
+            let mut others = ids.iter().flatten().filter(|id| Some(*id) != p.peer_id.as_ref());
+            others.all(|id| p.connected.contains_key(id) && p.rtt.contains_key(id))
         });
         if (done && ids.iter().all(Option::is_some)) || start.elapsed() > args.timeout {
             break;
@@ -208,9 +218,9 @@ fn scenario(args: &Args) -> Result<bool, String> {
 }
 
 fn report(peers: &[Peer], took: Duration) -> Result<bool, String> {
-    let width = 34;
+    let width = 46;
     println!(
-        "\ntestbed after {:.0} s: row connected to column (path/strategy connect_ms; ! = not what the strategy table expects)",
+        "\ntestbed after {:.0} s: row connected to column (path/strategy connect_ms, then the round-trip time; ! = not what the strategy table expects)",
         took.as_secs_f64()
     );
     print!("{:<28}", "");
@@ -240,7 +250,10 @@ fn report(peers: &[Peer], took: Duration) -> Result<bool, String> {
                     );
                     let good = expect.contains(&got);
                     ok &= good;
-                    format!("{}{}/{} {}ms", if good { "" } else { "! " }, got.0, got.1, v["connect_ms"])
+                    let rtt = col.peer_id.as_ref().and_then(|id| row.rtt.get(id));
+                    let rtt = rtt.map_or("rtt ?".to_owned(), |ms| format!("rtt {ms:.0}ms"));
+                    let connect = v["connect_ms"].as_f64().unwrap_or(f64::NAN);
+                    format!("{}{}/{} {connect:.0}ms {rtt}", if good { "" } else { "! " }, got.0, got.1)
                 }
             };
             print!(" {cell:<width$}");
