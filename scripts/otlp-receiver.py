@@ -3,7 +3,7 @@ on every interface (the nodes under test run in other network namespaces), print
 JSON object per received span or metric data point on stdout, flushed at once:
 
   {"kind": "span", "name", "trace_id", "span_id", "parent_span_id" (hex, "" for a root),
-   "attributes": {key: value}}
+   "duration_ms", "attributes": {key: value}}
   {"kind": "metric", "name", "value", "attributes": {key: value}}
 
 Usage: python3 otlp-receiver.py PORT   (scripts/install-deps.sh installs oteltap in a venv)
@@ -38,6 +38,7 @@ async def spans(receiver):
             "trace_id": span.trace_id.hex(),
             "span_id": span.span_id.hex(),
             "parent_span_id": span.parent_span_id.hex(),
+            "duration_ms": (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6,
             "attributes": attributes(span.attributes),
         })
 

@@ -110,6 +110,7 @@ fn a_birthday_punch_and_a_relayed_connection_are_traced() {
     assert_eq!(attr(&punch, "introducer.probes").as_i64(), connected["probes"].as_i64(), "{punch}");
     assert_eq!(attr(&punch, "network.transport"), "udp");
     assert!(attr(&punch, "introducer.nat.local").as_str().unwrap().starts_with("easy/"), "{punch}");
+    assert!(root["duration_ms"].as_f64().unwrap() >= punch["duration_ms"].as_f64().unwrap(), "{root}\n{punch}");
     println!("a birthday punch, as the receiver got it:\n  {root}\n  {introduction}\n  {punch}");
     // The other side, introduced to us, traced its punch too; the introducer its introduction.
     let theirs = receiver.span("connect (target side)", |v| {
