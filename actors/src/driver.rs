@@ -54,6 +54,37 @@ impl<P: 'static, R: 'static> Message for Call<P, R> {
 #[rtype(result = "()")]
 struct Tick;
 
+/// Output is waiting in the machine (queued outside the mailbox, by a
+/// [`crate::socket::FastPath`]): send it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+/// A machine shared with a [`crate::socket::FastPath`] on the same thread: the actor drives
+/// it as it would own it.
+impl<P: Protocol> Protocol for std::rc::Rc<std::cell::RefCell<P>> {
+    type Event = P::Event;
+    type Command = P::Command;
+    fn handle_inbound(&mut self, inbound: Inbound) {
+        self.borrow_mut().handle_inbound(inbound)
+    }
+    fn handle_command(&mut self, now: Instant, command: Self::Command) {
+        self.borrow_mut().handle_command(now, command)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.borrow_mut().handle_timeout(now)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.borrow_mut().poll_transmit()
+    }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        self.borrow_mut().poll_event()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.borrow().poll_timeout()
+    }
+}
+
 /// Where a role's events go (the node actor, wrapped in its own report type).
 pub type Sink<E> = Box<dyn Fn(E)>;
 
@@ -118,6 +149,13 @@ impl<P: Protocol> Handler<Deliver<P::Command>> for MachineActor<P> {
     type Result = ();
     fn handle(&mut self, Deliver(command): Deliver<P::Command>, ctx: &mut Context<Self>) {
         self.machine.handle_command(Instant::now(), command);
+        self.flush(ctx);
+    }
+}
+
+impl<P: Protocol> Handler<Wake> for MachineActor<P> {
+    type Result = ();
+    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
         self.flush(ctx);
     }
 }

@@ -7,6 +7,9 @@
 //! - [`LoopbackSpray`]: two bare punch [`Attempt`]s, an easy side spraying at a hard side's
 //!   256-socket pool, over real loopback sockets — birthday spraying and port prediction
 //!   timed without the introduction around them.
+//! - [`relay`]: our relay next to coturn's and a batched forwarder, each its own process.
+
+pub mod relay;
 
 use introducer_actors::identity::Identity;
 use introducer_actors::nat::NatBehavior;
@@ -74,6 +77,21 @@ impl SimPair {
     }
 }
 
+/// Lifts an introducer's limits on introductions and relaying, so that a bench measures
+/// the node, not its budgets.
+pub fn lift_limits(config: &mut Config) {
+    config.broker.introductions_per_sec = 1e9;
+    config.broker.introduction_burst = 1e9;
+    let relay = &mut config.relay;
+    for rate in
+        [&mut relay.bytes_per_sec, &mut relay.bytes_burst, &mut relay.total_bytes_per_sec, &mut relay.total_bytes_burst]
+    {
+        *rate = 1e12;
+    }
+    relay.packets_per_sec = 1e9;
+    relay.packets_burst = 1e9;
+}
+
 /// The real node on loopback: an introducer and two peers, `a` and `b`, registered with it.
 ///
 /// Each [`Loopback::connect`] asks the introducer for `b` again, so every call is a complete
@@ -118,16 +136,7 @@ impl Loopback {
         let listen = vec![SocketAddr::from((LOCALHOST, 0))];
         let mut config = Config::new(Identity::from_seed(100));
         config.listen = listen.clone();
-        config.broker.introductions_per_sec = 1e9;
-        config.broker.introduction_burst = 1e9;
-        for rate in
-            [&mut config.relay.bytes_per_sec, &mut config.relay.bytes_burst, &mut config.relay.total_bytes_per_sec]
-        {
-            *rate = 1e12;
-        }
-        config.relay.total_bytes_burst = 1e12;
-        config.relay.packets_per_sec = 1e9;
-        config.relay.packets_burst = 1e9;
+        lift_limits(&mut config);
         let introducer = Node::start(config).expect("introducer node");
         let bootstrap = introducer.listen()[0];
         let peer = |n: u64| {

@@ -18,13 +18,15 @@ use introducer_actors::punch::actor::{Attempts, PunchActor};
 use introducer_actors::registration::actor::RegistrationActor;
 use introducer_actors::relay::{actor::RelayActor, server::Relay};
 use introducer_actors::session::actor::{self as sessions, SessionActor, Sessions};
-use introducer_actors::socket::{self, Inbound, Route, SetRoute, SocketActor};
+use introducer_actors::socket::{self, FastSlot, Inbound, Route, SetRoute, SocketActor};
 use introducer_actors::SocketId;
 use introducer_bootstrap::FirstContact;
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
@@ -83,21 +85,21 @@ impl Node {
             .spawn(move || {
                 actix_rt::System::new().block_on(async move {
                     let optional: Vec<(SocketId, SocketAddr)> = plan.alternate.into_iter().collect();
-                    let (socket, locals) = match SocketActor::bind_some(&plan.required, &optional) {
+                    let (socket, locals, fast) = match SocketActor::bind_some(&plan.required, &optional) {
                         Ok(bound) => {
                             if let Some((addr, e)) = bound.skipped {
                                 tracing::warn!(
                                     "cannot bind {addr}, the STUN alternate port ({e}): answering STUN on the listen address only"
                                 );
                             }
-                            (bound.actor, bound.locals)
+                            (bound.actor, bound.locals, bound.fast)
                         }
                         Err(source) => {
                             let _ = bound_tx.send(Err(NodeError::Bind { addr: plan.required[0].1, source }));
                             return;
                         }
                     };
-                    let node = NodeActor::launch(config, (store, stored), socket, locals.clone(), event_tx);
+                    let node = NodeActor::launch(config, (store, stored), (socket, fast), locals.clone(), event_tx);
                     let _ = bound_tx.send(Ok(locals));
                     while let Some(Some(command)) = command_rx.recv().await {
                         node.do_send(command);
@@ -301,7 +303,7 @@ impl NodeActor {
     fn launch(
         config: Config,
         (store, stored): (Box<dyn Store>, Stored),
-        socket: Addr<SocketActor>,
+        (socket, fast): (Addr<SocketActor>, FastSlot),
         locals: Vec<SocketAddr>,
         events: mpsc::Sender<NodeEvent>,
     ) -> Addr<Self> {
@@ -318,7 +320,10 @@ impl NodeActor {
             let registrations = start_role(roles.registrations, &socket, &me);
             let punch = start_role(roles.punch, &socket, &me);
             let sessions = start_role(roles.sessions, &socket, &me);
-            let relay = start_role(roles.relay, &socket, &me);
+            // The relay forwards data on the socket's receive path, and does the rest here.
+            let shared = Rc::new(RefCell::new(roles.relay));
+            let relay = start_role(shared.clone(), &socket, &me);
+            fast.install(shared, relay.clone().recipient());
             let mesh = start_role(roles.mesh, &socket, &me);
             for route in Route::ALL {
                 let to: Recipient<Inbound> = match role_of(route) {
@@ -431,7 +436,7 @@ impl NodeActor {
         let sessions =
             self.sessions.send(Call::new(|s: &mut Sessions, _| (s.dropped_unknown_source, s.unsealing_drops())));
         let stun = self.probe.send(Call::new(|p: &mut NatProbing, _| (p.unanswered, p.rate_limited)));
-        let relay = self.relay.send(Call::new(|r: &mut Relay, _| r.stats()));
+        let relay = self.relay.send(Call::new(|r: &mut Rc<RefCell<Relay>>, _| r.borrow().stats()));
         let events = self.events.clone();
         let (dropped_events, store_skipped, store_errors) =
             (self.dropped_events, self.store_skipped, self.store_errors);

@@ -268,6 +268,11 @@ fn flood(name: &str, relay_args: &[&str], config: RelayConfig, line_len: usize, 
         }
     };
     let kernel_dropped = kernel_dropped();
+    // The node's own count of its socket's kernel drops (SO_RXQ_OVFL) sees no more than the
+    // kernel's count for the whole namespace, and lags it by the drops after the last
+    // datagram read.
+    let node_kernel = after.since(&before, "dropped_kernel");
+    assert!(node_kernel <= kernel_dropped, "the node counted {node_kernel} kernel drops, the kernel {kernel_dropped}");
     let dropped = after.since(&before, "relay_dropped_rate_limited");
     let forwarded = after.since(&before, "relay_forwarded_packets");
     let flood_secs = (report.flood_end - t0).as_secs_f64();

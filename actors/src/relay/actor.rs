@@ -5,14 +5,27 @@
 use super::client::RelayClient;
 use super::server::{self, Relay};
 use crate::driver::{MachineActor, Protocol};
-use crate::socket::{Inbound, Payload};
+use crate::socket::{Fast, FastPath, Inbound, Payload};
 use crate::{Machine, SocketId, Transmit};
 use introducer_proto::frame::{self, Decoded};
 use introducer_proto::pb::envelope::Kind;
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
-pub type RelayActor = MachineActor<Relay>;
+/// The relay is shared with the socket's receive path, which forwards data itself
+/// ([`Relay::take_fast`]); the actor does the rest.
+pub type RelayActor = MachineActor<Rc<RefCell<Relay>>>;
+
+impl FastPath for Rc<RefCell<Relay>> {
+    fn take(&mut self, now: Instant, _socket: SocketId, src: SocketAddr, datagram: &mut [u8]) -> Fast {
+        self.borrow_mut().take_fast(now, src, datagram)
+    }
+    fn has_output(&self) -> bool {
+        self.borrow().has_output()
+    }
+}
 
 /// The envelope kind of a datagram, if it is an introducer frame.
 fn envelope(payload: &[u8]) -> Option<Kind> {

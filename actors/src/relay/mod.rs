@@ -28,6 +28,7 @@ use libp2p_identity::{PeerId, PublicKey};
 pub mod actor;
 pub mod client;
 pub mod server;
+pub mod wire;
 
 pub use client::{ClientConfig, RelayClient};
 pub use server::{Relay, RelayConfig};

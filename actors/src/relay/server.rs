@@ -9,9 +9,10 @@
 //! made ([`Relay::authorize`]), between the two peers it introduced: keys cost nothing to
 //! make, so circuits for made-up pairs would let one host take every slot.
 
-use super::{reason_text, requester_key, verify_request, MAX_NONCE, MIN_NONCE};
+use super::{reason_text, requester_key, verify_request, wire, MAX_NONCE, MIN_NONCE};
 use crate::bucket::TokenBucket;
 use crate::cookie::Cookies;
+use crate::socket::Fast;
 use crate::{network_of, SocketId, Transmit};
 use introducer_proto::pb::{self, envelope::Kind, RelayRefusedReason};
 use introducer_proto::MAX_DATAGRAM;
@@ -491,17 +492,40 @@ impl Relay {
     }
 
     fn on_data(&mut self, now: Instant, src: SocketAddr, data: pb::RelayData) {
-        let Some(circuit) = self.circuits.get_mut(&data.circuit) else {
+        if let Some((socket, dst)) = self.forward(now, src, data.circuit, data.payload.len()) {
+            self.send(socket, dst, Kind::RelayDeliver(data));
+        }
+    }
+
+    /// A datagram taken on the socket's receive path, before any decoding: a `RelaySend`
+    /// in canonical form is decided here and, when it goes on, turned into its
+    /// `RelayDeliver` in place — the socket sends the same buffer on. Anything else is left
+    /// to the usual path ([`Fast::Pass`]), which decides the same way ([`Relay::handle`]).
+    pub fn take_fast(&mut self, now: Instant, src: SocketAddr, datagram: &mut [u8]) -> Fast {
+        let Some(frame) = wire::parse_send(datagram).filter(|_| self.serving) else { return Fast::Pass };
+        match self.forward(now, src, frame.circuit, frame.payload_len) {
+            Some((socket, dst)) => {
+                wire::turn_to_deliver(datagram);
+                Fast::Send(socket, dst)
+            }
+            None => Fast::Done,
+        }
+    }
+
+    /// Whether data on `circuit` from `src` goes on, and where: counted either way, and
+    /// answered with a (paced) refusal when over a limit.
+    fn forward(&mut self, now: Instant, src: SocketAddr, id: u64, len: usize) -> Option<(SocketId, SocketAddr)> {
+        let Some(circuit) = self.circuits.get_mut(&id) else {
             self.stats.dropped_unknown_circuit += 1;
-            return;
+            return None;
         };
         let Some(i) = circuit.side_at(src) else {
             self.stats.dropped_wrong_source += 1;
-            return;
+            return None;
         };
         let Some(to) = circuit.sides[1 - i].as_ref().map(|s| (s.socket, s.addr)) else {
             self.stats.dropped_not_ready += 1;
-            return;
+            return None;
         };
         let config = &self.config;
         let side = circuit.sides[i].as_mut().expect("side_at found it");
@@ -509,9 +533,9 @@ impl Relay {
         // All three are checked before any is charged: data dropped costs no budget.
         let (packets, bytes, total) =
             (side.packets.available(now), side.bytes.available(now), self.total.available(now));
-        let len = data.payload.len() as f64;
-        let over_direction = packets < 1.0 || bytes < len;
-        if over_direction || total < len {
+        let size = len as f64;
+        let over_direction = packets < 1.0 || bytes < size;
+        if over_direction || total < size {
             if over_direction {
                 self.stats.dropped_rate_limited += 1;
             } else {
@@ -521,16 +545,22 @@ impl Relay {
                 side.last_refusal = Some(now);
                 let (socket, nonce, peer) = (side.socket, circuit.nonce.clone(), circuit.peers[i]);
                 self.stats.refusals_rate_limited += 1;
-                self.refuse(socket, src, peer, &nonce, data.circuit, RelayRefusedReason::RateLimited);
+                self.refuse(socket, src, peer, &nonce, id, RelayRefusedReason::RateLimited);
             }
-            return;
+            return None;
         }
         side.packets.take(1.0);
-        side.bytes.take(len);
-        self.total.take(len);
+        side.bytes.take(size);
+        self.total.take(size);
         self.stats.forwarded_packets += 1;
-        self.stats.forwarded_bytes += data.payload.len() as u64;
-        self.send(to.0, to.1, Kind::RelayDeliver(data));
+        self.stats.forwarded_bytes += len as u64;
+        Some(to)
+    }
+
+    /// Whether datagrams or events wait to be polled (after [`Relay::take_fast`], whose
+    /// refusals its driver must send).
+    pub fn has_output(&self) -> bool {
+        !self.transmits.is_empty() || !self.events.is_empty()
     }
 
     fn on_close(&mut self, src: SocketAddr, id: u64) {

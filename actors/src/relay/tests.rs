@@ -2,6 +2,7 @@ use super::client::{self, ClientConfig, RelayClient, State};
 use super::server::{self, CloseReason, Relay, RelayConfig};
 use super::sign_request;
 use crate::identity::Identity;
+use crate::socket::Fast;
 use crate::{Machine, SocketId, Transmit};
 use introducer_proto::frame;
 use introducer_proto::pb::{self, envelope::Kind, RelayRefusedReason};
@@ -41,17 +42,29 @@ struct Net {
     clients: Vec<(SocketAddr, RelayClient, Vec<client::Event>)>,
     /// Every datagram the relay sent, in order.
     sent: Vec<Transmit>,
+    /// Clients' datagrams go through the socket's fast path first ([`Relay::take_fast`]),
+    /// as in the node: what it sends on is rewritten in place.
+    fast: bool,
+    /// Datagrams the fast path took (sent on or dropped).
+    taken: u64,
 }
 
 impl Net {
     fn new(config: RelayConfig) -> Net {
         let now = Instant::now();
-        Net { now, relay: Relay::new(config, now, StdRng::seed_from_u64(1)), clients: Vec::new(), sent: Vec::new() }
+        let relay = Relay::new(config, now, StdRng::seed_from_u64(1));
+        Net { now, relay, clients: Vec::new(), sent: Vec::new(), fast: false, taken: 0 }
     }
 
     /// Alice and Bob, each asking for the circuit of the same introduction.
     fn alice_and_bob(config: RelayConfig) -> Net {
+        Self::alice_and_bob_via(config, false)
+    }
+
+    /// Alice and Bob; `fast`: the relay's fast path takes their datagrams first.
+    fn alice_and_bob_via(config: RelayConfig, fast: bool) -> Net {
         let mut net = Net::new(config);
+        net.fast = fast;
         let (a, b) = (Identity::from_seed(1), Identity::from_seed(2));
         net.client(ALICE, a.clone(), &b, &NONCE);
         net.client(BOB, b, &a, &NONCE);
@@ -81,9 +94,12 @@ impl Net {
     }
 
     fn pump(&mut self) {
+        let mut forwarded: Vec<Transmit> = Vec::new();
         loop {
             let mut moved = false;
-            while let Some(t) = self.relay.poll_transmit() {
+            let out: Vec<Transmit> =
+                forwarded.drain(..).chain(std::iter::from_fn(|| self.relay.poll_transmit())).collect();
+            for t in out {
                 moved = true;
                 // Clients sharing an address (one peer, several circuits) each take their own.
                 for (_, c, _) in self.clients.iter_mut().filter(|(a, _, _)| *a == t.dst) {
@@ -95,7 +111,15 @@ impl Net {
                 while let Some(t) = c.poll_transmit() {
                     moved = true;
                     assert_eq!(t.dst, addr(RELAY));
-                    self.relay.handle_datagram(self.now, t.socket, *at, &t.payload);
+                    let mut datagram = t.payload.clone();
+                    match if self.fast { self.relay.take_fast(self.now, *at, &mut datagram) } else { Fast::Pass } {
+                        Fast::Pass => self.relay.handle_datagram(self.now, t.socket, *at, &t.payload),
+                        Fast::Done => self.taken += 1,
+                        Fast::Send(socket, dst) => {
+                            self.taken += 1;
+                            forwarded.push(Transmit { socket, dst, payload: datagram });
+                        }
+                    }
                 }
                 events.extend(std::iter::from_fn(|| c.poll_event()));
             }
@@ -203,7 +227,17 @@ fn circuit_is_ready_only_once_both_sides_asked() {
 
 #[test]
 fn forwards_exact_bytes_both_ways() {
-    let mut net = Net::alice_and_bob(RelayConfig::default());
+    forwards_exact_bytes_both_ways_via(false);
+}
+
+/// The fast path forwards the very bytes the usual path does, and counts them the same.
+#[test]
+fn the_fast_path_forwards_exact_bytes_both_ways() {
+    forwards_exact_bytes_both_ways_via(true);
+}
+
+fn forwards_exact_bytes_both_ways_via(fast: bool) {
+    let mut net = Net::alice_and_bob_via(RelayConfig::default(), fast);
     let (alice, bob) = (0, 1);
     net.events(alice);
     net.events(bob);
@@ -222,6 +256,8 @@ fn forwards_exact_bytes_both_ways() {
     );
     let stats = net.relay.stats();
     assert_eq!(stats.forwarded_packets, 4);
+    // An empty payload is left out by the encoder: not a fast frame, decided the usual way.
+    assert_eq!(net.taken, if fast { 3 } else { 0 });
     assert_eq!(stats.forwarded_bytes, (9 + big.len() + 11) as u64);
 }
 
@@ -289,8 +325,19 @@ fn third_parties_get_nothing_forwarded_and_are_counted() {
 
 #[test]
 fn packet_rate_limit_holds_under_a_flood_from_one_peer() {
+    packet_rate_limit_holds_via(false);
+}
+
+/// Limits and paced refusals hold the same on the fast path (the refusals wait in the
+/// relay's queue for its actor, which the socket wakes).
+#[test]
+fn the_fast_path_holds_the_packet_rate_limit() {
+    packet_rate_limit_holds_via(true);
+}
+
+fn packet_rate_limit_holds_via(fast: bool) {
     let config = RelayConfig { packets_per_sec: 100.0, packets_burst: 10.0, ..RelayConfig::default() };
-    let mut net = Net::alice_and_bob(config);
+    let mut net = Net::alice_and_bob_via(config, fast);
     net.events(0);
     let flood = 10_000;
     let elapsed = SEC;
@@ -307,6 +354,7 @@ fn packet_rate_limit_holds_under_a_flood_from_one_peer() {
     assert!(stats.forwarded_packets <= budget, "{stats:?}");
     assert!(stats.forwarded_packets >= budget - 2, "{stats:?}");
     assert_eq!(stats.forwarded_packets + stats.dropped_rate_limited, flood as u64);
+    assert_eq!(net.taken, if fast { flood as u64 } else { 0 });
     assert_eq!(net.data(1).len() as u64, stats.forwarded_packets);
     // Refusals are paced: one per second of flood, at most.
     assert!((1..=2).contains(&stats.refusals_rate_limited), "{stats:?}");

@@ -5,14 +5,16 @@
 //! Everything is bounded: mailboxes have a capacity and a full one drops (and counts)
 //! rather than queueing without limit, so a flood costs CPU, not memory.
 
+pub mod batch;
 pub mod overflow;
 
+use crate::driver::Wake;
 use crate::{SocketId, Transmit};
 use actix::prelude::*;
+use batch::{Batch, Out, BATCH};
 use introducer_proto::frame::{self, Decoded};
 use introducer_proto::pb::envelope::Kind;
-use introducer_proto::MAX_DATAGRAM;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -145,15 +147,65 @@ pub struct SocketActor {
     sockets: HashMap<SocketId, (Rc<UdpSocket>, JoinHandle<()>)>,
     routes: HashMap<Route, Recipient<Inbound>>,
     stats: Stats,
-    drops: Rc<Drops>,
+    shared: Rc<Shared>,
 }
 
-/// What the receiving tasks count (they share the actor's thread): datagrams dropped
-/// because this actor's mailbox was full, and those the kernel says it dropped.
+/// What the receiving tasks share with the actor (one thread): what they count, the sockets
+/// (a fast path may send on another socket than it read from), and the fast path.
 #[derive(Default)]
-struct Drops {
+struct Shared {
+    /// Datagrams dropped because this actor's mailbox was full, and those the kernel says
+    /// it dropped.
     mailbox_full: Cell<u64>,
     kernel: Cell<u64>,
+    /// What the fast path took (read, sent on, failed to send).
+    fast_received: Cell<u64>,
+    fast_sent: Cell<u64>,
+    fast_send_errors: Cell<u64>,
+    sockets: RefCell<HashMap<SocketId, Rc<UdpSocket>>>,
+    fast: RefCell<Option<FastHook>>,
+}
+
+fn add(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get() + n);
+}
+
+/// What a role's [`FastPath`] did with a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fast {
+    /// Not for the fast path: route it as usual.
+    Pass,
+    /// Taken (counted, dropped, or answered through the role's actor).
+    Done,
+    /// Send the datagram, as the role rewrote it in place, on this socket to this address.
+    Send(SocketId, SocketAddr),
+}
+
+/// A role that takes datagrams on the receive path itself, before they are copied or
+/// routed, and decides about them synchronously: a relay forwards data this way, in the
+/// batch it arrived in, with no mailbox between the datagram and its next hop. The role's
+/// machine decides as it would behind its mailbox ([`Fast::Pass`] leaves the rest to it).
+pub trait FastPath {
+    fn take(&mut self, now: Instant, socket: SocketId, src: SocketAddr, datagram: &mut [u8]) -> Fast;
+    /// Whether the role queued output (a refusal, an event) its actor must now send.
+    fn has_output(&self) -> bool;
+}
+
+struct FastHook {
+    path: Box<dyn FastPath>,
+    /// The role's actor, woken when [`FastPath::has_output`].
+    wake: Recipient<Wake>,
+}
+
+/// Where a role installs its [`FastPath`] (the socket actor shares it with its receiving
+/// tasks; a handle, as it is not `Send`).
+#[derive(Clone)]
+pub struct FastSlot(Rc<Shared>);
+
+impl FastSlot {
+    pub fn install(&self, path: impl FastPath + 'static, wake: Recipient<Wake>) {
+        *self.0.fast.borrow_mut() = Some(FastHook { path: Box::new(path), wake });
+    }
 }
 
 /// What [`SocketActor::bind_some`] bound.
@@ -164,6 +216,8 @@ pub struct Bound {
     /// The optional socket that could not be bound (it and those after it are left out),
     /// and why, for the caller to report.
     pub skipped: Option<(SocketAddr, io::Error)>,
+    /// Where a role installs its fast path.
+    pub fast: FastSlot,
 }
 
 /// Mailbox size of every actor on the datagram path.
@@ -198,27 +252,31 @@ impl SocketActor {
                 }
             }
         }
+        let shared = Rc::new(Shared::default());
+        let fast = FastSlot(shared.clone());
         let actor = SocketActor::create(|ctx| {
             ctx.set_mailbox_capacity(MAILBOX);
-            let drops = Rc::new(Drops::default());
-            let sockets = bound
-                .into_iter()
-                .map(|(id, socket)| {
-                    let receiver = spawn_receiver(ctx.address(), id, socket.clone(), drops.clone());
-                    (id, (socket, receiver))
-                })
-                .collect();
-            SocketActor { sockets, routes: HashMap::new(), stats: Stats::default(), drops }
+            let mut actor =
+                SocketActor { sockets: HashMap::new(), routes: HashMap::new(), stats: Stats::default(), shared };
+            for (id, socket) in bound {
+                actor.add(id, socket, ctx);
+            }
+            actor
         });
-        Ok(Bound { actor, locals, skipped })
+        Ok(Bound { actor, locals, skipped, fast })
     }
 
     fn bind_one(&mut self, id: SocketId, addr: SocketAddr, ctx: &mut Context<Self>) -> io::Result<SocketAddr> {
         let socket = Rc::new(bind_udp(addr)?);
         let local = socket.local_addr()?;
-        let receiver = spawn_receiver(ctx.address(), id, socket.clone(), self.drops.clone());
-        self.sockets.insert(id, (socket, receiver));
+        self.add(id, socket, ctx);
         Ok(local)
+    }
+
+    fn add(&mut self, id: SocketId, socket: Rc<UdpSocket>, ctx: &mut Context<Self>) {
+        let receiver = spawn_receiver(ctx.address(), id, socket.clone(), self.shared.clone());
+        self.shared.sockets.borrow_mut().insert(id, socket.clone());
+        self.sockets.insert(id, (socket, receiver));
     }
 
     fn route(&mut self, socket: SocketId, src: SocketAddr, datagram: Vec<u8>) {
@@ -297,31 +355,92 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket)
 }
 
-fn spawn_receiver(actor: Addr<SocketActor>, socket: SocketId, udp: Rc<UdpSocket>, drops: Rc<Drops>) -> JoinHandle<()> {
+/// Reads the socket in batches: the fast path (if a role installed one) takes what it
+/// wants, and what it sends on goes out in one batch too; the rest is copied and routed
+/// through the actor.
+fn spawn_receiver(
+    actor: Addr<SocketActor>,
+    socket: SocketId,
+    udp: Rc<UdpSocket>,
+    shared: Rc<Shared>,
+) -> JoinHandle<()> {
     actix::spawn(async move {
-        // One byte more than we accept, so oversized datagrams are seen as such.
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut batch = Batch::default();
         // This socket's count of kernel drops, as last seen.
         let mut seen = 0u32;
+        let mut out: Vec<Out> = Vec::with_capacity(BATCH);
         loop {
-            match udp.async_io(Interest::READABLE, || overflow::recv(&*udp, &mut buf)).await {
-                Ok((n, src, count)) => {
-                    if let Some(count) = count {
-                        drops.kernel.set(drops.kernel.get() + u64::from(count.wrapping_sub(seen)));
-                        seen = count;
-                    }
-                    let received = Received { socket, src, datagram: buf[..n].to_vec() };
-                    match actor.try_send(received) {
-                        Ok(()) => {}
-                        Err(SendError::Full(_)) => drops.mailbox_full.set(drops.mailbox_full.get() + 1),
-                        Err(SendError::Closed(_)) => return,
+            let n = match udp.async_io(Interest::READABLE, || batch.recv(&*udp)).await {
+                Ok(n) => n,
+                // ICMP errors surface here on Linux (ECONNREFUSED); they say nothing useful.
+                Err(e) => {
+                    tracing::trace!(%e, "recv error");
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            out.clear();
+            let mut fast = shared.fast.borrow_mut();
+            for i in 0..n {
+                let meta = batch.meta()[i];
+                if let Some(count) = meta.drops {
+                    add(&shared.kernel, u64::from(count.wrapping_sub(seen)));
+                    seen = count;
+                }
+                let verdict = match fast.as_mut() {
+                    Some(hook) => hook.path.take(now, socket, meta.src, batch.datagram(i)),
+                    None => Fast::Pass,
+                };
+                match verdict {
+                    Fast::Send(via, dst) => out.push(Out { via, index: i, dst }),
+                    Fast::Done => add(&shared.fast_received, 1),
+                    Fast::Pass => {
+                        let received = Received { socket, src: meta.src, datagram: batch.datagram(i).to_vec() };
+                        match actor.try_send(received) {
+                            Ok(()) => {}
+                            Err(SendError::Full(_)) => add(&shared.mailbox_full, 1),
+                            Err(SendError::Closed(_)) => return,
+                        }
                     }
                 }
-                // ICMP errors surface here on Linux (ECONNREFUSED); they say nothing useful.
-                Err(e) => tracing::trace!(%e, "recv error"),
             }
+            if let Some(hook) = fast.as_ref().filter(|hook| hook.path.has_output()) {
+                hook.wake.do_send(Wake);
+            }
+            drop(fast);
+            add(&shared.fast_received, out.len() as u64);
+            send_on(&batch, &mut out, socket, &udp, &shared).await;
         }
     })
+}
+
+/// Sends what the fast path kept, socket by socket, waiting for room in a send buffer
+/// rather than dropping (meanwhile nothing is read: the kernel drops and counts).
+async fn send_on(batch: &Batch, out: &mut [Out], own: SocketId, udp: &Rc<UdpSocket>, shared: &Shared) {
+    out.sort_by_key(|o| (o.via != own, o.via.0, o.index));
+    for group in out.chunk_by(|a, b| a.via == b.via) {
+        let via = group[0].via;
+        let socket = if via == own { Some(udp.clone()) } else { shared.sockets.borrow().get(&via).cloned() };
+        let Some(socket) = socket else {
+            add(&shared.fast_send_errors, group.len() as u64);
+            continue;
+        };
+        let mut done = 0;
+        while done < group.len() {
+            match socket.async_io(Interest::WRITABLE, || batch.send(&*socket, &group[done..])).await {
+                Ok(sent) => {
+                    add(&shared.fast_sent, sent as u64);
+                    done += sent;
+                }
+                // sendmmsg fails only on its first datagram: count it and go past it.
+                Err(e) => {
+                    tracing::debug!(dst = %group[done].dst, %e, "send failed");
+                    add(&shared.fast_send_errors, 1);
+                    done += 1;
+                }
+            }
+        }
+    }
 }
 
 impl Actor for SocketActor {
@@ -386,7 +505,8 @@ impl Handler<Command> for SocketActor {
             Command::Unbind(ids) => {
                 for id in ids {
                     if let Some((_, receiver)) = self.sockets.remove(&id) {
-                        // The receiver holds the socket's other reference: the socket closes with it.
+                        // The receiver holds the socket's last reference: it closes with it.
+                        self.shared.sockets.borrow_mut().remove(&id);
                         receiver.abort();
                     }
                 }
@@ -406,9 +526,13 @@ impl Handler<SetRoute> for SocketActor {
 impl Handler<GetStats> for SocketActor {
     type Result = MessageResult<GetStats>;
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> MessageResult<GetStats> {
+        let shared = &self.shared;
         MessageResult(Stats {
-            dropped_overload: self.stats.dropped_overload + self.drops.mailbox_full.get(),
-            dropped_kernel: self.drops.kernel.get(),
+            received: self.stats.received + shared.fast_received.get(),
+            sent: self.stats.sent + shared.fast_sent.get(),
+            send_errors: self.stats.send_errors + shared.fast_send_errors.get(),
+            dropped_overload: self.stats.dropped_overload + shared.mailbox_full.get(),
+            dropped_kernel: shared.kernel.get(),
             ..self.stats
         })
     }

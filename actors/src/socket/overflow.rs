@@ -29,42 +29,8 @@ pub fn enable(socket: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
-/// One datagram: its length, its source, and the socket's count of drops so far (if the
-/// kernel attached it: only once it dropped something).
-pub fn recv(socket: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<u32>)> {
-    // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
-    let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // u64s: aligned for a cmsghdr; room for one u32 message.
-    let mut control = [0u64; 8];
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = mem::size_of_val(&control) as _;
-    // SAFETY: msg points at live buffers of the sizes it states.
-    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut drops = None;
-    // SAFETY: the CMSG macros walk the control buffer recvmsg filled, within its length.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
-                drops = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const u32));
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    let src = socket_addr(&addr).ok_or_else(|| io::Error::other("datagram from an address of another family"))?;
-    Ok((n as usize, src, drops))
-}
-
-fn socket_addr(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
+/// The address in a sockaddr the kernel filled (`None` for a family other than IP).
+pub(super) fn socket_addr(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(addr.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says it is a sockaddr_in, which fits in the storage.
@@ -84,6 +50,7 @@ fn socket_addr(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::batch::Batch;
     use super::*;
     use std::net::UdpSocket;
 
@@ -100,13 +67,13 @@ mod tests {
         for i in 0..sent {
             tx.send_to(&[i as u8; 500], rx.local_addr().unwrap()).unwrap();
         }
+        let mut batch = Batch::default();
         let mut read = 0;
-        let mut buf = [0u8; 1500];
         loop {
-            match recv(&rx, &mut buf) {
-                Ok((n, src, _)) => {
-                    assert_eq!((n, src), (500, tx.local_addr().unwrap()));
-                    read += 1;
+            match batch.recv(&rx) {
+                Ok(n) => {
+                    assert!(batch.meta().iter().all(|m| (m.len, m.src) == (500, tx.local_addr().unwrap())));
+                    read += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => panic!("{e}"),
@@ -114,9 +81,10 @@ mod tests {
         }
         // The drops show on the next datagram queued after them.
         tx.send_to(b"last", rx.local_addr().unwrap()).unwrap();
-        let (n, _, drops) = recv(&rx, &mut buf).unwrap();
-        assert_eq!(n, 4);
-        let dropped = drops.expect("a count once something was dropped") as usize;
+        assert_eq!(batch.recv(&rx).unwrap(), 1);
+        let last = batch.meta()[0];
+        assert_eq!(last.len, 4);
+        let dropped = last.drops.expect("a count once something was dropped") as usize;
         assert!(dropped > 0, "a 4 kB buffer holds few of 2000 datagrams");
         assert_eq!(read + dropped, sent, "read {read}, dropped {dropped}");
     }
