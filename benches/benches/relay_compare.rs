@@ -1,4 +1,4 @@
-//! Our relay, coturn's TURN relay and a batched forwarder, each its own process, measured
+//! Our relay, coturn's TURN relay and batched forwarders, each its own process, measured
 //! in the same run (see `introducer_benches::relay`): datagrams per second delivered and
 //! the relay's CPU time per GB, medians of paired rounds, with the ratios the relay is held
 //! to. 1000-byte payloads.
@@ -27,7 +27,7 @@ fn main() {
     let count = if quick { 5_000 } else { env("RELAY_COMPARE_COUNT", 200_000) };
     let rounds = if quick { 1 } else { env("RELAY_COMPARE_ROUNDS", 5) };
     let window = env("RELAY_COMPARE_WINDOW", 256);
-    let kinds = [Kind3::Introducer, Kind3::Coturn, Kind3::Forwarder];
+    let kinds = [Kind3::Introducer, Kind3::Coturn, Kind3::Forwarder, Kind3::ForwarderGso];
     let mut runs: Vec<Vec<Blast>> = vec![Vec::new(); kinds.len()];
     for round in 0..rounds {
         for (k, &kind) in kinds.iter().enumerate() {
@@ -64,9 +64,10 @@ fn main() {
         );
     }
     println!(
-        "introducer / coturn: {:.2} x datagrams/s (goal >= 1.2), {:.2} x CPU per GB (goal <= 0.8); introducer / forwarder: {:.2} x datagrams/s (goal >= 0.9)",
+        "introducer / coturn: {:.2} x datagrams/s (goal >= 1.2), {:.2} x CPU per GB (goal <= 0.8); introducer / forwarder: {:.2} x datagrams/s (goal >= 0.9); introducer / fwd+gso: {:.2} x",
         rates[0] / rates[1],
         cpus[0] / cpus[1],
-        rates[0] / rates[2]
+        rates[0] / rates[2],
+        rates[0] / rates[3]
     );
 }

@@ -11,8 +11,8 @@
 //! - **coturn**: `turnserver` (long-term credentials): A allocates, binds a channel to B,
 //!   and sends `ChannelData`; coturn sends the payload from A's relayed address to B.
 //! - **forwarder**: the reference, a forwarder that does nothing else — `recvmmsg`, swap
-//!   the address, `sendmmsg` — (this binary again, as a child), written with the same
-//!   batch I/O the node uses.
+//!   the address, `sendmmsg` — (this binary again, as a child); **fwd+gso**: the same,
+//!   sending runs of datagrams as one (UDP GSO) as the node does, with the node's batch I/O.
 
 use hmac::{Hmac, Mac};
 use introducer_actors::driver::Protocol;
@@ -44,7 +44,10 @@ const WAIT: Duration = Duration::from_secs(10);
 pub enum Kind3 {
     Introducer,
     Coturn,
+    /// `recvmmsg`/`sendmmsg`, one datagram per message: the reference the relay is held to.
     Forwarder,
+    /// The same with UDP GSO, as the node sends: what the machine allows.
+    ForwarderGso,
 }
 
 impl Kind3 {
@@ -53,6 +56,7 @@ impl Kind3 {
             Kind3::Introducer => "introducer",
             Kind3::Coturn => "coturn",
             Kind3::Forwarder => "forwarder",
+            Kind3::ForwarderGso => "fwd+gso",
         }
     }
 }
@@ -119,8 +123,9 @@ impl Relay {
                 let datagram = encode_envelope(&Envelope { kind: Some(Kind::RelaySend(data)) });
                 Relay { kind, child, a, b, to: addr, datagram }
             }
-            Kind3::Forwarder => {
-                let (child, addr) = child("forwarder", &[]);
+            Kind3::Forwarder | Kind3::ForwarderGso => {
+                let gso = if kind == Kind3::ForwarderGso { "gso" } else { "plain" };
+                let (child, addr) = child("forwarder", &[gso.to_owned()]);
                 // The forwarder pairs the first two sources it hears from.
                 a.send_to(b"a", addr).unwrap();
                 std::thread::sleep(Duration::from_millis(20));
@@ -462,7 +467,7 @@ pub fn run_child(role: &str) {
             println!("{}", socket.local_addr().unwrap());
             std::io::stdout().flush().unwrap();
             std::thread::spawn(wait_for_stdin_then_exit);
-            forward(&socket);
+            forward(&socket, args.first().is_some_and(|a| a == "gso"));
         }
         other => panic!("unknown child role {other}"),
     }
@@ -480,8 +485,8 @@ fn wait_for_stdin_then_exit() {
 
 /// Pairs the first two sources, then sends each one's datagrams to the other, a batch at
 /// a time.
-fn forward(socket: &UdpSocket) {
-    let mut batch = Batch::default();
+fn forward(socket: &UdpSocket, gso: bool) {
+    let mut batch = if gso { Batch::default() } else { Batch::without_gso() };
     let mut pair: Vec<SocketAddr> = Vec::new();
     let mut out = Vec::with_capacity(BATCH);
     loop {

@@ -1,8 +1,9 @@
 //! Datagrams in batches: one `recvmmsg` reads up to [`BATCH`] datagrams (each with the
 //! socket's count of kernel drops, see [`super::overflow`]) into buffers allocated once, and
-//! one `sendmmsg` sends any of them on, from those same buffers. A relay under load then
-//! costs two system calls per batch instead of two per datagram, and nothing per datagram
-//! on the heap.
+//! one `sendmmsg` sends any of them on, from those same buffers — consecutive datagrams of
+//! one size to one address as one GSO message, a single trip down the stack. A relay under
+//! load then costs two system calls per batch instead of two per datagram, and nothing per
+//! datagram on the heap.
 
 use super::overflow::socket_addr;
 use introducer_proto::MAX_DATAGRAM;
@@ -40,6 +41,8 @@ pub struct Batch {
     /// u64s: aligned for a cmsghdr; room for one u32 message each.
     controls: Box<[[u64; 8]]>,
     meta: Vec<Meta>,
+    /// Sends use UDP GSO (until a device refuses it).
+    gso: std::cell::Cell<bool>,
 }
 
 impl Default for Batch {
@@ -50,6 +53,7 @@ impl Default for Batch {
             names: vec![unsafe { mem::zeroed::<libc::sockaddr_storage>() }; BATCH].into_boxed_slice(),
             controls: vec![[0u64; 8]; BATCH].into_boxed_slice(),
             meta: Vec::with_capacity(BATCH),
+            gso: std::cell::Cell::new(gso_supported()),
         }
     }
 }
@@ -112,6 +116,14 @@ impl Batch {
         Ok(self.meta.len())
     }
 
+    /// A batch that never uses GSO: what a plain `recvmmsg`/`sendmmsg` program does (the
+    /// relay bench's reference forwarder).
+    pub fn without_gso() -> Batch {
+        let batch = Batch::default();
+        batch.gso.set(false);
+        batch
+    }
+
     /// What the last [`Batch::recv`] read.
     pub fn meta(&self) -> &[Meta] {
         &self.meta
@@ -124,30 +136,98 @@ impl Batch {
 
     /// Sends datagrams of the last read (by index) to the addresses given: how many went (the
     /// kernel takes a prefix; on a non-blocking socket, `WouldBlock` when it takes none).
+    /// Consecutive datagrams of one size to one address go down the stack as one (UDP GSO)
+    /// where the kernel and the device can; a device that cannot turns it off for good.
     pub fn send(&self, socket: &impl AsRawFd, out: &[Out]) -> io::Result<usize> {
+        let gso = self.gso.get();
+        match self.send_with(socket, out, gso) {
+            Err(e) if gso && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                tracing::debug!("UDP GSO refused ({e}): sending datagrams one by one");
+                self.gso.set(false);
+                self.send_with(socket, out, false)
+            }
+            sent => sent,
+        }
+    }
+
+    fn send_with(&self, socket: &impl AsRawFd, out: &[Out], gso: bool) -> io::Result<usize> {
         let n = out.len().min(BATCH);
+        // SAFETY (the zeroed arrays): all-zero is a valid sockaddr_storage and mmsghdr.
         let mut names: [libc::sockaddr_storage; BATCH] = unsafe { mem::zeroed() };
         let mut iovs: [libc::iovec; BATCH] =
             std::array::from_fn(|_| libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 });
-        // SAFETY: all-zero is a valid mmsghdr.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-        for (k, &Out { index: i, dst, .. }) in out[..n].iter().enumerate() {
-            let len = write_addr(dst, &mut names[k]);
-            // sendmmsg only reads the buffers; iovec wants a mut pointer all the same.
-            iovs[k] = libc::iovec { iov_base: self.bufs[i].as_ptr() as *mut _, iov_len: self.meta[i].len };
-            let msg = &mut hdrs[k].msg_hdr;
-            msg.msg_name = (&mut names[k] as *mut libc::sockaddr_storage).cast();
-            msg.msg_namelen = len;
+        let mut controls = [[0u64; 4]; BATCH];
+        // How many datagrams each message carries.
+        let mut carries = [0usize; BATCH];
+        let (mut k, mut m) = (0, 0);
+        while k < n {
+            let Out { dst, index, .. } = out[k];
+            let size = self.meta[index].len;
+            // A GSO message: segments of one size, the last one maybe shorter.
+            let mut end = k + 1;
+            while gso && end < n && out[end].dst == dst && self.meta[out[end].index].len <= size {
+                end += 1;
+                if self.meta[out[end - 1].index].len < size {
+                    break;
+                }
+            }
+            for (iov, o) in iovs[k..end].iter_mut().zip(&out[k..end]) {
+                // sendmmsg only reads the buffers; iovec wants a mut pointer all the same.
+                *iov = libc::iovec { iov_base: self.bufs[o.index].as_ptr() as *mut _, iov_len: self.meta[o.index].len };
+            }
+            let msg = &mut hdrs[m].msg_hdr;
+            msg.msg_namelen = write_addr(dst, &mut names[m]);
+            msg.msg_name = (&mut names[m] as *mut libc::sockaddr_storage).cast();
             msg.msg_iov = &mut iovs[k];
-            msg.msg_iovlen = 1;
+            msg.msg_iovlen = end - k;
+            if end - k > 1 {
+                msg.msg_control = controls[m].as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; the control buffer has room for
+                // one cmsghdr with a u16, which CMSG_FIRSTHDR/CMSG_DATA point into.
+                unsafe {
+                    msg.msg_controllen = libc::CMSG_SPACE(mem::size_of::<u16>() as u32) as _;
+                    let cmsg = libc::CMSG_FIRSTHDR(msg);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size as u16);
+                }
+            }
+            carries[m] = end - k;
+            (k, m) = (end, m + 1);
         }
         // SAFETY: every header points at live buffers of the sizes it states.
-        let sent = unsafe { libc::sendmmsg(socket.as_raw_fd(), hdrs.as_mut_ptr(), n as _, 0) };
+        let sent = unsafe { libc::sendmmsg(socket.as_raw_fd(), hdrs.as_mut_ptr(), m as _, 0) };
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(sent as usize)
+        Ok(carries[..sent as usize].iter().sum())
     }
+}
+
+/// `UDP_SEGMENT` (linux/udp.h): the size of the datagrams a GSO send is cut into.
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Whether the kernel offers UDP GSO (Linux 4.18 and later): it knows the option.
+fn gso_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let Ok(socket) = std::net::UdpSocket::bind("127.0.0.1:0") else { return false };
+        let mut value: libc::c_int = 0;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid fd and an int-sized buffer with its length.
+        let r = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_UDP,
+                UDP_SEGMENT,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        r == 0
+    })
 }
 
 /// Writes `addr` as a sockaddr; returns its length.
@@ -215,5 +295,32 @@ mod tests {
         }
         relay.set_nonblocking(true).unwrap();
         assert_eq!(batch.recv(&relay).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    }
+
+    /// Runs of one size (the last of a run maybe shorter) to one address go down as one GSO
+    /// message each and arrive as the datagrams they were, in order.
+    #[test]
+    fn runs_of_one_size_go_as_one_and_arrive_apart() {
+        let (relay, a, c) = (
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+        );
+        let sizes = [500, 500, 500, 500, 500, 200, 500, 500, 500, 1233];
+        for (i, &size) in sizes.iter().enumerate() {
+            a.send_to(&vec![i as u8; size], relay.local_addr().unwrap()).unwrap();
+        }
+        let mut batch = Batch::default();
+        assert_eq!(batch.recv(&relay).unwrap(), sizes.len());
+        let out: Vec<Out> = (0..sizes.len())
+            .map(|index| Out { via: crate::SocketId::PRIMARY, index, dst: c.local_addr().unwrap() })
+            .collect();
+        assert_eq!(batch.send(&relay, &out).unwrap(), sizes.len());
+        assert_eq!(batch.gso.get(), gso_supported(), "GSO stays on where the kernel has it");
+        let mut buf = [0u8; 2048];
+        for (i, &size) in sizes.iter().enumerate() {
+            let len = c.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..len], vec![i as u8; size].as_slice());
+        }
     }
 }

@@ -370,48 +370,60 @@ fn spawn_receiver(
         let mut seen = 0u32;
         let mut out: Vec<Out> = Vec::with_capacity(BATCH);
         loop {
-            let n = match udp.async_io(Interest::READABLE, || batch.recv(&*udp)).await {
-                Ok(n) => n,
-                // ICMP errors surface here on Linux (ECONNREFUSED); they say nothing useful.
-                Err(e) => {
-                    tracing::trace!(%e, "recv error");
-                    continue;
-                }
-            };
-            let now = Instant::now();
+            // ICMP errors surface here on Linux (ECONNREFUSED); they say nothing useful.
+            if let Err(e) = udp.async_io(Interest::READABLE, || batch.recv(&*udp)).await {
+                tracing::trace!(%e, "recv error");
+                continue;
+            }
             out.clear();
-            let mut fast = shared.fast.borrow_mut();
-            for i in 0..n {
-                let meta = batch.meta()[i];
-                if let Some(count) = meta.drops {
-                    add(&shared.kernel, u64::from(count.wrapping_sub(seen)));
-                    seen = count;
-                }
-                let verdict = match fast.as_mut() {
-                    Some(hook) => hook.path.take(now, socket, meta.src, batch.datagram(i)),
-                    None => Fast::Pass,
-                };
-                match verdict {
-                    Fast::Send(via, dst) => out.push(Out { via, index: i, dst }),
-                    Fast::Done => add(&shared.fast_received, 1),
-                    Fast::Pass => {
-                        let received = Received { socket, src: meta.src, datagram: batch.datagram(i).to_vec() };
-                        match actor.try_send(received) {
-                            Ok(()) => {}
-                            Err(SendError::Full(_)) => add(&shared.mailbox_full, 1),
-                            Err(SendError::Closed(_)) => return,
-                        }
-                    }
-                }
+            if !take(&mut batch, &mut seen, &mut out, socket, &shared, &actor) {
+                return;
             }
-            if let Some(hook) = fast.as_ref().filter(|hook| hook.path.has_output()) {
-                hook.wake.do_send(Wake);
-            }
-            drop(fast);
             add(&shared.fast_received, out.len() as u64);
             send_on(&batch, &mut out, socket, &udp, &shared).await;
         }
     })
+}
+
+/// Hands each datagram read to the fast path, or copies it to the actor: what is to be
+/// sent on lands in `out`. False once the actor is gone.
+fn take(
+    batch: &mut Batch,
+    seen: &mut u32,
+    out: &mut Vec<Out>,
+    socket: SocketId,
+    shared: &Shared,
+    actor: &Addr<SocketActor>,
+) -> bool {
+    let now = Instant::now();
+    let mut fast = shared.fast.borrow_mut();
+    for i in 0..batch.meta().len() {
+        let meta = batch.meta()[i];
+        if let Some(count) = meta.drops {
+            add(&shared.kernel, u64::from(count.wrapping_sub(*seen)));
+            *seen = count;
+        }
+        let verdict = match fast.as_mut() {
+            Some(hook) => hook.path.take(now, socket, meta.src, batch.datagram(i)),
+            None => Fast::Pass,
+        };
+        match verdict {
+            Fast::Send(via, dst) => out.push(Out { via, index: i, dst }),
+            Fast::Done => add(&shared.fast_received, 1),
+            Fast::Pass => {
+                let received = Received { socket, src: meta.src, datagram: batch.datagram(i).to_vec() };
+                match actor.try_send(received) {
+                    Ok(()) => {}
+                    Err(SendError::Full(_)) => add(&shared.mailbox_full, 1),
+                    Err(SendError::Closed(_)) => return false,
+                }
+            }
+        }
+    }
+    if let Some(hook) = fast.as_ref().filter(|hook| hook.path.has_output()) {
+        hook.wake.do_send(Wake);
+    }
+    true
 }
 
 /// Sends what the fast path kept, socket by socket, waiting for room in a send buffer
