@@ -121,7 +121,7 @@ pub struct SetRoute(pub Route, pub Recipient<Inbound>);
 #[rtype(result = "Stats")]
 pub struct GetStats;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     pub received: u64,
     pub sent: u64,

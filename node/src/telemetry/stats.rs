@@ -11,24 +11,11 @@ use std::sync::Mutex;
 /// What was received, sent and dropped (and why), by every role of one node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
-    pub received: u64,
-    pub sent: u64,
-    pub dropped_malformed: u64,
-    pub dropped_unrouted: u64,
-    pub dropped_overload: u64,
-    /// Dropped by the kernel (a full receive buffer) before the node read them.
-    pub dropped_kernel: u64,
-    pub send_errors: u64,
-    pub dropped_punch_unknown_nonce: u64,
-    pub dropped_session_unknown_source: u64,
-    pub dropped_data_forged: u64,
-    pub dropped_data_replayed: u64,
-    pub stun_unanswered: u64,
-    pub stun_rate_limited: u64,
-    /// Events the user did not take in time.
-    pub dropped_events: u64,
-    pub store_skipped: u64,
-    pub store_errors: u64,
+    /// The socket's: received, sent, dropped (malformed, unrouted, overload, by the kernel).
+    #[serde(flatten)]
+    pub socket: socket::Stats,
+    #[serde(flatten)]
+    pub driver: Driver,
     pub broker_registered: u64,
     pub broker_refreshed: u64,
     pub broker_challenged: u64,
@@ -63,8 +50,8 @@ pub struct Stats {
     pub relay_refused: u64,
 }
 
-/// The counters only the node's driver keeps.
-#[derive(Debug, Clone, Copy, Default)]
+/// The counters the node's driver gathers from the other roles, and its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Driver {
     pub dropped_punch_unknown_nonce: u64,
     pub dropped_session_unknown_source: u64,
@@ -72,6 +59,7 @@ pub struct Driver {
     pub dropped_data_replayed: u64,
     pub stun_unanswered: u64,
     pub stun_rate_limited: u64,
+    /// Events the user did not take in time.
     pub dropped_events: u64,
     pub store_skipped: u64,
     pub store_errors: u64,
@@ -80,22 +68,8 @@ pub struct Driver {
 impl Stats {
     pub fn new(s: socket::Stats, b: broker::Stats, r: relay::Stats, d: Driver) -> Stats {
         Stats {
-            received: s.received,
-            sent: s.sent,
-            dropped_malformed: s.dropped_malformed,
-            dropped_unrouted: s.dropped_unrouted,
-            dropped_overload: s.dropped_overload,
-            dropped_kernel: s.dropped_kernel,
-            send_errors: s.send_errors,
-            dropped_punch_unknown_nonce: d.dropped_punch_unknown_nonce,
-            dropped_session_unknown_source: d.dropped_session_unknown_source,
-            dropped_data_forged: d.dropped_data_forged,
-            dropped_data_replayed: d.dropped_data_replayed,
-            stun_unanswered: d.stun_unanswered,
-            stun_rate_limited: d.stun_rate_limited,
-            dropped_events: d.dropped_events,
-            store_skipped: d.store_skipped,
-            store_errors: d.store_errors,
+            socket: s,
+            driver: d,
             broker_registered: b.registered,
             broker_refreshed: b.refreshed,
             broker_challenged: b.challenged,
