@@ -143,8 +143,8 @@ struct Received {
 }
 
 pub struct SocketActor {
-    /// Each socket with the task that receives on it.
-    sockets: HashMap<SocketId, (Rc<UdpSocket>, JoinHandle<()>)>,
+    /// The task that receives on each socket (the sockets themselves are shared).
+    receivers: HashMap<SocketId, JoinHandle<()>>,
     routes: HashMap<Route, Recipient<Inbound>>,
     stats: Stats,
     shared: Rc<Shared>,
@@ -257,7 +257,7 @@ impl SocketActor {
         let actor = SocketActor::create(|ctx| {
             ctx.set_mailbox_capacity(MAILBOX);
             let mut actor =
-                SocketActor { sockets: HashMap::new(), routes: HashMap::new(), stats: Stats::default(), shared };
+                SocketActor { receivers: HashMap::new(), routes: HashMap::new(), stats: Stats::default(), shared };
             for (id, socket) in bound {
                 actor.add(id, socket, ctx);
             }
@@ -275,8 +275,8 @@ impl SocketActor {
 
     fn add(&mut self, id: SocketId, socket: Rc<UdpSocket>, ctx: &mut Context<Self>) {
         let receiver = spawn_receiver(ctx.address(), id, socket.clone(), self.shared.clone());
-        self.shared.sockets.borrow_mut().insert(id, socket.clone());
-        self.sockets.insert(id, (socket, receiver));
+        self.shared.sockets.borrow_mut().insert(id, socket);
+        self.receivers.insert(id, receiver);
     }
 
     fn route(&mut self, socket: SocketId, src: SocketAddr, datagram: Vec<u8>) {
@@ -470,7 +470,7 @@ impl Handler<Received> for SocketActor {
 impl Handler<Send> for SocketActor {
     type Result = ();
     fn handle(&mut self, Send(t): Send, _: &mut Context<Self>) {
-        let Some((socket, _)) = self.sockets.get(&t.socket) else {
+        let Some(socket) = self.shared.sockets.borrow().get(&t.socket).cloned() else {
             self.stats.send_errors += 1;
             tracing::debug!(socket = t.socket.0, "send on an unknown socket");
             return;
@@ -481,7 +481,6 @@ impl Handler<Send> for SocketActor {
             // Tokio reports WouldBlock until a fresh socket's first readiness poll, and
             // when the send buffer is full: wait for the socket instead of dropping.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let socket = socket.clone();
                 actix::spawn(async move {
                     if let Err(e) = socket.send_to(&t.payload, t.dst).await {
                         tracing::debug!(dst = %t.dst, %e, "send failed");
@@ -501,7 +500,7 @@ impl Handler<Command> for SocketActor {
     fn handle(&mut self, command: Command, ctx: &mut Context<Self>) -> Option<Event> {
         match command {
             Command::Bind { purpose, sockets } => {
-                let ip = self.sockets.get(&SocketId::PRIMARY)?.0.local_addr().ok()?.ip();
+                let ip = self.shared.sockets.borrow().get(&SocketId::PRIMARY)?.local_addr().ok()?.ip();
                 let mut bound = Vec::new();
                 for id in sockets {
                     match self.bind_one(id, SocketAddr::new(ip, 0), ctx) {
@@ -516,7 +515,7 @@ impl Handler<Command> for SocketActor {
             }
             Command::Unbind(ids) => {
                 for id in ids {
-                    if let Some((_, receiver)) = self.sockets.remove(&id) {
+                    if let Some(receiver) = self.receivers.remove(&id) {
                         // The receiver holds the socket's last reference: it closes with it.
                         self.shared.sockets.borrow_mut().remove(&id);
                         receiver.abort();
