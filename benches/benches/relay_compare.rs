@@ -6,7 +6,8 @@
 //! `cargo bench -p introducer-benches --bench relay_compare` (`RELAY_COMPARE_COUNT`,
 //! `RELAY_COMPARE_ROUNDS`, `RELAY_COMPARE_WINDOW`); `-- --test` runs one short round.
 
-use introducer_benches::relay::{blast, run_child, Blast, Kind3, Relay, CHILD};
+use introducer_benches::relay::{blast, registrations, run_child, Blast, Kind3, Relay, CHILD};
+use std::time::Duration;
 
 const SIZE: usize = 1000;
 
@@ -70,4 +71,34 @@ fn main() {
         rates[0] / rates[2],
         rates[0] / rates[3]
     );
+    // Admissions: registrations (fresh identities) against authenticated allocations.
+    let (clients, secs) = (env("RELAY_COMPARE_CLIENTS", 32) as usize, if quick { 1 } else { 4 });
+    let mut admitted = [Vec::new(), Vec::new()];
+    for _ in 0..rounds.min(3) {
+        for (k, kind) in [Kind3::Introducer, Kind3::Coturn].into_iter().enumerate() {
+            let a = registrations(kind, clients, Duration::from_secs(secs));
+            println!(
+                "{:>10}: {} admitted in {:.2} s, server CPU {:.2} s",
+                kind.name(),
+                a.done,
+                a.elapsed.as_secs_f64(),
+                a.server_cpu.as_secs_f64()
+            );
+            admitted[k].push(a);
+        }
+    }
+    let per_sec: Vec<f64> =
+        admitted.iter().map(|r| median(r.iter().map(|a| a.done as f64 / a.elapsed.as_secs_f64()).collect())).collect();
+    let cpu_each: Vec<f64> = admitted
+        .iter()
+        .map(|r| median(r.iter().map(|a| a.server_cpu.as_secs_f64() * 1e6 / a.done.max(1) as f64).collect()))
+        .collect();
+    println!(
+        "\n{clients} clients at once, each admission from scratch (medians):\n{:>10} {:>12} {:>16}",
+        "server", "admitted/s", "server CPU us each"
+    );
+    for (k, what) in ["introducer registrations", "coturn allocations"].iter().enumerate() {
+        println!("{what:>25} {:>12.0} {:>16.1}", per_sec[k], cpu_each[k]);
+    }
+    println!("registrations / allocations: {:.2} x per second (goal >= 1.0)", per_sec[0] / per_sec[1]);
 }

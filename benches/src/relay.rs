@@ -61,23 +61,68 @@ impl Kind3 {
     }
 }
 
+/// A relay (or introducer) process.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `kind`'s process and returns once it listens.
+    pub fn start(kind: Kind3) -> Server {
+        let (child, addr) = match kind {
+            Kind3::Introducer => child("introducer", &[free_port().to_string()]),
+            Kind3::Forwarder => child("forwarder", &["plain".to_owned()]),
+            Kind3::ForwarderGso => child("forwarder", &["gso".to_owned()]),
+            Kind3::Coturn => {
+                let port = free_port();
+                let child = Command::new("turnserver")
+                    .args(["-n", "--no-cli", "--no-tls", "--no-dtls", "--listening-ip", "127.0.0.1"])
+                    .args(["--relay-ip", "127.0.0.1", "--listening-port", &port.to_string()])
+                    .args(["--lt-cred-mech", "--user", "bench:bench", "--realm", "bench"])
+                    .args(["--allow-loopback-peers", "--no-stun", "--log-file", "stdout", "--simple-log"])
+                    .args(["--min-port", "20000", "--max-port", "60000", "--total-quota", "0", "--user-quota", "0"])
+                    .args(["--max-bps", "0", "--relay-threads", "1", "--no-software-attribute"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("turnserver (scripts/install-deps.sh installs coturn)");
+                (child, SocketAddr::from(([127, 0, 0, 1], port)))
+            }
+        };
+        Server { child, addr }
+    }
+
+    /// The process's CPU time so far (user and system, all threads).
+    pub fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime is the 14th field
+        // of the line, stime the 15th.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_nanos(ticks * 1_000_000_000 / hz)
+    }
+}
+
 /// A relay process and what A sends through it.
 pub struct Relay {
     pub kind: Kind3,
-    child: Child,
+    pub server: Server,
     pub a: UdpSocket,
     pub b: UdpSocket,
     /// Where A sends, and the datagram it sends (`size` bytes of payload in the relay's
     /// framing).
     pub to: SocketAddr,
     pub datagram: Vec<u8>,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn loopback() -> UdpSocket {
@@ -115,61 +160,35 @@ fn child(role: &str, args: &[String]) -> (Child, SocketAddr) {
 impl Relay {
     pub fn start(kind: Kind3, size: usize) -> Relay {
         let (a, b) = (loopback(), loopback());
-        match kind {
+        let server = Server::start(kind);
+        let to = server.addr;
+        let datagram = match kind {
             Kind3::Introducer => {
-                let (child, addr) = child("introducer", &[free_port().to_string()]);
-                let circuit = circuit(addr, &a, &b);
+                let circuit = circuit(to, &a, &b);
                 let data = pb::RelayData { circuit, payload: vec![0x5a; size].into() };
-                let datagram = encode_envelope(&Envelope { kind: Some(Kind::RelaySend(data)) });
-                Relay { kind, child, a, b, to: addr, datagram }
+                encode_envelope(&Envelope { kind: Some(Kind::RelaySend(data)) })
             }
             Kind3::Forwarder | Kind3::ForwarderGso => {
-                let gso = if kind == Kind3::ForwarderGso { "gso" } else { "plain" };
-                let (child, addr) = child("forwarder", &[gso.to_owned()]);
                 // The forwarder pairs the first two sources it hears from.
-                a.send_to(b"a", addr).unwrap();
+                a.send_to(b"a", to).unwrap();
                 std::thread::sleep(Duration::from_millis(20));
-                b.send_to(b"b", addr).unwrap();
+                b.send_to(b"b", to).unwrap();
                 b.set_read_timeout(Some(WAIT)).unwrap();
                 let mut buf = [0u8; 16];
-                a.send_to(b"hello", addr).unwrap();
+                a.send_to(b"hello", to).unwrap();
                 assert_eq!(b.recv(&mut buf).expect("the forwarder forwards"), 5);
-                Relay { kind, child, a, b, to: addr, datagram: vec![0x5a; size] }
+                vec![0x5a; size]
             }
             Kind3::Coturn => {
-                let port = free_port();
-                let child = Command::new("turnserver")
-                    .args(["-n", "--no-cli", "--no-tls", "--no-dtls", "--listening-ip", "127.0.0.1"])
-                    .args(["--relay-ip", "127.0.0.1", "--listening-port", &port.to_string()])
-                    .args(["--lt-cred-mech", "--user", "bench:bench", "--realm", "bench"])
-                    .args(["--allow-loopback-peers", "--no-stun", "--log-file", "stdout", "--simple-log"])
-                    .args(["--min-port", "40000", "--max-port", "40999", "--total-quota", "0", "--user-quota", "0"])
-                    .args(["--max-bps", "0", "--relay-threads", "1", "--no-software-attribute"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("turnserver (scripts/install-deps.sh installs coturn)");
-                let server = SocketAddr::from(([127, 0, 0, 1], port));
-                let channel = turn_channel(&a, server, b.local_addr().unwrap());
+                let channel = turn_channel(&a, to, b.local_addr().unwrap());
                 let mut datagram = Vec::with_capacity(4 + size);
                 datagram.extend_from_slice(&channel.to_be_bytes());
                 datagram.extend_from_slice(&(size as u16).to_be_bytes());
                 datagram.resize(4 + size, 0x5a);
-                Relay { kind, child, a, b, to: server, datagram }
+                datagram
             }
-        }
-    }
-
-    /// The relay process's CPU time so far (user and system, all threads).
-    pub fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces): utime is the 14th field
-        // of the line, stime the 15th.
-        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-        let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Duration::from_nanos(ticks * 1_000_000_000 / hz)
+        };
+        Relay { kind, server, a, b, to, datagram }
     }
 }
 
@@ -223,7 +242,7 @@ pub fn blast(relay: &Relay, count: u64, window: u64) -> Blast {
             }
         }
     });
-    let cpu = relay.cpu();
+    let cpu = relay.server.cpu();
     let start = Instant::now();
     let (mut sent, mut lost) = (0u64, 0u64);
     let mut stalled: Option<Instant> = None;
@@ -244,7 +263,7 @@ pub fn blast(relay: &Relay, count: u64, window: u64) -> Blast {
     }
     receiver.join().unwrap();
     let elapsed = start.elapsed();
-    Blast { sent, received: received.load(Ordering::Relaxed), elapsed, relay_cpu: relay.cpu() - cpu }
+    Blast { sent, received: received.load(Ordering::Relaxed), elapsed, relay_cpu: relay.server.cpu() - cpu }
 }
 
 // ----- the introducer's circuit, by the real machines -----
@@ -401,27 +420,39 @@ fn request(method: u16, attrs: &[(u16, Vec<u8>)], auth: Option<(&[u8], &[u8], &[
     msg
 }
 
-/// The answer's class bits and its attributes.
+/// A STUN message's type and its attributes.
+fn parse(buf: &[u8]) -> (u16, Vec<(u16, Vec<u8>)>) {
+    let kind = u16::from_be_bytes([buf[0], buf[1]]);
+    let mut attrs = Vec::new();
+    let mut at = 20;
+    while at + 4 <= buf.len() {
+        let t = u16::from_be_bytes([buf[at], buf[at + 1]]);
+        let l = usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]]));
+        attrs.push((t, buf[at + 4..(at + 4 + l).min(buf.len())].to_vec()));
+        at += 4 + l.next_multiple_of(4);
+    }
+    (kind, attrs)
+}
+
+/// Sends `msg` until an answer comes: its type and attributes.
 fn answer(socket: &UdpSocket, msg: &[u8], server: SocketAddr) -> (u16, Vec<(u16, Vec<u8>)>) {
     socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let mut buf = [0u8; 1500];
     for _ in 0..10 {
         socket.send_to(msg, server).unwrap();
-        let Ok(n) = socket.recv(&mut buf) else { continue };
-        let kind = u16::from_be_bytes([buf[0], buf[1]]);
-        let mut attrs = Vec::new();
-        let mut at = 20;
-        while at + 4 <= n {
-            let (t, l) = (
-                u16::from_be_bytes([buf[at], buf[at + 1]]),
-                usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]])),
-            );
-            attrs.push((t, buf[at + 4..(at + 4 + l).min(n)].to_vec()));
-            at += 4 + l.next_multiple_of(4);
+        if let Ok(n) = socket.recv(&mut buf) {
+            return parse(&buf[..n]);
         }
-        return (kind, attrs);
     }
     panic!("no answer from turnserver at {server}");
+}
+
+/// A 401's realm and nonce, and the long-term key for them.
+fn credentials(attrs: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>, [u8; 16]) {
+    let get = |t: u16| attrs.iter().find(|(k, _)| *k == t).map(|(_, v)| v.clone()).expect("realm and nonce");
+    let (realm, nonce) = (get(0x0014), get(0x0015));
+    let key: [u8; 16] = Md5::digest([b"bench:".as_slice(), &realm, b":bench"].concat()).into();
+    (realm, nonce, key)
 }
 
 /// Allocates on `server` from `socket` and binds channel 0x4000 to `peer`.
@@ -429,9 +460,7 @@ fn turn_channel(socket: &UdpSocket, server: SocketAddr, peer: SocketAddr) -> u16
     let transport = (0x0019, vec![17, 0, 0, 0]);
     let (kind, attrs) = answer(socket, &request(0x0003, std::slice::from_ref(&transport), None), server);
     assert_eq!(kind, 0x0113, "Allocate without credentials is refused with 401");
-    let get = |t: u16| attrs.iter().find(|(k, _)| *k == t).map(|(_, v)| v.clone()).expect("realm and nonce");
-    let (realm, nonce) = (get(0x0014), get(0x0015));
-    let key: [u8; 16] = Md5::digest([b"bench:".as_slice(), &realm, b":bench"].concat()).into();
+    let (realm, nonce, key) = credentials(&attrs);
     let auth = Some((realm.as_slice(), nonce.as_slice(), &key));
     let (kind, _) = answer(socket, &request(0x0003, &[transport], auth), server);
     assert_eq!(kind, 0x0103, "Allocate succeeds");
@@ -440,6 +469,191 @@ fn turn_channel(socket: &UdpSocket, server: SocketAddr, peer: SocketAddr) -> u16
     let (kind, _) = answer(socket, &request(0x0009, &bind, auth), server);
     assert_eq!(kind, 0x0109, "ChannelBind succeeds");
     channel
+}
+
+// ----- registrations against authenticated allocations -----
+
+/// What a run of [`registrations`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted {
+    pub done: u64,
+    pub elapsed: Duration,
+    pub server_cpu: Duration,
+}
+
+/// One client of [`registrations`]: each completes admissions one after another, each
+/// from scratch.
+trait Admit {
+    /// Reads what came, sends what is due; how many admissions completed.
+    fn step(&mut self, now: Instant) -> u64;
+}
+
+/// A non-blocking loopback socket: each admission comes from a new address.
+fn fresh_socket() -> UdpSocket {
+    let socket = loopback();
+    socket.set_nonblocking(true).unwrap();
+    socket
+}
+
+/// A fresh identity registering from a new address: Register, the challenge, Register with
+/// the cookie and its proof of possession, Registered (the real [`Registrations`] machine).
+struct Registering {
+    socket: UdpSocket,
+    introducer: SocketAddr,
+    machine: Registrations,
+}
+
+impl Registering {
+    fn new(introducer: SocketAddr, now: Instant) -> Registering {
+        let socket = fresh_socket();
+        let machine = Self::fresh(&socket, introducer, now);
+        Registering { socket, introducer, machine }
+    }
+
+    fn fresh(socket: &UdpSocket, introducer: SocketAddr, now: Instant) -> Registrations {
+        let id = Identity::generate();
+        let nat = NatReport::public(socket.local_addr().unwrap());
+        let record = pb::PeerRecord { nat: Some((&nat).into()), issued_ms: unix_ms(), ..Default::default() };
+        let mut machine = Registrations::new(registration::Config::default(), id.clone(), StdRng::from_entropy());
+        machine.add(now, introducer, id.sign_record(record));
+        machine
+    }
+}
+
+impl Admit for Registering {
+    fn step(&mut self, now: Instant) -> u64 {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, src)) = self.socket.recv_from(&mut buf) {
+            if let Some((_, payload)) = socket::classify(buf[..n].to_vec()) {
+                self.machine.handle_inbound(Inbound { now, socket: SocketId::PRIMARY, src, len: n, payload });
+            }
+        }
+        if self.machine.poll_timeout().is_some_and(|t| t <= now) {
+            self.machine.handle_timeout(now);
+        }
+        let mut done = 0;
+        while let Some((_, event)) = self.machine.poll_event() {
+            if matches!(event, Registered::Registered { .. }) {
+                done += 1;
+            }
+        }
+        if done > 0 {
+            self.socket = fresh_socket();
+            self.machine = Self::fresh(&self.socket, self.introducer, now);
+        }
+        while let Some(t) = self.machine.poll_transmit() {
+            let _ = self.socket.send_to(&t.payload, t.dst);
+        }
+        done
+    }
+}
+
+/// A TURN client allocating from scratch: Allocate, its 401, Allocate with long-term
+/// credentials; then Refresh with lifetime 0 frees the relayed port, and the next client
+/// starts from a new socket.
+struct Allocating {
+    socket: UdpSocket,
+    server: SocketAddr,
+    /// The request in flight and when it went (sent again after 200 ms).
+    sent: Option<(Vec<u8>, Instant)>,
+    /// The Refresh that frees the allocation, signed with the credentials of the last 401.
+    refresh: Option<Vec<u8>>,
+    turn: Turn,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Challenge,
+    Allocate,
+}
+
+impl Allocating {
+    fn new(server: SocketAddr) -> Allocating {
+        Allocating { socket: fresh_socket(), server, sent: None, refresh: None, turn: Turn::Challenge }
+    }
+
+    fn send(&mut self, turn: Turn, msg: Vec<u8>, now: Instant) {
+        let _ = self.socket.send_to(&msg, self.server);
+        (self.turn, self.sent) = (turn, Some((msg, now)));
+    }
+
+    fn start(&mut self, now: Instant) {
+        let transport = (TRANSPORT_UDP.0, TRANSPORT_UDP.1.to_vec());
+        self.send(Turn::Challenge, request(0x0003, &[transport], None), now);
+    }
+}
+
+const TRANSPORT_UDP: (u16, [u8; 4]) = (0x0019, [17, 0, 0, 0]);
+
+impl Admit for Allocating {
+    fn step(&mut self, now: Instant) -> u64 {
+        if self.sent.is_none() {
+            self.start(now);
+        }
+        let mut buf = [0u8; 1500];
+        let mut done = 0;
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            let (kind, attrs) = parse(&buf[..n]);
+            let has = |t: u16| attrs.iter().any(|(k, _)| *k == t);
+            match (self.turn, kind) {
+                // A 401 (or a stale nonce): again, with credentials.
+                (Turn::Challenge | Turn::Allocate, 0x0113) if has(0x0014) && has(0x0015) => {
+                    let (realm, nonce, key) = credentials(&attrs);
+                    let auth = Some((realm.as_slice(), nonce.as_slice(), &key));
+                    self.refresh = Some(request(0x0004, &[(0x000d, vec![0; 4])], auth));
+                    let transport = (TRANSPORT_UDP.0, TRANSPORT_UDP.1.to_vec());
+                    self.send(Turn::Allocate, request(0x0003, &[transport], auth), now);
+                }
+                // Freed at once (coturn answers a new Allocate from the same 5-tuple with
+                // 437 for a while), and the next client starts on a socket of its own.
+                (Turn::Allocate, 0x0103) => {
+                    done += 1;
+                    let refresh = self.refresh.take().expect("credentials came first");
+                    let _ = self.socket.send_to(&refresh, self.server);
+                    self.socket = fresh_socket();
+                    self.start(now);
+                }
+                (Turn::Allocate, 0x0113) => self.start(now),
+                _ => {}
+            }
+        }
+        if let Some((msg, at)) = self.sent.clone().filter(|(_, at)| now >= *at + Duration::from_millis(200)) {
+            let _ = at;
+            let turn = self.turn;
+            self.send(turn, msg, now);
+        }
+        done
+    }
+}
+
+/// `clients` clients at once admit themselves to `kind` (registrations with our introducer,
+/// allocations with coturn) for `duration`.
+pub fn registrations(kind: Kind3, clients: usize, duration: Duration) -> Admitted {
+    let server = Server::start(kind);
+    let now = Instant::now();
+    let mut all: Vec<Box<dyn Admit>> = (0..clients)
+        .map(|_| -> Box<dyn Admit> {
+            match kind {
+                Kind3::Introducer => Box::new(Registering::new(server.addr, now)),
+                Kind3::Coturn => Box::new(Allocating::new(server.addr)),
+                other => panic!("{} admits nobody", other.name()),
+            }
+        })
+        .collect();
+    // A warm-up, then the measurement.
+    let run = |all: &mut Vec<Box<dyn Admit>>, for_: Duration| {
+        let start = Instant::now();
+        let mut done = 0;
+        while start.elapsed() < for_ {
+            let now = Instant::now();
+            done += all.iter_mut().map(|c| c.step(now)).sum::<u64>();
+        }
+        (done, start.elapsed())
+    };
+    run(&mut all, duration / 4);
+    let cpu = server.cpu();
+    let (done, elapsed) = run(&mut all, duration);
+    Admitted { done, elapsed, server_cpu: server.cpu() - cpu }
 }
 
 // ----- the children -----

@@ -141,6 +141,11 @@ pub struct Directory {
     /// Members up that introduce (us included, once we serve), with their hashes.
     members: BTreeMap<PeerId, u64>,
     hosted: BTreeMap<PeerId, Hosted>,
+    /// No hosted claim is due for renewal before this (it may be earlier than any is: a
+    /// withdrawn claim's time stays until the next renewals). Kept so that `poll_timeout`,
+    /// asked after every datagram, does not walk every hosted peer: an introducer hosts
+    /// tens of thousands.
+    next_renew: Option<Instant>,
     lookups: BTreeMap<Key, Pending>,
     /// Claims to send to each member, and since when the oldest waits.
     outbox: BTreeMap<PeerId, (Instant, Vec<Vec<u8>>)>,
@@ -154,6 +159,7 @@ impl Directory {
             me,
             members: BTreeMap::new(),
             hosted: BTreeMap::new(),
+            next_renew: None,
             lookups: BTreeMap::new(),
             outbox: BTreeMap::new(),
             dropped_unsent: 0,
@@ -236,6 +242,7 @@ impl Directory {
         let keys = std::iter::once(Key::Peer(peer)).chain(topics.iter().cloned().map(Key::Topic));
         let ranked: Vec<Ranked> = keys.map(|k| k.hash()).map(|key| Ranked { key, top: self.rank(key) }).collect();
         let hosted = Hosted { topics, renew, claim: claim.clone(), ranked };
+        self.next_renew = Some(self.next_renew.map_or(renew, |t| t.min(renew)));
         let mut to = hosted.members();
         if let Some(old) = self.hosted.insert(peer, hosted) {
             to.extend(old.members());
@@ -258,8 +265,13 @@ impl Directory {
         self.hosted.get(peer).map(|h| h.topics.as_slice())
     }
 
-    /// The hosted peers whose claims are due for renewal, with their topics.
-    pub fn due(&self, now: Instant) -> Vec<(PeerId, Vec<Vec<u8>>)> {
+    /// The hosted peers whose claims are due for renewal, with their topics (the caller
+    /// hosts them again, with their next renewal).
+    pub fn due(&mut self, now: Instant) -> Vec<(PeerId, Vec<Vec<u8>>)> {
+        if self.next_renew.is_none_or(|t| now < t) {
+            return Vec::new();
+        }
+        self.next_renew = self.hosted.values().map(|h| h.renew).filter(|t| *t > now).min();
         self.hosted.iter().filter(|(_, h)| now >= h.renew).map(|(p, h)| (*p, h.topics.clone())).collect()
     }
 
@@ -371,9 +383,8 @@ impl Directory {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let renew = self.hosted.values().map(|h| h.renew).min();
         let lookup = self.lookups.values().map(|p| p.deadline).min();
         let held = self.outbox.values().map(|(since, _)| *since + HOLD_CLAIMS).min();
-        [renew, lookup, held].into_iter().flatten().min()
+        [self.next_renew, lookup, held].into_iter().flatten().min()
     }
 }
