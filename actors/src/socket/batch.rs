@@ -5,8 +5,8 @@
 //! load then costs two system calls per batch instead of two per datagram, and nothing per
 //! datagram on the heap.
 
-use super::overflow::socket_addr;
 use introducer_proto::MAX_DATAGRAM;
+use socket2::{SockAddr, SockAddrStorage};
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
@@ -37,7 +37,7 @@ pub struct Meta {
 
 pub struct Batch {
     bufs: Box<[[u8; BUF]]>,
-    names: Box<[libc::sockaddr_storage]>,
+    names: Box<[SockAddrStorage]>,
     /// u64s: aligned for a cmsghdr; room for one u32 message each.
     controls: Box<[[u64; 8]]>,
     meta: Vec<Meta>,
@@ -50,7 +50,7 @@ impl Default for Batch {
         Batch {
             bufs: vec![[0u8; BUF]; BATCH].into_boxed_slice(),
             // SAFETY: all-zero is a valid sockaddr_storage.
-            names: vec![unsafe { mem::zeroed::<libc::sockaddr_storage>() }; BATCH].into_boxed_slice(),
+            names: (0..BATCH).map(|_| SockAddrStorage::zeroed()).collect(),
             controls: vec![[0u64; 8]; BATCH].into_boxed_slice(),
             meta: Vec::with_capacity(BATCH),
             gso: std::cell::Cell::new(gso_supported()),
@@ -70,8 +70,8 @@ impl Batch {
         for i in 0..BATCH {
             iovs[i] = libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: BUF };
             let msg = &mut hdrs[i].msg_hdr;
-            msg.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            msg.msg_namelen = self.names[i].size_of();
+            msg.msg_name = (&mut self.names[i] as *mut SockAddrStorage).cast();
             msg.msg_iov = &mut iovs[i];
             msg.msg_iovlen = 1;
             msg.msg_control = self.controls[i].as_mut_ptr().cast();
@@ -92,7 +92,7 @@ impl Batch {
             return Err(io::Error::last_os_error());
         }
         self.meta.clear();
-        for hdr in &hdrs[..n as usize] {
+        for (i, hdr) in hdrs[..n as usize].iter().enumerate() {
             let msg = &hdr.msg_hdr;
             let mut drops = None;
             // SAFETY: the CMSG macros walk the control buffer recvmmsg filled, within the
@@ -106,11 +106,12 @@ impl Batch {
                     cmsg = libc::CMSG_NXTHDR(msg, cmsg);
                 }
             }
-            // SAFETY: msg_name points into `names`, which recvmmsg filled.
-            let name = unsafe { &*msg.msg_name.cast::<libc::sockaddr_storage>() };
+            let name = mem::replace(&mut self.names[i], SockAddrStorage::zeroed());
+            // SAFETY: recvmmsg filled this storage and set its length.
+            let name = unsafe { SockAddr::new(name, msg.msg_namelen) };
             // A source of another family cannot happen on a socket of one; such a datagram
             // is kept with an unspecified source (and goes nowhere).
-            let src = socket_addr(name).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            let src = name.as_socket().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             self.meta.push(Meta { len: hdr.msg_len as usize, src, drops });
         }
         Ok(self.meta.len())
@@ -152,8 +153,8 @@ impl Batch {
 
     fn send_with(&self, socket: &impl AsRawFd, out: &[Out], gso: bool) -> io::Result<usize> {
         let n = out.len().min(BATCH);
-        // SAFETY (the zeroed arrays): all-zero is a valid sockaddr_storage and mmsghdr.
-        let mut names: [libc::sockaddr_storage; BATCH] = unsafe { mem::zeroed() };
+        // SAFETY (the zeroed array): all-zero is a valid mmsghdr.
+        let mut names: [Option<SockAddr>; BATCH] = std::array::from_fn(|_| None);
         let mut iovs: [libc::iovec; BATCH] =
             std::array::from_fn(|_| libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 });
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
@@ -177,8 +178,10 @@ impl Batch {
                 *iov = libc::iovec { iov_base: self.bufs[o.index].as_ptr() as *mut _, iov_len: self.meta[o.index].len };
             }
             let msg = &mut hdrs[m].msg_hdr;
-            msg.msg_namelen = write_addr(dst, &mut names[m]);
-            msg.msg_name = (&mut names[m] as *mut libc::sockaddr_storage).cast();
+            let name = names[m].insert(SockAddr::from(dst));
+            msg.msg_namelen = name.len();
+            // sendmmsg only reads the address.
+            msg.msg_name = name.as_ptr() as *mut libc::c_void;
             msg.msg_iov = &mut iovs[k];
             msg.msg_iovlen = end - k;
             if end - k > 1 {
@@ -228,30 +231,6 @@ fn gso_supported() -> bool {
         };
         r == 0
     })
-}
-
-/// Writes `addr` as a sockaddr; returns its length.
-fn write_addr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
-    match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: a sockaddr_in fits in the storage, which is aligned for any sockaddr.
-            let sin = unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr = libc::in_addr { s_addr: u32::from(*a.ip()).to_be() };
-            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: likewise, a sockaddr_in6.
-            let sin6 = unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
-            sin6.sin6_scope_id = a.scope_id();
-            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
-        }
-    }
 }
 
 #[cfg(test)]

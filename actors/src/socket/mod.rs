@@ -420,8 +420,9 @@ fn take(
             }
         }
     }
+    // A full mailbox needs no wake: the actor flushes after its next message anyway.
     if let Some(hook) = fast.as_ref().filter(|hook| hook.path.has_output()) {
-        hook.wake.do_send(Wake);
+        let _ = hook.wake.try_send(Wake);
     }
     true
 }
