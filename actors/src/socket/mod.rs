@@ -381,6 +381,9 @@ fn spawn_receiver(
             }
             add(&shared.fast_received, out.len() as u64);
             send_on(&batch, &mut out, socket, &udp, &shared).await;
+            // The roles' actors run between batches: a flooded socket read batch after batch
+            // in one turn would fill their mailboxes before they answer anything.
+            tokio::task::yield_now().await;
         }
     })
 }
