@@ -39,12 +39,16 @@ pub enum BootstrapError {
 /// Resolves `host:port` or `host` (default port), by DNS if needed, preferring IPv4.
 pub fn resolve(addr: &str) -> Result<SocketAddr, BootstrapError> {
     let bad = |reason: String| BootstrapError::BadAddress { addr: addr.to_owned(), reason };
-    let with_port = if addr.parse::<SocketAddr>().is_ok()
-        || addr.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
-    {
-        addr.to_owned()
-    } else {
-        format!("{addr}:{DEFAULT_PORT}")
+    // HOST:PORT (an IPv6 address has colons of its own: it takes a port in brackets).
+    let port = addr.rsplit_once(':').filter(|(h, _)| !h.contains(':') || h.ends_with(']')).map(|(_, p)| p);
+    let with_port = match port {
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => match p.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(bad(format!("port {p} is out of range (1 to 65535)"))),
+            Ok(_) => addr.to_owned(),
+        },
+        _ if addr.parse::<SocketAddr>().is_ok() => addr.to_owned(),
+        _ if addr.parse::<std::net::Ipv6Addr>().is_ok() => format!("[{addr}]:{DEFAULT_PORT}"),
+        _ => format!("{addr}:{DEFAULT_PORT}"),
     };
     let addrs: Vec<SocketAddr> = with_port.to_socket_addrs().map_err(|e| bad(e.to_string()))?.collect();
     addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied().ok_or_else(|| bad("resolves to nothing".into()))
@@ -510,6 +514,12 @@ mod tests {
         assert_eq!(resolve("198.51.100.1:9").unwrap(), "198.51.100.1:9".parse().unwrap());
         assert_eq!(resolve("[2001:db8::1]:9").unwrap(), "[2001:db8::1]:9".parse().unwrap());
         assert!(matches!(resolve("not an address:x"), Err(BootstrapError::BadAddress { .. })));
+        assert_eq!(resolve("2001:db8::1").unwrap(), "[2001:db8::1]:3478".parse().unwrap());
+        // A port out of range is said to be, not looked up as a host name.
+        for bad in ["127.0.0.1:99999", "127.0.0.1:0", "localhost:65536"] {
+            let Err(BootstrapError::BadAddress { reason, .. }) = resolve(bad) else { panic!("{bad} resolved") };
+            assert!(reason.contains("out of range"), "{bad}: {reason}");
+        }
     }
 
     #[test]

@@ -2,8 +2,15 @@
 
 use crate::identity::DataDir;
 use introducer_actors::identity::Identity;
-use introducer_actors::relay::server::RelayConfig;
-use introducer_actors::{broker, mesh, punch, registration, session};
+
+// Each role's settings, by the name a `Config` field gives them.
+pub use introducer_actors::broker::Config as BrokerConfig;
+pub use introducer_actors::mesh::Config as MeshConfig;
+pub use introducer_actors::punch::Config as PunchConfig;
+pub use introducer_actors::registration::Config as RegistrationConfig;
+pub use introducer_actors::relay::server::RelayConfig;
+pub use introducer_actors::session::Config as SessionConfig;
+pub use introducer_bootstrap::Config as BootstrapConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -51,15 +58,15 @@ pub struct Config {
     /// network the node is on (easy or public ones) if it was measured within this long
     /// (default 7 days); probing goes on and its report replaces it.
     pub stored_nat_max_age: Duration,
-    pub registration: registration::Config,
-    pub broker: broker::Config,
-    pub punch: punch::Config,
-    pub session: session::Config,
+    pub registration: RegistrationConfig,
+    pub broker: BrokerConfig,
+    pub punch: PunchConfig,
+    pub session: SessionConfig,
     /// Limits of the relay this node runs when it serves.
     pub relay: RelayConfig,
     /// Membership of the public nodes (when this node serves).
-    pub mesh: mesh::Config,
-    pub bootstrap_timing: introducer_bootstrap::Config,
+    pub mesh: MeshConfig,
+    pub bootstrap_timing: BootstrapConfig,
 }
 
 impl Config {

@@ -18,7 +18,7 @@
 //! [`Phase`] says where the connection stands.
 
 use crate::config::{Config, Serve};
-use crate::event::{ConnectError, FatalError, MeshChange, NodeEvent, PeerState};
+use crate::event::{ConnectError, FatalError, MeshChange, NodeEvent, PeerState, Progress};
 use crate::store::{MeasuredNat, Member, Network, StoreOp, Stored};
 use crate::telemetry::spans::Spans;
 use introducer_actors::broker::{self, Broker};
@@ -523,9 +523,9 @@ impl NodeCore {
         }
     }
 
-    /// Pings a connected peer; the answer is a `Pong`.
-    pub fn ping(&mut self, peer: PeerId) {
-        self.orders.push_back(Order::Session(session::actor::Command::Ping(peer)));
+    /// Pings a connected peer; the answer is a `Pong` with `seq` (the user numbers its pings).
+    pub fn ping(&mut self, peer: PeerId, seq: u64) {
+        self.orders.push_back(Order::Session(session::actor::Command::Ping(peer, seq)));
     }
 
     /// Sends one datagram to a connected peer.
@@ -561,7 +561,8 @@ impl NodeCore {
                 *relay_at = None;
             }
             if p.session.is_none() {
-                self.relay(peer);
+                let why = format!("no direct path within {:?}", self.config.relay_after);
+                self.relay(peer, why);
             }
         }
         if self.next_topic_lookup.is_some_and(|t| now >= t) {
@@ -858,6 +859,21 @@ impl NodeCore {
             Err(e) if self.rejoining => return self.emit(NodeEvent::Fatal(FatalError::Rejoin(e))),
             Err(e) => return self.emit(NodeEvent::Fatal(FatalError::Bootstrap(e))),
         };
+        // Seeds often list every seed, the one they run on included: that one is us.
+        let me = self.peer_id();
+        let (ourselves, seeds): (Vec<Seed>, Vec<Seed>) = seeds.into_iter().partition(|s| s.peer_id == me);
+        for seed in &ourselves {
+            tracing::warn!("bootstrap node {} is this node itself: skipped", seed.addr);
+            self.joining.retain(|a| *a != seed.addr);
+        }
+        if seeds.is_empty() && !ourselves.is_empty() && self.config.stun.is_empty() {
+            // Nobody else answered: as with no bootstrap node at all.
+            if self.config.serve == Serve::Never {
+                return self.emit(NodeEvent::Fatal(FatalError::NothingToJoin));
+            }
+            tracing::warn!("no other bootstrap node answered: starting a new mesh");
+            return self.found(now);
+        }
         // Flushed before anything is acknowledged: a node killed once registered must
         // find its members when it restarts.
         for seed in &seeds {
@@ -1221,6 +1237,11 @@ impl NodeCore {
         let p = self.peer(peer);
         (p.phase, p.asked) = (Phase::Asked, Some(now));
         self.orders.push_back(Order::Registration(registration::actor::Command::Introduce(peer)));
+        self.progress(peer, Progress::Introducing { via: None });
+    }
+
+    fn progress(&mut self, peer: PeerId, progress: Progress) {
+        self.emit(NodeEvent::Progress { peer, progress });
     }
 
     /// The introducer sees us at a new address: our NAT dropped our mappings and made new
@@ -1313,6 +1334,7 @@ impl NodeCore {
                     }
                     let ask = registration::actor::Command::IntroduceVia(peer, introducer);
                     self.orders.push_back(Order::Registration(ask));
+                    self.progress(peer, Progress::Introducing { via: Some(introducer) });
                 }
             }
             R::TopicMembers { topic, peers } => self.on_topic_members(now, topic, peers),
@@ -1382,6 +1404,7 @@ impl NodeCore {
             tracing::info!(%peer, %home, "registered elsewhere: asking its home");
             self.peer(peer).homes_left = homes;
             self.orders.push_back(Order::Registration(registration::actor::Command::IntroduceVia(peer, home)));
+            self.progress(peer, Progress::Introducing { via: Some(home) });
             return;
         }
         tracing::info!(%peer, ?homes, "registered elsewhere: registering with its homes");
@@ -1429,15 +1452,18 @@ impl NodeCore {
         self.orders.push_back(Order::Punch(punch::actor::Command::Start { nat, introduced }));
     }
 
-    /// Falls back to the relay of the introduction being punched, if there is one.
-    fn relay(&mut self, peer: PeerId) -> bool {
+    /// Falls back to the relay of the introduction being punched, if there is one (`why`:
+    /// what the punch could not do).
+    fn relay(&mut self, peer: PeerId, why: String) -> bool {
         let Some(p) = self.peers.get_mut(&peer) else { return false };
         let Phase::Punching { intro, .. } = &p.phase else { return false };
         let intro = intro.clone();
-        tracing::info!(%peer, relay = %intro.relay, "no direct path: relaying");
+        tracing::debug!(%peer, relay = %intro.relay, "no direct path: relaying");
         // The introduction is settled once the circuit is ready (both sides asked for it).
         p.phase = Phase::Relaying { intro: intro.clone() };
+        let relay = intro.relay;
         self.open_relayed(peer, intro);
+        self.progress(peer, Progress::Relaying { relay, why });
         true
     }
 
@@ -1483,6 +1509,12 @@ impl NodeCore {
                     }
                 });
             }
+            punch::Event::Started { peer, strategy, ours, theirs, .. } => {
+                self.progress(peer, Progress::Punching { strategy, ours, theirs })
+            }
+            punch::Event::Probing { peer, probes, sprayed } => {
+                self.progress(peer, Progress::Probes { sent: probes, sprayed })
+            }
             punch::Event::PathProven { peer, addr } => {
                 self.orders.push_back(Order::Session(session::actor::Command::AddPath { peer, addr }))
             }
@@ -1494,7 +1526,7 @@ impl NodeCore {
             }
             punch::Event::Refused { peer, initiator, why } => {
                 tracing::info!(%peer, "not punching: {why}");
-                if self.relay(peer) {
+                if self.relay(peer, why.to_string()) {
                     return;
                 }
                 if initiator {
@@ -1514,7 +1546,7 @@ impl NodeCore {
                     }
                     return;
                 }
-                if self.relay(peer) {
+                if self.relay(peer, error.to_string()) {
                     return;
                 }
                 if self.peers.get(&peer).is_some_and(|p| p.asked.is_some()) {
@@ -1864,6 +1896,11 @@ mod tests {
         assert!(matches!(
             c.poll_order(),
             Some(Order::Session(session::actor::Command::OpenRelayed { relay, .. })) if relay == INTRODUCER.parse().unwrap()
+        ));
+        // Whoever watches hears why.
+        assert!(matches!(
+            c.poll_order(),
+            Some(Order::Emit(NodeEvent::Progress { progress: Progress::Relaying { why, .. }, .. })) if why.contains("both")
         ));
         // Repeats of the introduction (for the other side's sake) change nothing here; the
         // ready circuit settles it.

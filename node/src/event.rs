@@ -57,6 +57,21 @@ impl MeshChange {
     }
 }
 
+/// How far a connection the node makes has come: for whoever watches it wait (the CLI
+/// shows it on stderr). Both sides see the punch; only the side that asked sees the
+/// introduction asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// The introduction is asked for: of `via`, or of every introducer we registered with.
+    Introducing { via: Option<SocketAddr> },
+    /// Introduced: punching by `strategy`, which the two NATs decided.
+    Punching { strategy: Strategy, ours: NatReport, theirs: NatReport },
+    /// Still punching: proofs sent so far (`sprayed` of them at guessed ports).
+    Probes { sent: u32, sprayed: u32 },
+    /// No direct path (yet, or at all: `why`): asking `relay` for a circuit.
+    Relaying { relay: SocketAddr, why: String },
+}
+
 /// What a node reports to its user.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeEvent {
@@ -88,6 +103,11 @@ pub enum NodeEvent {
     ConnectFailed {
         peer: PeerId,
         error: ConnectError,
+    },
+    /// A connection under way took a step (see [`Progress`]).
+    Progress {
+        peer: PeerId,
+        progress: Progress,
     },
     Pong {
         peer: PeerId,
@@ -252,6 +272,9 @@ pub fn nat_json(report: &NatReport) -> Value {
             _ => Value::Null,
         },
         "public_addr": report.public_addr.to_string(),
+        // Nothing translates: the node is on its public address (though a firewall may
+        // still filter, which `filtering` tells).
+        "no_nat": report.no_nat,
     })
 }
 
@@ -278,6 +301,21 @@ pub fn to_json(event: &NodeEvent) -> Value {
         NodeEvent::ConnectFailed { peer, error } => json!({
             "event": "connect_failed", "peer_id": peer.to_string(), "kind": error.kind(), "reason": error.to_string(),
         }),
+        NodeEvent::Progress { peer, progress } => {
+            let mut json = match progress {
+                Progress::Introducing { via } => json!({ "step": "introducing", "via": via.map(|a| a.to_string()) }),
+                Progress::Punching { strategy, ours, theirs } => json!({
+                    "step": "punching", "strategy": strategy.as_str(), "nat": nat_json(ours), "peer_nat": nat_json(theirs),
+                }),
+                Progress::Probes { sent, sprayed } => json!({ "step": "probes", "sent": sent, "sprayed": sprayed }),
+                Progress::Relaying { relay, why } => {
+                    json!({ "step": "relaying", "relay": relay.to_string(), "why": why })
+                }
+            };
+            json["event"] = json!("progress");
+            json["peer_id"] = json!(peer.to_string());
+            json
+        }
         NodeEvent::NotSent { peer, error } => json!({
             "event": "not_sent", "peer_id": peer.to_string(), "reason": error.to_string(),
         }),

@@ -28,6 +28,10 @@ pub enum IdentityError {
     Exposed(PathBuf, u32),
     #[error("data dir {0} is in use by another introducer node (stop it, or pass another --data-dir)")]
     InUse(PathBuf),
+    /// Neither `INTRODUCER_DATA_DIR`, `XDG_DATA_HOME` nor `HOME` says where: a key is
+    /// not left in whatever directory the process happened to start in.
+    #[error("no data dir: pass --data-dir DIR, or set INTRODUCER_DATA_DIR, XDG_DATA_HOME or HOME")]
+    NoDataDir,
 }
 
 /// The data dir, held by this process: a second node on it would run under the same
@@ -131,15 +135,13 @@ pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityError> {
 }
 
 /// `$INTRODUCER_DATA_DIR`, else `$XDG_DATA_HOME/introducer`, else `~/.local/share/introducer`.
-pub fn default_data_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("INTRODUCER_DATA_DIR") {
-        return dir.into();
+pub fn default_data_dir() -> Result<PathBuf, IdentityError> {
+    let set = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = set("INTRODUCER_DATA_DIR") {
+        return Ok(dir);
     }
-    let base = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-        home.join(".local/share")
-    });
-    base.join("introducer")
+    let base = set("XDG_DATA_HOME").or_else(|| Some(set("HOME")?.join(".local/share")));
+    Ok(base.ok_or(IdentityError::NoDataDir)?.join("introducer"))
 }
 
 #[cfg(test)]

@@ -25,14 +25,16 @@ use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::rc::Rc;
+use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("cannot bind {addr}: {source}")]
+    #[error("cannot bind {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("bad --listen set: {0}")]
     Listen(String),
@@ -45,7 +47,7 @@ pub enum NodeError {
 enum Command {
     Connect(PeerId),
     Join(Vec<u8>),
-    Ping(PeerId),
+    Ping(PeerId, u64),
     Send(PeerId, Vec<u8>),
     Stats,
 }
@@ -68,6 +70,10 @@ pub struct Node {
     listen: Vec<SocketAddr>,
     commands: mpsc::UnboundedSender<Option<Command>>,
     events: mpsc::Receiver<NodeEvent>,
+    /// A `Fatal` was handed out (or the node stopped): the stream has ended.
+    ended: bool,
+    /// Pings sent to each peer: the next one's sequence number.
+    pings: Mutex<BTreeMap<PeerId, u64>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -111,7 +117,7 @@ impl Node {
             })
             .map_err(NodeError::Thread)?;
         let listen = bound_rx.recv().unwrap_or_else(|_| Err(NodeError::Listen("node thread died".into())))?;
-        Ok(Node { peer_id, listen, commands, events, thread: Some(thread) })
+        Ok(Node { peer_id, listen, commands, events, ended: false, pings: Default::default(), thread: Some(thread) })
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -123,9 +129,18 @@ impl Node {
         &self.listen
     }
 
-    /// The next event; `None` once the node has stopped.
+    /// The next event; `None` once the node has stopped. A [`NodeEvent::Fatal`] is the
+    /// last one: the node stops (its sockets close) and the stream ends after it.
     pub async fn next_event(&mut self) -> Option<NodeEvent> {
-        self.events.recv().await
+        if self.ended {
+            return None;
+        }
+        let event = self.events.recv().await;
+        if matches!(event, None | Some(NodeEvent::Fatal(_))) {
+            self.ended = true;
+            let _ = self.commands.send(None);
+        }
+        event
     }
 
     /// Asks an introducer for `peer` and punches; the outcome is a `Connected` or
@@ -141,9 +156,15 @@ impl Node {
         let _ = self.commands.send(Some(Command::Join(topic.into())));
     }
 
-    /// Pings a connected peer; the answer is a `Pong` event.
-    pub fn ping(&self, peer: PeerId) {
-        let _ = self.commands.send(Some(Command::Ping(peer)));
+    /// Pings a connected peer and returns the ping's sequence number (0, 1, 2… per peer);
+    /// the answer is a `Pong` event with it, or nothing if the ping or its pong is lost.
+    pub fn ping(&self, peer: PeerId) -> u64 {
+        let mut pings = self.pings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sent = pings.entry(peer).or_default();
+        let seq = *sent;
+        *sent += 1;
+        let _ = self.commands.send(Some(Command::Ping(peer, seq)));
+        seq
     }
 
     /// Sends one datagram to a connected peer.
@@ -525,7 +546,7 @@ impl Handler<Command> for NodeActor {
         match command {
             Command::Connect(peer) => self.core.connect(Instant::now(), peer),
             Command::Join(topic) => self.core.join_topic(Instant::now(), topic),
-            Command::Ping(peer) => self.core.ping(peer),
+            Command::Ping(peer, seq) => self.core.ping(peer, seq),
             Command::Send(peer, payload) => self.core.send(peer, payload),
             Command::Stats => self.gather_stats(ctx, true),
         }

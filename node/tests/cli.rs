@@ -30,6 +30,17 @@ fn assert_one_line_error(out: &Output, needle: &str) {
     assert!(out.stdout.is_empty(), "nothing on stdout: {}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// Asserts a failed run that ends with one error line mentioning `needle`, after what it
+/// showed of its progress (a connection under way says what it waits for).
+fn assert_error_after_progress(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected failure, got {:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert_eq!(stderr.lines().last(), Some(errors[0]), "the error comes last: {stderr}");
+    assert!(errors[0].contains(needle), "{needle:?} not in {stderr}");
+}
+
 #[test]
 fn id_is_created_private_and_stable() {
     let dir = scratch("id");
@@ -234,7 +245,9 @@ fn an_unknown_peer_gets_the_introducers_clear_error() {
     let seed_addr = seed.wait(|v| v["event"] == "ready")["listen"][0].as_str().unwrap().to_owned();
     let nobody = "12D3KooWAmrU6Ag17ojnMVs9s4XrsyZk16Jzj2icikKrNAR3Hzpg";
     let out = introducer(&["ping", nobody, "--bootstrap", &seed_addr, "--timeout", "20"]);
-    assert_one_line_error(&out, &format!("peer {nobody} is not registered with introducer {seed_addr}"));
+    assert_error_after_progress(&out, &format!("peer {nobody} is not registered with introducer {seed_addr}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with(&format!("asking for an introduction to {nobody}")), "{stderr}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -338,4 +351,136 @@ fn peers_mistakes_get_one_line_and_a_non_zero_exit() {
     let out = introducer(&["peers", "--data-dir", dir.to_str().unwrap()]);
     assert_one_line_error(&out, "no members kept in");
     assert!(!dir.exists(), "nothing created");
+}
+
+/// Each mistake the audit found gets its own clear line, and under `--json` an error
+/// event on stdout with a kind a script can branch on.
+#[test]
+fn mistakes_are_said_once_and_as_json_too() {
+    // An out-of-range port is said to be one, not looked up as a host.
+    let peer = "12D3KooWAmrU6Ag17ojnMVs9s4XrsyZk16Jzj2icikKrNAR3Hzpg";
+    let out = introducer(&["ping", peer, "--bootstrap", "127.0.0.1:99999"]);
+    assert_one_line_error(&out, "port 99999 is out of range");
+    let out = introducer(&["ping", peer, "--bootstrap", "127.0.0.1:99999", "--json"]);
+    assert_json_error(&out, "bad_address", "out of range");
+    // `id` asks nobody.
+    let out = introducer(&["id", "--bootstrap", "127.0.0.1"]);
+    assert_one_line_error(&out, "takes no --bootstrap");
+    // No HOME, no XDG_DATA_HOME: no key is left in whatever directory this runs in.
+    let cwd = scratch("nohome");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let out = Command::new(BIN)
+        .args(["id", "--json"])
+        .current_dir(&cwd)
+        .env_remove("HOME")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("INTRODUCER_DATA_DIR")
+        .output()
+        .unwrap();
+    assert_json_error(&out, "data_dir", "no data dir");
+    assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "nothing written where it ran");
+    // A port in use: its cause said once.
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let dir = scratch("taken");
+    let out = introducer(&["run", "--listen", &listen, "--data-dir", dir.to_str().unwrap()]);
+    assert_one_line_error(&out, "Address already in use");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(cwd);
+}
+
+/// Seeds are often given the full seed list, themselves included: a node whose only
+/// bootstrap is itself starts a new mesh (with a warning) instead of waiting forever on
+/// itself, and one that may not serve says there is nobody to join.
+#[test]
+fn a_node_bootstrapping_off_itself_starts_a_mesh_or_says_why_not() {
+    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let me = format!("127.0.0.1:{port}");
+    let dir = scratch("self");
+    let args = ["run", "--listen", &me, "--bootstrap", &me, "--json", "--data-dir", dir.to_str().unwrap()];
+    let mut child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: Value = serde_json::from_str(&stdout.next().unwrap().unwrap()).unwrap();
+    assert_eq!((&ready["event"], &ready["public"]), (&Value::from("ready"), &Value::from(true)), "{ready}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains(&format!("bootstrap node {me} is this node itself: skipped")), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let out = introducer(&[
+        "run",
+        "--listen",
+        &me,
+        "--bootstrap",
+        &me,
+        "--no-serve",
+        "--json",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let error: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!((&error["event"], &error["kind"]), (&Value::from("error"), &Value::from("nothing_to_join")), "{error}");
+    assert_error_after_progress(&out, "nobody to ask");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `connect` shows what its peer says as it is, and what anyone else who reached us says
+/// with the sender's name: never as if the connected peer had said it.
+#[test]
+fn connect_names_who_else_speaks() {
+    let dir = scratch("others");
+    let data = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let seed = Node::start(&["run", "--listen", "127.0.0.1:0", "--json", "--data-dir", &data("seed")]);
+    let seed_addr = seed.wait(|v| v["event"] == "ready")["listen"][0].as_str().unwrap().to_owned();
+    let peer = Node::start(&[
+        "run",
+        "--listen",
+        "127.0.0.2:0",
+        "--bootstrap",
+        &seed_addr,
+        "--json",
+        "--data-dir",
+        &data("peer"),
+    ]);
+    let peer_id = peer.wait(|v| v["event"] == "ready")["peer_id"].as_str().unwrap().to_owned();
+    peer.wait(|v| v["event"] == "registered");
+    // The user's `connect`, in human mode, with a data dir so that others can name it.
+    let user_id = String::from_utf8(introducer(&["id", "--data-dir", &data("user")]).stdout).unwrap();
+    let mut user = Command::new(BIN)
+        .args(["connect", &peer_id, "--bootstrap", &seed_addr, "--data-dir", &data("user")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut user_out = BufReader::new(user.stdout.take().unwrap()).lines();
+    let connected = user_out.next().unwrap().unwrap();
+    assert!(connected.starts_with(&format!("connected to {peer_id} via direct path")), "{connected}");
+    // Someone else reaches the user and speaks.
+    let mut other = Command::new(BIN)
+        .args(["connect", user_id.trim(), "--bootstrap", &seed_addr, "--json", "--data-dir", &data("other")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let other_id = String::from_utf8(introducer(&["id", "--data-dir", &data("other")]).stdout).unwrap();
+    let mut other_out = BufReader::new(other.stdout.take().unwrap()).lines();
+    let reached: Value = serde_json::from_str(&other_out.next().unwrap().unwrap()).unwrap();
+    assert_eq!(reached["event"], "connected", "{reached}");
+    {
+        use std::io::Write;
+        other.stdin.take().unwrap().write_all(b"psst\n").unwrap();
+    }
+    // The user first sees the stranger connect, then what it said, under its name.
+    let said = user_out.find(|l| l.as_ref().is_ok_and(|l| l.contains("psst"))).unwrap().unwrap();
+    assert_eq!(said, format!("{}: psst", other_id.trim()));
+    assert!(other.wait().unwrap().success());
+    drop(user.stdin.take());
+    assert!(user.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -67,7 +67,7 @@ use introducer_node::NodeEvent;
 use libp2p_identity::PeerId;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -144,6 +144,8 @@ pub struct SimNode {
     asked: Vec<PeerId>,
     /// Pings still to send: peer, when, how many left.
     pinging: Vec<(PeerId, Instant, u32)>,
+    /// Pings sent to each peer: the next one's sequence number (as `Node::ping` numbers them).
+    pings_sent: BTreeMap<PeerId, u64>,
     /// Times the birthday pool was bound, and closed when idle.
     pools_bound: u32,
     pools_closed: u32,
@@ -172,6 +174,7 @@ impl SimNode {
             ping_plan: None,
             asked: Vec::new(),
             pinging: Vec::new(),
+            pings_sent: BTreeMap::new(),
             pools_bound: 0,
             pools_closed: 0,
             out: VecDeque::new(),
@@ -294,6 +297,7 @@ impl SimNode {
         self.out.clear();
         self.sockets.clear();
         self.pinging.clear();
+        self.pings_sent.clear();
         (self.connect_at, self.roles_deadline) = (None, None);
         if crash {
             self.store.crash();
@@ -336,7 +340,8 @@ impl SimNode {
 
     /// Pings a connected peer (`Node::ping`); the answer is a [`NodeEvent::Pong`].
     pub fn ping(&mut self, now: Instant, peer: &PeerId) -> Result<(), SendError> {
-        self.running().core.ping(*peer);
+        let seq = self.next_ping(peer);
+        self.running().core.ping(*peer, seq);
         self.pump_for(now, peer)
     }
 
@@ -525,8 +530,16 @@ impl SimNode {
         self.pinging.retain(|(_, _, left)| *left > 0);
         for peer in due {
             // A closed session is the CLI's "peer disconnected": nothing more to ping.
-            self.running().core.ping(peer);
+            let seq = self.next_ping(&peer);
+            self.running().core.ping(peer, seq);
         }
+    }
+
+    /// The next ping's sequence number for `peer` (as `Node::ping` numbers them).
+    fn next_ping(&mut self, peer: &PeerId) -> u64 {
+        let sent = self.pings_sent.entry(*peer).or_default();
+        *sent += 1;
+        *sent - 1
     }
 }
 

@@ -279,6 +279,19 @@ mod tests {
         assert_eq!(measure_in(s(3), None, Some(0)).0, short);
     }
 
+    /// Whenever the server goes away, the measurement it interrupted finds nothing: it is
+    /// never cut short into a finding (a NAT that keeps mappings for minutes is not told
+    /// to keep them alive every 3 s because the introducer died 5 s into the tests).
+    #[test]
+    fn a_measurement_the_server_interrupts_is_discarded() {
+        let s = Duration::from_secs;
+        let complete = measure(s(120));
+        for gone in (0..80_000).step_by(250).map(Duration::from_millis) {
+            let (report, _) = measure_in(s(120), Some(gone), None);
+            assert!(report.is_none() || gone >= complete.1, "server gone after {gone:?}: {report:?}");
+        }
+    }
+
     #[test]
     fn idle_times_double_while_mappings_live_and_halve_after_one_dies() {
         let s = Duration::from_secs;

@@ -143,6 +143,13 @@ impl Attempts {
         let private: Vec<SocketAddr> =
             introduced.peer.record.private_addrs.iter().filter_map(|a| a.try_into().ok()).collect();
         let plan = plan(mine, &peer_nat, introduced.peer_public, &private)?;
+        let started = Event::Started {
+            peer: introduced.peer.peer_id,
+            initiator: introduced.initiator,
+            strategy: plan.strategy,
+            ours: *mine,
+            theirs: peer_nat,
+        };
         // The hard side sends from its pool; a walk of both sides shows its new mapping from it.
         let walks_both =
             matches!(plan.birthday, Some(Birthday::Spray { predict: Some(p), .. }) if p.walk == Walk::Both);
@@ -195,6 +202,7 @@ impl Attempts {
         }
         attempt.peer_ip = ip;
         self.by_nonce.insert(introduced.nonce, attempt);
+        self.events.push_back(started);
         Ok(())
     }
 }

@@ -18,6 +18,7 @@
 //! named, and is capped in rate and total.
 
 use crate::identity::{verify_punch, Identity};
+use crate::nat::NatReport;
 use crate::session::noise::{Handshake, Keys, INITIATION_LEN};
 
 use crate::{SocketId, Transmit};
@@ -125,6 +126,11 @@ pub enum Event {
         /// The session's keys, from the handshake the proofs carried.
         keys: Keys,
     },
+    /// An attempt began: the plan chosen from the two NATs (for people watching: it is
+    /// what explains a slow or relayed connection).
+    Started { peer: PeerId, initiator: bool, strategy: Strategy, ours: NatReport, theirs: NatReport },
+    /// Still punching, at most every [`PROGRESS_EVERY`]: proofs sent so far.
+    Probing { peer: PeerId, probes: u32, sprayed: u32 },
     /// After connecting, the peer proved itself over one more address.
     PathProven { peer: PeerId, addr: SocketAddr },
     /// No authenticated answer in time.
@@ -224,6 +230,8 @@ enum State {
 /// datagram (a socket buffer overflowing under a birthday burst, say) must not leave the
 /// peer punching on toward another path of ours.
 const REPROOFS: u32 = 3;
+/// How often an attempt tells how many proofs it sent.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const FIRST_REPROOF: Duration = Duration::from_millis(100);
 
 pub struct Attempt {
@@ -262,6 +270,8 @@ pub struct Attempt {
     echoes: HashMap<(SocketId, SocketAddr), u64>,
     started: Instant,
     next_send: Instant,
+    /// When the next [`Event::Probing`] may be told (rounds wake the attempt often enough).
+    next_progress: Instant,
     /// Rounds of proofs sent to the targets so far.
     rounds: u32,
     /// A public path that answered while LAN candidates were still pending, and until when
@@ -338,6 +348,7 @@ impl Attempt {
             proven: Vec::new(),
             started: now,
             next_send,
+            next_progress: now + PROGRESS_EVERY,
             rounds: 0,
             grace: None,
             state: State::Punching,
@@ -590,6 +601,11 @@ impl Attempt {
                 }
                 if let Some(target) = self.pool_target.filter(|_| now >= self.next_pool_send) {
                     self.send_pool(now, target);
+                }
+                if now >= self.next_progress && self.stats.probes > 0 {
+                    self.next_progress = now + PROGRESS_EVERY;
+                    let (probes, sprayed) = (self.stats.probes, self.stats.sprayed);
+                    self.events.push_back(Event::Probing { peer: self.peer, probes, sprayed });
                 }
             }
             State::Connected { until, .. } if now >= until => self.state = State::Done,

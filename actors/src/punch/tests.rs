@@ -229,7 +229,11 @@ fn gives_up_at_the_timeout_with_a_bounded_probe_count() {
     }
     let config = Config::default();
     assert_eq!(sent as u128, config.timeout.as_millis() / config.interval.as_millis());
-    let Some(Event::Failed { error, .. }) = p.a.poll_event() else { panic!("no failure event") };
+    let events: Vec<Event> = std::iter::from_fn(|| p.a.poll_event()).collect();
+    // Progress once a second while punching, then the failure.
+    let progress = events.iter().filter(|e| matches!(e, Event::Probing { .. })).count() as u128;
+    assert_eq!(progress, config.timeout.as_millis() / crate::punch::PROGRESS_EVERY.as_millis() - 1, "{events:?}");
+    let Some(Event::Failed { error, .. }) = events.last() else { panic!("no failure event: {events:?}") };
     assert_eq!((error.after, error.probes as u128), (config.timeout, sent as u128), "{error}");
     assert!(p.a.is_done());
 }

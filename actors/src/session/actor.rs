@@ -38,7 +38,8 @@ pub enum Command {
         addr: SocketAddr,
     },
     Keepalive(Duration),
-    Ping(PeerId),
+    /// Ping number `seq` (numbered by the user: see [`Session::ping`]).
+    Ping(PeerId, u64),
     Send(PeerId, Vec<u8>),
     /// The node stops: every session says goodbye to its peer and every relay circuit is
     /// torn down, so peers and relays free their state now rather than at their timeouts.
@@ -279,10 +280,10 @@ impl Sessions {
         self.peers.get_mut(peer)?.session.as_mut()
     }
 
-    pub fn ping(&mut self, now: Instant, peer: &PeerId) -> Result<u64, SendError> {
-        let seq = self.get_mut(peer).ok_or(SendError::Closed)?.ping(now)?;
+    pub fn ping(&mut self, now: Instant, peer: &PeerId, seq: u64) -> Result<(), SendError> {
+        self.get_mut(peer).ok_or(SendError::Closed)?.ping(now, seq)?;
         self.pump_relayed(now);
-        Ok(seq)
+        Ok(())
     }
 
     pub fn send(&mut self, now: Instant, peer: &PeerId, payload: &[u8]) -> Result<(), SendError> {
@@ -341,8 +342,8 @@ impl Protocol for Sessions {
             }
             Command::AddPath { peer, addr } => self.add_path(now, peer, addr),
             Command::Keepalive(keepalive) => self.set_keepalive(keepalive),
-            Command::Ping(peer) => {
-                if let Err(error) = self.ping(now, &peer) {
+            Command::Ping(peer, seq) => {
+                if let Err(error) = self.ping(now, &peer, seq) {
                     self.news.push_back((peer, Event::NotSent { error }));
                 }
             }

@@ -200,7 +200,6 @@ pub struct Session {
     strategy: Strategy,
     last_rx: Instant,
     last_tx: Instant,
-    next_seq: u64,
     pings: BTreeMap<u64, Instant>,
     closed: bool,
     /// Nothing authentic came for `inactive_after` (reported once, until something does).
@@ -253,7 +252,6 @@ impl Session {
             strategy,
             last_rx: now,
             last_tx: now,
-            next_seq: 0,
             pings: BTreeMap::new(),
             closed: false,
             inactive: false,
@@ -381,16 +379,16 @@ impl Session {
         Ok(())
     }
 
-    /// Sends a ping; its pong comes back as [`Event::Pong`] with this sequence number.
-    pub fn ping(&mut self, now: Instant) -> Result<u64, SendError> {
-        let seq = self.next_seq;
+    /// Sends ping `seq`; its pong comes back as [`Event::Pong`] with it. The user numbers
+    /// its pings: they outlive a session (a peer that reconnects keeps being pinged on);
+    /// `u64::MAX` is the keepalives'.
+    pub fn ping(&mut self, now: Instant, seq: u64) -> Result<(), SendError> {
         self.send(now, Inner::Ping(pb::Ping { seq }))?;
-        self.next_seq += 1;
         if self.pings.len() >= self.config.max_pings_in_flight {
             self.pings.pop_first();
         }
         self.pings.insert(seq, now);
-        Ok(seq)
+        Ok(())
     }
 
     pub fn send_data(&mut self, now: Instant, payload: &[u8]) -> Result<(), SendError> {
@@ -664,7 +662,8 @@ mod tests {
     fn pings_pongs_and_data_go_sealed_and_what_does_not_open_is_dropped() {
         let now = Instant::now();
         let (mut a, mut b) = pair(now);
-        let seq = a.ping(now).unwrap();
+        let seq = 7;
+        a.ping(now, seq).unwrap();
         let ping = a.poll_transmit().unwrap();
         b.handle(now, addr(A), kind(&ping));
         let pong = b.poll_transmit().unwrap();
@@ -721,21 +720,21 @@ mod tests {
         let (lan, stranger) = (addr("10.0.0.3:5000"), addr("192.0.2.1:1"));
         b.add_path(lan);
         // A forgery from the other proven address moves nothing, and answers nothing.
-        a.ping(now).unwrap();
+        a.ping(now, 0).unwrap();
         let forged = pb::Sealed { ciphertext: vec![1; 30].into(), ..sealed(&a.poll_transmit().unwrap()) };
         b.handle(now, lan, Kind::Sealed(forged.clone()));
         assert_eq!((b.remote(), b.poll_transmit()), (addr(A), None));
         // The real thing from there moves the controlled side onto it, and onto the socket
         // it arrived on (another of a birthday pool's, say)...
-        a.ping(now).unwrap();
+        a.ping(now, 0).unwrap();
         b.handle_on(now, SocketId(1003), lan, kind(&a.poll_transmit().unwrap()));
         let pong = b.poll_transmit().unwrap();
         assert_eq!((pong.dst, pong.socket), (lan, SocketId(1003)), "answered over the controlling side's path");
         // ...but not the controlling side.
-        b.ping(now).unwrap();
+        b.ping(now, 0).unwrap();
         a.add_path(stranger);
         a.handle(now, stranger, kind(&b.poll_transmit().unwrap()));
-        a.ping(now).unwrap();
+        a.ping(now, 0).unwrap();
         assert_eq!(a.poll_transmit().unwrap().dst, addr(B), "the controlling side keeps its choice");
         // Forgeries every second from a proven address do not hold the session open.
         let idle = Config::default().idle_timeout;
@@ -791,7 +790,7 @@ mod tests {
         let forged = pb::Sealed {
             ciphertext: forged.into(),
             ..sealed(&{
-                a.ping(now).unwrap();
+                a.ping(now, 0).unwrap();
                 a.poll_transmit().unwrap()
             })
         };

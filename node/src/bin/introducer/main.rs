@@ -1,5 +1,9 @@
 //! `introducer`: run a node, classify your NAT, reach a peer through NATs.
 
+mod output;
+mod ping;
+mod progress;
+
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use introducer_actors::identity::Identity;
@@ -9,6 +13,7 @@ use introducer_node::event::{nat_json, to_json};
 use introducer_node::identity::{DataDir, IdentityError};
 use introducer_node::{identity, members, telemetry, Config, Node, NodeEvent};
 use libp2p_identity::PeerId;
+use output::{human, human_nat, Output};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -103,26 +108,41 @@ enum Command {
         /// Probe with a standard STUN server instead of introducer nodes (repeatable).
         #[arg(long, value_name = "HOST:PORT")]
         stun: Vec<String>,
+        /// Seconds to wait for the servers' answers.
         #[arg(long, default_value_t = 15.0, value_name = "SECS")]
         timeout: f64,
     },
     /// Reach a peer through NATs; show the path and round-trip times.
+    ///
+    /// Like ping(8): a ping every interval whatever comes back, a summary at the end (and
+    /// on Ctrl-C); exits 0 if at least one pong came back.
     Ping {
+        /// The peer's PeerId (`introducer id` prints it), behind a NAT or a public node.
         peer_id: String,
-        #[arg(long, default_value_t = 3)]
+        /// Pings to send (0: until Ctrl-C).
+        #[arg(short, long, default_value_t = 3, value_name = "N")]
         count: u32,
-        /// Seconds to wait for the connection, and for each pong.
+        /// Seconds between pings.
+        #[arg(short, long, default_value_t = 1.0, value_name = "SECS")]
+        interval: f64,
+        /// Seconds a pong may take before its ping counts as lost.
+        #[arg(short = 'W', long, default_value_t = 5.0, value_name = "SECS")]
+        wait: f64,
+        /// Seconds to wait for the connection (introduction, punch or relay).
         #[arg(long, default_value_t = 15.0, value_name = "SECS")]
         timeout: f64,
-        /// Seconds between pings.
-        #[arg(long, default_value_t = 1.0, value_name = "SECS")]
-        interval: f64,
     },
     /// Talk to a peer: each stdin line goes out as a datagram, what arrives is printed.
     Connect {
+        /// The peer's PeerId (`introducer id` prints it).
         peer_id: String,
+        /// Seconds to wait for the connection (introduction, punch or relay).
         #[arg(long, default_value_t = 15.0, value_name = "SECS")]
         timeout: f64,
+        /// Drop datagrams from peers other than PEER_ID (by default they are shown with
+        /// their sender).
+        #[arg(long)]
+        only_peer: bool,
     },
     /// Meet everyone on a topic: connect to each member; each stdin line goes to all of
     /// them, what arrives is printed.
@@ -149,16 +169,30 @@ fn main() {
     // The node has stopped (its spans are closed): what they hold goes out before exit.
     telemetry.shutdown();
     if let Err(e) = result {
+        let message = message(&e);
         // The contract: under --json, the error is one JSON line on stdout too.
         if json {
-            println!(
-                "{}",
-                serde_json::json!({ "event": "error", "kind": error_kind(&e), "message": format!("{e:#}") })
-            );
+            println!("{}", serde_json::json!({ "event": "error", "kind": error_kind(&e), "message": message }));
         }
-        eprintln!("error: {e:#}");
+        eprintln!("error: {message}");
         std::process::exit(1);
     }
+}
+
+/// The error and its causes in one line, each said once: an error whose text already
+/// quotes its source is not followed by the source again.
+fn message(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line += ": ";
+            }
+            line += &text;
+        }
+    }
+    line
 }
 
 /// Ctrl-C, or SIGTERM (what `docker stop` and service managers send): the node stops
@@ -189,6 +223,12 @@ fn error_kind(e: &anyhow::Error) -> &'static str {
         if let Some(e) = cause.downcast_ref::<FatalError>() {
             return e.kind();
         }
+        if let Some(e) = cause.downcast_ref::<introducer_node::ConnectError>() {
+            return e.kind();
+        }
+        if cause.downcast_ref::<TimedOut>().is_some() {
+            return "timed_out";
+        }
         if let Some(e) = cause.downcast_ref::<BootstrapError>() {
             return match e {
                 BootstrapError::BadAddress { .. } => "bad_address",
@@ -214,12 +254,15 @@ async fn run(cli: Cli) -> Result<()> {
     let bootstrap = g.bootstrap.iter().map(|a| resolve(a)).collect::<Result<Vec<_>, _>>()?;
     match cli.command {
         Command::Id => {
-            let id = identity::load_or_create(&g.data_dir.clone().unwrap_or_else(identity::default_data_dir))?;
+            if !g.bootstrap.is_empty() {
+                bail!("id asks nobody: it takes no --bootstrap");
+            }
+            let id = identity::load_or_create(&data_dir(g)?)?;
             out.line(serde_json::json!({ "peer_id": id.peer_id().to_string() }), || id.peer_id().to_string());
             Ok(())
         }
         Command::Run { listen, no_serve, stats_every, keepalive, pool_idle, relay } => {
-            let data_dir = DataDir::lock(&g.data_dir.clone().unwrap_or_else(identity::default_data_dir))?;
+            let data_dir = DataDir::lock(&data_dir(g)?)?;
             let mut config = Config::new(data_dir.identity()?);
             config.data_dir = Some(data_dir);
             config.listen = if listen.is_empty() {
@@ -245,6 +288,8 @@ async fn run(cli: Cli) -> Result<()> {
                 tokio::select! {
                     event = node.next_event() => match event {
                         Some(NodeEvent::Fatal(error)) => return Err(error.into()),
+                        // How the connections others asked for go: a log line, not a result.
+                        Some(event @ NodeEvent::Progress { .. }) => tracing::info!("{}", human(&to_json(&event))),
                         Some(event) => out.event(&event),
                         None => bail!("node stopped"),
                     },
@@ -294,44 +339,50 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Ping { peer_id, count, timeout, interval } => {
+        Command::Ping { peer_id, count, interval, wait, timeout } => {
             let peer = parse_peer(&peer_id)?;
-            let (mut node, mut keeping) = connect(g, bootstrap, peer, secs(timeout)?, &out).await?;
-            let mut pongs = 0;
-            for seq in 0..count {
-                node.ping(peer);
-                let deadline = Instant::now() + secs(timeout)?;
-                let next_ping = Instant::now() + secs(interval)?;
-                loop {
-                    match timeout_at(deadline, node.next_event()).await {
-                        Ok(Some(event @ NodeEvent::Pong { seq: s, .. })) if s == u64::from(seq) => {
-                            out.event(&event);
-                            pongs += 1;
-                            break;
-                        }
-                        Ok(Some(NodeEvent::Disconnected { reason, .. })) => bail!("peer disconnected: {reason}"),
-                        Ok(Some(event @ (NodeEvent::Moved { .. } | NodeEvent::Upgraded { .. }))) => out.event(&event),
-                        Ok(Some(NodeEvent::Ready { .. })) => keeping.classified = true,
-                        Ok(Some(_)) => {}
-                        Ok(None) => bail!("node stopped"),
-                        Err(_) => {
-                            tracing::warn!(seq, "no pong within {timeout} s");
-                            break;
-                        }
+            let plan = ping::Plan { count, interval: secs(interval)?, wait: secs(wait)? };
+            if plan.interval.is_zero() && count == 0 {
+                bail!("--interval 0 with --count 0 would flood the peer: give one of them");
+            }
+            // Ctrl-C from here on ends with the summary (before the first ping: of nothing).
+            let mut stop = std::pin::pin!(interrupted());
+            let mut tally = ping::Tally::new(peer);
+            let reached = tokio::select! {
+                reached = connect(g, bootstrap, peer, secs(timeout)?, &out) => Some(reached?),
+                _ = &mut stop => None,
+            };
+            let end = match reached {
+                Some((mut node, mut keeping)) => {
+                    let end = ping::run(&mut node, peer, &plan, &out, &mut tally, stop.as_mut(), |event| match event {
+                        NodeEvent::Moved { .. } | NodeEvent::Upgraded { .. } => out.event(&event),
+                        NodeEvent::Ready { .. } => keeping.classified = true,
+                        _ => {}
+                    })
+                    .await?;
+                    if !matches!(end, ping::End::Interrupted) {
+                        keeping.wait(&mut node).await;
                     }
+                    end
                 }
-                if seq + 1 < count {
-                    tokio::time::sleep_until(next_ping).await;
+                None => ping::End::Interrupted,
+            };
+            if let ping::End::Disconnected(reason) = &end {
+                tracing::warn!("{peer} disconnected: {reason}");
+            }
+            let summary = tally.summary();
+            out.line(summary.clone(), || format!("\n{}", ping::human_summary(&summary)));
+            match (tally.received(), end) {
+                (0, ping::End::Disconnected(reason)) => bail!("peer disconnected: {reason}"),
+                (0, ping::End::Interrupted) if tally.transmitted() == 0 => {
+                    bail!("interrupted before {peer} was reached")
                 }
+                (0, _) => bail!("no pong came back from {peer}"),
+                _ => Ok(()),
             }
-            if pongs == 0 {
-                bail!("connected to {peer} but no pong came back");
-            }
-            keeping.wait(&mut node).await;
-            Ok(())
         }
         Command::Join { topic } => join(g, bootstrap, topic, &out).await,
-        Command::Connect { peer_id, timeout } => {
+        Command::Connect { peer_id, timeout, only_peer } => {
             let peer = parse_peer(&peer_id)?;
             let (mut node, mut keeping) = connect(g, bootstrap, peer, secs(timeout)?, &out).await?;
             let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -345,11 +396,22 @@ async fn run(cli: Cli) -> Result<()> {
                         }
                     },
                     event = node.next_event() => match event {
-                        Some(NodeEvent::Data { payload, .. }) if !out.json => println!("{}", String::from_utf8_lossy(&payload)),
-                        Some(NodeEvent::Disconnected { reason, .. }) => bail!("peer disconnected: {reason}"),
+                        // What the connected peer says is shown as it is; anyone else who
+                        // reached us is named (or refused), never taken for it.
+                        Some(NodeEvent::Data { peer: from, payload }) if from == peer && !out.json => {
+                            println!("{}", String::from_utf8_lossy(&payload))
+                        }
+                        Some(NodeEvent::Data { peer: from, .. }) if from != peer && only_peer => {
+                            tracing::debug!(%from, "datagram from another peer dropped (--only-peer)")
+                        }
+                        Some(NodeEvent::Disconnected { peer: p, reason }) if p == peer => {
+                            bail!("peer disconnected: {reason}")
+                        }
+                        Some(NodeEvent::Fatal(error)) => return Err(error.into()),
                         Some(event @ (NodeEvent::Data { .. } | NodeEvent::Moved { .. } | NodeEvent::Upgraded { .. })) => {
                             out.event(&event)
                         }
+                        Some(event @ NodeEvent::Connected { .. }) if !only_peer => out.event(&event),
                         Some(NodeEvent::Ready { .. }) => keeping.classified = true,
                         Some(_) => {}
                         None => bail!("node stopped"),
@@ -445,6 +507,8 @@ async fn join(g: &Global, bootstrap: Vec<SocketAddr>, topic: String, out: &Outpu
                     connected.remove(&peer);
                     early.remove(&peer);
                 }
+                // Several connections at once: one line each, and only when asked (-v).
+                Some(event @ NodeEvent::Progress { .. }) if g.verbose => eprintln!("{}", human(&to_json(&event))),
                 Some(_) => {}
                 None => bail!("node stopped"),
             },
@@ -467,17 +531,22 @@ async fn connect(
     let (mut node, mut keeping) = client(g, bootstrap, "reaching a peer")?;
     node.connect(peer);
     let deadline = Instant::now() + timeout;
-    loop {
-        match next(&mut node, deadline, "connecting").await? {
-            event @ NodeEvent::Connected { .. } => {
-                out.event(&event);
-                return Ok((node, keeping));
+    let mut status = progress::Status::new(g.verbose);
+    let reached = loop {
+        match next(&mut node, deadline, "connecting").await {
+            Ok(NodeEvent::Progress { peer: p, progress }) if p == peer => status.show(&p, &progress),
+            Ok(event @ NodeEvent::Connected { peer: p, .. }) if p == peer => break Ok(event),
+            Ok(NodeEvent::ConnectFailed { peer: p, error }) if p == peer => {
+                break Err(anyhow::Error::new(error).context(format!("cannot reach {peer}")))
             }
-            NodeEvent::ConnectFailed { error, .. } => bail!("cannot reach {peer}: {error}"),
-            NodeEvent::Ready { .. } => keeping.classified = true,
-            _ => {}
+            Ok(NodeEvent::Ready { .. }) => keeping.classified = true,
+            Ok(_) => {}
+            Err(e) => break Err(e),
         }
-    }
+    };
+    status.clear();
+    out.event(&reached?);
+    Ok((node, keeping))
 }
 
 /// How long a one-shot command that is done waits, at most, for its NAT's classification
@@ -511,12 +580,17 @@ impl Keeping {
     }
 }
 
+/// A command waited as long as it was told to.
+#[derive(Debug, thiserror::Error)]
+#[error("timed out {0}")]
+struct TimedOut(String);
+
 async fn next(node: &mut Node, deadline: Instant, what: &str) -> Result<NodeEvent> {
     match timeout_at(deadline, node.next_event()).await {
         Ok(Some(NodeEvent::Fatal(error))) => Err(error.into()),
         Ok(Some(event)) => Ok(event),
         Ok(None) => bail!("node stopped"),
-        Err(_) => bail!("timed out {what}"),
+        Err(_) => Err(TimedOut(what.to_owned()).into()),
     }
 }
 
@@ -538,6 +612,11 @@ fn session_identity(g: &Global, has_servers: bool) -> Result<(Identity, Option<D
     }
 }
 
+/// `--data-dir`, or the default one.
+fn data_dir(g: &Global) -> Result<PathBuf, IdentityError> {
+    g.data_dir.clone().map_or_else(identity::default_data_dir, Ok)
+}
+
 fn parse_peer(s: &str) -> Result<PeerId> {
     s.parse().map_err(|e| anyhow!("{s:?} is not a PeerId: {e}"))
 }
@@ -550,75 +629,4 @@ fn parse_listen(s: &str) -> Result<SocketAddr> {
 
 fn secs(s: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(s).map_err(|_| anyhow!("{s} is not a valid number of seconds"))
-}
-
-struct Output {
-    json: bool,
-}
-
-impl Output {
-    fn line(&self, json: Value, human: impl FnOnce() -> String) {
-        if self.json {
-            println!("{json}");
-        } else {
-            println!("{}", human());
-        }
-    }
-
-    fn event(&self, event: &NodeEvent) {
-        let json = to_json(event);
-        self.line(json.clone(), || human(&json));
-    }
-}
-
-fn human_nat(nat: &Value) -> String {
-    let step = nat["allocation_step"].as_i64().map_or(String::new(), |s| format!(" (step {s})"));
-    format!(
-        "NAT: {}  public {}  mapping {}, filtering {}, allocation {}{step}",
-        nat["nat_type"].as_str().unwrap_or("unknown"),
-        nat["public_addr"].as_str().unwrap_or("?"),
-        nat["mapping"].as_str().unwrap_or("?"),
-        nat["filtering"].as_str().unwrap_or("?"),
-        nat["allocation"].as_str().unwrap_or("?"),
-    )
-}
-
-/// A readable line for an event, from its JSON form (one source for both outputs).
-fn human(v: &Value) -> String {
-    let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
-    match v["event"].as_str().unwrap_or("") {
-        "ready" => {
-            let nat = if v["nat"]["nat_type"].is_null() { "NAT: not probed".to_owned() } else { human_nat(&v["nat"]) };
-            let listen: Vec<&str> = v["listen"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            let role = if v["public"].as_bool() == Some(true) { "public" } else { "behind NAT" };
-            format!("ready: peer {}  listening on {}  ({role})\n{nat}", s("peer_id"), listen.join(", "))
-        }
-        "nat" => format!("NAT classified again: {}", human_nat(&v["nat"])),
-        "registered" => format!("registered with {} (seen as {})", s("introducer"), s("observed")),
-        "connected" => format!(
-            "connected to {} via {} path {} (strategy {}, {} ms, {} probes)",
-            s("peer_id"),
-            s("path"),
-            s("remote"),
-            s("strategy"),
-            v["connect_ms"],
-            v["probes"]
-        ),
-        "moved" | "upgraded" => {
-            format!("{} now via {} path {} ({})", s("peer_id"), s("path"), s("remote"), s("strategy"))
-        }
-        "pong" => format!("pong seq={} rtt={} ms ({})", v["seq"], v["rtt_ms"], s("path")),
-        "data" => format!("{}: {}", s("peer_id"), s("data")),
-        "left" => format!("{} left {}", s("peer_id"), s("topic")),
-        "peer_registered" => format!("peer {} registered from {}", s("peer_id"), s("addr")),
-        "introduced" => format!("introduced {} to {}", s("requester"), s("target")),
-        "mesh" => match s("change").as_str() {
-            "joined" => format!("member {} joined the mesh", s("peer_id")),
-            "left" => format!("member {} left the mesh", s("peer_id")),
-            "suspect" => format!("member {} is suspect (did not answer a probe)", s("peer_id")),
-            "alive" => format!("member {} answers again", s("peer_id")),
-            _ => v.to_string(),
-        },
-        _ => v.to_string(),
-    }
 }
