@@ -330,6 +330,13 @@ pub fn record_signer(signed: &pb::SignedPeerRecord) -> Result<PeerId, SignatureE
     claimed_record(signed).map(|(peer_id, ..)| peer_id)
 }
 
+/// A record whose signature was verified when it arrived, kept as it came (a
+/// registration's): read again without verifying it again.
+pub(crate) fn reread_record(signed: &pb::SignedPeerRecord) -> Option<VerifiedRecord> {
+    let (peer_id, _, record) = claimed_record(signed).ok()?;
+    Some(VerifiedRecord { peer_id, record, signed: signed.clone() })
+}
+
 fn claimed_record(signed: &pb::SignedPeerRecord) -> Result<(PeerId, PublicKey, pb::PeerRecord), SignatureError> {
     let record = bounded_record(signed)?;
     let key = decode_key(&signed.public_key)?;

@@ -23,7 +23,7 @@ use crate::store::{MeasuredNat, Member, Network, StoreOp, Stored};
 use crate::telemetry::spans::Spans;
 use introducer_actors::broker::{self, Broker};
 use introducer_actors::driver::Protocol;
-use introducer_actors::mesh::{self, Advert, Mesh};
+use introducer_actors::mesh::{self, directory::Key, Advert, Mesh};
 use introducer_actors::nat::{Filtering, NatReport, NatType};
 use introducer_actors::probe::actor::{self as probing, probe_socket, NatProbing, ProbeEvent};
 use introducer_actors::probe::{Layout, LifetimeReport, LocalSockets, Probe, ProbeConfig, Responder, Server};
@@ -41,6 +41,9 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+
+/// The introducer of an introduction this node made of itself ([`broker::Event::IntroducedToUs`]).
+const HERE: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// A serving node republishes its node record when the relay circuits it carries change,
 /// at most this often: every record is a broadcast each member hears, and a count that
@@ -676,7 +679,7 @@ impl NodeCore {
             }
             Report::Probe(ProbeEvent::Classified(Err(e))) => self.emit(NodeEvent::Fatal(FatalError::Probe(e))),
             Report::Probe(ProbeEvent::Lifetime(report)) => self.on_lifetime(report),
-            Report::Broker(event) => self.on_broker(event),
+            Report::Broker(event) => self.on_broker(now, event),
             Report::Registration(introducer, event) => self.on_registration(now, introducer, event),
             Report::Punch(event) => self.on_punch(now, event),
             Report::Session(peer, event) => self.on_session(now, peer, event),
@@ -728,6 +731,9 @@ impl NodeCore {
             relay_load: 0,
         };
         self.advert = Some(advert.clone());
+        // Peers may ask for us by PeerId: the broker introduces them to us.
+        let me = self.signed_record_with(now, self.public_report().as_ref());
+        self.orders.push_back(Order::Broker(broker::Command::Me(me)));
         self.published = Some(now);
         self.orders.push_back(Order::Mesh(mesh::Command::Start(advert)));
         let seeds: Vec<(PeerId, SocketAddr)> =
@@ -1056,7 +1062,7 @@ impl NodeCore {
             self.suggested.remove(addr);
         }
         if !new.is_empty() {
-            tracing::info!(homes = ?new, "adding homes");
+            tracing::debug!(homes = ?new, "adding homes");
             self.register_with(now, new);
             self.probe_with_homes(now);
         }
@@ -1224,13 +1230,23 @@ impl NodeCore {
 
     /// Our signed record: our LAN address and the NAT report our registrations carry.
     fn signed_record(&self, now: Instant) -> pb::SignedPeerRecord {
+        self.signed_record_with(now, self.registered_nat.as_ref())
+    }
+
+    fn signed_record_with(&self, now: Instant, nat: Option<&NatReport>) -> pb::SignedPeerRecord {
         let record = pb::PeerRecord {
             peer_id: Default::default(),
             private_addrs: self.lan.into_iter().map(Into::into).collect(),
-            nat: self.registered_nat.as_ref().map(Into::into),
+            nat: nat.map(Into::into),
             issued_ms: self.unix_ms(now),
         };
         self.config.identity.sign_record(record)
+    }
+
+    /// What a serving node is to those who reach it: public, at the address it advertises.
+    fn public_report(&self) -> Option<NatReport> {
+        let advertised = self.advert.as_ref().and_then(|a| a.addrs.first());
+        Some(NatReport::public(*advertised.or(self.listen.first())?))
     }
 
     fn ask_introduction(&mut self, now: Instant, peer: PeerId) {
@@ -1284,14 +1300,16 @@ impl NodeCore {
         self.orders.push_back(Order::Registration(registration::actor::Command::Settle(peer)));
     }
 
-    fn on_broker(&mut self, event: broker::Event) {
+    fn on_broker(&mut self, now: Instant, event: broker::Event) {
         match event {
             broker::Event::Registered { peer, addr } => self.emit(NodeEvent::PeerRegistered { peer, addr }),
-            broker::Event::Introduced { requester, target, nonce } => {
+            broker::Event::Introduced { requester, target, nonce, repeat } => {
                 // Our relay carries their circuit if their punch needs one.
                 let peers = [requester, target];
                 self.orders.push_back(Order::Relay(relay::Command::Authorize { nonce, peers }));
-                self.emit(NodeEvent::Introduced { requester, target })
+                if !repeat {
+                    self.emit(NodeEvent::Introduced { requester, target })
+                }
             }
             // We are its home: the mesh hears so (with its topics), and lookups for it
             // anywhere end here.
@@ -1301,6 +1319,23 @@ impl NodeCore {
             broker::Event::Expired { peer } => {
                 tracing::info!(%peer, "registration expired");
                 self.orders.push_back(Order::Mesh(mesh::Command::Unhost(peer)));
+            }
+            broker::Event::IntroducedToUs { request_id, peer, public, nonce } => {
+                let introduced = Introduced {
+                    request_id,
+                    peer: *peer,
+                    peer_public: public,
+                    fresh: false,
+                    introducer: HERE,
+                    nonce: nonce.to_vec(),
+                    initiator: false,
+                };
+                self.on_introduced(now, HERE, Box::new(introduced));
+            }
+            // A member of the mesh is its own home: asked for, it introduces itself.
+            broker::Event::Lookup(Key::Peer(peer)) if self.mesh_up.contains(&peer) => {
+                let homes = self.table.members.get(&peer).map(|m| vec![m.addr]).unwrap_or_default();
+                self.orders.push_back(Order::Broker(broker::Command::Homes { peer, homes }));
             }
             broker::Event::Lookup(key) => self.orders.push_back(Order::Mesh(mesh::Command::Lookup(key))),
         }
@@ -1429,8 +1464,12 @@ impl NodeCore {
 
     fn on_introduced(&mut self, now: Instant, introducer: SocketAddr, introduced: Box<Introduced>) {
         tracing::debug!(peer = %introduced.peer.peer_id, %introducer, "introduced");
-        // Before classification ends, the provisional report we registered with.
-        let Some(nat) = self.nat.or(self.provisional) else { return };
+        // We introduced ourselves: there is no other node to relay through.
+        let ours = introducer == HERE;
+        // Before classification ends, the provisional report we registered with; a node
+        // that serves without having probed (the first of a mesh) is public.
+        let public = || ours.then(|| self.public_report()).flatten();
+        let Some(nat) = self.nat.or(self.provisional).or_else(public) else { return };
         let peer = introduced.peer.peer_id;
         let intro = Intro { relay: introducer, nonce: introduced.nonce.clone(), controlling: introduced.initiator };
         let (relay_only, relay_after) = (self.config.relay_only, self.config.relay_after);
@@ -1442,9 +1481,9 @@ impl NodeCore {
             // A repeat of the introduction that made the open session.
             Phase::Idle if p.session.as_ref().is_some_and(|s| s.nonce == intro.nonce) => return,
             Phase::Punching { relay_at, .. } => *relay_at,
-            _ => Some(now + relay_after),
+            _ => (!ours).then(|| now + relay_after),
         };
-        if relay_only {
+        if relay_only && !ours {
             p.phase = Phase::Relaying { intro: intro.clone() };
             return self.open_relayed(peer, intro);
         }
@@ -1525,7 +1564,7 @@ impl NodeCore {
                 self.orders.push_back(Order::Socket(socket::Command::Unbind(sockets)));
             }
             punch::Event::Refused { peer, initiator, why } => {
-                tracing::info!(%peer, "not punching: {why}");
+                tracing::debug!(%peer, "not punching: {why}");
                 if self.relay(peer, why.to_string()) {
                     return;
                 }
@@ -1536,7 +1575,7 @@ impl NodeCore {
                 }
             }
             punch::Event::Failed { peer, error } => {
-                tracing::info!(%peer, "punch failed: {error}");
+                tracing::debug!(%peer, "punch failed: {error}");
                 let Some(p) = self.peers.get_mut(&peer) else { return };
                 if p.session.is_some() {
                     // Already relayed (the fallback came first), or punching again: the

@@ -77,3 +77,11 @@ async fn ping_returns_the_sequence_number_its_pong_carries() {
     answered.sort();
     assert_eq!(answered, seqs);
 }
+
+/// The README shows the example as it is in `examples/` (which the doc test runs).
+#[test]
+fn the_readme_shows_the_example_as_it_runs() {
+    let readme = include_str!("../../README.md");
+    let example = include_str!("../examples/two_peers.rs");
+    assert!(readme.contains(&format!("```rust\n{example}```")), "README's example differs from examples/two_peers.rs");
+}

@@ -22,6 +22,7 @@ impl Protocol for Broker {
             Command::Homes { peer, homes } => self.set_homes(now, &peer, homes),
             Command::Members(members) => self.set_members(members),
             Command::Topic { topic, peers } => self.set_topic(now, topic, peers),
+            Command::Me(record) => self.set_me(record),
         }
     }
     fn handle_timeout(&mut self, now: Instant) {

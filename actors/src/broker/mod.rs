@@ -23,8 +23,8 @@
 use crate::bucket::TokenBucket;
 use crate::cookie::{introduction_mac, request_mac, topic_mac, Cookies};
 use crate::identity::{
-    ed25519_peer_id, encoded_ed25519_key, inlined_ed25519_key, record_signer, verify_new_mapping, verify_record,
-    verify_register_proof, SignatureError,
+    ed25519_peer_id, encoded_ed25519_key, inlined_ed25519_key, record_signer, reread_record, verify_new_mapping,
+    verify_record, verify_register_proof, SignatureError, VerifiedRecord,
 };
 use crate::mesh::directory::Key;
 use crate::{network_of, SocketId, Transmit};
@@ -121,6 +121,9 @@ pub enum Command {
     Members(Vec<(PeerId, Vec<u8>)>),
     /// Who is on a topic now (from the mesh): a registered peer asking hears it.
     Topic { topic: Vec<u8>, peers: Vec<PeerId> },
+    /// This node's own signed record (a public one): a registered peer that asks for us
+    /// is introduced to us, so a public node is reached by its PeerId like any peer.
+    Me(pb::SignedPeerRecord),
 }
 
 /// Members of a topic named in one answer, at most.
@@ -151,9 +154,21 @@ pub enum Event {
         peer: PeerId,
         topics: Vec<Vec<u8>>,
     },
+    /// Two peers were introduced (`repeat`: again, as a request is repeated until its
+    /// punch settles).
     Introduced {
         requester: PeerId,
         target: PeerId,
+        nonce: [u8; 16],
+        repeat: bool,
+    },
+    /// A registered peer asked for us: punch toward it (its side of the introduction
+    /// went out, naming us). Repeated with the request, with the same nonce.
+    IntroducedToUs {
+        request_id: u64,
+        peer: Box<VerifiedRecord>,
+        /// Where it registered from.
+        public: SocketAddr,
         nonce: [u8; 16],
     },
     /// Ask the mesh's directory (a peer registered elsewhere, or a topic): requests for
@@ -292,6 +307,15 @@ impl Hosts {
     }
 }
 
+/// This node, as the target of an introduction.
+struct Me {
+    peer: PeerId,
+    record: pb::SignedPeerRecord,
+    /// What the nonces of introductions to us are derived from: a repeated request gets
+    /// the same nonce with nothing remembered, and nobody can tell the next one.
+    nonce_key: [u8; 32],
+}
+
 pub struct Broker {
     config: Config,
     /// Off until the node serves: until then it registers and introduces nobody.
@@ -314,6 +338,8 @@ pub struct Broker {
     members: Vec<(PeerId, Vec<u8>)>,
     /// Who is on each topic, as the mesh says.
     topic_members: Answers<Vec<u8>, Vec<PeerId>, Held>,
+    /// This node as a target of introductions ([`Command::Me`]).
+    me: Option<Me>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -332,6 +358,7 @@ impl Broker {
             elsewhere: Answers::new(MAX_ELSEWHERE),
             members: Vec::new(),
             topic_members: Answers::new(MAX_TOPICS_KEPT),
+            me: None,
             next_sweep: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -530,6 +557,9 @@ impl Broker {
             return;
         }
         let target_id = PeerId::from_bytes(&request.target).ok();
+        if target_id.is_some() && target_id == self.me.as_ref().map(|me| me.peer) {
+            return self.introduce_me(requester, request_id);
+        }
         let target = target_id.as_ref().and_then(PeerKey::of).filter(|t| self.by_peer.contains_key(t));
         let Some(target) = target else {
             // Registered with other members: the requester asks one of its homes (the home
@@ -572,8 +602,9 @@ impl Broker {
             return;
         };
         let repeat = self.by_peer[&requester].recent.iter().find(|r| r.request_id == request_id && r.target == target);
+        let repeat = repeat.copied();
         let recent = match repeat {
-            Some(&recent) => recent,
+            Some(recent) => recent,
             None => {
                 let nonce = self.rng.gen();
                 let recent = Recent { request_id, target, nonce, moved: [None; 2], moves_left: MOVES_PER_INTRODUCTION };
@@ -585,7 +616,47 @@ impl Broker {
         self.introduce(requester, &recent, false);
         self.stats.introduced += 1;
         let (requester, target) = (requester.peer_id(), target.peer_id());
-        self.events.push_back(Event::Introduced { requester, target, nonce: recent.nonce });
+        self.events.push_back(Event::Introduced { requester, target, nonce: recent.nonce, repeat: repeat.is_some() });
+    }
+
+    /// A registered peer asked for us: it hears of us, "here" (an unspecified address:
+    /// where it reached us, which only it knows when we listen on every interface), and we
+    /// punch toward it.
+    fn introduce_me(&mut self, requester: PeerKey, request_id: u64) {
+        let (Some(me), Some(reg)) = (&self.me, self.by_peer.get(&requester)) else { return };
+        let digest = Sha256::new()
+            .chain_update(me.nonce_key)
+            .chain_update(requester.0)
+            .chain_update(request_id.to_le_bytes())
+            .finalize();
+        let nonce: [u8; 16] = digest[..16].try_into().expect("sha256 is 32 bytes");
+        let here = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut introduction = pb::Introduction {
+            request_id,
+            peer: Some(me.record.clone()),
+            peer_public: Some(here.into()),
+            nonce: nonce.to_vec().into(),
+            initiator: true,
+            mac: 0,
+            fresh: false,
+        };
+        introduction.mac = introduction_mac(reg.cookie, &introduction);
+        let (socket, addr) = (reg.socket, reg.addr);
+        let peer = pb::SignedPeerRecord::decode(&reg.signed[..]).ok().as_ref().and_then(reread_record);
+        let Some(peer) = peer else { return };
+        self.send(socket, addr, Kind::Introduction(introduction));
+        self.stats.introduced += 1;
+        self.events.push_back(Event::IntroducedToUs { request_id, peer: Box::new(peer), public: addr, nonce });
+    }
+
+    /// This node's own record, for the peers that ask for it.
+    pub fn set_me(&mut self, record: pb::SignedPeerRecord) {
+        let Ok(verified) = verify_record(&record) else { return };
+        let nonce_key = match &self.me {
+            Some(me) => me.nonce_key,
+            None => self.rng.gen(),
+        };
+        self.me = Some(Me { peer: verified.peer_id, record, nonce_key });
     }
 
     /// Sends one side of an introduction: to the requester (`initiator`) or to the target,

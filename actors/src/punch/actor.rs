@@ -1,6 +1,6 @@
 //! The punch actor: one [`Attempt`] per introduction, found by its nonce.
 
-use super::{plan, Attempt, Birthday, Config, Event, Unpunchable, Walk};
+use super::{plan, strategy, Attempt, Birthday, Config, Event, Unpunchable, Walk};
 use crate::driver::{MachineActor, Protocol};
 use crate::identity::Identity;
 use crate::nat::NatReport;
@@ -142,13 +142,21 @@ impl Attempts {
         });
         let private: Vec<SocketAddr> =
             introduced.peer.record.private_addrs.iter().filter_map(|a| a.try_into().ok()).collect();
-        let plan = plan(mine, &peer_nat, introduced.peer_public, &private)?;
+        let same_ip = mine.public_addr.ip() == introduced.peer_public.ip();
         let started = Event::Started {
             peer: introduced.peer.peer_id,
             initiator: introduced.initiator,
-            strategy: plan.strategy,
+            strategy: strategy(mine, &peer_nat, same_ip),
             ours: *mine,
             theirs: peer_nat,
+        };
+        let plan = match plan(mine, &peer_nat, introduced.peer_public, &private) {
+            Ok(plan) => plan,
+            Err(why) => {
+                // What the plan would have been explains the refusal.
+                self.events.push_back(started);
+                return Err(why);
+            }
         };
         // The hard side sends from its pool; a walk of both sides shows its new mapping from it.
         let walks_both =

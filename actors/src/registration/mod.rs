@@ -394,7 +394,10 @@ impl Registration {
             return;
         }
         let peer = intro.peer.as_ref().and_then(|r| verify_record(r).ok());
+        // Unspecified: the introducer introduces itself (a public node asked for by its
+        // PeerId), which we reach where we registered.
         let peer_public = intro.peer_public.as_ref().and_then(|a| SocketAddr::try_from(a).ok());
+        let peer_public = peer_public.map(|a| if a.ip().is_unspecified() { self.introducer } else { a });
         let (Some(peer), Some(peer_public), 16) = (peer, peer_public, intro.nonce.len()) else {
             self.stats.dropped_bad_introduction += 1;
             return;

@@ -622,6 +622,23 @@ impl Nat {
         self.router.run_ok(tool("conntrack"), ["-L"])
     }
 
+    /// Drops `percent` % of the UDP datagrams the router forwards, either way, at random
+    /// (0: none), counting them ([`Nat::lost`]). A table of its own: the NAT's rules stay.
+    pub fn set_loss(&self, percent: u32) {
+        let rules = format!(
+            "table inet lab_loss\ndelete table inet lab_loss\ntable inet lab_loss {{\n  chain forward {{\n    \
+             type filter hook forward priority -150;\n    meta l4proto udp numgen random mod 100 < {percent} counter drop\n  }}\n}}\n"
+        );
+        checked(self.router.command(tool("nft"), ["-f", "-"]), Some(&rules));
+    }
+
+    /// The datagrams [`Nat::set_loss`] dropped so far.
+    pub fn lost(&self) -> u64 {
+        let table = self.router.run_ok(tool("nft"), ["list", "table", "inet", "lab_loss"]);
+        let counted = table.split_once("counter packets ").and_then(|(_, rest)| rest.split_whitespace().next());
+        counted.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("lab: no loss counter in {table}"))
+    }
+
     /// `nft list ruleset` in the router.
     pub fn ruleset(&self) -> String {
         self.router.run_ok(tool("nft"), ["list", "ruleset"])

@@ -236,7 +236,9 @@ impl Spans {
                     span.record("introducer.found", peers.len() as i64);
                 }
             }
-            Report::Broker(introducer_actors::broker::Event::Introduced { requester, target, .. }) => {
+            Report::Broker(introducer_actors::broker::Event::Introduced {
+                requester, target, repeat: false, ..
+            }) => {
                 let _introduced = info_span!(target: TARGET, parent: None, "introducer.introduction",
                     introducer.role = "introducer", introducer.requester = %requester, introducer.target = %target);
             }
