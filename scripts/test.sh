@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command (README, CI): installs the Debian packages the tests need
 # (scripts/install-deps.sh; the real-NAT lab tests need root), checks formatting and lints
-# (clippy, warnings are errors), then runs every test of the workspace. Extra arguments go
+# (clippy, warnings are errors; rustdoc, broken links are errors), then runs every test of the workspace. Extra arguments go
 # to `cargo test` and skip the lints, e.g. `scripts/test.sh -p introducer-node --test
 # netns_lab -- --nocapture`.
 #
@@ -19,6 +19,8 @@ bash scripts/install-deps.sh
 if [ $# -eq 0 ]; then
   cargo fmt --all --check
   cargo clippy --workspace --all-targets -- -D warnings
+  # The library's docs render with every link resolved (`cargo doc` is how users meet it).
+  RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib --quiet
 fi
 cargo test --workspace "$@"
 if [ $# -eq 0 ] && [ "${TESTBED:-1}" != 0 ]; then

@@ -14,8 +14,8 @@
 //! introductions → punching (or relaying) → sessions. A connect asked for early does not
 //! wait for the whole probe: the node registers with the NAT report stored for its network,
 //! or with probing's early verdict on the mapping, and re-registers once classified
-//! (`register_early`). Each peer it deals with has one entry in one map ([`Peer`]), whose
-//! [`Phase`] says where the connection stands.
+//! (`register_early`). Each peer it deals with has one entry in one map (`Peer`), whose
+//! `Phase` says where the connection stands.
 
 use crate::config::{Config, Serve};
 use crate::event::{ConnectError, FatalError, MeshChange, NodeEvent, PeerState, Progress};
@@ -1496,6 +1496,10 @@ impl NodeCore {
     fn relay(&mut self, peer: PeerId, why: String) -> bool {
         let Some(p) = self.peers.get_mut(&peer) else { return false };
         let Phase::Punching { intro, .. } = &p.phase else { return false };
+        if intro.relay == HERE {
+            // We introduced ourselves: no other node to relay through.
+            return false;
+        }
         let intro = intro.clone();
         tracing::debug!(%peer, relay = %intro.relay, "no direct path: relaying");
         // The introduction is settled once the circuit is ready (both sides asked for it).

@@ -62,7 +62,8 @@ impl MeshChange {
 /// introduction asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
-    /// The introduction is asked for: of `via`, or of every introducer we registered with.
+    /// The introduction is asked for: of `via`, or of the introducer we registered with
+    /// that answers best.
     Introducing { via: Option<SocketAddr> },
     /// Introduced: punching by `strategy`, which the two NATs decided.
     Punching { strategy: Strategy, ours: NatReport, theirs: NatReport },

@@ -119,11 +119,16 @@ fn unreachable_bootstrap_is_a_clear_error() {
 struct Node {
     child: Child,
     events: mpsc::Receiver<Value>,
+    /// What it said on stderr (`-v`: its progress and reasons), for a failure's message.
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// What it printed on stdout so far.
+    seen: std::cell::RefCell<Vec<Value>>,
 }
 
 impl Node {
     fn start(args: &[&str]) -> Node {
-        let mut child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child =
+            Command::new(BIN).args(args).arg("-v").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, events) = mpsc::channel();
         std::thread::spawn(move || {
@@ -134,7 +139,16 @@ impl Node {
                 }
             }
         });
-        Node { child, events }
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (pipe, into) = (child.stderr.take().unwrap(), stderr.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut text = into.lock().unwrap();
+                *text += &line;
+                text.push('\n');
+            }
+        });
+        Node { child, events, stderr, seen: Default::default() }
     }
 
     /// A node on loopback that reports its counters every 0.2 s, and its address.
@@ -146,9 +160,19 @@ impl Node {
         (node, addr)
     }
 
+    /// The next event `pred` picks; a minute at most (a deadline for a loaded machine,
+    /// never waited out when things work), then a failure that shows what the node said.
     fn wait(&self, mut pred: impl FnMut(&Value) -> bool) -> Value {
         loop {
-            let v = self.events.recv_timeout(Duration::from_secs(20)).expect("event within 20 s");
+            let Ok(v) = self.events.recv_timeout(Duration::from_secs(60)) else {
+                let seen: Vec<String> = self.seen.borrow().iter().map(Value::to_string).collect();
+                panic!(
+                    "no awaited event within 60 s; stdout:\n{}\nstderr:\n{}",
+                    seen.join("\n"),
+                    self.stderr.lock().unwrap()
+                );
+            };
+            self.seen.borrow_mut().push(v.clone());
             if pred(&v) {
                 return v;
             }
@@ -198,24 +222,23 @@ fn hostile_datagrams_are_dropped_counted_and_never_amplified() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A seed on 127.0.0.1 and a peer on 127.0.0.2 registered with it: (seed, its address,
+/// peer, its PeerId).
+fn seed_and_peer(seed_dir: &str, peer_dir: &str) -> (Node, String, Node, String) {
+    let seed = Node::start(&["run", "--listen", "127.0.0.1:0", "--json", "--data-dir", seed_dir]);
+    let seed_addr = seed.wait(|v| v["event"] == "ready")["listen"][0].as_str().unwrap().to_owned();
+    let args = ["run", "--listen", "127.0.0.2:0", "--bootstrap", &seed_addr, "--json", "--data-dir", peer_dir];
+    let peer = Node::start(&args);
+    let peer_id = peer.wait(|v| v["event"] == "ready")["peer_id"].as_str().unwrap().to_owned();
+    peer.wait(|v| v["event"] == "registered");
+    (seed, seed_addr, peer, peer_id)
+}
+
 #[test]
 fn connect_sends_stdin_lines_as_datagrams() {
     let dir = scratch("connect");
     let data = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-    let seed = Node::start(&["run", "--listen", "127.0.0.1:0", "--json", "--data-dir", &data("seed")]);
-    let seed_addr = seed.wait(|v| v["event"] == "ready")["listen"][0].as_str().unwrap().to_owned();
-    let peer = Node::start(&[
-        "run",
-        "--listen",
-        "127.0.0.2:0",
-        "--bootstrap",
-        &seed_addr,
-        "--json",
-        "--data-dir",
-        &data("peer"),
-    ]);
-    let peer_id = peer.wait(|v| v["event"] == "ready")["peer_id"].as_str().unwrap().to_owned();
-    peer.wait(|v| v["event"] == "registered");
+    let (_seed, seed_addr, peer, peer_id) = seed_and_peer(&data("seed"), &data("peer"));
 
     let mut connect = Command::new(BIN)
         .args(["connect", &peer_id, "--bootstrap", &seed_addr, "--json"])
@@ -411,6 +434,10 @@ fn a_node_bootstrapping_off_itself_starts_a_mesh_or_says_why_not() {
     assert!(stderr.contains(&format!("bootstrap node {me} is this node itself: skipped")), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 
+    // Nobody to join and not allowed to serve: said at once, not a node that does nothing.
+    let data = dir.to_str().unwrap();
+    let out = introducer(&["run", "--listen", &me, "--no-serve", "--json", "--data-dir", data]);
+    assert_json_error(&out, "nothing_to_join", "nobody to ask");
     let out = introducer(&[
         "run",
         "--listen",
@@ -434,20 +461,7 @@ fn a_node_bootstrapping_off_itself_starts_a_mesh_or_says_why_not() {
 fn connect_names_who_else_speaks() {
     let dir = scratch("others");
     let data = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-    let seed = Node::start(&["run", "--listen", "127.0.0.1:0", "--json", "--data-dir", &data("seed")]);
-    let seed_addr = seed.wait(|v| v["event"] == "ready")["listen"][0].as_str().unwrap().to_owned();
-    let peer = Node::start(&[
-        "run",
-        "--listen",
-        "127.0.0.2:0",
-        "--bootstrap",
-        &seed_addr,
-        "--json",
-        "--data-dir",
-        &data("peer"),
-    ]);
-    let peer_id = peer.wait(|v| v["event"] == "ready")["peer_id"].as_str().unwrap().to_owned();
-    peer.wait(|v| v["event"] == "registered");
+    let (_seed, seed_addr, _peer, peer_id) = seed_and_peer(&data("seed"), &data("peer"));
     // The user's `connect`, in human mode, with a data dir so that others can name it.
     let user_id = String::from_utf8(introducer(&["id", "--data-dir", &data("user")]).stdout).unwrap();
     let mut user = Command::new(BIN)

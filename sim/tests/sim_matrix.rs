@@ -757,6 +757,29 @@ fn lifetime(world: &World, host: HostId) -> Option<(Option<Duration>, Option<Dur
     })
 }
 
+/// The introducer B times its NAT's mappings against dies partway through: the tests it
+/// cut short teach nothing, and B never reports the idle time that had survived so far
+/// (4 s, 8 s…) as its NAT's lifetime — only a measurement that ran to its end, if any.
+#[test]
+fn a_lifetime_measurement_its_server_cuts_short_is_dropped() {
+    let topology = Topology::Apart(Side::Behind(PR), Side::Behind(PR));
+    // Left alone, the measurement ends (the simulated NAT forgets after 30 s).
+    let mut whole = World::new(0, topology, internet(0, 0.0));
+    whole.sim.run_for(120 * SEC);
+    assert_eq!(lifetime(&whole, whole.b), Some((Some(16 * SEC), Some(32 * SEC), Some(12 * SEC))));
+    for (seed, dies_after) in [(0, 7), (1, 12), (2, 20), (3, 35)] {
+        let mut world = World::new(seed, topology, internet(seed, 0.0));
+        world.sim.run_for(dies_after * SEC);
+        assert_eq!(lifetime(&world, world.b), None, "still measuring after {dies_after} s");
+        for introducer in world.introducers {
+            world.sim.machine::<SimNode>(introducer).stop(false);
+        }
+        world.sim.run_for(120 * SEC);
+        let found = lifetime(&world, world.b);
+        assert!(found.is_none(), "server gone after {dies_after} s, yet B reports {found:?}");
+    }
+}
+
 /// NATs that forget idle mappings sooner than the registration keepalive (15 s): B times
 /// its NAT's mappings and refreshes within what survived, so it stays reachable: a late
 /// introduction arrives, at any moment, without the requester's repeats having to outlast

@@ -265,6 +265,45 @@ fn introduction_requests_are_rate_limited_per_requester() {
     assert_eq!(std::iter::from_fn(|| b.poll_transmit()).filter(|t| t.dst == b_addr).count(), 1);
 }
 
+/// A public node asked for by its PeerId introduces itself: the requester hears of it
+/// "here" (where it reached it), the node hears of the requester as it registered, both
+/// with one nonce, which a repeat keeps and a new request changes.
+#[test]
+fn asked_for_itself_a_node_introduces_itself() {
+    let now = Instant::now();
+    let mut b = broker(now);
+    let (alice, _, a_addr, _) = alice_and_bob_registered(&mut b, now);
+    let me = Identity::from_seed(9);
+    b.set_me(me.sign_record(pb::PeerRecord { issued_ms: 1, ..Default::default() }));
+    let cookie = cookie_at(&b, a_addr);
+    let mut ask_me = |request_id| {
+        b.handle(
+            now,
+            SocketId::PRIMARY,
+            a_addr,
+            Kind::IntroduceRequest(ask(cookie, me.peer_id().to_bytes(), request_id)),
+        );
+        let sent: Vec<Transmit> = std::iter::from_fn(|| b.poll_transmit()).collect();
+        assert_eq!(sent.len(), 1, "only the requester hears: {sent:?}");
+        let Kind::Introduction(i) = decode(&sent[0]) else { panic!("{sent:?}") };
+        assert_eq!(sent[0].dst, a_addr);
+        assert_eq!(i.mac, introduction_mac(cookie, &i), "it can tell the introduction is its introducer's");
+        let here = SocketAddr::try_from(i.peer_public.as_ref().unwrap()).unwrap();
+        assert!(i.initiator && here.ip().is_unspecified(), "{i:?}");
+        assert_eq!(verify_record(i.peer.as_ref().unwrap()).unwrap().peer_id, me.peer_id());
+        let ours = std::iter::from_fn(|| b.poll_event()).find_map(|e| match e {
+            Event::IntroducedToUs { peer, public, nonce, .. } => Some((peer.peer_id, public, nonce)),
+            _ => None,
+        });
+        let (peer, public, nonce) = ours.expect("we hear of the requester");
+        assert_eq!((peer, public, &nonce[..]), (alice.peer_id(), a_addr, &i.nonce[..]));
+        nonce
+    };
+    let first = ask_me(7);
+    assert_eq!(ask_me(7), first);
+    assert_ne!(ask_me(8), first);
+}
+
 #[test]
 fn a_repeated_request_gets_the_same_nonce_and_a_new_one_a_fresh_nonce() {
     let now = Instant::now();

@@ -201,7 +201,7 @@ pub struct NatProbing {
 }
 
 impl NatProbing {
-    /// `rng` keys the table of STUN sources (see [`AnswerBudget`]).
+    /// `rng` keys the table of STUN sources (see `AnswerBudget`).
     pub fn new(responder: Option<Responder>, mut rng: impl RngCore) -> Self {
         NatProbing {
             responder,

@@ -83,6 +83,23 @@ fn registers_through_the_challenge_and_gets_introduced() {
     assert!(matches!(error, IntroduceError::TargetNotRegistered { target, .. } if target == ghost), "{error}");
 }
 
+/// A public node asked for itself introduces itself "here": the requester punches to
+/// where it registered with it.
+#[test]
+fn an_introducer_introducing_itself_is_reached_where_we_registered() {
+    let now = Instant::now();
+    let (mut broker, mut a, a_addr) = alice_and_her_introducer(now);
+    let me = Identity::from_seed(9);
+    broker.set_me(me.sign_record(pb::PeerRecord { issued_ms: 1, ..Default::default() }));
+    a.handle_timeout(now);
+    exchange(now, &mut broker, &mut [(&mut a, a_addr)]);
+    assert_eq!(a.poll_event(), Some(Event::Registered { observed: a_addr }));
+    a.introduce(now, me.peer_id());
+    exchange(now, &mut broker, &mut [(&mut a, a_addr)]);
+    let Some(Event::Introduced(intro)) = a.poll_event() else { panic!("not introduced") };
+    assert_eq!((intro.peer.peer_id, intro.peer_public), (me.peer_id(), INTRODUCER.parse().unwrap()));
+}
+
 #[test]
 fn unanswered_registration_backs_off_reports_once_and_keeps_trying_slowly() {
     let now = Instant::now();

@@ -36,7 +36,8 @@ struct Global {
     /// A node to join through, HOST[:PORT] (repeatable).
     #[arg(long, global = true, value_name = "ADDR")]
     bootstrap: Vec<String>,
-    /// Where the node keeps its identity and its store (default: $XDG_DATA_HOME/introducer).
+    /// Where the node keeps its identity and its store (default: $INTRODUCER_DATA_DIR, else
+    /// $XDG_DATA_HOME/introducer, else ~/.local/share/introducer).
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// One JSON object per line on stdout; logs stay on stderr.
@@ -146,7 +147,10 @@ enum Command {
     },
     /// Meet everyone on a topic: connect to each member; each stdin line goes to all of
     /// them, what arrives is printed.
-    Join { topic: String },
+    Join {
+        /// The topic's name, 1 to 64 bytes.
+        topic: String,
+    },
     /// Print this node's PeerId (creating its identity if needed).
     Id,
     /// List the public members of the mesh (peer id, addresses, roles, state, relay load),

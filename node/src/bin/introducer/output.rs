@@ -168,6 +168,18 @@ mod tests {
     use super::*;
     use introducer_node::PeerId;
 
+    /// A host on its public address has no NAT, whatever its filtering (unknown against
+    /// one server IP): "none/public", not "easy".
+    #[test]
+    fn a_host_without_nat_reads_as_public() {
+        let addr = "198.51.100.7:3478".parse().unwrap();
+        let mut report = introducer_node::NatReport::public(addr);
+        report.filtering = None;
+        assert_eq!(report.nat_type(), introducer_node::NatType::Easy, "planned as easy, rightly");
+        let line = human_nat(&introducer_node::event::nat_json(&report));
+        assert!(line.starts_with("NAT: none/public  public 198.51.100.7:3478"), "{line}");
+    }
+
     /// Every event the node emits has a line of its own: none falls back to JSON.
     #[test]
     fn every_event_reads_as_a_sentence() {

@@ -125,6 +125,8 @@ pub async fn run(
 ) -> anyhow::Result<End> {
     // Sequence number → when its ping is given up on.
     let mut waiting: BTreeMap<u64, Instant> = BTreeMap::new();
+    // The run's time, as ping(8)'s, counts from the first ping (not the connection).
+    tally.started = Instant::now();
     let mut next_ping = Some(Instant::now());
     loop {
         let give_up = waiting.values().min().copied();
