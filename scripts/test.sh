@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command (README, CI): installs the Debian packages the tests need
 # (scripts/install-deps.sh; the real-NAT lab tests need root), checks formatting and lints
-# (clippy, warnings are errors; rustdoc, broken links are errors), then runs every test of the workspace. Extra arguments go
-# to `cargo test` and skip the lints, e.g. `scripts/test.sh -p introducer-node --test
-# netns_lab -- --nocapture`.
+# (clippy, warnings are errors; rustdoc, broken links are errors), then runs every test of
+# the workspace. Extra arguments go to `cargo test` and skip the lints, e.g.
+# `scripts/test.sh -p introducer-node --test netns_lab -- --nocapture`.
 #
 # Then, without extra arguments, the docker-compose testbed runs once (scripts/testbed.sh:
 # builds its image, brings it up, checks every pair, tears it down; it says so and skips
