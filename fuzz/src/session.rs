@@ -313,7 +313,7 @@ impl Pair {
                 let now = self.now;
                 let side = self.side(!to_b);
                 let _ = if u.arbitrary()? {
-                    side.session.ping(now).map(drop)
+                    side.session.ping(now, u.arbitrary()?)
                 } else {
                     side.session.send_data(now, &gen::bytes(u, 100)?)
                 };
