@@ -36,6 +36,16 @@ pub enum BootstrapError {
     Unreachable { tried: String, tries: u32, waited: Duration },
 }
 
+impl BootstrapError {
+    /// A short, stable word for scripts (`--json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BootstrapError::BadAddress { .. } => "bad_address",
+            BootstrapError::Unreachable { .. } => "unreachable",
+        }
+    }
+}
+
 /// Resolves `host:port` or `host` (default port), by DNS if needed, preferring IPv4.
 pub fn resolve(addr: &str) -> Result<SocketAddr, BootstrapError> {
     let bad = |reason: String| BootstrapError::BadAddress { addr: addr.to_owned(), reason };

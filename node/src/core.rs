@@ -42,9 +42,6 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// The introducer of an introduction this node made of itself ([`broker::Event::IntroducedToUs`]).
-const HERE: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
-
 /// A serving node republishes its node record when the relay circuits it carries change,
 /// at most this often: every record is a broadcast each member hears, and a count that
 /// flaps (circuits come and go within seconds) is worth one record per interval, not one per
@@ -227,8 +224,9 @@ pub enum Order {
 /// An introduction whose punch is under way: what a fallback to its relay needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Intro {
-    /// The introducer, whose relay carries the circuit.
-    relay: SocketAddr,
+    /// The introducer, whose relay carries the circuit; `None` when we introduced
+    /// ourselves (a peer asked our broker for us): there is no other node to relay through.
+    relay: Option<SocketAddr>,
     nonce: Vec<u8>,
     /// We asked for the introduction: we control the path.
     controlling: bool,
@@ -1326,11 +1324,12 @@ impl NodeCore {
                     peer: *peer,
                     peer_public: public,
                     fresh: false,
-                    introducer: HERE,
+                    // Nobody else introduced us: no introducer to show a new mapping to.
+                    introducer: SocketAddr::from(([0, 0, 0, 0], 0)),
                     nonce: nonce.to_vec(),
                     initiator: false,
                 };
-                self.on_introduced(now, HERE, Box::new(introduced));
+                self.on_introduced(now, None, Box::new(introduced));
             }
             // A member of the mesh is its own home: asked for, it introduces itself.
             broker::Event::Lookup(Key::Peer(peer)) if self.mesh_up.contains(&peer) => {
@@ -1395,7 +1394,7 @@ impl NodeCore {
                     }
                 }
             }
-            R::Introduced(introduced) => self.on_introduced(now, introducer, introduced),
+            R::Introduced(introduced) => self.on_introduced(now, Some(introducer), introduced),
             R::IntroduceFailed { target, error: registration::IntroduceError::Elsewhere { homes, .. } }
                 if !homes.is_empty()
                     && self.peers.get(&target).is_some_and(|p| p.phase == Phase::Asked && !p.redirected) =>
@@ -1462,13 +1461,12 @@ impl NodeCore {
         waiting.map(|(id, _)| *id).collect()
     }
 
-    fn on_introduced(&mut self, now: Instant, introducer: SocketAddr, introduced: Box<Introduced>) {
-        tracing::debug!(peer = %introduced.peer.peer_id, %introducer, "introduced");
-        // We introduced ourselves: there is no other node to relay through.
-        let ours = introducer == HERE;
+    /// An introduction to punch: made by `introducer`, or by ourselves (`None`).
+    fn on_introduced(&mut self, now: Instant, introducer: Option<SocketAddr>, introduced: Box<Introduced>) {
+        tracing::debug!(peer = %introduced.peer.peer_id, ?introducer, "introduced");
         // Before classification ends, the provisional report we registered with; a node
-        // that serves without having probed (the first of a mesh) is public.
-        let public = || ours.then(|| self.public_report()).flatten();
+        // that introduces itself without having probed (the first of a mesh) is public.
+        let public = || introducer.is_none().then(|| self.public_report()).flatten();
         let Some(nat) = self.nat.or(self.provisional).or_else(public) else { return };
         let peer = introduced.peer.peer_id;
         let intro = Intro { relay: introducer, nonce: introduced.nonce.clone(), controlling: introduced.initiator };
@@ -1481,11 +1479,11 @@ impl NodeCore {
             // A repeat of the introduction that made the open session.
             Phase::Idle if p.session.as_ref().is_some_and(|s| s.nonce == intro.nonce) => return,
             Phase::Punching { relay_at, .. } => *relay_at,
-            _ => (!ours).then(|| now + relay_after),
+            _ => introducer.map(|_| now + relay_after),
         };
-        if relay_only && !ours {
+        if let (true, Some(relay)) = (relay_only, introducer) {
             p.phase = Phase::Relaying { intro: intro.clone() };
-            return self.open_relayed(peer, intro);
+            return self.open_relayed(peer, relay, intro);
         }
         p.phase = Phase::Punching { intro, relay_at };
         self.orders.push_back(Order::Punch(punch::actor::Command::Start { nat, introduced }));
@@ -1495,23 +1493,18 @@ impl NodeCore {
     /// what the punch could not do).
     fn relay(&mut self, peer: PeerId, why: String) -> bool {
         let Some(p) = self.peers.get_mut(&peer) else { return false };
-        let Phase::Punching { intro, .. } = &p.phase else { return false };
-        if intro.relay == HERE {
-            // We introduced ourselves: no other node to relay through.
-            return false;
-        }
-        let intro = intro.clone();
-        tracing::debug!(%peer, relay = %intro.relay, "no direct path: relaying");
+        let Phase::Punching { intro: intro @ Intro { relay: Some(relay), .. }, .. } = &p.phase else { return false };
+        let (intro, relay) = (intro.clone(), *relay);
+        tracing::debug!(%peer, %relay, "no direct path: relaying");
         // The introduction is settled once the circuit is ready (both sides asked for it).
         p.phase = Phase::Relaying { intro: intro.clone() };
-        let relay = intro.relay;
-        self.open_relayed(peer, intro);
+        self.open_relayed(peer, relay, intro);
         self.progress(peer, Progress::Relaying { relay, why });
         true
     }
 
-    fn open_relayed(&mut self, peer: PeerId, intro: Intro) {
-        let Intro { relay, nonce, controlling } = intro;
+    fn open_relayed(&mut self, peer: PeerId, relay: SocketAddr, intro: Intro) {
+        let Intro { nonce, controlling, .. } = intro;
         let open = session::actor::Command::OpenRelayed { peer, relay, nonce, controlling };
         self.orders.push_back(Order::Session(open));
     }

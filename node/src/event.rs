@@ -253,8 +253,7 @@ impl FatalError {
     /// A short, stable word for scripts (`--json`).
     pub fn kind(&self) -> &'static str {
         match self {
-            FatalError::Bootstrap(BootstrapError::BadAddress { .. }) => "bad_address",
-            FatalError::Bootstrap(BootstrapError::Unreachable { .. }) | FatalError::Rejoin(_) => "unreachable",
+            FatalError::Bootstrap(e) | FatalError::Rejoin(e) => e.kind(),
             FatalError::NothingToJoin => "nothing_to_join",
             FatalError::Probe(_) => "probe_failed",
         }

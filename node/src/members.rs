@@ -37,10 +37,8 @@ pub enum PeersError {
 impl PeersError {
     /// A short, stable word for scripts (`--json`).
     pub fn kind(&self) -> &'static str {
-        use introducer_bootstrap::BootstrapError;
         match self {
-            PeersError::Query(MembersError::Bootstrap(BootstrapError::Unreachable { .. })) => "unreachable",
-            PeersError::Query(MembersError::Bootstrap(BootstrapError::BadAddress { .. })) => "bad_address",
+            PeersError::Query(MembersError::Bootstrap(e)) => e.kind(),
             PeersError::Query(MembersError::NotAMember(_)) => "not_a_member",
             PeersError::Query(MembersError::NoListing { .. }) => "no_listing",
             PeersError::Socket(_) => "socket",

@@ -153,10 +153,10 @@ impl Batch {
 
     fn send_with(&self, socket: &impl AsRawFd, out: &[Out], gso: bool) -> io::Result<usize> {
         let n = out.len().min(BATCH);
-        // SAFETY (the zeroed array): all-zero is a valid mmsghdr.
         let mut names: [Option<SockAddr>; BATCH] = std::array::from_fn(|_| None);
         let mut iovs: [libc::iovec; BATCH] =
             std::array::from_fn(|_| libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 });
+        // SAFETY: all-zero is a valid mmsghdr.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
         let mut controls = [[0u64; 4]; BATCH];
         // How many datagrams each message carries.

@@ -6,7 +6,6 @@
 
 use std::io;
 use std::mem;
-
 use std::os::fd::AsRawFd;
 
 /// Asks the kernel to count drops on `socket` (from now on).

@@ -234,10 +234,7 @@ fn error_kind(e: &anyhow::Error) -> &'static str {
             return "timed_out";
         }
         if let Some(e) = cause.downcast_ref::<BootstrapError>() {
-            return match e {
-                BootstrapError::BadAddress { .. } => "bad_address",
-                BootstrapError::Unreachable { .. } => "unreachable",
-            };
+            return e.kind();
         }
         if let Some(e) = cause.downcast_ref::<IdentityError>() {
             return match e {

@@ -24,12 +24,18 @@ impl Output {
     }
 }
 
-pub fn human_nat(nat: &Value) -> String {
-    let step = nat["allocation_step"].as_i64().map_or(String::new(), |s| format!(" (step {s})"));
-    let kind = match (nat["no_nat"].as_bool(), nat["nat_type"].as_str().unwrap_or("unknown")) {
+/// The kind of NAT in one word for people: a host on its public address has none, whatever
+/// its filtering (which planning counts as easy while it is unknown).
+pub fn nat_kind(nat: &Value) -> &str {
+    match (nat["no_nat"].as_bool(), nat["nat_type"].as_str().unwrap_or("unknown")) {
         (Some(true), _) | (_, "public") => "none/public",
         (_, other) => other,
-    };
+    }
+}
+
+pub fn human_nat(nat: &Value) -> String {
+    let step = nat["allocation_step"].as_i64().map_or(String::new(), |s| format!(" (step {s})"));
+    let kind = nat_kind(nat);
     format!(
         "NAT: {kind}  public {}  mapping {}, filtering {}, allocation {}{step}",
         nat["public_addr"].as_str().unwrap_or("?"),
@@ -40,9 +46,9 @@ pub fn human_nat(nat: &Value) -> String {
 }
 
 /// "1 probe", "3 probes".
-pub fn plural(n: &Value, one: &str) -> String {
-    match n.as_u64() {
-        Some(1) => format!("1 {one}"),
+pub fn plural(n: u64, one: &str) -> String {
+    match n {
+        1 => format!("1 {one}"),
         _ => format!("{n} {one}s"),
     }
 }
@@ -75,7 +81,7 @@ pub fn human(v: &Value) -> String {
             s("remote"),
             s("strategy"),
             v["connect_ms"],
-            plural(&v["probes"], "probe")
+            plural(v["probes"].as_u64().unwrap_or(0), "probe")
         ),
         "connect_failed" => format!("cannot reach {}: {}", s("peer_id"), s("reason")),
         "disconnected" => format!("{} disconnected: {}", s("peer_id"), s("reason")),
@@ -122,7 +128,7 @@ pub fn human(v: &Value) -> String {
         "progress" => match s("step").as_str() {
             "introducing" => format!("{}: asking for an introduction", s("peer_id")),
             "punching" => format!("{}: punching ({})", s("peer_id"), s("strategy")),
-            "probes" => format!("{}: {} sent", s("peer_id"), plural(&v["sent"], "probe")),
+            "probes" => format!("{}: {} sent", s("peer_id"), plural(v["sent"].as_u64().unwrap_or(0), "probe")),
             _ => format!("{}: asking relay {} for a circuit ({})", s("peer_id"), s("relay"), s("why")),
         },
         "stats" => human_stats(&v["stats"]),

@@ -1,8 +1,9 @@
 //! What a connection is waiting for, on stderr while it waits: one line rewritten in place
 //! on a terminal, plain lines otherwise. With `-v`, why it takes the way it does.
 
-use introducer_node::event::Progress;
-use introducer_node::{NatReport, NatType, PeerId, Strategy};
+use crate::output::{nat_kind, plural};
+use introducer_node::event::{nat_json, Progress};
+use introducer_node::{NatReport, PeerId, Strategy};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
@@ -38,8 +39,7 @@ impl Status {
             Progress::Probes { sent, sprayed } => {
                 let strategy = self.strategy.map_or("punch", Strategy::as_str);
                 let sprayed = if *sprayed > 0 { format!(", {sprayed} at guessed ports") } else { String::new() };
-                let s = if *sent == 1 { "" } else { "s" };
-                format!("punching ({strategy}): {sent} probe{s} sent{sprayed}")
+                format!("punching ({strategy}): {} sent{sprayed}", plural(u64::from(*sent), "probe"))
             }
             Progress::Relaying { relay, why } => format!("asking relay {relay} for a circuit ({why})"),
         };
@@ -70,18 +70,12 @@ impl Status {
     }
 }
 
-/// "hard (address-and-port-dependent mapping, random allocation)".
+/// "hard (address-and-port-dependent mapping, unknown filtering, random ports)".
 fn nat(report: &NatReport) -> String {
-    let kind = match report.nat_type() {
-        NatType::Public => "none/public",
-        NatType::Easy if report.no_nat => "none/public",
-        NatType::Easy => "easy",
-        NatType::Hard => "hard",
-    };
-    let mapping = report.mapping.map_or("unknown", |m| m.as_str());
-    let filtering = report.filtering.map_or("unknown", |f| f.as_str());
-    let allocation = report.allocation.map_or("unknown", |a| a.as_str());
-    format!("{kind} ({mapping} mapping, {filtering} filtering, {allocation} ports)")
+    let words = nat_json(report);
+    let word = |key: &str| words[key].as_str().unwrap_or("unknown").to_owned();
+    let (mapping, filtering, allocation) = (word("mapping"), word("filtering"), word("allocation"));
+    format!("{} ({mapping} mapping, {filtering} filtering, {allocation} ports)", nat_kind(&words))
 }
 
 /// Why a strategy, in words a user can act on.
